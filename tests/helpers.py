@@ -1,0 +1,65 @@
+"""Tiny random Llama-family models for tests (built in the tests, saved with save_pretrained)."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+KINDS = ("llama", "llama_bias", "mistral", "qwen2", "tied")
+
+
+def tiny_config(kind: str = "llama", d: int = 64, h: int = 128, L: int = 3, V: int = 128, **kw):
+    common = dict(vocab_size=V, hidden_size=d, intermediate_size=h, num_hidden_layers=L,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                  rms_norm_eps=1e-6)
+    common.update(kw)
+    if kind == "llama":
+        return LlamaConfig(**common)
+    if kind == "llama_bias":
+        return LlamaConfig(attention_bias=True, mlp_bias=True, **common)
+    if kind == "tied":
+        return LlamaConfig(**{**common, "tie_word_embeddings": True})
+    if kind == "mistral":
+        return MistralConfig(**{**common, "num_key_value_heads": 2, "sliding_window": 16})
+    if kind == "qwen2":
+        return Qwen2Config(**{**common, "num_key_value_heads": 2})
+    raise ValueError(kind)
+
+
+def tiny_model(config, seed: int = 0, std: float = 0.05):
+    """A random model whose norm gains and biases are non-trivial (so folding is really tested)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return model
+
+
+def finetuned(model, seed: int = 1, noise: float = 0.01):
+    """A fine-tune-like copy: same weights plus small noise."""
+    import copy
+    ft = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(noise * p.abs().mean() * torch.randn(p.shape, generator=g))
+    return ft
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def rel_diff(a, b):
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+def random_ids(V, n=2, T=24, seed=0):
+    return torch.randint(0, V, (n, T), generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,371 @@
+"""Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, or a local folder.
+
+A :class:`Checkpoint` gives the config, the tokenizer, and **lazy per-tensor access**: one
+tensor is read at a time (safetensors ``safe_open``, sharded or not, or ``pytorch_model*.bin``
+shards through ``torch.load(mmap=True)``); the model is never materialised for weight-only work.
+Every weight source (a checkpoint, an in-memory state dict, or a transformed view of either,
+see :mod:`tracing.transforms`) has the same small interface: ``arch``, ``config``, ``get(name)``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .arch import EMBED, LM_HEAD, Arch, arch_from_config
+from .errors import TracingError
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+META_PATTERNS = ["*.json", "*.model", "tokenizer*", "*.tiktoken", "*.txt"]
+
+
+# ------------------------------------------------------------------------------------------
+# Weight sources
+# ------------------------------------------------------------------------------------------
+class WeightSource:
+    """Read-only access to a model's tensors, one at a time.
+
+    Subclasses implement ``get``; tensors returned must not be modified in place.
+    ``release()`` drops any per-block cache (called after each block by streaming code).
+    """
+
+    arch: Arch
+    config: object  # a transformers PretrainedConfig
+    label: str = "model"
+
+    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def release(self) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        return self.arch.names()
+
+    def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """Materialise every tensor (small models only)."""
+        return {n: self.get(n, dtype) for n in self.names()}
+
+
+class DictSource(WeightSource):
+    """A state dict held in memory (e.g. ``model.state_dict()`` of a loaded model)."""
+
+    def __init__(self, state: dict[str, torch.Tensor], config, label: str = "model"):
+        self.config = config
+        self.arch = arch_from_config(config)
+        self.state = state
+        self.label = label
+
+    def get(self, name, dtype=torch.float32):
+        if name == LM_HEAD and name not in self.state and self.arch.tied:
+            name = EMBED
+        try:
+            t = self.state[name]
+        except KeyError:
+            raise TracingError(f"tensor {name} is missing from {self.label}") from None
+        return t.to(dtype)
+
+
+def from_module(model: torch.nn.Module, label: str = "model") -> DictSource:
+    """A weight source over a loaded transformers model (shares its tensors)."""
+    return DictSource({k: v.detach() for k, v in model.state_dict().items()}, model.config, label)
+
+
+class CachedSource(WeightSource):
+    """Memoises ``get`` until ``release()``: several views of one model then share one read."""
+
+    def __init__(self, inner: WeightSource):
+        self.inner, self.arch, self.config, self.label = inner, inner.arch, inner.config, inner.label
+        self._cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name, dtype=torch.float32):
+        key = (name, dtype)
+        if key not in self._cache:
+            self._cache[key] = self.inner.get(name, dtype)
+        return self._cache[key]
+
+    def release(self):
+        self._cache.clear()
+        self.inner.release()
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints on disk
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Resolved:
+    spec: str
+    path: Path
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    hub_sha256: dict[str, str] = field(default_factory=dict)  # file -> LFS sha256 recorded by the hub
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+
+
+def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
+    """Turn a model spec into a local folder, downloading from the hub when needed."""
+    spec = str(spec)
+    if spec.startswith("demo:"):
+        from . import zoo
+        return Resolved(spec=spec, path=zoo.resolve_demo(spec))
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return Resolved(spec=spec, path=p.resolve())
+    if _looks_like_path(spec) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", spec):
+        raise TracingError(f"model folder {spec} does not exist; give an existing local folder "
+                           f"(with config.json and weights), a hub id like org/name[@revision], or demo:<name>")
+    return _resolve_hub(spec, local_files_only)
+
+
+def _resolve_hub(spec: str, local_files_only: bool | None) -> Resolved:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    repo_id, _, revision = spec.partition("@")
+    revision = revision or None
+    token = os.environ.get("HF_TOKEN") or None  # read at call time, never stored
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hub_sha: dict[str, str] = {}
+    patterns = META_PATTERNS + ["*.safetensors"]
+    try:
+        if not offline:
+            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+            files = [s.rfilename for s in info.siblings or []]
+            if not any(f.endswith(".safetensors") for f in files):
+                patterns = META_PATTERNS + ["pytorch_model*.bin"]
+            for s in info.siblings or []:
+                if getattr(s, "lfs", None) is not None and getattr(s.lfs, "sha256", None):
+                    hub_sha[s.rfilename] = s.lfs.sha256
+            revision = info.sha or revision
+            path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token)
+        else:
+            path = snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                     allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS))
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = "set HF_TOKEN for gated or private models" if status in (401, 403) else "check the id and revision"
+        raise TracingError(f"the hub refused {spec} (HTTP {status}); {hint}") from None
+    except Exception as e:  # offline, DNS failure, not in cache, ...
+        raise TracingError(
+            f"cannot fetch {spec} from the Hugging Face hub ({type(e).__name__}); check the network and the id, "
+            f"or download it first and pass the local folder (or set HF_HUB_OFFLINE=1 to use the local cache)") from None
+    path = Path(path)
+    commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else revision
+    return Resolved(spec=spec, path=path, repo_id=repo_id, revision=revision, commit=commit, hub_sha256=hub_sha)
+
+
+class Checkpoint(WeightSource):
+    """A model on disk: config, tokenizer and lazily read tensors."""
+
+    def __init__(self, spec: str | os.PathLike, resolved: Resolved | None = None):
+        self.resolved = resolved or resolve(str(spec))
+        self.path = self.resolved.path
+        self.label = self.resolved.spec
+        cfg_file = self.path / "config.json"
+        if not cfg_file.is_file():
+            raise TracingError(f"{self.path} has no config.json; point to a Hugging Face model folder "
+                               f"(config.json + model*.safetensors or pytorch_model*.bin)")
+        try:
+            raw = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise TracingError(f"{cfg_file} is not valid JSON ({e.msg}); re-download or fix the file") from None
+        self.arch = arch_from_config(raw)
+        self._config = None
+        self._index = self._build_index()
+        self._bin_cache: tuple[Path, dict] | None = None
+
+    # config ------------------------------------------------------------------------------
+    @property
+    def config(self):
+        if self._config is None:
+            from transformers import AutoConfig
+            self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
+        return self._config
+
+    # tensors -----------------------------------------------------------------------------
+    def _build_index(self) -> dict[str, Path]:
+        p = self.path
+        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            if (p / index_name).is_file():
+                weight_map = json.loads((p / index_name).read_text())["weight_map"]
+                return {k: p / v for k, v in weight_map.items()}
+        st = sorted(p.glob("*.safetensors"))
+        if st:
+            from safetensors import safe_open
+            index = {}
+            for f in st:
+                with safe_open(f, framework="pt") as h:
+                    index.update({k: f for k in h.keys()})
+            return index
+        bins = sorted(p.glob("pytorch_model*.bin"))
+        if bins:
+            index = {}
+            for f in bins:
+                index.update({k: f for k in self._load_bin(f).keys()})
+            return index
+        raise TracingError(f"{p} has a config.json but no weights (model*.safetensors or pytorch_model*.bin); "
+                           f"the download may be incomplete")
+
+    def _load_bin(self, f: Path) -> dict:
+        if self._bin_cache is None or self._bin_cache[0] != f:
+            self._bin_cache = None
+            self._bin_cache = (f, torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+        return self._bin_cache[1]
+
+    def weight_files(self) -> list[Path]:
+        return sorted(set(self._index.values()))
+
+    def has(self, name: str) -> bool:
+        return name in self._index or (name == LM_HEAD and self.arch.tied)
+
+    def get(self, name, dtype=torch.float32):
+        if name == LM_HEAD and (self.arch.tied or name not in self._index):
+            if not self.arch.tied:
+                raise TracingError(f"{self.label}: lm_head.weight missing although tie_word_embeddings is false")
+            name = EMBED
+        f = self._index.get(name)
+        if f is None:
+            raise TracingError(f"{self.label}: tensor {name} not found in its weight files; "
+                               f"is this a Llama-family causal LM checkpoint?")
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
+                t = h.get_tensor(name)
+        else:
+            t = self._load_bin(f)[name]
+        return t.to(dtype)
+
+    def release(self):
+        self._bin_cache = None
+
+    # tokenizer ---------------------------------------------------------------------------
+    def has_tokenizer(self) -> bool:
+        return any((self.path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+
+    def tokenizer(self):
+        if not self.has_tokenizer():
+            return None
+        from transformers import AutoTokenizer
+        try:
+            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
+        except Exception as e:
+            raise TracingError(f"cannot load the tokenizer of {self.label} ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200]})") from None
+
+    # provenance --------------------------------------------------------------------------
+    def provenance(self, hash_files: bool = True) -> dict:
+        """Exactly which weights these are: id, resolved commit or path, each file's size and SHA-256."""
+        files = []
+        for f in self.weight_files():
+            entry = {"file": f.name, "size": f.stat().st_size}
+            sha = self.resolved.hub_sha256.get(f.name) or _sha_from_hub_cache(f)
+            if sha:
+                entry["sha256"], entry["sha256_source"] = sha, "hub"
+            elif hash_files:
+                entry["sha256"], entry["sha256_source"] = sha256_file(f), "computed"
+            files.append(entry)
+        return {"id": self.resolved.spec, "path": str(self.path), "repo_id": self.resolved.repo_id,
+                "revision": self.resolved.revision, "commit": self.resolved.commit, "files": files}
+
+
+def _sha_from_hub_cache(f: Path) -> str | None:
+    """In the hub cache an LFS file is a link to a blob named by its SHA-256."""
+    if f.is_symlink():
+        target = Path(os.readlink(f)).name
+        if re.fullmatch(r"[0-9a-f]{64}", target):
+            return target
+    return None
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(f: Path, chunk: int = 1 << 23) -> str:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def open_model(spec: str | os.PathLike) -> Checkpoint:
+    return Checkpoint(spec)
+
+
+# ------------------------------------------------------------------------------------------
+# Loaded modules (for generation and for checks against the streamed path)
+# ------------------------------------------------------------------------------------------
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+    if dtype not in table:
+        raise TracingError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def config_for(config, arch: Arch):
+    """A copy of ``config`` matching ``arch`` (a rotated view is untied)."""
+    cfg = copy.deepcopy(config)
+    if not arch.tied and getattr(cfg, "tie_word_embeddings", False):
+        cfg.tie_word_embeddings = False
+    return cfg
+
+
+def load_module(source: WeightSource, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:
+    """Build a transformers ``nn.Module`` holding ``source``'s weights (transforms applied)."""
+    from transformers import AutoModelForCausalLM
+    cfg = config_for(source.config, source.arch)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    state = {n: source.get(n, dtype).to(device) for n in source.names()}
+    if source.arch.tied:
+        state[LM_HEAD] = state[EMBED]
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
+    if unexpected or missing:
+        raise TracingError(f"weights of {source.label} do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if source.arch.tied:
+        model.tie_weights()
+    # non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the device
+    for name, module in model.named_modules():
+        if name.endswith("rotary_emb"):
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], type(module)(config=cfg).to(device))
+    return model.to(device).eval()
+
+
+def load_pretrained(spec: str, dtype="auto", device: str | None = None, trust_remote_code: bool = False):
+    """Plain ``from_pretrained`` of a spec (used for generation)."""
+    from transformers import AutoModelForCausalLM
+    device = device or default_device()
+    ck = Checkpoint(spec)
+    model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=resolve_dtype(dtype, device),
+                                                 trust_remote_code=trust_remote_code)
+    return ck, model.to(device).eval()
+
+
+def as_sources(specs: Iterable[str]) -> list[Checkpoint]:
+    return [Checkpoint(s) for s in specs]
