@@ -92,48 +92,71 @@ def default_workers(cost_bytes: int, mem_budget_bytes: int | None = None) -> int
     return max(1, min(cores, budget // max(cost_bytes, 1)))
 
 
+class Matcher:
+    """MATCH many layers with bounded parallelism: ``submit(key, W1, W2)``, then ``results()``.
+
+    Cosine products run one at a time in the calling thread (torch uses every core for them);
+    assignment solves run in a thread pool with at most ``workers`` cost matrices in flight
+    (default: the cores, capped by the memory budget).
+    """
+
+    def __init__(self, workers: int | None = None, mem_budget_bytes: int | None = None,
+                 total: int | None = None, desc: str | None = None):
+        self.workers, self.mem_budget_bytes = workers, mem_budget_bytes
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots: threading.Semaphore | None = None
+        self._done: dict = {}
+        self._futures: dict = {}
+        self._bar = tqdm(total=total, desc=desc, disable=desc is None, leave=False)
+
+    def submit(self, key, W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> None:
+        C = cosine_matrix(W1, W2)
+        if absolute:
+            C.abs_()
+        fast = argmax_shortcut(C)
+        if fast is not None:
+            self._done[key] = fast
+            self._bar.update()
+            return
+        if self._pool is None:
+            n = self.workers or default_workers(C.numel() * 8 * 2, self.mem_budget_bytes)
+            self._pool, self._slots = ThreadPoolExecutor(max_workers=n), threading.Semaphore(n)
+        cost = negated_cost(C)
+        del C
+        self._slots.acquire()
+        fut: Future = self._pool.submit(solve, cost)
+        fut.add_done_callback(lambda _f: (self._slots.release(), self._bar.update()))
+        self._futures[key] = fut
+
+    def results(self) -> dict:
+        try:
+            for key, fut in self._futures.items():
+                self._done[key] = fut.result()
+        finally:
+            self.close()
+        return self._done
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._bar.close()
+
+
 def match_layers(layers: Iterable, load: Callable, absolute: bool = False, workers: int | None = None,
                  mem_budget_bytes: int | None = None, desc: str | None = None) -> dict:
-    """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}``.
-
-    Cosine products run one at a time in this thread (torch uses every core for them); the
-    assignment solves run in a thread pool bounded by ``workers`` in flight.
-    """
+    """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}`` in ``layers`` order."""
     layers = list(layers)
-    results: dict = {}
-    pool: ThreadPoolExecutor | None = None
-    slots: threading.Semaphore | None = None
-    futures: dict = {}
-    bar = tqdm(total=len(layers), desc=desc, disable=desc is None, leave=False)
+    m = Matcher(workers, mem_budget_bytes, total=len(layers), desc=desc)
     try:
         for key in layers:
             W1, W2 = load(key)
-            C = cosine_matrix(W1, W2)
+            m.submit(key, W1, W2, absolute)
             del W1, W2
-            if absolute:
-                C.abs_()
-            fast = argmax_shortcut(C)
-            if fast is not None:
-                results[key] = fast
-                bar.update()
-                continue
-            if pool is None:
-                n = workers or default_workers(C.numel() * 8 * 2, mem_budget_bytes)
-                pool, slots = ThreadPoolExecutor(max_workers=n), threading.Semaphore(n)
-            cost = negated_cost(C)
-            del C
-            slots.acquire()
-            fut: Future = pool.submit(solve, cost)
-            fut.add_done_callback(lambda _f: (slots.release(), bar.update()))
-            futures[key] = fut
-            del cost
-        for key, fut in futures.items():
-            results[key] = fut.result()
+        out = m.results()
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-        bar.close()
-    return {k: results[k] for k in layers}
+        m.close()
+    return {k: out[k] for k in layers}
 
 
 @dataclass

@@ -1,0 +1,28 @@
+"""Small helpers shared by the command-line scripts."""
+from __future__ import annotations
+
+import re
+import sys
+
+from .errors import TracingError
+
+
+def slug(spec: str) -> str:
+    """A filename-safe name for a model spec (``org/name@rev`` -> ``org--name@rev``)."""
+    s = str(spec).rstrip("/")
+    if s.startswith("/") or s.startswith("."):
+        s = s.rsplit("/", 1)[-1] or s
+    s = s.replace("/", "--").replace(":", "-")
+    return re.sub(r"[^\w.@\-]+", "_", s)[:120]
+
+
+def run_cli(main, argv=None) -> int:
+    """Run a CLI entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except TracingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,136 @@
+"""Evaluation data → token blocks ``[num_samples, block_size]``, the same ids for both models.
+
+Sources (``--dataset``): ``wikitext`` (the hub's dlwh/wikitext_103_detokenized test split),
+``random`` (uniform ids below the shared vocabulary), ``generated`` (generate.py's JSON for the
+pair), ``demo`` (the demo family's held-out text), or a local ``.txt`` / ``.jsonl`` / ``.json``.
+Text is tokenised with the base model's tokenizer and packed into blocks.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import TracingError
+
+WIKITEXT = "dlwh/wikitext_103_detokenized"
+PROBES = ["The quick brown fox jumps over the lazy dog.", "def f(x):\n    return x ** 2  # square",
+          "Über naïve café — 東京 1234567890 !?", "   leading spaces\tand\ttabs\n\nnew lines"]
+
+
+def default_dataset(stat: str, is_demo: bool) -> str:
+    if stat == "csh":
+        return "random"
+    return "demo" if is_demo else "wikitext"
+
+
+def tokenizers_compatible(tok1, tok2, shared: int) -> tuple[bool, str]:
+    """Same strings → same ids on the shared id range (DESIGN §6)."""
+    if tok1 is None or tok2 is None:
+        return True, "a tokenizer is missing; assuming the base tokenizer applies to both"
+    v1 = {t: i for t, i in tok1.get_vocab().items() if i < shared}
+    v2 = {t: i for t, i in tok2.get_vocab().items() if i < shared}
+    if v1 != v2:
+        diff = len(set(v1.items()) ^ set(v2.items()))
+        return False, f"{diff} token/id entries differ below id {shared}"
+    for s in PROBES:
+        a = [i for i in tok1(s, add_special_tokens=False)["input_ids"]]
+        b = [i for i in tok2(s, add_special_tokens=False)["input_ids"]]
+        if a != b:
+            return False, f"they split {s[:20]!r} differently"
+    return True, "same vocabulary on the shared range"
+
+
+def read_text_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise TracingError(f"dataset file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            texts = [path.read_text(encoding="utf-8")]
+        elif suffix == ".jsonl":
+            texts = []
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    obj = json.loads(line)
+                    texts.append(obj["text"] if isinstance(obj, dict) else str(obj))
+        elif suffix == ".json":
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            texts = _texts_from_json(obj)
+        else:
+            raise TracingError(f"dataset {path} has an unknown type; use .txt, .jsonl or .json")
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        raise TracingError(f"cannot read dataset {path} ({type(e).__name__}: {e}); "
+                           f"JSON lines need a 'text' field") from None
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise TracingError(f"dataset {path} holds no text; give a file with some text in it")
+    return texts
+
+
+def _texts_from_json(obj) -> list[str]:
+    if isinstance(obj, dict) and "samples" in obj:  # generate.py output
+        return [s["text"] if isinstance(s, dict) else str(s) for s in obj["samples"]]
+    if isinstance(obj, dict) and "text" in obj:
+        return [obj["text"]] if isinstance(obj["text"], str) else list(obj["text"])
+    if isinstance(obj, list):
+        return [o["text"] if isinstance(o, dict) else str(o) for o in obj]
+    raise KeyError("text")
+
+
+def generated_path(folder: str | Path, spec: str) -> Path:
+    from .cli_util import slug
+    return Path(folder) / f"{slug(spec)}.json"
+
+
+def load_texts(dataset: str, base_spec: str, ft_spec: str, generated_dir: str | Path) -> list[str]:
+    if dataset == "wikitext":
+        try:
+            import datasets
+            ds = datasets.load_dataset(WIKITEXT, split="test")
+        except Exception as e:
+            raise TracingError(f"cannot load {WIKITEXT} ({type(e).__name__}); it needs the hub: pre-download it, "
+                               f"or use --dataset random|demo|PATH") from None
+        return [t for t in ds["text"] if t.strip()]
+    if dataset == "demo":
+        from . import zoo
+        return read_text_file(zoo.demo_eval_text_path())
+    if dataset == "generated":
+        texts = []
+        for spec in (base_spec, ft_spec):
+            p = generated_path(generated_dir, spec)
+            if not p.is_file():
+                raise TracingError(f"no generated samples for {spec} at {p}; run generate.py for it first "
+                                   f"(or pass --generated_dir)")
+            texts += read_text_file(p)
+        return texts
+    return read_text_file(Path(dataset))
+
+
+def token_blocks(dataset: str, *, tokenizer, shared_vocab: int, block_size: int, num_samples: int, seed: int,
+                 base_spec: str = "", ft_spec: str = "", generated_dir: str | Path = "results/generated") -> torch.Tensor:
+    """``[n, block_size]`` token ids, ``n <= num_samples``, all below ``shared_vocab``."""
+    if dataset == "random":
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randint(0, shared_vocab, (num_samples, block_size), generator=g)
+    if tokenizer is None:
+        raise TracingError(f"--dataset {dataset} needs the base model's tokenizer, but it has none; "
+                           f"use --dataset random or add the tokenizer files")
+    texts = load_texts(dataset, base_spec, ft_spec, generated_dir)
+    ids: list[int] = []
+    need = block_size * num_samples
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for t in texts:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + sep
+        if len(ids) >= need:
+            break
+    n = min(num_samples, len(ids) // block_size)
+    if n == 0:
+        raise TracingError(f"dataset {dataset} gives {len(ids)} tokens, fewer than one block of {block_size}; "
+                           f"use a smaller --block_size or more text")
+    out = torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
+    if int(out.max()) >= shared_vocab:
+        raise TracingError(f"dataset {dataset} tokenises to id {int(out.max())}, past the vocabulary the two models "
+                           f"share ({shared_vocab}); the tokenizers are not compatible for this text")
+    return out

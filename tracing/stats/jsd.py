@@ -1,0 +1,32 @@
+"""φ_JSD: Jensen–Shannon divergence of next-token distributions over the shared vocabulary
+(per token ½Σ_v[p log(p/m) + q log(q/m)], averaged over tokens); reported raw, no p-value."""
+import math
+
+import torch
+
+from . import register
+from .base import StatResult
+
+
+def jsd_per_token(logits_p: torch.Tensor, logits_q: torch.Tensor, n: int) -> torch.Tensor:
+    lp = torch.log_softmax(logits_p[..., :n].double(), dim=-1)
+    lq = torch.log_softmax(logits_q[..., :n].double(), dim=-1)
+    lm = torch.logaddexp(lp, lq) - math.log(2.0)
+    return 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
+
+
+@register("jsd", needs_data=True, has_pvalue=False,
+          description="Jensen-Shannon divergence of the output distributions (no p-value)")
+def jsd(ctx, base, ft):
+    n = min(base.arch.V, ft.arch.V)
+    ids = ctx.data()
+    total, count = 0.0, 0
+
+    def on_logits(_b, logits, _ids):
+        nonlocal total, count
+        j = jsd_per_token(logits[0], logits[1], n)
+        total += float(j.sum())
+        count += j.numel()
+
+    ctx.engine().run([base, ft], ids, on_logits=on_logits, desc="jsd: forward")
+    return StatResult("jsd", total / count, None, [], {"shared_vocab": n, "num_tokens": count})

@@ -1,0 +1,60 @@
+"""φ_ℓ2: mean over tensors of the Frobenius distance, with an exact PERMTEST p-value.
+
+The null draws T random function-preserving permutations of θ₂ (one residual permutation and
+one per block) and recomputes the distance; each tensor pair is read once for all T draws.
+"""
+import torch
+
+from .. import pvalues
+from ..arch import require_same_blocks
+from ..transforms import Permuted, generator
+from . import register
+from .base import StatResult
+
+DEFAULT_T = 99
+
+
+class PermDraws:
+    """T independent random (π_e, π_i) draws, reproducible from a seed, generated on demand."""
+
+    def __init__(self, arch, T: int, seed: int):
+        self.arch, self.T, self.seed = arch, T, seed
+        self.pi_e = [torch.randperm(arch.d, generator=generator(seed * 7919 + t)) for t in range(T)]
+        self._block, self._pi_i = None, {}
+
+    def view(self, source, t: int, block: int | None) -> Permuted:
+        if block is not None and block != self._block:
+            self._block = block
+            self._pi_i = {s: torch.randperm(self.arch.h, generator=generator(self.seed * 7919 + 104729 * (block + 1) + s))
+                          for s in range(self.T)}
+        return Permuted(source, self.pi_e[t], {block: self._pi_i[t]} if block is not None else None)
+
+
+@register("l2", needs_data=False, has_pvalue=True,
+          description="mean Frobenius distance of the weights (φ_ℓ2) with a permutation test")
+def l2(ctx, base, ft):
+    require_same_blocks(base.arch, ft.arch, "l2")
+    T = DEFAULT_T if ctx.options.num_perm is None else ctx.options.num_perm
+    draws = PermDraws(ft.arch, T, ctx.options.seed + 1) if T else None
+    names = base.arch.names()
+    observed, null = 0.0, torch.zeros(T, dtype=torch.float64)
+    from tqdm.auto import tqdm
+    for name in tqdm(names, desc="l2", disable=not ctx.progress, leave=False):
+        role, block = base.arch.role_of(name)
+        a, b = base.get(name), ft.get(name)
+        if role in ("embed", "lm_head"):
+            n = min(a.shape[0], b.shape[0])
+            a, b = a[:n], b[:n]
+        observed += float(torch.linalg.vector_norm(a - b))
+        for t in range(T):
+            bt = draws.view(ft, t, block).apply(name, b)
+            null[t] += float(torch.linalg.vector_norm(a - bt))
+    k = len(names)
+    obs = observed / k
+    extra = {"num_tensors": k, "num_perm": T}
+    if not T:
+        return StatResult("l2", obs, None, [], extra)
+    null_mean = (null / k).tolist()
+    _, lp = pvalues.permtest(obs, null_mean)
+    extra["null"] = null_mean
+    return StatResult("l2", obs, lp, [], extra)

@@ -1,0 +1,58 @@
+"""Mode connectivity: LM loss along the path θ(α) and its barrier (DESIGN §5).
+
+Every α of the curve (and every PERMTEST draw) is a lane of one lockstep pass, so the weights of
+θ₁ and θ₂ are read once per block for all of them.
+"""
+from ..evaluate import lm_losses
+from ..models import CachedSource
+import torch
+
+from ..transforms import Interpolated, View
+from .. import pvalues
+from . import register
+from .base import StatResult
+from .l2 import PermDraws
+
+MAX_LANES = 8  # PERMTEST lanes per pass (bounds the hidden states held at once)
+
+
+@register("mode", needs_data=True, has_pvalue=True,
+          description="loss on the linear path between the models (mode connectivity), optional permutation test")
+def mode(ctx, base, ft):
+    o = ctx.options
+    alphas = sorted({0.0, 1.0, float(o.alpha), *[float(a) for a in (o.alphas or [])]})
+    ids = ctx.data()
+    c1, c2 = CachedSource(base), CachedSource(ft)
+    lanes = [Interpolated(c1, c2, a, attn=o.attn, emb=o.emb) for a in alphas]
+    losses = dict(zip(alphas, lm_losses(ctx.engine(), lanes, ids, desc="mode: path")))
+    l0, l1 = losses[0.0], losses[1.0]
+    curve = [{"alpha": a, "loss": losses[a], "barrier": losses[a] - ((1 - a) * l0 + a * l1)} for a in alphas]
+    obs = losses[float(o.alpha)]
+    extra = {"alpha": float(o.alpha), "loss_alpha": obs,
+             "barrier": obs - ((1 - o.alpha) * l0 + o.alpha * l1), "curve": curve,
+             "loss_theta0": l0, "loss_theta1": l1, "attn": o.attn, "emb": o.emb}
+    T = o.num_perm or 0
+    if not T:
+        return StatResult("mode", obs, None, [], extra)
+    draws = PermDraws(ft.arch, T, o.seed + 1)
+    null = []
+    for start in range(0, T, MAX_LANES):
+        ts = range(start, min(T, start + MAX_LANES))
+        perm_lanes = [Interpolated(c1, _PermutedDraw(c2, draws, t), o.alpha, attn=o.attn, emb=o.emb) for t in ts]
+        null += lm_losses(ctx.engine(), perm_lanes, ids, desc=f"mode: permutations {start + 1}-{ts[-1] + 1}/{T}")
+    _, lp = pvalues.permtest(obs, null)
+    extra["null"] = null
+    extra["num_perm"] = T
+    return StatResult("mode", obs, lp, [], extra)
+
+
+class _PermutedDraw(View):
+    """θ₂ under PERMTEST draw t (residual and every block's MLP permutation)."""
+
+    def __init__(self, inner, draws: PermDraws, t: int):
+        super().__init__(inner)
+        self.draws, self.t = draws, t
+
+    def get(self, name, dtype=torch.float32):
+        _, block = self.arch.role_of(name)
+        return self.draws.view(self.inner, self.t, block).get(name, dtype)
