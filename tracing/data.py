@@ -114,10 +114,10 @@ def token_blocks(dataset: str, *, tokenizer, shared_vocab: int, block_size: int,
     if dataset == "random":
         g = torch.Generator().manual_seed(int(seed))
         return torch.randint(0, shared_vocab, (num_samples, block_size), generator=g)
+    texts = load_texts(dataset, base_spec, ft_spec, generated_dir)
     if tokenizer is None:
         raise TracingError(f"--dataset {dataset} needs the base model's tokenizer, but it has none; "
                            f"use --dataset random or add the tokenizer files")
-    texts = load_texts(dataset, base_spec, ft_spec, generated_dir)
     ids: list[int] = []
     need = block_size * num_samples
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -24,9 +24,8 @@ def register(name: str, *, needs_data: bool, has_pvalue: bool, description: str,
 
 
 def _load_all():
-    if not REGISTRY:
-        for m in _MODULES:
-            importlib.import_module(f"{__name__}.{m}")
+    for m in _MODULES:  # cached by the import system after the first call
+        importlib.import_module(f"{__name__}.{m}")
 
 
 def known_names() -> str:
