@@ -122,7 +122,7 @@ def token_blocks(dataset: str, *, tokenizer, shared_vocab: int, block_size: int,
     need = block_size * num_samples
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for t in texts:
-        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + sep
+        ids += tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] + sep
         if len(ids) >= need:
             break
     n = min(num_samples, len(ids) // block_size)

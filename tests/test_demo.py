@@ -1,0 +1,83 @@
+"""End to end on the offline demo family, whose lineage is known: the statistics' verdicts."""
+import itertools
+import math
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracing import zoo
+from tracing.api import run_pair
+from tracing.options import Options
+
+ROOT = Path(__file__).resolve().parent.parent
+SIG = math.log10(0.01)
+DATA = dict(dataset="demo", num_samples=8, block_size=128)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_family():
+    return zoo.ensure_built(progress=False)
+
+
+def test_cos_and_match_classify_every_pair():
+    wrong = []
+    for a, b in itertools.combinations(zoo.MODEL_NAMES, 2):
+        recs = run_pair(f"demo:{a}", f"demo:{b}", Options(stat="cos,match", **DATA), progress=False)
+        for rec in recs:
+            if (rec["log10_pvalue"] < SIG) != zoo.are_dependent(a, b):
+                wrong.append((a, b, rec["stat"], rec["log10_pvalue"]))
+    assert not wrong
+
+
+def _mode(b, **kw):
+    return run_pair("demo:base-a", f"demo:{b}", Options(stat="mode", **DATA, **kw), progress=False)[0]
+
+
+def test_mode_connectivity_on_trained_models():
+    dep, ind = _mode("a-docs"), _mode("base-b")
+    assert dep["extra"]["loss_alpha"] < ind["extra"]["loss_alpha"] - 0.2
+    # permuting the fine-tune breaks the path; aligning it restores it
+    pa = _mode("a-docs", permute=True, align=True)
+    assert pa["extra"]["loss_alpha"] > dep["extra"]["loss_alpha"] + 0.2
+    assert pa["aligned"]["extra"]["loss_alpha"] == pytest.approx(dep["extra"]["loss_alpha"], rel=1e-5)
+    # the full path (attention and embeddings too): flat for a dependent pair, a barrier otherwise
+    dep_full, ind_full = _mode("a-docs", attn=True, emb=True), _mode("base-b", attn=True, emb=True)
+    assert abs(dep_full["extra"]["barrier"]) < 0.25
+    assert ind_full["extra"]["barrier"] > 0.75
+    assert ind_full["extra"]["barrier"] > dep_full["extra"]["barrier"] + 0.75
+
+
+def test_mode_permutation_test_and_curve():
+    rec = _mode("a-docs", num_perm=9, alphas=[0, 0.25, 0.5, 0.75, 1])
+    assert rec["log10_pvalue"] == pytest.approx(-1.0)  # 1/(T+1): every permuted path is worse
+    assert [c["alpha"] for c in rec["extra"]["curve"]] == [0, 0.25, 0.5, 0.75, 1]
+    assert rec["extra"]["curve"][0]["barrier"] == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.parametrize("stat", ["cos", "emb", "l2", "csh", "match", "jsd", "mode"])
+def test_main_on_demo_family(tmp_path, stat):
+    out = tmp_path / "r.p"
+    res = {}
+    for ft in ("a-docs-v2", "b-docs"):
+        args = [sys.executable, str(ROOT / "main.py"), "--base_model_id", "demo:base-a", "--ft_model_id", f"demo:{ft}",
+                "--stat", stat, "--num_samples", "4", "--block_size", "64", "--save", out, "--quiet"]
+        if stat in ("l2", "mode"):
+            args += ["--num_perm", "19"]
+        if stat == "mode":
+            args += ["--attn", "--emb"]
+        r = subprocess.run(list(map(str, args)), capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        with open(out, "rb") as f:
+            res[ft] = pickle.load(f)
+        assert res[ft]["models"]["base"]["id"] == "demo:base-a"
+    dep, ind = res["a-docs-v2"], res["b-docs"]
+    if stat == "jsd":
+        assert dep["statistic"] < ind["statistic"]
+    elif stat in ("l2", "mode"):
+        assert dep["log10_pvalue"] == pytest.approx(math.log10(1 / 20))
+        assert ind["log10_pvalue"] > SIG
+    else:
+        assert dep["log10_pvalue"] < -6 and ind["log10_pvalue"] > SIG
