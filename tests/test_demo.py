@@ -81,3 +81,47 @@ def test_main_on_demo_family(tmp_path, stat):
         assert ind["log10_pvalue"] > SIG
     else:
         assert dep["log10_pvalue"] < -6 and ind["log10_pvalue"] > SIG
+
+
+def test_incompatible_tokenizers_are_an_error_for_data_stats_only(tmp_path):
+    import json
+    import shutil
+    src = zoo.resolve_demo("demo:a-docs")
+    dst = tmp_path / "a-docs-othertok"
+    shutil.copytree(src, dst)
+    tok = json.loads((dst / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["a"], vocab["e"] = vocab["e"], vocab["a"]  # same model, different ids for the same text
+    (dst / "tokenizer.json").write_text(json.dumps(tok))
+    base = ["--base_model_id", "demo:base-a", "--ft_model_id", dst, "--quiet", "--num_samples", "2", "--block_size", "32"]
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, base), "--stat", "match",
+                        "--save", tmp_path / "m.p"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 2 and "not compatible" in r.stderr and not (tmp_path / "m.p").exists()
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, base), "--stat", "cos",
+                        "--save", tmp_path / "c.p"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0 and (tmp_path / "c.p").exists()
+
+
+def test_generate_then_use_as_dataset(tmp_path):
+    gen = tmp_path / "gen"
+    r = subprocess.run([sys.executable, str(ROOT / "generate.py"), "--model_id", "demo:base-a", "--model_id",
+                        "demo:a-sys", "--num_samples", "2", "--max_new_tokens", "48", "--out_dir", str(gen), "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = sorted(p.name for p in gen.iterdir())
+    assert files == ["demo-a-sys.json", "demo-base-a.json"]
+    again = tmp_path / "gen2"
+    subprocess.run([sys.executable, str(ROOT / "generate.py"), "--model_id", "demo:base-a", "--num_samples", "2",
+                    "--max_new_tokens", "48", "--out_dir", str(again), "--quiet"], check=True, cwd=ROOT, timeout=600,
+                   capture_output=True)
+    import json
+    assert json.loads((gen / "demo-base-a.json").read_text())["samples"] == \
+        json.loads((again / "demo-base-a.json").read_text())["samples"]  # seeded sampling
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base_model_id", "demo:base-a", "--ft_model_id",
+                        "demo:a-sys", "--stat", "jsd", "--dataset", "generated", "--generated_dir", str(gen),
+                        "--block_size", "32", "--save", str(tmp_path / "j.p"), "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / "j.p", "rb") as f:
+        rec = pickle.load(f)
+    assert rec["data"]["dataset"] == "generated" and rec["data"]["num_blocks"] >= 2
