@@ -106,3 +106,19 @@ def test_unreachable_hub_id_is_clear_error(monkeypatch):
     with pytest.raises(TracingError) as e:
         Checkpoint("no-such-org/no-such-model")
     assert "cannot fetch" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_provenance_hashes_weight_files(saved, tmp_path, monkeypatch):
+    import hashlib
+    monkeypatch.setenv("TRACING_CACHE_DIR", str(tmp_path / "cache"))
+    _, root = saved
+    prov = Checkpoint(root / "sharded").provenance()
+    assert prov["path"] == str((root / "sharded").resolve())
+    files = {f["file"]: f for f in prov["files"]}
+    assert len(files) == len(list((root / "sharded").glob("*.safetensors")))
+    for name, entry in files.items():
+        data = (root / "sharded" / name).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    assert (tmp_path / "cache" / "sha256.json").is_file()  # remembered for the next run
+    again = Checkpoint(root / "sharded").provenance()
+    assert again["files"] == prov["files"]

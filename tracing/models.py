@@ -288,19 +288,39 @@ def _sha_from_hub_cache(f: Path) -> str | None:
     return None
 
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+def _hash_cache_file() -> Path:
+    return Path(os.environ.get("TRACING_CACHE_DIR", Path.home() / ".cache" / "model-tracing")) / "sha256.json"
 
 
 def sha256_file(f: Path, chunk: int = 1 << 23) -> str:
+    """SHA-256 of a weight file, remembered by (path, size, mtime) so a 140 GB model is hashed once."""
     st = f.stat()
-    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
+    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _hash_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    digest = h.hexdigest()
+    try:  # best effort; a read-only home just means hashing again next time
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        cache[key] = digest
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return digest
 
 
 def open_model(spec: str | os.PathLike) -> Checkpoint:
