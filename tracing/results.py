@@ -42,11 +42,15 @@ def versions() -> dict:
     return out
 
 
+def slurm_job_id() -> str | None:
+    """``<array job>_<task>`` inside a SLURM array task, ``<job>`` in a plain job, else None."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{job}_{task}" if job and task else job
+
+
 def provenance() -> dict:
-    return {"commit": git_commit(), "versions": versions(), "host": socket.gethostname(),
-            "job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID")) and
-            "_".join(filter(None, [os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
-                                   os.environ.get("SLURM_ARRAY_TASK_ID")]))}
+    return {"commit": git_commit(), "versions": versions(), "host": socket.gethostname(), "job_id": slurm_job_id()}
 
 
 def scrub(obj):
@@ -168,6 +172,9 @@ def record_rows(rec: dict, path: str = "", per_layer: bool = False) -> list[dict
         "time": rec.get("time"), "commit": rec.get("commit"), "job_id": rec.get("job_id"),
         "permute": rec.get("args", {}).get("permute"), "rotate": rec.get("args", {}).get("rotate"),
         "significance": rec.get("args", {}).get("significance", 0.01),
+        # options that change what a statistic measures (mode: which parts are interpolated)
+        "attn": rec.get("args", {}).get("attn"), "emb": rec.get("args", {}).get("emb"),
+        "num_perm": rec.get("args", {}).get("num_perm"),
     }
     variants = [("raw", rec)]
     if isinstance(rec.get("aligned"), dict):
