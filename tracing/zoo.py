@@ -27,9 +27,12 @@ Layout of a built zoo (``ensure_built()`` returns ``<root>``)::
     <root>/<name>/                   config.json, model.safetensors (float32), tokenizer files
 
 The root is ``$TRACING_DEMO_DIR`` if set, else ``~/.cache/model-tracing/demo-<VERSION>``
-(``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set). A build takes 1-2 minutes on two cores
-and happens once; concurrent callers serialise on ``<root>.lock`` and the finished tree is
-renamed into place, so a reader never sees a half-built zoo.
+(``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set). A build takes about 2 minutes on two idle
+cores and happens once; concurrent callers serialise on ``<root>.lock`` and the finished tree is
+renamed into place, so a reader never sees a half-built zoo. Models are trained by worker
+processes (``$TRACING_DEMO_WORKERS``, default min(2, cores)) with one torch thread each, so a
+rebuild gives byte-identical weight files whatever the number of cores or workers (same Python,
+torch and CPU type); only timings in ``lineage.json`` differ.
 
 CLI::
 
@@ -44,7 +47,7 @@ module, ``is_demo_spec`` and the lineage helpers are cheap.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -61,11 +64,11 @@ from dataclasses import dataclass
 from tracing.errors import TracingError
 
 # Bump whenever anything that changes the built files changes (corpus lists, tokenizer, recipe).
-VERSION = "v1"
+VERSION = "v2"
 
 DEMO_PREFIX = "demo:"
 ENV_DIR = "TRACING_DEMO_DIR"
-ENV_THREADS = "TRACING_DEMO_THREADS"
+ENV_WORKERS = "TRACING_DEMO_WORKERS"  # parallel training processes (default: min(2, cores))
 
 MODEL_NAMES: tuple[str, ...] = ("base-a", "base-b", "base-c", "a-docs", "a-docs-v2", "a-sys", "b-docs")
 SLICE_FILES = {"pretrain": "train.txt", "docs": "docs.txt", "sys": "sys.txt", "eval": "eval.txt"}
@@ -75,7 +78,6 @@ BLOCK_SIZE = 128
 BATCH_SIZE = 16
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0..3, as in Llama (unk 0, bos 1, eos 2)
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
-DEFAULT_THREADS = 2  # fixed, so rebuilds are bit-identical on machines of any core count
 
 MODEL_CONFIG = dict(
     hidden_size=64,
@@ -195,11 +197,12 @@ def topics():
     return items
 
 out = {}
+with_topics = groups.pop("topics")
 for group, mods in groups.items():
     items = []
     for m in mods:
         items.extend(module_docs(m))
-    if group == "pretrain":
+    if group == "pretrain" and with_topics:
         items.extend(topics())
     out[group] = items
 json.dump(out, sys.stdout)
@@ -217,9 +220,9 @@ def build_corpus(tiny: bool = False) -> dict[str, list[str]]:
     contains no newline). Deterministic for a given Python version. Documents are deduplicated
     across slices; ``eval`` holds ~1/10 of every group's documents and shares none with training.
     """
-    groups = {"pretrain": list(PRETRAIN_MODULES), "docs": list(DOCS_MODULES), "sys": list(SYS_MODULES)}
+    groups = {"pretrain": list(PRETRAIN_MODULES), "docs": list(DOCS_MODULES), "sys": list(SYS_MODULES), "topics": True}
     if tiny:
-        groups = {"pretrain": ["textwrap", "heapq"], "docs": ["string"], "sys": ["glob"]}
+        groups = {"pretrain": ["argparse", "heapq"], "docs": ["textwrap", "string"], "sys": ["shutil"], "topics": False}
     proc = subprocess.run(
         [sys.executable, "-I", "-W", "ignore", "-c", _EXTRACT_SCRIPT],
         input=json.dumps(groups), capture_output=True, text=True, encoding="utf-8",
@@ -277,6 +280,10 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 assert tuple(RECIPES) == MODEL_NAMES
+# One dependency chain per training worker (about equal numbers of steps).
+_CHAINS = (("base-a", "a-docs", "a-docs-v2", "a-sys"), ("base-b", "b-docs", "base-c"))
+assert sorted(n for c in _CHAINS for n in c) == sorted(MODEL_NAMES)
+_TINY_STEPS = 3  # tiny=True: the machinery only (tests of locking and caching)
 
 
 def _recipe_signature(tiny: bool) -> str:
@@ -386,15 +393,15 @@ def _ensure_built(root=None, progress: bool = True, tiny: bool = False) -> tuple
             if is_built(root, tiny):
                 return root, False
             _check_replaceable(root)
-            for stale in root.parent.glob(f".{root.name}.*"):  # leftovers of crashed builders
-                if stale.is_dir():
+            for stale in root.parent.iterdir():  # leftovers of crashed builders (we hold the lock)
+                if stale.name.startswith(f".{root.name}.") and stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
             tmp = root.parent / f".{root.name}.building-{os.getpid()}"
             try:
                 t0 = time.time()
                 if progress:
                     what = "tiny test " if tiny else ""
-                    print(f"building the {what}demo models in {root} (once; ~1-2 min on 2 CPU cores)", file=sys.stderr, flush=True)
+                    print(f"building the {what}demo models in {root} (once; about 2 min on 2 idle CPU cores)", file=sys.stderr, flush=True)
                 _build(tmp, progress=progress, tiny=tiny)
                 (tmp / _COMPLETE).write_text(_recipe_signature(tiny) + "\n", encoding="utf-8")
                 if root.exists():  # stale or partial: move aside atomically, then delete
@@ -428,35 +435,33 @@ def _check_replaceable(root: pathlib.Path) -> None:
     if root.exists() and not root.is_dir():
         raise TracingError(f"{root} exists and is not a directory; choose another demo model directory")
     if root.is_dir() and any(root.iterdir()) and not (root / _MARKER).exists():
+        hint = f" (it comes from ${ENV_DIR})" if os.environ.get(ENV_DIR) and _root(None) == root else ""
         raise TracingError(
-            f"{root} is not empty and is not a demo model directory; choose a new or empty directory "
-            f"(or unset {ENV_DIR})"
+            f"{root} is not empty and is not a demo model directory{hint}; choose a new or empty directory"
         )
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
+def _build_workers() -> int:
+    env = os.environ.get(ENV_WORKERS)
+    if env is None:
+        return max(1, min(len(_CHAINS), os.cpu_count() or 1))
     try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _build_threads() -> int:
-    try:
-        return max(1, int(os.environ.get(ENV_THREADS, DEFAULT_THREADS)))
+        return max(1, int(env))
     except ValueError:
-        raise TracingError(f"{ENV_THREADS} must be a positive integer") from None
+        raise TracingError(f"{ENV_WORKERS} must be a positive integer, not {env!r}") from None
 
 
 def _build(out: pathlib.Path, progress: bool, tiny: bool) -> None:
-    import torch
+    """Build the whole zoo into the fresh directory ``out`` (everything but ``COMPLETE``).
+
+    The corpus and tokenizer are made here; the models are trained by worker processes, one
+    torch thread each (a dependency chain per worker), so the weights are bit-identical whatever
+    the machine's core count and the caller's torch settings are left alone.
+    """
     import tokenizers
+    import torch
     import transformers
+    from safetensors.torch import save_file
 
     t0 = time.time()
     out.mkdir(parents=True)
@@ -486,40 +491,25 @@ def _build(out: pathlib.Path, progress: bool, tiny: bool) -> None:
         corpus_info[name]["blocks"] = int(b.shape[0])
         if b.shape[0] == 0:
             raise TracingError(f"the demo corpus slice {name!r} is shorter than one block of {BLOCK_SIZE} tokens")
+    work = out / ".work"
+    work.mkdir()
+    save_file({k: v.contiguous() for k, v in blocks.items()}, str(work / "blocks.safetensors"))
+    if progress:
+        sizes = ", ".join(f"{k} {v['chars'] / 1e3:.0f} kB" for k, v in corpus_info.items())
+        print(f"corpus: {sizes}; tokenizer: {len(hf_tok)} tokens", file=sys.stderr, flush=True)
 
-    threads = _build_threads()
-    models, records = {}, {}
-    with _torch_threads(threads):
-        for name in MODEL_NAMES:
-            r = RECIPES[name]
-            steps = 4 if tiny else r.steps
-            if r.parent is None:
-                torch.manual_seed(r.init_seed)
-                model = transformers.LlamaForCausalLM(_model_config(len(hf_tok)))
-            else:
-                model = _clone(models[r.parent])
-            start = time.time()
-            train_losses = _train(model, blocks[r.data], steps=steps, lr=r.lr,
-                                  warmup=min(r.warmup, steps), seed=r.data_seed,
-                                  desc=f"demo {name}", progress=progress)
-            loss = eval_loss(model, blocks["eval"])
-            models[name] = model
-            _save_model(model, hf_tok, out / name)
-            records[name] = {
-                "parent": r.parent,
-                "root": root_of(name),
-                "init_seed": r.init_seed,
-                "data": r.data,
-                "data_seed": r.data_seed,
-                "steps": steps,
-                "lr": r.lr,
-                "final_train_loss": round(float(sum(train_losses[-10:]) / len(train_losses[-10:])), 6),
-                "final_eval_loss": float(loss),
-                "relative_change_from_parent": (
-                    None if r.parent is None else float(_relative_change(models[r.parent], model))
-                ),
-                "train_seconds": round(time.time() - start, 2),
-            }
+    n_workers = _build_workers()
+    plans = [[] for _ in range(min(n_workers, len(_CHAINS)))]
+    for i, chain in enumerate(_CHAINS):
+        plans[i % len(plans)].extend(chain)
+    _run_workers(out, plans, vocab_size=len(hf_tok), tiny=tiny, progress=progress)
+
+    records = {}
+    for name in MODEL_NAMES:
+        records[name] = json.loads((work / f"{name}.json").read_text(encoding="utf-8"))
+        for f in (out / "tokenizer").iterdir():
+            shutil.copy2(f, out / name / f.name)
+    shutil.rmtree(work)
 
     info = {
         "version": VERSION,
@@ -534,7 +524,8 @@ def _build(out: pathlib.Path, progress: bool, tiny: bool) -> None:
                      "appended, lines concatenated, the last partial block dropped",
         "ln_vocab": math.log(len(hf_tok)),
         "corpus": corpus_info,
-        "threads": threads,
+        "torch_threads_per_model": 1,
+        "workers": len(plans),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -542,6 +533,144 @@ def _build(out: pathlib.Path, progress: bool, tiny: bool) -> None:
         "build_seconds": round(time.time() - t0, 1),
     }
     (out / "lineage.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _run_workers(out: pathlib.Path, plans: list[list[str]], vocab_size: int, tiny: bool, progress: bool) -> None:
+    """Run one training process per plan; draw their progress (reported as JSON lines on stdout) here."""
+    import queue
+    import threading
+
+    from tqdm.auto import tqdm
+
+    pkg_parent = str(pathlib.Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    code = "import sys; from tracing.zoo import _worker_main; sys.exit(_worker_main())"
+    events: queue.Queue = queue.Queue()
+
+    def pump(i, stream):
+        for line in stream:
+            events.put((i, line))
+        events.put((i, None))
+
+    procs, bars = [], {}
+    try:
+        for i, names in enumerate(plans):
+            job = {"out": str(out), "names": names, "vocab_size": vocab_size, "tiny": tiny, "worker": i}
+            proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    env=env, text=True, encoding="utf-8")
+            procs.append(proc)
+            proc.stdin.write(json.dumps(job))
+            proc.stdin.close()
+            threading.Thread(target=pump, args=(i, proc.stdout), daemon=True).start()
+        running = len(procs)
+        while running:
+            i, line = events.get()
+            if line is None:
+                running -= 1
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if not progress or not isinstance(ev, dict):
+                continue
+            if ev.get("event") == "start":
+                if i in bars:
+                    bars[i].close()
+                bars[i] = tqdm(total=ev["steps"], desc=f"{ev['name']:>9}", position=i, leave=False,
+                               file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
+            elif ev.get("event") == "step" and i in bars:
+                bars[i].update(ev["step"] - bars[i].n)
+                bars[i].set_postfix(loss=f"{ev['loss']:.3f}", refresh=False)
+            elif ev.get("event") == "done":
+                if i in bars:
+                    bars.pop(i).close()
+                tqdm.write(f"{ev['name']:>9}: eval loss {ev['eval_loss']:.3f} after {ev['steps']} steps "
+                           f"on {ev['data']!r} ({ev['seconds']:.0f} s)", file=sys.stderr)
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for bar in bars.values():
+            bar.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for i, code_ in enumerate(codes):
+        if code_ != 0:
+            err = out / ".work" / f"error-{i}.txt"
+            msg = err.read_text(encoding="utf-8").strip() if err.exists() else f"exit status {code_}"
+            raise TracingError(f"training the demo models failed: {msg}")
+
+
+def _worker_main() -> int:
+    """Entry point of a training worker process: job as JSON on stdin, progress as JSON lines on stdout."""
+    job = json.loads(sys.stdin.read())
+    out = pathlib.Path(job["out"])
+    try:
+        _train_chain(out, job["names"], job["vocab_size"], job["tiny"])
+        return 0
+    except BaseException as err:  # one line for the parent to report
+        msg = " ".join(f"{type(err).__name__}: {err}".split())
+        (out / ".work" / f"error-{job['worker']}.txt").write_text(msg + "\n", encoding="utf-8")
+        return 1
+
+
+def _emit(**event) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _train_chain(out: pathlib.Path, names: list[str], vocab_size: int, tiny: bool) -> None:
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    blocks = load_file(str(out / ".work" / "blocks.safetensors"))
+    models = {}
+    for k, name in enumerate(names):
+        r = RECIPES[name]
+        steps = _TINY_STEPS if tiny else r.steps
+        if r.parent is None:
+            torch.manual_seed(r.init_seed)
+            model = transformers.LlamaForCausalLM(_model_config(vocab_size))
+        else:
+            model = copy.deepcopy(models[r.parent])
+        start = time.time()
+        _emit(event="start", name=name, steps=steps)
+        train_losses = _train(model, blocks[r.data], steps=steps, lr=r.lr, warmup=min(r.warmup, steps),
+                              seed=r.data_seed,
+                              on_step=lambda step, loss: _emit(event="step", name=name, step=step, loss=loss))
+        loss = eval_loss(model, blocks["eval"])
+        models[name] = model
+        _save_model(model, out / name)
+        tail = train_losses[-10:]
+        record = {
+            "parent": r.parent,
+            "root": root_of(name),
+            "init_seed": r.init_seed,
+            "data": r.data,
+            "data_seed": r.data_seed,
+            "steps": steps,
+            "lr": r.lr,
+            "final_train_loss": round(sum(tail) / len(tail), 6),
+            "final_eval_loss": float(loss),
+            "relative_change_from_parent": (
+                None if r.parent is None else round(_relative_change(models[r.parent], model), 6)
+            ),
+            "train_seconds": round(time.time() - start, 2),
+        }
+        (out / ".work" / f"{name}.json").write_text(json.dumps(record), encoding="utf-8")
+        _emit(event="done", name=name, eval_loss=loss, steps=steps, data=r.data, seconds=record["train_seconds"])
+        later = names[k + 1:]
+        for old in list(models):  # keep only models that a later one in this chain starts from
+            if not any(RECIPES[n].parent == old for n in later):
+                del models[old]
 
 
 def _train_tokenizer(docs: list[str]):
@@ -601,12 +730,6 @@ def _model_config(vocab_size: int):
     return cfg
 
 
-def _clone(model):
-    import copy
-
-    return copy.deepcopy(model)
-
-
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     """Linear warmup then cosine decay to 10% of the peak."""
     if step < warmup:
@@ -615,36 +738,30 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _train(model, blocks, steps: int, lr: float, warmup: int, seed: int, desc: str, progress: bool) -> list[float]:
+def _train(model, blocks, steps: int, lr: float, warmup: int, seed: int, on_step=None) -> list[float]:
+    """AdamW on random batches of ``blocks`` (epochs of a seeded permutation); returns the step losses."""
     import torch
-    from tqdm.auto import tqdm
 
     model.train()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     order = torch.empty(0, dtype=torch.long)
     losses = []
-    bar = tqdm(total=steps, desc=desc, file=sys.stderr, disable=not progress, leave=True,
-               dynamic_ncols=True, mininterval=0.5)
-    try:
-        for step in range(steps):
-            if order.numel() < BATCH_SIZE:  # next epoch (the tail of the previous one is reused first)
-                order = torch.cat([order, torch.randperm(blocks.shape[0], generator=gen)])
-            idx, order = order[:BATCH_SIZE], order[BATCH_SIZE:]
-            batch = blocks[idx]
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
-            bar.update(1)
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    finally:
-        bar.close()
+    for step in range(steps):
+        if order.numel() < BATCH_SIZE:  # next epoch (the tail of the previous one is used first)
+            order = torch.cat([order, torch.randperm(blocks.shape[0], generator=gen)])
+        idx, order = order[:BATCH_SIZE], order[BATCH_SIZE:]
+        batch = blocks[idx]
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if on_step is not None and ((step + 1) % 5 == 0 or step + 1 == steps):
+            on_step(step + 1, losses[-1])
     model.eval()
     return losses
 
@@ -688,7 +805,7 @@ def _relative_change(parent, child) -> float:
     return math.sqrt(num / den)
 
 
-def _save_model(model, hf_tok, folder: pathlib.Path) -> None:
+def _save_model(model, folder: pathlib.Path) -> None:
     import inspect
 
     import torch
@@ -698,9 +815,12 @@ def _save_model(model, hf_tok, folder: pathlib.Path) -> None:
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:  # transformers 4.x
         kwargs["safe_serialization"] = True
     model.save_pretrained(folder, **kwargs)
-    hf_tok.save_pretrained(folder)
     if not (folder / "model.safetensors").exists():
         raise TracingError(f"saving demo model to {folder} did not write model.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in folder.iterdir():  # some writers create 0600 files; a shared cache should follow the umask
+        f.chmod(0o666 & ~mask)
 
 
 # --------------------------------------------------------------------------------------------
