@@ -204,7 +204,10 @@ def load_results(folder: str | os.PathLike, per_layer: bool = False, csv: str | 
     if not folder.exists():
         raise TracingError(f"results folder {folder} does not exist")
     rows = []
-    for f in sorted(folder.rglob("*.p")) + sorted(folder.rglob("*.pkl")):
+    files = sorted(folder.rglob("*.p")) + sorted(folder.rglob("*.pkl"))
+    # hidden folders hold job machinery (e.g. submitit's own pickles), not results
+    files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+    for f in files:
         try:
             rec = load_record(f)
         except Exception as e:
