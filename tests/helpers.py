@@ -63,3 +63,13 @@ def rel_diff(a, b):
 
 def random_ids(V, n=2, T=24, seed=0):
     return torch.randint(0, V, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def save_trio(root) -> dict[str, str]:
+    """Three tiny saved Llama models: a base, a fine-tune of it, and an independent one."""
+    base = tiny_model(tiny_config(), seed=0)
+    paths = {}
+    for name, model in (("base", base), ("ft", finetuned(base, seed=1)), ("indep", tiny_model(tiny_config(), seed=7))):
+        model.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths

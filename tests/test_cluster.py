@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import finetuned, tiny_config, tiny_model
+from helpers import save_trio, tiny_config, tiny_model
 from tracing import cluster
 from tracing.arch import arch_from_config
 from tracing.errors import TracingError
@@ -48,12 +48,7 @@ def no_slurm_env(tmp_path: Path) -> dict:
 def tiny_models(tmp_path_factory):
     """Three tiny saved Llama models: a base, a fine-tune of it, and an independent one."""
     root = tmp_path_factory.mktemp("models")
-    base = tiny_model(tiny_config(), seed=0)
-    paths = {}
-    for name, model in (("base", base), ("ft", finetuned(base, seed=1)), ("indep", tiny_model(tiny_config(), seed=7))):
-        model.save_pretrained(root / name)
-        paths[name] = str(root / name)
-    return paths
+    return save_trio(root)
 
 
 def arch(d, h, L, V, heads=32, kv=None):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest_slurm import slurm_cluster, slurm_executor  # noqa: F401 - fixtures
-from helpers import finetuned, tiny_config, tiny_model
+from helpers import save_trio
 from tracing import cluster
 from tracing.options import Options
 from tracing.results import load_record, load_results
@@ -29,12 +29,7 @@ LAUNCH = ROOT / "launch.py"
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm-models")
-    base = tiny_model(tiny_config(), seed=0)
-    paths = {}
-    for name, model in (("base", base), ("ft", finetuned(base, seed=1)), ("indep", tiny_model(tiny_config(), seed=7))):
-        model.save_pretrained(root / name)
-        paths[name] = str(root / name)
-    return paths
+    return save_trio(root)
 
 
 def launch_cmd(cfg, out, *extra):

@@ -8,7 +8,7 @@ import torch
 from scipy import stats as sps
 
 from helpers import finetuned, random_ids, tiny_config, tiny_model
-from tracing import pvalues
+
 from tracing.align import align
 from tracing.engine import Engine
 from tracing.evaluate import lm_losses

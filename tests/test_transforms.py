@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from helpers import KINDS, finetuned, logits, random_ids, rel_diff, tiny_config, tiny_model
+from helpers import KINDS, logits, random_ids, rel_diff, tiny_config, tiny_model
 from tracing.models import from_module
-from tracing.transforms import Interpolated, Permuted, Rotated, permute, random_permutations, rotate, transform_module
+from tracing.transforms import Interpolated, Permuted, permute, random_permutations, rotate, transform_module
 
 TOL = 1e-5
 
