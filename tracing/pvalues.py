@@ -412,6 +412,13 @@ def permtest(observed: float, null_values) -> tuple[float, float]:
 # multiple testing (log10 in, log10 out)
 # --------------------------------------------------------------------------
 
+def _ascending(log10_pvalues):
+    """(values, NaN-filled output, indices of the non-NaN values in ascending order)."""
+    arr = _log10_array(log10_pvalues)
+    idx = np.flatnonzero(~np.isnan(arr))
+    return arr, np.full(arr.shape, np.nan), idx[np.argsort(arr[idx], kind="stable")]
+
+
 def holm(log10_pvalues) -> np.ndarray:
     """Holm step-down adjusted p-values (family-wise error), in log10.
 
@@ -420,13 +427,10 @@ def holm(log10_pvalues) -> np.ndarray:
     log10 p_(i), so tiny p-values stay exact.  NaN entries stay NaN and do
     not count towards m.  Returns a 1-D float array in input order.
     """
-    arr = _log10_array(log10_pvalues)
-    out = np.full(arr.shape, np.nan)
-    idx = np.flatnonzero(~np.isnan(arr))
-    m = idx.size
+    arr, out, order = _ascending(log10_pvalues)
+    m = order.size
     if m == 0:
         return out
-    order = idx[np.argsort(arr[idx], kind="stable")]
     scaled = arr[order] + np.log10(np.arange(m, 0, -1, dtype=float))
     out[order] = np.minimum(np.maximum.accumulate(scaled), 0.0)
     return out
@@ -440,13 +444,10 @@ def benjamini_hochberg(log10_pvalues) -> np.ndarray:
     log10(i).  NaN entries stay NaN and do not count towards m.  Returns an
     array shaped like the input.
     """
-    arr = _log10_array(log10_pvalues)
-    out = np.full(arr.shape, np.nan)
-    idx = np.flatnonzero(~np.isnan(arr))
-    m = idx.size
+    arr, out, order = _ascending(log10_pvalues)
+    m = order.size
     if m == 0:
         return out
-    order = idx[np.argsort(arr[idx], kind="stable")]
     scaled = arr[order] + math.log10(m) - np.log10(np.arange(1, m + 1, dtype=float))
     out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 0.0)
     return out
