@@ -347,3 +347,12 @@ def test_chunking_and_grouping():
                        resources=r1 if i % 2 else r2) for i in range(5)]
     groups = launch.group_by_resources(ts)
     assert [len(g) for g in groups.values()] == [3, 2]
+
+
+def test_report_problem_is_a_printed_warning(tmp_path, capsys):
+    from tracing.launch.console import say
+    from tracing.launch.run import write_report_for
+
+    write_report_for(tmp_path / "missing", say)  # the report raises; the run must not
+    err = capsys.readouterr().err
+    assert err.startswith("warning: could not write the report (TracingError: results folder") and "missing" in err
