@@ -149,3 +149,23 @@ def test_bad_out_fails_before_any_work(tmp_path):
         r = subprocess.run([sys.executable, str(LAUNCH), str(cfg), "--cluster", "local", "--no-report",
                             "--out", str(ro / "out")], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
         assert "not writable" in _one_line_error(r)
+
+
+def test_claims_of_a_dead_launcher_are_taken_over(tmp_path):
+    import json
+    import socket
+
+    from tracing.launch import Claims
+    from tracing.launch.claims import LOCK_NAME
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "time": 0}))
+    mine, other = Claims(), Claims()
+    assert mine.claim(folder) is None  # the dead launcher's claim is stale
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert other.claim(folder)["pid"] == os.getpid()  # a live holder is reported, not overridden
+    mine.release_all()
+    assert not (folder / LOCK_NAME).exists()
