@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import finetuned, tiny_config, tiny_model
-from tracing.models import parse_spec
+from tracing.specs import parse_spec
 from tracing.results import atomic_write, iter_records, save_record
 
 ROOT = Path(__file__).resolve().parent.parent
