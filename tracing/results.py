@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import platform
+import re
 import socket
 import subprocess
 import traceback
@@ -55,6 +56,7 @@ def provenance() -> dict:
     return {"commit": git_commit(), "versions": versions(), "host": socket.gethostname(), "job_id": slurm_job_id()}
 
 
+HEX_DIGEST = re.compile(r"[0-9a-f]{40}(-dirty)?|[0-9a-f]{64}")
 MIN_SECRET_SUBSTRING = 8  # shorter secrets are only redacted where they are a whole value
 
 
@@ -62,7 +64,7 @@ def scrub(obj):
     """Redact known secrets (``HF_TOKEN`` and friends) from the string values of a nested plain
     structure. A secret of at least 8 characters is removed wherever it occurs in a string; a
     shorter one (no real token is that short) only where a whole value equals it, so records
-    stay intact. Keys are never changed."""
+    stay intact. Keys, hashes and commit ids are never changed."""
     secrets = [os.environ[k] for k in SECRET_ENV if os.environ.get(k)]
     if not secrets:
         return obj
@@ -72,6 +74,8 @@ def scrub(obj):
         if isinstance(x, str):
             if x in secrets:
                 return "<redacted>"
+            if HEX_DIGEST.fullmatch(x):  # a hash or commit id: no token hides in it
+                return x
             for secret in long:
                 x = x.replace(secret, "<redacted>")
             return x
