@@ -159,7 +159,7 @@ class Checkpoint(WeightSource):
             want = self.arch.shape(name)
             if found is not None and tuple(found) != tuple(want):
                 raise TracingError(
-                    f"{cfg_file} does not match the weights: tensor {name} in {self._index[name].name} has shape "
+                    f"{cfg_file} does not match the weights: tensor {name} in {getattr(self._index.get(name), 'name', 'the weights')} has shape "
                     f"{tuple(found)}, but the config implies {tuple(want)}; fix the config's sizes or use the "
                     f"config.json that came with these weights")
 
