@@ -21,12 +21,13 @@ def main(argv=None):
     args = parse(argv)
     from tracing.api import run_pair, summary
     from tracing.options import options_from_args
+    from tracing.results import scrub
     options = options_from_args(args)
     records = run_pair(args.base_model_id, args.ft_model_id, options, save=args.save, progress=not args.quiet)
     for rec in records:
-        print(summary(rec))
+        print(scrub(summary(rec)))
         if rec["args"].get("save"):
-            print(f"  saved {rec['args']['save']}")
+            print(scrub(f"  saved {rec['args']['save']}"))
     return 0
 
 

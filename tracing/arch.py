@@ -166,17 +166,30 @@ def _get(config: Any, key: str, default=None):
     return getattr(config, key, default) if not isinstance(config, dict) else config.get(key, default)
 
 
-def arch_from_config(config: Any) -> Arch:
-    """Build an :class:`Arch` from a transformers config object or a config.json dict."""
+def _size(config: Any, key: str, where: str, required: bool = True) -> int | None:
+    """A positive integer size from the config, or a one-line error naming the key and the file."""
+    value = _get(config, key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        found = "it is missing" if value is None else f"found {value!r}"
+        raise TracingError(f"{where} needs a positive integer {key} ({found}); "
+                           f"use the config.json that came with the weights")
+    return value
+
+
+def arch_from_config(config: Any, where: str = "the model config") -> Arch:
+    """Build an :class:`Arch` from a transformers config object or a config.json dict
+    (``where`` names the config in error messages, e.g. its file)."""
     model_type = _get(config, "model_type")
     if model_type not in SUPPORTED:
         raise TracingError(
             f"unsupported architecture {model_type!r}: model-tracing supports "
             f"{', '.join(sorted(SUPPORTED))} (Llama-family) checkpoints")
-    d = int(_get(config, "hidden_size"))
-    n_heads = int(_get(config, "num_attention_heads"))
-    n_kv = int(_get(config, "num_key_value_heads") or n_heads)
-    head_dim = _get(config, "head_dim") or d // n_heads
+    d = _size(config, "hidden_size", where)
+    n_heads = _size(config, "num_attention_heads", where)
+    n_kv = _size(config, "num_key_value_heads", where, required=False) or n_heads
+    head_dim = _size(config, "head_dim", where, required=False) or d // n_heads
     attention_bias = bool(_get(config, "attention_bias", False))
     if model_type == "qwen2":
         qkv_bias, o_bias = True, False
@@ -186,8 +199,8 @@ def arch_from_config(config: Any) -> Arch:
     if tied is None:
         tied = model_type not in ("llama", "mistral", "qwen2")
     return Arch(
-        model_type=model_type, d=d, h=int(_get(config, "intermediate_size")),
-        L=int(_get(config, "num_hidden_layers")), V=int(_get(config, "vocab_size")),
+        model_type=model_type, d=d, h=_size(config, "intermediate_size", where),
+        L=_size(config, "num_hidden_layers", where), V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
         qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=bool(_get(config, "mlp_bias", False)),
     )

@@ -9,6 +9,7 @@ never a whole model, and never more than one block's activations (``max_live_blo
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -18,6 +19,17 @@ from tqdm.auto import tqdm
 
 from .arch import BLOCK_TENSORS, EMBED, FINAL_NORM, LM_HEAD, require_same_blocks
 from .models import WeightSource, config_for
+
+
+@functools.cache
+def _no_cache_kwargs() -> dict:
+    """``create_causal_mask`` takes the (absent) cache as ``cache`` in recent transformers and as
+    ``past_key_values`` before; pass whichever this version names, so no deprecation warning fires."""
+    import inspect
+
+    from transformers.masking_utils import create_causal_mask
+    params = inspect.signature(create_causal_mask).parameters
+    return {"cache": None} if "cache" in params else {"past_key_values": None}
 
 
 @dataclass
@@ -47,7 +59,7 @@ class Engine:
 
     def _masks(self, config, x: torch.Tensor, pos: torch.Tensor) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-        kw = dict(config=config, inputs_embeds=x, attention_mask=None, past_key_values=None, position_ids=pos)
+        kw = dict(config=config, inputs_embeds=x, attention_mask=None, position_ids=pos, **_no_cache_kwargs())
         masks = {"full_attention": create_causal_mask(**kw)}
         if any(self._layer_type(config, i) == "sliding_attention" for i in range(config.num_hidden_layers)):
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
