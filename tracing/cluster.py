@@ -309,8 +309,8 @@ def read_config(spec: str) -> tuple[dict, str]:
     cache, or the demo family (its fixed recipe when not built yet)."""
     spec = str(spec)
     if spec.startswith("demo:"):
-        from . import zoo
-        name = zoo._name(spec)
+        from . import demo as zoo
+        name = zoo.recipes._name(spec)
         root = zoo.default_root()
         if zoo.is_built(root):
             return json.loads((root / name / "config.json").read_text()), "demo"
@@ -1028,7 +1028,7 @@ def prefetch(tasks: list[Task], say: Callable = _say) -> dict[str, str]:
                 specs.append(s)
     errors: dict[str, str] = {}
     if any(s.startswith("demo:") for s in specs):
-        from . import zoo
+        from . import demo as zoo
         if not zoo.is_built():
             say("building the demo model family once (1-2 minutes) ...")
         try:
@@ -1265,7 +1265,7 @@ def launch(s: LaunchSettings, say: Callable = _say) -> int:
             if bad:
                 t.problem = TracingError(bad[0])
     elif todo and any(m.startswith("demo:") for t in todo for m in (t.pair.base, t.pair.ft)):
-        from . import zoo
+        from . import demo as zoo
         zoo.ensure_built(progress=False)
     configs: dict = {}
     notes = size_tasks([t for t in todo if not t.problem], options, configs=configs, **size_kw)
@@ -1342,8 +1342,6 @@ def _resource_warnings(tasks: list[Task], slurm: bool, info: SlurmInfo | None, s
 
 
 def _write_report(out: Path, say: Callable) -> None:
-    if not (ROOT / "tracing" / "report.py").is_file():
-        return
     try:
         from . import report
         report.write_report(out)

@@ -117,8 +117,8 @@ def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
     """Turn a model spec into a local folder, downloading from the hub when needed."""
     spec = str(spec)
     if spec.startswith("demo:"):
-        from . import zoo
-        return Resolved(spec=spec, path=zoo.resolve_demo(spec))
+        from .demo import resolve_demo
+        return Resolved(spec=spec, path=resolve_demo(spec))
     p = Path(spec).expanduser()
     if p.is_dir():
         return Resolved(spec=spec, path=p.resolve())
