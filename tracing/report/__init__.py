@@ -34,7 +34,8 @@ family's lineage is used automatically.
 
 Modules: ``load`` (the one reading of the folder), ``table`` (summary table), ``grid`` (heatmap
 data), ``figures`` (one module per figure), ``markdown`` / ``provenance`` (report.md sections),
-``lineage``, ``facts`` (everything the report knows about individual statistics), ``verdict``.
+``lineage``, ``facts`` (everything the report knows about individual statistics), ``verdicts`` (the one
+verdict rule).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from .grid import Grid, heatmap_matrix, ordered_models
 from .lineage import Lineage, demo_lineage, parse_lineage, read_lineage, resolve_lineage
 from .load import Folder, load_records, read_folder
 from .table import CORRECTIONS, summary_table, variant_of
-from .verdict import verdict
+from .verdicts import verdict
 from .write import write_report
 
 __all__ = ["CAP", "CORRECTIONS", "Folder", "Grid", "Lineage", "calibration_data", "demo_lineage", "heatmap_matrix",

@@ -40,6 +40,9 @@ VARIANT_FLAGS = {"mode": ("attn", "emb")}
 #: what the heatmap shows for a statistic without p-values
 PANEL_LABEL = {"jsd": "JSD", "l2": "mean ℓ2 distance"}
 
+#: statistics with a p-value per block (named where the per-block figure has nothing to show)
+PER_BLOCK = ("cos", "csh", "match")
+
 #: statistics whose value is a loss at an interpolation point α (the panel names the α)
 LOSS_AT_ALPHA = ("mode",)
 

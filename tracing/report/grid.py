@@ -9,7 +9,7 @@ from .. import pvalues
 from . import facts
 from .lineage import Lineage, resolve_lineage
 from .table import counted, variant_of
-from .verdict import finite, verdict
+from .verdicts import finite, verdict
 
 #: cell annotations of the states that carry no number
 STATE_TEXT = {"missing": "not run", "reverse": "↔", "failed": "failed", "unreadable": "unreadable", "self": ""}

@@ -10,7 +10,7 @@ from .figures import CAPTIONS, FIGURES
 from .mdtable import rel_link, table, when
 from .provenance import models_section, options_section, timings_section
 from .table import counted, flag
-from .verdict import finite
+from .verdicts import finite
 
 FLOOR_NOTE = ("at the floor of this test (perfect match in every block): every block's p-value is the smallest "
               "its Spearman test can give, 1/h! for h matched units, so no smaller p-value is possible for "
@@ -60,7 +60,7 @@ def run_section(c: Context) -> list[str]:
          f"- statistics: {', '.join(f'`{s}`' for s in c.stats) or '—'}",
          f"- toolkit commit: {', '.join(f'`{x}`' for x in commits) or 'unknown'}"
          + (" (uncommitted changes present)" if any(x.endswith("-dirty") for x in commits) else ""),
-         f"- when (result files written): {when([c.mtime[f] for f in c.df['file'].dropna() if f in c.mtime])}"]
+         f"- when (result files written): {when(list(c.mtime.values()))}"]
     if hosts:
         L.append(f"- host(s): {', '.join(hosts[:5])}{' …' if len(hosts) > 5 else ''}")
     if c.launch.get("cluster"):

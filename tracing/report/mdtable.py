@@ -5,7 +5,7 @@ import datetime as _dt
 import math
 from pathlib import Path
 
-from .verdict import finite
+from .verdicts import finite
 
 
 def md(x) -> str:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from .mdtable import size, table
-from .verdict import finite
+from .verdicts import finite
 
 _HIDE_OPTS = {"stat", "base_model_id", "ft_model_id", "save", "device", "mem_budget_gb", "generated_dir"}
 

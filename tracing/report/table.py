@@ -8,7 +8,7 @@ import numpy as np
 from .. import pvalues
 from ..errors import TracingError
 from . import facts
-from .verdict import finite, label, verdict
+from .verdicts import finite, label, verdict
 
 CORRECTIONS = {"holm": ("Holm", pvalues.holm), "bh": ("Benjamini–Hochberg", pvalues.benjamini_hochberg)}
 

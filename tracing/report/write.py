@@ -11,7 +11,7 @@ from .lineage import resolve_lineage
 from .load import read_folder
 from .markdown import Context, markdown
 from .table import CORRECTIONS, summary_table
-from .verdict import finite
+from .verdicts import finite
 
 
 def _check_args(folder: Path, significance, correction: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import facts
 from ..grid import heatmap_matrix
 from .calibration import calibration_data, plot_calibration
 from .common import CAP, short_name
@@ -52,7 +53,8 @@ def write_figures(df, records: dict[str, dict], lin, out: Path, cname: str, leve
         plot_mode_curves(mc, out / "mode_curves.png", lin)
         figs["mode_curves"] = None
     pl = per_layer_data(records, lin)
-    figs["per_layer"] = "no successful result with per-block p-values (cos, csh, match)."
+    figs["per_layer"] = (f"no successful result with per-block p-values "
+                         f"({', '.join(facts.PER_BLOCK)}).")
     if pl:
         plot_per_layer(pl, out / "per_layer.png", lin, level)
         figs["per_layer"] = None

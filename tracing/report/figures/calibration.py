@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..table import counted
-from ..verdict import finite
+from ..verdicts import finite
 from .common import plt
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ... import pvalues
 from ..table import variant_of
-from ..verdict import finite
+from ..verdicts import finite
 from .common import CAP, dep_style, pair_label, plt, pvalue_ticks
 
 #: above this many pairs the per-layer figure becomes a pair × block image instead of lines
