@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .. import facts
 from .common import dep_style, pair_label, plt
 
 
@@ -26,7 +27,8 @@ def plot_mode_curves(items: list[tuple[str, dict]], path: Path, lineage) -> None
         al = [c["alpha"] for c in curve]
         dep = lineage.dependent(rec["base_model_id"], rec["ft_model_id"]) if lineage else None
         ls, dl = dep_style(dep)
-        flags = "".join(f" --{f}" for f in ("attn", "emb", "permute", "rotate") if (rec.get("args") or {}).get(f))
+        names = facts.variant_flags(str(rec.get("stat"))) + ("permute", "rotate")
+        flags = "".join(f" --{f}" for f in names if (rec.get("args") or {}).get(f))
         label = pair_label(rec["base_model_id"], rec["ft_model_id"]) + flags + (f" ({dl})" if dl else "")
         color = cmap(k % cmap.N)
         a1.plot(al, [c["loss"] for c in curve], ls, marker="o", ms=3.5, color=color, label=label)

@@ -30,8 +30,7 @@ def per_layer_data(records: dict[str, dict], lineage) -> dict[str, list[tuple[st
             layers = [x for x in res.get("per_layer") or [] if finite(x.get("log10_pvalue"))]
             if not layers:
                 continue
-            v = variant_of({"stat": rec.get("stat"), "aligned": aligned, "permute": args.get("permute"),
-                            "rotate": args.get("rotate"), "attn": args.get("attn"), "emb": args.get("emb")})
+            v = variant_of({**args, "stat": rec.get("stat"), "aligned": aligned})
             layers = sorted(layers, key=lambda x: x["layer"])
             out.setdefault(v, []).append((rec.get("base_model_id"), rec.get("ft_model_id"),
                                           [int(x["layer"]) for x in layers],
