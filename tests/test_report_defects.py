@@ -179,3 +179,22 @@ def test_demo_base_a_resolves_to_the_cached_files():
     assert (path / "model.safetensors").is_file()
     resolved = resolve("demo:base-a")
     assert Path(resolved.path) == path
+
+
+def test_unreadable_file_listed_in_launch_json_is_placed_on_its_pair(small_run, tmp_path):
+    import shutil
+    folder, _, _ = small_run
+    run = tmp_path / "copy"
+    shutil.copytree(folder, run, ignore=shutil.ignore_patterns("*.png", "*.md", "summary.*"))
+    bad = run / "odd-name" / "cos-1234.p"
+    bad.parent.mkdir()
+    bad.write_bytes(b"truncated")
+    pairs = [{"base": _d("a-docs"), "ft": _d("base-a"), "dir": "odd-name", "stats": ["cos"], "results": [str(bad)],
+              "status": "done", "error": None}]
+    (run / "launch.json").write_text(json.dumps({"cluster": "local", "time": "now", "pairs": pairs}))
+    text = write_report(run).read_text()
+    g = heatmap_matrix(pd.read_csv(run / "summary.csv"), "cos")
+    pos = {m: i for i, m in enumerate(g.models)}
+    assert g.state[pos[_d("a-docs")], pos[_d("base-a")]] == "unreadable"
+    assert g.state[pos[_d("base-a")], pos[_d("a-docs")]] == "ok"
+    assert "2 unreadable result file(s)" in text

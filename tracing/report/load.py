@@ -56,6 +56,8 @@ def read_folder(folder) -> Folder:
             rec = load_record(f)
         except Exception as e:  # noqa: BLE001 - listed as unreadable
             bad.append({"file": str(f), "status": "unreadable", "error": f"{type(e).__name__}: {e}"})
+            if rel in mtime:  # the table names an unreadable file by its full path
+                mtime[str(f)] = mtime.pop(rel)
             continue
         if isinstance(rec, dict):
             records[rel] = rec
