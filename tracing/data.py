@@ -95,8 +95,8 @@ def load_texts(dataset: str, base_spec: str, ft_spec: str, generated_dir: str | 
                                f"or use --dataset random|demo|PATH") from None
         return [t for t in ds["text"] if t.strip()]
     if dataset == "demo":
-        from . import zoo
-        return read_text_file(zoo.demo_eval_text_path())
+        from .demo import demo_eval_text_path
+        return read_text_file(demo_eval_text_path())
     if dataset == "generated":
         texts = []
         for spec in (base_spec, ft_spec):

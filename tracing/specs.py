@@ -80,8 +80,8 @@ def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
     """Turn a model spec into a local folder, downloading from the hub when needed."""
     s = parse_spec(spec)
     if s.kind == "demo":
-        from . import zoo
-        return Resolved(spec=s.text, path=zoo.resolve_demo(s.text))
+        from . import demo
+        return Resolved(spec=s.text, path=demo.resolve_demo(s.text))
     if s.kind == "local":
         if not _is_dir(s.path, s.text):
             raise TracingError(f"model folder {s.text} does not exist; give an existing local folder (with "

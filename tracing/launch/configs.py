@@ -33,13 +33,13 @@ _DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2
 
 
 def _demo_config(spec: str) -> tuple[dict, str]:
-    from .. import zoo
+    from .. import demo
 
-    name = zoo._name(spec)
-    root = zoo.default_root()
-    if zoo.is_built(root):
+    name = demo.recipes._name(spec)
+    root = demo.default_root()
+    if demo.is_built(root):
         return json.loads((root / name / "config.json").read_text()), "demo"
-    return {"model_type": "llama", "vocab_size": zoo.VOCAB_SIZE, **zoo.MODEL_CONFIG, "torch_dtype": "float32"}, "demo"
+    return {"model_type": "llama", "vocab_size": demo.VOCAB_SIZE, **demo.MODEL_CONFIG, "torch_dtype": "float32"}, "demo"
 
 
 def _folder_config(spec: str, p: Path) -> tuple[dict, str]:

@@ -22,11 +22,11 @@ def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
                 specs.append(s)
     errors: dict[str, str] = {}
     if any(s.startswith("demo:") for s in specs):
-        from .. import zoo
-        if not zoo.is_built():
+        from .. import demo
+        if not demo.is_built():
             say("building the demo model family once (1-2 minutes) ...")
         try:
-            zoo.ensure_built(progress=False)
+            demo.ensure_built(progress=False)
         except TracingError as e:
             for s in specs:
                 if s.startswith("demo:"):
@@ -46,5 +46,5 @@ def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
 def ensure_demo(tasks: list) -> None:
     """Build the demo family when a pair needs it (without --prefetch's downloads)."""
     if any(m.startswith("demo:") for t in tasks for m in (t.pair.base, t.pair.ft)):
-        from .. import zoo
-        zoo.ensure_built(progress=False)
+        from .. import demo
+        demo.ensure_built(progress=False)
