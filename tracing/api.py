@@ -80,7 +80,7 @@ def compare_models(base, ft, stat: str = "cos", *, base_config=None, ft_config=N
         check_writable(p)
     srcs = []
     for m, cfg, label in ((base, base_config, base_label), (ft, ft_config, ft_label)):
-        src = _source(m, cfg, label)
+        src = srcs[0] if srcs and m is base else _source(m, cfg, label)
         if tokenizer is not None:
             src.tokenizer = tokenizer
         srcs.append(src)
