@@ -107,6 +107,9 @@ def _source(m, config, label: str):
 def _run(pair: Pair, models: dict, paths: dict, start: float) -> list[dict]:
     options = pair.options
     pair.check(options.stat)
+    for stat in options.stat:  # data problems (tokenizers, empty text) surface before any statistic runs
+        if get_stat(stat).needs_data:
+            pair.tokens(pair.dataset_for(stat))
     notes = _pair_notes(pair, models)
     evals = pair.eval_losses() if options.eval else None
     prov = provenance()

@@ -14,16 +14,16 @@ def _variant(spec, res, significance: float) -> dict:
     has_p = d["log10_pvalue"] is not None
     d["pvalue_kind"] = spec.pvalue_kind if has_p else None
     d["verdict"] = verdict(d["log10_pvalue"], significance, spec.exact) if has_p else None
-    d["at_floor"] = at_floor(d) if has_p else False
+    d["at_floor"] = at_floor(d, spec) if has_p else False
     return d
 
 
-def at_floor(d: dict) -> bool:
+def at_floor(d: dict, spec) -> bool:
     """Every block's Spearman correlation is exactly 1 (the p-value is the test's smallest)."""
     rows = d.get("per_layer") or []
     if rows:
         return all(r.get("statistic") == 1.0 for r in rows)
-    return d.get("stat") == "emb" and d.get("statistic") == 1.0
+    return spec.spearman and d.get("statistic") == 1.0
 
 
 def make_record(pair, stat, result, aligned, evals, prov, models, timings, elapsed, path, notes) -> dict:
@@ -78,20 +78,13 @@ def _pline(d: dict, significance) -> str:
 
 def _value_lines(rec: dict, spec) -> list[str]:
     lines = []
-    x = rec.get("extra") or {}
     if rec.get("log10_pvalue") is not None:
         lines.append("  " + _pline(rec, rec["args"]["significance"]))
-        if rec["stat"] != "emb" and spec.value_name != "statistic":
+        if spec.value_name != "statistic":
             lines.append(f"  {spec.value_name}: {_fmt(rec['statistic'])}")
     else:
         lines.append(f"  {spec.value_name} {_fmt(rec['statistic'])} (no p-value)")
-    if x.get("barrier") is not None:
-        lines.append(f"  loss at α={x['alpha']}: {x['loss_alpha']:.4f}, barrier {x['barrier']:.4f}")
-    if x.get("median_cos") is not None:
-        lines.append(f"  median matched cosine {x['median_cos']:.4f}: near 1 the embedding columns match one to one "
-                     f"(a residual-permuted copy is 'not significant' by design, yet its median cosine is near 1); "
-                     f"near 0 they are unrelated")
-    return lines
+    return lines + [f"  {line}" for line in (spec.explain(rec) if spec.explain else [])]
 
 
 def summary(rec) -> str:

@@ -7,7 +7,17 @@ def _cost(s):
     return Cost(s.weight_stream + min(s.solves, 2) * s.d * s.d * 12, s.read_s + s.mm(s.d, s.d, s.Vs) + s.solve_s(s.d))
 
 
-@register("emb", check=same_width("emb"), cost=_cost, aligned=False, aligned_pvalue=False,
+def _explain(rec):
+    m = (rec.get("extra") or {}).get("median_cos")
+    if m is None:
+        return []
+    return [f"median matched cosine {m:.4f}: near 1 the embedding columns match one to one, near 0 they are "
+            f"unrelated (a residual-permuted copy is 'not significant' by design — the test compares the "
+            f"matching with the identity order — yet its median cosine stays near 1)"]
+
+
+@register("emb", check=same_width("emb"), cost=_cost, aligned=False, aligned_pvalue=False, spearman=True,
+          explain=_explain,
           description="matching of embedding dimensions over the shared vocabulary",
           meaning="embeddings (`emb`): embedding dimensions matched over the shared vocabulary, Spearman against "
                   "the identity; the p-value is exact under the null that the two embedding matrices were "

@@ -16,7 +16,14 @@ def _cost(s):
     return Cost(s.forward_mem("mode") + s.logits_mem, t)
 
 
-@register("mode", needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost,
+def _explain(rec):
+    x = rec.get("extra") or {}
+    if x.get("barrier") is None:
+        return []
+    return [f"loss at α={x['alpha']}: {x['loss_alpha']:.4f}, barrier {x['barrier']:.4f}"]
+
+
+@register("mode", needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost, explain=_explain,
           reads=("alpha", "alphas", "attn", "emb", "num_perm"), value_name="LM loss at α",
           description="loss on the linear path between the models (mode connectivity), optional permutation test",
           meaning="mode connectivity (`mode`): LM loss at α (default 0.5) on the straight path between the models "

@@ -42,7 +42,8 @@ class StatSpec:
     ``reads``: the options its result depends on besides the common ones (the result key).
     ``default_num_perm``: permutation draws when ``--num_perm`` is not given.
     ``cost(sizing) -> Cost``: job sizing; ``check(base_arch, ft_arch, options)``: raises
-    :class:`TracingError` when the pair cannot be compared by this statistic.
+    :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
+    lines the summary adds about the statistic's extra values.
     """
 
     name: str
@@ -62,6 +63,8 @@ class StatSpec:
     check: Callable | None = None
     forward: bool | None = None  # runs forward passes (a GPU helps); default: needs_data
     value_name: str = "statistic"  # what the statistic is, for summaries
+    spearman: bool = False  # the statistic itself is one Spearman r (its floor: r = 1)
+    explain: Callable | None = None  # explain(record_or_variant) -> extra summary lines
 
     def __post_init__(self):
         if self.pvalue not in ("always", "num_perm", "never"):
