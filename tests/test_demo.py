@@ -139,7 +139,8 @@ def test_generate_then_use_as_dataset(tmp_path):
 
 
 def test_mode_permutation_test_reaches_one_percent():
-    rec = _mode("a-docs", num_perm=99, block_size=256, num_samples=4)
+    rec = run_pair("demo:base-a", "demo:a-docs", Options(stat="mode", dataset="demo", num_perm=99, block_size=256,
+                                                         num_samples=4), progress=False)[0]
     assert rec["pvalue"] == 0.01 and rec["verdict"] == "dependent"
 
 
