@@ -136,3 +136,19 @@ def test_generate_then_use_as_dataset(tmp_path):
     with open(tmp_path / "j.p", "rb") as f:
         rec = pickle.load(f)
     assert rec["data"]["dataset"] == "generated" and rec["data"]["num_blocks"] >= 2
+
+
+def test_mode_permutation_test_reaches_one_percent():
+    rec = run_pair("demo:base-a", "demo:a-docs", Options(stat="mode", dataset="demo", num_perm=99, block_size=256,
+                                                         num_samples=4), progress=False)[0]
+    assert rec["pvalue"] == 0.01 and rec["verdict"] == "dependent"
+
+
+def test_less_data_than_asked_is_reported(tmp_path):
+    txt = tmp_path / "short.txt"
+    txt.write_text("def f(x):\n    return x + 1\n" * 12)
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base_model_id", "demo:base-a", "--ft_model_id",
+                        "demo:a-docs", "--stat", "jsd", "--dataset", str(txt), "--block_size", "64", "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "of the 20 blocks asked for" in r.stdout

@@ -9,25 +9,19 @@ from scipy import stats as sps
 
 from helpers import finetuned, random_ids, tiny_config, tiny_model
 
+import tracing
 from tracing.align import align
 from tracing.engine import Engine
 from tracing.evaluate import lm_losses
 from tracing.models import DictSource, from_module
-from tracing.options import Options
-from tracing.stats import Context, get
 from tracing.stats.jsd import jsd_per_token
 from tracing.transforms import permute, rotate
 
 SIG = math.log10(0.01)
 
 
-def ctx(stat, ids=None, **kw):
-    o = Options(stat=[stat], **kw)
-    return Context(o, progress=False, tokens=(lambda: ids) if ids is not None else None)
-
-
 def run(stat, base, ft, ids=None, **kw):
-    return get(stat).fn(ctx(stat, ids, **kw), base, ft)
+    return tracing.compare_models(base, ft, stat=stat, tokens=ids, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Shared types of the statistics."""
+"""Shared types of the statistics (these use torch; the registry in ``spec.py`` does not)."""
 from __future__ import annotations
 
 import math
@@ -10,31 +10,29 @@ import torch
 from .. import pvalues
 from ..engine import Engine
 from ..options import Options
-
-
-@dataclass
-class StatSpec:
-    name: str
-    fn: Callable
-    needs_data: bool
-    has_pvalue: bool
-    description: str
+from .spec import StatSpec  # noqa: F401  (re-exported for older imports)
 
 
 @dataclass
 class StatResult:
     """A statistic's outcome. ``log10_pvalue`` is authoritative and always finite when present;
-    ``pvalue`` is ``10**log10_pvalue`` for convenience and may underflow to 0.0."""
+    ``pvalue`` is ``10**log10_pvalue`` for convenience and may underflow to 0.0, except when the
+    statistic knows it exactly (a permutation test's (1+k)/(T+1)): then ``exact_pvalue``."""
 
     stat: str
     statistic: float | None
     log10_pvalue: float | None = None
     per_layer: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    exact_pvalue: float | None = None
 
     @property
     def pvalue(self) -> float | None:
-        return None if self.log10_pvalue is None else pvalues.log10_to_float(self.log10_pvalue)
+        if self.log10_pvalue is None:
+            return None
+        if self.exact_pvalue is not None:
+            return float(self.exact_pvalue)
+        return pvalues.log10_to_float(self.log10_pvalue)
 
     def to_dict(self) -> dict:
         return {"stat": self.stat, "statistic": _plain(self.statistic), "pvalue": self.pvalue,

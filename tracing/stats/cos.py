@@ -1,13 +1,21 @@
 """φ_U: per block, Spearman(MATCH(U₁, U₂), identity) on the rows of ``mlp.up_proj``; Fisher over blocks."""
-from ..align import match_layers
-from ..arch import require_same_blocks
 from . import register
-from .base import spearman_layers
+from .spec import Cost, same_blocks
 
 
-@register("cos", needs_data=False, has_pvalue=True, aliases=("csu",),
-          description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init")
+def _cost(s):
+    return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
+
+
+@register("cos", aliases=("csu",), check=same_blocks("cos"), cost=_cost,
+          description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
+          meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
+                  "the p-value is exact under the null that the two models were initialised independently, "
+                  "whatever training followed.")
 def cos(ctx, base, ft):
+    from ..align import match_layers
+    from ..arch import require_same_blocks
+    from .base import spearman_layers
     require_same_blocks(base.arch, ft.arch, "cos")
 
     def load(i):

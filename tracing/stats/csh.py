@@ -1,13 +1,21 @@
 """φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens)."""
-from ..align import Matcher
-from ..arch import require_same_blocks
 from . import register
-from .base import spearman_layers
+from .spec import Cost, same_blocks
 
 
-@register("csh", needs_data=True, has_pvalue=True,
-          description="cosine similarity of MLP up-projection activations (φ_H)")
+def _cost(s):
+    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + s.L * (s.mm(s.h, s.h, s.tokens) + s.solve_s(s.h) / s.par)
+    return Cost(s.forward_mem("csh") + s.solves * s.per_solve, t, True)
+
+
+@register("csh", needs_data=True, default_dataset="random", check=same_blocks("csh"), cost=_cost,
+          description="cosine similarity of MLP up-projection activations (φ_H)",
+          meaning="φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null "
+                  "that the two models were initialised independently.")
 def csh(ctx, base, ft):
+    from ..align import Matcher
+    from ..arch import require_same_blocks
+    from .base import spearman_layers
     require_same_blocks(base.arch, ft.arch, "csh")
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)

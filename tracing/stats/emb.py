@@ -1,17 +1,36 @@
 """Embedding similarity: Spearman(MATCH(E₁ᵀ, E₂ᵀ), identity) over the shared vocabulary."""
-import torch
-
-from .. import pvalues
-from ..align import argmax_shortcut, cosine_matrix, negated_cost, solve
-from ..arch import EMBED
-from ..errors import TracingError
 from . import register
-from .base import StatResult
+from .spec import Cost, same_width
 
 
-@register("emb", needs_data=False, has_pvalue=True,
-          description="matching of embedding dimensions over the shared vocabulary")
+def _cost(s):
+    return Cost(s.weight_stream + min(s.solves, 2) * s.d * s.d * 12, s.read_s + s.mm(s.d, s.d, s.Vs) + s.solve_s(s.d))
+
+
+def _explain(rec):
+    m = (rec.get("extra") or {}).get("median_cos")
+    if m is None:
+        return []
+    return [f"median matched cosine {m:.4f}: near 1 the embedding columns match one to one, near 0 they are "
+            f"unrelated (a residual-permuted copy is 'not significant' by design — the test compares the "
+            f"matching with the identity order — yet its median cosine stays near 1)"]
+
+
+@register("emb", check=same_width("emb"), cost=_cost, aligned=False, aligned_pvalue=False, spearman=True,
+          explain=_explain,
+          description="matching of embedding dimensions over the shared vocabulary",
+          meaning="embeddings (`emb`): embedding dimensions matched over the shared vocabulary, Spearman against "
+                  "the identity; the p-value is exact under the null that the two embedding matrices were "
+                  "initialised independently. It has no aligned variant: its matching is the residual "
+                  "alignment itself.")
 def emb(ctx, base, ft):
+    import torch
+
+    from .. import pvalues
+    from ..align import argmax_shortcut, cosine_matrix, negated_cost, solve
+    from ..arch import EMBED
+    from ..errors import TracingError
+    from .base import StatResult
     if base.arch.d != ft.arch.d:
         raise TracingError(f"emb needs equal residual widths, got d={base.arch.d} and d={ft.arch.d}")
     n = min(base.arch.V, ft.arch.V)

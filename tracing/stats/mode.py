@@ -1,24 +1,41 @@
-"""Mode connectivity: LM loss along the path θ(α) and its barrier (DESIGN §5).
+"""Mode connectivity: LM loss along the path θ(α) and its barrier (see docs/methods.md).
 
 Every α of the curve (and every PERMTEST draw) is a lane of one lockstep pass, so the weights of
 θ₁ and θ₂ are read once per block for all of them.
 """
-from ..evaluate import lm_losses
-from ..models import CachedSource
-import torch
-
-from ..transforms import Interpolated, View
-from .. import pvalues
 from . import register
-from .base import StatResult
 from .l2 import PermDraws
+from .spec import Cost
 
 MAX_LANES = 8  # PERMTEST lanes per pass (bounds the hidden states held at once)
 
 
-@register("mode", needs_data=True, has_pvalue=True,
-          description="loss on the linear path between the models (mode connectivity), optional permutation test")
+def _cost(s):
+    o = s.options
+    t = s.read_s + s.lanes("mode") * max(s.fwd_s("a"), s.fwd_s("b")) * (1 + (o.num_perm or 0))
+    return Cost(s.forward_mem("mode") + s.logits_mem, t)
+
+
+def _explain(rec):
+    x = rec.get("extra") or {}
+    if x.get("barrier") is None:
+        return []
+    return [f"loss at α={x['alpha']}: {x['loss_alpha']:.4f}, barrier {x['barrier']:.4f}"]
+
+
+@register("mode", needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost, explain=_explain,
+          reads=("alpha", "alphas", "attn", "emb", "num_perm"), value_name="LM loss at α",
+          description="loss on the linear path between the models (mode connectivity), optional permutation test",
+          meaning="mode connectivity (`mode`): LM loss at α (default 0.5) on the straight path between the models "
+                  "(barrier beside it); with `--num_perm` > 0 a permutation test (PERMTEST) gives a p-value that is "
+                  "exact under the independent-initialisation null (no smaller than 1/(T+1)); without it the loss "
+                  "is reported raw, with no p-value. After `--align` only the loss is reported.")
 def mode(ctx, base, ft):
+    from .. import pvalues
+    from ..evaluate import lm_losses
+    from ..models import CachedSource
+    from ..transforms import Interpolated
+    from .base import StatResult
     o = ctx.options
     alphas = sorted({0.0, 1.0, float(o.alpha), *[float(a) for a in (o.alphas or [])]})
     ids = ctx.data()
@@ -40,19 +57,21 @@ def mode(ctx, base, ft):
         ts = range(start, min(T, start + MAX_LANES))
         perm_lanes = [Interpolated(c1, _PermutedDraw(c2, draws, t), o.alpha, attn=o.attn, emb=o.emb) for t in ts]
         null += lm_losses(ctx.engine(), perm_lanes, ids, desc=f"mode: permutations {start + 1}-{ts[-1] + 1}/{T}")
-    _, lp = pvalues.permtest(obs, null)
+    p, lp = pvalues.permtest(obs, null)
     extra["null"] = null
     extra["num_perm"] = T
-    return StatResult("mode", obs, lp, [], extra)
+    return StatResult("mode", obs, lp, [], extra, exact_pvalue=p)
 
 
-class _PermutedDraw(View):
+def _PermutedDraw(inner, draws: PermDraws, t: int):
     """θ₂ under PERMTEST draw t (residual and every block's MLP permutation)."""
+    import torch
 
-    def __init__(self, inner, draws: PermDraws, t: int):
-        super().__init__(inner)
-        self.draws, self.t = draws, t
+    from ..transforms import View
 
-    def get(self, name, dtype=torch.float32):
-        _, block = self.arch.role_of(name)
-        return self.draws.view(self.inner, self.t, block).get(name, dtype)
+    class PermutedDraw(View):
+        def get(self, name, dtype=torch.float32):
+            _, block = self.arch.role_of(name)
+            return draws.view(self.inner, t, block).get(name, dtype)
+
+    return PermutedDraw(inner)
