@@ -271,7 +271,7 @@ def attribute_all(rec, truth: dict | None = None, progress: bool = False) -> lis
         if len(cands) < 2:
             continue
         base = lowest_common_ancestor(cands, parents) if parents else None
-        if base == m or base is None and parents:
+        if base == m:
             base = None
         if len([c for c in cands if c != base]) < 1:
             continue

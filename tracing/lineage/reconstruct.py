@@ -252,11 +252,12 @@ def _check_edge(e: dict, truth: dict | None) -> None:
 
 
 def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | None = None,
-                level: float | None = None, use_hub: bool = True) -> Reconstruction:
+                level: float | None = None, use_hub: bool = True, root_from_truth: bool = True) -> Reconstruction:
     """Families, trees and their directions from a :func:`tracing.results.load_results` table.
 
     ``truth``: known lineage ``{model: parent}`` (see :func:`tracing.lineage.tree.parse_truth`); its
-    names are matched to the results' names. ``root``: the root of the family that contains it."""
+    names are matched to the results' names. ``root``: the root of the family that contains it.
+    ``root_from_truth=False`` scores the edges against ``truth`` without taking roots from it."""
     rows = plain_rows(df, stat)
     if not rows:
         raise TracingError(f"no successful {stat} results in the table; run --stat {stat} on the model list "
@@ -281,7 +282,7 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
     edges: list[dict] = []
     roots, sources = [], []
     for fam in fams:
-        r, src = choose_root(fam, root, truth, use_hub)
+        r, src = choose_root(fam, root, truth if root_from_truth else None, use_hub)
         if len(fam) == 1:
             roots.append(r)
             sources.append(src)
@@ -310,14 +311,14 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
     return Reconstruction(stat, kind, lvl, models, fams, roots, sources, edges, pairs, missing, notes)
 
 
-def write_json(rec: Reconstruction, path: str | os.PathLike) -> Path:
-    """Write ``lineage.json`` atomically (never a half-written file)."""
+def write_json(rec: Reconstruction, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``lineage.json`` atomically (never a half-written file); ``extra`` keys are added."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(rec.to_json(), f, indent=2)
+            json.dump({**rec.to_json(), **(extra or {})}, f, indent=2, default=str)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
