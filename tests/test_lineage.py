@@ -287,3 +287,21 @@ def test_attribute_all_finds_the_merge_in_a_grid(merged, tmp_path):
     assert v.is_merge and set(v.parents) == {D["a-docs"], D["a-sys"]}
     assert v.fit.base == D["base-a"]
     assert [m for m, x in verdicts.items() if x.is_merge] == [merged["linear"]]
+
+
+def test_root_from_model_card_base_model(tmp_path):
+    from tracing.lineage.reconstruct import card_base_models, choose_root
+    folders = {}
+    for name, card in (("llama-base", "---\nlicense: mit\n---\n# a base\n"),
+                       ("chat", "---\nbase_model: org/llama-base\n---\n"),
+                       ("chat-v2", "---\nbase_model:\n  - org/chat\n---\n"),
+                       ("no-card", None)):
+        (tmp_path / name).mkdir()
+        if card:
+            (tmp_path / name / "README.md").write_text(card)
+        folders[name] = str(tmp_path / name)
+    assert card_base_models(folders["chat-v2"]) == ["org/chat"]
+    assert card_base_models(folders["llama-base"]) == [] and card_base_models(folders["no-card"]) == []
+    members = sorted(folders.values())
+    assert choose_root(members, None, None, True) == (folders["llama-base"], "model card base_model")
+    assert choose_root(members, None, None, False) == (None, None)

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     for e in rec.edges:
         arrow = f"{e['parent']} -> {e['child']}" if e["directed"] else f"{e['a']} -- {e['b']}"
         s = e["similarity"]
-        sim = (f"l2 {_fmt(-s)}" if rec.similarity == "-l2" else f"{rec.similarity} {_fmt(s)}") if s is not None else "?"
+        sim = "?" if s is None else (f"l2 {-s:.4g}" if rec.similarity == "-l2" else f"{rec.similarity} {s:.4f}")
         print(f"  {arrow}  [{sim}]" + (f" {e['truth']}" if e.get("truth") else ""))
     if "edge_scores" in extra:
         s = extra["edge_scores"]

@@ -65,18 +65,19 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layouts, offset, width, depth = [], 0.0, 0.0, 0
+    # one x unit per leaf, widened so that the longest label fits
+    unit = max(1.0, max(len(line) for m in rec.models for line in short(m).splitlines()) / 16)
+    layouts, offset, depth = [], 0.0, 0
     for fam, root in zip(rec.families, rec.roots):
         fam_edges = [e for e in rec.edges if e["a"] in fam]
         pos = _layout(fam, fam_edges, root)
-        xs = [p[0] for p in pos.values()]
-        shift = offset - min(xs)
-        pos = {m: (x + shift, y) for m, (x, y) in pos.items()}
+        shift = min(p[0] for p in pos.values())
+        pos = {m: (offset + (x - shift) * unit, y) for m, (x, y) in pos.items()}
         layouts.append((fam, root, fam_edges, pos))
-        offset = max(p[0] for p in pos.values()) + 1.4
+        offset = max(p[0] for p in pos.values()) + 1.4 * unit
         depth = max(depth, -min(p[1] for p in pos.values()))
-    width = offset - 1.4
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.7 * (width + 1)), max(2.6, 1.5 * (depth + 1) + 1.0)))
+    width = offset - 1.4 * unit
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * (width + unit)), max(2.6, 1.5 * (depth + 1) + 1.0)))
     drawn = {"edges": [], "arrows": [], "missing": []}
     for fam, root, fam_edges, pos in layouts:
         for e in fam_edges:
@@ -108,10 +109,13 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
             ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 0.12, "missing", fontsize=6, color=COLOURS["missing"],
                     ha="center")
             drawn["missing"].append((m["parent"], m["child"]))
+    if any(e.get("truth") for e in rec.edges) or rec.missing:
+        fig.text(0.01, 0.01, "against the known lineage: green = known edge, red = wrong or reversed, "
+                             "dashed orange = known edge missing", fontsize=7, color="#555555")
     what = "median matched cosine of up rows" if rec.similarity == "median_cos" else "l2 distance"
     ax.set_title(f"Lineage from {rec.stat} (families: Holm-significant at {rec.level:g}; edge labels: {what})",
                  fontsize=9)
-    ax.set_xlim(-0.8, width + 0.8)
+    ax.set_xlim(-0.8 * unit, width + 0.8 * unit)
     ax.set_ylim(-depth - 0.6, 0.6)
     ax.axis("off")
     fig.tight_layout()

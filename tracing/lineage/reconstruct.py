@@ -223,9 +223,10 @@ def choose_root(members, root, truth, use_hub: bool) -> tuple[str | None, str | 
             return r, "lineage"
     if use_hub:
         meta = {}
+        tails = {str(x).rstrip("/").rsplit("/", 1)[-1]: x for x in members}
         for m in members:
             for b in card_base_models(m):
-                k = name_key(b, members)
+                k = name_key(b, members) or tails.get(b.rstrip("/").rsplit("/", 1)[-1])
                 if k is not None and k != m:
                     meta[m] = k
                     break
