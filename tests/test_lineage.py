@@ -305,3 +305,12 @@ def test_root_from_model_card_base_model(tmp_path):
     members = sorted(folders.values())
     assert choose_root(members, None, None, True) == (folders["llama-base"], "model card base_model")
     assert choose_root(members, None, None, False) == (None, None)
+
+
+def test_merge_fit_is_the_same_in_slices(merged, monkeypatch):
+    from tracing.lineage import merges
+    whole = fit_merge(merged["ties"], [D["a-docs"], D["a-sys"]], base=D["base-a"])
+    monkeypatch.setattr(merges, "CHUNK", 999)
+    sliced = fit_merge(merged["ties"], [D["a-docs"], D["a-sys"]], base=D["base-a"])
+    assert sliced.weights == pytest.approx(whole.weights, rel=1e-9)
+    assert sliced.unexplained == pytest.approx(whole.unexplained, rel=1e-9)

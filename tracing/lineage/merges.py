@@ -40,6 +40,7 @@ from ..errors import TracingError
 MIN_WEIGHT = 0.1
 MAX_RATIO = 0.6
 FULL_WEIGHT = 0.75
+CHUNK = 1 << 22  # elements per float64 slice of a tensor
 
 
 @dataclass
@@ -123,7 +124,6 @@ def _residual(acc: _Acc, w: np.ndarray) -> float:
 
 def _solve(acc: _Acc, with_base: bool) -> tuple[np.ndarray, float, float, int]:
     """(weights, unexplained, single, index of the best single parent)."""
-    k = len(acc.c)
     w = _nnls(acc.G, acc.c, sum_to_one=not with_base)
     # the fine-tune hypothesis M = P_j + δ (unit weight): what the nearest parent leaves
     singles = list(acc.d) + ([acc.yy] if with_base else [])  # with a base, M = B + δ is one more
@@ -146,24 +146,25 @@ def _stream(model, parents, base, progress: bool) -> tuple[dict, list]:
     names = arch.names()
     for name in tqdm(names, desc=f"merge fit {mlabel}", disable=not progress, leave=False):
         role, block = arch.role_of(name)
-        ts = [M.get(name, torch.float64)] + [p.get(name, torch.float64) for p, _ in parents]
-        if base:
-            ts.append(base[0].get(name, torch.float64))
+        ts = [M.get(name)] + [p.get(name) for p, _ in parents] + ([base[0].get(name)] if base else [])
         if role in ("embed", "lm_head"):  # vocabularies may differ: the shared rows
             n = min(t.shape[0] for t in ts)
             ts = [t[:n] for t in ts]
         if any(t.shape != ts[0].shape for t in ts):
             raise TracingError(f"merge attribution: {name} has different shapes in {mlabel} and its candidate "
                                f"parents; merges are fitted on models of one architecture")
-        y, X = ts[0].reshape(-1), torch.stack([t.reshape(-1) for t in ts[1:k + 1]])
-        if base:
-            B = ts[-1].reshape(-1)
-            y, X = y - B, X - B
-        else:  # centred on the parents' mean (Σw = 1 makes this the same fit, better conditioned)
-            mean = X.mean(dim=0)
-            y, X = y - mean, X - mean
-        key = block if block is not None else "other"
-        accs.setdefault(key, _Acc(k)).add(y, X)
+        acc = accs.setdefault(block if block is not None else "other", _Acc(k))
+        flat = [t.reshape(-1) for t in ts]
+        for start in range(0, flat[0].numel(), CHUNK):  # float64 in slices: bounded extra memory
+            part = [f[start:start + CHUNK].to(torch.float64) for f in flat]
+            y, X = part[0], torch.stack(part[1:k + 1])
+            if base:
+                y, X = y - part[-1], X - part[-1]
+            else:  # centred on the parents' mean (Σw = 1 makes this the same fit, better conditioned)
+                mean = X.mean(dim=0)
+                y, X = y - mean, X - mean
+            acc.add(y, X)
+        del ts, flat
     return accs, names
 
 
