@@ -236,6 +236,7 @@ def ties_merge(base, specs, out: Path, density: float = 0.2) -> str:
 def merged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("merges")
     return {"linear": linear_merge([D["a-docs"], D["a-sys"]], [0.3, 0.7], tmp / "linear"),
+            "linear-uneven": linear_merge([D["a-docs"], D["a-sys"]], [0.85, 0.15], tmp / "linear-uneven"),
             "ties": ties_merge(D["base-a"], [D["a-docs"], D["a-sys"]], tmp / "ties")}
 
 
@@ -243,16 +244,17 @@ FAMILY_A = [D["base-a"], D["a-docs"], D["a-docs-v2"], D["a-sys"]]
 
 
 @pytest.mark.parametrize("base", [None, D["base-a"]])
-def test_linear_merge_recovers_parents_and_weights(merged, base):
-    v = attribute(merged["linear"], FAMILY_A, base=base)
+@pytest.mark.parametrize("which, wd, ws", [("linear", 0.3, 0.7), ("linear-uneven", 0.85, 0.15)])
+def test_linear_merge_recovers_parents_and_weights(merged, base, which, wd, ws):
+    v = attribute(merged[which], FAMILY_A, base=base)
     assert v.is_merge, v.reason
     assert set(v.parents) == {D["a-docs"], D["a-sys"]}
-    assert abs(v.weights[D["a-docs"]] - 0.3) < 0.02 and abs(v.weights[D["a-sys"]] - 0.7) < 0.02
+    assert abs(v.weights[D["a-docs"]] - wd) < 0.02 and abs(v.weights[D["a-sys"]] - ws) < 0.02
     assert v.fit.unexplained < 1e-6
     assert len(v.fit.per_block) == 5  # 4 blocks and the rest
     for b in v.fit.per_block:
         w = dict(zip(v.fit.parents, b["weights"]))
-        assert abs(w[D["a-docs"]] - 0.3) < 0.02 and abs(w[D["a-sys"]] - 0.7) < 0.02
+        assert abs(w[D["a-docs"]] - wd) < 0.02 and abs(w[D["a-sys"]] - ws) < 0.02
 
 
 @pytest.mark.parametrize("base", [None, D["base-a"]])
@@ -260,6 +262,13 @@ def test_ties_merge_is_attributed_to_its_parents(merged, base):
     v = attribute(merged["ties"], FAMILY_A, base=base)
     assert v.is_merge, v.reason
     assert set(v.parents) == {D["a-docs"], D["a-sys"]}
+
+
+def test_sequential_fine_tune_is_not_a_merge():
+    # a-docs-v2 is a-docs fine-tuned on the slice a-sys was tuned on: its update resembles a-sys's, so
+    # a mix explains much of it, but it holds a-docs whole (weights summing well above 1)
+    v = attribute(D["a-docs-v2"], FAMILY_A, base=D["base-a"])
+    assert not v.is_merge and "sum" in v.reason and sum(v.fit.weights) > 1.5
 
 
 def test_plain_fine_tune_is_not_a_merge():
@@ -310,7 +319,7 @@ def test_root_from_model_card_base_model(tmp_path):
 def test_merge_fit_is_the_same_in_slices(merged, monkeypatch):
     from tracing.lineage import merges
     whole = fit_merge(merged["ties"], [D["a-docs"], D["a-sys"]], base=D["base-a"])
-    monkeypatch.setattr(merges, "CHUNK", 999)
+    monkeypatch.setattr(merges, "CHUNK", 9999)
     sliced = fit_merge(merged["ties"], [D["a-docs"], D["a-sys"]], base=D["base-a"])
     assert sliced.weights == pytest.approx(whole.weights, rel=1e-9)
     assert sliced.unexplained == pytest.approx(whole.unexplained, rel=1e-9)

@@ -18,8 +18,8 @@ hypothesis M = P_j + δ with the nearest candidate P_j (B included). M is called
 2. together they explain at least 40% of what the nearest single parent leaves unexplained
    (``unexplained ≤ max_ratio × single``, ``max_ratio`` 0.6) — a fine-tune's own update is not
    a mix of the other parents' updates;
-3. with B: no parent is contained whole (weight ≥ ``full_weight``, 0.75) — M = P_j + (an update
-   that resembles another model's update) is a fine-tune of P_j, not a mix;
+3. with B: the weights are a mix, summing to at most ``max_total`` (1.25) — M = P_j + (an update
+   that resembles another model's update) gives P_j a weight near 1 plus the other's: a sum near 2;
 4. when the lineage is known: no parent is an ancestor of another (a model between an ancestor
    and its descendant lies on one lineage).
 
@@ -39,7 +39,7 @@ from ..errors import TracingError
 
 MIN_WEIGHT = 0.1
 MAX_RATIO = 0.6
-FULL_WEIGHT = 0.75
+MAX_TOTAL = 1.25
 CHUNK = 1 << 22  # elements per float64 slice of a tensor
 
 
@@ -200,7 +200,7 @@ def _is_ancestor(a: str, b: str, parents: dict) -> bool:
 
 
 def judge(fit: MergeFit, parents: dict | None = None, min_weight: float = MIN_WEIGHT, max_ratio: float = MAX_RATIO,
-          full_weight: float = FULL_WEIGHT) -> MergeVerdict:
+          max_total: float = MAX_TOTAL) -> MergeVerdict:
     """Apply the merge rule (see the module docstring) to a fit; ``parents``: known or reconstructed
     ``{model: parent}`` (for the rule that parents on one lineage are not a merge)."""
     total = sum(fit.weights) or 1.0
@@ -218,11 +218,10 @@ def judge(fit: MergeFit, parents: dict | None = None, min_weight: float = MIN_WE
         gain = 1 - fit.unexplained / fit.single if fit.single > 0 else 0.0
         return no(f"a fine-tune of {near}: the other parents explain only {gain:.0%} of what {near} leaves "
                   f"unexplained (a merge needs {1 - max_ratio:.0%})")
-    if fit.base is not None:
-        whole = [p for p in strong if fit.weights[fit.parents.index(p)] >= full_weight]
-        if whole:
-            return MergeVerdict(fit.model, False, [whole[0]], {}, f"contains {whole[0]} whole (weight "
-                                f"{fit.weights[fit.parents.index(whole[0])]:.2f}): a fine-tune of it", fit)
+    if fit.base is not None and sum(weights.values()) > max_total:
+        heavy = max(weights, key=weights.get)
+        return MergeVerdict(fit.model, False, [heavy], {}, f"its weights sum to {sum(weights.values()):.2f} "
+                            f"(a mix sums to about 1): it holds {heavy} whole plus an update, a fine-tune of it", fit)
     if parents:
         for a in strong:
             for b in strong:
