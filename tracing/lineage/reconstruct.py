@@ -312,6 +312,19 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
     return Reconstruction(stat, kind, lvl, models, fams, roots, sources, edges, pairs, missing, notes)
 
 
+def _json_safe(x):
+    """NaN and infinities become null (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def write_json(rec: Reconstruction, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``lineage.json`` atomically (never a half-written file); ``extra`` keys are added."""
     p = Path(path)
@@ -319,7 +332,7 @@ def write_json(rec: Reconstruction, path: str | os.PathLike, extra: dict | None 
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({**rec.to_json(), **(extra or {})}, f, indent=2, default=str)
+            json.dump(_json_safe({**rec.to_json(), **(extra or {})}), f, indent=2, default=str)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
