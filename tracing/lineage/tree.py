@@ -183,9 +183,9 @@ def read_truth(path: str | os.PathLike) -> dict[str, str | None]:
 
 def demo_truth() -> dict[str, str | None]:
     """The demo family's lineage, named ``demo:<name>`` (from its recipes; nothing is built)."""
-    from .. import zoo
-    return {f"demo:{n}": (f"demo:{zoo.RECIPES[n].parent}" if zoo.RECIPES[n].parent else None)
-            for n in zoo.MODEL_NAMES}
+    from .. import demo
+    return {f"demo:{n}": (f"demo:{demo.RECIPES[n].parent}" if demo.RECIPES[n].parent else None)
+            for n in demo.MODEL_NAMES}
 
 
 def name_key(model: str, known) -> str | None:
