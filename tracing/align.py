@@ -121,6 +121,34 @@ def solve(cost: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class MatchResult:
+    """The matched pairs of one MATCH: row ``rows[k]`` of W₁ is matched to row ``cols[k]`` of W₂
+    (indices into the original, unfiltered matrices) with cosine ``cos[k]`` (|cos| for an absolute
+    matching).  ``rows`` is ascending.  Every kept row of the side with fewer kept rows has a pair."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    cos: np.ndarray
+    shape: tuple[int, int] = (0, 0)  # rows of W₁ and of W₂ given to the matching
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def _pairs_from_fast(C: torch.Tensor, fast: np.ndarray) -> MatchResult:
+    rows = np.arange(C.shape[0], dtype=np.int64)
+    cos = C[torch.from_numpy(rows), torch.from_numpy(fast)].numpy().astype(np.float64)
+    return MatchResult(rows, fast, cos, tuple(C.shape))
+
+
+def _solve_pairs(cost: np.ndarray) -> MatchResult:
+    """Minimise the negated cosine matrix ``cost``; the matched cosines are read back from it."""
+    rows, cols = linear_sum_assignment(cost)
+    return MatchResult(rows.astype(np.int64), cols.astype(np.int64), -cost[rows, cols], cost.shape)
+
+
 def match(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> np.ndarray:
     """MATCH(W₁, W₂): for each row i of W₁ the row π(i) of W₂ (|cos| when ``absolute``)."""
     C, buf = _cosine_in_cost_buffer(W1, W2)
@@ -131,11 +159,21 @@ def match(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> np.ndar
     return fast if fast is not None else solve(_negate_widen(buf))
 
 
-def _solve_owned(box: list) -> np.ndarray:
-    """``solve`` of the cost matrix handed over in ``box``; the matrix is freed before returning,
-    i.e. before the future completes and its memory slot is released."""
+def match_pairs(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> MatchResult:
+    """MATCH(W₁, W₂) as matched pairs with their cosines (|cos| when ``absolute``)."""
+    m = Matcher(workers=1)
+    try:
+        m.submit(0, W1, W2, absolute)
+        return m.results()[0]
+    finally:
+        m.close()
+
+
+def _solve_owned(box: list) -> MatchResult:
+    """Matched pairs of the cost matrix handed over in ``box``; the matrix is freed before
+    returning, i.e. before the future completes and its memory slot is released."""
     cost = box.pop()
-    return solve(cost)
+    return _solve_pairs(cost)
 
 
 def _available_bytes() -> int:
@@ -157,7 +195,8 @@ def default_workers(cost_bytes: int, mem_budget_bytes: int | None = None) -> int
 
 
 class Matcher:
-    """MATCH many layers with bounded parallelism: ``submit(key, W1, W2)``, then ``results()``.
+    """MATCH many layers with bounded parallelism: ``submit(key, W1, W2)``, then ``results()``
+    (``{key: MatchResult}``).
 
     Cosine products run one at a time in the calling thread (torch uses every core for them);
     assignment solves run in a thread pool with at most ``workers`` cost matrices in flight
@@ -180,11 +219,11 @@ class Matcher:
         if absolute:
             C.abs_()
         fast = argmax_shortcut(C)
-        del C
         if fast is not None:
-            self._done[key] = fast
+            self._done[key] = _pairs_from_fast(C, fast)
             self._bar.update()
             return
+        del C
         if self._pool is None:
             n = self.workers or default_workers(buf.size * 8 * 2, self.mem_budget_bytes)
             self._pool, self._slots = ThreadPoolExecutor(max_workers=n), threading.Semaphore(n)
@@ -217,8 +256,9 @@ class Matcher:
 
 
 def match_layers(layers: Iterable, load: Callable, absolute: bool = False, workers: int | None = None,
-                 mem_budget_bytes: int | None = None, desc: str | None = None) -> dict:
-    """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}`` in ``layers`` order."""
+                 mem_budget_bytes: int | None = None, desc: str | None = None, pairs: bool = False) -> dict:
+    """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}`` in ``layers`` order
+    for square matrices, or ``{key: MatchResult}`` with ``pairs=True``."""
     layers = list(layers)
     m = Matcher(workers, mem_budget_bytes, total=len(layers), desc=desc)
     try:
@@ -229,7 +269,18 @@ def match_layers(layers: Iterable, load: Callable, absolute: bool = False, worke
         out = m.results()
     finally:
         m.close()
-    return {k: out[k] for k in layers}
+    if pairs:
+        return {k: out[k] for k in layers}
+    return {k: _assignment(out[k]) for k in layers}
+
+
+def _assignment(res: MatchResult) -> np.ndarray:
+    """π as :func:`match` returns it: for each row of W₁ (or of W₂ when W₂ has fewer rows) its partner."""
+    if res.shape[0] <= res.shape[1]:
+        return res.cols
+    out = np.full(res.cols.shape[0], -1, dtype=np.int64)
+    out[res.cols] = res.rows
+    return out
 
 
 @dataclass

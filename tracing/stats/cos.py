@@ -1,4 +1,10 @@
-"""φ_U: per block, Spearman(MATCH(U₁, U₂), identity) on the rows of ``mlp.up_proj``; Fisher over blocks."""
+"""φ_U: per block, Spearman(MATCH(U₁, U₂), identity) on the rows of ``mlp.up_proj``; Fisher over blocks.
+
+Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
+``extra["median_cos"]`` is the mean of those over layers.
+"""
+import numpy as np
+
 from ..align import match_layers
 from ..arch import require_same_blocks
 from . import register
@@ -14,6 +20,11 @@ def cos(ctx, base, ft):
         name = base.arch.block_name(i, "up")
         return base.get(name), ft.get(name)
 
-    perms = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes,
-                         desc="cos: match up_proj rows" if ctx.progress else None)
-    return spearman_layers(perms, ctx, "cos")
+    matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
+                           desc="cos: match up_proj rows" if ctx.progress else None)
+    res = spearman_layers({i: m.cols for i, m in matched.items()}, ctx, "cos")
+    medians = {i: float(np.median(m.cos)) for i, m in matched.items()}
+    for row in res.per_layer:
+        row["median_cos"] = medians[row["layer"]]
+    res.extra["median_cos"] = float(np.mean(list(medians.values())))
+    return res

@@ -14,7 +14,7 @@ def csh(ctx, base, ft):
     try:
         ctx.engine().run([base, ft], ids, on_block=lambda i, caps: m.submit(i, caps[0].up.T, caps[1].up.T),
                          desc="csh: forward")
-        perms = m.results()
+        perms = {i: r.cols for i, r in m.results().items()}
     finally:
         m.close()
     return spearman_layers(perms, ctx, "csh")

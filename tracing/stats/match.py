@@ -25,7 +25,8 @@ def match(ctx, base, ft):
 
     try:
         ctx.engine().run([base, ft], ids, on_block=on_block, desc="match: forward")
-        pg, pu = gate.results(), up.results()
+        pg = {i: r.cols for i, r in gate.results().items()}
+        pu = {i: r.cols for i, r in up.results().items()}
     finally:
         gate.close()
         up.close()
