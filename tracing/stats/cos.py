@@ -1,5 +1,8 @@
 """φ_U: per block, Spearman(MATCH(U₁, U₂), identity) on the rows of ``mlp.up_proj``; Fisher over blocks.
 
+Rows that are zero or hold a non-finite value are dropped from each side before matching (the
+record counts them per layer); the p-value is the rank correlation of the matched pairs' indices.
+
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
 """
@@ -8,7 +11,7 @@ import numpy as np
 from ..align import match_layers
 from ..arch import require_same_blocks
 from . import register
-from .base import spearman_layers
+from .base import pairs_of, spearman_layers
 
 
 @register("cos", needs_data=False, has_pvalue=True, aliases=("csu",),
@@ -22,9 +25,9 @@ def cos(ctx, base, ft):
 
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
                            desc="cos: match up_proj rows" if ctx.progress else None)
-    res = spearman_layers({i: m.cols for i, m in matched.items()}, ctx, "cos")
-    medians = {i: float(np.median(m.cos)) for i, m in matched.items()}
+    res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
+    medians = {i: float(np.median(m.cos)) if m.n_pairs else float("nan") for i, m in matched.items()}
     for row in res.per_layer:
         row["median_cos"] = medians[row["layer"]]
-    res.extra["median_cos"] = float(np.mean(list(medians.values())))
+    res.extra["median_cos"] = float(np.nanmean(list(medians.values())))
     return res
