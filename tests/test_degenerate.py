@@ -203,3 +203,51 @@ def test_layer_with_too_few_pairs_is_skipped_with_a_reason(template):
     assert math.isfinite(res.log10_pvalue)
     from tracing import pvalues
     assert res.log10_pvalue == pvalues.fisher([res.per_layer[1]["log10_pvalue"]])[1]
+
+
+# --------------------------------------------------------------------------------------------
+# non-finite weights: an error when read, never a statistic
+# --------------------------------------------------------------------------------------------
+def _main(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, str(root / "main.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=root, timeout=600, env=dict(__import__("os").environ, HF_HUB_OFFLINE="1",
+                                                                PYTHONWARNINGS="ignore::FutureWarning"))
+
+
+@pytest.mark.parametrize("tensor,where,value,stats", [
+    # row 0 of up_proj: the argmax shortcut used to give r = 1 for it
+    ("model.layers.0.mlp.up_proj.weight", (0, slice(None)), float("nan"), ("cos", "l2")),
+    ("model.layers.1.self_attn.o_proj.weight", (3, 5), float("inf"), ("match", "l2")),  # read by these
+])
+def test_non_finite_weight_is_a_one_line_error(tmp_path, tensor, where, value, stats):
+    cfg = tiny_config("llama", L=2, d=32, h=64, V=96)
+    base = tiny_model(cfg, seed=1)
+    base.save_pretrained(tmp_path / "base")
+    bad = finetuned(base, seed=2, noise=0.2)
+    with torch.no_grad():
+        dict(bad.named_parameters())[tensor][where] = value
+    bad.save_pretrained(tmp_path / "bad")
+    for stat in stats:
+        out = tmp_path / f"never_{stat}.p"
+        r = _main("--base_model_id", tmp_path / "base", "--ft_model_id", tmp_path / "bad", "--stat", stat,
+                  "--save", out, "--quiet", "--dataset", "random", "--num_samples", "2", "--block_size", "16")
+        assert r.returncode == 2, r.stderr[-2000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+        assert tensor in lines[0] and str(tmp_path / "bad") in lines[0] and "non-finite" in lines[0]
+        assert not out.exists()
+
+
+def test_non_finite_activation_rows_are_dropped_not_an_error():
+    from tracing.align import Matcher
+    g = torch.Generator().manual_seed(0)
+    H1, H2 = torch.randn(20, 16, generator=g), torch.randn(20, 16, generator=g)
+    H1[3, 2], H2[7, 0] = float("nan"), float("inf")
+    m = Matcher(workers=1)
+    m.submit(0, H1, H2)
+    res = m.results()[0]
+    assert (res.dropped1, res.dropped2, res.n_pairs) == (1, 1, 19) and 3 not in res.rows and 7 not in res.cols
