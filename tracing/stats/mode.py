@@ -1,4 +1,8 @@
-"""Mode connectivity: LM loss along the path θ(α) and its barrier (DESIGN §5).
+"""Mode connectivity: LM loss along the path θ(α) and its barrier.
+
+The record names its endpoints unambiguously: ``loss_at_alpha0`` (θ(0) = θ₁) and ``loss_at_alpha1``
+(θ(1), which is θ₂ only when every part is interpolated), ``path`` (which parts move) and
+``barrier_endpoints`` (a sentence saying what the barrier is measured against).
 
 Every α of the curve (and every PERMTEST draw) is a lane of one lockstep pass, so the weights of
 θ₁ and θ₂ are read once per block for all of them.
@@ -30,7 +34,7 @@ def mode(ctx, base, ft):
     obs = losses[float(o.alpha)]
     extra = {"alpha": float(o.alpha), "loss_alpha": obs,
              "barrier": obs - ((1 - o.alpha) * l0 + o.alpha * l1), "curve": curve,
-             "loss_theta0": l0, "loss_theta1": l1, "attn": o.attn, "emb": o.emb}
+             "loss_at_alpha0": l0, "loss_at_alpha1": l1, "attn": o.attn, "emb": o.emb, **describe_path(o.attn, o.emb)}
     T = o.num_perm or 0
     if not T:
         return StatResult("mode", obs, None, [], extra)
@@ -44,6 +48,23 @@ def mode(ctx, base, ft):
     extra["null"] = null
     extra["num_perm"] = T
     return StatResult("mode", obs, lp, [], extra)
+
+
+def describe_path(attn: bool, emb: bool) -> dict:
+    """``path`` (which parts move), ``barrier_endpoints`` and human ``notes`` for a record."""
+    parts = ["mlp", "norms"] + (["attn"] if attn else []) + (["emb"] if emb else [])
+    path = "all" if attn and emb else "+".join(parts)
+    if attn and emb:
+        ends = "the barrier is against the path's own endpoints: θ(0) is θ₁ and θ(1) is θ₂"
+        notes = ["every weight is interpolated: the path runs from θ₁ to θ₂"]
+    else:
+        fixed = ", ".join(x for x, on in (("attention", attn), ("embeddings, lm_head and final norm", emb)) if not on)
+        moved = "MLPs, norms and attention" if attn else "MLPs, norms and embeddings" if emb else "MLPs and norms"
+        ends = ("the barrier is against the path's own endpoints: θ(0) is θ₁, but θ(1) is not θ₂ "
+                f"(θ₂'s {moved} with θ₁'s {fixed})")
+        notes = [f"only {moved} are interpolated and the rest ({fixed}) is θ₁'s, so α = 1 is a hybrid, not θ₂, "
+                 f"and the barrier is measured against that hybrid (--attn --emb give the path from θ₁ to θ₂)"]
+    return {"path": path, "barrier_endpoints": ends, "notes": notes}
 
 
 class _PermutedDraw(View):
