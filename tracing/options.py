@@ -19,6 +19,7 @@ class Options:
     align: bool = False
     attn: bool = False
     emb: bool = False
+    mlp_only: bool = False  # mode: interpolate only MLPs and norms (plus attn / emb when set)
     alpha: float = 0.5
     alphas: list[float] | None = None
     num_perm: int | None = None  # PERMTEST draws; default 99 for l2, 0 (off) for mode
@@ -102,8 +103,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--permute", action="store_true", help="randomly permute the fine-tuned model first (function-preserving)")
     g.add_argument("--rotate", action="store_true", help="randomly rotate the fine-tuned model first (function-preserving)")
     g.add_argument("--align", action="store_true", help="also align the fine-tuned model to the base and recompute")
-    g.add_argument("--attn", action="store_true", help="mode: also interpolate attention")
-    g.add_argument("--emb", action="store_true", help="mode: also interpolate embeddings, lm_head and final norm")
+    g.add_argument("--mlp_only", action="store_true",
+                   help="mode: interpolate only MLPs and norms (the path then ends at a hybrid, not θ₂); "
+                        "by default every weight is interpolated")
+    g.add_argument("--attn", action="store_true", help="mode with --mlp_only: also interpolate attention")
+    g.add_argument("--emb", action="store_true",
+                   help="mode with --mlp_only: also interpolate embeddings, lm_head and final norm")
     g.add_argument("--alpha", type=float, default=d["alpha"].default, help="mode: interpolation weight of θ₂ (default 0.5)")
     g.add_argument("--alphas", type=_float_list, default=None, help="mode: a curve, e.g. 0,0.25,0.5,0.75,1")
     g.add_argument("--num_perm", type=int, default=None, help="PERMTEST draws (default 99 for l2, 0 for mode)")

@@ -24,17 +24,18 @@ MAX_LANES = 8  # PERMTEST lanes per pass (bounds the hidden states held at once)
           description="loss on the linear path between the models (mode connectivity), optional permutation test")
 def mode(ctx, base, ft):
     o = ctx.options
+    attn, emb = path_parts(o)
     alphas = sorted({0.0, 1.0, float(o.alpha), *[float(a) for a in (o.alphas or [])]})
     ids = ctx.data()
     c1, c2 = CachedSource(base), CachedSource(ft)
-    lanes = [Interpolated(c1, c2, a, attn=o.attn, emb=o.emb) for a in alphas]
+    lanes = [Interpolated(c1, c2, a, attn=attn, emb=emb) for a in alphas]
     losses = dict(zip(alphas, lm_losses(ctx.engine(), lanes, ids, desc="mode: path")))
     l0, l1 = losses[0.0], losses[1.0]
     curve = [{"alpha": a, "loss": losses[a], "barrier": losses[a] - ((1 - a) * l0 + a * l1)} for a in alphas]
     obs = losses[float(o.alpha)]
     extra = {"alpha": float(o.alpha), "loss_alpha": obs,
              "barrier": obs - ((1 - o.alpha) * l0 + o.alpha * l1), "curve": curve,
-             "loss_at_alpha0": l0, "loss_at_alpha1": l1, "attn": o.attn, "emb": o.emb, **describe_path(o.attn, o.emb)}
+             "loss_at_alpha0": l0, "loss_at_alpha1": l1, "attn": attn, "emb": emb, **describe_path(attn, emb)}
     T = o.num_perm or 0
     if not T:
         return StatResult("mode", obs, None, [], extra)
@@ -42,12 +43,20 @@ def mode(ctx, base, ft):
     null = []
     for start in range(0, T, MAX_LANES):
         ts = range(start, min(T, start + MAX_LANES))
-        perm_lanes = [Interpolated(c1, _PermutedDraw(c2, draws, t), o.alpha, attn=o.attn, emb=o.emb) for t in ts]
+        perm_lanes = [Interpolated(c1, _PermutedDraw(c2, draws, t), o.alpha, attn=attn, emb=emb) for t in ts]
         null += lm_losses(ctx.engine(), perm_lanes, ids, desc=f"mode: permutations {start + 1}-{ts[-1] + 1}/{T}")
     _, lp = pvalues.permtest(obs, null)
     extra["null"] = null
     extra["num_perm"] = T
     return StatResult("mode", obs, lp, [], extra)
+
+
+def path_parts(o) -> tuple[bool, bool]:
+    """(attention, embeddings) interpolated?  Both by default, so the path runs from θ₁ to θ₂;
+    with ``mlp_only`` only MLPs and norms, plus whichever of ``attn`` / ``emb`` is set."""
+    if not getattr(o, "mlp_only", False):
+        return True, True
+    return bool(o.attn), bool(o.emb)
 
 
 def describe_path(attn: bool, emb: bool) -> dict:
@@ -63,7 +72,7 @@ def describe_path(attn: bool, emb: bool) -> dict:
         ends = ("the barrier is against the path's own endpoints: θ(0) is θ₁, but θ(1) is not θ₂ "
                 f"(θ₂'s {moved} with θ₁'s {fixed})")
         notes = [f"only {moved} are interpolated and the rest ({fixed}) is θ₁'s, so α = 1 is a hybrid, not θ₂, "
-                 f"and the barrier is measured against that hybrid (--attn --emb give the path from θ₁ to θ₂)"]
+                 f"and the barrier is measured against that hybrid (without --mlp_only the path runs from θ₁ to θ₂)"]
     return {"path": path, "barrier_endpoints": ends, "notes": notes}
 
 
