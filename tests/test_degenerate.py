@@ -251,3 +251,26 @@ def test_non_finite_activation_rows_are_dropped_not_an_error():
     m.submit(0, H1, H2)
     res = m.results()[0]
     assert (res.dropped1, res.dropped2, res.n_pairs) == (1, 1, 19) and 3 not in res.rows and 7 not in res.cols
+
+
+def _pruned(src, keep):
+    """A width-pruned copy: only hidden units ``keep`` of every block (a smaller config)."""
+    import copy
+    from tracing.models import DictSource
+    cfg = copy.deepcopy(src.config)
+    cfg.intermediate_size = len(keep)
+    sd = {n: src.get(n).clone() for n in src.names()}
+    for i in range(src.arch.L):
+        for role in ("gate", "up"):
+            sd[src.arch.block_name(i, role)] = sd[src.arch.block_name(i, role)][keep]
+        sd[src.arch.block_name(i, "down")] = sd[src.arch.block_name(i, "down")][:, keep]
+    return DictSource(sd, cfg, "pruned")
+
+
+def test_cos_matches_width_pruned_models_rectangularly(template):
+    base, other = _random_like(template, 31), _random_like(template, 32)
+    keep = sorted(torch.randperm(96, generator=torch.Generator().manual_seed(1))[:80].tolist())
+    dep = run("cos", base, _pruned(base, keep))
+    assert dep.log10_pvalue < -6 and all(r["n_pairs"] == 80 for r in dep.per_layer)
+    assert run("cos", _pruned(base, keep), base).log10_pvalue < -6
+    assert run("cos", base, _pruned(other, keep)).log10_pvalue > SIG

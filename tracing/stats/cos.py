@@ -17,7 +17,8 @@ from .base import pairs_of, spearman_layers
 @register("cos", needs_data=False, has_pvalue=True, aliases=("csu",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init")
 def cos(ctx, base, ft):
-    require_same_blocks(base.arch, ft.arch, "cos")
+    if (base.arch.L, base.arch.d) != (ft.arch.L, ft.arch.d):
+        require_same_blocks(base.arch, ft.arch, "cos")  # the MLP widths may differ, not depth or d
 
     def load(i):
         name = base.arch.block_name(i, "up")

@@ -34,9 +34,9 @@ def _pairs(g: MatchResult, u: MatchResult) -> tuple:
 @register("match", needs_data=True, has_pvalue=True,
           description="robust matching of gate and up activations (φ_MATCH)")
 def match(ctx, base, ft):
-    if base.arch.L != ft.arch.L:
-        raise TracingError(f"match pairs block i of one model with block i of the other, but the models have "
-                           f"{base.arch.L} and {ft.arch.L} blocks; compare models of equal depth")
+    if base.arch.L != ft.arch.L or base.arch.h != ft.arch.h:
+        raise TracingError(f"match needs the same number of blocks and MLP width here "
+                           f"(L {base.arch.L} vs {ft.arch.L}, h {base.arch.h} vs {ft.arch.h})")
     ids = ctx.data()
     gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
