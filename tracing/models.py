@@ -51,6 +51,15 @@ class WeightSource:
         return {n: self.get(n, dtype) for n in self.names()}
 
 
+def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a one-line TracingError naming the model and tensor if it holds NaN or inf."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        raise TracingError(f"{label}: tensor {name} holds non-finite values ({nan} NaN, {inf} inf); "
+                           f"the weights are corrupt or come from a diverged run, use an intact checkpoint")
+    return t
+
+
 class DictSource(WeightSource):
     """A state dict held in memory (e.g. ``model.state_dict()`` of a loaded model)."""
 
@@ -67,7 +76,7 @@ class DictSource(WeightSource):
             t = self.state[name]
         except KeyError:
             raise TracingError(f"tensor {name} is missing from {self.label}") from None
-        return t.to(dtype)
+        return require_finite(self.label, name, t).to(dtype)
 
 
 def from_module(model: torch.nn.Module, label: str = "model") -> DictSource:
@@ -118,6 +127,7 @@ class Checkpoint(WeightSource):
         self._bin_cache: tuple[Path, dict] | None = None
         self._index = self._build_index()
         self._check_shapes(cfg_file)
+        self._finite: set[str] = set()  # tensors already checked for NaN / inf
 
     # config ------------------------------------------------------------------------------
     @property
@@ -187,6 +197,9 @@ class Checkpoint(WeightSource):
                 t = h.get_tensor(name)
         else:
             t = self._load_bin(f)[name]
+        if name not in self._finite:
+            require_finite(self.label, name, t)
+            self._finite.add(name)
         return t.to(dtype)
 
     def release(self):

@@ -21,6 +21,7 @@ class Options:
     align: bool = False
     attn: bool = False
     emb: bool = False
+    mlp_only: bool = False  # mode: interpolate only MLPs and norms (plus attn / emb when set)
     alpha: float = 0.5
     alphas: list[float] | None = None
     num_perm: int | None = None  # PERMTEST draws; default per statistic
@@ -133,8 +134,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--permute", action="store_true", help="randomly permute the fine-tuned model first (function-preserving)")
     g.add_argument("--rotate", action="store_true", help="randomly rotate the fine-tuned model first (function-preserving)")
     g.add_argument("--align", action="store_true", help="also align the fine-tuned model to the base and recompute")
-    g.add_argument("--attn", action="store_true", help=f"{users('attn')}: also interpolate attention")
-    g.add_argument("--emb", action="store_true", help=f"{users('emb')}: also interpolate embeddings, lm_head and final norm")
+    g.add_argument("--mlp_only", action="store_true",
+                   help=f"{users('mlp_only')}: interpolate only MLPs and norms (the path then ends at a hybrid, "
+                        f"not θ₂); by default every weight is interpolated")
+    g.add_argument("--attn", action="store_true", help=f"{users('attn')}: with --mlp_only, also interpolate attention")
+    g.add_argument("--emb", action="store_true", help=f"{users('emb')}: with --mlp_only, also interpolate embeddings, lm_head and final norm")
     g.add_argument("--alpha", type=float, default=d["alpha"].default,
                    help=f"{users('alpha')}: interpolation weight of θ₂ (default: %(default)s)")
     g.add_argument("--alphas", type=_float_list, default=None, help=f"{users('alphas')}: a curve, e.g. 0,0.25,0.5,0.75,1 (default: α only)")

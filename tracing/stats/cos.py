@@ -1,5 +1,8 @@
 """φ_U: per block, Spearman(MATCH(U₁, U₂), identity) on the rows of ``mlp.up_proj``; Fisher over blocks.
 
+Rows that are zero or hold a non-finite value are dropped from each side before matching (the
+record counts them per layer); the p-value is the rank correlation of the matched pairs' indices.
+
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
 """
@@ -9,11 +12,16 @@ from . import register
 from .spec import Cost, same_blocks
 
 
+def _check(a, b, options):
+    if (a.L, a.d) != (b.L, b.d):  # the MLP widths may differ (rectangular matching), not depth or d
+        same_blocks("cos")(a, b, options)
+
+
 def _cost(s):
     return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
 
 
-@register("cos", aliases=("csu",), check=same_blocks("cos"), cost=_cost,
+@register("cos", aliases=("csu",), check=_check, cost=_cost,
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
@@ -21,8 +29,9 @@ def _cost(s):
 def cos(ctx, base, ft):
     from ..align import match_layers
     from ..arch import require_same_blocks
-    from .base import spearman_layers
-    require_same_blocks(base.arch, ft.arch, "cos")
+    from .base import pairs_of, spearman_layers
+    if (base.arch.L, base.arch.d) != (ft.arch.L, ft.arch.d):
+        require_same_blocks(base.arch, ft.arch, "cos")  # the MLP widths may differ, not depth or d
 
     def load(i):
         name = base.arch.block_name(i, "up")
@@ -30,9 +39,9 @@ def cos(ctx, base, ft):
 
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
                            desc="cos: match up_proj rows" if ctx.progress else None)
-    res = spearman_layers({i: m.cols for i, m in matched.items()}, ctx, "cos")
-    medians = {i: float(np.median(m.cos)) for i, m in matched.items()}
+    res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
+    medians = {i: float(np.median(m.cos)) if m.n_pairs else float("nan") for i, m in matched.items()}
     for row in res.per_layer:
         row["median_cos"] = medians[row["layer"]]
-    res.extra["median_cos"] = float(np.mean(list(medians.values())))
+    res.extra["median_cos"] = float(np.nanmean(list(medians.values())))
     return res

@@ -15,14 +15,14 @@ def _cost(s):
 def csh(ctx, base, ft):
     from ..align import Matcher
     from ..arch import require_same_blocks
-    from .base import spearman_layers
+    from .base import pairs_of, spearman_layers
     require_same_blocks(base.arch, ft.arch, "csh")
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     try:
         ctx.engine().run([base, ft], ids, on_block=lambda i, caps: m.submit(i, caps[0].up.T, caps[1].up.T),
                          desc="csh: forward")
-        perms = {i: r.cols for i, r in m.results().items()}
+        matched = m.results()
     finally:
         m.close()
-    return spearman_layers(perms, ctx, "csh")
+    return spearman_layers({i: pairs_of(r) for i, r in matched.items()}, ctx, "csh")

@@ -1,4 +1,8 @@
-"""Embedding similarity: Spearman(MATCH(E₁ᵀ, E₂ᵀ), identity) over the shared vocabulary."""
+"""Embedding similarity: Spearman(MATCH(E₁ᵀ, E₂ᵀ), identity) over the shared vocabulary.
+
+Residual dimensions whose embedding column is zero or holds a non-finite value are dropped from
+each side before matching; the p-value is the rank correlation of the matched pairs' indices.
+"""
 from . import register
 from .spec import Cost, same_width
 
@@ -24,21 +28,21 @@ def _explain(rec):
                   "initialised independently. It has no aligned variant: its matching is the residual "
                   "alignment itself.")
 def emb(ctx, base, ft):
-    import torch
+    import numpy as np
 
     from .. import pvalues
-    from ..align import argmax_shortcut, cosine_matrix, negated_cost, solve
+    from ..align import match_pairs
     from ..arch import EMBED
     from ..errors import TracingError
     from .base import StatResult
     if base.arch.d != ft.arch.d:
         raise TracingError(f"emb needs equal residual widths, got d={base.arch.d} and d={ft.arch.d}")
     n = min(base.arch.V, ft.arch.V)
-    C = cosine_matrix(base.get(EMBED)[:n].T, ft.get(EMBED)[:n].T)
-    perm = argmax_shortcut(C)
-    if perm is None:
-        perm = solve(negated_cost(C))
-    matched = C[torch.arange(C.shape[0]), torch.from_numpy(perm)]
-    r, lp = pvalues.spearman(perm, alternative=ctx.options.alternative)
+    m = match_pairs(base.get(EMBED)[:n].T, ft.get(EMBED)[:n].T)
+    r, lp = pvalues.spearman_pairs(m.rows, m.cols, alternative=ctx.options.alternative)
+    if np.isnan(lp):
+        raise TracingError(f"emb: only {m.n_pairs} embedding dimensions have nonzero finite values "
+                           f"(at least {pvalues.MIN_PAIRS} needed)")
     return StatResult("emb", float(r), float(lp), [],
-                      {"median_cos": float(matched.median()), "shared_vocab": int(n)})
+                      {"median_cos": float(np.median(m.cos)), "shared_vocab": int(n), "n_pairs": m.n_pairs,
+                       "dropped": {"base": m.dropped1, "ft": m.dropped2}})

@@ -2,10 +2,32 @@
 
 Survives MLP and residual permutation, rotation, and per-unit scaling of θ₂ including sign flips.
 Empirically calibrated (not exact) under independence.
+
+Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
+gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value;
+it is then left out of *both* matchings, so the two matchings see the same kept units.  Let n₁ and
+n₂ be the kept units of θ₁ and θ₂.  If n₁ ≤ n₂, every kept unit i of θ₁ has a partner g(i) in the
+gate matching and u(i) in the up matching, and the pairs are (g(i), u(i)), indices of θ₂'s units.
+If n₁ > n₂, every kept unit j of θ₂ has partners g⁻¹(j) and u⁻¹(j) among θ₁'s units, and the
+pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two sequences of a pair; with
+equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
 """
+import numpy as np
+
 from ..errors import TracingError
 from . import register
 from .spec import Cost
+
+
+def _pairs(g, u) -> tuple:
+    """The (x, y, dropped) pairs of one block's gate and up matchings (see the module docstring)."""
+    n1, n2 = g.kept
+    if n1 <= n2:  # keys: θ₁'s kept units, both matchings list them in ascending order
+        x, y = g.cols, u.cols
+    else:  # keys: θ₂'s kept units
+        og, ou = np.argsort(g.cols, kind="stable"), np.argsort(u.cols, kind="stable")
+        x, y = g.rows[og], u.rows[ou]
+    return x, y, {"base": g.dropped1, "ft": g.dropped2}
 
 
 def _check(a, b, _options):
@@ -25,7 +47,7 @@ def _cost(s):
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
-    from ..align import Matcher
+    from ..align import Matcher, degenerate_rows
     from .base import spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     ids = ctx.data()
@@ -33,14 +55,16 @@ def match(ctx, base, ft):
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
 
     def on_block(i, caps):
-        gate.submit(i, caps[0].gate.T, caps[1].gate.T)
-        up.submit(i, caps[0].up.T, caps[1].up.T, absolute=True)
+        G1, G2, U1, U2 = caps[0].gate.T, caps[1].gate.T, caps[0].up.T, caps[1].up.T
+        ok1 = ~(degenerate_rows(G1) | degenerate_rows(U1))
+        ok2 = ~(degenerate_rows(G2) | degenerate_rows(U2))
+        gate.submit(i, G1, G2, keep1=ok1, keep2=ok2)
+        up.submit(i, U1, U2, absolute=True, keep1=ok1, keep2=ok2)
 
     try:
         ctx.engine().run([base, ft], ids, on_block=on_block, desc="match: forward")
-        pg = {i: r.cols for i, r in gate.results().items()}
-        pu = {i: r.cols for i, r in up.results().items()}
+        pg, pu = gate.results(), up.results()
     finally:
         gate.close()
         up.close()
-    return spearman_layers(pg, ctx, "match", reference=pu)
+    return spearman_layers({i: _pairs(pg[i], pu[i]) for i in pg}, ctx, "match")
