@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from .. import pvalues
+from ..errors import TracingError
 from .reconstruct import _finite, _flag
 from .tree import align_truth, roots_of
 
@@ -34,8 +35,12 @@ def grid_label(row: dict) -> str:
     """The grid a result belongs to, e.g. ``cos``, ``cos --permute`` or ``cos [aligned]``."""
     parts = [str(row.get("stat"))]
     parts += [f"--{f}" for f in ("permute", "rotate") if _flag(row.get(f))]
-    if row.get("stat") == "mode":
-        parts += [f"--{f}" for f in ("attn", "emb") if _flag(row.get(f))]
+    from .. import stats
+    try:
+        flags = stats.get(str(row.get("stat"))).variant_flags
+    except TracingError:  # a statistic this toolkit does not know
+        flags = ()
+    parts += [f"--{f}" for f in flags if _flag(row.get(f))]
     return " ".join(parts) + (" [aligned]" if _flag(row.get("aligned")) else "")
 
 
