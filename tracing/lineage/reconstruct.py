@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import pvalues
 from ..errors import TracingError
+from ..verdict import is_dependent
 from .tree import align_truth, name_key
 
 
@@ -107,7 +108,7 @@ def significance_table(rows: dict, level: float) -> list[dict]:
     for k, p, q in zip(keys, lp, adj):
         a, b = sorted(k)
         out.append({"a": a, "b": b, "log10_pvalue": float(p), "log10_pvalue_holm": float(q),
-                    "significant": bool(q < math.log10(level))})
+                    "significant": bool(is_dependent(q, level))})
     return out
 
 

@@ -110,8 +110,9 @@ def markdown_lines(sec: LineageSection) -> list[str]:
     rec = sec.rec
     L = ["## Lineage", "",
          f"Families are the connected groups of pairs significant under `{sec.stat}` (Holm-adjusted, level "
-         f"{rec.level:g}); each family's tree is its maximum spanning tree of similarity ({rec.similarity}), "
-         f"directed away from the family's root when one is known. Files: `lineage.json`, `lineage.png`"
+         f"{rec.level:g}); each family's tree is built from the similarity {rec.similarity}: grown from the "
+         f"family's root when one is known (edges parent → child), else its maximum spanning tree (undirected). "
+         f"Files: `lineage.json`, `lineage.png`"
          + (f", `{RATES_FILE}`" if sec.rates is not None else "") + ".", ""]
     fam_rows = [[i + 1, ", ".join(f"`{m}`" for m in fam), f"`{r}`" if r else "—", s or "—"]
                 for i, (fam, r, s) in enumerate(zip(rec.families, rec.roots, rec.root_sources))]
