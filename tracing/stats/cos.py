@@ -21,7 +21,7 @@ def _cost(s):
     return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
 
 
-@register("cos", aliases=("csu",), check=_check, cost=_cost,
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost,
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
