@@ -1,4 +1,9 @@
-"""Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, or a local folder.
+"""Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, a local folder, or a GGUF file.
+
+A folder or hub repository holding several GGUF files names one with a ``:<file>.gguf`` suffix
+(``org/name:model-Q4_K_M.gguf``, ``org/name@rev:model-Q8_0.gguf``, ``./folder:model.gguf``).
+Quantized checkpoints (GGUF, GPTQ, AWQ; see :mod:`tracing.sources`) are dequantized to float32
+one tensor at a time.
 
 A :class:`Checkpoint` gives the config, the tokenizer, and **lazy per-tensor access**: one
 tensor is read at a time (safetensors ``safe_open``, sharded or not, or ``pytorch_model*.bin``
@@ -107,6 +112,7 @@ class Resolved:
     revision: str | None = None
     commit: str | None = None
     hub_sha256: dict[str, str] = field(default_factory=dict)  # file -> LFS sha256 recorded by the hub
+    file: str | None = None  # the GGUF file chosen with a ``:<file>.gguf`` suffix
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -120,15 +126,27 @@ def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
         from . import zoo
         return Resolved(spec=spec, path=zoo.resolve_demo(spec))
     p = Path(spec).expanduser()
+    if p.is_dir() or (p.is_file() and p.suffix == ".gguf"):
+        return Resolved(spec=spec, path=p.resolve())
+    where, sep, file = spec.rpartition(":")
+    if sep and file.endswith(".gguf") and "/" not in file and where:
+        r = _resolve_where(where, local_files_only, file)
+        r.spec, r.file = spec, file
+        return r
+    return _resolve_where(spec, local_files_only)
+
+
+def _resolve_where(spec: str, local_files_only: bool | None, file: str | None = None) -> Resolved:
+    p = Path(spec).expanduser()
     if p.is_dir():
         return Resolved(spec=spec, path=p.resolve())
     if _looks_like_path(spec) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", spec):
         raise TracingError(f"model folder {spec} does not exist; give an existing local folder "
                            f"(with config.json and weights), a hub id like org/name[@revision], or demo:<name>")
-    return _resolve_hub(spec, local_files_only)
+    return _resolve_hub(spec, local_files_only, file)
 
 
-def _resolve_hub(spec: str, local_files_only: bool | None) -> Resolved:
+def _resolve_hub(spec: str, local_files_only: bool | None, file: str | None = None) -> Resolved:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.utils import HfHubHTTPError
 
@@ -142,8 +160,14 @@ def _resolve_hub(spec: str, local_files_only: bool | None) -> Resolved:
         if not offline:
             info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
             files = [s.rfilename for s in info.siblings or []]
-            if not any(f.endswith(".safetensors") for f in files):
-                patterns = META_PATTERNS + ["pytorch_model*.bin"]
+            if file is not None:
+                patterns = META_PATTERNS + [file]
+            elif not any(f.endswith(".safetensors") for f in files):
+                ggufs = [f for f in files if f.endswith(".gguf")]
+                if len(ggufs) > 1:
+                    raise TracingError(f"{spec} holds several GGUF files ({', '.join(ggufs[:6])}"
+                                       f"{', …' if len(ggufs) > 6 else ''}); pick one with {spec}:<file>.gguf")
+                patterns = META_PATTERNS + (ggufs or ["pytorch_model*.bin"])
             for s in info.siblings or []:
                 if getattr(s, "lfs", None) is not None and getattr(s.lfs, "sha256", None):
                     hub_sha[s.rfilename] = s.lfs.sha256
@@ -151,7 +175,9 @@ def _resolve_hub(spec: str, local_files_only: bool | None) -> Resolved:
             path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token)
         else:
             path = snapshot_download(repo_id, revision=revision, local_files_only=True,
-                                     allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS))
+                                     allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS) + [file or "*.gguf"])
+    except TracingError:
+        raise
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "set HF_TOKEN for gated or private models" if status in (401, 403) else "check the id and revision"
@@ -172,6 +198,14 @@ class Checkpoint(WeightSource):
         self.resolved = resolved or resolve(str(spec))
         self.path = self.resolved.path
         self.label = self.resolved.spec
+        self._config = None
+        self._bin_cache: tuple[Path, dict] | None = None
+        from .sources import detect
+        self.quantized = detect(self.path, self.resolved.file, self.label)
+        if self.quantized is not None:
+            self.arch = arch_from_config(self.quantized.config())
+            self._index = {}
+            return
         cfg_file = self.path / "config.json"
         if not cfg_file.is_file():
             raise TracingError(f"{self.path} has no config.json; point to a Hugging Face model folder "
@@ -181,13 +215,13 @@ class Checkpoint(WeightSource):
         except json.JSONDecodeError as e:
             raise TracingError(f"{cfg_file} is not valid JSON ({e.msg}); re-download or fix the file") from None
         self.arch = arch_from_config(raw)
-        self._config = None
         self._index = self._build_index()
-        self._bin_cache: tuple[Path, dict] | None = None
 
     # config ------------------------------------------------------------------------------
     @property
     def config(self):
+        if self._config is None and self.quantized is not None:
+            self._config = self.quantized.config()
         if self._config is None:
             from transformers import AutoConfig
             self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
@@ -224,12 +258,18 @@ class Checkpoint(WeightSource):
         return self._bin_cache[1]
 
     def weight_files(self) -> list[Path]:
+        if self.quantized is not None:
+            return self.quantized.weight_files()
         return sorted(set(self._index.values()))
 
     def has(self, name: str) -> bool:
+        if self.quantized is not None:
+            return self.quantized.has(name)
         return name in self._index or (name == LM_HEAD and self.arch.tied)
 
     def get(self, name, dtype=torch.float32):
+        if self.quantized is not None:
+            return self.quantized.get(name, dtype)
         if name == LM_HEAD and (self.arch.tied or name not in self._index):
             if not self.arch.tied:
                 raise TracingError(f"{self.label}: lm_head.weight missing although tie_word_embeddings is false")
@@ -251,11 +291,16 @@ class Checkpoint(WeightSource):
 
     # tokenizer ---------------------------------------------------------------------------
     def has_tokenizer(self) -> bool:
-        return any((self.path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+        return self._folder_tokenizer() or (self.quantized is not None and self.quantized.has_tokenizer())
+
+    def _folder_tokenizer(self) -> bool:
+        return self.path.is_dir() and any((self.path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
     def tokenizer(self):
         if not self.has_tokenizer():
             return None
+        if not self._folder_tokenizer():  # only the GGUF metadata has one
+            return self.quantized.tokenizer()
         from transformers import AutoTokenizer
         try:
             return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
@@ -275,8 +320,11 @@ class Checkpoint(WeightSource):
             elif hash_files:
                 entry["sha256"], entry["sha256_source"] = sha256_file(f), "computed"
             files.append(entry)
-        return {"id": self.resolved.spec, "path": str(self.path), "repo_id": self.resolved.repo_id,
-                "revision": self.resolved.revision, "commit": self.resolved.commit, "files": files}
+        out = {"id": self.resolved.spec, "path": str(self.path), "repo_id": self.resolved.repo_id,
+               "revision": self.resolved.revision, "commit": self.resolved.commit, "files": files}
+        if self.quantized is not None:
+            out["quantization"] = self.quantized.quantization()
+        return out
 
 
 def _sha_from_hub_cache(f: Path) -> str | None:

@@ -1,0 +1,169 @@
+"""Quantized checkpoints as weight sources: GGUF files written like llama.cpp's converter, and GPTQ
+and AWQ folders packed in their own layouts, all from the trained demo family."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import logits, random_ids, rel_diff, tiny_config, tiny_model
+from quant_writers import write_gguf
+from tracing import zoo
+from tracing.api import run_pair
+from tracing.errors import TracingError
+from tracing.models import Checkpoint, load_module
+from tracing.options import Options
+
+ROOT = Path(__file__).resolve().parent.parent
+SIG = math.log10(0.01)
+DATA = dict(dataset="demo", num_samples=4, block_size=128)
+QTYPES = ("F16", "Q8_0", "Q4_0")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    zoo.ensure_built(progress=False)
+    return {n: zoo.resolve_demo(f"demo:{n}") for n in ("base-a", "a-docs", "base-b")}
+
+
+@pytest.fixture(scope="module")
+def ggufs(demo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf")
+    return {(n, q): write_gguf(demo[n], root / f"{n}-{q}" / f"{n}.{q}.gguf", q)
+            for n in demo for q in QTYPES}
+
+
+def _block_bound(ref: torch.Tensor, qtype: str) -> torch.Tensor:
+    """Largest rounding error the format allows per element (blocks of 32 along rows)."""
+    if qtype == "F16" or ref.ndim == 1:
+        return ref.abs() * 1e-3 + 1e-7
+    amax = ref.reshape(ref.shape[0], -1, 32).abs().amax(-1, keepdim=True)
+    # Q8_0: d = amax/127, error ≤ d/2; Q4_0: d = amax/8, error ≤ d (the far end is clipped at +7);
+    # plus d's own rounding to float16 (relative 2^-11, times at most 127 or 8 steps)
+    d = amax / 127 * 0.57 if qtype == "Q8_0" else amax / 8 * 1.01
+    return (d + 1e-6).expand(-1, -1, 32).reshape(ref.shape)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_dequantized_tensors_match_within_the_format_error(demo, ggufs, qtype):
+    ref, ck = Checkpoint(demo["base-a"]), Checkpoint(ggufs["base-a", qtype])
+    assert ck.quantized is not None and ck.arch == ref.arch
+    for name in ref.names():
+        a, b = ref.get(name), ck.get(name)
+        assert b.dtype == torch.float32 and b.shape == a.shape, name
+        assert bool(((a - b).abs() <= _block_bound(a, qtype)).all()), name
+
+
+def test_rotary_permutation_is_undone_exactly(tmp_path):
+    """An F32 GGUF of a GQA model computes exactly the original function (Q and K rows restored)."""
+    model = tiny_model(tiny_config("llama", L=2, num_key_value_heads=2), seed=3)
+    model.save_pretrained(tmp_path / "hf")
+    f = write_gguf(tmp_path / "hf", tmp_path / "g" / "m.gguf", "F32")
+    ck = Checkpoint(f)
+    assert (ck.arch.n_heads, ck.arch.n_kv_heads) == (4, 2)
+    ids = random_ids(128)
+    assert rel_diff(logits(model, ids), logits(load_module(ck), ids)) <= 1e-5
+
+
+def test_tied_model_without_output_tensor(tmp_path):
+    model = tiny_model(tiny_config("tied", L=2), seed=4)
+    model.save_pretrained(tmp_path / "hf")
+    ck = Checkpoint(write_gguf(tmp_path / "hf", tmp_path / "g" / "m.gguf", "F32"))
+    assert ck.arch.tied
+    ids = random_ids(128)
+    assert rel_diff(logits(model, ids), logits(load_module(ck), ids)) <= 1e-5
+
+
+def test_config_tokenizer_and_provenance_from_metadata(demo, ggufs):
+    ck = Checkpoint(ggufs["base-a", "Q4_0"])
+    assert ck.config.hidden_size == 64 and ck.config.num_hidden_layers == 4 and not ck.config.tie_word_embeddings
+    text = "def parse(text):\n    return text.split()  # words"
+    ours, ref = ck.tokenizer(), Checkpoint(demo["base-a"]).tokenizer()
+    assert ours(text).input_ids == ref(text).input_ids
+    assert ours.decode(ours(text).input_ids, skip_special_tokens=True) == text
+    prov = ck.provenance()
+    assert prov["quantization"] == {"format": "gguf", "types": "Q4_0 ×30, F32 ×9"}
+    assert prov["files"][0]["file"] == "base-a.Q4_0.gguf" and len(prov["files"][0]["sha256"]) == 64
+
+
+def test_spec_picks_one_of_several_files(ggufs, tmp_path):
+    import shutil
+    folder = tmp_path / "several"
+    folder.mkdir()
+    for q in ("Q8_0", "Q4_0"):
+        shutil.copy(ggufs["a-docs", q], folder)
+    with pytest.raises(TracingError, match="several GGUF files.*:<file>.gguf"):
+        Checkpoint(folder)
+    ck = Checkpoint(f"{folder}:a-docs.Q8_0.gguf")
+    assert ck.weight_files() == [folder / "a-docs.Q8_0.gguf"]
+    with pytest.raises(TracingError, match="no file nope.gguf"):
+        Checkpoint(f"{folder}:nope.gguf")
+
+
+@pytest.mark.parametrize("stat", ["cos", "emb", "match"])
+def test_statistics_on_gguf(ggufs, demo, stat):
+    """Quantization is a derivation: (model, its GGUF) and (base, GGUF of its fine-tune) are
+    dependent; (base, GGUF of an independent model) is not."""
+    opts = Options(stat=[stat], **DATA)
+    own = run_pair(str(demo["a-docs"]), str(ggufs["a-docs", "Q4_0"]), opts, progress=False)[0]
+    ft = run_pair(str(demo["base-a"]), str(ggufs["a-docs", "Q4_0"]), opts, progress=False)[0]
+    ind = run_pair(str(demo["base-a"]), str(ggufs["base-b", "Q8_0"]), opts, progress=False)[0]
+    assert own["log10_pvalue"] < -6 and ft["log10_pvalue"] < -6
+    assert ind["log10_pvalue"] > SIG
+    assert ft["models"]["ft"]["quantization"]["types"] == "Q4_0 ×30, F32 ×9"
+
+
+def test_eval_of_q8_gguf_is_within_two_percent(ggufs, demo):
+    rec = run_pair(str(demo["a-docs"]), str(ggufs["a-docs", "Q8_0"]), Options(stat=["cos"], eval=True, **DATA),
+                   progress=False)[0]
+    e = rec["eval"]
+    assert abs(e["ft loss"] - e["base loss"]) / e["base loss"] < 0.02
+    assert e["ft ppl"] < 0.5 * 1024  # a trained model, far below the vocabulary size
+
+
+def _main(tmp_path, ft) -> subprocess.CompletedProcess:
+    out = tmp_path / "r.p"
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base_model_id", "demo:base-a",
+                        "--ft_model_id", str(ft), "--stat", "cos", "--save", str(out), "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert not out.exists()
+    return r
+
+
+def test_truncated_gguf_is_a_one_line_error(ggufs, tmp_path):
+    data = Path(ggufs["a-docs", "Q8_0"]).read_bytes()
+    for name, blob in (("cut.gguf", data[: len(data) // 2]), ("head.gguf", data[:40]), ("junk.gguf", b"x" * 4096)):
+        bad = tmp_path / name
+        bad.write_bytes(blob)
+        r = _main(tmp_path, bad)
+        assert r.returncode == 2, r.stderr[-1500:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and name in lines[0], r.stderr[-1500:]
+
+
+def test_unsupported_quantization_type_is_a_one_line_error(demo, tmp_path):
+    """Q8_1 has no dequantizer in the gguf package: the error names the file and the type."""
+    import gguf
+    f = write_gguf(demo["a-docs"], tmp_path / "q81" / "m.gguf", "F32", with_tokenizer=False)
+    r = gguf.GGUFReader(f)
+    w = gguf.GGUFWriter(str(tmp_path / "q81.gguf"), "llama")
+    for key, field in r.fields.items():
+        if key.startswith(("llama.", "general.architecture")) and key != "general.architecture":
+            w.add_key_value(key, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for t in r.tensors:
+        a = np.asarray(t.data)
+        if t.name == "blk.1.ffn_up.weight":  # 32 values per 40-byte Q8_1 block
+            rows, cols = a.shape
+            w.add_tensor(t.name, np.zeros((rows, cols // 32 * 40), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_1)
+        else:
+            w.add_tensor(t.name, a)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    res = _main(tmp_path, tmp_path / "q81.gguf")
+    assert res.returncode == 2
+    line = res.stderr.strip()
+    assert "\n" not in line and "q81.gguf" in line and "Q8_1" in line, line
