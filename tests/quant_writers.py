@@ -125,3 +125,133 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# GPTQ / AWQ
+# ------------------------------------------------------------------------------------------
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def quantize_groups(w: torch.Tensor, groups: torch.Tensor, n_groups: int, bits: int = 4):
+    """Asymmetric min/max quantization of ``w`` [out, in] with input column i in group ``groups[i]``:
+    integers q [out, in], scales and zeros [n_groups, out]."""
+    top = (1 << bits) - 1
+    w, groups = w.float().numpy(), groups.numpy()
+    scales = np.empty((n_groups, w.shape[0]), np.float32)
+    zeros = np.empty((n_groups, w.shape[0]), np.int32)
+    q = np.empty(w.shape, np.int32)
+    for g in range(n_groups):
+        cols = np.flatnonzero(groups == g)
+        block = w[:, cols]
+        lo, hi = np.minimum(block.min(1), 0), np.maximum(block.max(1), 0)
+        s = np.maximum((hi - lo) / top, 1e-8).astype(np.float16).astype(np.float32)
+        z = np.clip(np.round(-lo / s), 0, top).astype(np.int32)
+        q[:, cols] = np.clip(np.round(block / s[:, None]) + z[:, None], 0, top)
+        scales[g], zeros[g] = s, z
+    return torch.from_numpy(q), torch.from_numpy(scales).half(), torch.from_numpy(zeros)
+
+
+def pack(v: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Pack integers in [0, 2^bits) into int32 words along ``dim``, lowest bits first."""
+    per = 32 // bits
+    v = v.to(torch.int64)
+    if dim == 0:
+        v = v.reshape(v.shape[0] // per, per, v.shape[1])
+        words = sum(v[:, k] << (bits * k) for k in range(per))
+    else:
+        v = v.reshape(v.shape[0], v.shape[1] // per, per)
+        words = sum(v[:, :, k] << (bits * k) for k in range(per))
+    words = words & 0xFFFFFFFF
+    return torch.where(words >= (1 << 31), words - (1 << 32), words).to(torch.int32)
+
+
+def _is_linear(name: str) -> bool:
+    return name.startswith("model.layers.") and name.endswith(".weight") and any(f".{m}." in name for m in LINEARS)
+
+
+def _save_quantized(folder: Path, out: Path, tensors: dict, qcfg: dict) -> Path:
+    from safetensors.torch import save_file
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = qcfg
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        if (folder / f).is_file():
+            shutil.copy(folder / f, out / f)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
+def write_gptq(folder, out, group_size: int = 32, bits: int = 4, act_order: bool = True, seed: int = 0,
+               drop: str | None = None) -> Path:
+    """AutoGPTQ layout; with ``act_order`` the input columns are assigned to groups in a random
+    order (as desc_act does), so ``g_idx`` matters.  ``drop`` leaves out one part (e.g. "scales")."""
+    folder, out = Path(folder), Path(out)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, t in _state(folder).items():
+        if not _is_linear(name):
+            tensors[name] = t.half()
+            continue
+        mod = name[: -len(".weight")]
+        n_out, n_in = t.shape
+        order = torch.randperm(n_in, generator=gen) if act_order else torch.arange(n_in)
+        g_idx = torch.empty(n_in, dtype=torch.int32)
+        g_idx[order] = (torch.arange(n_in) // group_size).to(torch.int32)
+        q, scales, zeros = quantize_groups(t, g_idx, n_in // group_size, bits)
+        tensors[f"{mod}.qweight"] = pack(q.T, bits, 0)  # [in/pack, out]
+        tensors[f"{mod}.qzeros"] = pack(zeros - 1, bits, 1) if bits == 4 else pack((zeros - 1) % (1 << bits), bits, 1)
+        tensors[f"{mod}.scales"] = scales
+        tensors[f"{mod}.g_idx"] = g_idx
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith("." + drop)}
+    qcfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": act_order, "sym": False,
+            "checkpoint_format": "gptq"}
+    return _save_quantized(folder, out, tensors, qcfg)
+
+
+def awq_migrate(state: dict, cfg: dict, seed: int = 0, spread: float = 1.0) -> dict:
+    """AWQ's scale search result applied: per-channel scales s (log-normal, ``spread``) move out of
+    each norm into the layers it feeds (norm / s, columns × s), and out of up's rows into down's
+    columns (up rows / s, down columns × s).  The function is unchanged."""
+    gen = torch.Generator().manual_seed(seed)
+    st = {k: v.float().clone() for k, v in state.items()}
+    d, h = cfg["hidden_size"], cfg["intermediate_size"]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for norm, readers in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                              ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
+            s = torch.exp(spread * torch.randn(d, generator=gen))
+            st[p + norm + ".weight"] /= s
+            for r in readers:
+                st[p + r + ".weight"] *= s
+        s = torch.exp(spread * torch.randn(h, generator=gen))
+        st[p + "mlp.up_proj.weight"] /= s[:, None]
+        st[p + "mlp.down_proj.weight"] *= s
+    return st
+
+
+def write_awq(folder, out, group_size: int = 32, seed: int = 0, spread: float = 1.0) -> Path:
+    """AutoAWQ GEMM layout (4 bits), after :func:`awq_migrate`."""
+    folder, out = Path(folder), Path(out)
+    cfg = json.loads((folder / "config.json").read_text())
+    tensors = {}
+    for name, t in awq_migrate(_state(folder), cfg, seed, spread).items():
+        if not _is_linear(name):
+            tensors[name] = t.half()
+            continue
+        mod = name[: -len(".weight")]
+        n_out, n_in = t.shape
+        q, scales, zeros = quantize_groups(t, torch.arange(n_in) // group_size, n_in // group_size, 4)
+
+        def awq_pack(v):  # [rows, out] -> [rows, out/8] in AutoAWQ's column order
+            v = v.reshape(v.shape[0], -1, 8)[:, :, list(AWQ_ORDER)].reshape(v.shape)
+            return pack(v, 4, 1)
+
+        tensors[f"{mod}.qweight"] = awq_pack(q.T)
+        tensors[f"{mod}.qzeros"] = awq_pack(zeros)
+        tensors[f"{mod}.scales"] = scales
+    qcfg = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
+    return _save_quantized(folder, out, tensors, qcfg)

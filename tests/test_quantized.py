@@ -167,3 +167,114 @@ def test_unsupported_quantization_type_is_a_one_line_error(demo, tmp_path):
     assert res.returncode == 2
     line = res.stderr.strip()
     assert "\n" not in line and "q81.gguf" in line and "Q8_1" in line, line
+
+
+# ------------------------------------------------------------------------------------------
+# GPTQ and AWQ
+# ------------------------------------------------------------------------------------------
+AWQ_SPREAD = 2.0  # log-normal spread of the migrated per-channel scales (e^±4 at the extremes)
+
+
+@pytest.fixture(scope="module")
+def packed(demo, tmp_path_factory):
+    from quant_writers import write_awq, write_gptq
+    root = tmp_path_factory.mktemp("packed")
+    out = {}
+    for n in ("a-docs", "base-b"):
+        out["gptq", n] = write_gptq(demo[n], root / f"gptq-{n}")
+        out["awq", n] = write_awq(demo[n], root / f"awq-{n}", spread=AWQ_SPREAD)
+    return out
+
+
+def test_gptq_dequantizes_with_its_group_index(demo, packed):
+    """Every layer within int4's rounding of its group range; g_idx (act-order) really is used."""
+    from safetensors import safe_open
+
+    from tracing.sources.gptq import dequantize_gptq
+    ref, ck = Checkpoint(demo["a-docs"]), Checkpoint(packed["gptq", "a-docs"])
+    assert ck.provenance()["quantization"]["types"] == "GPTQ int4 g32 ×28, F16 ×11"
+    for name in ref.names():
+        a, b = ref.get(name), ck.get(name)
+        tol = 1e-3 * a.abs().max() if a.ndim == 1 or "layers" not in name else 0.51 * a.abs().max() * 2 / 15
+        assert (a - b).abs().max() <= tol + 1e-6, name
+    mod = "model.layers.0.mlp.up_proj"
+    with safe_open(packed["gptq", "a-docs"] / "model.safetensors", framework="pt") as h:
+        qw, qz, sc = (h.get_tensor(f"{mod}.{p}") for p in ("qweight", "qzeros", "scales"))
+    wrong = dequantize_gptq(qw, qz, sc, None, 4, 32)  # ignoring g_idx
+    a = ref.get(f"{mod}.weight")
+    assert (wrong - a).abs().max() > 5 * (ck.get(f"{mod}.weight") - a).abs().max()
+
+
+def test_awq_dequantizes_the_migrated_weights_and_folding_undoes_the_migration(demo, packed):
+    import json
+
+    from quant_writers import _state, awq_migrate
+    from tracing.transforms import fold_norms
+    cfg = json.loads((demo["a-docs"] / "config.json").read_text())
+    migrated = awq_migrate(_state(demo["a-docs"]), cfg, spread=AWQ_SPREAD)
+    ref, ck = Checkpoint(demo["a-docs"]), Checkpoint(packed["awq", "a-docs"])
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.3.self_attn.k_proj.weight"):
+        a = migrated[name]
+        assert ((ck.get(name) - a).abs().max() / a.abs().max()) < 0.07
+    # migration changes the rows' directions; folded, they are the original folded rows up to row scale
+    # (exactly so before quantization)
+    from tracing.models import DictSource
+    cos = torch.nn.functional.cosine_similarity
+    mig = DictSource(migrated, ref.config)
+    for i in range(ref.arch.L):
+        for role in ("q", "k", "v", "gate", "up"):
+            name = ref.arch.block_name(i, role)
+            assert cos(ref.get(name), mig.get(name)).median() < 0.5
+            assert cos(fold_norms(ref).get(name), fold_norms(mig).get(name)).min() > 1 - 1e-5
+    up = ref.arch.block_name(1, "up")
+    raw, folded = cos(ref.get(up), ck.get(up)).median(), cos(fold_norms(ref).get(up), fold_norms(ck).get(up)).median()
+    assert folded > raw + 0.3
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+@pytest.mark.parametrize("stat", ["cos", "emb", "match"])
+def test_statistics_on_packed_int4(demo, packed, fmt, stat):
+    opts = Options(stat=[stat], **DATA)
+    own = run_pair(str(demo["a-docs"]), str(packed[fmt, "a-docs"]), opts, progress=False)[0]
+    ft = run_pair(str(demo["base-a"]), str(packed[fmt, "a-docs"]), opts, progress=False)[0]
+    ind = run_pair(str(demo["base-a"]), str(packed[fmt, "base-b"]), opts, progress=False)[0]
+    assert own["log10_pvalue"] < -6 and ft["log10_pvalue"] < -6
+    assert ind["log10_pvalue"] > SIG
+    assert ft["transforms"]["fold_norms"] is (fmt == "awq")  # automatic for AWQ only
+    assert ft["models"]["ft"]["quantization"]["format"] == fmt
+
+
+def test_awq_cos_needs_folding(demo, packed):
+    kw = dict(stat=["cos"])
+    raw = run_pair(str(demo["base-a"]), str(packed["awq", "a-docs"]), Options(fold_norms=False, **kw), progress=False)[0]
+    folded = run_pair(str(demo["base-a"]), str(packed["awq", "a-docs"]), Options(**kw), progress=False)[0]
+    assert folded["transforms"]["fold_norms"] and not raw["transforms"]["fold_norms"]
+    assert folded["log10_pvalue"] < -6
+    assert raw["log10_pvalue"] > folded["log10_pvalue"] + 50  # weaker: migrated rows mis-match
+    assert min(r["statistic"] for r in raw["per_layer"]) < min(r["statistic"] for r in folded["per_layer"])
+
+
+def test_fold_norms_option_on_float_models(demo):
+    rec = run_pair(str(demo["base-a"]), str(demo["a-docs"]), Options(stat=["cos"], fold_norms=True), progress=False)[0]
+    assert rec["transforms"]["fold_norms"] is True and rec["log10_pvalue"] < -6
+    assert Options(fold_norms=None).key() == Options().key() != Options(fold_norms=True).key()
+
+
+def test_gptq_without_scales_is_a_one_line_error(demo, tmp_path):
+    from quant_writers import write_gptq
+    bad = write_gptq(demo["a-docs"], tmp_path / "noscales", drop="scales")
+    r = _main(tmp_path, bad)
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "\n" not in line and line.startswith("error:") and "scales" in line and "noscales" in line, line
+
+
+@pytest.mark.parametrize("kind", ["llama_bias", "tied", "qwen2"])
+def test_fold_norms_preserves_the_function(kind):
+    from tracing.models import from_module
+    from tracing.transforms import fold_norms
+    model = tiny_model(tiny_config(kind, L=2), seed=5)
+    view = fold_norms(from_module(model))
+    ids = random_ids(128)
+    assert rel_diff(logits(model, ids), logits(load_module(view), ids)) <= 1e-5
+    assert torch.equal(view.get(view.arch.block_name(0, "in_norm")), torch.ones(view.arch.d))

@@ -24,7 +24,7 @@ from .options import Options
 from .results import check_writable, provenance, save_record
 from .stats import Context
 from .stats import get as get_stat
-from .transforms import permute, rotate
+from .transforms import fold_norms, permute, rotate
 
 
 # emb's matching *is* the residual alignment, so an aligned emb would manufacture evidence (DESIGN §4).
@@ -54,15 +54,19 @@ class _Pair:
         self.base_spec, self.ft_spec, self.options, self.progress = base_spec, ft_spec, options, progress
         self.timings: dict[str, float] = {}
         t = time.time()
-        self.base = Checkpoint(base_spec)
+        self.base_ckpt = Checkpoint(base_spec)
         self.ft_ckpt = Checkpoint(ft_spec)
         self.timings["load"] = time.time() - t
+        self.fold_norms = options.fold_norms
+        if self.fold_norms is None:  # AWQ moves scales between norms and layers: undo that in both models
+            self.fold_norms = any(getattr(c.quantized, "format", None) == "awq" for c in (self.base_ckpt, self.ft_ckpt))
+        self.base = fold_norms(self.base_ckpt) if self.fold_norms else self.base_ckpt
         self.device = options.device or default_device()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise TracingError("--device cuda was given but no GPU is visible; use --device cpu")
         self.dtype = resolve_dtype(options.dtype, self.device)
         t = time.time()
-        ft = self.ft_ckpt
+        ft = fold_norms(self.ft_ckpt) if self.fold_norms else self.ft_ckpt
         if options.permute:
             ft = permute(ft, seed=options.seed)
         if options.rotate:
@@ -81,7 +85,7 @@ class _Pair:
         if dataset not in self._tokens:
             t = time.time()
             shared = min(self.base.arch.V, self.ft_ckpt.arch.V)
-            tok = self.base.tokenizer()
+            tok = self.base_ckpt.tokenizer()
             if not self._tok_checked:
                 ok, why = tokenizers_compatible(tok, self.ft_ckpt.tokenizer(), shared)
                 if not ok:
@@ -135,7 +139,7 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
     for p in paths.values():
         check_writable(p)
     pair = _Pair(str(base), str(ft), options, progress)
-    prov_models = {"base": pair.base.provenance(), "ft": pair.ft_ckpt.provenance()}
+    prov_models = {"base": pair.base_ckpt.provenance(), "ft": pair.ft_ckpt.provenance()}
     evals = pair.eval_losses() if options.eval else None
     prov = provenance()
     records = []
@@ -184,7 +188,8 @@ def make_record(pair: _Pair, stat, result, aligned, evals, prov, models, timings
         "eval": evals,
         "data": ({"dataset": pair.dataset_for(stat), "num_blocks": int(pair._tokens[pair.dataset_for(stat)].shape[0]),
                   "block_size": o.block_size} if spec.needs_data and pair.dataset_for(stat) in pair._tokens else None),
-        "transforms": {"permute": o.permute, "rotate": o.rotate, "align": o.align, "seed": o.seed},
+        "transforms": {"permute": o.permute, "rotate": o.rotate, "align": o.align, "seed": o.seed,
+                       "fold_norms": pair.fold_norms},
         "timings": timings,
         "models": models,
         **{k: prov[k] for k in ("versions", "host", "job_id")},

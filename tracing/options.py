@@ -34,6 +34,7 @@ class Options:
     significance: float = 0.01
     alternative: str = "greater"
     mem_budget_gb: float | None = None
+    fold_norms: bool | None = None  # None: fold when either model is AWQ
 
     def __post_init__(self):
         from .stats import canonical, known_names
@@ -74,6 +75,8 @@ class Options:
         d = self.to_dict()
         d.pop("device", None)
         d.pop("mem_budget_gb", None)
+        if d.get("fold_norms") is None:  # the default leaves earlier keys unchanged
+            d.pop("fold_norms", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod
@@ -119,6 +122,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--significance", type=float, default=d["significance"].default, help="level for the verdict (default 0.01)")
     g.add_argument("--alternative", default="greater", choices=["greater", "two-sided"], help="Spearman test side")
+    g.add_argument("--fold_norms", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold every norm gain into the layers it feeds before comparing (default: only when "
+                        "either model is AWQ-quantized, whose scales move between norms and layers)")
     g.add_argument("--mem_budget_gb", type=float, default=None, help="memory for parallel assignment solves (default: half of free RAM)")
 
 

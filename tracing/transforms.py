@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .arch import ATTN_ROLES, EMBED, LM_HEAD, MLP_ROLES, NORM_ROLES, require_same_blocks
+from .arch import ATTN_ROLES, EMBED, FINAL_NORM, LM_HEAD, MLP_ROLES, NORM_ROLES, require_same_blocks
 from .models import DictSource, WeightSource, config_for, from_module, load_module
 
 _READ_RESIDUAL = {"q", "k", "v", "gate", "up", "embed", "lm_head"}  # columns index the residual
@@ -106,6 +106,41 @@ class Rotated(View):
         return self.inner.get(name, dtype)  # q/k/v and gate/up biases: unchanged
 
 
+class NormsFolded(View):
+    """Every RMSNorm gain folded into the columns of the layers it feeds (q/k/v after the input norm,
+    gate/up after the post-attention norm, lm_head after the final norm), the gains set to 1.
+
+    Function-preserving and a function of one model alone; it makes weight statistics invariant to
+    per-channel scales moved between a norm and its readers (as AWQ quantization does).
+    """
+
+    _GAIN = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "gate": "post_norm", "up": "post_norm"}
+
+    def __init__(self, inner: WeightSource):
+        super().__init__(inner)
+        self.arch = inner.arch.untied()
+
+    def names(self):
+        return self.arch.names()
+
+    def get(self, name, dtype=torch.float32):
+        role, i = self.arch.role_of(name)
+        if role in NORM_ROLES or role == "final_norm":
+            return torch.ones(self.arch.d, dtype=dtype)
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        if role in self._GAIN:
+            g = self.inner.get(self.arch.block_name(i, self._GAIN[role]), work)
+            return (self.inner.get(name, work) * g).to(dtype)
+        if role == "lm_head":
+            g = self.inner.get(FINAL_NORM, work)
+            return (self.inner.get(LM_HEAD, work) * g).to(dtype)
+        return self.inner.get(name, dtype)
+
+
+def fold_norms(source: WeightSource) -> NormsFolded:
+    return NormsFolded(source)
+
+
 class Interpolated(View):
     """The path θ(α): MLP and norms of every block are (1−α)θ₁ + αθ₂; with ``attn`` also attention,
     with ``emb`` also embeddings, lm_head and final norm (over the shared vocabulary rows).
@@ -190,5 +225,5 @@ def transform_state_dict(state: dict, config, make_view) -> dict[str, torch.Tens
     return view.state_dict(next(iter(state.values())).dtype)
 
 
-__all__ = ["Permuted", "Rotated", "Interpolated", "random_permutations", "random_rotation", "permute",
+__all__ = ["Permuted", "Rotated", "NormsFolded", "fold_norms", "Interpolated", "random_permutations", "random_rotation", "permute",
            "rotate", "transform_module", "transform_state_dict", "EMBED"]
