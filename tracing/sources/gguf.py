@@ -26,6 +26,7 @@ BLOCK_ROLES = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o",
 GLOBAL_NAMES = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM, "output.weight": LM_HEAD}
 #: GGUF architectures whose converter applies the rotary row permutation to Q and K
 PERMUTED_ARCHS = {"llama"}
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks, with a progress bar
 
@@ -51,6 +52,32 @@ def open_reader(file: Path):
             raise TracingError(f"{file} is truncated: tensor {t.name} ends past the end of the file "
                                f"({size} bytes); re-download it")
     return reader
+
+
+def config_from_metadata(reader, file: Path):
+    """A transformers config from the file's metadata (transformers' own GGUF key mapping; the
+    tokenizer arrays are only counted, not parsed, which keeps opening a large-vocabulary file fast)."""
+    from transformers import AutoConfig
+    from transformers.integrations import GGUF_CONFIG_MAPPING
+    arch = str(_field(reader, "general.architecture", ""))
+    if arch not in SUPPORTED_ARCHS:
+        raise TracingError(f"{file}: GGUF architecture {arch!r} is not supported; model-tracing reads "
+                           f"{', '.join(sorted(SUPPORTED_ARCHS))} (Llama-family) GGUF files")
+    name = str(_field(reader, "general.name", "") or "")
+    model_type = "mistral" if arch == "llama" and "mistral" in name.lower() else arch
+    kw = {}
+    for key, hf in GGUF_CONFIG_MAPPING[arch].items():
+        value = _field(reader, f"{arch}.{key}")
+        if hf not in (None, -1) and value is not None:
+            kw[hf] = value
+    if "vocab_size" not in kw and "tokenizer.ggml.tokens" in reader.fields:
+        kw["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
+    for which, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
+        value = _field(reader, f"tokenizer.ggml.{key}_token_id")
+        if value is not None:
+            kw[f"{which}_token_id"] = int(value)
+    kw["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
+    return AutoConfig.for_model(model_type, **kw)
 
 
 def unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -82,14 +109,13 @@ class GGUFBackend(QuantizedBackend):
                 if self._folder_has_config():
                     cfg = AutoConfig.from_pretrained(self.folder, trust_remote_code=False)
                 else:
-                    cfg = AutoConfig.from_pretrained(self.file.parent, gguf_file=self.file.name,
-                                                     trust_remote_code=False)
+                    cfg = config_from_metadata(self.reader, self.file)
+            except TracingError:
+                raise
             except Exception as e:
                 raise TracingError(f"{self.file}: cannot build a model config from its metadata "
                                    f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); only Llama-family "
                                    f"GGUF files (general.architecture llama, mistral, qwen2) are supported") from None
-            if not self._folder_has_config():
-                cfg.tie_word_embeddings = not any(t.name == "output.weight" for t in self.reader.tensors)
             self._config = cfg
         return self._config
 
