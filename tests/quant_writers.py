@@ -77,7 +77,9 @@ def _add_tokenizer(w, folder: Path) -> None:
 def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None,
                with_tokenizer: bool = True, state: dict | None = None, config: dict | None = None) -> Path:
     """``folder`` (config.json + safetensors [+ tokenizer.json]) as a GGUF file of type ``qtype``
-    (F32, F16, Q8_0, Q4_0, …); norms stay F32, ``output.weight`` gets ``output_qtype``."""
+    (F32, F16, Q8_0, Q4_0, …); norms and biases stay F32, ``output.weight`` gets ``output_qtype``.
+    Llama and Mistral models are written as llama.cpp's ``llama`` architecture (Q/K rows permuted),
+    Qwen2 as ``qwen2`` (not permuted)."""
     import gguf
     from gguf.quants import quantize
     folder, out = Path(folder), Path(out)
@@ -86,7 +88,8 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
     n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
     out.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(out), "llama")
+    arch = "qwen2" if cfg.get("model_type") == "qwen2" else "llama"
+    w = gguf.GGUFWriter(str(out), arch)
     w.add_name(folder.name)
     w.add_context_length(cfg.get("max_position_embeddings", 2048))
     w.add_embedding_length(cfg["hidden_size"])
@@ -107,7 +110,9 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
         if hf == "lm_head.weight" and tied:
             continue
         a = t.float().numpy()
-        if hf.endswith(("q_proj.weight", "q_proj.bias")):
+        if arch != "llama":
+            pass
+        elif hf.endswith(("q_proj.weight", "q_proj.bias")):
             a = rotary_permute(a, n_head, n_head)
         elif hf.endswith(("k_proj.weight", "k_proj.bias")):
             a = rotary_permute(a, n_head, n_kv)

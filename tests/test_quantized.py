@@ -59,13 +59,15 @@ def test_dequantized_tensors_match_within_the_format_error(demo, ggufs, qtype):
         assert bool(((a - b).abs() <= _block_bound(a, qtype)).all()), name
 
 
-def test_rotary_permutation_is_undone_exactly(tmp_path):
-    """An F32 GGUF of a GQA model computes exactly the original function (Q and K rows restored)."""
-    model = tiny_model(tiny_config("llama", L=2, num_key_value_heads=2), seed=3)
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_rotary_permutation_is_undone_exactly(tmp_path, kind):
+    """An F32 GGUF of a GQA model computes exactly the original function (llama: Q and K rows
+    restored; qwen2: not permuted, with q/k/v biases)."""
+    model = tiny_model(tiny_config(kind, L=2, num_key_value_heads=2), seed=3)
     model.save_pretrained(tmp_path / "hf")
     f = write_gguf(tmp_path / "hf", tmp_path / "g" / "m.gguf", "F32")
     ck = Checkpoint(f)
-    assert (ck.arch.n_heads, ck.arch.n_kv_heads) == (4, 2)
+    assert (ck.arch.model_type, ck.arch.n_heads, ck.arch.n_kv_heads) == (kind, 4, 2)
     ids = random_ids(128)
     assert rel_diff(logits(model, ids), logits(load_module(ck), ids)) <= 1e-5
 
