@@ -280,3 +280,9 @@ def test_fold_norms_preserves_the_function(kind):
     ids = random_ids(128)
     assert rel_diff(logits(model, ids), logits(load_module(view), ids)) <= 1e-5
     assert torch.equal(view.get(view.arch.block_name(0, "in_norm")), torch.ones(view.arch.d))
+
+
+def test_generation_from_a_gguf_file(ggufs):
+    from tracing.generation import generate_samples
+    out = generate_samples(str(ggufs["a-docs", "Q8_0"]), num_samples=2, max_new_tokens=8, device="cpu", progress=False)
+    assert len(out["samples"]) == 2 and all(s["text"] for s in out["samples"])

@@ -430,6 +430,8 @@ def load_pretrained(spec: str, dtype="auto", device: str | None = None, trust_re
     from transformers import AutoModelForCausalLM
     device = device or default_device()
     ck = Checkpoint(spec)
+    if ck.quantized is not None:  # dequantized tensor by tensor into a float module
+        return ck, load_module(ck, resolve_dtype(dtype, device), device)
     model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=resolve_dtype(dtype, device),
                                                  trust_remote_code=trust_remote_code)
     return ck, model.to(device).eval()
