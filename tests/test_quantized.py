@@ -142,10 +142,13 @@ def test_truncated_gguf_is_a_one_line_error(ggufs, tmp_path):
     for name, blob in (("cut.gguf", data[: len(data) // 2]), ("head.gguf", data[:40]), ("junk.gguf", b"x" * 4096)):
         bad = tmp_path / name
         bad.write_bytes(blob)
-        r = _main(tmp_path, bad)
-        assert r.returncode == 2, r.stderr[-1500:]
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and name in lines[0], r.stderr[-1500:]
+        with pytest.raises(TracingError, match=name) as e:
+            Checkpoint(bad)
+        assert "\n" not in str(e.value)
+    r = _main(tmp_path, tmp_path / "cut.gguf")
+    assert r.returncode == 2, r.stderr[-1500:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "cut.gguf" in lines[0], r.stderr[-1500:]
 
 
 def test_unsupported_quantization_type_is_a_one_line_error(demo, tmp_path):
