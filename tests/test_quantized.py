@@ -16,7 +16,7 @@ from quant_writers import write_gguf
 from tracing import zoo
 from tracing.api import run_pair
 from tracing.errors import TracingError
-from tracing.models import Checkpoint, load_module
+from tracing.models import Checkpoint, from_module, load_module
 from tracing.options import Options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,7 +276,6 @@ def test_gptq_without_scales_is_a_one_line_error(demo, tmp_path):
 
 @pytest.mark.parametrize("kind", ["llama_bias", "tied", "qwen2"])
 def test_fold_norms_preserves_the_function(kind):
-    from tracing.models import from_module
     from tracing.transforms import fold_norms
     model = tiny_model(tiny_config(kind, L=2), seed=5)
     view = fold_norms(from_module(model))
@@ -289,3 +288,29 @@ def test_generation_from_a_gguf_file(ggufs):
     from tracing.generation import generate_samples
     out = generate_samples(str(ggufs["a-docs", "Q8_0"]), num_samples=2, max_new_tokens=8, device="cpu", progress=False)
     assert len(out["samples"]) == 2 and all(s["text"] for s in out["samples"])
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "awq"])
+def test_cos_is_calibrated_on_quantized_independent_pairs(tmp_path, fmt):
+    """30 independent pairs (float base vs a quantized independent model, AWQ folded as in practice):
+    cos p-values are uniform (KS)."""
+    from scipy.stats import kstest
+
+    from quant_writers import write_awq
+    from tracing.stats import Context, get
+    from tracing.transforms import fold_norms
+    cos = get("cos").fn
+    ctx = Context(Options(stat=["cos"]), progress=False)
+    pvals = []
+    for k in range(30):
+        cfg = tiny_config("llama", d=32, h=64, L=2, V=64)
+        a, b = tiny_model(cfg, seed=100 + k), tiny_model(cfg, seed=500 + k)
+        b.save_pretrained(tmp_path / f"b{k}")
+        if fmt == "gguf":
+            ft = Checkpoint(write_gguf(tmp_path / f"b{k}", tmp_path / f"g{k}" / "b.gguf", "Q4_0", with_tokenizer=False))
+            base = from_module(a)
+        else:
+            ft = fold_norms(Checkpoint(write_awq(tmp_path / f"b{k}", tmp_path / f"awq{k}", seed=k, spread=AWQ_SPREAD)))
+            base = fold_norms(from_module(a))
+        pvals.append(10 ** cos(ctx, base, ft).log10_pvalue)
+    assert kstest(pvals, "uniform").pvalue > 0.01, sorted(pvals)
