@@ -314,3 +314,25 @@ def test_cos_is_calibrated_on_quantized_independent_pairs(tmp_path, fmt):
             base = fold_norms(from_module(a))
         pvals.append(10 ** cos(ctx, base, ft).log10_pvalue)
     assert kstest(pvals, "uniform").pvalue > 0.01, sorted(pvals)
+
+
+def test_hub_spec_with_a_gguf_file_suffix(ggufs, tmp_path, monkeypatch):
+    """``org/name:file.gguf`` from the local hub cache (offline): only that file is used."""
+    import shutil
+
+    import huggingface_hub.constants as hc
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny-GGUF"
+    snap = repo / "snapshots" / sha
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    for q in ("Q8_0", "Q4_0"):
+        shutil.copy(ggufs["a-docs", q], snap)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ck = Checkpoint("org/tiny-GGUF:a-docs.Q4_0.gguf")
+    assert ck.weight_files() == [snap / "a-docs.Q4_0.gguf"] and ck.resolved.repo_id == "org/tiny-GGUF"
+    assert ck.provenance()["quantization"]["types"].startswith("Q4_0")
+    with pytest.raises(TracingError, match="several GGUF files"):
+        Checkpoint("org/tiny-GGUF")
