@@ -294,7 +294,8 @@ class Checkpoint(WeightSource):
         return self._folder_tokenizer() or (self.quantized is not None and self.quantized.has_tokenizer())
 
     def _folder_tokenizer(self) -> bool:
-        return self.path.is_dir() and any((self.path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+        return self.path.is_dir() and any((self.path / f).exists()
+                                          for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
     def tokenizer(self):
         if not self.has_tokenizer():
