@@ -336,3 +336,11 @@ def test_hub_spec_with_a_gguf_file_suffix(ggufs, tmp_path, monkeypatch):
     assert ck.provenance()["quantization"]["types"].startswith("Q4_0")
     with pytest.raises(TracingError, match="several GGUF files"):
         Checkpoint("org/tiny-GGUF")
+
+
+def test_large_tensors_are_dequantized_in_row_chunks(ggufs, demo, monkeypatch):
+    import tracing.sources.gguf as g
+    ck = Checkpoint(ggufs["base-a", "Q8_0"])
+    whole = ck.get("model.embed_tokens.weight")
+    monkeypatch.setattr(g, "CHUNK_ELEMENTS", 1000)  # 1024 x 64: chunks of 15 rows
+    assert torch.equal(ck.get("model.embed_tokens.weight"), whole)

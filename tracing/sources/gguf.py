@@ -28,7 +28,8 @@ GLOBAL_NAMES = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM, "o
 PERMUTED_ARCHS = {"llama"}
 SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks, with a progress bar
+CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks (bounded temporary memory)
+BAR_ELEMENTS = 1 << 26  # and the largest (embeddings, heads) show a progress bar on a terminal
 
 
 def _field(reader, key: str, default=None):
@@ -189,7 +190,8 @@ class GGUFBackend(QuantizedBackend):
             return np.array(out, dtype=np.float32, copy=True).reshape(self._shape(t))
         step = max(1, CHUNK_ELEMENTS * rows // int(t.n_elements))
         parts = [dequantize(np.asarray(data[a:a + step]), t.tensor_type).astype(np.float32, copy=False)
-                 for a in tqdm(range(0, rows, step), desc=f"dequantize {t.name}", leave=False, disable=None)]
+                 for a in tqdm(range(0, rows, step), desc=f"dequantize {t.name}", leave=False,
+                               disable=None if t.n_elements > BAR_ELEMENTS else True)]
         return np.concatenate(parts).reshape(self._shape(t))
 
     @staticmethod
