@@ -105,14 +105,16 @@ def make_table(records: list[dict], qtype: str) -> str:
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([r["blocks"], r["variant"], "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 6)
+            rows.append([r["blocks"], r["variant"], "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 8)
             continue
         kind = f"bf16 base vs {qtype} GGUF" if r["variant"] == "gguf" else "bf16 base vs bf16 ft"
         rows.append([r["blocks"], kind, f"{r['ft_size'] / GB:.2f}", common.fmt_s(r["wall_s"]),
-                     common.fmt_s(r["stat_s"]), common.fmt_gb(r["peak_rss"]),
+                     common.fmt_s(r["stat_s"]), common.fmt_s(r["cpu_s"]),
+                     f"{r['load_start']:.1f}/{r['load_end']:.1f}", common.fmt_gb(r["peak_rss"]),
                      common.fmt_ratio(r["wall_s"], ref.get("wall_s")) + " / " +
                      common.fmt_ratio(r["peak_rss"], ref.get("peak_rss")), f"{r['log10_pvalue']:.4g}"])
-    return common.markdown_table(["blocks", "pair", "ft on disk GiB", "wall s", "statistic s", "peak RSS GiB",
+    return common.markdown_table(["blocks", "pair", "ft on disk GiB", "wall s", "statistic s", "CPU s",
+                                  "load avg start/end", "peak RSS GiB",
                                   "vs safetensors: wall / RSS", "log10 p"], rows)
 
 
