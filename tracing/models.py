@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from .arch import EMBED, LM_HEAD, Arch, arch_from_config
+from .arch import LM_HEAD, Arch, TensorRef, arch_from_config
 from .errors import TracingError
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
@@ -54,8 +54,24 @@ class WeightSource:
         return {n: self.get(n, dtype) for n in self.names()}
 
 
+def logical_ref(arch: Arch, name: str, label: str) -> TensorRef:
+    """The reference of a logical name (an lm_head of a tied model reads the embedding)."""
+    if name == LM_HEAD and arch.tied:
+        name = arch.embed
+    try:
+        return arch.ref(name)
+    except KeyError:
+        raise TracingError(f"{label}: {name} is not a tensor of a {arch.model_type} checkpoint") from None
+
+
+def select(t: torch.Tensor, index) -> torch.Tensor:
+    """A role's part of a stored tensor (``index`` from :class:`~tracing.arch.TensorRef`)."""
+    return t if index is None else t[index]
+
+
 class DictSource(WeightSource):
-    """A state dict held in memory (e.g. ``model.state_dict()`` of a loaded model)."""
+    """A state dict held in memory, keyed by file names or by transformers' module names
+    (e.g. ``model.state_dict()`` of a loaded model, with fused experts)."""
 
     def __init__(self, state: dict[str, torch.Tensor], config, label: str = "model"):
         self.config = config
@@ -64,13 +80,11 @@ class DictSource(WeightSource):
         self.label = label
 
     def get(self, name, dtype=torch.float32):
-        if name == LM_HEAD and name not in self.state and self.arch.tied:
-            name = EMBED
-        try:
-            t = self.state[name]
-        except KeyError:
-            raise TracingError(f"tensor {name} is missing from {self.label}") from None
-        return t.to(dtype)
+        ref = logical_ref(self.arch, name, self.label)
+        for stored, index in ref.stores:
+            if stored in self.state:
+                return select(self.state[stored], index).to(dtype)
+        raise TracingError(f"tensor {name} is missing from {self.label}")
 
 
 def from_module(model: torch.nn.Module, label: str = "model") -> DictSource:
@@ -227,23 +241,30 @@ class Checkpoint(WeightSource):
         return sorted(set(self._index.values()))
 
     def has(self, name: str) -> bool:
-        return name in self._index or (name == LM_HEAD and self.arch.tied)
+        try:
+            ref = logical_ref(self.arch, name, self.label)
+        except TracingError:
+            return False
+        return any(stored in self._index for stored, _ in ref.stores)
 
     def get(self, name, dtype=torch.float32):
-        if name == LM_HEAD and (self.arch.tied or name not in self._index):
-            if not self.arch.tied:
-                raise TracingError(f"{self.label}: lm_head.weight missing although tie_word_embeddings is false")
-            name = EMBED
-        f = self._index.get(name)
-        if f is None:
-            raise TracingError(f"{self.label}: tensor {name} not found in its weight files; "
-                               f"is this a Llama-family causal LM checkpoint?")
+        ref = logical_ref(self.arch, name, self.label)
+        for stored, index in ref.stores:
+            f = self._index.get(stored)
+            if f is not None:
+                break
+        else:
+            raise TracingError(f"{self.label}: tensor {ref.stores[0][0]} not found in its weight files; "
+                               f"is this a complete {self.arch.model_type} causal LM checkpoint?")
         if f.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
-                t = h.get_tensor(name)
+                if index is not None and all(isinstance(x, (int, slice)) for x in index):
+                    t = h.get_slice(stored)[index]  # only the role's rows are read
+                else:
+                    t = select(h.get_tensor(stored), index)
         else:
-            t = self._load_bin(f)[name]
+            t = select(self._load_bin(f)[stored], index)
         return t.to(dtype)
 
     def release(self):
@@ -357,23 +378,20 @@ def config_for(config, arch: Arch):
 def load_module(source: WeightSource, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:
     """Build a transformers ``nn.Module`` holding ``source``'s weights (transforms applied)."""
     from transformers import AutoModelForCausalLM
+
+    from .arch.modules import materialise_buffers, module_state
     cfg = config_for(source.config, source.arch)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    state = {n: source.get(n, dtype).to(device) for n in source.names()}
-    if source.arch.tied:
-        state[LM_HEAD] = state[EMBED]
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    state = module_state(source.arch, source.names(), lambda n: source.get(n, dtype).to(device), shapes)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     if unexpected or missing:
         raise TracingError(f"weights of {source.label} do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if source.arch.tied:
         model.tie_weights()
-    # non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the device
-    for name, module in model.named_modules():
-        if name.endswith("rotary_emb"):
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], type(module)(config=cfg).to(device))
+    materialise_buffers(model, cfg, device)
     return model.to(device).eval()
 
 

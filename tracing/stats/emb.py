@@ -3,7 +3,6 @@ import torch
 
 from .. import pvalues
 from ..align import argmax_shortcut, cosine_matrix, negated_cost, solve
-from ..arch import EMBED
 from ..errors import TracingError
 from . import register
 from .base import StatResult
@@ -15,7 +14,7 @@ def emb(ctx, base, ft):
     if base.arch.d != ft.arch.d:
         raise TracingError(f"emb needs equal residual widths, got d={base.arch.d} and d={ft.arch.d}")
     n = min(base.arch.V, ft.arch.V)
-    C = cosine_matrix(base.get(EMBED)[:n].T, ft.get(EMBED)[:n].T)
+    C = cosine_matrix(base.get(base.arch.embed)[:n].T, ft.get(ft.arch.embed)[:n].T)
     perm = argmax_shortcut(C)
     if perm is None:
         perm = solve(negated_cost(C))
