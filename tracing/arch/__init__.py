@@ -265,11 +265,10 @@ def _get(config: Any, key: str, default=None):
 
 
 def _moe_shape(config, model_type: str, L: int) -> dict:
+    E = int(_get(config, "num_local_experts") or _get(config, "num_experts") or 0)
     if model_type == "mixtral":
-        E = int(_get(config, "num_local_experts") or 0)
         return dict(n_experts=E, h_expert=int(_get(config, "intermediate_size")), moe_blocks=(True,) * L if E else ())
     if model_type in ("qwen2_moe", "qwen3_moe"):
-        E = int(_get(config, "num_experts") or 0)
         only = set(_get(config, "mlp_only_layers") or [])
         step = int(_get(config, "decoder_sparse_step") or 1)
         blocks = tuple(E > 0 and i not in only and (i + 1) % step == 0 for i in range(L))

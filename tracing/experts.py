@@ -1,0 +1,101 @@
+"""Pairing the MLPs of two blocks when either is a mixture of experts.
+
+- two MoE blocks: routed experts are matched by Hungarian assignment on an expert-level
+  similarity (the mean, over the rows of θ₁'s expert, of the best cosine with a row of θ₂'s
+  expert, i.e. ≈ the mean matched cosine of up rows); shared experts are paired with each other;
+- a dense block and an MoE block (upcycling): every expert is paired with the dense MLP.
+
+The similarity is invariant to any permutation of θ₂'s rows, so choosing partners with it leaves
+each pair's row-order test exact under independence.  Each pair is then tested like a dense block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from . import pvalues
+from .align import cosine_matrix
+
+#: rows of θ₁'s expert used for the expert-level similarity (evenly spaced; all when fewer)
+SIMILARITY_ROWS = 256
+
+
+@dataclass
+class UnitPair:
+    block: int
+    a: object  # unit of θ₁ (arch.Unit)
+    b: object  # unit of θ₂
+    column: object  # grid column: the MoE side's expert index or "shared" (None for dense pairs)
+
+
+def expert_similarity(A: torch.Tensor, B: torch.Tensor, rows: int = SIMILARITY_ROWS) -> float:
+    """Mean over (a subset of) A's rows of the best cosine with any row of B."""
+    if A.shape[0] > rows:
+        A = A[torch.linspace(0, A.shape[0] - 1, rows).round().long()]
+    return float(cosine_matrix(A, B).max(dim=1).values.mean())
+
+
+def _routed(units):
+    return [u for u in units if u.expert is not None and u.expert != "shared"]
+
+
+def _shared(units):
+    return next((u for u in units if u.expert == "shared"), None)
+
+
+def block_pairs(i: int, units_a, units_b, read_a, read_b) -> tuple[list[UnitPair], list | None]:
+    """The unit pairs of block i and, for two MoE blocks, θ₂'s partner of each of θ₁'s experts.
+
+    ``read_a(name)`` / ``read_b(name)`` read a tensor of θ₁ / θ₂ (the up rows of the similarity)."""
+    ra, rb = _routed(units_a), _routed(units_b)
+    if not ra and not rb:
+        return [UnitPair(i, units_a[0], units_b[0], None)], None
+    if ra and rb:
+        S = np.array([[expert_similarity(read_a(ua.up), read_b(ub.up)) if ua.width == ub.width else -2.0
+                       for ub in rb] for ua in ra])
+        rows, cols = linear_sum_assignment(-S)
+        partner = [None] * len(ra)
+        pairs = []
+        for r, c in zip(rows, cols):
+            partner[r] = rb[c].expert
+            if ra[r].width == rb[c].width:
+                pairs.append(UnitPair(i, ra[r], rb[c], ra[r].expert))
+        sa, sb = _shared(units_a), _shared(units_b)
+        if sa is not None and sb is not None and sa.width == sb.width:
+            pairs.append(UnitPair(i, sa, sb, "shared"))
+        return pairs, partner
+    # upcycling: one side dense, every expert (and a shared expert of the same width) against it
+    if ra:
+        dense = units_b[0]
+        return [UnitPair(i, u, dense, u.expert) for u in units_a if u.width == dense.width], None
+    dense = units_a[0]
+    return [UnitPair(i, dense, u, u.expert) for u in units_b if u.width == dense.width], None
+
+
+def expert_result(stat: str, pairs: list[UnitPair], perms: dict, partners: dict, L: int, n_cols: int,
+                  alternative: str):
+    """Per-pair Spearman p-values, the block × expert grid and the Fisher combination."""
+    from .stats.base import StatResult
+    per_layer, grid = [], [[None] * n_cols for _ in range(L)]
+    for k, pair in enumerate(pairs):
+        r, lp = pvalues.spearman(perms[k], alternative=alternative)
+        row = {"layer": pair.block, "expert": pair.a.expert, "partner": pair.b.expert,
+               "statistic": float(r), "log10_pvalue": float(lp)}
+        per_layer.append(row)
+        if pair.column is not None:
+            col = n_cols - 1 if pair.column == "shared" else int(pair.column)
+            grid[pair.block][col] = float(lp)
+    X, lp = pvalues.fisher([row["log10_pvalue"] for row in per_layer])
+    extra = {"combine": "fisher", "num_pairs": len(pairs), "experts": grid,
+             "expert_matching": {str(i): p for i, p in partners.items() if p is not None}}
+    return StatResult(stat, float(X), float(lp), per_layer, extra)
+
+
+def grid_columns(arch_a, arch_b) -> int:
+    """Columns of the block × expert grid: the routed experts (of θ₁ when both are MoE), plus one
+    for a shared expert."""
+    moe = arch_a if arch_a.has_experts else arch_b
+    return moe.n_experts + (1 if moe.h_shared else 0)
