@@ -2,13 +2,14 @@
 from ..align import Matcher
 from ..arch import require_same_blocks
 from . import register
-from .base import spearman_layers
+from .base import require_dense_activations, spearman_layers
 
 
 @register("csh", needs_data=True, has_pvalue=True,
           description="cosine similarity of MLP up-projection activations (φ_H)")
 def csh(ctx, base, ft):
     require_same_blocks(base.arch, ft.arch, "csh")
+    require_dense_activations("csh", base, ft)
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     try:

@@ -6,7 +6,7 @@ one per block) and recomputes the distance; each tensor pair is read once for al
 import torch
 
 from .. import pvalues
-from ..arch import require_same_blocks
+from ..arch import require_same_layout
 from ..transforms import Permuted, generator
 from . import register
 from .base import StatResult
@@ -33,7 +33,7 @@ class PermDraws:
 @register("l2", needs_data=False, has_pvalue=True,
           description="mean Frobenius distance of the weights (φ_ℓ2) with a permutation test")
 def l2(ctx, base, ft):
-    require_same_blocks(base.arch, ft.arch, "l2")
+    require_same_layout(base.arch, ft.arch, "l2")
     T = DEFAULT_T if ctx.options.num_perm is None else ctx.options.num_perm
     draws = PermDraws(ft.arch, T, ctx.options.seed + 1) if T else None
     names = base.arch.names()
