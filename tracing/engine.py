@@ -27,7 +27,12 @@ from .models import WeightSource, config_for
 class Capture:
     """One block's MLP activations of one lane: rows are tokens, columns are hidden units."""
     gate: torch.Tensor | None  # [tokens, h] output of gate_proj (None for a non-gated MLP)
-    up: torch.Tensor  # [tokens, h] output of up_proj
+    up: torch.Tensor | None  # [tokens, h] output of up_proj
+    experts: dict | None = None  # mixture-of-experts block: expert index or "shared" -> Capture
+
+    def unit(self, expert) -> "Capture":
+        """The activations of one MLP of the block (``None``: the dense MLP), every token included."""
+        return self if expert is None else self.experts[expert]
 
 
 class _Skeleton:
@@ -76,12 +81,11 @@ class Engine:
         state = module_state(arch, names, read.__getitem__, shapes, strip=f"{arch.layers_prefix}.{i}.")
         layer.load_state_dict(state, strict=True, assign=True)
         materialise_buffers(layer, skel.config, self.device)
-        proj = {}
-        if not arch.is_moe_block(i):
-            roles = {r.role: r.name for r in arch.block_refs(i)}
-            for kind in ("gate", "up"):
-                if kind in roles:
-                    proj[kind] = (read[roles[kind]], read.get(roles.get(f"{kind}_bias")))
+        roles = {r.role: r.name for r in arch.block_refs(i)}
+        proj = {}  # expert (None: dense MLP) -> kind -> (weight, bias)
+        for u in arch.units(i):
+            proj[u.expert] = {kind: (read[name], read.get(roles.get(f"{kind}_bias")) if u.expert is None else None)
+                              for kind, name in (("gate", u.gate), ("up", u.up)) if name is not None}
         return layer.eval(), proj
 
     def _masks(self, config, x: torch.Tensor, pos: torch.Tensor) -> dict:
@@ -207,8 +211,13 @@ class Engine:
             return None
         x = torch.cat(inputs)
         del inputs
-        acts = {kind: F.linear(x, W, bias).float() for kind, (W, bias) in proj.items()}
-        return Capture(gate=acts.get("gate"), up=acts.get("up")) if acts else None
+        caps = {}
+        for expert, p in proj.items():
+            acts = {kind: F.linear(x, W, bias).float() for kind, (W, bias) in p.items()}
+            caps[expert] = Capture(gate=acts.get("gate"), up=acts.get("up"))
+        if list(caps) == [None]:
+            return caps[None]
+        return Capture(gate=None, up=None, experts=caps)
 
 
 def _globals(arch):

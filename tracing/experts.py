@@ -31,11 +31,12 @@ class UnitPair:
     column: object  # grid column: the MoE side's expert index or "shared" (None for dense pairs)
 
 
-def expert_similarity(A: torch.Tensor, B: torch.Tensor, rows: int = SIMILARITY_ROWS) -> float:
-    """Mean over (a subset of) A's rows of the best cosine with any row of B."""
+def expert_similarity(A: torch.Tensor, B: torch.Tensor, absolute: bool = False, rows: int = SIMILARITY_ROWS) -> float:
+    """Mean over (a subset of) A's rows of the best cosine (|cosine|) with any row of B."""
     if A.shape[0] > rows:
         A = A[torch.linspace(0, A.shape[0] - 1, rows).round().long()]
-    return float(cosine_matrix(A, B).max(dim=1).values.mean())
+    C = cosine_matrix(A, B)
+    return float((C.abs_() if absolute else C).max(dim=1).values.mean())
 
 
 def _routed(units):
@@ -46,15 +47,15 @@ def _shared(units):
     return next((u for u in units if u.expert == "shared"), None)
 
 
-def block_pairs(i: int, units_a, units_b, read_a, read_b) -> tuple[list[UnitPair], list | None]:
+def block_pairs(i: int, units_a, units_b, similarity) -> tuple[list[UnitPair], list | None]:
     """The unit pairs of block i and, for two MoE blocks, θ₂'s partner of each of θ₁'s experts.
 
-    ``read_a(name)`` / ``read_b(name)`` read a tensor of θ₁ / θ₂ (the up rows of the similarity)."""
+    ``similarity(unit_a, unit_b)`` is the expert-level similarity (called for two MoE blocks only)."""
     ra, rb = _routed(units_a), _routed(units_b)
     if not ra and not rb:
         return [UnitPair(i, units_a[0], units_b[0], None)], None
     if ra and rb:
-        S = np.array([[expert_similarity(read_a(ua.up), read_b(ub.up)) if ua.width == ub.width else -2.0
+        S = np.array([[similarity(ua, ub) if ua.width == ub.width else -2.0
                        for ub in rb] for ua in ra])
         rows, cols = linear_sum_assignment(-S)
         partner = [None] * len(ra)
@@ -76,12 +77,12 @@ def block_pairs(i: int, units_a, units_b, read_a, read_b) -> tuple[list[UnitPair
 
 
 def expert_result(stat: str, pairs: list[UnitPair], perms: dict, partners: dict, L: int, n_cols: int,
-                  alternative: str):
+                  alternative: str, reference: dict | None = None):
     """Per-pair Spearman p-values, the block × expert grid and the Fisher combination."""
     from .stats.base import StatResult
     per_layer, grid = [], [[None] * n_cols for _ in range(L)]
     for k, pair in enumerate(pairs):
-        r, lp = pvalues.spearman(perms[k], alternative=alternative)
+        r, lp = pvalues.spearman(perms[k], None if reference is None else reference[k], alternative=alternative)
         row = {"layer": pair.block, "expert": pair.a.expert, "partner": pair.b.expert,
                "statistic": float(r), "log10_pvalue": float(lp)}
         per_layer.append(row)
@@ -99,3 +100,40 @@ def grid_columns(arch_a, arch_b) -> int:
     for a shared expert."""
     moe = arch_a if arch_a.has_experts else arch_b
     return moe.n_experts + (1 if moe.h_shared else 0)
+
+
+def activation_stat(ctx, base, ft, stat: str, gated: bool):
+    """csh (``gated=False``: up activations) or match (gate matching against |up| matching) over
+    the unit pairs of :func:`block_pairs`; each expert's activations cover every token."""
+    from .align import Matcher
+    a, b = base.arch, ft.arch
+    ids = ctx.data()
+    up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+    gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes) if gated else None
+    pairs: list[UnitPair] = []
+    partners: dict = {}
+
+    def on_block(i, caps):
+        block, partners[i] = block_pairs(
+            i, a.units(i), b.units(i),
+            lambda ua, ub: expert_similarity(caps[0].unit(ua.expert).up.T, caps[1].unit(ub.expert).up.T, absolute=gated))
+        for pair in block:
+            ca, cb = caps[0].unit(pair.a.expert), caps[1].unit(pair.b.expert)
+            k = len(pairs)
+            pairs.append(pair)
+            if gated:
+                gate.submit(k, ca.gate.T, cb.gate.T)
+            up.submit(k, ca.up.T, cb.up.T, absolute=gated)
+
+    try:
+        ctx.engine().run([base, ft], ids, on_block=on_block, desc=f"{stat}: forward")
+        pu = up.results()
+        pg = gate.results() if gated else None
+    finally:
+        up.close()
+        if gated:
+            gate.close()
+    n_cols = grid_columns(a, b)
+    if gated:
+        return expert_result(stat, pairs, pg, partners, a.L, n_cols, ctx.options.alternative, reference=pu)
+    return expert_result(stat, pairs, pu, partners, a.L, n_cols, ctx.options.alternative)

@@ -86,14 +86,11 @@ class Context:
         return None if gb is None else int(gb * (1 << 30))
 
 
-def require_dense_activations(stat: str, base, ft, gated: bool = False) -> None:
-    """Activation statistics compare one dense MLP per block (and ``match`` needs its gate)."""
+def require_gated(stat: str, base, ft) -> None:
+    """``match`` compares gate activations: a non-gated MLP has none."""
     from ..errors import TracingError
     for arch in (base.arch, ft.arch):
-        if arch.has_experts:
-            raise TracingError(f"{stat} compares dense MLP activations, but {arch.model_type} has mixture-of-experts "
-                               f"blocks; use cos, which matches experts by their weights")
-        if gated and not arch.gated:
+        if not arch.gated:
             raise TracingError(f"{stat} needs a gated MLP (gate and up projections), but {arch.model_type} has a "
                                f"non-gated MLP; use csh")
 

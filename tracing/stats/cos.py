@@ -26,14 +26,15 @@ def cos(ctx, base, ft):
 
 
 def _cos_experts(ctx, base, ft):
-    from ..experts import block_pairs, expert_result, grid_columns
+    from ..experts import block_pairs, expert_result, expert_similarity, grid_columns
     a, b = base.arch, ft.arch
     if a.L != b.L or a.d != b.d:
         raise TracingError(f"cos needs the same number of blocks and residual width (L {a.L} vs {b.L}, "
                            f"d {a.d} vs {b.d}); compare models of the same depth and width")
     pairs, partners = [], {}
     for i in range(a.L):
-        block, partners[i] = block_pairs(i, a.units(i), b.units(i), base.get, ft.get)
+        block, partners[i] = block_pairs(i, a.units(i), b.units(i),
+                                         lambda ua, ub: expert_similarity(base.get(ua.up), ft.get(ub.up)))
         pairs += block
     if not pairs:
         raise TracingError("cos found no pair of MLPs of equal width to compare (experts and dense MLP differ "

@@ -2,14 +2,16 @@
 from ..align import Matcher
 from ..arch import require_same_blocks
 from . import register
-from .base import require_dense_activations, spearman_layers
+from .base import spearman_layers
 
 
 @register("csh", needs_data=True, has_pvalue=True,
           description="cosine similarity of MLP up-projection activations (φ_H)")
 def csh(ctx, base, ft):
+    if base.arch.has_experts or ft.arch.has_experts:
+        from ..experts import activation_stat
+        return activation_stat(ctx, base, ft, "csh", gated=False)
     require_same_blocks(base.arch, ft.arch, "csh")
-    require_dense_activations("csh", base, ft)
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     try:

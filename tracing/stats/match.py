@@ -6,13 +6,16 @@ Empirically calibrated (not exact) under independence.
 from ..align import Matcher
 from ..errors import TracingError
 from . import register
-from .base import require_dense_activations, spearman_layers
+from .base import require_gated, spearman_layers
 
 
 @register("match", needs_data=True, has_pvalue=True,
           description="robust matching of gate and up activations (φ_MATCH)")
 def match(ctx, base, ft):
-    require_dense_activations("match", base, ft, gated=True)
+    require_gated("match", base, ft)
+    if base.arch.has_experts or ft.arch.has_experts:
+        from ..experts import activation_stat
+        return activation_stat(ctx, base, ft, "match", gated=True)
     if base.arch.L != ft.arch.L or base.arch.h != ft.arch.h:
         raise TracingError(f"match needs the same number of blocks and MLP width here "
                            f"(L {base.arch.L} vs {ft.arch.L}, h {base.arch.h} vs {ft.arch.h})")
