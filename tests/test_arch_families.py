@@ -299,3 +299,21 @@ def test_record_of_moe_pair_is_plain(saved, tmp_path):
     with open(out, "rb") as f:
         rec = pickle.load(f)
     assert rec["log10_pvalue"] < -6 and len(rec["extra"]["experts"]) == 2
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_every_statistic_runs_or_refuses(saved, family):
+    """Each statistic gives a finite result on each family, or the documented one-line refusal."""
+    model, paths = saved(family)
+    tokens = lambda: random_ids(model.config.vocab_size, n=2, T=16, seed=4)
+    base, ft = Checkpoint(paths["base"]), Checkpoint(paths["ft"])
+    for stat in ("emb", "l2", "csh", "match", "jsd", "mode"):
+        if stat == "match" and family == "gpt_neox":
+            with pytest.raises(TracingError, match="use csh"):
+                run_stat(stat, base, ft, tokens=tokens)
+            continue
+        res = run_stat(stat, base, ft, tokens=tokens, num_perm=4 if stat in ("l2", "mode") else None)
+        value = res.log10_pvalue if res.log10_pvalue is not None else res.statistic
+        assert math.isfinite(value), (stat, res)
+        if stat == "mode":
+            assert res.extra["loss_theta0"] == pytest.approx(res.extra["curve"][0]["loss"])
