@@ -317,3 +317,21 @@ def test_every_statistic_runs_or_refuses(saved, family):
         assert math.isfinite(value), (stat, res)
         if stat == "mode":
             assert res.extra["loss_theta0"] == pytest.approx(res.extra["curve"][0]["loss"])
+
+
+def test_tied_gemma_rotation(tmp_path):
+    """Gemma ties lm_head to the embedding and scales embeddings by √d: rotation unties it exactly."""
+    cfg = family_config("gemma", tie_word_embeddings=True)
+    model = family_model(cfg, seed=2)
+    model.tie_weights()
+    model.save_pretrained(tmp_path / "g")
+    ids = random_ids(cfg.vocab_size)
+    ref = logits(model, ids)
+    make = lambda s: rotate(permute(s, seed=1), seed=2)
+    out = transform_module(model, make)
+    assert out.config.tie_word_embeddings is False
+    assert rel_diff(ref, logits(out, ids)) <= TOL
+    ck = Checkpoint(tmp_path / "g")
+    assert ck.arch.tied
+    for got in engine_logits([ck, make(ck)], ids):
+        assert rel_diff(ref, got) <= TOL

@@ -326,8 +326,9 @@ def require_same_blocks(a: Arch, b: Arch, what: str) -> None:
 def require_same_layout(a: Arch, b: Arch, what: str) -> None:
     """Raise when an operation pairs tensors by name and the two checkpoints name them differently."""
     require_same_blocks(a, b, what)
-    if (a.family, a.norm_layout, a.moe_blocks, a.n_experts, a.h_expert, a.h_shared, a.qk_norm) != \
-            (b.family, b.norm_layout, b.moe_blocks, b.n_experts, b.h_expert, b.h_shared, b.qk_norm):
+    keys = ("family", "norm_layout", "moe_blocks", "n_experts", "h_expert", "h_shared", "qk_norm", "qkv_bias",
+            "o_bias", "mlp_bias", "n_heads", "n_kv_heads", "head_dim")
+    if any(getattr(a, k) != getattr(b, k) for k in keys):
         raise TracingError(f"{what} needs two checkpoints of the same architecture, got {a.model_type} and "
                            f"{b.model_type}; use cos, which compares MLPs across families")
 
