@@ -316,7 +316,7 @@ def test_every_statistic_runs_or_refuses(saved, family):
         value = res.log10_pvalue if res.log10_pvalue is not None else res.statistic
         assert math.isfinite(value), (stat, res)
         if stat == "mode":
-            assert res.extra["loss_theta0"] == pytest.approx(res.extra["curve"][0]["loss"])
+            assert res.extra["loss_at_alpha0"] == pytest.approx(res.extra["curve"][0]["loss"])
 
 
 def test_tied_gemma_rotation(tmp_path):

@@ -10,6 +10,7 @@ never a whole model, and never more than one block's activations (``max_live_blo
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,6 +22,15 @@ from tqdm.auto import tqdm
 from .errors import TracingError
 from .arch.modules import materialise_buffers, module_state
 from .models import WeightSource, config_for
+
+
+@functools.cache
+def _no_cache_kwargs() -> dict:
+    """``create_causal_mask`` takes the (absent) cache as ``cache`` in recent transformers and as
+    ``past_key_values`` before; pass whichever this version names, so no deprecation warning fires."""
+    from transformers.masking_utils import create_causal_mask
+    params = inspect.signature(create_causal_mask).parameters
+    return {"cache": None} if "cache" in params else {"past_key_values": None}
 
 
 @dataclass
@@ -90,7 +100,7 @@ class Engine:
 
     def _masks(self, config, x: torch.Tensor, pos: torch.Tensor) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-        kw = dict(config=config, inputs_embeds=x, attention_mask=None, cache=None, position_ids=pos)
+        kw = dict(config=config, inputs_embeds=x, attention_mask=None, position_ids=pos, **_no_cache_kwargs())
         masks = {"full_attention": create_causal_mask(**kw)}
         if any(self._layer_type(config, i) == "sliding_attention" for i in range(config.num_hidden_layers)):
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)

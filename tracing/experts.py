@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from . import pvalues
 from .align import cosine_matrix
 
 #: rows of θ₁'s expert used for the expert-level similarity (evenly spaced; all when fewer)
@@ -76,23 +75,23 @@ def block_pairs(i: int, units_a, units_b, similarity) -> tuple[list[UnitPair], l
     return [UnitPair(i, dense, u, u.expert) for u in units_b if u.width == dense.width], None
 
 
-def expert_result(stat: str, pairs: list[UnitPair], perms: dict, partners: dict, L: int, n_cols: int,
-                  alternative: str, reference: dict | None = None):
-    """Per-pair Spearman p-values, the block × expert grid and the Fisher combination."""
-    from .stats.base import StatResult
-    per_layer, grid = [], [[None] * n_cols for _ in range(L)]
-    for k, pair in enumerate(pairs):
-        r, lp = pvalues.spearman(perms[k], None if reference is None else reference[k], alternative=alternative)
-        row = {"layer": pair.block, "expert": pair.a.expert, "partner": pair.b.expert,
-               "statistic": float(r), "log10_pvalue": float(lp)}
-        per_layer.append(row)
+def expert_result(stat: str, pairs: list[UnitPair], matched: dict, partners: dict, L: int, n_cols: int, ctx):
+    """Per-pair Spearman p-values of the matched pairs ``matched[k] = (x, y, dropped)`` of unit
+    pair k, the block × expert grid and the Fisher combination."""
+    from .stats.base import spearman_layers
+    res = spearman_layers(matched, ctx, stat)
+    grid = [[None] * n_cols for _ in range(L)]
+    for row in res.per_layer:
+        pair = pairs[row["layer"]]
+        row.update({"layer": pair.block, "expert": pair.a.expert, "partner": pair.b.expert})
         if pair.column is not None:
             col = n_cols - 1 if pair.column == "shared" else int(pair.column)
-            grid[pair.block][col] = float(lp)
-    X, lp = pvalues.fisher([row["log10_pvalue"] for row in per_layer])
-    extra = {"combine": "fisher", "num_pairs": len(pairs), "experts": grid,
-             "expert_matching": {str(i): p for i, p in partners.items() if p is not None}}
-    return StatResult(stat, float(X), float(lp), per_layer, extra)
+            grid[pair.block][col] = row["log10_pvalue"]
+    res.extra.pop("skipped_layers", None)
+    res.extra.update({"num_pairs": len(pairs), "experts": grid,
+                      "skipped_pairs": [[row["layer"], row["expert"]] for row in res.per_layer if "skipped" in row],
+                      "expert_matching": {str(i): p for i, p in partners.items() if p is not None}})
+    return res
 
 
 def grid_columns(arch_a, arch_b) -> int:
@@ -104,8 +103,11 @@ def grid_columns(arch_a, arch_b) -> int:
 
 def activation_stat(ctx, base, ft, stat: str, gated: bool):
     """csh (``gated=False``: up activations) or match (gate matching against |up| matching) over
-    the unit pairs of :func:`block_pairs`; each expert's activations cover every token."""
-    from .align import Matcher
+    the unit pairs of :func:`block_pairs`; each expert's activations cover every token.  A unit
+    whose activation row is zero or non-finite is dropped (for match: from both matchings)."""
+    from .align import Matcher, degenerate_rows
+    from .stats.match import gate_up_pairs
+    from .stats.base import pairs_of
     a, b = base.arch, ft.arch
     ids = ctx.data()
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
@@ -122,8 +124,12 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
             k = len(pairs)
             pairs.append(pair)
             if gated:
-                gate.submit(k, ca.gate.T, cb.gate.T)
-            up.submit(k, ca.up.T, cb.up.T, absolute=gated)
+                ok1 = ~(degenerate_rows(ca.gate.T) | degenerate_rows(ca.up.T))
+                ok2 = ~(degenerate_rows(cb.gate.T) | degenerate_rows(cb.up.T))
+                gate.submit(k, ca.gate.T, cb.gate.T, keep1=ok1, keep2=ok2)
+                up.submit(k, ca.up.T, cb.up.T, absolute=True, keep1=ok1, keep2=ok2)
+            else:
+                up.submit(k, ca.up.T, cb.up.T)
 
     try:
         ctx.engine().run([base, ft], ids, on_block=on_block, desc=f"{stat}: forward")
@@ -133,7 +139,5 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
         up.close()
         if gated:
             gate.close()
-    n_cols = grid_columns(a, b)
-    if gated:
-        return expert_result(stat, pairs, pg, partners, a.L, n_cols, ctx.options.alternative, reference=pu)
-    return expert_result(stat, pairs, pu, partners, a.L, n_cols, ctx.options.alternative)
+    matched = {k: gate_up_pairs(pg[k], pu[k]) for k in pg} if gated else {k: pairs_of(r) for k, r in pu.items()}
+    return expert_result(stat, pairs, matched, partners, a.L, grid_columns(a, b), ctx)

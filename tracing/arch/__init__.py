@@ -264,31 +264,45 @@ def _get(config: Any, key: str, default=None):
     return getattr(config, key, default) if not isinstance(config, dict) else config.get(key, default)
 
 
-def _moe_shape(config, model_type: str, L: int) -> dict:
+def _size(config: Any, key: str, where: str, required: bool = True) -> int | None:
+    """A positive integer size from the config, or a one-line error naming the key and the file."""
+    value = _get(config, key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        found = "it is missing" if value is None else f"found {value!r}"
+        raise TracingError(f"{where} needs a positive integer {key} ({found}); "
+                           f"use the config.json that came with the weights")
+    return value
+
+
+def _moe_shape(config, model_type: str, L: int, where: str) -> dict:
     E = int(_get(config, "num_local_experts") or _get(config, "num_experts") or 0)
     if model_type == "mixtral":
-        return dict(n_experts=E, h_expert=int(_get(config, "intermediate_size")), moe_blocks=(True,) * L if E else ())
+        return dict(n_experts=E, h_expert=_size(config, "intermediate_size", where),
+                    moe_blocks=(True,) * L if E else ())
     if model_type in ("qwen2_moe", "qwen3_moe"):
         only = set(_get(config, "mlp_only_layers") or [])
-        step = int(_get(config, "decoder_sparse_step") or 1)
+        step = _size(config, "decoder_sparse_step", where, required=False) or 1
         blocks = tuple(E > 0 and i not in only and (i + 1) % step == 0 for i in range(L))
         shared = int(_get(config, "shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
-        return dict(n_experts=E, h_expert=int(_get(config, "moe_intermediate_size")), moe_blocks=blocks,
-                    h_shared=shared)
+        return dict(n_experts=E, h_expert=_size(config, "moe_intermediate_size", where) if E else 0,
+                    moe_blocks=blocks, h_shared=shared)
     return {}
 
 
-def arch_from_config(config: Any) -> Arch:
-    """Build an :class:`Arch` from a transformers config object or a config.json dict."""
+def arch_from_config(config: Any, where: str = "the model config") -> Arch:
+    """Build an :class:`Arch` from a transformers config object or a config.json dict
+    (``where`` names the config in error messages, e.g. its file)."""
     model_type = _get(config, "model_type")
     if model_type not in FAMILIES:
         raise TracingError(
             f"unsupported architecture {model_type!r}: model-tracing supports {', '.join(sorted(FAMILIES))} "
             f"checkpoints (see docs/architectures.md)")
-    d = int(_get(config, "hidden_size"))
-    n_heads = int(_get(config, "num_attention_heads"))
-    n_kv = int(_get(config, "num_key_value_heads") or n_heads)
-    head_dim = _get(config, "head_dim") or d // n_heads
+    d = _size(config, "hidden_size", where)
+    n_heads = _size(config, "num_attention_heads", where)
+    n_kv = _size(config, "num_key_value_heads", where, required=False) or n_heads
+    head_dim = _size(config, "head_dim", where, required=False) or d // n_heads
     attention_bias = bool(_get(config, "attention_bias", model_type == "gpt_neox"))
     if model_type == "qwen2":
         qkv_bias, o_bias = True, False
@@ -303,14 +317,15 @@ def arch_from_config(config: Any) -> Arch:
     tied = _get(config, "tie_word_embeddings")
     if tied is None:
         tied = model_type.startswith("gemma")
-    L = int(_get(config, "num_hidden_layers"))
+    L = _size(config, "num_hidden_layers", where)
     cap = _get(config, "final_logit_softcapping")
     return Arch(
-        model_type=model_type, d=d, h=int(_get(config, "intermediate_size")), L=L, V=int(_get(config, "vocab_size")),
+        model_type=model_type, d=d, h=_size(config, "intermediate_size", where), L=L,
+        V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
         qkv_bias=qkv_bias, o_bias=o_bias,
         mlp_bias=bool(_get(config, "mlp_bias", False)) and model_type == "llama",
-        final_softcap=float(cap) if cap else None, **_moe_shape(config, model_type, L),
+        final_softcap=float(cap) if cap else None, **_moe_shape(config, model_type, L, where),
     )
 
 
@@ -333,6 +348,22 @@ def require_same_layout(a: Arch, b: Arch, what: str) -> None:
                            f"{b.model_type}; use cos, which compares MLPs across families")
 
 
+def require_same_depth(a: Arch, b: Arch, what: str) -> None:
+    """Raise when an operation pairs blocks one to one and the depth or residual width differ."""
+    if a.L != b.L or a.d != b.d:
+        raise TracingError(f"{what} needs the same number of blocks and residual width (L {a.L} vs {b.L}, "
+                           f"d {a.d} vs {b.d}); compare models of the same depth and width")
+
+
+def require_gated(a: Arch, b: Arch, what: str) -> None:
+    """Raise when an operation compares gate activations and a model's MLP has no gate."""
+    for arch in (a, b):
+        if not arch.gated:
+            raise TracingError(f"{what} needs a gated MLP (gate and up projections), but {arch.model_type} has a "
+                               f"non-gated MLP; use csh")
+
+
 __all__ = ["Arch", "TensorRef", "Unit", "arch_from_config", "require_same_blocks", "require_same_layout",
+           "require_same_depth", "require_gated",
            "SUPPORTED", "FAMILIES", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
            "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]
