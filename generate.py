@@ -33,7 +33,7 @@ def main(argv=None):
     from tracing.generation import generate_samples, save_samples
     models = list(args.model_id)
     if args.model_list:
-        from tracing.cluster import read_model_list
+        from tracing.launch import read_model_list
         for pair in read_model_list(args.model_list).pairs:
             models += [pair.base, pair.ft]
     models = list(dict.fromkeys(models))

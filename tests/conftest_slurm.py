@@ -63,7 +63,7 @@ def slurm_cluster():
     conf = f"{base}/etc/slurm.conf"
     mp = pytest.MonkeyPatch()
     mp.setenv("SLURM_CONF", conf)
-    from tracing.cluster import probe_slurm
+    from tracing.launch import probe_slurm
 
     ok, why = probe_slurm()
     if not ok or not shutil.which("sbatch") or not shutil.which("srun"):

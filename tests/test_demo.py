@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracing import zoo
+from tracing import demo
 from tracing.api import run_pair
 from tracing.options import Options
 
@@ -19,7 +19,7 @@ DATA = dict(dataset="demo", num_samples=8, block_size=128)
 
 @pytest.fixture(scope="module", autouse=True)
 def demo_family():
-    return zoo.ensure_built(progress=False)
+    return demo.ensure_built(progress=False)
 
 
 def test_cos_and_match_classify_every_pair():
@@ -30,12 +30,12 @@ def test_cos_and_match_classify_every_pair():
     their units learn the same features, so independent pairs' raw p-values skew small; the
     report's verdicts use Holm's correction across the grid, and those must be right."""
     from tracing.pvalues import holm
-    pairs = list(itertools.combinations(zoo.MODEL_NAMES, 2))
+    pairs = list(itertools.combinations(demo.MODEL_NAMES, 2))
     lp = {"cos": [], "match": []}
     for a, b in pairs:
         for rec in run_pair(f"demo:{a}", f"demo:{b}", Options(stat="cos,match", dataset="demo"), progress=False):
             lp[rec["stat"]].append(rec["log10_pvalue"])
-    truth = [zoo.are_dependent(a, b) for a, b in pairs]
+    truth = [demo.are_dependent(a, b) for a, b in pairs]
     assert [x < SIG for x in lp["cos"]] == truth
     assert [x < SIG for x in holm(lp["match"])] == truth
     assert [x < SIG for x in holm(lp["cos"])] == truth
@@ -97,7 +97,7 @@ def test_main_on_demo_family(tmp_path, stat):
 def test_incompatible_tokenizers_are_an_error_for_data_stats_only(tmp_path):
     import json
     import shutil
-    src = zoo.resolve_demo("demo:a-docs")
+    src = demo.resolve_demo("demo:a-docs")
     dst = tmp_path / "a-docs-othertok"
     shutil.copytree(src, dst)
     tok = json.loads((dst / "tokenizer.json").read_text())
@@ -136,3 +136,19 @@ def test_generate_then_use_as_dataset(tmp_path):
     with open(tmp_path / "j.p", "rb") as f:
         rec = pickle.load(f)
     assert rec["data"]["dataset"] == "generated" and rec["data"]["num_blocks"] >= 2
+
+
+def test_mode_permutation_test_reaches_one_percent():
+    rec = run_pair("demo:base-a", "demo:a-docs", Options(stat="mode", dataset="demo", num_perm=99, block_size=256,
+                                                         num_samples=4), progress=False)[0]
+    assert rec["pvalue"] == 0.01 and rec["verdict"] == "dependent"
+
+
+def test_less_data_than_asked_is_reported(tmp_path):
+    txt = tmp_path / "short.txt"
+    txt.write_text("def f(x):\n    return x + 1\n" * 12)
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base_model_id", "demo:base-a", "--ft_model_id",
+                        "demo:a-docs", "--stat", "jsd", "--dataset", str(txt), "--block_size", "64", "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "of the 20 blocks asked for" in r.stdout

@@ -13,7 +13,7 @@ import torch
 
 from helpers import logits, random_ids, rel_diff, tiny_config, tiny_model
 from quant_writers import write_gguf
-from tracing import zoo
+from tracing import demo as demo_family
 from tracing.api import run_pair
 from tracing.errors import TracingError
 from tracing.models import Checkpoint, from_module, load_module
@@ -27,8 +27,8 @@ QTYPES = ("F16", "Q8_0", "Q4_0")
 
 @pytest.fixture(scope="module")
 def demo():
-    zoo.ensure_built(progress=False)
-    return {n: zoo.resolve_demo(f"demo:{n}") for n in ("base-a", "a-docs", "base-b")}
+    demo_family.ensure_built(progress=False)
+    return {n: demo_family.resolve_demo(f"demo:{n}") for n in ("base-a", "a-docs", "base-b")}
 
 
 @pytest.fixture(scope="module")

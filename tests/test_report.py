@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracing import pvalues, zoo
+from tracing import demo
+from tracing import pvalues
 from tracing.api import run_pair
 from tracing.cli_util import slug
 from tracing.errors import TracingError
@@ -55,7 +56,7 @@ def build_demo_run(out: Path) -> list[dict]:
     """cos on all 21 pairs, cos --permute --align on one, match on four, mode with --alphas on two,
     and one match that fails (its evaluation text does not exist)."""
     recs = []
-    for a, b in itertools.combinations(zoo.MODEL_NAMES, 2):
+    for a, b in itertools.combinations(demo.MODEL_NAMES, 2):
         recs.append(_run(out, a, b, "cos", Options(stat=["cos"])))
     rec = run_pair(_d("base-a"), _d("a-sys"), Options(stat=["cos"], permute=True, align=True),
                    save={"cos": _dir(out, "base-a", "a-sys") / "cos-permute-align.p"}, progress=False)[0]
@@ -72,7 +73,7 @@ def build_demo_run(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    zoo.ensure_built(progress=False)
+    demo.ensure_built(progress=False)
     folder = tmp_path_factory.mktemp("report") / "run"
     records = build_demo_run(folder)
     report = write_report(folder)
@@ -123,7 +124,7 @@ def test_summary_table_holds_every_result_and_a_valid_correction(demo_run, summa
     assert len(tiny) and (tiny["pvalue"] == 0).all() and tiny["pvalue_str"].str.match(r"^\d(\.\d)?e-\d+$").all()
     # lineage from the demo family, and the verdicts agree with it for cos
     for _, r in summary[summary["status"] == "ok"].iterrows():
-        assert r["lineage_dependent"] == zoo.are_dependent(r["base"], r["ft"])
+        assert r["lineage_dependent"] == demo.are_dependent(r["base"], r["ft"])
     cos = summary[summary["variant"] == "cos"]
     assert len(cos) == 21
     assert ((cos["verdict_adj"] == "dependent") == cos["lineage_dependent"]).all()
@@ -149,17 +150,18 @@ def test_heatmap_matrix_is_the_table(demo_run, summary):
     for _, r in cos.iterrows():
         i, j = pos[r["base"]], pos[r["ft"]]
         assert g.value[i, j] == pytest.approx(-r["log10_pvalue"], rel=1e-12)
-        assert g.value[j, i] == g.value[i, j]
+        assert g.state[j, i] == "reverse" and np.isnan(g.value[j, i])  # run one way round only: not mirrored
         assert g.text[i, j] == pvalues.format_pvalue(r["log10_pvalue"], digits=1)
         assert g.significant[i, j] == (r["log10_pvalue_adj"] < math.log10(0.01))
     assert (np.diag(g.state) == "self").all()
     off = ~np.eye(len(g.models), dtype=bool)
-    assert (g.state[off] == "ok").all() and np.isfinite(g.value[off]).all()
+    assert (g.state == "ok").sum() == 21 and set(g.state[off]) == {"ok", "reverse"}
+    assert np.isfinite(g.value[g.state == "ok"]).all() and np.isnan(g.value[g.state == "reverse"]).all()
 
     m = heatmap_matrix(summary, "match")
     pos = {x: i for i, x in enumerate(m.models)}
     a, b, _ = FAILED
-    assert m.state[pos[_d(a)], pos[_d(b)]] == "failed" == m.state[pos[_d(b)], pos[_d(a)]]
+    assert m.state[pos[_d(a)], pos[_d(b)]] == "failed" and m.state[pos[_d(b)], pos[_d(a)]] == "reverse"
     assert m.text[pos[_d(a)], pos[_d(b)]] == "failed"
     assert m.state[pos[_d("base-a")], pos[_d("base-c")]] == "missing"  # never run: marked, not blank
     assert m.text[pos[_d("base-a")], pos[_d("base-c")]] == "not run"
@@ -253,7 +255,7 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_explicit_lineage_file(demo_run, tmp_path):
     folder, _, _ = demo_run
     # pretend a-docs is its own root: its pairs with base-a become "independent"
-    lin = {"models": {n: {"parent": zoo.RECIPES[n].parent} for n in zoo.MODEL_NAMES}}
+    lin = {"models": {n: {"parent": demo.RECIPES[n].parent} for n in demo.MODEL_NAMES}}
     lin["models"]["a-docs"]["parent"] = None
     lin["models"]["a-docs-v2"]["parent"] = "a-docs"
     (tmp_path / "lineage.json").write_text(json.dumps(lin))
@@ -291,17 +293,17 @@ def test_partly_failed_run(demo_run, tmp_path):
     assert g.state[i, j] == "failed"
     assert g.state[g.models.index("demo:a-docs"), g.models.index("demo:base-b")] == "missing"
     csh = heatmap_matrix(df, "csh")
-    assert csh.state[0, 1] == "failed" and csh.state[1, 0] == "failed"
+    assert csh.state[0, 1] == "failed" and csh.state[1, 0] == "reverse"
 
 
 def test_single_pair_run(tmp_path):
-    zoo.ensure_built(progress=False)
+    demo.ensure_built(progress=False)
     run = tmp_path / "one"
     _run(run, "base-a", "a-docs", "cos", Options(stat=["cos"]))
     report = write_report(run)
     text = report.read_text()
     g = heatmap_matrix(pd.read_csv(run / "summary.csv"), "cos")
-    assert g.models == ["demo:base-a", "demo:a-docs"] and g.state[0, 1] == g.state[1, 0] == "ok"
+    assert g.models == ["demo:base-a", "demo:a-docs"] and g.state[0, 1] == "ok" and g.state[1, 0] == "reverse"
     assert (run / "heatmap.png").is_file() and (run / "per_layer.png").is_file()
     assert not (run / "calibration.png").exists() and not (run / "mode_curves.png").exists()
     assert "Not drawn: no successful p-value of a pair known to be independent." in text
@@ -319,7 +321,7 @@ def test_all_failed_run(tmp_path):
 
 def test_planned_results_without_a_file_are_listed(tmp_path):
     """launch.json names every planned result; one whose file never appeared is reported."""
-    zoo.ensure_built(progress=False)
+    demo.ensure_built(progress=False)
     run = tmp_path / "planned"
     _run(run, "base-a", "b-docs", "cos", Options(stat=["cos"]))
     pairs = [{"base": _d(a), "ft": _d(b), "dir": _dir(run, a, b).name, "stats": ["cos"],

@@ -18,7 +18,7 @@ import yaml
 
 from conftest_slurm import slurm_cluster, slurm_executor  # noqa: F401 - fixtures
 from helpers import save_trio
-from tracing import cluster
+from tracing import launch
 from tracing.options import Options
 from tracing.results import load_record, load_results
 
@@ -64,7 +64,7 @@ def test_pair_job_runs_under_slurm(slurm_executor, tiny_models, tmp_path):
     assert slurm_executor.cluster == "slurm"
     o = Options(stat=["cos"])
     save = {"cos": str(tmp_path / "cos.p")}
-    job = slurm_executor.submit(cluster.PairJob(threads=1), tiny_models["base"], tiny_models["ft"], o.to_dict(), save)
+    job = slurm_executor.submit(launch.PairJob(threads=1), tiny_models["base"], tiny_models["ft"], o.to_dict(), save)
     summary = job.result()
     assert summary["status"] == "ok" and summary["job_id"] == job.job_id
     rec = load_record(save["cos"])
@@ -137,7 +137,7 @@ def _wait_sleeping(out: Path, deadline: float) -> str:
             job_id = None
         if job_id:
             logs = list((out / ".submitit" / job_id).glob("*_log.out"))
-            if any(f"{cluster.TEST_SLEEP_ENV}: sleeping" in f.read_text(errors="replace") for f in logs):
+            if any(f"{launch.TEST_SLEEP_ENV}: sleeping" in f.read_text(errors="replace") for f in logs):
                 return job_id
         time.sleep(0.3)
     raise AssertionError("the job never started running")
@@ -149,7 +149,7 @@ def test_requeued_job_still_completes(slurm_cluster, tiny_models, tmp_path, how)
     signal); the restarted job computes the result and the launcher reports it done."""
     cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"]])
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", cluster.TEST_SLEEP_ENV: "60"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", launch.TEST_SLEEP_ENV: "60"}
     proc = subprocess.Popen(launch_cmd(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=ROOT)
     try:
@@ -182,7 +182,7 @@ def test_interrupted_launch_rerun_waits_for_running_jobs(slurm_cluster, tiny_mod
     """Ctrl-C leaves the jobs running; a rerun waits for them instead of submitting them again."""
     cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"]])
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", cluster.TEST_SLEEP_ENV: "25"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", launch.TEST_SLEEP_ENV: "25"}
     proc = subprocess.Popen(launch_cmd(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=ROOT)
     try:

@@ -9,25 +9,19 @@ from scipy import stats as sps
 
 from helpers import finetuned, random_ids, tiny_config, tiny_model
 
+import tracing
 from tracing.align import align
 from tracing.engine import Engine
 from tracing.evaluate import lm_losses
 from tracing.models import DictSource, from_module
-from tracing.options import Options
-from tracing.stats import Context, get
 from tracing.stats.jsd import jsd_per_token
 from tracing.transforms import permute, rotate
 
 SIG = math.log10(0.01)
 
 
-def ctx(stat, ids=None, **kw):
-    o = Options(stat=[stat], **kw)
-    return Context(o, progress=False, tokens=(lambda: ids) if ids is not None else None)
-
-
 def run(stat, base, ft, ids=None, **kw):
-    return get(stat).fn(ctx(stat, ids, **kw), base, ft)
+    return tracing.compare_models(base, ft, stat=stat, tokens=ids, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +174,21 @@ def test_engine_activations_equal_whole_model_hooks_and_one_block_live():
     eng.run([from_module(model), from_module(model)], ids, on_block=on_block)
     assert seen == [0, 1, 2, 3]
     assert eng.max_live_blocks == 1
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_mode_records_its_path_and_endpoints(trio, full):
+    base, ft, _, ids = trio
+    res = run("mode", base, ft, ids, mlp_only=not full)
+    x = res.extra
+    l_base, l_ft = lm_losses(Engine(progress=False), [base, ft], ids)
+    assert x["loss_at_alpha0"] == pytest.approx(l_base, rel=1e-6)
+    assert x["barrier"] == pytest.approx(x["loss_alpha"] - 0.5 * (x["loss_at_alpha0"] + x["loss_at_alpha1"]))
+    assert isinstance(x["notes"], list) and all(isinstance(n, str) and n for n in x["notes"])
+    if full:  # the default: the path ends at θ₂ itself
+        assert x["loss_at_alpha1"] == pytest.approx(l_ft, rel=1e-6)
+        assert x["path"] == "all" and "is θ₂" in x["barrier_endpoints"]
+    else:  # --mlp_only: only MLPs and norms move, α = 1 is a hybrid, not θ₂
+        assert abs(x["loss_at_alpha1"] - l_ft) > 1e-4
+        assert x["path"] == "mlp+norms" and "not θ₂" in x["barrier_endpoints"]
+        assert any("not θ₂" in n for n in x["notes"])

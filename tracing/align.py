@@ -24,7 +24,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
-from .arch import EMBED, require_same_blocks
+from .arch import require_same_layout
 from .models import WeightSource
 from .transforms import Permuted
 
@@ -96,7 +96,7 @@ def _negate_widen(buf: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
 
 def argmax_shortcut(C: torch.Tensor) -> np.ndarray | None:
     """The row-wise argmax when it is already an injective assignment (then it is optimal)."""
-    if C.shape[0] > C.shape[1]:
+    if C.shape[0] > C.shape[1] or C.shape[0] == 0:
         return None
     am = C.argmax(dim=1)
     if torch.unique(am).numel() == am.numel():
@@ -121,6 +121,98 @@ def solve(cost: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class MatchResult:
+    """The matched pairs of one MATCH: row ``rows[k]`` of W₁ is matched to row ``cols[k]`` of W₂
+    (indices into the original, unfiltered matrices) with cosine ``cos[k]`` (|cos| for an absolute
+    matching).  ``rows`` is ascending.  Every kept row of the side with fewer kept rows has a pair
+    (W₁'s on a tie).  ``shape`` holds the row counts of W₁ and W₂ as given; ``dropped1`` and
+    ``dropped2`` count their degenerate rows (zero norm or a non-finite value), left out of the
+    matching."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    cos: np.ndarray
+    shape: tuple[int, int] = (0, 0)
+    dropped1: int = 0
+    dropped2: int = 0
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def kept(self) -> tuple[int, int]:
+        return self.shape[0] - self.dropped1, self.shape[1] - self.dropped2
+
+
+def degenerate_rows(W: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the rows of ``W`` that have no cosine: zero norm or any non-finite value."""
+    W = W.to(torch.float32)
+    return ~torch.isfinite(W).all(dim=1) | (W.norm(dim=1) == 0)
+
+
+def _keep(W: torch.Tensor, also: torch.Tensor | None):
+    """(kept row indices or None when all are kept, the kept rows, number dropped)."""
+    keep = ~degenerate_rows(W)
+    if also is not None:
+        keep &= also.to(device=keep.device, dtype=torch.bool)
+    if bool(keep.all()):
+        return None, W, 0
+    idx = keep.nonzero().squeeze(1)
+    return idx.cpu().numpy().astype(np.int64), W[idx], int(W.shape[0] - idx.numel())
+
+
+def _prepare(W1: torch.Tensor, W2: torch.Tensor, drop: bool, keep1=None, keep2=None):
+    """(C, buf, index): the cosine matrix of the kept rows in its cost buffer (both None when a side
+    has no row left) and how kept rows map back to the original ones (None without ``drop``)."""
+    if not drop:
+        return (*_cosine_in_cost_buffer(W1, W2), None)
+    shape = (int(W1.shape[0]), int(W2.shape[0]))
+    k1, W1, d1 = _keep(W1, keep1)
+    k2, W2, d2 = _keep(W2, keep2)
+    index = (k1, k2, shape, d1, d2)
+    if W1.shape[0] == 0 or W2.shape[0] == 0:
+        return None, None, index
+    return (*_cosine_in_cost_buffer(W1, W2), index)
+
+
+def _shortcut_pairs(C: torch.Tensor) -> MatchResult | None:
+    """The optimum without the solver when the argmax along the longer side is injective:
+    row-wise when W₁ has at most as many rows as W₂, else column-wise."""
+    if C.shape[0] <= C.shape[1]:
+        cols = argmax_shortcut(C)
+        if cols is None:
+            return None
+        rows = np.arange(C.shape[0], dtype=np.int64)
+    else:
+        am = argmax_shortcut(C.T)
+        if am is None:
+            return None
+        order = np.argsort(am)
+        rows, cols = am[order], order.astype(np.int64)
+    cos = C[torch.from_numpy(rows), torch.from_numpy(cols)].numpy().astype(np.float64)
+    return MatchResult(rows, cols, cos, tuple(C.shape))
+
+
+def _solve_pairs(cost: np.ndarray) -> MatchResult:
+    """Minimise the negated cosine matrix ``cost``; the matched cosines are read back from it."""
+    rows, cols = linear_sum_assignment(cost)
+    return MatchResult(rows.astype(np.int64), cols.astype(np.int64), -cost[rows, cols], cost.shape)
+
+
+def _to_original(res: MatchResult, index) -> MatchResult:
+    """Map a matching of the kept rows back to the original row indices."""
+    if index is None:
+        return res
+    kept1, kept2, shape, d1, d2 = index
+    if res.n_pairs == 0:
+        return MatchResult(res.rows, res.cols, res.cos, shape, d1, d2)
+    rows = res.rows if kept1 is None else kept1[res.rows]
+    cols = res.cols if kept2 is None else kept2[res.cols]
+    return MatchResult(rows, cols, res.cos, shape, d1, d2)
+
+
 def match(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> np.ndarray:
     """MATCH(W₁, W₂): for each row i of W₁ the row π(i) of W₂ (|cos| when ``absolute``)."""
     C, buf = _cosine_in_cost_buffer(W1, W2)
@@ -131,11 +223,25 @@ def match(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> np.ndar
     return fast if fast is not None else solve(_negate_widen(buf))
 
 
-def _solve_owned(box: list) -> np.ndarray:
-    """``solve`` of the cost matrix handed over in ``box``; the matrix is freed before returning,
-    i.e. before the future completes and its memory slot is released."""
+def match_pairs(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> MatchResult:
+    """MATCH(W₁, W₂) as matched pairs with their cosines (|cos| when ``absolute``).
+
+    Degenerate rows (zero norm or a non-finite value) of either side are dropped first; the
+    remaining rows are matched by a rectangular assignment when their counts differ (every row of
+    the side with fewer rows gets a partner)."""
+    m = Matcher(workers=1)
+    try:
+        m.submit(0, W1, W2, absolute)
+        return m.results()[0]
+    finally:
+        m.close()
+
+
+def _solve_owned(box: list) -> MatchResult:
+    """Matched pairs of the cost matrix handed over in ``box``; the matrix is freed before
+    returning, i.e. before the future completes and its memory slot is released."""
     cost = box.pop()
-    return solve(cost)
+    return _solve_pairs(cost)
 
 
 def _available_bytes() -> int:
@@ -157,7 +263,8 @@ def default_workers(cost_bytes: int, mem_budget_bytes: int | None = None) -> int
 
 
 class Matcher:
-    """MATCH many layers with bounded parallelism: ``submit(key, W1, W2)``, then ``results()``.
+    """MATCH many layers with bounded parallelism: ``submit(key, W1, W2)``, then ``results()``
+    (``{key: MatchResult}``).
 
     Cosine products run one at a time in the calling thread (torch uses every core for them);
     assignment solves run in a thread pool with at most ``workers`` cost matrices in flight
@@ -171,20 +278,31 @@ class Matcher:
         self._slots: threading.Semaphore | None = None
         self._done: dict = {}
         self._futures: dict = {}
+        self._index: dict = {}  # key -> how kept rows map back to the original rows
         self._bar = tqdm(total=total, desc=desc, disable=desc is None, leave=False)
 
-    def submit(self, key, W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> None:
-        self._submit(key, *_cosine_in_cost_buffer(W1, W2), absolute)
+    def submit(self, key, W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False, drop: bool = True,
+               keep1: torch.Tensor | None = None, keep2: torch.Tensor | None = None) -> None:
+        """Queue MATCH(W1, W2) under ``key``.  With ``drop`` (default) degenerate rows are left out,
+        and so are rows where the optional boolean masks ``keep1`` / ``keep2`` are False."""
+        self._submit(key, *_prepare(W1, W2, drop, keep1, keep2), absolute)
 
-    def _submit(self, key, C: torch.Tensor, buf: np.ndarray, absolute: bool = False) -> None:
+    def _submit(self, key, C: torch.Tensor | None, buf: np.ndarray | None, index, absolute: bool = False) -> None:
+        if index is not None:
+            self._index[key] = index
+        if C is None:  # a side has no row left
+            empty = np.zeros(0, dtype=np.int64)
+            self._done[key] = MatchResult(empty, empty, np.zeros(0), (0, 0))
+            self._bar.update()
+            return
         if absolute:
             C.abs_()
-        fast = argmax_shortcut(C)
-        del C
+        fast = _shortcut_pairs(C)
         if fast is not None:
             self._done[key] = fast
             self._bar.update()
             return
+        del C
         if self._pool is None:
             n = self.workers or default_workers(buf.size * 8 * 2, self.mem_budget_bytes)
             self._pool, self._slots = ThreadPoolExecutor(max_workers=n), threading.Semaphore(n)
@@ -207,7 +325,7 @@ class Matcher:
                 self._done[key] = fut.result()
         finally:
             self.close()
-        return self._done
+        return {k: _to_original(r, self._index.get(k)) for k, r in self._done.items()}
 
     def close(self):
         if self._pool is not None:
@@ -217,19 +335,32 @@ class Matcher:
 
 
 def match_layers(layers: Iterable, load: Callable, absolute: bool = False, workers: int | None = None,
-                 mem_budget_bytes: int | None = None, desc: str | None = None) -> dict:
-    """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}`` in ``layers`` order."""
+                 mem_budget_bytes: int | None = None, desc: str | None = None, pairs: bool = False) -> dict:
+    """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}`` in ``layers`` order
+    (every row matched, as :func:`match`), or with ``pairs=True`` ``{key: MatchResult}`` with
+    degenerate rows dropped (see :class:`Matcher`)."""
     layers = list(layers)
     m = Matcher(workers, mem_budget_bytes, total=len(layers), desc=desc)
     try:
         for key in layers:
             # the loaded tensors live only while their cosine matrix is computed, not while
             # waiting for a solver slot
-            m._submit(key, *_cosine_in_cost_buffer(*load(key)), absolute)
+            m._submit(key, *_prepare(*load(key), pairs), absolute)
         out = m.results()
     finally:
         m.close()
-    return {k: out[k] for k in layers}
+    if pairs:
+        return {k: out[k] for k in layers}
+    return {k: _assignment(out[k]) for k in layers}
+
+
+def _assignment(res: MatchResult) -> np.ndarray:
+    """π as :func:`match` returns it: for each row of W₁ (or of W₂ when W₂ has fewer rows) its partner."""
+    if res.shape[0] <= res.shape[1]:
+        return res.cols
+    out = np.full(res.cols.shape[0], -1, dtype=np.int64)
+    out[res.cols] = res.rows
+    return out
 
 
 @dataclass
@@ -242,22 +373,27 @@ class Alignment:
 
 
 def align(base: WeightSource, ft: WeightSource, progress: bool = True) -> Alignment:
-    """Undo an unknown residual and MLP permutation of ``ft`` (DESIGN §4).
+    """Undo an unknown residual and MLP permutation of ``ft``.
 
     1. residual: MATCH the columns of the two embeddings over the shared vocabulary;
-    2. per block: MATCH the rows of ``gate_proj`` only (never ``up_proj``: ``cos`` reads it).
+    2. per MLP (each block's, or each expert's): MATCH the rows of ``gate_proj`` only (never
+       ``up_proj``: ``cos`` reads it); a non-gated MLP is matched on the columns of its down
+       projection instead.
     """
-    require_same_blocks(base.arch, ft.arch, "alignment")
+    require_same_layout(base.arch, ft.arch, "alignment")
     n = min(base.arch.V, ft.arch.V)
-    E1 = base.get(EMBED)[:n]
-    E2 = ft.get(EMBED)[:n]
+    E1 = base.get(base.arch.embed)[:n]
+    E2 = ft.get(ft.arch.embed)[:n]
     pi_e = match(E1.T, E2.T)
     del E1, E2
     residual = Permuted(ft, torch.from_numpy(pi_e))
+    units = {u.key: u for i in range(base.arch.L) for u in base.arch.units(i)}
 
-    def load(i):
-        name = base.arch.block_name(i, "gate")
-        return base.get(name), residual.get(name)
+    def load(key):
+        u = units[key]
+        if u.gate is not None:
+            return base.get(u.gate), residual.get(u.gate)
+        return base.get(u.down).T, residual.get(u.down).T
 
-    pi_i = match_layers(range(base.arch.L), load, desc="align MLP" if progress else None)
+    pi_i = match_layers(list(units), load, desc="align MLP" if progress else None)
     return Alignment(pi_e=pi_e, pi_i=pi_i)

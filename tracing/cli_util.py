@@ -1,6 +1,7 @@
 """Small helpers shared by the command-line scripts."""
 from __future__ import annotations
 
+import errno
 import re
 import sys
 
@@ -21,7 +22,14 @@ def run_cli(main, argv=None) -> int:
     try:
         return int(main(argv) or 0)
     except TracingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .results import scrub
+        print(f"error: {scrub(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: {str(e.filename)[:60]}...: a path component is too long for the file system; "
+              f"use shorter folder and file names", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

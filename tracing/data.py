@@ -26,7 +26,8 @@ def default_dataset(stat: str, is_demo: bool) -> str:
 
 
 def tokenizers_compatible(tok1, tok2, shared: int) -> tuple[bool, str]:
-    """Same strings → same ids on the shared id range (DESIGN §6)."""
+    """Whether both tokenizers map the same strings to the same ids on the ids both models share
+    (their vocabularies agree below ``shared`` and a few probe strings split identically)."""
     if tok1 is None or tok2 is None:
         return True, "a tokenizer is missing; assuming the base tokenizer applies to both"
     v1 = {t: i for t, i in tok1.get_vocab().items() if i < shared}
@@ -94,8 +95,8 @@ def load_texts(dataset: str, base_spec: str, ft_spec: str, generated_dir: str | 
                                f"or use --dataset random|demo|PATH") from None
         return [t for t in ds["text"] if t.strip()]
     if dataset == "demo":
-        from . import zoo
-        return read_text_file(zoo.demo_eval_text_path())
+        from .demo import demo_eval_text_path
+        return read_text_file(demo_eval_text_path())
     if dataset == "generated":
         texts = []
         for spec in (base_spec, ft_spec):

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from tqdm.auto import tqdm
 from .data import generated_path
 from .errors import TracingError
 from .models import default_device, load_pretrained
+from .results import atomic_write, scrub
 
 
 def generate_samples(spec: str, num_samples: int = 10, max_new_tokens: int = 512, seed: int = 0,
@@ -46,10 +45,11 @@ def generate_samples(spec: str, num_samples: int = 10, max_new_tokens: int = 512
 
 
 def save_samples(samples: dict, out_dir: str | Path) -> Path:
+    """Write the samples atomically to ``<out_dir>/<model slug>.json``."""
     p = generated_path(out_dir, samples["model"])
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(samples, f, indent=1)
-    os.replace(tmp, p)
-    return p
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TracingError(f"cannot create the folder {p.parent} for the samples ({e.strerror}); "
+                           f"choose a writable --out_dir") from None
+    return atomic_write(p, json.dumps(scrub(samples), indent=1))

@@ -1,7 +1,5 @@
-"""Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, a local folder, or a GGUF file.
-
-A folder or hub repository holding several GGUF files names one with a ``:<file>.gguf`` suffix
-(``org/name:model-Q4_K_M.gguf``, ``org/name@rev:model-Q8_0.gguf``, ``./folder:model.gguf``).
+"""Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, a local folder, or a GGUF file
+(ids, including a ``:<file>.gguf`` suffix, are parsed and resolved by :mod:`tracing.specs`).
 Quantized checkpoints (GGUF, GPTQ, AWQ; see :mod:`tracing.sources`) are dequantized to float32
 one tensor at a time.
 
@@ -18,17 +16,13 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
-
 import torch
 
-from .arch import EMBED, LM_HEAD, Arch, arch_from_config
+from .arch import LM_HEAD, Arch, TensorRef, arch_from_config
 from .errors import TracingError
 
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
-META_PATTERNS = ["*.json", "*.model", "tokenizer*", "*.tiktoken", "*.txt"]
+from .specs import Resolved, Spec, parse_spec, resolve  # noqa: F401 - model ids; re-exported here
 
 
 # ------------------------------------------------------------------------------------------
@@ -59,8 +53,33 @@ class WeightSource:
         return {n: self.get(n, dtype) for n in self.names()}
 
 
+def logical_ref(arch: Arch, name: str, label: str) -> TensorRef:
+    """The reference of a logical name (an lm_head of a tied model reads the embedding)."""
+    if name == LM_HEAD and arch.tied:
+        name = arch.embed
+    try:
+        return arch.ref(name)
+    except KeyError:
+        raise TracingError(f"{label}: {name} is not a tensor of a {arch.model_type} checkpoint") from None
+
+
+def select(t: torch.Tensor, index) -> torch.Tensor:
+    """A role's part of a stored tensor (``index`` from :class:`~tracing.arch.TensorRef`)."""
+    return t if index is None else t[index]
+
+
+def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a one-line TracingError naming the model and tensor if it holds NaN or inf."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        raise TracingError(f"{label}: tensor {name} holds non-finite values ({nan} NaN, {inf} inf); "
+                           f"the weights are corrupt or come from a diverged run, use an intact checkpoint")
+    return t
+
+
 class DictSource(WeightSource):
-    """A state dict held in memory (e.g. ``model.state_dict()`` of a loaded model)."""
+    """A state dict held in memory, keyed by file names or by transformers' module names
+    (e.g. ``model.state_dict()`` of a loaded model, with fused experts)."""
 
     def __init__(self, state: dict[str, torch.Tensor], config, label: str = "model"):
         self.config = config
@@ -69,13 +88,11 @@ class DictSource(WeightSource):
         self.label = label
 
     def get(self, name, dtype=torch.float32):
-        if name == LM_HEAD and name not in self.state and self.arch.tied:
-            name = EMBED
-        try:
-            t = self.state[name]
-        except KeyError:
-            raise TracingError(f"tensor {name} is missing from {self.label}") from None
-        return t.to(dtype)
+        ref = logical_ref(self.arch, name, self.label)
+        for stored, index in ref.stores:
+            if stored in self.state:
+                return require_finite(self.label, name, select(self.state[stored], index)).to(dtype)
+        raise TracingError(f"tensor {name} is missing from {self.label}")
 
 
 def from_module(model: torch.nn.Module, label: str = "model") -> DictSource:
@@ -104,93 +121,6 @@ class CachedSource(WeightSource):
 # ------------------------------------------------------------------------------------------
 # Checkpoints on disk
 # ------------------------------------------------------------------------------------------
-@dataclass
-class Resolved:
-    spec: str
-    path: Path
-    repo_id: str | None = None
-    revision: str | None = None
-    commit: str | None = None
-    hub_sha256: dict[str, str] = field(default_factory=dict)  # file -> LFS sha256 recorded by the hub
-    file: str | None = None  # the GGUF file chosen with a ``:<file>.gguf`` suffix
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1
-
-
-def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
-    """Turn a model spec into a local folder, downloading from the hub when needed."""
-    spec = str(spec)
-    if spec.startswith("demo:"):
-        from . import zoo
-        return Resolved(spec=spec, path=zoo.resolve_demo(spec))
-    p = Path(spec).expanduser()
-    if p.is_dir() or (p.is_file() and p.suffix == ".gguf"):
-        return Resolved(spec=spec, path=p.resolve())
-    where, sep, file = spec.rpartition(":")
-    if sep and file.endswith(".gguf") and "/" not in file and where:
-        r = _resolve_where(where, local_files_only, file)
-        r.spec, r.file = spec, file
-        return r
-    return _resolve_where(spec, local_files_only)
-
-
-def _resolve_where(spec: str, local_files_only: bool | None, file: str | None = None) -> Resolved:
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return Resolved(spec=spec, path=p.resolve())
-    if _looks_like_path(spec) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", spec):
-        raise TracingError(f"model folder {spec} does not exist; give an existing local folder "
-                           f"(with config.json and weights), a hub id like org/name[@revision], or demo:<name>")
-    return _resolve_hub(spec, local_files_only, file)
-
-
-def _resolve_hub(spec: str, local_files_only: bool | None, file: str | None = None) -> Resolved:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError
-
-    repo_id, _, revision = spec.partition("@")
-    revision = revision or None
-    token = os.environ.get("HF_TOKEN") or None  # read at call time, never stored
-    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    hub_sha: dict[str, str] = {}
-    patterns = META_PATTERNS + ["*.safetensors"]
-    try:
-        if not offline:
-            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
-            files = [s.rfilename for s in info.siblings or []]
-            if file is not None:
-                patterns = META_PATTERNS + [file]
-            elif not any(f.endswith(".safetensors") for f in files):
-                ggufs = [f for f in files if f.endswith(".gguf")]
-                if len(ggufs) > 1:
-                    raise TracingError(f"{spec} holds several GGUF files ({', '.join(ggufs[:6])}"
-                                       f"{', …' if len(ggufs) > 6 else ''}); pick one with {spec}:<file>.gguf")
-                patterns = META_PATTERNS + (ggufs or ["pytorch_model*.bin"])
-            for s in info.siblings or []:
-                if getattr(s, "lfs", None) is not None and getattr(s.lfs, "sha256", None):
-                    hub_sha[s.rfilename] = s.lfs.sha256
-            revision = info.sha or revision
-            path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token)
-        else:
-            path = snapshot_download(repo_id, revision=revision, local_files_only=True,
-                                     allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS) + [file or "*.gguf"])
-    except TracingError:
-        raise
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = "set HF_TOKEN for gated or private models" if status in (401, 403) else "check the id and revision"
-        raise TracingError(f"the hub refused {spec} (HTTP {status}); {hint}") from None
-    except Exception as e:  # offline, DNS failure, not in cache, ...
-        raise TracingError(
-            f"cannot fetch {spec} from the Hugging Face hub ({type(e).__name__}); check the network and the id, "
-            f"or download it first and pass the local folder (or set HF_HUB_OFFLINE=1 to use the local cache)") from None
-    path = Path(path)
-    commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else revision
-    return Resolved(spec=spec, path=path, repo_id=repo_id, revision=revision, commit=commit, hub_sha256=hub_sha)
-
-
 class Checkpoint(WeightSource):
     """A model on disk: config, tokenizer and lazily read tensors."""
 
@@ -200,10 +130,11 @@ class Checkpoint(WeightSource):
         self.label = self.resolved.spec
         self._config = None
         self._bin_cache: tuple[Path, dict] | None = None
+        self._finite: set[str] = set()  # tensors already checked for NaN / inf
         from .sources import detect
         self.quantized = detect(self.path, self.resolved.file, self.label)
         if self.quantized is not None:
-            self.arch = arch_from_config(self.quantized.config())
+            self.arch = self.quantized.arch
             self._index = {}
             return
         cfg_file = self.path / "config.json"
@@ -214,8 +145,11 @@ class Checkpoint(WeightSource):
             raw = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise TracingError(f"{cfg_file} is not valid JSON ({e.msg}); re-download or fix the file") from None
-        self.arch = arch_from_config(raw)
+        if not isinstance(raw, dict):
+            raise TracingError(f"{cfg_file} does not hold a JSON object; re-download or fix the file")
+        self.arch = arch_from_config(raw, where=str(cfg_file))
         self._index = self._build_index()
+        self._check_shapes(cfg_file)
 
     # config ------------------------------------------------------------------------------
     @property
@@ -229,32 +163,53 @@ class Checkpoint(WeightSource):
 
     # tensors -----------------------------------------------------------------------------
     def _build_index(self) -> dict[str, Path]:
+        """tensor name -> file, with every tensor's shape in ``self._shapes`` (from the file headers)."""
         p = self.path
+        self._shapes: dict[str, tuple[int, ...]] = {}
         for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (p / index_name).is_file():
-                weight_map = json.loads((p / index_name).read_text())["weight_map"]
+                weight_map = _read_weight_map(p / index_name)
+                files = sorted(set(weight_map.values()))
+                for f in files:
+                    if not (p / f).is_file():
+                        raise _corrupt(p / index_name, f"it lists {f}, which is missing")
+                    self._shapes.update(_header_shapes(p / f))
                 return {k: p / v for k, v in weight_map.items()}
-        st = sorted(p.glob("*.safetensors"))
-        if st:
-            from safetensors import safe_open
-            index = {}
-            for f in st:
-                with safe_open(f, framework="pt") as h:
-                    index.update({k: f for k in h.keys()})
-            return index
-        bins = sorted(p.glob("pytorch_model*.bin"))
-        if bins:
-            index = {}
-            for f in bins:
-                index.update({k: f for k in self._load_bin(f).keys()})
-            return index
-        raise TracingError(f"{p} has a config.json but no weights (model*.safetensors or pytorch_model*.bin); "
-                           f"the download may be incomplete")
+        files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin"))
+        if not files:
+            raise TracingError(f"{p} has a config.json but no weights (model*.safetensors or pytorch_model*.bin); "
+                               f"the download may be incomplete")
+        index = {}
+        for f in files:
+            shapes = _header_shapes(f)
+            self._shapes.update(shapes)
+            index.update({k: f for k in shapes})
+        return index
+
+    def _check_shapes(self, cfg_file: Path) -> None:
+        """The config's sizes against the tensors' shapes (headers only; no tensor data is read)."""
+        for name in self.arch.names():
+            ref = self.arch.ref(name)
+            stored, index = next(((s, i) for s, i in ref.stores if s in self._shapes), (None, None))
+            if stored is None:
+                continue
+            found = tuple(self._shapes[stored])
+            try:  # the role's part of a fused tensor, computed on the meta device
+                got = found if index is None else tuple(torch.empty(found, device="meta")[index].shape)
+            except (IndexError, RuntimeError):
+                got = None
+            if got != tuple(ref.shape):
+                part = "" if index is None else f" (its {ref.role} part: {got})"
+                raise TracingError(
+                    f"{cfg_file} does not match the weights: tensor {stored} in "
+                    f"{getattr(self._index.get(stored), 'name', 'the weights')} has shape {found}{part}, "
+                    f"but the config implies {tuple(ref.shape)}; fix the config's sizes or use the "
+                    f"config.json that came with these weights")
 
     def _load_bin(self, f: Path) -> dict:
         if self._bin_cache is None or self._bin_cache[0] != f:
             self._bin_cache = None
-            self._bin_cache = (f, torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+            self._bin_cache = (f, _torch_load(f))
         return self._bin_cache[1]
 
     def weight_files(self) -> list[Path]:
@@ -262,28 +217,33 @@ class Checkpoint(WeightSource):
             return self.quantized.weight_files()
         return sorted(set(self._index.values()))
 
-    def has(self, name: str) -> bool:
-        if self.quantized is not None:
-            return self.quantized.has(name)
-        return name in self._index or (name == LM_HEAD and self.arch.tied)
-
     def get(self, name, dtype=torch.float32):
         if self.quantized is not None:
-            return self.quantized.get(name, dtype)
-        if name == LM_HEAD and (self.arch.tied or name not in self._index):
-            if not self.arch.tied:
-                raise TracingError(f"{self.label}: lm_head.weight missing although tie_word_embeddings is false")
-            name = EMBED
-        f = self._index.get(name)
-        if f is None:
-            raise TracingError(f"{self.label}: tensor {name} not found in its weight files; "
-                               f"is this a Llama-family causal LM checkpoint?")
+            t = self.quantized.get(name, dtype)
+            if name not in self._finite:
+                require_finite(self.label, name, t)
+                self._finite.add(name)
+            return t
+        ref = logical_ref(self.arch, name, self.label)
+        for stored, index in ref.stores:
+            f = self._index.get(stored)
+            if f is not None:
+                break
+        else:
+            raise TracingError(f"{self.label}: tensor {ref.stores[0][0]} not found in its weight files; "
+                               f"is this a complete {self.arch.model_type} causal LM checkpoint?")
         if f.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
-                t = h.get_tensor(name)
+                if index is not None and all(isinstance(x, (int, slice)) for x in index):
+                    t = h.get_slice(stored)[index]  # only the role's rows are read
+                else:
+                    t = select(h.get_tensor(stored), index)
         else:
-            t = self._load_bin(f)[name]
+            t = select(self._load_bin(f)[stored], index)
+        if name not in self._finite:
+            require_finite(self.label, name, t)
+            self._finite.add(name)
         return t.to(dtype)
 
     def release(self):
@@ -326,6 +286,47 @@ class Checkpoint(WeightSource):
         if self.quantized is not None:
             out["quantization"] = self.quantized.quantization()
         return out
+
+
+def _corrupt(f: Path, why: str) -> TracingError:
+    return TracingError(f"{f} is corrupt or incomplete ({why}); delete it and download the model again")
+
+
+def _read_weight_map(f: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(f.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _corrupt(f, f"not valid JSON: {type(e).__name__}") from None
+    except (KeyError, TypeError):
+        raise _corrupt(f, "no weight_map in it") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise _corrupt(f, "its weight_map is not a mapping of tensor names to files")
+    return weight_map
+
+
+def _header_shapes(f: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in one weight file, without reading tensor data."""
+    if f.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(f, framework="pt") as h:
+                return {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise _corrupt(f, f"unreadable safetensors header: {str(e).splitlines()[0][:80]}") from None
+    return {k: tuple(v.shape) for k, v in _torch_load(f).items() if isinstance(v, torch.Tensor)}
+
+
+def _torch_load(f: Path) -> dict:
+    """A ``pytorch_model*.bin`` file, memory-mapped (tensors are read when used)."""
+    import pickle
+    import zipfile
+    try:
+        state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise _corrupt(f, f"cannot load it: {type(e).__name__}") from None
+    if not isinstance(state, dict):
+        raise _corrupt(f, "it does not hold a state dict")
+    return state
 
 
 def _sha_from_hub_cache(f: Path) -> str | None:
@@ -372,10 +373,6 @@ def sha256_file(f: Path, chunk: int = 1 << 23) -> str:
     return digest
 
 
-def open_model(spec: str | os.PathLike) -> Checkpoint:
-    return Checkpoint(spec)
-
-
 # ------------------------------------------------------------------------------------------
 # Loaded modules (for generation and for checks against the streamed path)
 # ------------------------------------------------------------------------------------------
@@ -406,23 +403,20 @@ def config_for(config, arch: Arch):
 def load_module(source: WeightSource, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:
     """Build a transformers ``nn.Module`` holding ``source``'s weights (transforms applied)."""
     from transformers import AutoModelForCausalLM
+
+    from .arch.modules import materialise_buffers, module_state
     cfg = config_for(source.config, source.arch)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    state = {n: source.get(n, dtype).to(device) for n in source.names()}
-    if source.arch.tied:
-        state[LM_HEAD] = state[EMBED]
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    state = module_state(source.arch, source.names(), lambda n: source.get(n, dtype).to(device), shapes)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     if unexpected or missing:
         raise TracingError(f"weights of {source.label} do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if source.arch.tied:
         model.tie_weights()
-    # non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the device
-    for name, module in model.named_modules():
-        if name.endswith("rotary_emb"):
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], type(module)(config=cfg).to(device))
+    materialise_buffers(model, cfg, device)
     return model.to(device).eval()
 
 
@@ -437,6 +431,3 @@ def load_pretrained(spec: str, dtype="auto", device: str | None = None, trust_re
                                                  trust_remote_code=trust_remote_code)
     return ck, model.to(device).eval()
 
-
-def as_sources(specs: Iterable[str]) -> list[Checkpoint]:
-    return [Checkpoint(s) for s in specs]

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import TracingError
 
-DATA_STATS = {"csh", "match", "jsd", "mode"}
+DEFAULT_BLOCK_SIZE = 512
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 @dataclass
@@ -19,13 +21,14 @@ class Options:
     align: bool = False
     attn: bool = False
     emb: bool = False
+    mlp_only: bool = False  # mode: interpolate only MLPs and norms (plus attn / emb when set)
     alpha: float = 0.5
     alphas: list[float] | None = None
-    num_perm: int | None = None  # PERMTEST draws; default 99 for l2, 0 (off) for mode
+    num_perm: int | None = None  # PERMTEST draws; default per statistic
     eval: bool = False
-    dataset: str | None = None  # default per statistic (DESIGN §6)
+    dataset: str | None = None  # default per statistic
     generated_dir: str = "results/generated"
-    block_size: int = 512
+    block_size: int | None = None  # default: min(512, the smaller model's context length)
     batch_size: int = 4
     num_samples: int = 20
     dtype: str = "auto"
@@ -42,7 +45,7 @@ class Options:
             self.stat = [s for s in self.stat.split(",") if s]
         if not self.stat:
             raise TracingError(f"no statistic given; use --stat with one or more of {known_names()}")
-        self.stat = [canonical(s) for s in self.stat]
+        self.stat = list(dict.fromkeys(canonical(s) for s in self.stat))  # --stat cos,csu,cos -> [cos]
         if not 0.0 <= self.alpha <= 1.0:
             raise TracingError(f"--alpha {self.alpha} is outside [0, 1]; it is the interpolation weight of θ₂")
         for a in self.alphas or []:
@@ -51,10 +54,12 @@ class Options:
         if self.num_perm is not None and self.num_perm < 0:
             raise TracingError(f"--num_perm {self.num_perm} is negative; give 0 (off) or a positive count such as 99")
         for name in ("block_size", "batch_size", "num_samples"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TracingError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        if self.block_size < 2:
+        if self.block_size is not None and self.block_size < 2:
             raise TracingError("--block_size must be at least 2 tokens")
+        if self.device is not None and not DEVICE_PATTERN.match(str(self.device)):
+            raise TracingError(f"unknown --device {self.device!r}; use cpu, cuda, cuda:<index> or mps")
         if not 0.0 < self.significance < 1.0:
             raise TracingError(f"--significance {self.significance} must be in (0, 1), e.g. 0.01")
         if self.alternative not in ("greater", "two-sided"):
@@ -65,19 +70,38 @@ class Options:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def replace(self, **changes) -> "Options":
+        return replace(self, **changes)
+
     def for_stat(self, stat: str) -> "Options":
         d = self.to_dict()
         d["stat"] = [stat]
         return Options(**d)
 
-    def key(self) -> str:
-        """A short hash of every option that changes a result (for result file names)."""
-        d = self.to_dict()
-        d.pop("device", None)
-        d.pop("mem_budget_gb", None)
-        if d.get("fold_norms") is None:  # the default leaves earlier keys unchanged
+    def key_for(self, stat: str) -> str:
+        """A short hash of the options ``stat``'s result depends on (for result file names):
+        changing an option the statistic does not read keeps the key."""
+        from .stats import DATA_OPTIONS, get
+        spec = get(stat)
+        names = spec.option_names() + (DATA_OPTIONS if self.eval else ())
+        d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))}}
+        if d.get("fold_norms") is None:  # the default (AWQ only) leaves earlier keys unchanged
             d.pop("fold_norms", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def key(self) -> str:
+        """``key_for`` the first statistic (kept for callers written for one statistic)."""
+        return self.key_for(self.stat[0])
+
+    def block_size_for(self, max_positions: int | None) -> int:
+        """The forward passes' block size: ``--block_size``, else min(512, ``max_positions``).
+        A block longer than the models' context is an error."""
+        if self.block_size is None:
+            return min(DEFAULT_BLOCK_SIZE, max_positions or DEFAULT_BLOCK_SIZE)
+        if max_positions and self.block_size > max_positions:
+            raise TracingError(f"--block_size {self.block_size} is longer than the models' context of "
+                               f"{max_positions} positions; use --block_size {max_positions} or less")
+        return self.block_size
 
     @classmethod
     def from_dict(cls, d: dict) -> "Options":
@@ -97,35 +121,59 @@ def _float_list(text: str) -> list[float]:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """Every comparison option, as command-line flags (defaults from :class:`Options`)."""
-    from .stats import known_names
+    from .stats import REGISTRY, known_names, names
+    names()  # load every statistic
     d = Options.__dataclass_fields__
+
+    def users(option: str) -> str:
+        return "/".join(s.name for s in REGISTRY.values() if option in s.reads)
+
+    perm = ", ".join(f"{s.default_num_perm or '0 = no test'} for {s.name}" for s in REGISTRY.values()
+                     if s.pvalue == "num_perm")
+    data = "; ".join(f"{s.default_dataset} for {s.name}" for s in REGISTRY.values() if s.default_dataset)
     g = p.add_argument_group("comparison")
     g.add_argument("--stat", default="cos",
-                   help=f"statistic(s), comma-separated: {known_names()} (default: cos)")
+                   help=f"statistic(s), comma-separated: {known_names()} (default: %(default)s)")
     g.add_argument("--permute", action="store_true", help="randomly permute the fine-tuned model first (function-preserving)")
     g.add_argument("--rotate", action="store_true", help="randomly rotate the fine-tuned model first (function-preserving)")
     g.add_argument("--align", action="store_true", help="also align the fine-tuned model to the base and recompute")
-    g.add_argument("--attn", action="store_true", help="mode: also interpolate attention")
-    g.add_argument("--emb", action="store_true", help="mode: also interpolate embeddings, lm_head and final norm")
-    g.add_argument("--alpha", type=float, default=d["alpha"].default, help="mode: interpolation weight of θ₂ (default 0.5)")
-    g.add_argument("--alphas", type=_float_list, default=None, help="mode: a curve, e.g. 0,0.25,0.5,0.75,1")
-    g.add_argument("--num_perm", type=int, default=None, help="PERMTEST draws (default 99 for l2, 0 for mode)")
+    g.add_argument("--mlp_only", action="store_true",
+                   help=f"{users('mlp_only')}: interpolate only MLPs and norms (the path then ends at a hybrid, "
+                        f"not θ₂); by default every weight is interpolated")
+    g.add_argument("--attn", action="store_true", help=f"{users('attn')}: with --mlp_only, also interpolate attention")
+    g.add_argument("--emb", action="store_true", help=f"{users('emb')}: with --mlp_only, also interpolate embeddings, lm_head and final norm")
+    g.add_argument("--alpha", type=float, default=d["alpha"].default,
+                   help=f"{users('alpha')}: interpolation weight of θ₂ (default: %(default)s)")
+    g.add_argument("--alphas", type=_float_list, default=None, help=f"{users('alphas')}: a curve, e.g. 0,0.25,0.5,0.75,1 (default: α only)")
+    g.add_argument("--num_perm", type=int, default=None,
+                   help=f"permutation-test draws (default: {perm})")
     g.add_argument("--eval", action="store_true", help="also report each model's loss and perplexity")
     g.add_argument("--dataset", "--dataset_id", dest="dataset", default=None,
-                   help="wikitext | random | generated | demo | path to .txt/.jsonl/.json (default per statistic)")
-    g.add_argument("--generated_dir", default=d["generated_dir"].default, help="where generate.py wrote its samples")
-    g.add_argument("--block_size", type=int, default=d["block_size"].default)
-    g.add_argument("--batch_size", type=int, default=d["batch_size"].default)
-    g.add_argument("--num_samples", type=int, default=d["num_samples"].default, help="number of token blocks")
-    g.add_argument("--dtype", default="auto", help="forward-pass dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--significance", type=float, default=d["significance"].default, help="level for the verdict (default 0.01)")
-    g.add_argument("--alternative", default="greater", choices=["greater", "two-sided"], help="Spearman test side")
+                   help=f"wikitext | random | generated | demo | path to .txt/.jsonl/.json (default: {data}; "
+                        f"otherwise the demo corpus for demo models, else wikitext)")
+    g.add_argument("--generated_dir", default=d["generated_dir"].default,
+                   help="where generate.py wrote its samples (default: %(default)s)")
+    g.add_argument("--block_size", type=int, default=None,
+                   help=f"tokens per evaluation block (default: {DEFAULT_BLOCK_SIZE}, or the models' context "
+                        f"length when shorter)")
+    g.add_argument("--batch_size", type=int, default=d["batch_size"].default,
+                   help="blocks per forward pass (default: %(default)s)")
+    g.add_argument("--num_samples", type=int, default=d["num_samples"].default,
+                   help="number of evaluation blocks (default: %(default)s)")
+    g.add_argument("--dtype", default=d["dtype"].default, help="forward-pass dtype: auto (float32 on CPU, bfloat16 "
+                   "on GPU), float32, bfloat16, float16 (default: %(default)s)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:<index> or mps (default: cuda when available, else cpu)")
+    g.add_argument("--seed", type=int, default=d["seed"].default,
+                   help="seed of --permute/--rotate, random data and permutation tests (default: %(default)s)")
+    g.add_argument("--significance", type=float, default=d["significance"].default,
+                   help="level of the verdict: dependent when p <= this (default: %(default)s)")
+    g.add_argument("--alternative", default=d["alternative"].default, choices=["greater", "two-sided"],
+                   help="side of the Spearman test (default: %(default)s)")
     g.add_argument("--fold_norms", action=argparse.BooleanOptionalAction, default=None,
                    help="fold every norm gain into the layers it feeds before comparing (default: only when "
                         "either model is AWQ-quantized, whose scales move between norms and layers)")
-    g.add_argument("--mem_budget_gb", type=float, default=None, help="memory for parallel assignment solves (default: half of free RAM)")
+    g.add_argument("--mem_budget_gb", type=float, default=None,
+                   help="memory for parallel assignment solves (default: half of the free RAM)")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

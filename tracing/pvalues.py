@@ -40,6 +40,8 @@ __all__ = [
     "t_logsf",
     "chi2_logsf",
     "spearman",
+    "spearman_pairs",
+    "MIN_PAIRS",
     "fisher",
     "permtest",
     "holm",
@@ -344,6 +346,30 @@ def spearman(pi, sigma=None, alternative: str = "greater") -> tuple[float, float
     else:
         ln_p = min(0.0, math.log(2.0) + t_logsf(abs(t), df))
     return r, ln_to_log10(max(ln_p, ln_floor))
+
+
+#: Fewest matched pairs for which :func:`spearman_pairs` reports a p-value.
+MIN_PAIRS = 8
+
+
+def spearman_pairs(x, y, alternative: str = "greater", min_pairs: int = MIN_PAIRS) -> tuple[float, float]:
+    """SPEARMAN of m matched pairs (x[k], y[k]): the rank correlation of the two index sequences.
+
+    The general form of :func:`spearman` for matchings that leave rows out (degenerate rows,
+    rectangular matchings): each sequence holds m distinct indices (any values, e.g. original
+    row numbers), replaced by their ranks among themselves; r comes exactly from the integer sum
+    of squared rank differences, with the same t tail, floor -log10(m!) and ``alternative`` as
+    :func:`spearman`.  For ``x = 0..h-1`` this is exactly ``spearman(y)``.
+
+    Returns ``(r, log10_pvalue)``; ``(nan, nan)`` when m < ``min_pairs`` (too few pairs to test).
+    """
+    a = _as_1d_array(x, "x")
+    b = _as_1d_array(y, "y")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"x and y must have the same length, got {a.shape[0]} and {b.shape[0]}")
+    if a.shape[0] < max(min_pairs, 3):
+        return math.nan, math.nan
+    return spearman(b, a, alternative)
 
 
 # --------------------------------------------------------------------------

@@ -4,14 +4,17 @@ Pickles run code when loaded: only load results you wrote yourself.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import pickle
 import platform
+import re
 import socket
 import subprocess
-import tempfile
 import traceback
+from secrets import token_hex
 from pathlib import Path
 
 from .errors import TracingError
@@ -36,7 +39,7 @@ def versions() -> dict:
     out = {"python": platform.python_version()}
     for mod in ("torch", "transformers", "scipy", "numpy", "safetensors", "submitit"):
         try:
-            out[mod] = __import__(mod).__version__
+            out[mod] = str(__import__(mod).__version__)  # plain str (torch's is a str subclass)
         except Exception:
             pass
     return out
@@ -53,19 +56,31 @@ def provenance() -> dict:
     return {"commit": git_commit(), "versions": versions(), "host": socket.gethostname(), "job_id": slurm_job_id()}
 
 
+HEX_DIGEST = re.compile(r"[0-9a-f]{40}(-dirty)?|[0-9a-f]{64}")
+MIN_SECRET_SUBSTRING = 8  # shorter secrets are only redacted where they are a whole value
+
+
 def scrub(obj):
-    """Remove every known secret value from a nested plain structure (belt and braces)."""
+    """Redact known secrets (``HF_TOKEN`` and friends) from the string values of a nested plain
+    structure. A secret of at least 8 characters is removed wherever it occurs in a string; a
+    shorter one (no real token is that short) only where a whole value equals it, so records
+    stay intact. Keys, hashes and commit ids are never changed."""
     secrets = [os.environ[k] for k in SECRET_ENV if os.environ.get(k)]
     if not secrets:
         return obj
+    long = [x for x in secrets if len(x) >= MIN_SECRET_SUBSTRING]
 
     def walk(x):
         if isinstance(x, str):
-            for s in secrets:
-                x = x.replace(s, "<redacted>")
+            if x in secrets:
+                return "<redacted>"
+            if HEX_DIGEST.fullmatch(x):  # a hash or commit id: no token hides in it
+                return x
+            for secret in long:
+                x = x.replace(secret, "<redacted>")
             return x
         if isinstance(x, dict):
-            return {walk(k): walk(v) for k, v in x.items()}
+            return {k: walk(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return type(x)(walk(v) for v in x)
         return x
@@ -95,24 +110,41 @@ def check_writable(path: str | os.PathLike) -> Path:
     parent = p.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(p.name)) > os.pathconf(parent, "PC_NAME_MAX"):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), p.name)
+        is_dir = p.is_dir()
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise TracingError(f"--save {str(p)[:60]}...: a path component is too long for the file system; "
+                               f"use shorter folder and file names") from None
         raise TracingError(f"cannot create the folder {parent} for --save ({e.strerror}); choose a writable path") from None
-    if p.is_dir():
+    if is_dir:
         raise TracingError(f"--save {p} is a folder; give a file name such as {p}/result.p")
     if not os.access(parent, os.W_OK):
         raise TracingError(f"cannot write to {parent} (permission denied); choose a writable --save path")
     return p
 
 
-def save_record(record: dict, path: str | os.PathLike) -> Path:
-    """Write atomically: a temp file in the same folder, then rename (never a half-written result)."""
-    record = scrub(record)
-    check_plain(record)
-    p = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temp file beside ``path`` for writing; on success it replaces ``path`` in one rename
+    (readers never see a half-written file), on failure it is removed. The file gets the usual
+    permissions (0666 minus the umask), unlike ``tempfile``'s private 0600."""
+    if mode not in ("wb", "w"):
+        raise ValueError("atomic_open writes: mode 'w' or 'wb'")
+    p = Path(path)
+    for _ in range(100):
+        tmp = p.with_name(f".{p.name}.{token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover
+        raise FileExistsError(f"cannot create a temp file beside {p}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(record, f, protocol=4)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -122,6 +154,24 @@ def save_record(record: dict, path: str | os.PathLike) -> Path:
         except OSError:
             pass
         raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    if not isinstance(data, (bytes, str)):
+        raise TypeError(f"atomic_write takes bytes or str, not {type(data).__name__}")
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return Path(path)
+
+
+def save_record(record: dict, path: str | os.PathLike) -> Path:
+    """Write atomically: a temp file in the same folder, then rename (never a half-written result)."""
+    record = scrub(record)
+    check_plain(record)
+    p = check_writable(path)
+    with atomic_open(p, "wb") as f:
+        pickle.dump(record, f, protocol=4)
     return p
 
 
@@ -196,25 +246,43 @@ def record_rows(rec: dict, path: str = "", per_layer: bool = False) -> list[dict
     return rows
 
 
-def load_results(folder: str | os.PathLike, per_layer: bool = False, csv: str | None = None,
-                 parquet: str | None = None):
-    """One tidy DataFrame row per pair × statistic (× aligned or not; × layer with ``per_layer``)."""
-    import pandas as pd
+RESULT_SUFFIXES = (".p", ".pkl")
+
+
+def iter_records(folder: str | os.PathLike):
+    """Every result pickle under ``folder``, sorted: yields ``(relative path, record, error)`` with
+    ``record`` a dict and ``error`` None, or ``record`` None and ``error`` a one-line reason for a
+    file that cannot be read or holds no record. Hidden folders (job machinery such as
+    submitit's own pickles) are skipped."""
     folder = Path(folder)
-    if not folder.exists():
+    if not folder.is_dir():
         raise TracingError(f"results folder {folder} does not exist")
-    rows = []
-    files = sorted(folder.rglob("*.p")) + sorted(folder.rglob("*.pkl"))
-    # hidden folders hold job machinery (e.g. submitit's own pickles), not results
-    files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+    files = sorted(f for f in folder.rglob("*") if f.suffix in RESULT_SUFFIXES and f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
     for f in files:
+        rel = str(f.relative_to(folder))
         try:
             rec = load_record(f)
-        except Exception as e:
-            rows.append({"file": str(f), "status": "unreadable", "error": f"{type(e).__name__}: {e}"})
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
+            yield rel, None, f"{type(e).__name__}: {str(e)[:200]}"
             continue
         if isinstance(rec, dict):
-            rows += record_rows(rec, str(f.relative_to(folder)), per_layer=per_layer)
+            yield rel, rec, None
+        else:
+            yield rel, None, f"not a result record ({type(rec).__name__})"
+
+
+def load_results(folder: str | os.PathLike, per_layer: bool = False, csv: str | None = None,
+                 parquet: str | None = None):
+    """One tidy DataFrame row per pair × statistic (× aligned or not; × layer with ``per_layer``);
+    files that hold no readable record get a row with status ``unreadable``."""
+    import pandas as pd
+    rows = []
+    for rel, rec, error in iter_records(folder):
+        if rec is None:
+            rows.append({"file": rel, "status": "unreadable", "error": error})
+        else:
+            rows += record_rows(rec, rel, per_layer=per_layer)
     df = pd.DataFrame(rows)
     if csv:
         df.to_csv(csv, index=False)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..arch import EMBED, FINAL_NORM, LM_HEAD, arch_from_config
+from ..arch import LM_HEAD, arch_from_config
 from ..errors import TracingError
 from . import QuantizedBackend
 
@@ -23,7 +23,8 @@ from . import QuantizedBackend
 BLOCK_ROLES = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o",
                "ffn_gate": "gate", "ffn_up": "up", "ffn_down": "down",
                "attn_norm": "in_norm", "ffn_norm": "post_norm"}
-GLOBAL_NAMES = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM, "output.weight": LM_HEAD}
+#: GGUF's global tensor names -> roles outside the blocks
+GLOBAL_ROLES = {"token_embd.weight": "embed", "output_norm.weight": "final_norm", "output.weight": "lm_head"}
 #: GGUF architectures whose converter applies the rotary row permutation to Q and K
 PERMUTED_ARCHS = {"llama"}
 SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
@@ -95,7 +96,7 @@ class GGUFBackend(QuantizedBackend):
         self.reader = open_reader(self.file)
         self.gguf_arch = str(_field(self.reader, "general.architecture", "?"))
         self._config = None
-        self.arch = arch_from_config(self.config())
+        self.arch = arch_from_config(self.config(), where=str(self.file))
         self._tensors = self._map_tensors()
         self._check_types()
 
@@ -123,9 +124,11 @@ class GGUFBackend(QuantizedBackend):
     # tensors -------------------------------------------------------------------------------
     def _map_tensors(self) -> dict:
         out = {}
+        a = self.arch
+        global_names = {"embed": a.embed, "final_norm": a.final_norm, "lm_head": LM_HEAD}
         for t in self.reader.tensors:
-            if t.name in GLOBAL_NAMES:
-                out[GLOBAL_NAMES[t.name]] = t
+            if t.name in GLOBAL_ROLES:
+                out[global_names[GLOBAL_ROLES[t.name]]] = t
                 continue
             m = _BLOCK_RE.fullmatch(t.name)
             if m and m.group(2) in BLOCK_ROLES:
@@ -133,7 +136,7 @@ class GGUFBackend(QuantizedBackend):
                 i = int(m.group(1))
                 if i < self.arch.L:
                     out[self.arch.block_name(i, role)] = t
-        missing = [n for n in self.arch.names() if n not in out and not (n == LM_HEAD and self.arch.tied)]
+        missing = [n for n in self.arch.names() if n not in out]
         if missing:
             raise TracingError(f"{self.file}: tensors for {', '.join(missing[:3])} are missing "
                                f"({len(missing)} in all); is this a complete Llama-family GGUF file?")
@@ -166,7 +169,7 @@ class GGUFBackend(QuantizedBackend):
 
     def get(self, name, dtype=torch.float32):
         if name == LM_HEAD and name not in self._tensors:
-            name = EMBED
+            name = self.arch.embed
         t = self._tensors.get(name)
         if t is None:
             raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..arch import EMBED, LM_HEAD, arch_from_config
+from ..arch import LM_HEAD, arch_from_config
 from ..errors import TracingError
 from . import QuantizedBackend
 
@@ -80,7 +80,7 @@ class PackedInt4Backend(QuantizedBackend):
                                f"supported; only the GEMM packing is")
         self._config = None
         self._index = self._build_index()
-        self.arch = arch_from_config(self.config())
+        self.arch = arch_from_config(self.config(), where=str(self.folder / 'config.json'))
         self._check_complete()
 
     def config(self):
@@ -135,7 +135,7 @@ class PackedInt4Backend(QuantizedBackend):
 
     def get(self, name, dtype=torch.float32):
         if name == LM_HEAD and self.arch.tied and name not in self._index:
-            name = EMBED
+            name = self.arch.embed
         if name in self._index:
             return self._read(name).to(dtype)
         mod = self._module(name)

@@ -1,31 +1,58 @@
-"""Test statistics, registered by name (DESIGN §5).
+"""Test statistics, registered by name; each declares its facts in a :class:`StatSpec`.
 
-Each statistic is a function ``fn(ctx, base, ft) -> StatResult`` over two weight sources.
+A statistic is one module of this package that registers itself at import::
+
+    @register("cos", description=..., meaning=..., cost=..., check=...)
+    def cos(ctx, base, ft): ...
+
+Modules are found with :mod:`pkgutil` (a new statistic is a new file); a statistic defined
+elsewhere calls :func:`register` before use. This package imports no torch: statistic modules
+import their heavy dependencies inside the functions. See docs/methods.md for the definitions.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from ..errors import TracingError
-from .base import Context, StatResult, StatSpec
+from .spec import COMMON_OPTIONS, DATA_OPTIONS, NEUTRAL_OPTIONS, Cost, StatSpec
 
 REGISTRY: dict[str, StatSpec] = {}
 ALIASES: dict[str, str] = {}
-_MODULES = ("cos", "emb", "l2", "csh", "match", "jsd", "mode")
+_HELPERS = {"spec", "cost", "base"}  # modules of this package that are not statistics
+_loaded = False
 
 
-def register(name: str, *, needs_data: bool, has_pvalue: bool, description: str, aliases=()):
+def register(spec_or_name, **facts):
+    """Register a statistic: ``register(StatSpec(...))``, or as a decorator
+    ``@register(name, **facts)`` over ``fn(ctx, base, ft) -> StatResult``."""
+    if isinstance(spec_or_name, StatSpec):
+        spec = spec_or_name
+        REGISTRY[spec.name] = spec
+        for a in spec.aliases:
+            ALIASES[a] = spec.name
+        return spec
+
     def deco(fn):
-        REGISTRY[name] = StatSpec(name, fn, needs_data, has_pvalue, description)
-        for a in aliases:
-            ALIASES[a] = name
+        register(StatSpec(spec_or_name, fn, **facts))
         return fn
     return deco
 
 
-def _load_all():
-    for m in _MODULES:  # cached by the import system after the first call
-        importlib.import_module(f"{__name__}.{m}")
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for m in pkgutil.iter_modules(__path__):
+        if m.name not in _HELPERS and not m.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{m.name}")
+
+
+def names() -> list[str]:
+    """Every registered statistic, in registration order."""
+    _load_all()
+    return list(REGISTRY)
 
 
 def known_names() -> str:
@@ -46,4 +73,12 @@ def get(name: str) -> StatSpec:
     return REGISTRY[canonical(name)]
 
 
-__all__ = ["Context", "StatResult", "StatSpec", "register", "canonical", "get", "known_names", "REGISTRY"]
+def __getattr__(name):  # the torch-using types load on first use
+    if name in ("Context", "StatResult"):
+        from . import base
+        return getattr(base, name)
+    raise AttributeError(name)
+
+
+__all__ = ["Context", "Cost", "StatResult", "StatSpec", "register", "canonical", "get", "names", "known_names",
+           "REGISTRY"]

@@ -1,4 +1,4 @@
-"""Shared types of the statistics."""
+"""Shared types of the statistics (these use torch; the registry in ``spec.py`` does not)."""
 from __future__ import annotations
 
 import math
@@ -10,31 +10,29 @@ import torch
 from .. import pvalues
 from ..engine import Engine
 from ..options import Options
-
-
-@dataclass
-class StatSpec:
-    name: str
-    fn: Callable
-    needs_data: bool
-    has_pvalue: bool
-    description: str
+from .spec import StatSpec  # noqa: F401  (re-exported for older imports)
 
 
 @dataclass
 class StatResult:
     """A statistic's outcome. ``log10_pvalue`` is authoritative and always finite when present;
-    ``pvalue`` is ``10**log10_pvalue`` for convenience and may underflow to 0.0."""
+    ``pvalue`` is ``10**log10_pvalue`` for convenience and may underflow to 0.0, except when the
+    statistic knows it exactly (a permutation test's (1+k)/(T+1)): then ``exact_pvalue``."""
 
     stat: str
     statistic: float | None
     log10_pvalue: float | None = None
     per_layer: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    exact_pvalue: float | None = None
 
     @property
     def pvalue(self) -> float | None:
-        return None if self.log10_pvalue is None else pvalues.log10_to_float(self.log10_pvalue)
+        if self.log10_pvalue is None:
+            return None
+        if self.exact_pvalue is not None:
+            return float(self.exact_pvalue)
+        return pvalues.log10_to_float(self.log10_pvalue)
 
     def to_dict(self) -> dict:
         return {"stat": self.stat, "statistic": _plain(self.statistic), "pvalue": self.pvalue,
@@ -86,12 +84,34 @@ class Context:
         return None if gb is None else int(gb * (1 << 30))
 
 
-def spearman_layers(perms: dict, ctx: Context, stat: str, reference: dict | None = None) -> StatResult:
-    """Per-layer Spearman p-values of ``perms[i]`` against ``reference[i]`` (identity by default),
-    combined with Fisher's method."""
-    per_layer = []
-    for i, p in sorted(perms.items()):
-        r, lp = pvalues.spearman(p, None if reference is None else reference[i], alternative=ctx.options.alternative)
-        per_layer.append({"layer": int(i), "statistic": float(r), "log10_pvalue": float(lp)})
+def spearman_layers(pairs: dict, ctx: Context, stat: str) -> StatResult:
+    """Per-layer SPEARMAN of matched pairs, combined over layers with Fisher's method.
+
+    ``pairs[i] = (x, y, dropped)``: the two index sequences of layer i's m matched pairs and the
+    number of degenerate rows left out, ``{"base": k1, "ft": k2}``.  A layer with fewer than
+    ``pvalues.MIN_PAIRS`` pairs has a NaN p-value (Fisher skips it) and says why.
+    """
+    from ..errors import TracingError
+    per_layer, total = [], {"base": 0, "ft": 0}
+    for i, (x, y, dropped) in sorted(pairs.items()):
+        r, lp = pvalues.spearman_pairs(x, y, alternative=ctx.options.alternative)
+        row = {"layer": int(i), "statistic": float(r), "log10_pvalue": float(lp), "n_pairs": int(len(x)),
+               "dropped": {k: int(v) for k, v in dropped.items()}}
+        if math.isnan(lp):
+            row["skipped"] = (f"only {len(x)} matched pairs (at least {pvalues.MIN_PAIRS} needed) after "
+                              f"dropping {dropped['base']} + {dropped['ft']} zero or non-finite rows")
+        for k in total:
+            total[k] += int(dropped[k])
+        per_layer.append(row)
     X, lp = pvalues.fisher([row["log10_pvalue"] for row in per_layer])
-    return StatResult(stat, float(X), float(lp), per_layer, {"combine": "fisher"})
+    if math.isnan(lp):
+        raise TracingError(f"{stat}: no layer has {pvalues.MIN_PAIRS} or more matched rows with nonzero finite "
+                           f"values ({total['base']} + {total['ft']} rows dropped); the models cannot be compared")
+    extra = {"combine": "fisher", "dropped_rows": total,
+             "skipped_layers": [row["layer"] for row in per_layer if "skipped" in row]}
+    return StatResult(stat, float(X), float(lp), per_layer, extra)
+
+
+def pairs_of(res) -> tuple:
+    """``(x, y, dropped)`` of a :class:`tracing.align.MatchResult` for :func:`spearman_layers`."""
+    return res.rows, res.cols, {"base": res.dropped1, "ft": res.dropped2}

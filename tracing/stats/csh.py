@@ -1,20 +1,41 @@
-"""φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens)."""
-from ..align import Matcher
-from ..arch import require_same_blocks
+"""φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens).
+
+When either model has mixture-of-experts blocks, each pair of MLPs chosen by
+:mod:`tracing.experts` is compared on its activations over every token."""
 from . import register
-from .base import spearman_layers
+from .spec import Cost, same_blocks
 
 
-@register("csh", needs_data=True, has_pvalue=True,
-          description="cosine similarity of MLP up-projection activations (φ_H)")
+def _check(a, b, options):
+    if a.has_experts or b.has_experts:
+        from ..arch import require_same_depth
+        require_same_depth(a, b, "csh")
+    else:
+        same_blocks("csh")(a, b, options)
+
+
+def _cost(s):
+    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + s.L * (s.mm(s.h, s.h, s.tokens) + s.solve_s(s.h) / s.par)
+    return Cost(s.forward_mem("csh") + s.solves * s.per_solve, t, True)
+
+
+@register("csh", needs_data=True, default_dataset="random", check=_check, cost=_cost,
+          description="cosine similarity of MLP up-projection activations (φ_H)",
+          meaning="φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null "
+                  "that the two models were initialised independently.")
 def csh(ctx, base, ft):
-    require_same_blocks(base.arch, ft.arch, "csh")
+    from ..align import Matcher
+    from .base import pairs_of, spearman_layers
+    _check(base.arch, ft.arch, ctx.options)
+    if base.arch.has_experts or ft.arch.has_experts:
+        from ..experts import activation_stat
+        return activation_stat(ctx, base, ft, "csh", gated=False)
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     try:
         ctx.engine().run([base, ft], ids, on_block=lambda i, caps: m.submit(i, caps[0].up.T, caps[1].up.T),
                          desc="csh: forward")
-        perms = m.results()
+        matched = m.results()
     finally:
         m.close()
-    return spearman_layers(perms, ctx, "csh")
+    return spearman_layers({i: pairs_of(r) for i, r in matched.items()}, ctx, "csh")

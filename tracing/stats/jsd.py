@@ -2,22 +2,28 @@
 (per token ½Σ_v[p log(p/m) + q log(q/m)], averaged over tokens); reported raw, no p-value."""
 import math
 
-import torch
-
 from . import register
-from .base import StatResult
+from .spec import Cost
 
 
-def jsd_per_token(logits_p: torch.Tensor, logits_q: torch.Tensor, n: int) -> torch.Tensor:
+def jsd_per_token(logits_p, logits_q, n: int):
+    import torch
     lp = torch.log_softmax(logits_p[..., :n].double(), dim=-1)
     lq = torch.log_softmax(logits_q[..., :n].double(), dim=-1)
     lm = torch.logaddexp(lp, lq) - math.log(2.0)
     return 0.5 * ((lp.exp() * (lp - lm)).sum(-1) + (lq.exp() * (lq - lm)).sum(-1))
 
 
-@register("jsd", needs_data=True, has_pvalue=False,
-          description="Jensen-Shannon divergence of the output distributions (no p-value)")
+def _cost(s):
+    return Cost(s.forward_mem("jsd") + s.logits_mem, s.read_s + s.fwd_s("a") + s.fwd_s("b"))
+
+
+@register("jsd", needs_data=True, pvalue="never", cost=_cost, value_name="mean Jensen–Shannon divergence (nats)",
+          description="Jensen-Shannon divergence of the output distributions (no p-value)",
+          meaning="Jensen–Shannon divergence (`jsd`) of the next-token distributions: smaller means more similar "
+                  "outputs; there is no p-value and no verdict.")
 def jsd(ctx, base, ft):
+    from .base import StatResult
     n = min(base.arch.V, ft.arch.V)
     ids = ctx.data()
     total, count = 0.0, 0

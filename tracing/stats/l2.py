@@ -3,13 +3,8 @@
 The null draws T random function-preserving permutations of θ₂ (one residual permutation and
 one per block) and recomputes the distance; each tensor pair is read once for all T draws.
 """
-import torch
-
-from .. import pvalues
-from ..arch import require_same_blocks
-from ..transforms import Permuted, generator
 from . import register
-from .base import StatResult
+from .spec import Cost, same_layout
 
 DEFAULT_T = 99
 
@@ -18,11 +13,17 @@ class PermDraws:
     """T independent random (π_e, π_i) draws, reproducible from a seed, generated on demand."""
 
     def __init__(self, arch, T: int, seed: int):
+        import torch
+
+        from ..transforms import generator
         self.arch, self.T, self.seed = arch, T, seed
         self.pi_e = [torch.randperm(arch.d, generator=generator(seed * 7919 + t)) for t in range(T)]
         self._block, self._pi_i = None, {}
 
-    def view(self, source, t: int, block: int | None) -> Permuted:
+    def view(self, source, t: int, block: int | None):
+        import torch
+
+        from ..transforms import Permuted, generator
         if block is not None and block != self._block:
             self._block = block
             self._pi_i = {s: torch.randperm(self.arch.h, generator=generator(self.seed * 7919 + 104729 * (block + 1) + s))
@@ -30,15 +31,30 @@ class PermDraws:
         return Permuted(source, self.pi_e[t], {block: self._pi_i[t]} if block is not None else None)
 
 
-@register("l2", needs_data=False, has_pvalue=True,
-          description="mean Frobenius distance of the weights (φ_ℓ2) with a permutation test")
+def _cost(s):
+    T = DEFAULT_T if s.options.num_perm is None else s.options.num_perm
+    from .cost import ELEMS_PER_S_2CORES
+    return Cost(3 * s.largest * 4, s.read_s + (1 + T) * (s.a_params + s.b_params) / (ELEMS_PER_S_2CORES * s.speed))
+
+
+@register("l2", pvalue="num_perm", default_num_perm=DEFAULT_T, aligned_pvalue=False, reads=("num_perm",),
+          check=same_layout("l2"), cost=_cost, value_name="mean Frobenius distance",
+          description="mean Frobenius distance of the weights (φ_ℓ2) with a permutation test",
+          meaning="φ_ℓ2 (`l2`): mean Frobenius distance of the weights, with a permutation test (PERMTEST); the "
+                  "p-value is exact under the independent-initialisation null, and can be no smaller than 1/(T+1) "
+                  "for T permutations. After `--align` only the distance is reported (no p-value).")
 def l2(ctx, base, ft):
-    require_same_blocks(base.arch, ft.arch, "l2")
+    import torch
+    from tqdm.auto import tqdm
+
+    from .. import pvalues
+    from ..arch import require_same_layout
+    from .base import StatResult
+    require_same_layout(base.arch, ft.arch, "l2")
     T = DEFAULT_T if ctx.options.num_perm is None else ctx.options.num_perm
     draws = PermDraws(ft.arch, T, ctx.options.seed + 1) if T else None
     names = base.arch.names()
     observed, null = 0.0, torch.zeros(T, dtype=torch.float64)
-    from tqdm.auto import tqdm
     for name in tqdm(names, desc="l2", disable=not ctx.progress, leave=False):
         role, block = base.arch.role_of(name)
         a, b = base.get(name), ft.get(name)
@@ -55,6 +71,6 @@ def l2(ctx, base, ft):
     if not T:
         return StatResult("l2", obs, None, [], extra)
     null_mean = (null / k).tolist()
-    _, lp = pvalues.permtest(obs, null_mean)
+    p, lp = pvalues.permtest(obs, null_mean)
     extra["null"] = null_mean
-    return StatResult("l2", obs, lp, [], extra)
+    return StatResult("l2", obs, lp, [], extra, exact_pvalue=p)

@@ -2,26 +2,74 @@
 
 Survives MLP and residual permutation, rotation, and per-unit scaling of θ₂ including sign flips.
 Empirically calibrated (not exact) under independence.
+
+Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
+gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value;
+it is then left out of *both* matchings, so the two matchings see the same kept units.  Let n₁ and
+n₂ be the kept units of θ₁ and θ₂.  If n₁ ≤ n₂, every kept unit i of θ₁ has a partner g(i) in the
+gate matching and u(i) in the up matching, and the pairs are (g(i), u(i)), indices of θ₂'s units.
+If n₁ > n₂, every kept unit j of θ₂ has partners g⁻¹(j) and u⁻¹(j) among θ₁'s units, and the
+pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two sequences of a pair; with
+equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
+
+When either model has mixture-of-experts blocks, each pair of MLPs chosen by
+:mod:`tracing.experts` is compared in the same way on its activations over every token.
 """
-from ..align import Matcher
+import numpy as np
+
 from ..errors import TracingError
 from . import register
-from .base import spearman_layers
+from .spec import Cost
 
 
-@register("match", needs_data=True, has_pvalue=True,
-          description="robust matching of gate and up activations (φ_MATCH)")
-def match(ctx, base, ft):
-    if base.arch.L != ft.arch.L or base.arch.h != ft.arch.h:
+def gate_up_pairs(g, u) -> tuple:
+    """The (x, y, dropped) pairs of one block's gate and up matchings (see the module docstring)."""
+    n1, n2 = g.kept
+    if n1 <= n2:  # keys: θ₁'s kept units, both matchings list them in ascending order
+        x, y = g.cols, u.cols
+    else:  # keys: θ₂'s kept units
+        og, ou = np.argsort(g.cols, kind="stable"), np.argsort(u.cols, kind="stable")
+        x, y = g.rows[og], u.rows[ou]
+    return x, y, {"base": g.dropped1, "ft": g.dropped2}
+
+
+def _check(a, b, _options):
+    from ..arch import require_gated, require_same_depth
+    require_gated(a, b, "match")
+    if a.has_experts or b.has_experts:
+        require_same_depth(a, b, "match")
+    elif a.L != b.L or a.h != b.h:
         raise TracingError(f"match needs the same number of blocks and MLP width here "
-                           f"(L {base.arch.L} vs {ft.arch.L}, h {base.arch.h} vs {ft.arch.h})")
+                           f"(L {a.L} vs {b.L}, h {a.h} vs {b.h}); compare models of one shape")
+
+
+def _cost(s):
+    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + s.L * 2 * (s.mm(s.h, s.h, s.tokens) + s.solve_s(s.h) / s.par)
+    return Cost(s.forward_mem("match") + s.solves * s.per_solve, t, True)
+
+
+@register("match", needs_data=True, exact=False, check=_check, cost=_cost,
+          description="robust matching of gate and up activations (φ_MATCH)",
+          meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
+                  "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
+                  "uniform p-values in experiments), not guaranteed by a theorem.")
+def match(ctx, base, ft):
+    from ..align import Matcher, degenerate_rows
+    from .base import spearman_layers
+    _check(base.arch, ft.arch, ctx.options)
+    if base.arch.has_experts or ft.arch.has_experts:
+        from ..experts import activation_stat
+        return activation_stat(ctx, base, ft, "match", gated=True)
     ids = ctx.data()
     gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
 
     def on_block(i, caps):
-        gate.submit(i, caps[0].gate.T, caps[1].gate.T)
-        up.submit(i, caps[0].up.T, caps[1].up.T, absolute=True)
+        G1, G2, U1, U2 = caps[0].gate.T, caps[1].gate.T, caps[0].up.T, caps[1].up.T
+        ok1 = ~(degenerate_rows(G1) | degenerate_rows(U1))
+        ok2 = ~(degenerate_rows(G2) | degenerate_rows(U2))
+        gate.submit(i, G1, G2, keep1=ok1, keep2=ok2)
+        up.submit(i, U1, U2, absolute=True, keep1=ok1, keep2=ok2)
 
     try:
         ctx.engine().run([base, ft], ids, on_block=on_block, desc="match: forward")
@@ -29,4 +77,4 @@ def match(ctx, base, ft):
     finally:
         gate.close()
         up.close()
-    return spearman_layers(pg, ctx, "match", reference=pu)
+    return spearman_layers({i: gate_up_pairs(pg[i], pu[i]) for i in pg}, ctx, "match")

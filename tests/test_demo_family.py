@@ -1,4 +1,4 @@
-"""The offline demo model family (tracing/zoo.py).
+"""The offline demo model family (tracing/demo).
 
 The full family is the one every other test and the README use: built once (~2 min on two idle
 cores) into the default cache, or $TRACING_DEMO_DIR when set. Machinery tests (locking, caching,
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tracing import zoo
+from tracing import demo
+from tracing.demo.build import _ensure_built
+from tracing.demo.recipes import _MARKER
 from tracing.errors import TracingError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,19 +28,19 @@ REPO = Path(__file__).resolve().parent.parent
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop(zoo.ENV_DIR, None)
+    env.pop(demo.ENV_DIR, None)
     return env
 
 
 @pytest.fixture(scope="session")
 def zoo_root():
     # the family every other test and the README use (default cache, or $TRACING_DEMO_DIR): built once
-    return zoo.ensure_built(zoo.default_root(), progress=False)
+    return demo.ensure_built(demo.default_root(), progress=False)
 
 
 @pytest.fixture(scope="session")
 def info(zoo_root):
-    return zoo.lineage(zoo_root)
+    return demo.lineage(zoo_root)
 
 
 def _packed_eval(zoo_root, tokenizer):
@@ -47,8 +49,8 @@ def _packed_eval(zoo_root, tokenizer):
     for line in (zoo_root / "corpus" / "eval.txt").read_text(encoding="utf-8").splitlines():
         ids.extend(tokenizer(line, verbose=False)["input_ids"])  # <s> is prepended by the tokenizer
         ids.append(tokenizer.eos_token_id)
-    n = len(ids) // zoo.BLOCK_SIZE
-    return torch.tensor(ids[: n * zoo.BLOCK_SIZE]).view(n, zoo.BLOCK_SIZE)
+    n = len(ids) // demo.BLOCK_SIZE
+    return torch.tensor(ids[: n * demo.BLOCK_SIZE]).view(n, demo.BLOCK_SIZE)
 
 
 def _loss(model, blocks, batch=32):
@@ -75,7 +77,7 @@ def _load(path):
 def test_every_model_loads_with_auto_classes(zoo_root):
     from transformers import AutoTokenizer
 
-    for name in zoo.MODEL_NAMES:
+    for name in demo.MODEL_NAMES:
         folder = zoo_root / name
         assert (folder / "model.safetensors").exists() and not list(folder.glob("*.bin"))
         model = _load(folder)
@@ -84,7 +86,7 @@ def test_every_model_loads_with_auto_classes(zoo_root):
         assert cfg.model_type == "llama"
         assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (64, 128, 4, 4)
         assert cfg.max_position_embeddings == 256 and cfg.tie_word_embeddings is False
-        assert cfg.vocab_size == len(tok) == zoo.VOCAB_SIZE
+        assert cfg.vocab_size == len(tok) == demo.VOCAB_SIZE
         assert all(p.dtype == torch.float32 for p in model.parameters())
         assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
         assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 3)
@@ -98,45 +100,45 @@ def test_every_model_loads_with_auto_classes(zoo_root):
 
 def test_all_models_share_one_tokenizer(zoo_root):
     ref = (zoo_root / "tokenizer" / "tokenizer.json").read_bytes()
-    for name in zoo.MODEL_NAMES:
+    for name in demo.MODEL_NAMES:
         assert (zoo_root / name / "tokenizer.json").read_bytes() == ref
 
 
 def test_lineage_file_and_helpers(zoo_root, info):
-    assert info["version"] == zoo.VERSION
-    assert tuple(info["models"]) == zoo.MODEL_NAMES
+    assert info["version"] == demo.VERSION
+    assert tuple(info["models"]) == demo.MODEL_NAMES
     expected_parent = {"base-a": None, "base-b": None, "base-c": None, "a-docs": "base-a",
                        "a-docs-v2": "a-docs", "a-sys": "base-a", "b-docs": "base-b"}
     expected_seed = {"base-a": 1, "base-b": 2, "base-c": 3}
     for name, rec in info["models"].items():
         assert rec["parent"] == expected_parent[name]
-        assert rec["root"] == zoo.root_of(name)
+        assert rec["root"] == demo.root_of(name)
         assert rec["init_seed"] == expected_seed[rec["root"]]
         assert rec["data"] in ("pretrain", "docs", "sys")
-        assert isinstance(rec["steps"], int) and rec["steps"] == zoo.RECIPES[name].steps
+        assert isinstance(rec["steps"], int) and rec["steps"] == demo.RECIPES[name].steps
         assert math.isfinite(rec["final_eval_loss"])
     assert {info["models"][n]["data"] for n in ("a-docs", "a-docs-v2")} == {"docs", "sys"}
-    assert zoo.root_of("a-docs-v2") == "base-a" and zoo.root_of("demo:b-docs") == "base-b"
-    assert zoo.are_dependent("a-docs-v2", "base-a")
-    assert zoo.are_dependent("a-docs", "a-sys")
-    assert zoo.are_dependent("demo:b-docs", "base-b")
-    assert not zoo.are_dependent("a-docs", "b-docs")
-    assert not zoo.are_dependent("base-a", "base-b")
-    assert not zoo.are_dependent("base-c", "a-docs-v2")
+    assert demo.root_of("a-docs-v2") == "base-a" and demo.root_of("demo:b-docs") == "base-b"
+    assert demo.are_dependent("a-docs-v2", "base-a")
+    assert demo.are_dependent("a-docs", "a-sys")
+    assert demo.are_dependent("demo:b-docs", "base-b")
+    assert not demo.are_dependent("a-docs", "b-docs")
+    assert not demo.are_dependent("base-a", "base-b")
+    assert not demo.are_dependent("base-c", "a-docs-v2")
     with pytest.raises(TracingError):
-        zoo.root_of("base-z")
+        demo.root_of("base-z")
 
 
 def test_bases_learned_and_recorded_losses_reproduce(zoo_root, info):
     from transformers import AutoTokenizer
 
     ln_v = math.log(info["vocab_size"])
-    for name in zoo.MODEL_NAMES:
+    for name in demo.MODEL_NAMES:
         rec = info["models"][name]
         assert rec["final_eval_loss"] < 0.7 * ln_v, (name, rec["final_eval_loss"], ln_v)
     tok = AutoTokenizer.from_pretrained(zoo_root / "base-a")
     blocks = _packed_eval(zoo_root, tok)
-    assert torch.equal(blocks, zoo.eval_blocks(zoo_root))
+    assert torch.equal(blocks, demo.eval_blocks(zoo_root))
     for name in ("base-a", "a-docs-v2"):  # a base and a fine-tune of a fine-tune
         loss = _loss(_load(zoo_root / name), blocks)
         assert loss == pytest.approx(info["models"][name]["final_eval_loss"], abs=1e-4), name
@@ -157,7 +159,7 @@ def test_fine_tunes_move_the_weights_but_stay_related(zoo_root, info):
 
 
 def test_halfway_interpolation_separates_dependent_from_independent(zoo_root):
-    blocks = zoo.eval_blocks(zoo_root)[:64]
+    blocks = demo.eval_blocks(zoo_root)[:64]
     models = {n: _load(zoo_root / n) for n in ("base-a", "a-docs", "base-b")}
 
     def midpoint_loss(a, b):
@@ -177,9 +179,9 @@ def test_halfway_interpolation_separates_dependent_from_independent(zoo_root):
 
 def test_corpus_slices(zoo_root, info):
     corpus = zoo_root / "corpus"
-    lines = {n: (corpus / f).read_text(encoding="utf-8").splitlines() for n, f in zoo.SLICE_FILES.items()}
+    lines = {n: (corpus / f).read_text(encoding="utf-8").splitlines() for n, f in demo.SLICE_FILES.items()}
     assert set(lines) == {"pretrain", "docs", "sys", "eval"}
-    assert zoo.demo_eval_text_path(zoo_root) == corpus / "eval.txt"
+    assert demo.demo_eval_text_path(zoo_root) == corpus / "eval.txt"
     assert (corpus / "train.txt").exists()
     for name, docs in lines.items():
         assert docs and all(d and d == " ".join(d.split()) for d in docs), name
@@ -196,36 +198,36 @@ def test_corpus_slices(zoo_root, info):
 def test_second_call_returns_immediately(zoo_root):
     before = {p: p.stat().st_mtime_ns for p in zoo_root.rglob("*")}
     t0 = time.perf_counter()
-    root, built = zoo._ensure_built(zoo_root, progress=True)
+    root, built = _ensure_built(zoo_root, progress=True)
     assert time.perf_counter() - t0 < 1.0
     assert (root, built) == (zoo_root, False)
-    assert zoo.ensure_built(zoo_root) == zoo_root
+    assert demo.ensure_built(zoo_root) == zoo_root
     assert {p: p.stat().st_mtime_ns for p in zoo_root.rglob("*")} == before
 
 
 def test_specs(zoo_root):
-    assert zoo.is_demo_spec("demo:base-a")
-    assert not zoo.is_demo_spec("meta-llama/Llama-2-7b-hf")
-    assert not zoo.is_demo_spec("/tmp/demo:x") and not zoo.is_demo_spec("base-a")
-    assert zoo.resolve_demo("demo:a-docs-v2", root=zoo_root) == zoo_root / "a-docs-v2"
+    assert demo.is_demo_spec("demo:base-a")
+    assert not demo.is_demo_spec("meta-llama/Llama-2-7b-hf")
+    assert not demo.is_demo_spec("/tmp/demo:x") and not demo.is_demo_spec("base-a")
+    assert demo.resolve_demo("demo:a-docs-v2", root=zoo_root) == zoo_root / "a-docs-v2"
     with pytest.raises(TracingError) as err:
-        zoo.resolve_demo("demo:base-z", root=zoo_root)
+        demo.resolve_demo("demo:base-z", root=zoo_root)
     msg = str(err.value)
     assert "base-z" in msg and "\n" not in msg
-    assert all(name in msg for name in zoo.MODEL_NAMES)
+    assert all(name in msg for name in demo.MODEL_NAMES)
 
 
 def test_default_root(monkeypatch, tmp_path):
-    monkeypatch.setenv(zoo.ENV_DIR, str(tmp_path / "shared"))
-    assert zoo.default_root() == tmp_path / "shared"
-    monkeypatch.delenv(zoo.ENV_DIR)
+    monkeypatch.setenv(demo.ENV_DIR, str(tmp_path / "shared"))
+    assert demo.default_root() == tmp_path / "shared"
+    monkeypatch.delenv(demo.ENV_DIR)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert zoo.default_root() == Path.home() / ".cache" / "model-tracing" / f"demo-{zoo.VERSION}"
+    assert demo.default_root() == Path.home() / ".cache" / "model-tracing" / f"demo-{demo.VERSION}"
 
 
 def test_cli(zoo_root):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "tracing.zoo", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "tracing.demo", *args], capture_output=True, text=True,
                               env=_env(), cwd=REPO, timeout=300)
 
     r = run("path", "a-sys", "--root", str(zoo_root))
@@ -234,7 +236,7 @@ def test_cli(zoo_root):
     assert r.returncode == 0 and r.stdout.strip() == str(zoo_root / "base-c")
     r = run("list", "--root", str(zoo_root))
     assert r.returncode == 0
-    for name in zoo.MODEL_NAMES:
+    for name in demo.MODEL_NAMES:
         assert str(zoo_root / name) in r.stdout
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
     assert rows["a-docs-v2"][:3] == ["a-docs-v2", "a-docs", "base-a"]
@@ -252,7 +254,7 @@ def test_cli(zoo_root):
 
 _BUILDER = (
     "import json, sys\n"
-    "from tracing.zoo import _ensure_built\n"
+    "from tracing.demo.build import _ensure_built\n"
     "root, built = _ensure_built(sys.argv[1], progress=False, tiny=True)\n"
     "print(json.dumps({'root': str(root), 'built': built}))\n"
 )
@@ -278,11 +280,11 @@ def test_concurrent_builders_make_one_build(tiny_concurrent):
     reports = [json.loads(out.strip().splitlines()[-1]) for out, _, _ in results]
     assert all(r["root"] == str(root) for r in reports)
     assert sorted(r["built"] for r in reports) == [False, True]
-    assert zoo.is_built(root, tiny=True)
-    assert not zoo.is_built(root)  # a tiny build never passes for the real family
+    assert demo.is_built(root, tiny=True)
+    assert not demo.is_built(root)  # a tiny build never passes for the real family
     info = json.loads((root / "lineage.json").read_text())
-    assert tuple(info["models"]) == zoo.MODEL_NAMES and info["recipe"] == "tiny"
-    for name in zoo.MODEL_NAMES:
+    assert tuple(info["models"]) == demo.MODEL_NAMES and info["recipe"] == "tiny"
+    for name in demo.MODEL_NAMES:
         assert (root / name / "model.safetensors").exists()
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
     assert not (root / ".work").exists()
@@ -292,13 +294,13 @@ def test_partial_build_is_replaced_and_rebuild_is_deterministic(tiny_concurrent,
     ref_root, _ = tiny_concurrent
     root = tmp_path / "zoo"
     root.mkdir()
-    (root / zoo._MARKER).write_text("crashed build\n")
+    (root / _MARKER).write_text("crashed build\n")
     (root / "junk").write_text("x")
     (root / "base-a").mkdir()
-    got, built = zoo._ensure_built(root, progress=False, tiny=True)
+    got, built = _ensure_built(root, progress=False, tiny=True)
     assert (got, built) == (root, True)
-    assert not (root / "junk").exists() and zoo.is_built(root, tiny=True)
-    for name in zoo.MODEL_NAMES:  # same tensors, byte for byte, as the other tiny build
+    assert not (root / "junk").exists() and demo.is_built(root, tiny=True)
+    for name in demo.MODEL_NAMES:  # same tensors, byte for byte, as the other tiny build
         assert _sha(root / name / "model.safetensors") == _sha(ref_root / name / "model.safetensors"), name
     ref = json.loads((ref_root / "lineage.json").read_text())["models"]
     new = json.loads((root / "lineage.json").read_text())["models"]
@@ -310,7 +312,7 @@ def test_foreign_directory_is_never_replaced(tmp_path):
     root.mkdir()
     (root / "precious.txt").write_text("keep me")
     with pytest.raises(TracingError) as err:
-        zoo.ensure_built(root, progress=False, tiny=True)
+        demo.ensure_built(root, progress=False, tiny=True)
     assert "not a demo model directory" in str(err.value)
     assert (root / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in root.iterdir()) == ["precious.txt"]

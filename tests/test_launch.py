@@ -1,8 +1,9 @@
-"""launch.py / tracing.cluster on this machine: model lists, sizing, dry run, local runs, resume."""
+"""launch.py / tracing.launch on this machine: model lists, sizing, dry run, local runs, resume."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import save_trio, tiny_config, tiny_model
-from tracing import cluster
+from tracing import launch
 from tracing.arch import arch_from_config
 from tracing.errors import TracingError
 from tracing.options import Options
@@ -58,7 +59,7 @@ def arch(d, h, L, V, heads=32, kv=None):
 
 
 def info(d, h, L, V, **kw):
-    return cluster.ModelInfo("x", arch(d, h, L, V, **kw), 2, "test")
+    return launch.ModelInfo("x", arch(d, h, L, V, **kw), 2, "test")
 
 
 LLAMA_7B = info(4096, 11008, 32, 32000)
@@ -73,27 +74,27 @@ SIZES = [TINYLLAMA, LLAMA_7B, LLAMA_13B, LLAMA2_70B]  # one vocabulary, growing 
 # model lists
 # ------------------------------------------------------------------------------------------
 def test_plain_list_gives_every_unordered_pair():
-    ml = cluster.parse_model_list(["a/x", "b/y", "c/z"])
+    ml = launch.parse_model_list(["a/x", "b/y", "c/z"])
     assert [(p.base, p.ft) for p in ml.pairs] == [("a/x", "b/y"), ("a/x", "c/z"), ("b/y", "c/z")]
     assert ml.form == "all pairs" and ml.stat is None
 
 
 def test_models_key_with_stat_and_options():
-    ml = cluster.parse_model_list({"models": ["demo:base-a", "demo:base-b"], "stat": "cos,match",
+    ml = launch.parse_model_list({"models": ["demo:base-a", "demo:base-b"], "stat": "cos,match",
                                    "options": {"align": True}, "resources": {"mem_gb": 12, "partition": "gpu"}})
     assert len(ml.pairs) == 1 and ml.stat == ["cos", "match"]
     assert ml.options == {"align": True} and ml.resources == {"mem_gb": 12, "partition": "gpu"}
 
 
 def test_base_ft_cross_product_skips_self_pairs():
-    ml = cluster.parse_model_list({"base_models": ["a/1", "a/2"], "ft_models": ["b/1", "a/1", "b/2"]})
+    ml = launch.parse_model_list({"base_models": ["a/1", "a/2"], "ft_models": ["b/1", "a/1", "b/2"]})
     got = [(p.base, p.ft) for p in ml.pairs]
     assert got == [("a/1", "b/1"), ("a/1", "b/2"), ("a/2", "b/1"), ("a/2", "a/1"), ("a/2", "b/2")]
     assert any("itself" in n for n in ml.notes)
 
 
 def test_listed_pairs_keep_order_and_names():
-    ml = cluster.parse_model_list({"models_1": ["a/1", "a/2"], "models_2": ["b/1", "b/2"],
+    ml = launch.parse_model_list({"models_1": ["a/1", "a/2"], "models_2": ["b/1", "b/2"],
                                    "names_1": ["A1", "A2"], "names_2": ["B1", "B2"]})
     assert [(p.base, p.ft, p.base_name, p.ft_name) for p in ml.pairs] == [
         ("a/1", "b/1", "A1", "B1"), ("a/2", "b/2", "A2", "B2")]
@@ -115,17 +116,17 @@ def test_listed_pairs_keep_order_and_names():
 ])
 def test_bad_model_lists_are_one_line_errors(data, message):
     with pytest.raises(TracingError, match=message) as e:
-        cluster.parse_model_list(data, source="x.yaml")
+        launch.parse_model_list(data, source="x.yaml")
     assert "\n" not in str(e.value)
 
 
 def test_read_model_list_file_errors(tmp_path):
     with pytest.raises(TracingError, match="does not exist"):
-        cluster.read_model_list(tmp_path / "nope.yaml")
+        launch.read_model_list(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [a/1, b/2\n  - c\n")
     with pytest.raises(TracingError, match=r"not valid YAML at line \d+"):
-        cluster.read_model_list(bad)
+        launch.read_model_list(bad)
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path):
@@ -142,26 +143,26 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
 
 
 def test_options_precedence(tmp_path):
-    ml = cluster.parse_model_list({"models": ["a/1", "b/1"], "stat": "cos,match", "options": {"num_samples": 5}})
-    o = cluster.build_options(ml, {})
+    ml = launch.parse_model_list({"models": ["a/1", "b/1"], "stat": "cos,match", "options": {"num_samples": 5}})
+    o = launch.build_options(ml, {})
     assert o.stat == ["cos", "match"] and o.num_samples == 5
-    o = cluster.build_options(ml, {"stat": "l2", "num_samples": 7})
+    o = launch.build_options(ml, {"stat": "l2", "num_samples": 7})
     assert o.stat == ["l2"] and o.num_samples == 7
-    o = cluster.build_options(cluster.parse_model_list(["a/1", "b/1"]), {})
+    o = launch.build_options(launch.parse_model_list(["a/1", "b/1"]), {})
     assert o.stat == ["cos"]
 
 
 def test_result_paths_are_deterministic_per_pair_stat_and_options(tmp_path):
-    p = cluster.Pair("meta-llama/Llama-2-7b-hf", "lmsys/vicuna-7b-v1.5@main")
+    p = launch.Pair("meta-llama/Llama-2-7b-hf", "lmsys/vicuna-7b-v1.5@main")
     o = Options(stat=["cos", "match"])
-    a = cluster.result_path(tmp_path, p, "cos", o)
-    assert a == cluster.result_path(tmp_path, p, "cos", Options(stat=["cos"]))  # other stats do not matter
+    a = launch.result_path(tmp_path, p, "cos", o)
+    assert a == launch.result_path(tmp_path, p, "cos", Options(stat=["cos"]))  # other stats do not matter
     assert a.parent.name == "meta-llama--Llama-2-7b-hf__lmsys--vicuna-7b-v1.5@main"
     assert a.name == f"cos-{Options(stat=['cos']).key()}.p"
-    assert cluster.result_path(tmp_path, p, "cos", Options(stat=["cos"], align=True)) != a
+    assert launch.result_path(tmp_path, p, "cos", Options(stat=["cos"], align=True)) != a
     # two local folders with the same name do not collide
-    assert cluster.model_slug("/x/model") != cluster.model_slug("/y/model")
-    assert cluster.model_slug("/x/model") == cluster.model_slug("/x/model/")
+    assert launch.model_slug("/x/model") != launch.model_slug("/y/model")
+    assert launch.model_slug("/x/model") == launch.model_slug("/x/model/")
 
 
 # ------------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_result_paths_are_deterministic_per_pair_stat_and_options(tmp_path):
 @pytest.mark.parametrize("stat", ["cos", "emb", "l2", "csh", "match", "jsd", "mode"])
 def test_sizing_is_monotone_in_model_size(stat):
     o = Options(stat=[stat])
-    res = [cluster.size_pair(m, m, [stat], o, slurm=True) for m in SIZES]
+    res = [launch.size_pair(m, m, [stat], o, slurm=True) for m in SIZES]
     mems = [r.mem_gb for r in res]
     times = [r.timeout_min for r in res]
     assert mems == sorted(mems) and times == sorted(times), (mems, times)
@@ -179,57 +180,57 @@ def test_sizing_is_monotone_in_model_size(stat):
 
 def test_sizing_is_sane_at_7b_and_70b():
     cos = Options(stat=["cos"])
-    r7 = cluster.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], cos, slurm=True)
+    r7 = launch.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], cos, slurm=True)
     assert 4 <= r7.mem_gb <= 16 and r7.gpus == 0 and 30 <= r7.timeout_min <= 240
     for big in (LLAMA2_70B, LLAMA3_70B):
-        r70 = cluster.size_pair(big, big, ["cos"], cos, slurm=True)
+        r70 = launch.size_pair(big, big, ["cos"], cos, slurm=True)
         assert 8 <= r70.mem_gb < 32, r70  # streamed: never the 280 GB of two bf16 70B models
         assert r70.gpus == 0 and r70.solves == 1
-        assert r7.timeout_min < r70.timeout_min <= cluster.TIME_CAP_MIN
+        assert r7.timeout_min < r70.timeout_min <= launch.TIME_CAP_MIN
         assert r70.solve_budget_gb is not None and r70.solve_budget_gb < 16
     # forward-pass statistics ask for a GPU on a Slurm cluster that has GPUs, not locally
     m = Options(stat=["match"])
-    assert cluster.size_pair(LLAMA3_70B, LLAMA3_70B, ["match"], m, slurm=True, cluster_has_gpus=True).gpus == 1
-    assert cluster.size_pair(LLAMA3_70B, LLAMA3_70B, ["match"], m, slurm=True, cluster_has_gpus=False).gpus == 0
-    assert cluster.size_pair(LLAMA_7B, LLAMA_7B, ["match"], m, slurm=False).gpus == 0
-    assert cluster.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], cos, slurm=True, data_gpus=2).gpus == 0
-    assert cluster.size_pair(LLAMA_7B, LLAMA_7B, ["match"], m, slurm=True, data_gpus=2).gpus == 2
-    m70 = cluster.size_pair(LLAMA3_70B, LLAMA3_70B, ["match"], m, slurm=True)
+    assert launch.size_pair(LLAMA3_70B, LLAMA3_70B, ["match"], m, slurm=True, cluster_has_gpus=True).gpus == 1
+    assert launch.size_pair(LLAMA3_70B, LLAMA3_70B, ["match"], m, slurm=True, cluster_has_gpus=False).gpus == 0
+    assert launch.size_pair(LLAMA_7B, LLAMA_7B, ["match"], m, slurm=False).gpus == 0
+    assert launch.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], cos, slurm=True, data_gpus=2).gpus == 0
+    assert launch.size_pair(LLAMA_7B, LLAMA_7B, ["match"], m, slurm=True, data_gpus=2).gpus == 2
+    m70 = launch.size_pair(LLAMA3_70B, LLAMA3_70B, ["match"], m, slurm=True)
     assert m70.mem_gb < 128
     # eval and mode curves need more than the plain statistic
-    assert cluster.size_pair(LLAMA_7B, LLAMA_7B, ["mode"], Options(stat=["mode"], alphas=[0, .25, .5, .75, 1]),
-                             slurm=True).mem_gb >= cluster.size_pair(LLAMA_7B, LLAMA_7B, ["mode"],
+    assert launch.size_pair(LLAMA_7B, LLAMA_7B, ["mode"], Options(stat=["mode"], alphas=[0, .25, .5, .75, 1]),
+                             slurm=True).mem_gb >= launch.size_pair(LLAMA_7B, LLAMA_7B, ["mode"],
                                                                      Options(stat=["mode"]), slurm=True).mem_gb
 
 
 def test_sizing_overrides_and_unknown_configs():
     o = Options(stat=["cos"])
-    r = cluster.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], o, slurm=True,
+    r = launch.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], o, slurm=True,
                           overrides={"mem_gb": 99, "timeout_min": 7, "gpus": 1, "cpus": 3, "partition": "big"})
     assert (r.mem_gb, r.timeout_min, r.gpus, r.cpus, r.partition) == (99, 7, 1, 3, "big")
-    assumed = cluster.size_pair(None, None, ["cos"], o, slurm=True)
-    assert assumed == cluster.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], o, slurm=True)
+    assumed = launch.size_pair(None, None, ["cos"], o, slurm=True)
+    assert assumed == launch.size_pair(LLAMA_7B, LLAMA_7B, ["cos"], o, slurm=True)
 
 
 # ------------------------------------------------------------------------------------------
 # where to run
 # ------------------------------------------------------------------------------------------
 def test_auto_picks_local_without_slurm_commands(tmp_path):
-    choice = cluster.choose_cluster("auto", env={"PATH": str(tmp_path)})
+    choice = launch.choose_cluster("auto", env={"PATH": str(tmp_path)})
     assert choice.kind == "local" and "no Slurm commands" in choice.reason
     with pytest.raises(TracingError, match="--cluster local"):
-        cluster.choose_cluster("slurm", env={"PATH": str(tmp_path)})
+        launch.choose_cluster("slurm", env={"PATH": str(tmp_path)})
 
 
 def test_auto_picks_local_when_no_controller_answers(tmp_path):
     env = {**os.environ, **no_slurm_env(tmp_path)}
-    choice = cluster.choose_cluster("auto", env=env)
+    choice = launch.choose_cluster("auto", env=env)
     assert choice.kind == "local"
     assert "no Slurm controller answered" in choice.reason or "no Slurm commands" in choice.reason
     # a SLURM_CONF that does not exist is reported as such (scontrol would retry for a minute)
     missing = {**os.environ, "SLURM_CONF": str(tmp_path / "missing.conf")}
-    if cluster.shutil.which("scontrol") or cluster.shutil.which("sinfo"):
-        assert "does not exist" in cluster.choose_cluster("auto", env=missing).reason
+    if shutil.which("scontrol") or shutil.which("sinfo"):
+        assert "does not exist" in launch.choose_cluster("auto", env=missing).reason
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def test_broken_pairs_fail_alone_and_rerun_retries(tmp_path, tiny_models):
     assert df.loc[tiny_models["ft"], "status"] == "ok"
     assert df.loc[str(missing), "status"] == "failed" and "does not exist" in df.loc[str(missing), "error"]
     assert df.loc[str(no_weights), "status"] == "failed" and "no weights" in df.loc[str(no_weights), "error"]
-    rec = load_record(next((out / cluster.pair_dir(out, cluster.Pair(tiny_models["base"], str(missing))).name)
+    rec = load_record(next((out / launch.pair_dir(out, launch.Pair(tiny_models["base"], str(missing))).name)
                            .glob("cos-*.p")))
     assert rec["status"] == "failed" and rec["error"] and rec["stat"] == "cos"
 
@@ -330,19 +331,28 @@ def test_broken_pairs_fail_alone_and_rerun_retries(tmp_path, tiny_models):
 def test_plan_statuses(tmp_path, tiny_models):
     from tracing.results import failure_record, save_record
     o = Options(stat=["cos", "l2"])
-    pairs = [cluster.Pair(tiny_models["base"], tiny_models["ft"]), cluster.Pair(tiny_models["base"], tiny_models["indep"])]
-    tasks = cluster.make_tasks(pairs, o, tmp_path)
+    pairs = [launch.Pair(tiny_models["base"], tiny_models["ft"]), launch.Pair(tiny_models["base"], tiny_models["indep"])]
+    tasks = launch.make_tasks(pairs, o, tmp_path)
     assert [t.status for t in tasks] == ["todo", "todo"] and tasks[0].todo == ["cos", "l2"]
     save_record(failure_record(pairs[0].base, pairs[0].ft, "cos", {}, RuntimeError("x"), 1.0), tasks[0].paths["cos"])
-    tasks = cluster.make_tasks(pairs, o, tmp_path)
+    tasks = launch.make_tasks(pairs, o, tmp_path)
     assert tasks[0].status == "failed-before" and tasks[0].todo == ["cos", "l2"]
 
 
 def test_chunking_and_grouping():
-    assert [len(c) for c in cluster.chunked(list(range(2500)), 1001)] == [1001, 1001, 498]
-    r1 = cluster.Resources(8, 4, 0, 30)
-    r2 = cluster.Resources(16, 4, 1, 60)
-    ts = [cluster.Task(cluster.Pair(f"a/{i}", "b/x"), ["cos"], {"cos": Path(f"/x/{i}.p")}, {},
+    assert [len(c) for c in launch.chunked(list(range(2500)), 1001)] == [1001, 1001, 498]
+    r1 = launch.Resources(8, 4, 0, 30)
+    r2 = launch.Resources(16, 4, 1, 60)
+    ts = [launch.Task(launch.Pair(f"a/{i}", "b/x"), ["cos"], {"cos": Path(f"/x/{i}.p")}, {},
                        resources=r1 if i % 2 else r2) for i in range(5)]
-    groups = cluster.group_by_resources(ts)
+    groups = launch.group_by_resources(ts)
     assert [len(g) for g in groups.values()] == [3, 2]
+
+
+def test_report_problem_is_a_printed_warning(tmp_path, capsys):
+    from tracing.launch.console import say
+    from tracing.launch.run import write_report_for
+
+    write_report_for(tmp_path / "missing", say)  # the report raises; the run must not
+    err = capsys.readouterr().err
+    assert err.startswith("warning: could not write the report (TracingError: results folder") and "missing" in err

@@ -1,0 +1,171 @@
+"""launch.py as a process: a killed launcher leaves no worker behind, two launches into one
+folder compute each pair once, and a bad --out fails at once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tracing.launch import TEST_SLEEP_ENV
+from tracing.results import load_results
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = ROOT / "launch.py"
+SLEEPING = f"{TEST_SLEEP_ENV}: sleeping"
+
+
+def launch_env(tmp_path: Path, **extra) -> dict:
+    conf = tmp_path / "slurm-none.conf"  # no Slurm controller can answer
+    conf.write_text("ClusterName=none\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=9\n")
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "SLURM_CONF": str(conf),
+            **extra}
+
+
+def write_yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _children() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            out[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    parents = _children()
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier and p not in found}
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"launch.py ended early:\n{path.read_text(errors='replace')}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} within {timeout} s:\n{path.read_text(errors='replace')}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_launcher_leaves_no_worker(tmp_path):
+    cfg = write_yaml(tmp_path / "list.yaml", ["demo:base-a", "demo:a-docs"])
+    log = tmp_path / "launch.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(LAUNCH), str(cfg), "--cluster", "local", "--stat", "cos",
+                                 "--max_workers", "1", "--no-report", "--out", str(tmp_path / "out")],
+                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=launch_env(tmp_path, **{TEST_SLEEP_ENV: "60"}))
+    left: set[int] = set()
+    try:
+        wait_for_text(log, SLEEPING, proc, timeout=240)  # a worker is inside the job
+        left = descendants(proc.pid)
+        assert left, "no worker process found"
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 8
+        while time.time() < deadline and any(alive(p) for p in left):
+            time.sleep(0.2)
+        orphans = [p for p in left if alive(p)]
+        assert not orphans, [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in orphans]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in left:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_two_launches_into_one_folder_compute_each_pair_once(tmp_path):
+    pairs = [("demo:base-a", "demo:a-docs"), ("demo:base-a", "demo:base-b"), ("demo:base-b", "demo:b-docs"),
+             ("demo:base-c", "demo:a-sys")]
+    cfg = write_yaml(tmp_path / "list.yaml", {"models_1": [a for a, _ in pairs], "models_2": [b for _, b in pairs]})
+    cmd = [sys.executable, str(LAUNCH), str(cfg), "--cluster", "local", "--stat", "cos", "--max_workers", "1",
+           "--no-report", "--out", str(tmp_path / "out")]
+    env = launch_env(tmp_path, **{TEST_SLEEP_ENV: "2"})
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    computed = [o.count(SLEEPING) for o in outs]  # printed by the job itself, once per pair it computes
+    assert sum(computed) == len(pairs), (computed, outs)
+    assert any("being computed by another launch" in o for o in outs), outs
+    df = load_results(tmp_path / "out")
+    assert len(df) == len(pairs) and set(df["status"]) == {"ok"}
+    assert not list((tmp_path / "out").rglob(".launch.lock"))  # every claim was released
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (r.returncode, r.stdout, r.stderr)
+    return lines[0]
+
+
+def test_bad_out_fails_before_any_work(tmp_path):
+    cfg = write_yaml(tmp_path / "list.yaml", ["nobody-org/model-a", "nobody-org/model-b"])
+    taken = tmp_path / "results.txt"
+    taken.write_text("not a folder\n")
+    env = launch_env(tmp_path, HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    for out in (taken, taken / "sub"):
+        r = subprocess.run([sys.executable, str(LAUNCH), str(cfg), "--cluster", "local", "--stat", "cos",
+                            "--no-report", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env,
+                           timeout=120)
+        line = _one_line_error(r)
+        assert "--out" in line and str(taken) in line
+        assert "fetching" not in r.stdout  # nothing was started
+    assert taken.read_text() == "not a folder\n"
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "read-only"
+        ro.mkdir()
+        ro.chmod(0o500)
+        r = subprocess.run([sys.executable, str(LAUNCH), str(cfg), "--cluster", "local", "--no-report",
+                            "--out", str(ro / "out")], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+        assert "not writable" in _one_line_error(r)
+
+
+def test_claims_of_a_dead_launcher_are_taken_over(tmp_path):
+    import json
+    import socket
+
+    from tracing.launch import Claims
+    from tracing.launch.claims import LOCK_NAME
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "time": 0}))
+    mine, other = Claims(), Claims()
+    assert mine.claim(folder) is None  # the dead launcher's claim is stale
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert other.claim(folder)["pid"] == os.getpid()  # a live holder is reported, not overridden
+    mine.release_all()
+    assert not (folder / LOCK_NAME).exists()

@@ -1,0 +1,79 @@
+"""The job of one pair: every statistic through one ``run_pair`` call, its records written."""
+from __future__ import annotations
+
+import os
+import time
+
+from submitit.helpers import Checkpointable
+
+from .console import first_line
+
+# Test hook: a job sleeps this many seconds before computing, on its first start only
+# (so a test has time to requeue it). Never set it for real work.
+TEST_SLEEP_ENV = "TRACING_TEST_SLEEP_S"
+
+
+class PairJob(Checkpointable):
+    """Compute every statistic of one pair (one ``run_pair`` call) and write its records.
+
+    Pickled by submitit with nothing but ids, paths and option dicts. As a ``Checkpointable``,
+    a timed-out or preempted Slurm job requeues itself with the same arguments; statistics
+    already written are not recomputed on the restart. Any error becomes a ``status: failed``
+    record for each statistic not done, so the launcher (and a rerun) see it.
+    """
+
+    def __init__(self, threads: int | None = None, progress: bool = False):
+        self.threads = threads
+        self.progress = progress
+
+    def __call__(self, base: str, ft: str, options: dict, save: dict) -> dict:
+        start = time.time()
+        if self.threads:
+            limit_threads(self.threads)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        sleep_s = float(os.environ.get(TEST_SLEEP_ENV) or 0)
+        if sleep_s > 0 and restarts == 0:
+            print(f"{TEST_SLEEP_ENV}: sleeping {sleep_s:g} s before computing", flush=True)
+            time.sleep(sleep_s)
+        from ..results import is_done
+
+        error = self._compute(base, ft, options, {s: p for s, p in save.items() if not is_done(p)}, start)
+        failed = [s for s, p in save.items() if not is_done(p)]
+        if failed and error is None:
+            error = f"no result written for {', '.join(failed)}"
+        return {"status": "failed" if failed else "ok", "error": error, "time": time.time() - start,
+                "start": start, "end": time.time(), "restarts": restarts, "job_id": job_id(),
+                "host": os.uname().nodename}
+
+    def _compute(self, base: str, ft: str, options: dict, todo: dict, start: float) -> str | None:
+        """Run the statistics in ``todo``; an error is recorded per statistic and returned as a line."""
+        if not todo:
+            return None
+        from ..options import Options
+        from ..results import failure_record, is_done, save_record
+
+        opts = Options.from_dict({**options, "stat": list(todo)})
+        try:
+            from ..api import run_pair
+            run_pair(base, ft, opts, save=todo, progress=self.progress)
+        except Exception as e:  # noqa: BLE001 - every failure is recorded, never raised
+            for s, p in todo.items():
+                if not is_done(p):
+                    save_record(failure_record(base, ft, s, opts.for_stat(s).to_dict(), e, time.time() - start), p)
+            return f"{type(e).__name__}: {first_line(str(e)) or type(e).__name__}"
+        return None
+
+
+def job_id() -> str | None:
+    """The Slurm id of the running job (``<array>_<task>`` inside an array), None off Slurm."""
+    arr, job, task = (os.environ.get(k) for k in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID"))
+    if arr and task:
+        return f"{arr}_{task}"
+    return job
+
+
+def limit_threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+    torch.set_num_threads(n)

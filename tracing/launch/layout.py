@@ -1,0 +1,87 @@
+"""Where a run's files go: ``<out>/<base>__<ft>/<stat>-<options hash>.p`` per result, and
+``<out>/launch.json`` recording what ran where."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import TracingError
+from .model_list import Pair, is_local_spec
+
+RUN_LOG = "launch.json"
+
+
+def model_slug(spec: str) -> str:
+    """A file-name-safe, deterministic name for a model spec.
+
+    Hub ids keep their name (``org/name@rev`` -> ``org--name@rev``); a local folder gets its last
+    component plus a short hash of its absolute path, so two folders with the same name differ.
+    """
+    from ..cli_util import slug
+
+    spec = str(spec)
+    if spec.startswith("demo:"):
+        return slug(spec)
+    if is_local_spec(spec):
+        full = str(Path(spec).expanduser().absolute())
+        name = Path(full).name or "model"
+        return f"{slug('./' + name)}-{hashlib.sha256(full.encode()).hexdigest()[:6]}"
+    return slug(spec)
+
+
+def pair_dir(out: str | os.PathLike, pair: Pair) -> Path:
+    """The folder holding every result of one pair."""
+    return Path(out) / f"{model_slug(pair.base)}__{model_slug(pair.ft)}"
+
+
+def result_path(out: str | os.PathLike, pair: Pair, stat: str, options) -> Path:
+    """``<out>/<slug(base)>__<slug(ft)>/<stat>-<options hash>.p`` (the hash of this statistic's options)."""
+    return pair_dir(out, pair) / f"{stat}-{options.for_stat(stat).key()}.p"
+
+
+def default_out(config: str | os.PathLike) -> Path:
+    """``results/<name of the model list>``."""
+    return Path("results") / Path(config).stem
+
+
+def check_out_folder(out: Path) -> Path:
+    """Fail now, with the fix, when ``out`` cannot become a results folder: it is a file, or it
+    (or its nearest existing parent) cannot be written."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise TracingError(f"--out {out} is a file, not a folder; give a folder for the results "
+                           f"(it is created when missing)")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TracingError(f"--out {out} cannot be created because {probe} is a file; give a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == out else f" (its parent {probe} is not writable)"
+        raise TracingError(f"--out {out} is not writable{where}; choose a folder you can write to")
+    return out
+
+
+def write_run_log(out: Path, tasks: list, cluster: str, arrays: list[dict]) -> None:
+    """``<out>/launch.json``: what ran where (job ids let a rerun find still-running jobs)."""
+    doc = {"cluster": cluster, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "arrays": arrays,
+           "pairs": [{"base": t.pair.base, "ft": t.pair.ft, "dir": t.dir.name, "stats": t.stats,
+                      "results": [str(t.paths[x]) for x in t.stats],
+                      "status": str(t.status), "job_id": t.job_id, "time": t.time, "error": t.error,
+                      "restarts": t.restarts, "start": t.compute_start, "end": t.compute_end,
+                      "resources": dataclasses.asdict(t.resources) if t.resources else None} for t in tasks]}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RUN_LOG}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    os.replace(tmp, out / RUN_LOG)
+
+
+def read_run_log(out: Path) -> dict:
+    try:
+        return json.loads((out / RUN_LOG).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

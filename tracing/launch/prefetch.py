@@ -1,0 +1,50 @@
+"""Download every hub model once (and build the demo family) before any job starts, so that
+jobs only read."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import TracingError
+from .console import say as _say
+from .model_list import is_local_spec
+
+
+def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
+    """Download every distinct hub model once into the shared cache and build the demo family;
+    returns ``{spec: error}`` for the models that could not be fetched."""
+    from ..models import resolve
+
+    specs: list[str] = []
+    for t in tasks:
+        for s in (t.pair.base, t.pair.ft):
+            if s not in specs:
+                specs.append(s)
+    errors: dict[str, str] = {}
+    if any(s.startswith("demo:") for s in specs):
+        from .. import demo
+        if not demo.is_built():
+            say("building the demo model family once (1-2 minutes) ...")
+        try:
+            demo.ensure_built(progress=False)
+        except TracingError as e:
+            for s in specs:
+                if s.startswith("demo:"):
+                    errors[s] = str(e)
+    hub = [s for s in specs if not s.startswith("demo:") and not Path(s).expanduser().is_dir()
+           and not is_local_spec(s)]
+    for i, s in enumerate(hub, 1):
+        say(f"fetching {s} ({i}/{len(hub)}) into the Hugging Face cache ...")
+        try:
+            resolve(s)
+        except TracingError as e:
+            errors[s] = str(e)
+            say(f"  cannot fetch {s}: {e}")
+    return errors
+
+
+def ensure_demo(tasks: list) -> None:
+    """Build the demo family when a pair needs it (without --prefetch's downloads)."""
+    if any(m.startswith("demo:") for t in tasks for m in (t.pair.base, t.pair.ft)):
+        from .. import demo
+        demo.ensure_built(progress=False)

@@ -1,0 +1,1 @@
+"""Who came from whom: families, trees and merges reconstructed from a grid of results."""

@@ -1,0 +1,129 @@
+"""``lineage.png``: the reconstructed families side by side, each drawn as a tree.
+
+Edges carry their similarity; with a root they are arrows from parent to child. When the lineage
+is known, wrong or reversed edges are red and known edges the tree lacks are dashed orange.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .reconstruct import Reconstruction
+
+COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed": "#c62828", "missing": "#ef8f00"}
+
+
+def short(model: str) -> str:
+    """A compact label: ``demo:`` dropped, ``org/name`` on two lines."""
+    m = str(model)
+    if m.startswith("demo:"):
+        return m[len("demo:"):]
+    m = m.rstrip("/")
+    if m.startswith(("/", ".", "~")):
+        return m.rsplit("/", 1)[-1]
+    return m.replace("/", "/\n", 1)
+
+
+def _layout(members: list[str], edges: list[dict], root: str | None) -> dict[str, tuple[float, float]]:
+    """Tidy tree positions: leaves one unit apart, parents centred over their children, depth down."""
+    adj: dict[str, list[str]] = {m: [] for m in members}
+    for e in edges:
+        adj[e["a"]].append(e["b"])
+        adj[e["b"]].append(e["a"])
+    top = root if root in adj else max(members, key=lambda m: (len(adj[m]), m == members[0]))
+    pos: dict[str, tuple[float, float]] = {}
+    next_x = [0.0]
+
+    def place(node, parent, depth):
+        kids = sorted(c for c in adj[node] if c != parent and c not in pos)
+        pos[node] = (0.0, -depth)  # reserve
+        xs = [place(k, node, depth + 1) for k in kids]
+        x = sum(xs) / len(xs) if xs else next_x[0]
+        if not xs:
+            next_x[0] += 1.0
+        pos[node] = (x, -depth)
+        return x
+    place(top, None, 0)
+    for m in members:  # models the tree does not reach (no similarity): beside it
+        if m not in pos:
+            pos[m] = (next_x[0], 0.0)
+            next_x[0] += 1.0
+    return pos
+
+
+def _label(e: dict, kind: str) -> str:
+    s = e.get("similarity")
+    if s is None:
+        return "?"
+    return f"{s:.4f}" if kind == "median_cos" else f"{-s:.3g}"
+
+
+def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
+    """Draw ``rec`` into ``path`` (PNG); returns what was drawn: ``edges`` (sorted ``(a, b)`` pairs of
+    tree edges), ``arrows`` (``(parent, child)`` of the directed ones) and ``missing``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # one x unit per leaf, widened so that the longest label fits
+    unit = max(1.0, max(len(line) for m in rec.models for line in short(m).splitlines()) / 16)
+    layouts, offset, depth = [], 0.0, 0
+    for fam, root in zip(rec.families, rec.roots):
+        fam_edges = [e for e in rec.edges if e["a"] in fam]
+        pos = _layout(fam, fam_edges, root)
+        shift = min(p[0] for p in pos.values())
+        pos = {m: (offset + (x - shift) * unit, y) for m, (x, y) in pos.items()}
+        layouts.append((fam, root, fam_edges, pos))
+        offset = max(p[0] for p in pos.values()) + 1.4 * unit
+        depth = max(depth, -min(p[1] for p in pos.values()))
+    width = offset - 1.4 * unit
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * (width + unit)), max(2.6, 1.5 * (depth + 1) + 1.0)))
+    drawn = {"edges": [], "arrows": [], "missing": []}
+    for fam, root, fam_edges, pos in layouts:
+        for e in fam_edges:
+            colour = COLOURS.get(e.get("truth"), COLOURS[None])
+            a, b = (e["parent"], e["child"]) if e.get("directed") else (e["a"], e["b"])
+            if pos[a][1] < pos[b][1]:  # draw from the upper node down
+                a, b = b, a
+            (x1, y1), (x2, y2) = pos[a], pos[b]
+            ax.annotate("", xy=(x2, y2 + 0.18), xytext=(x1, y1 - 0.18),
+                        arrowprops=dict(arrowstyle="-|>" if e.get("directed") else "-", color=colour, lw=1.6,
+                                        shrinkA=0, shrinkB=0))
+            text = _label(e, rec.similarity)
+            if e.get("truth") in ("wrong", "reversed"):
+                text += f"\n({e['truth']})"
+            ax.text((x1 + x2) / 2, (y1 + y2) / 2, text, fontsize=7, color=colour, ha="center", va="center",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
+            drawn["edges"].append(tuple(sorted((e["a"], e["b"]))))
+            if e.get("directed"):
+                drawn["arrows"].append((e["parent"], e["child"]))
+        for m, (x, y) in pos.items():
+            ax.text(x, y, short(m), ha="center", va="center", fontsize=8,
+                    fontweight="bold" if m == root else "normal",
+                    bbox=dict(boxstyle="round,pad=0.3", fc="#e8f0fe" if m == root else "white", ec="#555555"))
+    allpos = {m: xy for _, _, _, pos in layouts for m, xy in pos.items()}
+    for m in rec.missing:  # known edges the tree lacks (also across families)
+        if m["parent"] in allpos and m["child"] in allpos:
+            (x1, y1), (x2, y2) = allpos[m["parent"]], allpos[m["child"]]
+            ax.plot([x1, x2], [y1, y2], ls="--", color=COLOURS["missing"], lw=1.2, zorder=0)
+            ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 0.12, "missing", fontsize=6, color=COLOURS["missing"],
+                    ha="center")
+            drawn["missing"].append((m["parent"], m["child"]))
+    if any(e.get("truth") for e in rec.edges) or rec.missing:
+        fig.text(0.01, 0.01, "against the known lineage: green = known edge, red = wrong or reversed, "
+                             "dashed orange = known edge missing", fontsize=7, color="#555555")
+    what = "median matched cosine of up rows" if rec.similarity == "median_cos" else "l2 distance"
+    ax.set_title(f"Lineage from {rec.stat} (families: Holm-significant at {rec.level:g}; edge labels: {what})",
+                 fontsize=9)
+    ax.set_xlim(-0.8 * unit, width + 0.8 * unit)
+    ax.set_ylim(-depth - 0.6, 0.6)
+    ax.axis("off")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    os.replace(tmp, p)
+    drawn["edges"].sort()
+    return drawn

@@ -1,0 +1,143 @@
+"""One opened pair of models and what is computed once for all its statistics (data, alignment, eval)."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from .align import align
+from .data import token_blocks, tokenizers_compatible
+from .errors import TracingError
+from .evaluate import lm_losses, perplexity
+from .models import default_device, resolve_dtype
+from .options import Options
+from .stats import Context, get
+from .transforms import fold_norms, permute, rotate
+
+TEXT_DEFAULT, DEMO_DEFAULT = "wikitext", "demo"
+
+
+def max_positions(src) -> int | None:
+    """A model's context length (``max_position_embeddings``), when its config says."""
+    cfg = src.config
+    n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else getattr(cfg, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+class Pair:
+    """``base`` (θ₁) and ``ft`` (θ₂, after ``--permute`` / ``--rotate``) as weight sources, both
+    with their norm gains folded when ``fold_norms`` (by default when either model is AWQ).
+
+    ``base_ckpt``/``ft_ckpt``: the sources as opened (tokenizer, provenance when on disk);
+    ``tokens``: evaluation ids to use for every data statistic instead of ``--dataset``.
+    """
+
+    def __init__(self, base_src, ft_src, options: Options, progress: bool, *, base_label: str, ft_label: str,
+                 tokens: torch.Tensor | None = None, timings: dict | None = None):
+        self.base_ckpt, self.ft_ckpt = base_src, ft_src
+        self.base_spec, self.ft_spec, self.options, self.progress = base_label, ft_label, options, progress
+        self.timings: dict[str, float] = dict(timings or {})
+        self.device = options.device or default_device()
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise TracingError("--device cuda was given but no GPU is visible; use --device cpu")
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        t = time.time()
+        self.fold_norms = options.fold_norms
+        if self.fold_norms is None:  # AWQ moves scales between norms and layers: undo that in both models
+            self.fold_norms = any(getattr(getattr(s, "quantized", None), "format", None) == "awq"
+                                  for s in (base_src, ft_src))
+        self.base = fold_norms(base_src) if self.fold_norms else base_src
+        ft = fold_norms(ft_src) if self.fold_norms else ft_src
+        if options.permute:
+            ft = permute(ft, seed=options.seed)
+        if options.rotate:
+            ft = rotate(ft, seed=options.seed + 1)
+        self.ft = ft
+        self.timings["transform"] = time.time() - t
+        self._given_tokens = tokens
+        self._tokens: dict[str, torch.Tensor] = {}
+        self._alignment = None
+        self._tok_checked = False
+
+    @property
+    def is_demo(self) -> bool:
+        return self.base_spec.startswith("demo:")
+
+    def check(self, stats) -> None:
+        """Every requested statistic against this pair, before any is computed; resolves the block
+        size (an explicit one longer than the models' context is an error when data is used)."""
+        for s in stats:
+            get(s).run_check(self.base.arch, self.ft_ckpt.arch, self.options)
+        ctx_len = [n for n in (max_positions(self.base_ckpt), max_positions(self.ft_ckpt)) if n]
+        ctx_len = min(ctx_len) if ctx_len else None
+        if self.options.eval or any(get(s).needs_data for s in stats):
+            size = self.options.block_size_for(ctx_len)
+        else:
+            size = self.options.block_size or self.options.block_size_for(ctx_len)
+        self.options = replace(self.options, block_size=size)
+
+    @property
+    def block_size(self) -> int:
+        return self.options.block_size or self.options.block_size_for(None)
+
+    def _tokenizer(self, src):
+        tok = getattr(src, "tokenizer", None)
+        return tok() if callable(tok) else tok
+
+    def tokens(self, dataset: str) -> torch.Tensor:
+        if self._given_tokens is not None:
+            return self._given_tokens
+        if dataset not in self._tokens:
+            t = time.time()
+            shared = min(self.base.arch.V, self.ft_ckpt.arch.V)
+            tok = self._tokenizer(self.base_ckpt)
+            if not self._tok_checked:
+                ok, why = tokenizers_compatible(tok, self._tokenizer(self.ft_ckpt), shared)
+                if not ok:
+                    raise TracingError(f"the tokenizers of {self.base_spec} and {self.ft_spec} are not compatible "
+                                       f"({why}); data statistics need the same ids for the same text — use a weight "
+                                       f"statistic (cos, emb, l2) for this pair")
+                self._tok_checked = True
+            o = self.options
+            self._tokens[dataset] = token_blocks(dataset, tokenizer=tok, shared_vocab=shared,
+                                                 block_size=self.block_size, num_samples=o.num_samples, seed=o.seed,
+                                                 base_spec=self.base_spec, ft_spec=self.ft_spec,
+                                                 generated_dir=o.generated_dir)
+            self.timings["data"] = self.timings.get("data", 0.0) + time.time() - t
+        return self._tokens[dataset]
+
+    def dataset_for(self, stat: str | None) -> str:
+        if self._given_tokens is not None:
+            return "given token ids"
+        default = get(stat).default_dataset if stat else None
+        return self.options.dataset or default or (DEMO_DEFAULT if self.is_demo else TEXT_DEFAULT)
+
+    def data_used(self, stat: str | None) -> dict | None:
+        """Which data a statistic read, and how much of what was asked."""
+        ds = self.dataset_for(stat)
+        ids = self._given_tokens if self._given_tokens is not None else self._tokens.get(ds)
+        if ids is None:
+            return None
+        return {"dataset": ds, "num_blocks": int(ids.shape[0]), "block_size": int(ids.shape[1]),
+                "num_samples_asked": self.options.num_samples}
+
+    def context(self, stat: str | None, options: Options | None = None) -> Context:
+        opts = options or (self.options.for_stat(stat) if stat else self.options)
+        return Context(opts, self.device, self.dtype, self.progress,
+                       tokens=lambda: self.tokens(self.dataset_for(stat)))
+
+    def aligned_ft(self):
+        if self._alignment is None:
+            t = time.time()
+            self._alignment = align(self.base, self.ft, progress=self.progress)
+            self.timings["align"] = time.time() - t
+        return self._alignment.apply(self.ft)
+
+    def eval_losses(self) -> dict:
+        ctx = self.context(None)
+        dataset = self.dataset_for(None)
+        t = time.time()
+        lb, lf = lm_losses(ctx.engine(), [self.base, self.ft], self.tokens(dataset), desc="eval")
+        self.timings["eval"] = time.time() - t
+        return {"dataset": dataset, "base loss": lb, "ft loss": lf, "base ppl": perplexity(lb), "ft ppl": perplexity(lf)}

@@ -1,0 +1,54 @@
+"""Summarise a results folder: table, figures and ``report.md``.
+
+::
+
+    python -m tracing.report results/<run> [--out DIR] [--lineage FILE] [--significance 0.01]
+                                           [--correction holm|bh]
+
+writes into ``DIR`` (default: the results folder itself):
+
+``summary.csv`` / ``summary.parquet``
+    the tidy table of the result files plus the formatted p-values, the multiple-testing
+    correction (Holm or Benjamini–Hochberg, computed on ``log10_pvalue`` within each grid =
+    statistic × transform × raw/aligned), the verdicts at the chosen level (significant when
+    p ≤ the level), ``superseded`` (an older result of the same pair and grid: the newest counts),
+    ``at_floor`` and, when the lineage is known, ``lineage_dependent``.
+``heatmap.png``
+    per statistic, the model × model grid of −log10 p of the pairs as run (see :func:`heatmap_matrix`).
+``calibration.png``
+    empirical CDF of the p-values of pairs known to be independent, against the uniform diagonal.
+``mode_curves.png``
+    loss and barrier along the interpolation path, for ``mode`` runs with ``--alphas``.
+``per_layer.png``
+    per-block −log10 p of every pair (which blocks carry the evidence).
+``report.md``
+    what was run (models, weight hashes, options, commit), the null hypothesis, verdicts, failures,
+    figures, timings.
+
+A figure with nothing to show is not written; ``report.md`` says why.
+
+Lineage (which models share an ancestor) is read from ``--lineage FILE``: JSON (or YAML) of the
+form ``{"models": {name: {"parent": p, "root": r}}}`` — the format of the demo family's
+``lineage.json`` — or simply ``{name: parent_or_null}``. When every model is ``demo:*`` the demo
+family's lineage is used automatically.
+
+Modules: ``load`` (the one reading of the folder), ``table`` (summary table), ``grid`` (heatmap
+data), ``figures`` (one module per figure), ``markdown`` / ``provenance`` (report.md sections),
+``lineage``, ``facts`` (everything the report knows about individual statistics), ``verdicts`` (the one
+verdict rule).
+"""
+from __future__ import annotations
+
+from .figures import (CAP, calibration_data, mode_curve_records, per_layer_data, plot_calibration, plot_heatmap,
+                      plot_mode_curves, plot_per_layer, short_name)
+from .grid import Grid, heatmap_matrix, ordered_models
+from .lineage import Lineage, demo_lineage, parse_lineage, read_lineage, resolve_lineage
+from .load import Folder, load_records, read_folder
+from .table import CORRECTIONS, summary_table, variant_of
+from .verdicts import verdict
+from .write import write_report
+
+__all__ = ["CAP", "CORRECTIONS", "Folder", "Grid", "Lineage", "calibration_data", "demo_lineage", "heatmap_matrix",
+           "load_records", "mode_curve_records", "ordered_models", "parse_lineage", "per_layer_data",
+           "plot_calibration", "plot_heatmap", "plot_mode_curves", "plot_per_layer", "read_folder", "read_lineage",
+           "resolve_lineage", "short_name", "summary_table", "variant_of", "verdict", "write_report"]

@@ -1,0 +1,159 @@
+"""Model ids: the one parser (:func:`parse_spec`) and resolution to a local folder (:func:`resolve`).
+
+A model id is ``demo:<name>``, a local folder or GGUF file, or a Hugging Face hub id
+``org/name[@revision]`` (the revision a branch, tag, commit or ``refs/pr/N``).  A folder or hub
+repository holding several GGUF files names one with a ``:<file>.gguf`` suffix
+(``org/name:model-Q4_K_M.gguf``, ``org/name@rev:model-Q8_0.gguf``, ``./folder:model.gguf``). Hub models are downloaded once into the
+Hugging Face cache; ``HF_TOKEN`` is read at download time and never stored.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import TracingError
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+META_PATTERNS = ["*.json", "*.model", "tokenizer*", "*.tiktoken", "*.txt"]
+
+
+@dataclass
+class Resolved:
+    spec: str
+    path: Path
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    hub_sha256: dict[str, str] = field(default_factory=dict)  # file -> LFS sha256 recorded by the hub
+    file: str | None = None  # the GGUF file chosen with a ``:<file>.gguf`` suffix
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed model id. ``kind`` is ``"demo"`` (``name``), ``"local"`` (``path``, which may not
+    exist) or ``"hub"`` (``repo_id`` and an optional ``revision``, which may contain ``/``)."""
+
+    text: str
+    kind: str
+    repo_id: str | None = None
+    revision: str | None = None
+    path: Path | None = None
+    name: str | None = None
+    file: str | None = None  # a ``:<file>.gguf`` suffix: the GGUF file inside the folder or repository
+
+
+HUB_REPO = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
+HUB_REVISION = re.compile(r"[\w.\-]+(/[\w.\-]+)*")
+
+
+def path_too_long(e: OSError, what: str) -> TracingError | None:
+    """A one-line error for a path the file system rejects as too long (None for other errors)."""
+    if e.errno != errno.ENAMETOOLONG:
+        return None
+    return TracingError(f"{str(what)[:60]}...: a path component is too long for the file system; "
+                        f"use shorter folder and file names")
+
+
+def _is_dir(p: Path, what: str) -> bool:
+    try:
+        return p.is_dir()
+    except OSError as e:
+        raise (path_too_long(e, what) or e) from None
+
+
+def _is_gguf_file(p: Path, what: str) -> bool:
+    try:
+        return p.suffix == ".gguf" and p.is_file()
+    except OSError as e:
+        raise (path_too_long(e, what) or e) from None
+
+
+def parse_spec(spec: str | os.PathLike) -> Spec:
+    """The one parser of model ids: ``demo:<name>``, an existing local folder or GGUF file, a hub id
+    ``org/name[@revision]`` (the revision may be a branch, tag, commit or ``refs/pr/N``), or
+    else a local path (``/``, ``.`` or ``~`` first, or more than one ``/`` before any ``@``); any
+    of the last three may end in ``:<file>.gguf``."""
+    text = str(spec)
+    if text.startswith("demo:"):
+        return Spec(text=text, kind="demo", name=text[len("demo:"):])
+    path = Path(text).expanduser()
+    if _is_dir(path, text) or _is_gguf_file(path, text):
+        return Spec(text=text, kind="local", path=path)
+    where, sep, file = text.rpartition(":")
+    if sep and where and file.endswith(".gguf") and "/" not in file:
+        return replace(parse_spec(where), text=text, file=file)
+    if isinstance(spec, os.PathLike) or text.startswith(("/", ".", "~")):
+        return Spec(text=text, kind="local", path=path)
+    repo, at, revision = text.partition("@")
+    if HUB_REPO.fullmatch(repo) and (not at or HUB_REVISION.fullmatch(revision)):
+        return Spec(text=text, kind="hub", repo_id=repo, revision=revision or None)
+    return Spec(text=text, kind="local", path=path)
+
+
+def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
+    """Turn a model spec into a local folder, downloading from the hub when needed."""
+    s = parse_spec(spec)
+    if s.kind == "demo":
+        from . import demo
+        return Resolved(spec=s.text, path=demo.resolve_demo(s.text))
+    if s.kind == "local":
+        if not (_is_dir(s.path, s.text) or (s.file is None and _is_gguf_file(s.path, s.text))):
+            raise TracingError(f"model folder {s.text if s.file is None else s.path} does not exist; give an existing local folder (with "
+                               f"config.json and weights) or .gguf file, a hub id like org/name[@revision], "
+                               f"or demo:<name>")
+        return Resolved(spec=s.text, path=s.path.resolve(), file=s.file)
+    return _resolve_hub(s, local_files_only)
+
+
+def _resolve_hub(s: Spec, local_files_only: bool | None) -> Resolved:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    spec, repo_id, revision = s.text, s.repo_id, s.revision
+    token = os.environ.get("HF_TOKEN") or None  # read at call time, never stored
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = local_files_only or env_offline
+    hub_sha: dict[str, str] = {}
+    patterns = META_PATTERNS + ["*.safetensors"]
+    try:
+        if not offline:
+            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+            files = [f.rfilename for f in info.siblings or []]
+            if s.file is not None:
+                patterns = META_PATTERNS + [s.file]
+            elif not any(f.endswith(".safetensors") for f in files):
+                ggufs = [f for f in files if f.endswith(".gguf")]
+                if len(ggufs) > 1:
+                    raise TracingError(f"{spec} holds several GGUF files ({', '.join(ggufs[:6])}"
+                                       f"{', …' if len(ggufs) > 6 else ''}); pick one with {spec}:<file>.gguf")
+                patterns = META_PATTERNS + (ggufs or ["pytorch_model*.bin"])
+            for f in info.siblings or []:
+                if getattr(f, "lfs", None) is not None and getattr(f.lfs, "sha256", None):
+                    hub_sha[f.rfilename] = f.lfs.sha256
+            revision = info.sha or revision
+            path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token)
+        else:
+            path = snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                     allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS) + [s.file or "*.gguf"])
+    except TracingError:
+        raise
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = "set HF_TOKEN for gated or private models" if status in (401, 403) else "check the id and revision"
+        raise TracingError(f"the hub refused {spec} (HTTP {status}); {hint}") from None
+    except Exception as e:  # offline, DNS failure, not in cache, ...
+        if offline:
+            hint = ("it is not in the local Hugging Face cache and the hub is not used (HF_HUB_OFFLINE is on); "
+                    "download it on a machine with network access, pass its local folder, or allow downloads "
+                    "with HF_HUB_OFFLINE=0")
+        else:
+            hint = ("check the network and the id, or download it first and pass the local folder "
+                    "(or set HF_HUB_OFFLINE=1 to use the local cache)")
+        raise TracingError(f"cannot fetch {spec} from the Hugging Face hub ({type(e).__name__}); {hint}") from None
+    path = Path(path)
+    commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else revision
+    return Resolved(spec=spec, path=path, repo_id=repo_id, revision=revision, commit=commit, hub_sha256=hub_sha,
+                    file=s.file)

@@ -1,0 +1,130 @@
+"""What each statistic declares about itself (importable without torch).
+
+A statistic is one module in ``tracing/stats/`` that calls :func:`tracing.stats.register` with a
+:class:`StatSpec`; the module is found by name, nothing else lists it. Statistics defined outside
+the package call the same ``register`` before their first use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import TracingError
+
+#: options that never change a result (where and how fast it runs)
+NEUTRAL_OPTIONS = ("device", "mem_budget_gb")
+#: options every statistic's result depends on (``fold_norms`` changes the weights every statistic reads)
+COMMON_OPTIONS = ("permute", "rotate", "align", "seed", "eval", "significance", "alternative", "fold_norms")
+#: options read by every statistic that runs the models on data (and by --eval)
+DATA_OPTIONS = ("dataset", "generated_dir", "block_size", "batch_size", "num_samples", "dtype")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A statistic's resource estimate for one pair: peak bytes and seconds on the job's hardware.
+
+    ``parallel_solves``: it runs parallel assignment solves, bounded by ``--mem_budget_gb``."""
+
+    mem_bytes: int
+    seconds: float
+    parallel_solves: bool = False
+
+
+@dataclass
+class StatSpec:
+    """The facts of one statistic.
+
+    ``fn(ctx, base, ft) -> StatResult`` computes it (imported lazily: heavy modules load only then).
+    ``pvalue``: ``"always"``, ``"num_perm"`` (only with ``--num_perm`` > 0) or ``"never"``.
+    ``exact``: the p-value is exact under the null (else approximate / empirically calibrated).
+    ``aligned``: ``--align`` recomputes it on the aligned model; ``aligned_pvalue``: that
+    recomputation carries a p-value. ``meaning``: what its p-value (or value) means, for people.
+    ``reads``: the options its result depends on besides the common ones (the result key).
+    ``default_num_perm``: permutation draws when ``--num_perm`` is not given.
+    ``cost(sizing) -> Cost``: job sizing; ``check(base_arch, ft_arch, options)``: raises
+    :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
+    lines the summary adds about the statistic's extra values.
+    """
+
+    name: str
+    fn: Callable
+    description: str
+    meaning: str
+    needs_data: bool = False
+    default_dataset: str | None = None  # None: the text default (demo corpus for demo models, else wikitext)
+    pvalue: str = "always"
+    exact: bool = True
+    aligned: bool = True
+    aligned_pvalue: bool = True
+    reads: tuple[str, ...] = ()
+    default_num_perm: int = 0
+    aliases: tuple[str, ...] = ()
+    cost: Callable | None = None
+    check: Callable | None = None
+    forward: bool | None = None  # runs forward passes (a GPU helps); default: needs_data
+    value_name: str = "statistic"  # what the statistic is, for summaries
+    spearman: bool = False  # the statistic itself is one Spearman r (its floor: r = 1)
+    explain: Callable | None = None  # explain(record_or_variant) -> extra summary lines
+
+    def __post_init__(self):
+        if self.pvalue not in ("always", "num_perm", "never"):
+            raise ValueError(f"{self.name}: pvalue must be 'always', 'num_perm' or 'never'")
+        if self.forward is None:
+            self.forward = self.needs_data
+        if self.pvalue == "never":
+            self.aligned_pvalue = False
+
+    @property
+    def has_pvalue(self) -> bool:
+        """Whether this statistic can give a p-value at all."""
+        return self.pvalue != "never"
+
+    @property
+    def pvalue_kind(self) -> str | None:
+        return None if self.pvalue == "never" else ("exact" if self.exact else "approximate")
+
+    def num_perm(self, options) -> int:
+        return self.default_num_perm if options.num_perm is None else int(options.num_perm)
+
+    def gives_pvalue(self, options, aligned: bool = False) -> bool:
+        """Whether this run yields a p-value (for the aligned variant when ``aligned``)."""
+        if aligned and not (self.aligned and self.aligned_pvalue):
+            return False
+        if self.pvalue == "num_perm":
+            return self.num_perm(options) > 0
+        return self.pvalue == "always"
+
+    def option_names(self) -> tuple[str, ...]:
+        """Every option a result of this statistic depends on (hashed into result names)."""
+        names = COMMON_OPTIONS + (DATA_OPTIONS if self.needs_data else ()) + tuple(self.reads)
+        return tuple(dict.fromkeys(names))
+
+    def run_check(self, base_arch, ft_arch, options) -> None:
+        if self.check is not None:
+            self.check(base_arch, ft_arch, options)
+
+
+def same_blocks(what: str):
+    """A ``check`` hook: both models need the same number of blocks and widths (L, d, h)."""
+    def check(a, b, _options):
+        from ..arch import require_same_blocks
+        require_same_blocks(a, b, what)
+    return check
+
+
+def same_layout(what: str):
+    """A ``check`` hook: both models need one architecture (tensors paired by name)."""
+    def check(a, b, _options):
+        from ..arch import require_same_layout
+        require_same_layout(a, b, what)
+    return check
+
+
+def same_width(what: str):
+    """A ``check`` hook: both models need the same residual width d."""
+    def check(a, b, _options):
+        if a.d != b.d:
+            raise TracingError(f"{what} needs equal residual widths, got d={a.d} and d={b.d}; "
+                               f"use a statistic that reads the MLPs, or models of one family")
+    return check
+
