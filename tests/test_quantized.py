@@ -344,3 +344,26 @@ def test_large_tensors_are_dequantized_in_row_chunks(ggufs, demo, monkeypatch):
     whole = ck.get("model.embed_tokens.weight")
     monkeypatch.setattr(g, "CHUNK_ELEMENTS", 1000)  # 1024 x 64: chunks of 15 rows
     assert torch.equal(ck.get("model.embed_tokens.weight"), whole)
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "phi3", "qwen3_moe"])
+def test_fold_norms_preserves_the_function_on_other_families(family):
+    """Gains of the norms that feed layers are folded (Gemma's 1 + w included); post-norms stay."""
+    from family_models import family_config, family_model
+    from family_models import logits as family_logits
+    from family_models import random_ids as family_ids
+    from family_models import rel_diff as family_diff
+    from tracing.transforms import fold_norms
+    model = family_model(family_config(family), seed=5)
+    view = fold_norms(from_module(model))
+    ids = family_ids(model.config.vocab_size)
+    assert family_diff(family_logits(model, ids), family_logits(load_module(view), ids)) <= 1e-5
+    gain = view.get(view.arch.block_name(0, "post_norm")) + view.arch.gain_offset
+    assert torch.equal(gain, torch.ones(view.arch.d))
+
+
+def test_fold_norms_refused_for_layernorm_bias():
+    from family_models import family_config, family_model
+    from tracing.transforms import fold_norms
+    with pytest.raises(TracingError, match="not function-preserving for gpt_neox"):
+        fold_norms(from_module(family_model(family_config("gpt_neox"), seed=1)))
