@@ -335,3 +335,17 @@ def test_tied_gemma_rotation(tmp_path):
     assert ck.arch.tied
     for got in engine_logits([ck, make(ck)], ids):
         assert rel_diff(ref, got) <= TOL
+
+
+def test_config_checked_against_fused_tensors(saved, tmp_path):
+    """A config whose sizes disagree with a fused tensor's rows is a one-line error naming that tensor."""
+    import shutil
+    _, paths = saved("phi3")
+    bad = tmp_path / "phi3"
+    shutil.copytree(paths["base"], bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["num_key_value_heads"] = 1  # the q/k/v rows of qkv_proj no longer add up to the stored tensor
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(TracingError, match=r"does not match the weights: tensor .*qkv_proj\.weight") as e:
+        Checkpoint(bad)
+    assert "\n" not in str(e.value)

@@ -187,7 +187,9 @@ class Checkpoint(WeightSource):
         return index
 
     def _check_shapes(self, cfg_file: Path) -> None:
-        """The config's sizes against the tensors' shapes (headers only; no tensor data is read)."""
+        """The config's sizes against the tensors' shapes (headers only; no tensor data is read).
+        A fused tensor's role parts must fit it and add up to all of it."""
+        fused: dict[str, int] = {}  # stored name of a fused tensor -> elements its roles account for
         for name in self.arch.names():
             ref = self.arch.ref(name)
             stored, index = next(((s, i) for s, i in ref.stores if s in self._shapes), (None, None))
@@ -200,11 +202,19 @@ class Checkpoint(WeightSource):
                 got = None
             if got != tuple(ref.shape):
                 part = "" if index is None else f" (its {ref.role} part: {got})"
-                raise TracingError(
-                    f"{cfg_file} does not match the weights: tensor {stored} in "
-                    f"{getattr(self._index.get(stored), 'name', 'the weights')} has shape {found}{part}, "
-                    f"but the config implies {tuple(ref.shape)}; fix the config's sizes or use the "
-                    f"config.json that came with these weights")
+                self._shape_error(cfg_file, stored, f"{found}{part}", tuple(ref.shape))
+            if index is not None:
+                fused[stored] = fused.get(stored, 0) + _numel(ref.shape)
+        for stored, n in fused.items():
+            if n != _numel(self._shapes[stored]):
+                self._shape_error(cfg_file, stored, str(tuple(self._shapes[stored])),
+                                  f"parts with {n} elements in all")
+
+    def _shape_error(self, cfg_file: Path, stored: str, found: str, want) -> None:
+        raise TracingError(
+            f"{cfg_file} does not match the weights: tensor {stored} in "
+            f"{getattr(self._index.get(stored), 'name', 'the weights')} has shape {found}, but the config "
+            f"implies {want}; fix the config's sizes or use the config.json that came with these weights")
 
     def _load_bin(self, f: Path) -> dict:
         if self._bin_cache is None or self._bin_cache[0] != f:
@@ -286,6 +296,13 @@ class Checkpoint(WeightSource):
         if self.quantized is not None:
             out["quantization"] = self.quantized.quantization()
         return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 def _corrupt(f: Path, why: str) -> TracingError:
