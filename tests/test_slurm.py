@@ -172,8 +172,15 @@ def test_requeued_job_still_completes(slurm_cluster, tiny_models, tmp_path, how)
     assert pair["time"] < 60  # the restart skipped the first start's 60 s sleep: it computed at once
     rec = load_record(next(out.rglob("cos-*.p")))
     assert rec["status"] == "ok" and rec["log10_pvalue"] < -5
-    r = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-D", "-X", "-o", "State"], capture_output=True, text=True)
-    states = r.stdout.split()
+    # the launcher returns as soon as the result is saved; Slurm records the job's end a moment later
+    deadline = time.time() + 60
+    while True:
+        r = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-D", "-X", "-o", "State"], capture_output=True,
+                           text=True)
+        states = r.stdout.split()
+        if (states and states[-1] not in ("RUNNING", "COMPLETING", "PENDING")) or time.time() > deadline:
+            break
+        time.sleep(1)
     assert "REQUEUED" in states or "PREEMPTED" in states or len(states) >= 2, states
     assert states[-1] == "COMPLETED", states
 
