@@ -356,3 +356,12 @@ def test_report_problem_is_a_printed_warning(tmp_path, capsys):
     write_report_for(tmp_path / "missing", say)  # the report raises; the run must not
     err = capsys.readouterr().err
     assert err.startswith("warning: could not write the report (TracingError: results folder") and "missing" in err
+
+
+@pytest.mark.parametrize("script", ["launch.py", "generate.py", "main.py"])
+def test_every_command_prints_its_help(script):
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage:" in r.stdout and not r.stderr, r.stderr
+    if script != "generate.py":
+        assert "--block_size" in r.stdout and "--seed" in r.stdout

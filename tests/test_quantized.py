@@ -262,7 +262,7 @@ def test_awq_cos_needs_folding(demo, packed):
 def test_fold_norms_option_on_float_models(demo):
     rec = run_pair(str(demo["base-a"]), str(demo["a-docs"]), Options(stat=["cos"], fold_norms=True), progress=False)[0]
     assert rec["transforms"]["fold_norms"] is True and rec["log10_pvalue"] < -6
-    assert Options(fold_norms=None).key() == Options().key() != Options(fold_norms=True).key()
+    assert Options(fold_norms=None).key_for("cos") == Options().key_for("cos") != Options(fold_norms=True).key_for("cos")
 
 
 def test_gptq_without_scales_is_a_one_line_error(demo, tmp_path):

@@ -38,6 +38,8 @@ def parse(argv=None):
     names = set(Options.__dataclass_fields__)
     for action in p._actions:
         if action.dest in names:
+            if action.help and "%(default)s" in action.help:  # argparse cannot show a suppressed default
+                action.help = action.help.replace("%(default)s", str(action.default))
             action.default = argparse.SUPPRESS
     args = p.parse_args(argv)
     for name in ("array_parallelism", "max_workers", "timeout_min", "mem_gb", "cpus"):
