@@ -40,6 +40,11 @@ class WeightSource:
     def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def get_rows(self, name: str, index, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows ``index`` (sorted integer indices) of tensor ``name``; this default reads the whole
+        tensor, sources that can read rows alone override it."""
+        return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
+
     def release(self) -> None:
         pass
 
@@ -96,6 +101,12 @@ class CachedSource(WeightSource):
         if key not in self._cache:
             self._cache[key] = self.inner.get(name, dtype)
         return self._cache[key]
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        key = (name, dtype)
+        if key in self._cache:
+            return self._cache[key][torch.as_tensor(index, dtype=torch.long)]
+        return self.inner.get_rows(name, index, dtype)
 
     def release(self):
         self._cache.clear()
@@ -182,7 +193,7 @@ class Checkpoint(WeightSource):
     def weight_files(self) -> list[Path]:
         return sorted(set(self._index.values()))
 
-    def get(self, name, dtype=torch.float32):
+    def _file_of(self, name: str) -> tuple[str, Path]:
         if name == LM_HEAD and (self.arch.tied or name not in self._index):
             if not self.arch.tied:
                 raise TracingError(f"{self.label}: lm_head.weight missing although tie_word_embeddings is false")
@@ -191,6 +202,10 @@ class Checkpoint(WeightSource):
         if f is None:
             raise TracingError(f"{self.label}: tensor {name} not found in its weight files; "
                                f"is this a Llama-family causal LM checkpoint?")
+        return name, f
+
+    def get(self, name, dtype=torch.float32):
+        name, f = self._file_of(name)
         if f.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
@@ -201,6 +216,17 @@ class Checkpoint(WeightSource):
             require_finite(self.label, name, t)
             self._finite.add(name)
         return t.to(dtype)
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows ``index`` of ``name``: from a safetensors file only those rows are read."""
+        name, f = self._file_of(name)
+        if f.suffix != ".safetensors":
+            return super().get_rows(name, index, dtype)
+        from safetensors import safe_open
+        idx = [int(i) for i in index]
+        with safe_open(f, framework="pt") as h:
+            t = h.get_slice(name)[idx]
+        return require_finite(self.label, name, t).to(dtype)
 
     def release(self):
         self._bin_cache = None

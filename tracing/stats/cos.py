@@ -5,23 +5,38 @@ record counts them per layer); the p-value is the rank correlation of the matche
 
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
+
+With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models)
+are read and matched K × K; the null law is unchanged (θ₂'s units are exchangeable within any fixed
+subset) and the per-layer floor is −log10(K!).
 """
 import numpy as np
 
 from . import register
+from .cost import READ_BYTES_PER_S, solve_s
 from .spec import Cost, same_blocks
 
 
 def _check(a, b, options):
     if (a.L, a.d) != (b.L, b.d):  # the MLP widths may differ (rectangular matching), not depth or d
         same_blocks("cos")(a, b, options)
+    h = min(a.h, b.h)
+    if options.rows is not None and options.rows > h:
+        from ..errors import TracingError
+        raise TracingError(f"--rows {options.rows} is larger than the MLP width h={h}; give at most {h} "
+                           f"(or leave --rows out for the full test)")
 
 
 def _cost(s):
-    return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
+    K = getattr(s.options, "rows", None)
+    if not K:
+        return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
+    K = min(int(K), s.h)  # K rows of each up_proj: read K·d values, a K×K product and solve per block
+    read = s.L * K * s.d * (s.a_bytes + s.b_bytes) / READ_BYTES_PER_S
+    return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
-@register("cos", aliases=("csu",), check=_check, cost=_cost,
+@register("cos", aliases=("csu",), check=_check, cost=_cost, reads=("rows",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
@@ -29,19 +44,27 @@ def _cost(s):
 def cos(ctx, base, ft):
     from ..align import match_layers
     from ..arch import require_same_blocks
-    from .base import pairs_of, spearman_layers
+    from .base import pairs_of, rows_extra, sampled_rows, spearman_layers
     if (base.arch.L, base.arch.d) != (ft.arch.L, ft.arch.d):
         require_same_blocks(base.arch, ft.arch, "cos")  # the MLP widths may differ, not depth or d
+    o = ctx.options
+    h = min(base.arch.h, ft.arch.h)
+    S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)
 
     def load(i):
         name = base.arch.block_name(i, "up")
-        return base.get(name), ft.get(name)
+        if S is None:
+            return base.get(name), ft.get(name)
+        return base.get_rows(name, S), ft.get_rows(name, S)
 
+    what = "up_proj rows" if S is None else f"{len(S)} sampled up_proj rows"
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
-                           desc="cos: match up_proj rows" if ctx.progress else None)
+                           desc=f"cos: match {what}" if ctx.progress else None)
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
     medians = {i: float(np.median(m.cos)) if m.n_pairs else float("nan") for i, m in matched.items()}
     for row in res.per_layer:
         row["median_cos"] = medians[row["layer"]]
     res.extra["median_cos"] = float(np.nanmean(list(medians.values())))
+    if S is not None:
+        res.extra.update(rows_extra(o, h))
     return res
