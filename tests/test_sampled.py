@@ -1,0 +1,121 @@
+"""Sampled cos and emb (--rows K): row reads, exactness under independence, power, bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from helpers import finetuned, tiny_config, tiny_model
+
+import tracing
+from tracing.errors import TracingError
+from tracing.models import Checkpoint, from_module
+from tracing.stats.base import sampled_rows
+from tracing.transforms import permute
+
+SIG = math.log10(0.01)
+DEMO_DEPENDENT = [("base-a", "a-docs"), ("base-a", "a-docs-v2"), ("base-a", "a-sys"), ("a-docs", "a-docs-v2"),
+                  ("a-docs", "a-sys"), ("base-b", "b-docs")]
+DEMO_INDEPENDENT = [("base-a", "base-b"), ("base-a", "base-c"), ("base-b", "base-c"), ("a-docs", "b-docs"),
+                    ("a-sys", "base-c"), ("b-docs", "base-c")]
+
+
+def run(stat, a, b, **kw):
+    return tracing.compare_models(a, b, stat=stat, **kw)
+
+
+def test_sampled_rows_depend_on_the_seed_only():
+    a, b = sampled_rows(96, 32, seed=3), sampled_rows(96, 32, seed=3)
+    assert np.array_equal(a, b) and np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < 96
+    assert not np.array_equal(a, sampled_rows(96, 32, seed=4))
+    with pytest.raises(TracingError):
+        sampled_rows(96, 97, seed=0)
+
+
+def test_checkpoint_reads_only_the_rows(tmp_path, monkeypatch):
+    model = tiny_model(tiny_config(L=2, d=32, h=96), seed=5)
+    model.save_pretrained(tmp_path / "m")
+    ck = Checkpoint(str(tmp_path / "m"))
+    name = ck.arch.block_name(1, "up")
+    idx = sampled_rows(96, 20, seed=1)
+    full = ck.get(name)[torch.from_numpy(idx)]
+    monkeypatch.setattr(Checkpoint, "get", lambda *a, **k: pytest.fail("get_rows read the whole tensor"))
+    assert torch.equal(ck.get_rows(name, idx), full)
+
+
+def test_permuted_view_rows_match_the_full_view():
+    src = from_module(tiny_model(tiny_config(L=2, d=32, h=96), seed=6))
+    view = permute(src, seed=9)
+    idx = sampled_rows(96, 24, seed=2)
+    for i in range(2):
+        for role in ("up", "gate"):
+            name = src.arch.block_name(i, role)
+            assert torch.equal(view.get_rows(name, idx), view.get(name)[torch.from_numpy(idx)])
+
+
+def _independent_pairs(n, seed0=900):
+    cfg = tiny_config("llama", L=2, d=64, h=96, V=96)
+    for k in range(n):
+        yield from_module(tiny_model(cfg, seed=seed0 + 2 * k)), from_module(tiny_model(cfg, seed=seed0 + 2 * k + 1))
+
+
+@pytest.mark.parametrize("stat", ["cos", "emb"])
+def test_sampled_pvalues_uniform_under_independence(stat):
+    ps = []
+    for a, b in _independent_pairs(60):
+        res = run(stat, a, b, rows=32)
+        assert res.extra["rows"] == 32 and res.extra["rows_seed"] == 0
+        ps.append(10 ** res.log10_pvalue)
+    assert sps.kstest(ps, "uniform").pvalue > 0.01
+    assert min(ps) > 1e-4
+
+
+@pytest.mark.parametrize("stat", ["cos", "emb"])
+def test_sampled_noisy_copies_significant(stat):
+    cfg = tiny_config("llama", L=2, d=64, h=96, V=96)
+    for seed in range(3):
+        base = tiny_model(cfg, seed=50 + seed)
+        res = run(stat, from_module(base), from_module(finetuned(base, seed=seed, noise=0.3)), rows=32)
+        assert res.log10_pvalue < -6
+
+
+def test_sampled_identical_models_reach_the_floor_of_k():
+    a = from_module(tiny_model(tiny_config(L=2, d=32, h=96), seed=8))
+    res = run("cos", a, a, rows=40)
+    floor = -math.lgamma(41) / math.log(10)
+    assert all(row["log10_pvalue"] == pytest.approx(floor) and row["n_pairs"] == 40 for row in res.per_layer)
+
+
+@pytest.mark.parametrize("pair", DEMO_DEPENDENT)
+def test_demo_dependent_pairs_significant_with_64_rows(pair):
+    res = tracing.compare(f"demo:{pair[0]}", f"demo:{pair[1]}", stat="cos", rows=64)
+    assert res.log10_pvalue < SIG and res.extra["rows"] == 64
+    assert tracing.compare(f"demo:{pair[0]}", f"demo:{pair[1]}", stat="emb", rows=32).log10_pvalue < SIG
+
+
+@pytest.mark.parametrize("pair", DEMO_INDEPENDENT)
+def test_demo_independent_pairs_not_significant_with_64_rows(pair):
+    res = tracing.compare(f"demo:{pair[0]}", f"demo:{pair[1]}", stat="cos", rows=64)
+    assert res.log10_pvalue > SIG
+
+
+def test_sampled_with_align_recovers_a_permuted_copy():
+    res = tracing.compare("demo:base-a", "demo:a-docs", stat="cos", rows=32, permute=True, align=True)
+    assert res.log10_pvalue > SIG
+    assert res["aligned"]["log10_pvalue"] < -20
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--rows", "0"], "positive"), (["--rows", "-2"], "positive"), (["--rows", "129"], "larger than the MLP width"),
+    (["--rows", "65", "--stat", "emb"], "residual width"), (["--rows", "8", "--stat", "cos,l2"], "only cos, emb"),
+])
+def test_bad_rows_one_line_exit_2(args, words, capsys, tmp_path):
+    import main
+    from tracing.cli_util import run_cli
+    out = tmp_path / "x.p"
+    code = run_cli(main.main, ["--base_model_id", "demo:base-a", "--ft_model_id", "demo:a-docs", "--quiet",
+                               "--save", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and words in err
+    assert not out.exists()
