@@ -53,7 +53,7 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
         check_writable(p)
     t = time.time()
     b, f = Checkpoint(str(base)), Checkpoint(str(ft))
-    return run_opened(b, f, options, paths, progress, timings={"load": time.time() - t}, start=start,
+    return run_opened(b, f, options, save, progress, timings={"load": time.time() - t}, start=start,
                       labels=(str(base), str(ft)))
 
 
