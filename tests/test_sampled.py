@@ -119,3 +119,19 @@ def test_bad_rows_one_line_exit_2(args, words, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and words in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stat", ["cos", "emb"])
+def test_sampled_cost_is_a_fraction_of_the_full_cost(stat):
+    from types import SimpleNamespace
+
+    from tracing.arch import arch_from_config
+    from tracing.options import Options
+    from tracing.stats import get
+    from tracing.stats.cost import Sizing
+    arch = arch_from_config({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+                             "num_hidden_layers": 32, "vocab_size": 32000, "num_attention_heads": 32})
+    info = SimpleNamespace(arch=arch, params=arch.num_params(), bytes_per_param=2)
+    full = get(stat).cost(Sizing.from_infos(info, info, Options(stat=[stat]), cpus=2))
+    part = get(stat).cost(Sizing.from_infos(info, info, Options(stat=[stat], rows=1024), cpus=2))
+    assert part.seconds < full.seconds / 5 and part.mem_bytes < full.mem_bytes
