@@ -5,7 +5,7 @@ Driver (default): writes (or reuses) the bf16 checkpoints of bench_cos.py (base,
 independent; one shard per block) and of bench_70b_block.py, then runs every variant × pair in its
 own process and prints a markdown table.
 
-    python bench/bench_sampled.py                            # 32 blocks: K=256, 1024 and full on 8 and 32
+    python bench/bench_sampled.py                            # K=256, 1024 on 8 and 32 blocks; full on 8 (and 32: ft)
     python bench/bench_sampled.py --full-blocks 8            # the full baseline on 8 blocks only
     python bench/bench_sampled.py --blocks 4 --rows 64,256 --no-70b
 
@@ -75,7 +75,7 @@ def _runs(a, paths7, paths70):
     for L in sorted({a.blocks, a.full_blocks}):
         for pair in pairs:
             out += [(L, pair, k, "7b") for k in rows]
-            if L == a.full_blocks or (L == a.blocks and a.full_32):
+            if L == a.full_blocks or (L == a.blocks and pair in a.full_pairs.split(",")):
                 out.append((L, pair, None, "7b"))
     if paths70 is not None:
         out += [(1, pair, k, "70b") for pair in pairs for k in rows]
@@ -86,9 +86,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=32, help="blocks of the 7B-shaped checkpoints (default 32)")
     ap.add_argument("--full-blocks", type=int, default=8, help="also run sampled and full cos on this prefix")
-    ap.add_argument("--full-32", dest="full_32", action="store_true", default=True,
-                    help="run the full test on --blocks too (default)")
-    ap.add_argument("--no-full-32", dest="full_32", action="store_false")
+    ap.add_argument("--full-pairs", default="ft",
+                    help="pairs also tested in full at --blocks (default ft: the independent 32-block pair's full "
+                         "test takes ~10 min; '' for none)")
     ap.add_argument("--rows", default="256,1024", help="K values (default 256,1024)")
     ap.add_argument("--pairs", default="ft,indep")
     ap.add_argument("--no-70b", dest="b70", action="store_false", help="skip the 70B-shaped block pair")
