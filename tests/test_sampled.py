@@ -135,3 +135,10 @@ def test_sampled_cost_is_a_fraction_of_the_full_cost(stat):
     full = get(stat).cost(Sizing.from_infos(info, info, Options(stat=[stat]), cpus=2))
     part = get(stat).cost(Sizing.from_infos(info, info, Options(stat=[stat], rows=1024), cpus=2))
     assert part.seconds < full.seconds / 5 and part.mem_bytes < full.mem_bytes
+
+
+def test_rows_is_part_of_the_result_key_of_sampled_statistics_only():
+    from tracing.options import Options
+    assert Options(stat=["cos"], rows=64).key_for("cos") != Options(stat=["cos"]).key_for("cos")
+    assert Options(stat=["emb"], rows=64).key_for("emb") != Options(stat=["emb"], rows=32).key_for("emb")
+    assert Options(stat=["l2"]).key_for("l2") == Options(stat=["l2"], seed=0).key_for("l2")
