@@ -12,7 +12,8 @@ own process and prints a markdown table.
 Every variant is ``tracing.compare(base, other, stat="cos"[, rows=K])`` in a fresh process. The
 weight files' SHA-256 (the records' provenance) are computed once, before the timed runs, into a
 hash cache shared by every variant (as on any second run over the same files), so the times are of
-the test itself. ``bytes read`` is the process's ``read_bytes`` from ``/proc/self/io`` (storage
+the test itself. Before each variant the two models' files are dropped from the page cache, so every
+variant starts cold. ``bytes read`` is the process's ``read_bytes`` from ``/proc/self/io`` (storage
 reads; pages already in the page cache are not counted); ``bytes needed`` is what the test must
 read: K rows (or all h) of each up_proj, both models.
 """
@@ -59,6 +60,19 @@ def variant_cos(base: Path, other: Path, rows: int | None) -> dict:
     return {**t.fields(), "log10_pvalue": rec["log10_pvalue"], "stat_s": rec["timings"]["statistic"],
             "bytes_read": _io_read_bytes() - io0, "bytes_needed": 2 * arch.L * K * arch.d * 2,
             "rows": rows, "h": arch.h, "L": arch.L, "median_cos": rec["extra"].get("median_cos")}
+
+
+def evict(folders) -> None:
+    """Drop the weight files' pages from the page cache (clean pages; no root needed), so that
+    every variant starts cold and ``bytes read`` is what it really reads."""
+    for folder in folders:
+        for f in Path(folder).iterdir():
+            if f.suffix == ".safetensors":
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
 
 
 def _hash_all(paths) -> None:
@@ -127,6 +141,7 @@ def main(argv=None):
         for L, pair, k, shape in _runs(a, paths7, paths70):
             ps = views[L] if shape == "7b" else paths70
             args = ["--variant", "cos", "--base", str(ps["base"]), "--other", str(ps[pair]), "--k", str(k or 0)]
+            evict([ps["base"], ps[pair]])
             rec = common.run_child(__file__, args, log=log, hash_cache=hash_cache)
             rec.update(blocks=L, pair=pair, shape=shape, rows=k)
             records.append(rec)

@@ -142,3 +142,15 @@ def test_rows_is_part_of_the_result_key_of_sampled_statistics_only():
     assert Options(stat=["cos"], rows=64).key_for("cos") != Options(stat=["cos"]).key_for("cos")
     assert Options(stat=["emb"], rows=64).key_for("emb") != Options(stat=["emb"], rows=32).key_for("emb")
     assert Options(stat=["l2"]).key_for("l2") == Options(stat=["l2"], seed=0).key_for("l2")
+
+
+def test_row_reader_reads_runs_of_rows_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    from tracing.rows import read_rows, runs
+    t = torch.randn(50, 7).to(torch.bfloat16)
+    save_file({"a": torch.zeros(3), "w": t}, str(tmp_path / "x.safetensors"))
+    idx = np.array([0, 1, 2, 9, 20, 21, 49])
+    assert runs(idx) == [(0, 0, 3), (3, 9, 1), (4, 20, 2), (6, 49, 1)]
+    assert torch.equal(read_rows(tmp_path / "x.safetensors", "w", idx), t[torch.from_numpy(idx)])
+    assert read_rows(tmp_path / "x.safetensors", "w", [3, 2]) is None  # unsorted: left to safetensors
