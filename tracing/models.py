@@ -58,7 +58,8 @@ class WeightSource:
 
 def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
     """``t`` itself, or a one-line TracingError naming the model and tensor if it holds NaN or inf."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    # a NaN or inf makes the sum non-finite (so does an overflow: then every value is checked)
+    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         raise TracingError(f"{label}: tensor {name} holds non-finite values ({nan} NaN, {inf} inf); "
                            f"the weights are corrupt or come from a diverged run, use an intact checkpoint")
