@@ -101,10 +101,6 @@ class Options:
         d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))}}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
-    def key(self) -> str:
-        """``key_for`` the first statistic (kept for callers written for one statistic)."""
-        return self.key_for(self.stat[0])
-
     def block_size_for(self, max_positions: int | None) -> int:
         """The forward passes' block size: ``--block_size``, else min(512, ``max_positions``).
         A block longer than the models' context is an error."""

@@ -36,7 +36,7 @@ def _cost(s):
     return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
-@register("cos", aliases=("csu",), check=_check, cost=_cost, reads=("rows",),
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "

@@ -8,7 +8,7 @@ def _cost(s):
     return Cost(s.forward_mem("csh") + s.solves * s.per_solve, t, True)
 
 
-@register("csh", needs_data=True, default_dataset="random", check=same_blocks("csh"), cost=_cost,
+@register("csh", per_block=True, needs_data=True, default_dataset="random", check=same_blocks("csh"), cost=_cost,
           description="cosine similarity of MLP up-projection activations (φ_H)",
           meaning="φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null "
                   "that the two models were initialised independently.")

@@ -18,7 +18,7 @@ def _cost(s):
     return Cost(s.forward_mem("jsd") + s.logits_mem, s.read_s + s.fwd_s("a") + s.fwd_s("b"))
 
 
-@register("jsd", needs_data=True, pvalue="never", cost=_cost, value_name="mean Jensen–Shannon divergence (nats)",
+@register("jsd", label="JSD", needs_data=True, pvalue="never", cost=_cost, value_name="mean Jensen–Shannon divergence (nats)",
           description="Jensen-Shannon divergence of the output distributions (no p-value)",
           meaning="Jensen–Shannon divergence (`jsd`) of the next-token distributions: smaller means more similar "
                   "outputs; there is no p-value and no verdict.")

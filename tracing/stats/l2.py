@@ -37,7 +37,7 @@ def _cost(s):
     return Cost(3 * s.largest * 4, s.read_s + (1 + T) * (s.a_params + s.b_params) / (ELEMS_PER_S_2CORES * s.speed))
 
 
-@register("l2", pvalue="num_perm", default_num_perm=DEFAULT_T, aligned_pvalue=False, reads=("num_perm",),
+@register("l2", label="mean ℓ2 distance", pvalue="num_perm", default_num_perm=DEFAULT_T, aligned_pvalue=False, reads=("num_perm",),
           check=same_blocks("l2"), cost=_cost, value_name="mean Frobenius distance",
           description="mean Frobenius distance of the weights (φ_ℓ2) with a permutation test",
           meaning="φ_ℓ2 (`l2`): mean Frobenius distance of the weights, with a permutation test (PERMTEST); the "

@@ -43,7 +43,8 @@ class StatSpec:
     ``default_num_perm``: permutation draws when ``--num_perm`` is not given.
     ``cost(sizing) -> Cost``: job sizing; ``check(base_arch, ft_arch, options)``: raises
     :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
-    lines the summary adds about the statistic's extra values.
+    lines the summary adds about the statistic's extra values. ``per_block``, ``variant_flags``,
+    ``label`` and ``at_alpha`` tell reports how to show it.
     """
 
     name: str
@@ -65,6 +66,10 @@ class StatSpec:
     value_name: str = "statistic"  # what the statistic is, for summaries
     spearman: bool = False  # the statistic itself is one Spearman r (its floor: r = 1)
     explain: Callable | None = None  # explain(record_or_variant) -> extra summary lines
+    per_block: bool = False  # records a p-value per block (per_layer)
+    variant_flags: tuple[str, ...] = ()  # options that change what it measures (a separate grid)
+    label: str | None = None  # short name of its value for figure panels (default: value_name)
+    at_alpha: bool = False  # its value is taken at the interpolation point α (panels name the α)
 
     def __post_init__(self):
         if self.pvalue not in ("always", "num_perm", "never"):
