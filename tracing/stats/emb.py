@@ -39,8 +39,8 @@ def _explain(rec):
             f"matching with the identity order — yet its median cosine stays near 1)"]
 
 
-@register("emb", check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",), aligned=False, aligned_pvalue=False, spearman=True,
-          explain=_explain,
+@register("emb", check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",), aligned=False,
+          aligned_pvalue=False, spearman=True, explain=_explain,
           description="matching of embedding dimensions over the shared vocabulary",
           meaning="embeddings (`emb`): embedding dimensions matched over the shared vocabulary, Spearman against "
                   "the identity; the p-value is exact under the null that the two embedding matrices were "
