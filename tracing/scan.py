@@ -49,7 +49,7 @@ class Row:
 
     def cells(self) -> list:
         return [self.reference, self.family or "", "" if self.k is None else self.k, _fmt(self.screen_log10_p),
-                _fmt(self.holm_log10_p),                _fmt(self.full_log10_p), self.tokenizer, self.verdict]
+                _fmt(self.holm_log10_p), _fmt(self.full_log10_p), self.tokenizer, self.verdict]
 
 
 HEADER = ["reference", "family", "K", "screened log10 p", "Holm log10 p", "full log10 p", "tokenizer", "verdict"]
