@@ -154,3 +154,19 @@ def test_row_reader_reads_runs_of_rows_exactly(tmp_path):
     assert runs(idx) == [(0, 0, 3), (3, 9, 1), (4, 20, 2), (6, 49, 1)]
     assert torch.equal(read_rows(tmp_path / "x.safetensors", "w", idx), t[torch.from_numpy(idx)])
     assert read_rows(tmp_path / "x.safetensors", "w", [3, 2]) is None  # unsorted: left to safetensors
+
+
+def test_sampled_cos_never_reads_a_whole_up_projection(tmp_path, monkeypatch):
+    cfg = tiny_config(L=2, d=32, h=96)
+    base = tiny_model(cfg, seed=11)
+    base.save_pretrained(tmp_path / "a")
+    finetuned(base, seed=1, noise=0.2).save_pretrained(tmp_path / "b")
+    real_get = Checkpoint.get
+
+    def get(self, name, dtype=torch.float32):
+        assert "up_proj" not in name, f"{name} read whole"
+        return real_get(self, name, dtype)
+
+    monkeypatch.setattr(Checkpoint, "get", get)
+    res = tracing.compare(str(tmp_path / "a"), str(tmp_path / "b"), stat="cos", rows=24)
+    assert res.extra["rows"] == 24 and res.log10_pvalue < -6
