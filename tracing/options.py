@@ -38,6 +38,7 @@ class Options:
     alternative: str = "greater"
     mem_budget_gb: float | None = None
     rows: int | None = None  # sampled test: K unit indices drawn from the seed, the same in both models
+    fold_norms: bool | None = None  # None: fold when either model is AWQ
 
     def __post_init__(self):
         from .stats import canonical, known_names
@@ -99,6 +100,8 @@ class Options:
         spec = get(stat)
         names = spec.option_names() + (DATA_OPTIONS if self.eval else ())
         d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))}}
+        if d.get("fold_norms") is None:  # the default (AWQ only) leaves earlier keys unchanged
+            d.pop("fold_norms", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def block_size_for(self, max_positions: int | None) -> int:
@@ -177,6 +180,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="level of the verdict: dependent when p <= this (default: %(default)s)")
     g.add_argument("--alternative", default=d["alternative"].default, choices=["greater", "two-sided"],
                    help="side of the Spearman test (default: %(default)s)")
+    g.add_argument("--fold_norms", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold every norm gain into the layers it feeds before comparing (default: only when "
+                        "either model is AWQ-quantized, whose scales move between norms and layers)")
     g.add_argument("--mem_budget_gb", type=float, default=None,
                    help="memory for parallel assignment solves (default: half of the free RAM)")
     g.add_argument("--rows", type=int, default=None,

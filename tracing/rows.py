@@ -30,6 +30,19 @@ def header(path: str | os.PathLike) -> tuple[int, dict]:
         return 8 + n, json.loads(f.read(n))
 
 
+def row_offset(index) -> int | None:
+    """The first stored row of a part that is a block of whole rows (the ``index`` of a stored
+    tensor's part, e.g. a role of a fused tensor; None: the whole tensor); None for any other part
+    (columns, an expert of a stacked tensor)."""
+    if index is None:
+        return 0
+    if isinstance(index, tuple) and len(index) == 1:
+        index = index[0]
+    if isinstance(index, slice) and index.step in (None, 1):
+        return int(index.start or 0)
+    return None
+
+
 def runs(index: np.ndarray) -> list[tuple[int, int, int]]:
     """Runs of consecutive values of a sorted index: (position in index, first value, length)."""
     if index.size == 0:

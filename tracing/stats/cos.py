@@ -6,6 +6,9 @@ record counts them per layer); the p-value is the rank correlation of the matche
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
 
+When either model has mixture-of-experts blocks, every pair of MLPs chosen by
+:mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead.
+
 With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models)
 are read and matched K × K; the null law is unchanged (θ₂'s units are exchangeable within any fixed
 subset) and the per-layer floor is −log10(K!).
@@ -18,11 +21,19 @@ from .spec import Cost, same_blocks
 
 
 def _check(a, b, options):
-    if (a.L, a.d) != (b.L, b.d):  # the MLP widths may differ (rectangular matching), not depth or d
+    if a.has_experts or b.has_experts:
+        from ..arch import require_same_depth
+        require_same_depth(a, b, "cos")
+    elif (a.L, a.d) != (b.L, b.d):  # the MLP widths may differ (rectangular matching), not depth or d
         same_blocks("cos")(a, b, options)
+    if options.rows is None:
+        return
+    from ..errors import TracingError
+    if a.has_experts or b.has_experts:
+        raise TracingError("--rows is not available for mixture-of-experts models (their experts are paired "
+                           "first); drop --rows")
     h = min(a.h, b.h)
-    if options.rows is not None and options.rows > h:
-        from ..errors import TracingError
+    if options.rows > h:
         raise TracingError(f"--rows {options.rows} is larger than the MLP width h={h}; give at most {h} "
                            f"(or leave --rows out for the full test)")
 
@@ -36,35 +47,65 @@ def _cost(s):
     return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
-@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",),
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, reads=("rows",),
+          variant_flags=("rows",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
     from ..align import match_layers
-    from ..arch import require_same_blocks
     from .base import pairs_of, rows_extra, sampled_rows, spearman_layers
-    if (base.arch.L, base.arch.d) != (ft.arch.L, ft.arch.d):
-        require_same_blocks(base.arch, ft.arch, "cos")  # the MLP widths may differ, not depth or d
+    _check(base.arch, ft.arch, ctx.options)
+    if base.arch.has_experts or ft.arch.has_experts:
+        return _cos_experts(ctx, base, ft)
     o = ctx.options
     h = min(base.arch.h, ft.arch.h)
     S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)
 
     def load(i):
-        name = base.arch.block_name(i, "up")
+        a, b = base.arch.units(i)[0].up, ft.arch.units(i)[0].up
         if S is None:
-            return base.get(name), ft.get(name)
-        return base.get_rows(name, S), ft.get_rows(name, S)
+            return base.get(a), ft.get(b)
+        return base.get_rows(a, S), ft.get_rows(b, S)
 
     what = "up_proj rows" if S is None else f"{len(S)} sampled up_proj rows"
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
                            desc=f"cos: match {what}" if ctx.progress else None)
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
-    medians = {i: float(np.median(m.cos)) if m.n_pairs else float("nan") for i, m in matched.items()}
-    for row in res.per_layer:
-        row["median_cos"] = medians[row["layer"]]
-    res.extra["median_cos"] = float(np.nanmean(list(medians.values())))
+    _median_cos(res, matched)
     if S is not None:
         res.extra.update(rows_extra(o, h))
+    return res
+
+
+def _median_cos(res, matched: dict) -> None:
+    """Each result row's median matched cosine (rows follow the sorted keys of ``matched``), and
+    their mean in ``extra``."""
+    medians = [float(np.median(m.cos)) if m.n_pairs else float("nan") for _, m in sorted(matched.items())]
+    for row, med in zip(res.per_layer, medians):
+        row["median_cos"] = med
+    res.extra["median_cos"] = float(np.nanmean(medians))
+
+
+def _cos_experts(ctx, base, ft):
+    from ..align import match_layers
+    from ..errors import TracingError
+    from ..experts import block_pairs, expert_result, expert_similarity, grid_columns
+    from .base import pairs_of
+    a, b = base.arch, ft.arch
+    pairs, partners = [], {}
+    for i in range(a.L):
+        block, partners[i] = block_pairs(i, a.units(i), b.units(i),
+                                         lambda ua, ub: expert_similarity(base.get(ua.up), ft.get(ub.up)))
+        pairs += block
+    if not pairs:
+        raise TracingError("cos found no pair of MLPs of equal width to compare (experts and dense MLP differ "
+                           "in width); use match on activations of models with equal widths")
+    matched = match_layers(range(len(pairs)), lambda k: (base.get(pairs[k].a.up), ft.get(pairs[k].b.up)),
+                           mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
+                           desc="cos: match expert up rows" if ctx.progress else None)
+    res = expert_result("cos", pairs, {k: pairs_of(m) for k, m in matched.items()}, partners, a.L,
+                        grid_columns(a, b), ctx)
+    _median_cos(res, matched)
     return res

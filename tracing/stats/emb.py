@@ -51,14 +51,13 @@ def emb(ctx, base, ft):
 
     from .. import pvalues
     from ..align import match_pairs
-    from ..arch import EMBED
     from ..errors import TracingError
     from .base import StatResult, rows_extra, sampled_rows
     if base.arch.d != ft.arch.d:
         raise TracingError(f"emb needs equal residual widths, got d={base.arch.d} and d={ft.arch.d}")
     n = min(base.arch.V, ft.arch.V)
     o = ctx.options
-    E1, E2 = base.get(EMBED)[:n], ft.get(EMBED)[:n]
+    E1, E2 = base.get(base.arch.embed)[:n], ft.get(ft.arch.embed)[:n]
     if o.rows is not None:  # K residual dimensions, the same columns in both embeddings
         S = sampled_rows(base.arch.d, o.rows, o.seed)
         E1, E2 = E1[:, S], E2[:, S]

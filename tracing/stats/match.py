@@ -11,6 +11,9 @@ gate matching and u(i) in the up matching, and the pairs are (g(i), u(i)), indic
 If n₁ > n₂, every kept unit j of θ₂ has partners g⁻¹(j) and u⁻¹(j) among θ₁'s units, and the
 pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two sequences of a pair; with
 equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
+
+When either model has mixture-of-experts blocks, each pair of MLPs chosen by
+:mod:`tracing.experts` is compared in the same way on its activations over every token.
 """
 import numpy as np
 
@@ -19,7 +22,7 @@ from . import register
 from .spec import Cost
 
 
-def _pairs(g, u) -> tuple:
+def gate_up_pairs(g, u) -> tuple:
     """The (x, y, dropped) pairs of one block's gate and up matchings (see the module docstring)."""
     n1, n2 = g.kept
     if n1 <= n2:  # keys: θ₁'s kept units, both matchings list them in ascending order
@@ -31,7 +34,11 @@ def _pairs(g, u) -> tuple:
 
 
 def _check(a, b, _options):
-    if a.L != b.L or a.h != b.h:
+    from ..arch import require_gated, require_same_depth
+    require_gated(a, b, "match")
+    if a.has_experts or b.has_experts:
+        require_same_depth(a, b, "match")
+    elif a.L != b.L or a.h != b.h:
         raise TracingError(f"match needs the same number of blocks and MLP width here "
                            f"(L {a.L} vs {b.L}, h {a.h} vs {b.h}); compare models of one shape")
 
@@ -50,6 +57,9 @@ def match(ctx, base, ft):
     from ..align import Matcher, degenerate_rows
     from .base import spearman_layers
     _check(base.arch, ft.arch, ctx.options)
+    if base.arch.has_experts or ft.arch.has_experts:
+        from ..experts import activation_stat
+        return activation_stat(ctx, base, ft, "match", gated=True)
     ids = ctx.data()
     gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
@@ -67,4 +77,4 @@ def match(ctx, base, ft):
     finally:
         gate.close()
         up.close()
-    return spearman_layers({i: _pairs(pg[i], pu[i]) for i in pg}, ctx, "match")
+    return spearman_layers({i: gate_up_pairs(pg[i], pu[i]) for i in pg}, ctx, "match")

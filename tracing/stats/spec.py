@@ -13,8 +13,8 @@ from ..errors import TracingError
 
 #: options that never change a result (where and how fast it runs)
 NEUTRAL_OPTIONS = ("device", "mem_budget_gb")
-#: options every statistic's result depends on
-COMMON_OPTIONS = ("permute", "rotate", "align", "seed", "eval", "significance", "alternative")
+#: options every statistic's result depends on (``fold_norms`` changes the weights every statistic reads)
+COMMON_OPTIONS = ("permute", "rotate", "align", "seed", "eval", "significance", "alternative", "fold_norms")
 #: options read by every statistic that runs the models on data (and by --eval)
 DATA_OPTIONS = ("dataset", "generated_dir", "block_size", "batch_size", "num_samples", "dtype")
 
@@ -114,6 +114,14 @@ def same_blocks(what: str):
     def check(a, b, _options):
         from ..arch import require_same_blocks
         require_same_blocks(a, b, what)
+    return check
+
+
+def same_layout(what: str):
+    """A ``check`` hook: both models need one architecture (tensors paired by name)."""
+    def check(a, b, _options):
+        from ..arch import require_same_layout
+        require_same_layout(a, b, what)
     return check
 
 
