@@ -103,6 +103,9 @@ def tokenizer_digest(ck) -> str | None:
 def shape_problem(stat: str, cand, ref) -> str | None:
     """Why ``ref`` cannot be tested against ``cand`` by ``stat`` (None when it can)."""
     a, b = ref.arch, cand.arch
+    if getattr(a, "has_experts", False) or getattr(b, "has_experts", False):
+        return (f"mixture-of-experts blocks: the sampled screen reads dense MLPs only; test this pair in full "
+                f"with `main.py --stat {stat}`")
     if a.d != b.d:
         return (f"different residual width (d={a.d} vs {b.d}): {stat} needs equal d; compare the MLP units of "
                 f"every block pair with `main.py --stat match --localized`")
@@ -166,8 +169,11 @@ def scan(candidate: str, references, stat: str = "cos", rows: int = 256, out: st
         row.status, row.why, row.tokenizer = precheck(stat, cand, ref, cand_hashes, cand_tok)
         if row.status == "screened":
             k = min(rows, ref.arch.d if stat == "emb" else min(ref.arch.h, cand.arch.h))
-            rec = _test(ref, cand, screen_opts.replace(rows=k), out, "screen", progress)
-            row.screen_log10_p, row.k = rec["log10_pvalue"], k
+            try:
+                rec = _test(ref, cand, screen_opts.replace(rows=k), out, "screen", progress)
+                row.screen_log10_p, row.k = rec["log10_pvalue"], k
+            except TracingError as e:  # e.g. a tensor layout this statistic cannot compare
+                row.status, row.why, row.verdict = "unavailable", str(e), f"failed: {e}"
         elif row.status == "identical":
             row.verdict = "re-upload: identical weights"
         else:
