@@ -160,16 +160,23 @@ def make_table(records: list[dict]) -> str:
         shape = "7B" if r["shape"] == "7b" else "70B block"
         if "error" in r:
             rows.append([shape, r["blocks"], r["pair"], what, "failed: " + r["error"].splitlines()[-1][:80]]
-                        + [""] * 7)
+                        + [""] * 8)
             continue
         f = full.get((r["shape"], r["blocks"], r["pair"]))
         speed = "—" if f is None or r.get("rows") is None else f"{f['wall_s'] / r['wall_s']:.1f}×"
         rows.append([shape, r["blocks"], r["pair"], what, common.fmt_s(r["wall_s"]), common.fmt_s(r["stat_s"]),
+                     common.fmt_s(r["cpu_s"]),
                      f"{r['load_start']:.1f}/{r['load_end']:.1f}", common.fmt_gb(r["peak_rss"]),
                      f"{r['bytes_read'] / GB:.2f}", f"{r['bytes_needed'] / GB:.3f}", speed,
                      f"{r['log10_pvalue']:.4g}"])
-    return common.markdown_table(["shape", "blocks", "pair", "test", "wall s", "statistic s", "load avg start/end",
-                                  "peak RSS GiB", "GiB read", "GiB needed", "faster than full", "log10 p"], rows)
+    return common.markdown_table(["shape", "blocks", "pair", "test", "wall s", "statistic s", "CPU s",
+                                  "load avg start/end", "peak RSS GiB", "GiB read", "GiB needed", "faster than full", "log10 p"], rows)
+
+
+def retable(jsonl: Path) -> str:
+    """The table of the last run recorded in a results file (the records of one driver run)."""
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    return make_table(records)
 
 
 if __name__ == "__main__":
