@@ -128,6 +128,12 @@ def test_summary_table_holds_every_result_and_a_valid_correction(demo_run, summa
     cos = summary[summary["variant"] == "cos"]
     assert len(cos) == 21
     assert ((cos["verdict_adj"] == "dependent") == cos["lineage_dependent"]).all()
+    assert (cos["significant_adj"] == cos["lineage_dependent"]).all()
+    # an approximate test's verdict says so wherever it says "dependent"
+    match = summary[summary["variant"] == "match"]
+    sig = match[match["significant"] == True]  # noqa: E712
+    assert len(sig) and (sig["verdict"] == "dependent (approximate test)").all()
+    assert not match["verdict"].eq("dependent").any() and not match["verdict_adj"].eq("dependent").any()
     # mode without a permutation test: statistic only
     mode = summary[summary["stat"] == "mode"]
     assert len(mode) == 2 and mode["log10_pvalue"].isna().all() and (mode["verdict"] == "no p-value").all()

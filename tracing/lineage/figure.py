@@ -110,11 +110,16 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
                     ha="center")
             drawn["missing"].append((m["parent"], m["child"]))
     if any(e.get("truth") for e in rec.edges) or rec.missing:
-        fig.text(0.01, 0.01, "against the known lineage: green = known edge, red = wrong or reversed, "
-                             "dashed orange = known edge missing", fontsize=7, color="#555555")
+        import textwrap
+        key = ("against the known lineage: green = known edge, red = wrong or reversed, "
+               "dashed orange = known edge missing")
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(key, max(40, int(fig.get_figwidth() * 72 / 5)))),
+                 fontsize=7, color="#555555")
     what = "median matched cosine of up rows" if rec.similarity == "median_cos" else "l2 distance"
-    ax.set_title(f"Lineage from {rec.stat} (families: Holm-significant at {rec.level:g}; edge labels: {what})",
-                 fontsize=9)
+    import textwrap
+    title = f"Lineage from {rec.stat} (families: Holm-significant at {rec.level:g}; edge labels: {what})"
+    chars = max(30, int(fig.get_figwidth() * 72 / 6))  # about 6 points per character at 9 pt
+    ax.set_title("\n".join(textwrap.wrap(title, chars)), fontsize=9)
     ax.set_xlim(-0.8 * unit, width + 0.8 * unit)
     ax.set_ylim(-depth - 0.6, 0.6)
     ax.axis("off")

@@ -86,10 +86,10 @@ def _lineage_counts(c: Context) -> list[str]:
             continue
         dep = sub[sub["lineage_dependent"] == True]  # noqa: E712
         ind = sub[sub["lineage_dependent"] == False]  # noqa: E712
-        rows.append([v, f"{int((dep['verdict'] == 'dependent').sum())}/{len(dep)}",
-                     f"{int((dep['verdict_adj'] == 'dependent').sum())}/{len(dep)}",
-                     f"{int((ind['verdict'] == 'dependent').sum())}/{len(ind)}",
-                     f"{int((ind['verdict_adj'] == 'dependent').sum())}/{len(ind)}",
+        rows.append([v, f"{int((dep['significant'] == True).sum())}/{len(dep)}",
+                     f"{int((dep['significant_adj'] == True).sum())}/{len(dep)}",
+                     f"{int((ind['significant'] == True).sum())}/{len(ind)}",
+                     f"{int((ind['significant_adj'] == True).sum())}/{len(ind)}",
                      facts.kind(v.split(" ", 1)[0])])
     if not rows:
         return []

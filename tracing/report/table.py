@@ -94,11 +94,13 @@ def summary_table(df, correction: str = "holm", significance: float | None = Non
     df["log10_pvalue_adj"] = adj
     df["pvalue_adj"] = [pvalues.log10_to_float(x) if finite(x) else np.nan for x in adj]
     df["pvalue_adj_str"] = [pvalues.format_pvalue(x) if finite(x) else "" for x in adj]
-    verdicts = [("superseded" if old else (label(x, s) or "no p-value") if st == "ok" else
+    exact = [facts.kind(stat) != "approximate" for stat in df["stat"]]
+    verdicts = [("superseded" if old else (label(x, s, e) or "no p-value") if st == "ok" else
                  (st if isinstance(st, str) else "failed"))
-                for x, s, st, old in zip(lp, df["significance"], df["status"], df["superseded"])]
+                for x, s, st, old, e in zip(lp, df["significance"], df["status"], df["superseded"], exact)]
     df["verdict"] = verdicts
-    df["verdict_adj"] = [(label(x, s) or v) for x, s, v in zip(adj, df["significance"], verdicts)]
+    df["verdict_adj"] = [(label(x, s, e) or v) for x, s, v, e in zip(adj, df["significance"], verdicts, exact)]
+    df["significant"] = [verdict(x, s) for x, s in zip(lp, df["significance"])]
     df["significant_adj"] = [verdict(x, s) for x, s in zip(adj, df["significance"])]
     if lineage is not None:
         df["lineage_dependent"] = pd.array([lineage.dependent(a, b) for a, b in zip(df["base"], df["ft"])],

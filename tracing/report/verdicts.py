@@ -23,5 +23,6 @@ def verdict(log10p, significance: float) -> bool | None:
     return is_dependent(log10p, float(significance))
 
 
-def label(log10p, significance: float) -> str | None:
-    return _verdict(log10p, float(significance)) if finite(log10p) else None
+def label(log10p, significance: float, exact: bool = True) -> str | None:
+    """The verdict in words; an approximate test's "dependent" says so."""
+    return _verdict(log10p, float(significance), exact=exact) if finite(log10p) else None
