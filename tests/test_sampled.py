@@ -170,3 +170,15 @@ def test_sampled_cos_never_reads_a_whole_up_projection(tmp_path, monkeypatch):
     monkeypatch.setattr(Checkpoint, "get", get)
     res = tracing.compare(str(tmp_path / "a"), str(tmp_path / "b"), stat="cos", rows=24)
     assert res.extra["rows"] == 24 and res.log10_pvalue < -6
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox"])
+def test_fused_tensor_rows_read_alone(family, tmp_path):
+    """Roles stored inside a fused tensor (Phi-3 gate_up, GPT-NeoX's single up) read only their rows."""
+    from family_models import family_config, family_model
+    family_model(family_config(family, d=32, h=64), seed=4).save_pretrained(tmp_path / "m")
+    ck = Checkpoint(str(tmp_path / "m"))
+    idx = sampled_rows(ck.arch.h, 20, seed=5)
+    for i in range(ck.arch.L):
+        name = ck.arch.units(i)[0].up
+        assert torch.equal(ck.get_rows(name, idx), ck.get(name)[torch.from_numpy(idx)])
