@@ -94,15 +94,17 @@ def emit(record: dict) -> None:
 # ------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------
-def run_child(script: str | Path, args: list[str], log=None, timeout: float | None = None) -> dict:
-    """Run ``python script args`` in a fresh process; return its ``BENCH_JSON`` record."""
+def run_child(script: str | Path, args: list[str], log=None, timeout: float | None = None,
+              hash_cache: Path | None = None) -> dict:
+    """Run ``python script args`` in a fresh process; return its ``BENCH_JSON`` record.
+    ``hash_cache``: a SHA-256 cache shared by the children (weight files hashed once, beforehand)."""
     import tempfile
     cmd = [sys.executable, str(script), *args]
     print("  $ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    # a fresh, private SHA-256 cache per child: every run hashes its local weight files for the
-    # result's provenance, as a first run on a local folder does (and the user's cache is untouched)
+    # by default a fresh, private SHA-256 cache per child: every run hashes its local weight files for
+    # the result's provenance, as a first run on a local folder does (and the user's cache is untouched)
     with tempfile.TemporaryDirectory(prefix="bench-hash-cache-") as cache:
-        env = {**os.environ, "TRACING_CACHE_DIR": cache}
+        env = {**os.environ, "TRACING_CACHE_DIR": str(hash_cache or cache)}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
         elapsed = time.perf_counter() - t0

@@ -149,7 +149,11 @@ class MatchResult:
 def degenerate_rows(W: torch.Tensor) -> torch.Tensor:
     """Boolean mask of the rows of ``W`` that have no cosine: zero norm or any non-finite value."""
     W = W.to(torch.float32)
-    return ~torch.isfinite(W).all(dim=1) | (W.norm(dim=1) == 0)
+    norms = W.norm(dim=1)
+    bad = ~torch.isfinite(norms)  # a NaN or inf makes the norm non-finite; an overflow may too
+    if bool(bad.any()):
+        bad = ~torch.isfinite(W).all(dim=1)
+    return bad | (norms == 0)
 
 
 def _keep(W: torch.Tensor, also: torch.Tensor | None):

@@ -20,7 +20,7 @@ from .result import Result, make_record, summary
 from .results import check_writable, provenance, save_record
 from .stats import get as get_stat
 
-__all__ = ["compare", "compare_models", "run_pair", "summary", "Result", "save_paths"]
+__all__ = ["compare", "compare_models", "run_pair", "run_opened", "summary", "Result", "save_paths"]
 
 
 def save_paths(save: str | os.PathLike | dict | None, stats: list[str]) -> dict[str, Path]:
@@ -53,7 +53,19 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
         check_writable(p)
     t = time.time()
     b, f = Checkpoint(str(base)), Checkpoint(str(ft))
-    pair = Pair(b, f, options, progress, base_label=str(base), ft_label=str(ft), timings={"load": time.time() - t})
+    return run_opened(b, f, options, save, progress, timings={"load": time.time() - t}, start=start,
+                      labels=(str(base), str(ft)))
+
+
+def run_opened(b: Checkpoint, f: Checkpoint, options: Options, save=None, progress: bool = True,
+               timings: dict | None = None, start: float | None = None, labels=None) -> list[dict]:
+    """:func:`run_pair` on two checkpoints already opened (e.g. screened first)."""
+    start = time.time() if start is None else start
+    paths = save_paths(save, options.stat)
+    for p in paths.values():
+        check_writable(p)
+    bl, fl = labels or (b.label, f.label)
+    pair = Pair(b, f, options, progress, base_label=bl, ft_label=fl, timings=timings)
     models = {"base": b.provenance(), "ft": f.provenance()}
     return _run(pair, models, paths, start)
 

@@ -42,6 +42,11 @@ class WeightSource:
     def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def get_rows(self, name: str, index, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows ``index`` (sorted integer indices) of tensor ``name``; this default reads the whole
+        tensor, sources that can read rows alone override it."""
+        return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
+
     def release(self) -> None:
         pass
 
@@ -70,7 +75,8 @@ def select(t: torch.Tensor, index) -> torch.Tensor:
 
 def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
     """``t`` itself, or a one-line TracingError naming the model and tensor if it holds NaN or inf."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    # a NaN or inf makes the sum non-finite (so does an overflow: then every value is checked)
+    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         raise TracingError(f"{label}: tensor {name} holds non-finite values ({nan} NaN, {inf} inf); "
                            f"the weights are corrupt or come from a diverged run, use an intact checkpoint")
@@ -112,6 +118,12 @@ class CachedSource(WeightSource):
         if key not in self._cache:
             self._cache[key] = self.inner.get(name, dtype)
         return self._cache[key]
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        key = (name, dtype)
+        if key in self._cache:
+            return self._cache[key][torch.as_tensor(index, dtype=torch.long)]
+        return self.inner.get_rows(name, index, dtype)
 
     def release(self):
         self._cache.clear()
@@ -255,6 +267,29 @@ class Checkpoint(WeightSource):
             require_finite(self.label, name, t)
             self._finite.add(name)
         return t.to(dtype)
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows ``index`` of ``name``: from a safetensors file only those rows are read (a role that
+        is a block of rows of a fused tensor too); other sources read the tensor and keep the rows."""
+        if self.quantized is not None:
+            return super().get_rows(name, index, dtype)
+        ref = logical_ref(self.arch, name, self.label)
+        found = next(((s, i, self._index[s]) for s, i in ref.stores if s in self._index), None)
+        from .rows import read_rows, row_offset
+        offset = None if found is None or found[2].suffix != ".safetensors" else row_offset(found[1])
+        if offset is None:
+            return super().get_rows(name, index, dtype)
+        stored, _, f = found
+        rows = [int(i) + offset for i in index]
+        try:
+            t = read_rows(f, stored, rows)
+        except (OSError, ValueError):
+            t = None
+        if t is None:  # a layout the row reader does not handle: safetensors' own slicing
+            from safetensors import safe_open
+            with safe_open(f, framework="pt") as h:
+                t = h.get_slice(stored)[rows]
+        return require_finite(self.label, name, t).to(dtype)
 
     def release(self):
         self._bin_cache = None

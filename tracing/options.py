@@ -37,6 +37,7 @@ class Options:
     significance: float = 0.01
     alternative: str = "greater"
     mem_budget_gb: float | None = None
+    rows: int | None = None  # sampled test: K unit indices drawn from the seed, the same in both models
     fold_norms: bool | None = None  # None: fold when either model is AWQ
 
     def __post_init__(self):
@@ -66,6 +67,20 @@ class Options:
             raise TracingError(f"--alternative must be 'greater' or 'two-sided', got {self.alternative!r}")
         if self.mem_budget_gb is not None and self.mem_budget_gb <= 0:
             raise TracingError("--mem_budget_gb must be positive")
+        self._check_rows()
+
+    def _check_rows(self) -> None:
+        if self.rows is None:
+            return
+        from .stats import REGISTRY
+        if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
+            raise TracingError(f"--rows must be a positive number of sampled units, e.g. 256, got {self.rows!r}")
+        sampled = [s for s in self.stat if "rows" in REGISTRY[s].reads]
+        if len(sampled) != len(self.stat):
+            have = ", ".join(s.name for s in REGISTRY.values() if "rows" in s.reads)
+            other = ", ".join(s for s in self.stat if s not in sampled)
+            raise TracingError(f"--rows: {other} has no sampled form; only {have} can be sampled — drop --rows "
+                               f"or use --stat {have.split(', ')[0]}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,6 +185,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "either model is AWQ-quantized, whose scales move between norms and layers)")
     g.add_argument("--mem_budget_gb", type=float, default=None,
                    help="memory for parallel assignment solves (default: half of the free RAM)")
+    g.add_argument("--rows", type=int, default=None,
+                   help=f"{users('rows')}: sampled test on K units drawn from --seed, the same in both models "
+                        f"(reads K/h of the rows; per-layer p-value floor -log10(K!)); default: every unit")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -225,6 +225,7 @@ def record_rows(rec: dict, path: str = "", per_layer: bool = False) -> list[dict
         # options that change what a statistic measures (mode: which parts are interpolated)
         "attn": rec.get("args", {}).get("attn"), "emb": rec.get("args", {}).get("emb"),
         "num_perm": rec.get("args", {}).get("num_perm"),
+        "rows": rec.get("args", {}).get("rows"),  # sampled cos / emb: K units
     }
     variants = [("raw", rec)]
     if isinstance(rec.get("aligned"), dict):

@@ -61,6 +61,18 @@ class Permuted(View):
     def get(self, name, dtype=torch.float32):
         return self.apply(name, self.inner.get(name, dtype))
 
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows of a permuted MLP reader (gate/up) come from the inner rows they were moved from."""
+        ref = self.arch.ref(name)
+        if ref.role not in UNIT_ROWS:
+            return super().get_rows(name, index, dtype)
+        index = torch.as_tensor(index, dtype=torch.long)
+        p = self.pi_i.get(ref.unit) if ref.unit is not None else None
+        src = index if p is None else p[index]
+        order = torch.argsort(src)  # read in file order, then put back
+        t = self.inner.get_rows(name, src[order], dtype)[torch.argsort(order)]
+        return t if self.pi_e is None or ref.role not in READ_RESIDUAL else t[:, self.pi_e]
+
     def apply(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """Permute one tensor of the inner model (usable without a source, e.g. in PERMTEST)."""
         ref = self.arch.ref(name)

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .. import pvalues
@@ -110,6 +111,24 @@ def spearman_layers(pairs: dict, ctx: Context, stat: str) -> StatResult:
     extra = {"combine": "fisher", "dropped_rows": total,
              "skipped_layers": [row["layer"] for row in per_layer if "skipped" in row]}
     return StatResult(stat, float(X), float(lp), per_layer, extra)
+
+
+ROWS_STREAM = 0x5A3D  # keeps the row draw apart from the other uses of --seed
+
+
+def sampled_rows(n: int, k: int, seed: int) -> np.ndarray:
+    """The sampled test's unit indices: ``k`` of ``0..n-1`` drawn from ``seed`` alone (never from
+    the weights), sorted. The same indices are read in both models."""
+    from ..errors import TracingError
+    if not 1 <= k <= n:
+        raise TracingError(f"--rows {k} is outside 1..{n} (the number of units it samples from)")
+    rng = np.random.default_rng([ROWS_STREAM, int(seed)])
+    return np.sort(rng.choice(n, size=int(k), replace=False)).astype(np.int64)
+
+
+def rows_extra(options, n: int) -> dict:
+    """What a sampled result records: K, the seed of the draw, and how many units it drew from."""
+    return {"rows": int(options.rows), "rows_seed": int(options.seed), "rows_of": int(n)}
 
 
 def pairs_of(res) -> tuple:

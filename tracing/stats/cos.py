@@ -8,10 +8,15 @@ Each layer also records the median cosine of its matched up rows (``median_cos``
 
 When either model has mixture-of-experts blocks, every pair of MLPs chosen by
 :mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead.
+
+With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models)
+are read and matched K × K; the null law is unchanged (θ₂'s units are exchangeable within any fixed
+subset) and the per-layer floor is −log10(K!).
 """
 import numpy as np
 
 from . import register
+from .cost import READ_BYTES_PER_S, solve_s
 from .spec import Cost, same_blocks
 
 
@@ -21,31 +26,56 @@ def _check(a, b, options):
         require_same_depth(a, b, "cos")
     elif (a.L, a.d) != (b.L, b.d):  # the MLP widths may differ (rectangular matching), not depth or d
         same_blocks("cos")(a, b, options)
+    if options.rows is None:
+        return
+    from ..errors import TracingError
+    if a.has_experts or b.has_experts:
+        raise TracingError("--rows is not available for mixture-of-experts models (their experts are paired "
+                           "first); drop --rows")
+    h = min(a.h, b.h)
+    if options.rows > h:
+        raise TracingError(f"--rows {options.rows} is larger than the MLP width h={h}; give at most {h} "
+                           f"(or leave --rows out for the full test)")
 
 
 def _cost(s):
-    return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
+    K = getattr(s.options, "rows", None)
+    if not K:
+        return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
+    K = min(int(K), s.h)  # K rows of each up_proj: read K·d values, a K×K product and solve per block
+    read = s.L * K * s.d * (s.a_bytes + s.b_bytes) / READ_BYTES_PER_S
+    return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
-@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost,
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, reads=("rows",),
+          variant_flags=("rows",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
     from ..align import match_layers
-    from .base import pairs_of, spearman_layers
+    from .base import pairs_of, rows_extra, sampled_rows, spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
         return _cos_experts(ctx, base, ft)
+    o = ctx.options
+    h = min(base.arch.h, ft.arch.h)
+    S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)
 
     def load(i):
-        return base.get(base.arch.units(i)[0].up), ft.get(ft.arch.units(i)[0].up)
+        a, b = base.arch.units(i)[0].up, ft.arch.units(i)[0].up
+        if S is None:
+            return base.get(a), ft.get(b)
+        return base.get_rows(a, S), ft.get_rows(b, S)
 
+    what = "up_proj rows" if S is None else f"{len(S)} sampled up_proj rows"
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
-                           desc="cos: match up_proj rows" if ctx.progress else None)
+                           desc=f"cos: match {what}" if ctx.progress else None)
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
     _median_cos(res, matched)
+    if S is not None:
+        res.extra.update(rows_extra(o, h))
     return res
 
 

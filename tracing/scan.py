@@ -1,0 +1,255 @@
+"""One model against many references: "is this upload a renamed Llama, Qwen or Mistral?"
+
+    python -m tracing.scan CANDIDATE --against config/references.yaml [--rows 256] [--out DIR]
+
+For each reference, before any weight is read: identical weight files (a re-upload: no test is
+run), identical tokenizer files, and the shapes from the configs and safetensors headers (a
+reference of another shape is listed with the reason). Every compatible reference is screened with
+the sampled test (``--rows K``: K units drawn from ``--seed``, the same in both models); the
+screening p-values are corrected with Holm across the references, and the references significant
+after correction are tested in full. The ranked table goes to stdout and ``DIR/scan.csv``, one
+record per test to ``DIR/<reference>_screen.p`` / ``DIR/<reference>_full.p``.
+
+The reference list (YAML) is a list of model ids, or a mapping of family name to a list of ids.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TracingError
+
+SCAN_STATS = ("cos", "emb")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+@dataclass
+class Row:
+    """One reference's line of the scan table."""
+
+    reference: str
+    family: str | None = None
+    status: str = "screened"  # screened | identical | incompatible | unavailable
+    why: str = ""
+    tokenizer: str = "unknown"  # identical | different | unknown
+    k: int | None = None  # units the screen sampled
+    screen_log10_p: float | None = None
+    holm_log10_p: float | None = None
+    full_log10_p: float | None = None
+    verdict: str = ""
+
+    def sort_key(self):
+        order = {"identical": 0, "screened": 1, "incompatible": 2, "unavailable": 3}[self.status]
+        p = self.full_log10_p if self.full_log10_p is not None else self.holm_log10_p
+        return order, p if p is not None and not math.isnan(p) else math.inf, self.reference
+
+    def cells(self) -> list:
+        return [self.reference, self.family or "", "" if self.k is None else self.k, _fmt(self.screen_log10_p),
+                _fmt(self.holm_log10_p), _fmt(self.full_log10_p), self.tokenizer, self.verdict]
+
+
+HEADER = ["reference", "family", "K", "screened log10 p", "Holm log10 p", "full log10 p", "tokenizer", "verdict"]
+
+
+def _fmt(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
+def read_references(path: str | Path) -> list[tuple[str, str | None]]:
+    """``[(model id, family or None)]`` from a YAML list of ids or a mapping family -> ids."""
+    import yaml
+    p = Path(path)
+    if not p.is_file():
+        raise TracingError(f"reference list {path} does not exist; give a YAML file such as config/references.yaml")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise TracingError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict) and "references" in data:
+        data = data["references"]
+    out: list[tuple[str, str | None]] = []
+    if isinstance(data, list):
+        out = [(str(m), None) for m in data]
+    elif isinstance(data, dict):
+        for fam, ids in data.items():
+            ids = ids if isinstance(ids, list) else [ids]
+            out += [(str(m), str(fam)) for m in ids]
+    if not out or not all(m for m, _ in out):
+        raise TracingError(f"{path} lists no references; write a list of model ids, or family: [ids]")
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------------
+# pre-checks (configs, headers, hashes: no tensor data)
+# ------------------------------------------------------------------------------------------
+def weight_hashes(ck) -> list | None:
+    files = ck.provenance().get("files") or []
+    got = sorted((f.get("file"), f.get("size"), f.get("sha256")) for f in files)
+    return got if got and all(h for *_, h in got) else None
+
+
+def tokenizer_digest(ck) -> str | None:
+    for name in TOKENIZER_FILES:
+        f = Path(ck.path) / name
+        if f.is_file():
+            return hashlib.sha256(f.read_bytes()).hexdigest()
+    return None
+
+
+def shape_problem(stat: str, cand, ref) -> str | None:
+    """Why ``ref`` cannot be tested against ``cand`` by ``stat`` (None when it can)."""
+    a, b = ref.arch, cand.arch
+    if getattr(a, "has_experts", False) or getattr(b, "has_experts", False):
+        return (f"mixture-of-experts blocks: the sampled screen reads dense MLPs only; test this pair in full "
+                f"with `main.py --stat {stat}`")
+    if a.d != b.d:
+        return (f"different residual width (d={a.d} vs {b.d}): {stat} needs equal d; compare the MLP units of "
+                f"every block pair with `main.py --stat match --localized`")
+    if stat == "cos" and a.L != b.L:
+        return (f"different depth (L={a.L} vs {b.L}): cos compares block i with block i; use "
+                f"`main.py --stat match --localized` for a block map")
+    return None
+
+
+def precheck(stat: str, cand, ref, cand_hashes, cand_tok) -> tuple[str, str, str]:
+    """``(status, why, tokenizer)`` of one reference against the candidate."""
+    ref_tok = tokenizer_digest(ref)
+    tok = "unknown" if cand_tok is None or ref_tok is None else ("identical" if cand_tok == ref_tok else "different")
+    if cand_hashes is not None and cand_hashes == weight_hashes(ref):
+        return "identical", "identical weight files (SHA-256): a re-upload of the same weights, no test run", tok
+    problem = shape_problem(stat, cand, ref)
+    if problem:
+        return "incompatible", problem, tok
+    return "screened", "", tok
+
+
+# ------------------------------------------------------------------------------------------
+# the scan
+# ------------------------------------------------------------------------------------------
+def _open(spec: str):
+    from .models import Checkpoint
+    return Checkpoint(spec)
+
+
+def _test(ref_ck, cand_ck, options, out: Path | None, name: str, progress: bool) -> dict:
+    from .api import run_opened
+    from .cli_util import slug
+    save = {options.stat[0]: out / f"{slug(ref_ck.label)}_{name}.p"} if out is not None else None
+    return run_opened(ref_ck, cand_ck, options, save=save, progress=progress)[0]
+
+
+def scan(candidate: str, references, stat: str = "cos", rows: int = 256, out: str | Path | None = None,
+         progress: bool = False, **options) -> list[Row]:
+    """Screen ``candidate`` against every reference (``[(id, family)]`` or ids); return the rows,
+    ranked: identical weights first, then by p-value (full test when run, else Holm-corrected screen)."""
+    from . import pvalues
+    from .options import Options
+    from .verdict import is_dependent
+    if stat not in SCAN_STATS:
+        raise TracingError(f"scan screens with a sampled statistic; use --stat {' or '.join(SCAN_STATS)}")
+    full_opts = Options(stat=[stat], **options)
+    screen_opts = full_opts.replace(rows=rows)
+    out = Path(out) if out is not None else None
+    refs = [(r, None) if isinstance(r, str) else tuple(r) for r in references]
+    cand = _open(candidate)
+    cand_hashes, cand_tok = weight_hashes(cand), tokenizer_digest(cand)
+    rows_out, opened = [], {}
+    for ref_id, fam in refs:
+        row = Row(ref_id, fam)
+        try:
+            opened[ref_id] = ref = _open(ref_id)
+        except TracingError as e:
+            row.status, row.why, row.verdict = "unavailable", str(e), f"unavailable: {e}"
+            rows_out.append(row)
+            continue
+        row.status, row.why, row.tokenizer = precheck(stat, cand, ref, cand_hashes, cand_tok)
+        if row.status == "screened":
+            k = min(rows, ref.arch.d if stat == "emb" else min(ref.arch.h, cand.arch.h))
+            try:
+                rec = _test(ref, cand, screen_opts.replace(rows=k), out, "screen", progress)
+                row.screen_log10_p, row.k = rec["log10_pvalue"], k
+            except TracingError as e:  # e.g. a tensor layout this statistic cannot compare
+                row.status, row.why, row.verdict = "unavailable", str(e), f"failed: {e}"
+        elif row.status == "identical":
+            row.verdict = "re-upload: identical weights"
+        else:
+            row.verdict = row.why
+        rows_out.append(row)
+    screened = [r for r in rows_out if r.status == "screened"]
+    for r, adj in zip(screened, pvalues.holm([r.screen_log10_p for r in screened])):
+        r.holm_log10_p = float(adj)
+        if is_dependent(adj, full_opts.significance):
+            rec = _test(opened[r.reference], cand, full_opts, out, "full", progress)
+            r.full_log10_p = rec["log10_pvalue"]
+            dep = is_dependent(r.full_log10_p, full_opts.significance)
+            r.verdict = "dependent" if dep else "screen significant, full test not significant"
+        else:
+            r.verdict = "not significant"
+    rows_out.sort(key=Row.sort_key)
+    if out is not None:
+        write_csv(rows_out, out / "scan.csv")
+    return rows_out
+
+
+def write_csv(rows: list[Row], path: Path) -> Path:
+    import csv
+    import io
+
+    from .results import atomic_write
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(HEADER)
+    w.writerows(r.cells() for r in rows)
+    return atomic_write(path, buf.getvalue())
+
+
+def table(rows: list[Row]) -> str:
+    cells = [HEADER] + [r.cells() for r in rows]
+    widths = [max(len(str(c[i])) for c in cells[:]) if i < len(HEADER) - 1 else 0 for i in range(len(HEADER))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def parse(argv=None):
+    from .options import add_options
+    p = argparse.ArgumentParser(prog="python -m tracing.scan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("candidate", help="the model to screen: hub id[@revision], local folder, or demo:<name>")
+    p.add_argument("--against", required=True, help="YAML list of reference models (e.g. config/references.yaml)")
+    p.add_argument("--out", default=None, help="folder for scan.csv and one record per test (default: not saved)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(p)
+    p.set_defaults(rows=256)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from .options import options_from_args
+    from .results import check_writable, scrub
+    args = parse(argv)
+    refs = read_references(args.against)
+    opts = options_from_args(args).to_dict()
+    stat = opts.pop("stat")
+    if len(stat) != 1:
+        raise TracingError(f"scan takes one statistic, got {', '.join(stat)}; use --stat cos or --stat emb")
+    rows = opts.pop("rows")
+    if args.out:
+        check_writable(Path(args.out) / "scan.csv")
+    result = scan(args.candidate, refs, stat=stat[0], rows=rows, out=args.out, progress=not args.quiet, **opts)
+    print(scrub(f"scan of {args.candidate}: {stat[0]} on K = {rows} sampled units (all units when fewer), Holm across "
+                f"{sum(r.status == 'screened' for r in result)} screened references, then the full test"))
+    print(scrub(table(result)))
+    for r in result:
+        if r.status == "identical":
+            print(scrub(f"{r.reference}: {r.why}"))
+    if args.out:
+        print(scrub(f"saved {Path(args.out) / 'scan.csv'}"))
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli_util import run_cli
+    sys.exit(run_cli(main))
