@@ -37,6 +37,7 @@ class Options:
     significance: float = 0.01
     alternative: str = "greater"
     mem_budget_gb: float | None = None
+    localized: bool = False  # block map: every block pair tested (cos, match)
 
     def __post_init__(self):
         from .stats import canonical, known_names
@@ -65,6 +66,12 @@ class Options:
             raise TracingError(f"--alternative must be 'greater' or 'two-sided', got {self.alternative!r}")
         if self.mem_budget_gb is not None and self.mem_budget_gb <= 0:
             raise TracingError("--mem_budget_gb must be positive")
+        if self.localized:
+            from .stats import REGISTRY
+            lacking = [s for s in self.stat if not REGISTRY[s].localized]
+            if lacking:
+                offer = ", ".join(n for n, sp in REGISTRY.items() if sp.localized)
+                raise TracingError(f"--localized: {', '.join(lacking)} has no block map; use --stat {offer}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,6 +173,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="level of the verdict: dependent when p <= this (default: %(default)s)")
     g.add_argument("--alternative", default=d["alternative"].default, choices=["greater", "two-sided"],
                    help="side of the Spearman test (default: %(default)s)")
+    g.add_argument("--localized", action="store_true",
+                   help=f"{users('localized')}: test every block pair (block map: grid of p-values, the inferred "
+                        f"block correspondence, Bonferroni overall p); chosen automatically when the models' "
+                        f"depths or widths differ")
     g.add_argument("--mem_budget_gb", type=float, default=None,
                    help="memory for parallel assignment solves (default: half of the free RAM)")
 

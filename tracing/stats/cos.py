@@ -9,29 +9,33 @@ Each layer also records the median cosine of its matched up rows (``median_cos``
 import numpy as np
 
 from . import register
-from .spec import Cost, same_blocks
+from .spec import Cost
 
 
 def _check(a, b, options):
-    if (a.L, a.d) != (b.L, b.d):  # the MLP widths may differ (rectangular matching), not depth or d
-        same_blocks("cos")(a, b, options)
+    from ..blockmap import require_cos_width
+    require_cos_width(a, b)  # depth and MLP width may differ (block map, rectangular matching), not d
 
 
 def _cost(s):
+    from ..blockmap import chosen, cos_cost
+    if chosen("cos", s.a, s.b, s.options):
+        return cos_cost(s)
     return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
 
 
-@register("cos", aliases=("csu",), check=_check, cost=_cost,
+@register("cos", aliases=("csu",), check=_check, cost=_cost, localized=True, reads=("localized",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
+    from .. import blockmap
     from ..align import match_layers
-    from ..arch import require_same_blocks
     from .base import pairs_of, spearman_layers
-    if (base.arch.L, base.arch.d) != (ft.arch.L, ft.arch.d):
-        require_same_blocks(base.arch, ft.arch, "cos")  # the MLP widths may differ, not depth or d
+    _check(base.arch, ft.arch, ctx.options)
+    if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
+        return blockmap.cos_map(ctx, base, ft)
 
     def load(i):
         name = base.arch.block_name(i, "up")

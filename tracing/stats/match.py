@@ -14,7 +14,6 @@ equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h 
 """
 import numpy as np
 
-from ..errors import TracingError
 from . import register
 from .spec import Cost
 
@@ -30,26 +29,25 @@ def _pairs(g, u) -> tuple:
     return x, y, {"base": g.dropped1, "ft": g.dropped2}
 
 
-def _check(a, b, _options):
-    if a.L != b.L or a.h != b.h:
-        raise TracingError(f"match needs the same number of blocks and MLP width here "
-                           f"(L {a.L} vs {b.L}, h {a.h} vs {b.h}); compare models of one shape")
-
-
 def _cost(s):
+    from ..blockmap import chosen, match_cost
+    if chosen("match", s.a, s.b, s.options):
+        return match_cost(s)
     t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + s.L * 2 * (s.mm(s.h, s.h, s.tokens) + s.solve_s(s.h) / s.par)
     return Cost(s.forward_mem("match") + s.solves * s.per_solve, t, True)
 
 
-@register("match", needs_data=True, exact=False, check=_check, cost=_cost,
+@register("match", needs_data=True, exact=False, cost=_cost, localized=True, reads=("localized",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
+    from .. import blockmap
     from ..align import Matcher, degenerate_rows
     from .base import spearman_layers
-    _check(base.arch, ft.arch, ctx.options)
+    if blockmap.chosen("match", base.arch, ft.arch, ctx.options):
+        return blockmap.match_map(ctx, base, ft)
     ids = ctx.data()
     gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)

@@ -43,7 +43,8 @@ class StatSpec:
     ``default_num_perm``: permutation draws when ``--num_perm`` is not given.
     ``cost(sizing) -> Cost``: job sizing; ``check(base_arch, ft_arch, options)``: raises
     :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
-    lines the summary adds about the statistic's extra values.
+    lines the summary adds about the statistic's extra values. ``localized``: it offers the block
+    map (``--localized``, see :mod:`tracing.blockmap`), chosen automatically for pairs of different shapes.
     """
 
     name: str
@@ -65,6 +66,7 @@ class StatSpec:
     value_name: str = "statistic"  # what the statistic is, for summaries
     spearman: bool = False  # the statistic itself is one Spearman r (its floor: r = 1)
     explain: Callable | None = None  # explain(record_or_variant) -> extra summary lines
+    localized: bool = False  # offers the block map (--localized): every block pair tested
 
     def __post_init__(self):
         if self.pvalue not in ("always", "num_perm", "never"):
@@ -107,8 +109,12 @@ class StatSpec:
 def same_blocks(what: str):
     """A ``check`` hook: both models need the same number of blocks and widths (L, d, h)."""
     def check(a, b, _options):
-        from ..arch import require_same_blocks
-        require_same_blocks(a, b, what)
+        diffs = ", ".join(f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in ("L", "d", "h")
+                          if getattr(a, k) != getattr(b, k))
+        if diffs:
+            works = "cos, emb, match, jsd" if a.d == b.d else "match (activations, any widths), jsd"
+            raise TracingError(f"{what} needs models with the same block shapes, but they differ ({diffs}); "
+                               f"for this pair use --stat {works}")
     return check
 
 
@@ -117,6 +123,6 @@ def same_width(what: str):
     def check(a, b, _options):
         if a.d != b.d:
             raise TracingError(f"{what} needs equal residual widths, got d={a.d} and d={b.d}; "
-                               f"use a statistic that reads the MLPs, or models of one family")
+                               f"for this pair use --stat match (activations, any widths) or jsd")
     return check
 
