@@ -226,3 +226,14 @@ def test_sizing_counts_block_pairs():
         c1, c2 = get(stat).cost(same), get(stat).cost(deep)
         assert c2.seconds > 1.5 * c1.seconds
     assert get("match").cost(deep).mem_bytes > get("match").cost(same).mem_bytes
+
+
+def test_activations_spilled_to_a_memory_map(family, tmp_path):
+    import tempfile
+    ft = derive("demo:a-docs", tmp_path / "up", blocks=[0, 1, 2, 1, 2, 3])
+    before = set(Path(tempfile.gettempdir()).glob("tracing-blockmap-*"))
+    ram = compare("demo:base-a", ft, stat="match", **DATA)
+    spilled = compare("demo:base-a", ft, stat="match", mem_budget_gb=1e-6, **DATA)
+    assert spilled["extra"]["activations_spilled"] and not ram["extra"]["activations_spilled"]
+    assert corr_of(spilled) == corr_of(ram) == {0: 0, 1: 1, 2: 2, 3: 1, 4: 2, 5: 3}
+    assert set(Path(tempfile.gettempdir()).glob("tracing-blockmap-*")) == before  # the spill file is gone
