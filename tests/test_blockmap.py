@@ -237,3 +237,10 @@ def test_activations_spilled_to_a_memory_map(family, tmp_path):
     assert spilled["extra"]["activations_spilled"] and not ram["extra"]["activations_spilled"]
     assert corr_of(spilled) == corr_of(ram) == {0: 0, 1: 1, 2: 2, 3: 1, 4: 2, 5: 3}
     assert set(Path(tempfile.gettempdir()).glob("tracing-blockmap-*")) == before  # the spill file is gone
+
+
+def test_result_keys_unchanged_without_localized():
+    plain, local = Options(stat="cos,match"), Options(stat="cos,match", localized=True)
+    for stat in ("cos", "match"):
+        assert local.key_for(stat) != plain.key_for(stat)
+    assert plain.key_for("cos") == "9ccfca3407"  # the key every earlier cos result was saved under

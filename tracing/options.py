@@ -11,6 +11,8 @@ from .errors import TracingError
 
 DEFAULT_BLOCK_SIZE = 512
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+#: options left out of result keys while they hold this value (keys of earlier results stay valid)
+KEY_OMITTED_AT_DEFAULT = {"localized": False}
 
 
 @dataclass
@@ -90,7 +92,8 @@ class Options:
         from .stats import DATA_OPTIONS, get
         spec = get(stat)
         names = spec.option_names() + (DATA_OPTIONS if self.eval else ())
-        d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))}}
+        d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))
+                                   if not (k in KEY_OMITTED_AT_DEFAULT and getattr(self, k) == KEY_OMITTED_AT_DEFAULT[k])}}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def key(self) -> str:

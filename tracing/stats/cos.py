@@ -3,6 +3,9 @@
 Rows that are zero or hold a non-finite value are dropped from each side before matching (the
 record counts them per layer); the p-value is the rank correlation of the matched pairs' indices.
 
+Models of different depths are compared block pair by block pair (the block map,
+:mod:`tracing.blockmap`; also with ``--localized``).
+
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
 """

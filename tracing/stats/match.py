@@ -3,6 +3,9 @@
 Survives MLP and residual permutation, rotation, and per-unit scaling of θ₂ including sign flips.
 Empirically calibrated (not exact) under independence.
 
+Models whose depth or widths differ are compared block pair by block pair (the block map,
+:mod:`tracing.blockmap`; also with ``--localized``).
+
 Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
 gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value;
 it is then left out of *both* matchings, so the two matchings see the same kept units.  Let n₁ and
