@@ -248,3 +248,11 @@ def test_result_keys_unchanged_without_localized():
     names = sorted(set(get_spec("cos").option_names()) - {"localized"})  # the key as before --localized existed
     before = {"stat": "cos", **{k: getattr(plain, k) for k in names}}
     assert plain.key_for("cos") == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@pytest.mark.parametrize("stat", ["l2", "csh", "mode"])
+def test_equal_shape_statistics_name_what_works(family, tmp_path, stat):
+    ft = derive("demo:a-docs", tmp_path / "dims", keep_dims=0.75)
+    r, out = _main(["--base_model_id", "demo:base-a", "--ft_model_id", ft, "--stat", stat, "--eval"], tmp_path)
+    assert r.returncode == 2 and not out.exists() and r.stderr.strip().count("\n") == 0
+    assert "for this pair use --stat match (activations, any widths), jsd" in r.stderr
