@@ -154,12 +154,15 @@ def test_calibration_overall_and_rectangular_cells():
 
 
 def test_calibration_match_different_depths():
-    overall = []
+    overall, cells = [], []
     ids = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(3))
     for k in range(40):
         a, b = _tiny(2, 2000 + k), _tiny(3, 7000 + k, h=48, d=24)
-        overall.append(compare_models(a, b, stat="match", tokens=ids).pvalue)
+        res = compare_models(a, b, stat="match", tokens=ids)
+        overall.append(res.pvalue)
+        cells.append(10 ** res["per_pair"][1][2])
     assert sum(p < 0.05 for p in overall) <= 2
+    assert sps.kstest(cells, "uniform").pvalue > 0.01
 
 
 def _main(args, tmp_path):
