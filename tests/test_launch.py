@@ -158,7 +158,7 @@ def test_result_paths_are_deterministic_per_pair_stat_and_options(tmp_path):
     a = launch.result_path(tmp_path, p, "cos", o)
     assert a == launch.result_path(tmp_path, p, "cos", Options(stat=["cos"]))  # other stats do not matter
     assert a.parent.name == "meta-llama--Llama-2-7b-hf__lmsys--vicuna-7b-v1.5@main"
-    assert a.name == f"cos-{Options(stat=['cos']).key()}.p"
+    assert a.name == f"cos-{Options(stat=['cos']).key_for('cos')}.p"
     assert launch.result_path(tmp_path, p, "cos", Options(stat=["cos"], align=True)) != a
     # two local folders with the same name do not collide
     assert launch.model_slug("/x/model") != launch.model_slug("/y/model")

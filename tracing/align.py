@@ -24,7 +24,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
-from .arch import EMBED, require_same_blocks
+from .arch import require_same_layout
 from .models import WeightSource
 from .transforms import Permuted
 
@@ -373,22 +373,27 @@ class Alignment:
 
 
 def align(base: WeightSource, ft: WeightSource, progress: bool = True) -> Alignment:
-    """Undo an unknown residual and MLP permutation of ``ft`` (DESIGN §4).
+    """Undo an unknown residual and MLP permutation of ``ft``.
 
     1. residual: MATCH the columns of the two embeddings over the shared vocabulary;
-    2. per block: MATCH the rows of ``gate_proj`` only (never ``up_proj``: ``cos`` reads it).
+    2. per MLP (each block's, or each expert's): MATCH the rows of ``gate_proj`` only (never
+       ``up_proj``: ``cos`` reads it); a non-gated MLP is matched on the columns of its down
+       projection instead.
     """
-    require_same_blocks(base.arch, ft.arch, "alignment")
+    require_same_layout(base.arch, ft.arch, "alignment")
     n = min(base.arch.V, ft.arch.V)
-    E1 = base.get(EMBED)[:n]
-    E2 = ft.get(EMBED)[:n]
+    E1 = base.get(base.arch.embed)[:n]
+    E2 = ft.get(ft.arch.embed)[:n]
     pi_e = match(E1.T, E2.T)
     del E1, E2
     residual = Permuted(ft, torch.from_numpy(pi_e))
+    units = {u.key: u for i in range(base.arch.L) for u in base.arch.units(i)}
 
-    def load(i):
-        name = base.arch.block_name(i, "gate")
-        return base.get(name), residual.get(name)
+    def load(key):
+        u = units[key]
+        if u.gate is not None:
+            return base.get(u.gate), residual.get(u.gate)
+        return base.get(u.down).T, residual.get(u.down).T
 
-    pi_i = match_layers(range(base.arch.L), load, desc="align MLP" if progress else None)
+    pi_i = match_layers(list(units), load, desc="align MLP" if progress else None)
     return Alignment(pi_e=pi_e, pi_i=pi_i)

@@ -153,7 +153,7 @@ def _pair_notes(pair: Pair, models: dict) -> list[str]:
         return sorted((f.get("file"), f.get("sha256")) for f in m.get("files", [])) or None
 
     a, b = weights(models["base"]), weights(models["ft"])
-    same = (a is not None and a == b) or pair.base is pair.ft_ckpt
+    same = (a is not None and a == b) or pair.base_ckpt is pair.ft_ckpt
     if not same:
         return []
     o = pair.options

@@ -50,11 +50,14 @@ def needed(stat: str, a, b) -> bool:
 
 
 def chosen(stat: str, a, b, options) -> bool:
+    """The block map is used: asked for, or needed; never for mixtures of experts (compared expert by expert)."""
+    if getattr(a, "has_experts", False) or getattr(b, "has_experts", False):
+        return False
     return bool(getattr(options, "localized", False)) or needed(stat, a, b)
 
 
 def auto_note(stat: str, a, b, options) -> list[str]:
-    if getattr(options, "localized", False) or not needed(stat, a, b):
+    if not chosen(stat, a, b, options) or getattr(options, "localized", False):
         return []
     return [f"the models differ in shape ({shapes(a, b)}): {stat} tested every block pair (localized block map)"]
 
@@ -120,9 +123,9 @@ def cos_map(ctx, base, ft):
                 desc="cos: block map" if ctx.progress else None)
     try:
         for j in range(B.L):
-            U2 = ft.get(B.block_name(j, "up"))
+            U2 = ft.get(B.units(j)[0].up)
             for i in range(A.L):
-                m.submit((i, j), base.get(A.block_name(i, "up")), U2)
+                m.submit((i, j), base.get(A.units(i)[0].up), U2)
             del U2
             ft.release()
             base.release()
@@ -197,7 +200,7 @@ def keep_bytes(ctx) -> int:
 def match_map(ctx, base, ft):
     """The block map of ``match``: one forward pass per model, every block pair matched."""
     from .align import Matcher
-    from .stats.match import _pairs
+    from .stats.match import gate_up_pairs
     A, B = base.arch, ft.arch
     ids = ctx.data()
     engine = ctx.engine()
@@ -228,7 +231,7 @@ def match_map(ctx, base, ft):
         store.close()
 
     def cell(_r, i, j):
-        x, y, _dropped = _pairs(pg[i, j], pu[i, j])
+        x, y, _dropped = gate_up_pairs(pg[i, j], pu[i, j])
         return x, y
 
     grid, stats, n = _grid_from(None, A.L, B.L, cell, ctx.options.alternative)

@@ -20,9 +20,9 @@ PROBES = ["The quick brown fox jumps over the lazy dog.", "def f(x):\n    return
 
 
 def default_dataset(stat: str, is_demo: bool) -> str:
-    if stat == "csh":
-        return "random"
-    return "demo" if is_demo else "wikitext"
+    """The statistic's declared default data set, else the demo corpus for demo models or wikitext."""
+    from .stats import get
+    return get(stat).default_dataset or ("demo" if is_demo else "wikitext")
 
 
 def tokenizers_compatible(tok1, tok2, shared: int) -> tuple[bool, str]:

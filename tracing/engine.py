@@ -9,7 +9,9 @@ never a whole model, and never more than one block's activations (``max_live_blo
 """
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -17,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .arch import BLOCK_TENSORS, EMBED, FINAL_NORM, LM_HEAD, require_same_blocks
+from .errors import TracingError
+from .arch.modules import materialise_buffers, module_state
 from .models import WeightSource, config_for
 
 
@@ -25,8 +28,6 @@ from .models import WeightSource, config_for
 def _no_cache_kwargs() -> dict:
     """``create_causal_mask`` takes the (absent) cache as ``cache`` in recent transformers and as
     ``past_key_values`` before; pass whichever this version names, so no deprecation warning fires."""
-    import inspect
-
     from transformers.masking_utils import create_causal_mask
     params = inspect.signature(create_causal_mask).parameters
     return {"cache": None} if "cache" in params else {"past_key_values": None}
@@ -35,8 +36,40 @@ def _no_cache_kwargs() -> dict:
 @dataclass
 class Capture:
     """One block's MLP activations of one lane: rows are tokens, columns are hidden units."""
-    gate: torch.Tensor  # [tokens, h] output of gate_proj
-    up: torch.Tensor  # [tokens, h] output of up_proj
+    gate: torch.Tensor | None  # [tokens, h] output of gate_proj (None for a non-gated MLP)
+    up: torch.Tensor | None  # [tokens, h] output of up_proj
+    experts: dict | None = None  # mixture-of-experts block: expert index or "shared" -> Capture
+
+    def unit(self, expert) -> "Capture":
+        """The activations of one MLP of the block (``None``: the dense MLP), every token included."""
+        return self if expert is None else self.experts[expert]
+
+
+class _Skeleton:
+    """A lane's model built on the meta device: the classes, shapes and non-layer modules."""
+
+    def __init__(self, config, device, dtype):
+        from transformers import AutoModelForCausalLM
+        with torch.device("meta"):
+            self.model = AutoModelForCausalLM.from_config(config)
+        self.config, self.device, self.dtype = config, device, dtype
+        self.layer_cls = type(self.layers()[0])
+
+    def layers(self):
+        for name, mod in self.model.named_modules():
+            if isinstance(mod, torch.nn.ModuleList) and name.endswith("layers"):
+                return mod
+        raise RuntimeError("no decoder layers found")
+
+    def module(self, source: WeightSource, names: list[str], path: str):
+        """A non-layer submodule (e.g. the final norm) filled with ``names``' tensors."""
+        mod = self.model.get_submodule(path)
+        shapes = {k: v.shape for k, v in mod.state_dict().items()}
+        state = module_state(source.arch, names, lambda n: source.get(n, self.dtype).to(self.device),
+                             shapes, strip=path + ".")
+        mod = copy.deepcopy(mod)
+        mod.load_state_dict(state, strict=True, assign=True)
+        return mod.to(self.device).eval()
 
 
 class Engine:
@@ -47,15 +80,23 @@ class Engine:
         self._live = 0
 
     # ---- pieces --------------------------------------------------------------------------
-    def _layer(self, source: WeightSource, i: int, config):
-        cls = source.arch.module_class("DecoderLayer")
+    def _layer(self, source: WeightSource, i: int, skel: _Skeleton):
+        """Block i as a module, and the MLP input projections (for activation captures)."""
+        arch = source.arch
         with torch.device("meta"):
-            layer = cls(config, i)
-        state = {}
-        for role in source.arch.block_roles():
-            state[BLOCK_TENSORS[role]] = source.get(source.arch.block_name(i, role), self.dtype).to(self.device)
+            layer = skel.layer_cls(skel.config, i)
+        shapes = {k: v.shape for k, v in layer.state_dict().items()}
+        names = [r.name for r in arch.block_refs(i)]
+        read = {n: source.get(n, self.dtype).to(self.device) for n in names}
+        state = module_state(arch, names, read.__getitem__, shapes, strip=f"{arch.layers_prefix}.{i}.")
         layer.load_state_dict(state, strict=True, assign=True)
-        return layer.eval()
+        materialise_buffers(layer, skel.config, self.device)
+        roles = {r.role: r.name for r in arch.block_refs(i)}
+        proj = {}  # expert (None: dense MLP) -> kind -> (weight, bias)
+        for u in arch.units(i):
+            proj[u.expert] = {kind: (read[name], read.get(roles.get(f"{kind}_bias")) if u.expert is None else None)
+                              for kind, name in (("gate", u.gate), ("up", u.up)) if name is not None}
+        return layer.eval(), proj
 
     def _masks(self, config, x: torch.Tensor, pos: torch.Tensor) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -72,10 +113,35 @@ class Engine:
             return types[i]
         return "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
 
-    def _final_norm(self, source: WeightSource, config):
-        norm = source.arch.module_class("RMSNorm")(source.arch.d, eps=config.rms_norm_eps)
-        norm.weight.data = source.get(FINAL_NORM, self.dtype).to(self.device)
-        return norm
+    def _position_embeddings(self, skel: _Skeleton, x: torch.Tensor, pos: torch.Tensor) -> dict:
+        """Rotary cos/sin per layer type (Gemma 3 uses different bases for local and global layers)."""
+        rotary = next(m for n, m in skel.model.named_modules() if n.endswith("rotary_emb"))
+        rotary = type(rotary)(config=skel.config).to(self.device)
+        types = {self._layer_type(skel.config, i) for i in range(skel.config.num_hidden_layers)}
+        if "layer_type" in inspect.signature(rotary.forward).parameters:
+            return {t: rotary(x, pos, t) for t in types}
+        pe = rotary(x, pos)
+        return {t: pe for t in types}
+
+    def _embed(self, lane: WeightSource, ids: torch.Tensor) -> torch.Tensor:
+        E = lane.get(lane.arch.embed, self.dtype).to(self.device)
+        x = F.embedding(ids, E)
+        if lane.arch.embed_scale != 1.0:  # Gemma: × √d, rounded to the compute dtype as transformers does
+            x = x * torch.tensor(lane.arch.embed_scale).to(self.dtype)
+        return x
+
+    def _head(self, lane: WeightSource, skel: _Skeleton):
+        arch = lane.arch
+        path = arch.ref(arch.final_norm).module[0].rsplit(".", 1)[0]
+        names = [r.name for r in _globals(arch) if r.role.startswith("final_norm")]
+        norm = skel.module(lane, names, path)
+        W = lane.get(arch.lm_head, self.dtype).to(self.device)
+        cap = arch.final_softcap
+
+        def head(x):
+            logits = F.linear(norm(x), W).float()
+            return torch.tanh(logits / cap) * cap if cap else logits
+        return head
 
     # ---- the pass ------------------------------------------------------------------------
     @torch.no_grad()
@@ -88,12 +154,12 @@ class Engine:
         ``on_block(i, captures)`` receives block i's activations of every lane (only when given);
         ``on_logits(batch, logits_per_lane, ids[batch])`` receives the final logits batch by batch.
         """
-        first = lanes[0]
+        L = lanes[0].arch.L
         for lane in lanes[1:]:
-            require_same_blocks(first.arch, lane.arch, "a lockstep forward pass")
-        configs = [config_for(lane.config, lane.arch) for lane in lanes]
-        for cfg in configs:
-            cfg._attn_implementation = getattr(configs[0], "_attn_implementation", None) or "sdpa"
+            if lane.arch.L != L:
+                raise TracingError(f"a lockstep forward pass needs models with the same number of blocks "
+                                   f"({L} vs {lane.arch.L}); use a weight statistic (cos) for this pair")
+        skels = [_Skeleton(_forward_config(lane), self.device, self.dtype) for lane in lanes]
         ids = ids.to(self.device)
         N, T = ids.shape
         batches = [slice(b, min(b + self.batch_size, N)) for b in range(0, N, self.batch_size)]
@@ -101,50 +167,21 @@ class Engine:
 
         hidden = []
         for lane in lanes:
-            E = lane.get(EMBED, self.dtype).to(self.device)
-            hidden.append(F.embedding(ids, E))
-            del E
+            hidden.append(self._embed(lane, ids))
             lane.release()
-        rotary = first.arch.module_class("RotaryEmbedding")(config=configs[0]).to(self.device)
-        pos_emb = rotary(hidden[0][:1], pos)
-        masks = {}
-
-        L = first.arch.L
+        pos_emb = [self._position_embeddings(sk, hidden[k][:1], pos) for k, sk in enumerate(skels)]
+        masks = [{} for _ in lanes]
         bar = tqdm(total=L, desc=desc, disable=not self.progress, leave=False)
         try:
             for i in range(L):
-                captures: list[Capture] = []
-                for k, lane in enumerate(lanes):
-                    layer = self._layer(lane, i, configs[k])
-                    store: dict[str, list] = {"gate": [], "up": []}
-                    handles = []
-                    if on_block is not None:
-                        for kind in ("gate", "up"):
-                            mod = getattr(layer.mlp, f"{kind}_proj")
-                            handles.append(mod.register_forward_hook(
-                                lambda _m, _inp, out, kind=kind: store[kind].append(out.reshape(-1, out.shape[-1]).float())))
-                    try:
-                        for b in batches:
-                            x = hidden[k][b]
-                            if x.shape[0] not in masks:
-                                masks[x.shape[0]] = self._masks(configs[k], x, pos)
-                            mask = masks[x.shape[0]][self._layer_type(configs[k], i)]
-                            out = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=pos_emb)
-                            hidden[k][b] = out[0] if isinstance(out, tuple) else out
-                    finally:
-                        for hnd in handles:
-                            hnd.remove()
-                    del layer
-                    lane.release()
-                    if on_block is not None:
-                        captures.append(Capture(gate=torch.cat(store["gate"]), up=torch.cat(store["up"])))
-                        del store
+                captures = [self._block(lane, i, skels[k], hidden[k], batches, pos, pos_emb[k], masks[k],
+                                        capture=on_block is not None) for k, lane in enumerate(lanes)]
                 if on_block is not None:
                     self._live += 1
                     self.max_live_blocks = max(self.max_live_blocks, self._live)
                     on_block(i, captures)
-                    del captures
                     self._live -= 1
+                del captures
                 bar.update()
         finally:
             bar.close()
@@ -153,8 +190,53 @@ class Engine:
             return
         heads = []
         for k, lane in enumerate(lanes):
-            heads.append((self._final_norm(lane, configs[k]), lane.get(LM_HEAD, self.dtype).to(self.device)))
+            heads.append(self._head(lane, skels[k]))
             lane.release()
         for b in batches:
-            logits = [F.linear(norm(hidden[k][b]), W).float() for k, (norm, W) in enumerate(heads)]
-            on_logits(b, logits, ids[b])
+            on_logits(b, [head(hidden[k][b]) for k, head in enumerate(heads)], ids[b])
+
+    def _block(self, lane, i, skel, hidden, batches, pos, pos_emb, masks, capture: bool) -> Capture | None:
+        """Push one lane's hidden states through block i in place; its MLP activations if asked."""
+        layer, proj = self._layer(lane, i, skel)
+        inputs: list[torch.Tensor] = []
+        handle = None
+        if capture:
+            handle = layer.mlp.register_forward_pre_hook(
+                lambda _m, args: inputs.append(args[0].reshape(-1, args[0].shape[-1])))
+        kind = self._layer_type(skel.config, i)
+        try:
+            for b in batches:
+                x = hidden[b]
+                if x.shape[0] not in masks:
+                    masks[x.shape[0]] = self._masks(skel.config, x, pos)
+                out = layer(x, attention_mask=masks[x.shape[0]][kind], position_ids=pos,
+                            position_embeddings=pos_emb[kind])
+                hidden[b] = out[0] if isinstance(out, tuple) else out
+        finally:
+            if handle is not None:
+                handle.remove()
+        del layer
+        lane.release()
+        if not capture:
+            return None
+        x = torch.cat(inputs)
+        del inputs
+        caps = {}
+        for expert, p in proj.items():
+            acts = {kind: F.linear(x, W, bias).float() for kind, (W, bias) in p.items()}
+            caps[expert] = Capture(gate=acts.get("gate"), up=acts.get("up"))
+        if list(caps) == [None]:
+            return caps[None]
+        return Capture(gate=None, up=None, experts=caps)
+
+
+def _globals(arch):
+    from .arch.layout import global_refs
+    return global_refs(arch)
+
+
+def _forward_config(lane: WeightSource):
+    cfg = config_for(lane.config, lane.arch)
+    # soft-capped attention scores exist only in the eager implementation
+    cfg._attn_implementation = "eager" if getattr(cfg, "attn_logit_softcapping", None) else "sdpa"
+    return cfg

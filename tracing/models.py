@@ -1,5 +1,7 @@
-"""Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, or a local folder
-(ids are parsed and resolved by :mod:`tracing.specs`).
+"""Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, a local folder, or a GGUF file
+(ids, including a ``:<file>.gguf`` suffix, are parsed and resolved by :mod:`tracing.specs`).
+Quantized checkpoints (GGUF, GPTQ, AWQ; see :mod:`tracing.sources`) are dequantized to float32
+one tensor at a time.
 
 A :class:`Checkpoint` gives the config, the tokenizer, and **lazy per-tensor access**: one
 tensor is read at a time (safetensors ``safe_open``, sharded or not, or ``pytorch_model*.bin``
@@ -17,7 +19,7 @@ import re
 from pathlib import Path
 import torch
 
-from .arch import EMBED, LM_HEAD, Arch, arch_from_config
+from .arch import LM_HEAD, Arch, TensorRef, arch_from_config
 from .errors import TracingError
 
 from .specs import Resolved, Spec, parse_spec, resolve  # noqa: F401 - model ids; re-exported here
@@ -51,6 +53,21 @@ class WeightSource:
         return {n: self.get(n, dtype) for n in self.names()}
 
 
+def logical_ref(arch: Arch, name: str, label: str) -> TensorRef:
+    """The reference of a logical name (an lm_head of a tied model reads the embedding)."""
+    if name == LM_HEAD and arch.tied:
+        name = arch.embed
+    try:
+        return arch.ref(name)
+    except KeyError:
+        raise TracingError(f"{label}: {name} is not a tensor of a {arch.model_type} checkpoint") from None
+
+
+def select(t: torch.Tensor, index) -> torch.Tensor:
+    """A role's part of a stored tensor (``index`` from :class:`~tracing.arch.TensorRef`)."""
+    return t if index is None else t[index]
+
+
 def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
     """``t`` itself, or a one-line TracingError naming the model and tensor if it holds NaN or inf."""
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -61,7 +78,8 @@ def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 class DictSource(WeightSource):
-    """A state dict held in memory (e.g. ``model.state_dict()`` of a loaded model)."""
+    """A state dict held in memory, keyed by file names or by transformers' module names
+    (e.g. ``model.state_dict()`` of a loaded model, with fused experts)."""
 
     def __init__(self, state: dict[str, torch.Tensor], config, label: str = "model"):
         self.config = config
@@ -70,13 +88,11 @@ class DictSource(WeightSource):
         self.label = label
 
     def get(self, name, dtype=torch.float32):
-        if name == LM_HEAD and name not in self.state and self.arch.tied:
-            name = EMBED
-        try:
-            t = self.state[name]
-        except KeyError:
-            raise TracingError(f"tensor {name} is missing from {self.label}") from None
-        return require_finite(self.label, name, t).to(dtype)
+        ref = logical_ref(self.arch, name, self.label)
+        for stored, index in ref.stores:
+            if stored in self.state:
+                return require_finite(self.label, name, select(self.state[stored], index)).to(dtype)
+        raise TracingError(f"tensor {name} is missing from {self.label}")
 
 
 def from_module(model: torch.nn.Module, label: str = "model") -> DictSource:
@@ -112,6 +128,15 @@ class Checkpoint(WeightSource):
         self.resolved = resolved or resolve(str(spec))
         self.path = self.resolved.path
         self.label = self.resolved.spec
+        self._config = None
+        self._bin_cache: tuple[Path, dict] | None = None
+        self._finite: set[str] = set()  # tensors already checked for NaN / inf
+        from .sources import detect
+        self.quantized = detect(self.path, self.resolved.file, self.label)
+        if self.quantized is not None:
+            self.arch = self.quantized.arch
+            self._index = {}
+            return
         cfg_file = self.path / "config.json"
         if not cfg_file.is_file():
             raise TracingError(f"{self.path} has no config.json; point to a Hugging Face model folder "
@@ -123,15 +148,14 @@ class Checkpoint(WeightSource):
         if not isinstance(raw, dict):
             raise TracingError(f"{cfg_file} does not hold a JSON object; re-download or fix the file")
         self.arch = arch_from_config(raw, where=str(cfg_file))
-        self._config = None
-        self._bin_cache: tuple[Path, dict] | None = None
         self._index = self._build_index()
         self._check_shapes(cfg_file)
-        self._finite: set[str] = set()  # tensors already checked for NaN / inf
 
     # config ------------------------------------------------------------------------------
     @property
     def config(self):
+        if self._config is None and self.quantized is not None:
+            self._config = self.quantized.config()
         if self._config is None:
             from transformers import AutoConfig
             self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
@@ -163,15 +187,34 @@ class Checkpoint(WeightSource):
         return index
 
     def _check_shapes(self, cfg_file: Path) -> None:
-        """The config's sizes against the tensors' shapes (headers only; no tensor data is read)."""
+        """The config's sizes against the tensors' shapes (headers only; no tensor data is read).
+        A fused tensor's role parts must fit it and add up to all of it."""
+        fused: dict[str, int] = {}  # stored name of a fused tensor -> elements its roles account for
         for name in self.arch.names():
-            found = self._shapes.get(name)
-            want = self.arch.shape(name)
-            if found is not None and tuple(found) != tuple(want):
-                raise TracingError(
-                    f"{cfg_file} does not match the weights: tensor {name} in {getattr(self._index.get(name), 'name', 'the weights')} has shape "
-                    f"{tuple(found)}, but the config implies {tuple(want)}; fix the config's sizes or use the "
-                    f"config.json that came with these weights")
+            ref = self.arch.ref(name)
+            stored, index = next(((s, i) for s, i in ref.stores if s in self._shapes), (None, None))
+            if stored is None:
+                continue
+            found = tuple(self._shapes[stored])
+            try:  # the role's part of a fused tensor, computed on the meta device
+                got = found if index is None else tuple(torch.empty(found, device="meta")[index].shape)
+            except (IndexError, RuntimeError):
+                got = None
+            if got != tuple(ref.shape):
+                part = "" if index is None else f" (its {ref.role} part: {got})"
+                self._shape_error(cfg_file, stored, f"{found}{part}", tuple(ref.shape))
+            if index is not None:
+                fused[stored] = fused.get(stored, 0) + _numel(ref.shape)
+        for stored, n in fused.items():
+            if n != _numel(self._shapes[stored]):
+                self._shape_error(cfg_file, stored, str(tuple(self._shapes[stored])),
+                                  f"parts with {n} elements in all")
+
+    def _shape_error(self, cfg_file: Path, stored: str, found: str, want) -> None:
+        raise TracingError(
+            f"{cfg_file} does not match the weights: tensor {stored} in "
+            f"{getattr(self._index.get(stored), 'name', 'the weights')} has shape {found}, but the config "
+            f"implies {want}; fix the config's sizes or use the config.json that came with these weights")
 
     def _load_bin(self, f: Path) -> dict:
         if self._bin_cache is None or self._bin_cache[0] != f:
@@ -180,23 +223,34 @@ class Checkpoint(WeightSource):
         return self._bin_cache[1]
 
     def weight_files(self) -> list[Path]:
+        if self.quantized is not None:
+            return self.quantized.weight_files()
         return sorted(set(self._index.values()))
 
     def get(self, name, dtype=torch.float32):
-        if name == LM_HEAD and (self.arch.tied or name not in self._index):
-            if not self.arch.tied:
-                raise TracingError(f"{self.label}: lm_head.weight missing although tie_word_embeddings is false")
-            name = EMBED
-        f = self._index.get(name)
-        if f is None:
-            raise TracingError(f"{self.label}: tensor {name} not found in its weight files; "
-                               f"is this a Llama-family causal LM checkpoint?")
+        if self.quantized is not None:
+            t = self.quantized.get(name, dtype)
+            if name not in self._finite:
+                require_finite(self.label, name, t)
+                self._finite.add(name)
+            return t
+        ref = logical_ref(self.arch, name, self.label)
+        for stored, index in ref.stores:
+            f = self._index.get(stored)
+            if f is not None:
+                break
+        else:
+            raise TracingError(f"{self.label}: tensor {ref.stores[0][0]} not found in its weight files; "
+                               f"is this a complete {self.arch.model_type} causal LM checkpoint?")
         if f.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
-                t = h.get_tensor(name)
+                if index is not None and all(isinstance(x, (int, slice)) for x in index):
+                    t = h.get_slice(stored)[index]  # only the role's rows are read
+                else:
+                    t = select(h.get_tensor(stored), index)
         else:
-            t = self._load_bin(f)[name]
+            t = select(self._load_bin(f)[stored], index)
         if name not in self._finite:
             require_finite(self.label, name, t)
             self._finite.add(name)
@@ -207,11 +261,17 @@ class Checkpoint(WeightSource):
 
     # tokenizer ---------------------------------------------------------------------------
     def has_tokenizer(self) -> bool:
-        return any((self.path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+        return self._folder_tokenizer() or (self.quantized is not None and self.quantized.has_tokenizer())
+
+    def _folder_tokenizer(self) -> bool:
+        return self.path.is_dir() and any((self.path / f).exists()
+                                          for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
     def tokenizer(self):
         if not self.has_tokenizer():
             return None
+        if not self._folder_tokenizer():  # only the GGUF metadata has one
+            return self.quantized.tokenizer()
         from transformers import AutoTokenizer
         try:
             return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
@@ -231,8 +291,18 @@ class Checkpoint(WeightSource):
             elif hash_files:
                 entry["sha256"], entry["sha256_source"] = sha256_file(f), "computed"
             files.append(entry)
-        return {"id": self.resolved.spec, "path": str(self.path), "repo_id": self.resolved.repo_id,
-                "revision": self.resolved.revision, "commit": self.resolved.commit, "files": files}
+        out = {"id": self.resolved.spec, "path": str(self.path), "repo_id": self.resolved.repo_id,
+               "revision": self.resolved.revision, "commit": self.resolved.commit, "files": files}
+        if self.quantized is not None:
+            out["quantization"] = self.quantized.quantization()
+        return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 def _corrupt(f: Path, why: str) -> TracingError:
@@ -350,23 +420,20 @@ def config_for(config, arch: Arch):
 def load_module(source: WeightSource, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:
     """Build a transformers ``nn.Module`` holding ``source``'s weights (transforms applied)."""
     from transformers import AutoModelForCausalLM
+
+    from .arch.modules import materialise_buffers, module_state
     cfg = config_for(source.config, source.arch)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    state = {n: source.get(n, dtype).to(device) for n in source.names()}
-    if source.arch.tied:
-        state[LM_HEAD] = state[EMBED]
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    state = module_state(source.arch, source.names(), lambda n: source.get(n, dtype).to(device), shapes)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     if unexpected or missing:
         raise TracingError(f"weights of {source.label} do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if source.arch.tied:
         model.tie_weights()
-    # non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the device
-    for name, module in model.named_modules():
-        if name.endswith("rotary_emb"):
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], type(module)(config=cfg).to(device))
+    materialise_buffers(model, cfg, device)
     return model.to(device).eval()
 
 
@@ -375,6 +442,8 @@ def load_pretrained(spec: str, dtype="auto", device: str | None = None, trust_re
     from transformers import AutoModelForCausalLM
     device = device or default_device()
     ck = Checkpoint(spec)
+    if ck.quantized is not None:  # dequantized tensor by tensor into a float module
+        return ck, load_module(ck, resolve_dtype(dtype, device), device)
     model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=resolve_dtype(dtype, device),
                                                  trust_remote_code=trust_remote_code)
     return ck, model.to(device).eval()

@@ -40,6 +40,7 @@ class Options:
     alternative: str = "greater"
     mem_budget_gb: float | None = None
     localized: bool = False  # block map: every block pair tested (cos, match)
+    fold_norms: bool | None = None  # None: fold when either model is AWQ
 
     def __post_init__(self):
         from .stats import canonical, known_names
@@ -94,11 +95,9 @@ class Options:
         names = spec.option_names() + (DATA_OPTIONS if self.eval else ())
         d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))
                                    if not (k in KEY_OMITTED_AT_DEFAULT and getattr(self, k) == KEY_OMITTED_AT_DEFAULT[k])}}
+        if d.get("fold_norms") is None:  # the default (AWQ only) leaves earlier keys unchanged
+            d.pop("fold_norms", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-
-    def key(self) -> str:
-        """``key_for`` the first statistic (kept for callers written for one statistic)."""
-        return self.key_for(self.stat[0])
 
     def block_size_for(self, max_positions: int | None) -> int:
         """The forward passes' block size: ``--block_size``, else min(512, ``max_positions``).
@@ -180,6 +179,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help=f"{users('localized')}: test every block pair (block map: grid of p-values, the inferred "
                         f"block correspondence, Bonferroni overall p); chosen automatically when the models' "
                         f"depths or widths differ")
+    g.add_argument("--fold_norms", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold every norm gain into the layers it feeds before comparing (default: only when "
+                        "either model is AWQ-quantized, whose scales move between norms and layers)")
     g.add_argument("--mem_budget_gb", type=float, default=None,
                    help="memory for parallel assignment solves (default: half of the free RAM)")
 

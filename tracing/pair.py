@@ -13,7 +13,7 @@ from .evaluate import lm_losses, perplexity
 from .models import default_device, resolve_dtype
 from .options import Options
 from .stats import Context, get
-from .transforms import permute, rotate
+from .transforms import fold_norms, permute, rotate
 
 TEXT_DEFAULT, DEMO_DEFAULT = "wikitext", "demo"
 
@@ -26,7 +26,8 @@ def max_positions(src) -> int | None:
 
 
 class Pair:
-    """``base`` (θ₁) and ``ft`` (θ₂, after ``--permute`` / ``--rotate``) as weight sources.
+    """``base`` (θ₁) and ``ft`` (θ₂, after ``--permute`` / ``--rotate``) as weight sources, both
+    with their norm gains folded when ``fold_norms`` (by default when either model is AWQ).
 
     ``base_ckpt``/``ft_ckpt``: the sources as opened (tokenizer, provenance when on disk);
     ``tokens``: evaluation ids to use for every data statistic instead of ``--dataset``.
@@ -34,7 +35,7 @@ class Pair:
 
     def __init__(self, base_src, ft_src, options: Options, progress: bool, *, base_label: str, ft_label: str,
                  tokens: torch.Tensor | None = None, timings: dict | None = None):
-        self.base, self.ft_ckpt = base_src, ft_src
+        self.base_ckpt, self.ft_ckpt = base_src, ft_src
         self.base_spec, self.ft_spec, self.options, self.progress = base_label, ft_label, options, progress
         self.timings: dict[str, float] = dict(timings or {})
         self.device = options.device or default_device()
@@ -42,7 +43,12 @@ class Pair:
             raise TracingError("--device cuda was given but no GPU is visible; use --device cpu")
         self.dtype = resolve_dtype(options.dtype, self.device)
         t = time.time()
-        ft = ft_src
+        self.fold_norms = options.fold_norms
+        if self.fold_norms is None:  # AWQ moves scales between norms and layers: undo that in both models
+            self.fold_norms = any(getattr(getattr(s, "quantized", None), "format", None) == "awq"
+                                  for s in (base_src, ft_src))
+        self.base = fold_norms(base_src) if self.fold_norms else base_src
+        ft = fold_norms(ft_src) if self.fold_norms else ft_src
         if options.permute:
             ft = permute(ft, seed=options.seed)
         if options.rotate:
@@ -74,7 +80,7 @@ class Pair:
                                f"by permutation and rotation)")
         for s in stats:
             get(s).run_check(self.base.arch, self.ft_ckpt.arch, self.options)
-        ctx_len = [n for n in (max_positions(self.base), max_positions(self.ft_ckpt)) if n]
+        ctx_len = [n for n in (max_positions(self.base_ckpt), max_positions(self.ft_ckpt)) if n]
         ctx_len = min(ctx_len) if ctx_len else None
         if self.options.eval or any(get(s).needs_data for s in stats):
             size = self.options.block_size_for(ctx_len)
@@ -96,7 +102,7 @@ class Pair:
         if dataset not in self._tokens:
             t = time.time()
             shared = min(self.base.arch.V, self.ft_ckpt.arch.V)
-            tok = self._tokenizer(self.base)
+            tok = self._tokenizer(self.base_ckpt)
             if not self._tok_checked:
                 ok, why = tokenizers_compatible(tok, self._tokenizer(self.ft_ckpt), shared)
                 if not ok:
@@ -144,9 +150,9 @@ class Pair:
         dataset = self.dataset_for(None)
         t = time.time()
         ids, engine = self.tokens(dataset), ctx.engine()
-        if self.same_shape:
+        if self.base.arch.L == self.ft_ckpt.arch.L:
             lb, lf = lm_losses(engine, [self.base, self.ft], ids, desc="eval")
-        else:  # models of different shapes cannot run in lockstep: one pass each
+        else:  # models of different depths cannot run in lockstep: one pass each
             (lb,), (lf,) = (lm_losses(engine, [m], ids, desc="eval") for m in (self.base, self.ft))
         self.timings["eval"] = time.time() - t
         return {"dataset": dataset, "base loss": lb, "ft loss": lf, "base ppl": perplexity(lb), "ft ppl": perplexity(lf)}

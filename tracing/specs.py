@@ -1,7 +1,9 @@
 """Model ids: the one parser (:func:`parse_spec`) and resolution to a local folder (:func:`resolve`).
 
-A model id is ``demo:<name>``, a local folder, or a Hugging Face hub id ``org/name[@revision]``
-(the revision a branch, tag, commit or ``refs/pr/N``). Hub models are downloaded once into the
+A model id is ``demo:<name>``, a local folder or GGUF file, or a Hugging Face hub id
+``org/name[@revision]`` (the revision a branch, tag, commit or ``refs/pr/N``).  A folder or hub
+repository holding several GGUF files names one with a ``:<file>.gguf`` suffix
+(``org/name:model-Q4_K_M.gguf``, ``org/name@rev:model-Q8_0.gguf``, ``./folder:model.gguf``). Hub models are downloaded once into the
 Hugging Face cache; ``HF_TOKEN`` is read at download time and never stored.
 """
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import TracingError
@@ -26,6 +28,7 @@ class Resolved:
     revision: str | None = None
     commit: str | None = None
     hub_sha256: dict[str, str] = field(default_factory=dict)  # file -> LFS sha256 recorded by the hub
+    file: str | None = None  # the GGUF file chosen with a ``:<file>.gguf`` suffix
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Spec:
     revision: str | None = None
     path: Path | None = None
     name: str | None = None
+    file: str | None = None  # a ``:<file>.gguf`` suffix: the GGUF file inside the folder or repository
 
 
 HUB_REPO = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
@@ -60,15 +64,28 @@ def _is_dir(p: Path, what: str) -> bool:
         raise (path_too_long(e, what) or e) from None
 
 
+def _is_gguf_file(p: Path, what: str) -> bool:
+    try:
+        return p.suffix == ".gguf" and p.is_file()
+    except OSError as e:
+        raise (path_too_long(e, what) or e) from None
+
+
 def parse_spec(spec: str | os.PathLike) -> Spec:
-    """The one parser of model ids: ``demo:<name>``, an existing local folder, a hub id
+    """The one parser of model ids: ``demo:<name>``, an existing local folder or GGUF file, a hub id
     ``org/name[@revision]`` (the revision may be a branch, tag, commit or ``refs/pr/N``), or
-    else a local path (``/``, ``.`` or ``~`` first, or more than one ``/`` before any ``@``)."""
+    else a local path (``/``, ``.`` or ``~`` first, or more than one ``/`` before any ``@``); any
+    of the last three may end in ``:<file>.gguf``."""
     text = str(spec)
     if text.startswith("demo:"):
         return Spec(text=text, kind="demo", name=text[len("demo:"):])
     path = Path(text).expanduser()
-    if isinstance(spec, os.PathLike) or text.startswith(("/", ".", "~")) or _is_dir(path, text):
+    if _is_dir(path, text) or _is_gguf_file(path, text):
+        return Spec(text=text, kind="local", path=path)
+    where, sep, file = text.rpartition(":")
+    if sep and where and file.endswith(".gguf") and "/" not in file:
+        return replace(parse_spec(where), text=text, file=file)
+    if isinstance(spec, os.PathLike) or text.startswith(("/", ".", "~")):
         return Spec(text=text, kind="local", path=path)
     repo, at, revision = text.partition("@")
     if HUB_REPO.fullmatch(repo) and (not at or HUB_REVISION.fullmatch(revision)):
@@ -83,10 +100,11 @@ def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
         from . import demo
         return Resolved(spec=s.text, path=demo.resolve_demo(s.text))
     if s.kind == "local":
-        if not _is_dir(s.path, s.text):
-            raise TracingError(f"model folder {s.text} does not exist; give an existing local folder (with "
-                               f"config.json and weights), a hub id like org/name[@revision], or demo:<name>")
-        return Resolved(spec=s.text, path=s.path.resolve())
+        if not (_is_dir(s.path, s.text) or (s.file is None and _is_gguf_file(s.path, s.text))):
+            raise TracingError(f"model folder {s.text if s.file is None else s.path} does not exist; give an existing local folder (with "
+                               f"config.json and weights) or .gguf file, a hub id like org/name[@revision], "
+                               f"or demo:<name>")
+        return Resolved(spec=s.text, path=s.path.resolve(), file=s.file)
     return _resolve_hub(s, local_files_only)
 
 
@@ -103,17 +121,25 @@ def _resolve_hub(s: Spec, local_files_only: bool | None) -> Resolved:
     try:
         if not offline:
             info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
-            files = [s.rfilename for s in info.siblings or []]
-            if not any(f.endswith(".safetensors") for f in files):
-                patterns = META_PATTERNS + ["pytorch_model*.bin"]
-            for s in info.siblings or []:
-                if getattr(s, "lfs", None) is not None and getattr(s.lfs, "sha256", None):
-                    hub_sha[s.rfilename] = s.lfs.sha256
+            files = [f.rfilename for f in info.siblings or []]
+            if s.file is not None:
+                patterns = META_PATTERNS + [s.file]
+            elif not any(f.endswith(".safetensors") for f in files):
+                ggufs = [f for f in files if f.endswith(".gguf")]
+                if len(ggufs) > 1:
+                    raise TracingError(f"{spec} holds several GGUF files ({', '.join(ggufs[:6])}"
+                                       f"{', …' if len(ggufs) > 6 else ''}); pick one with {spec}:<file>.gguf")
+                patterns = META_PATTERNS + (ggufs or ["pytorch_model*.bin"])
+            for f in info.siblings or []:
+                if getattr(f, "lfs", None) is not None and getattr(f.lfs, "sha256", None):
+                    hub_sha[f.rfilename] = f.lfs.sha256
             revision = info.sha or revision
             path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token)
         else:
             path = snapshot_download(repo_id, revision=revision, local_files_only=True,
-                                     allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS))
+                                     allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS) + [s.file or "*.gguf"])
+    except TracingError:
+        raise
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         hint = "set HF_TOKEN for gated or private models" if status in (401, 403) else "check the id and revision"
@@ -129,4 +155,5 @@ def _resolve_hub(s: Spec, local_files_only: bool | None) -> Resolved:
         raise TracingError(f"cannot fetch {spec} from the Hugging Face hub ({type(e).__name__}); {hint}") from None
     path = Path(path)
     commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else revision
-    return Resolved(spec=spec, path=path, repo_id=repo_id, revision=revision, commit=commit, hub_sha256=hub_sha)
+    return Resolved(spec=spec, path=path, repo_id=repo_id, revision=revision, commit=commit, hub_sha256=hub_sha,
+                    file=s.file)

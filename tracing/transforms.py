@@ -5,9 +5,10 @@ read, so it works the same on a 70B checkpoint streamed from disk as on a tiny s
 views compose (``Permuted(Rotated(ckpt))``).  Conventions: permuting by ``p`` means
 ``new[i] = old[p[i]]`` along the permuted axis.
 
-- MLP permutation (one per block, over h): rows of gate/up (and their biases), columns of down.
-- Residual permutation (one for the model, over d): columns of embed, q/k/v, gate/up, lm_head;
-  rows of o/down (and their biases); every RMSNorm gain.
+- MLP permutation (one per MLP: per block, or per expert of a mixture-of-experts block, over its
+  hidden units): rows of gate/up (and their biases), columns of down.
+- Residual permutation (one for the model, over d): columns of embed, every reader of the stream
+  (q/k/v, gate/up, routers, lm_head); rows of every writer (o/down); every norm gain and bias.
 - Rotation by an orthogonal R (d×d): norm gains folded into the layers that read the normalised
   stream, gains set to 1, then embed and every reader ``W -> W R``, every writer ``W -> Rᵀ W``.
   A tied model becomes untied (the folded lm_head differs from the rotated embedding).
@@ -16,12 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .arch import ATTN_ROLES, EMBED, LM_HEAD, MLP_ROLES, NORM_ROLES, require_same_blocks
+from .arch import (ATTN_ROLES, EMBED, MLP_ROLES, NORM_ROLES, READ_RESIDUAL, READS_THROUGH, RES_VECTORS,
+                   UNIT_COLS, UNIT_ROWS, WRITE_RESIDUAL, require_same_layout)
+from .errors import TracingError
 from .models import DictSource, WeightSource, config_for, from_module, load_module
-
-_READ_RESIDUAL = {"q", "k", "v", "gate", "up", "embed", "lm_head"}  # columns index the residual
-_WRITE_RESIDUAL = {"o", "down"}  # rows index the residual
-_RES_VECTORS = {"in_norm", "post_norm", "final_norm", "o_bias", "down_bias"}
 
 
 class View(WeightSource):
@@ -41,6 +40,13 @@ class View(WeightSource):
         self.inner.release()
 
 
+def _key(k):
+    """A unit key as plain Python (numpy integers from an alignment become ints)."""
+    if isinstance(k, tuple):
+        return tuple(x if isinstance(x, str) else int(x) for x in k)
+    return int(k)
+
+
 class Permuted(View):
     """Residual permutation ``pi_e`` (or None) and per-block MLP permutations ``pi_i[i]``."""
 
@@ -50,60 +56,114 @@ class Permuted(View):
         self.pi_e = None if pi_e is None else torch.as_tensor(pi_e, dtype=torch.long)
         if isinstance(pi_i, (list, tuple)):
             pi_i = dict(enumerate(pi_i))
-        self.pi_i = {int(k): torch.as_tensor(v, dtype=torch.long) for k, v in (pi_i or {}).items()}
+        self.pi_i = {_key(k): torch.as_tensor(v, dtype=torch.long) for k, v in (pi_i or {}).items()}
 
     def get(self, name, dtype=torch.float32):
         return self.apply(name, self.inner.get(name, dtype))
 
     def apply(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """Permute one tensor of the inner model (usable without a source, e.g. in PERMTEST)."""
-        role, i = self.arch.role_of(name)
-        p = self.pi_i.get(i) if i is not None else None
+        ref = self.arch.ref(name)
+        role = ref.role
+        p = self.pi_i.get(ref.unit) if ref.unit is not None else None
         if p is not None:
-            if role in ("gate", "up", "gate_bias", "up_bias"):
+            if role in UNIT_ROWS:
                 t = t[p]
-            elif role == "down":
+            elif role in UNIT_COLS:
                 t = t[:, p]
         e = self.pi_e
         if e is not None:
-            if role in _READ_RESIDUAL:
+            if role in READ_RESIDUAL:
                 t = t[:, e]
-            elif role in _WRITE_RESIDUAL or role in _RES_VECTORS:
+            elif role in WRITE_RESIDUAL or role in RES_VECTORS:
                 t = t[e]
         return t
 
 
 class Rotated(View):
-    """Fold the RMSNorm gains, then rotate the residual stream by the orthogonal matrix ``R``."""
+    """Fold the norm gains, then rotate the residual stream by the orthogonal matrix ``R``."""
 
     def __init__(self, inner: WeightSource, R: torch.Tensor):
         super().__init__(inner)
+        why = inner.arch.rotation_problem()
+        if why is not None:
+            raise TracingError(f"--rotate is not function-preserving for {inner.arch.model_type}: {why}; "
+                               f"use --permute to test robustness on this family")
         self.R = R
         self.arch = inner.arch.untied()
 
     def names(self):
         return self.arch.names()
 
+    def _gain(self, role: str, i, work) -> torch.Tensor:
+        name = self.arch.final_norm if role == "final_norm" else self.arch.block_name(i, role)
+        return self.inner.get(name, work) + self.arch.gain_offset
+
     def get(self, name, dtype=torch.float32):
-        role, i = self.arch.role_of(name)
+        ref = self.arch.ref(name)
+        role, i = ref.role, ref.block
         work = torch.float64 if dtype == torch.float64 else torch.float32
         R = self.R.to(work)
-        if role in NORM_ROLES or role == "final_norm":
-            return torch.ones(self.arch.d, dtype=dtype)
+        if role in NORM_ROLES or role == "final_norm":  # gain 1 (Gemma stores it as w = 0)
+            return torch.full((self.arch.d,), 1.0 - self.arch.gain_offset, dtype=dtype)
         if role in ("o_bias", "down_bias"):
             return (self.inner.get(name, work) @ R).to(dtype)
-        if role in ("o", "down"):
+        if role in WRITE_RESIDUAL:
             return (R.T @ self.inner.get(name, work)).to(dtype)
         if role == "embed":
             return (self.inner.get(name, work) @ R).to(dtype)
-        gain = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "gate": "post_norm", "up": "post_norm"}.get(role)
-        if gain is not None:
-            g = self.inner.get(self.arch.block_name(i, gain), work)
+        if role in READS_THROUGH:
+            g = self._gain(READS_THROUGH[role], i, work)
             return ((self.inner.get(name, work) * g) @ R).to(dtype)
         if role == "lm_head":
-            g = self.inner.get("model.norm.weight", work)
-            return ((self.inner.get(LM_HEAD, work) * g) @ R).to(dtype)
-        return self.inner.get(name, dtype)  # q/k/v and gate/up biases: unchanged
+            g = self._gain("final_norm", None, work)
+            return ((self.inner.get(self.arch.lm_head, work) * g) @ R).to(dtype)
+        return self.inner.get(name, dtype)  # q/k/v and gate/up biases, q/k norms: unchanged
+
+
+class NormsFolded(View):
+    """Every norm gain that feeds a layer folded into the columns of that layer (q/k/v after the
+    input norm; gate/up, routers and experts after the norm before the MLP; lm_head after the final
+    norm), those gains set to 1.  Post-norms on a sublayer's output and q/k norms are left as they are.
+
+    Function-preserving and a function of one model alone; it makes weight statistics invariant to
+    per-channel scales moved between a norm and its readers (as AWQ quantization does).
+    """
+
+    def __init__(self, inner: WeightSource):
+        super().__init__(inner)
+        if inner.arch.norm_bias:
+            raise TracingError(f"--fold_norms is not function-preserving for {inner.arch.model_type}: its "
+                               f"LayerNorms add a bias after the gain; run without --fold_norms")
+        self.arch = inner.arch.untied()
+
+    def names(self):
+        return self.arch.names()
+
+    def _gain(self, role: str, i, work) -> torch.Tensor:
+        name = self.arch.final_norm if role == "final_norm" else self.arch.block_name(i, role)
+        return self.inner.get(name, work) + self.arch.gain_offset
+
+    def get(self, name, dtype=torch.float32):
+        ref = self.arch.ref(name)
+        role, i = ref.role, ref.block
+        if role in _FOLDED_NORMS:  # gain 1 (Gemma stores it as w = 0)
+            return torch.full((self.arch.d,), 1.0 - self.arch.gain_offset, dtype=dtype)
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        if role in READS_THROUGH:
+            g = self._gain(READS_THROUGH[role], i, work)
+            return (self.inner.get(name, work) * g).to(dtype)
+        if role == "lm_head":
+            g = self._gain("final_norm", None, work)
+            return (self.inner.get(self.arch.lm_head, work) * g).to(dtype)
+        return self.inner.get(name, dtype)
+
+
+_FOLDED_NORMS = frozenset(READS_THROUGH.values()) | {"final_norm"}
+
+
+def fold_norms(source: WeightSource) -> NormsFolded:
+    return NormsFolded(source)
 
 
 class Interpolated(View):
@@ -113,7 +173,7 @@ class Interpolated(View):
 
     def __init__(self, a: WeightSource, b: WeightSource, alpha: float, attn: bool = False, emb: bool = False):
         super().__init__(a)
-        require_same_blocks(a.arch, b.arch, "interpolation")
+        require_same_layout(a.arch, b.arch, "interpolation")
         self.b, self.alpha, self.attn, self.emb = b, float(alpha), attn, emb
 
     def release(self):
@@ -150,11 +210,12 @@ def generator(seed: int) -> torch.Generator:
     return g
 
 
-def random_permutations(arch, seed: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """One residual permutation and an independent MLP permutation for every block."""
+def random_permutations(arch, seed: int) -> tuple[torch.Tensor, dict]:
+    """One residual permutation and an independent permutation of every MLP's hidden units
+    (keyed by block for a dense MLP, by (block, expert) for an expert)."""
     g = generator(seed)
     pi_e = torch.randperm(arch.d, generator=g)
-    pi_i = {i: torch.randperm(arch.h, generator=g) for i in range(arch.L)}
+    pi_i = {u.key: torch.randperm(u.width, generator=g) for i in range(arch.L) for u in arch.units(i)}
     return pi_e, pi_i
 
 
@@ -190,5 +251,5 @@ def transform_state_dict(state: dict, config, make_view) -> dict[str, torch.Tens
     return view.state_dict(next(iter(state.values())).dtype)
 
 
-__all__ = ["Permuted", "Rotated", "Interpolated", "random_permutations", "random_rotation", "permute",
+__all__ = ["Permuted", "Rotated", "NormsFolded", "fold_norms", "Interpolated", "random_permutations", "random_rotation", "permute",
            "rotate", "transform_module", "transform_state_dict", "EMBED"]

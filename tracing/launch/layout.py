@@ -39,8 +39,9 @@ def pair_dir(out: str | os.PathLike, pair: Pair) -> Path:
 
 
 def result_path(out: str | os.PathLike, pair: Pair, stat: str, options) -> Path:
-    """``<out>/<slug(base)>__<slug(ft)>/<stat>-<options hash>.p`` (the hash of this statistic's options)."""
-    return pair_dir(out, pair) / f"{stat}-{options.for_stat(stat).key()}.p"
+    """``<out>/<slug(base)>__<slug(ft)>/<stat>-<options hash>.p`` (the hash of the options this
+    statistic reads: changing another option finds the same file)."""
+    return pair_dir(out, pair) / f"{stat}-{options.key_for(stat)}.p"
 
 
 def default_out(config: str | os.PathLike) -> Path:
@@ -74,10 +75,19 @@ def write_run_log(out: Path, tasks: list, cluster: str, arrays: list[dict]) -> N
                       "status": str(t.status), "job_id": t.job_id, "time": t.time, "error": t.error,
                       "restarts": t.restarts, "start": t.compute_start, "end": t.compute_end,
                       "resources": dataclasses.asdict(t.resources) if t.resources else None} for t in tasks]}
+    from ..results import atomic_write
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{RUN_LOG}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, out / RUN_LOG)
+    atomic_write(out / RUN_LOG, json.dumps(doc, indent=1, default=str))
+
+
+def write_known_lineage(out: Path, lineage: dict | None) -> None:
+    """``<out>/known_lineage.json``: the lineage of a tree model list (the report scores against it)."""
+    if not lineage:
+        return
+    from ..lineage.tree import KNOWN_LINEAGE
+    from ..results import atomic_write
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / KNOWN_LINEAGE, json.dumps(lineage, indent=1))
 
 
 def read_run_log(out: Path) -> dict:

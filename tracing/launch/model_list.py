@@ -1,6 +1,8 @@
-"""Model lists: the three YAML forms of a list of models, turned into the pairs to compare.
+"""Model lists: the four YAML forms of a list of models, turned into the pairs to compare.
 
 - a plain list of models (or ``{models: [...]}``) -> every unordered pair;
+- a tree (a list whose items are a model or a one-key mapping ``model: [children]``, recursively;
+  see :mod:`tracing.lineage.tree`) -> every unordered pair, and the tree is the known lineage;
 - ``{base_models: [...], ft_models: [...]}`` -> every base x fine-tune pair;
 - ``{models_1: [...], models_2: [...], names_1?, names_2?}`` -> the listed pairs, in order;
 
@@ -11,27 +13,21 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
 from ..errors import TracingError
-
-# org/name[@revision] (or a bare name): what the hub accepts as a model id
-_HUB_ID = re.compile(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?")
-
+from ..specs import parse_spec
 
 def is_local_spec(spec: str) -> bool:
-    """Does ``spec`` name a folder on this machine (a path, or an existing folder)?"""
-    spec = str(spec)
-    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or Path(spec).expanduser().is_dir()
+    """Does ``spec`` name a folder on this machine (a path, or an existing folder)? (:func:`tracing.specs.parse_spec`)"""
+    return parse_spec(str(spec)).kind == "local"
 
 
 def is_hub_id(spec: str) -> bool:
-    """Is ``spec`` shaped like a hub model id ``org/name[@revision]`` (and not a local path)?"""
-    spec = str(spec)
-    return not spec.startswith("demo:") and not is_local_spec(spec) and _HUB_ID.fullmatch(spec) is not None
+    """Is ``spec`` a hub model id ``org/name[@revision]``? (:func:`tracing.specs.parse_spec`)"""
+    return parse_spec(str(spec)).kind == "hub"
 
 
 @dataclass(frozen=True)
@@ -51,15 +47,16 @@ class Pair:
 @dataclass
 class ModelList:
     pairs: list[Pair]
-    form: str  # "all pairs" | "base x ft" | "listed pairs"
+    form: str  # "all pairs" | "tree" | "base x ft" | "listed pairs"
     stat: list[str] | None = None
     options: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
     source: str = "<model list>"
     notes: list[str] = field(default_factory=list)
+    lineage: dict | None = None  # the known lineage of a tree ({"models": {name: {"parent", "root"}}})
 
 
-FORMS_HELP = ("a list of models (every pair), {base_models: [...], ft_models: [...]} (every base x fine-tune), "
+FORMS_HELP = ("a list of models (every pair), a tree of models (see config/llama7b_tree.yaml), {base_models: [...], ft_models: [...]} (every base x fine-tune), "
               "or {models_1: [...], models_2: [...]} (the listed pairs)")
 RESOURCE_KEYS = {"mem_gb": int, "timeout_min": int, "gpus": int, "cpus": int, "partition": str}
 TOP_KEYS = ("models", "base_models", "ft_models", "models_1", "models_2", "names_1", "names_2",
@@ -114,7 +111,15 @@ def parse_model_list(data, source: str = "<model list>") -> ModelList:
     """The pairs (and optional ``stat`` / ``options`` / ``resources``) of a parsed YAML document."""
     form, extra = _form_of(data, source)
     notes: list[str] = []
-    if form == "all pairs":
+    lineage = None
+    if form == "tree":
+        from ..lineage.tree import lineage_json, parse_tree, tree_pairs
+        models, edges = parse_tree(extra.get("models", data), source)
+        if len(models) < 2:
+            raise TracingError(f"{source}: a tree needs at least two models to make a pair")
+        pairs = [Pair(a, b) for a, b in tree_pairs(models)]
+        lineage = lineage_json(models, edges)
+    elif form == "all pairs":
         pairs = _all_pairs(_model_names(extra.get("models", data), "models", source), source)
     elif form == "base x ft":
         pairs = _cross_pairs(extra, source, notes)
@@ -128,13 +133,16 @@ def parse_model_list(data, source: str = "<model list>") -> ModelList:
     if not isinstance(resources, dict):
         raise TracingError(f"{source}: 'resources' must be a mapping, e.g. resources: {{mem_gb: 64, timeout_min: 600}}")
     resources = _check_resources(resources, source)
-    return ModelList(pairs, form, stat, dict(options), resources, source, notes)
+    return ModelList(pairs, form, stat, dict(options), resources, source, notes, lineage)
 
 
 def _form_of(data, source: str) -> tuple[str, dict]:
     """Which of the three forms ``data`` is, and its mapping (empty for a plain list)."""
     if data is None:
         raise TracingError(f"{source} is empty; write {FORMS_HELP}")
+    from ..lineage.tree import is_tree_form
+    if is_tree_form(data):
+        return "tree", {}
     if isinstance(data, list):
         _model_names(data, "models", source)
         return "all pairs", {}
@@ -144,6 +152,8 @@ def _form_of(data, source: str) -> tuple[str, dict]:
     if unknown:
         raise TracingError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(TOP_KEYS)}")
     has = {k for k in ("models", "base_models", "ft_models", "models_1", "models_2") if k in data}
+    if has == {"models"} and is_tree_form(data["models"]):
+        return "tree", data
     if has == {"models"}:
         _model_names(data["models"], "models", source)
         return "all pairs", data

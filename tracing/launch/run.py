@@ -12,7 +12,7 @@ from typing import Callable
 from ..errors import TracingError
 from .claims import Claims, wait_released
 from .console import fmt_minutes, fmt_seconds, first_line, plan_table, rel, say as _say, summary_table
-from .layout import check_out_folder, default_out, read_run_log, write_run_log
+from .layout import check_out_folder, default_out, read_run_log, write_known_lineage, write_run_log
 from .local import run_local
 from .model_list import ModelList, build_options, read_model_list
 from .prefetch import ensure_demo, prefetch
@@ -72,6 +72,7 @@ def launch(s: LaunchSettings, say: Callable = _say) -> int:
     plan(run)
     if s.dry_run:
         return dry_run(run)
+    write_known_lineage(run.out, run.model_list.lineage)
     start = time.time()
     try:
         todo, foreign, elsewhere = split_work(run)

@@ -121,9 +121,9 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
+    from ..results import atomic_open
+    with atomic_open(p, "wb") as fh:
+        fig.savefig(fh, dpi=130, format="png")
     plt.close(fig)
-    os.replace(tmp, p)
     drawn["edges"].sort()
     return drawn

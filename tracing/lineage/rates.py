@@ -12,11 +12,12 @@ recall of reconstructed tree edges.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from .. import pvalues
+from ..errors import TracingError
+from ..verdict import is_dependent
 from .reconstruct import _finite, _flag
 from .tree import align_truth, roots_of
 
@@ -34,8 +35,12 @@ def grid_label(row: dict) -> str:
     """The grid a result belongs to, e.g. ``cos``, ``cos --permute`` or ``cos [aligned]``."""
     parts = [str(row.get("stat"))]
     parts += [f"--{f}" for f in ("permute", "rotate") if _flag(row.get(f))]
-    if row.get("stat") == "mode":
-        parts += [f"--{f}" for f in ("attn", "emb") if _flag(row.get(f))]
+    from .. import stats
+    try:
+        flags = stats.get(str(row.get("stat"))).variant_flags
+    except TracingError:  # a statistic this toolkit does not know
+        flags = ()
+    parts += [f"--{f}" for f in flags if _flag(row.get(f))]
     return " ".join(parts) + (" [aligned]" if _flag(row.get("aligned")) else "")
 
 
@@ -64,7 +69,7 @@ def error_rates(df, truth: dict, level: float | None = None, confidence: float =
         dep = [None if (r["base"] not in roots or r["ft"] not in roots) else roots[r["base"]] == roots[r["ft"]]
                for r in rs]
         for basis, vals in (("raw", lp), ("holm", pvalues.holm(lp))):
-            called = [v < math.log10(x) for v, x in zip(vals, lv)]
+            called = [bool(is_dependent(v, x)) for v, x in zip(vals, lv)]
             n_ind = sum(d is False for d in dep)
             fp = sum(c for c, d in zip(called, dep) if d is False)
             n_dep = sum(d is True for d in dep)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from .. import pvalues
 from ..errors import TracingError
+from ..verdict import is_dependent
 from .tree import align_truth, name_key
 
 
@@ -108,7 +108,7 @@ def significance_table(rows: dict, level: float) -> list[dict]:
     for k, p, q in zip(keys, lp, adj):
         a, b = sorted(k)
         out.append({"a": a, "b": b, "log10_pvalue": float(p), "log10_pvalue_holm": float(q),
-                    "significant": bool(q < math.log10(level))})
+                    "significant": bool(is_dependent(q, level))})
     return out
 
 
@@ -329,12 +329,6 @@ def write_json(rec: Reconstruction, path: str | os.PathLike, extra: dict | None 
     """Write ``lineage.json`` atomically (never a half-written file); ``extra`` keys are added."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe({**rec.to_json(), **(extra or {})}), f, indent=2, default=str)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..results import atomic_write
+    atomic_write(p, json.dumps(_json_safe({**rec.to_json(), **(extra or {})}), indent=2, default=str))
     return p

@@ -23,6 +23,9 @@ from pathlib import Path
 
 from ..errors import TracingError
 
+#: the known lineage a launch of a tree writes into its results folder (read by the report)
+KNOWN_LINEAGE = "known_lineage.json"
+
 TREE_HELP = ("write a list whose items are a model id or a one-key mapping 'model: [children]' "
              "(see config/llama7b_tree.yaml)")
 

@@ -21,6 +21,11 @@ writes into ``DIR`` (default: the results folder itself):
     loss and barrier along the interpolation path, for ``mode`` runs with ``--alphas``.
 ``per_layer.png``
     per-block −log10 p of every pair (which blocks carry the evidence).
+``lineage.json`` / ``lineage.png`` / ``rates.csv``
+    with three or more models compared by a weight statistic: families and the reconstructed tree
+    (:mod:`tracing.lineage`); with a known lineage, false- and true-positive rates per statistic and
+    variant with exact Clopper–Pearson 95% intervals (``rates.csv``) and the tree edges' precision
+    and recall.
 ``report.md``
     what was run (models, weight hashes, options, commit), the null hypothesis, verdicts, failures,
     figures, timings.
@@ -30,11 +35,12 @@ A figure with nothing to show is not written; ``report.md`` says why.
 Lineage (which models share an ancestor) is read from ``--lineage FILE``: JSON (or YAML) of the
 form ``{"models": {name: {"parent": p, "root": r}}}`` — the format of the demo family's
 ``lineage.json`` — or simply ``{name: parent_or_null}``. When every model is ``demo:*`` the demo
-family's lineage is used automatically.
+family's lineage is used automatically, and a results folder launched from a tree model list holds
+its lineage in ``known_lineage.json``.
 
 Modules: ``load`` (the one reading of the folder), ``table`` (summary table), ``grid`` (heatmap
 data), ``figures`` (one module per figure), ``markdown`` / ``provenance`` (report.md sections),
-``lineage``, ``facts`` (everything the report knows about individual statistics), ``verdicts`` (the one
+``lineage`` / ``lineage_section``, ``facts`` (everything the report knows about individual statistics), ``verdicts`` (the one
 verdict rule).
 """
 from __future__ import annotations

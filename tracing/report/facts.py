@@ -1,81 +1,65 @@
-"""Every per-statistic fact the report uses, in one place.
+"""Every per-statistic fact the report uses, looked up in the statistics' own declarations.
 
-The rest of the report asks these functions and never compares a statistic's name itself.
+The rest of the report asks these functions and never compares a statistic's name itself; a
+statistic this toolkit does not know gets neutral answers.
 """
 from __future__ import annotations
 
 import math
 
-#: what one statistic's p-value means (report.md)
-MEANING = {
-    "cos": "φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; the "
-           "p-value is exact under the null that the two models were initialised independently, whatever "
-           "training followed.",
-    "csh": "φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null that the "
-           "two models were initialised independently.",
-    "l2": "φ_ℓ2 (`l2`): mean Frobenius distance of the weights, with a permutation test (the distance compared "
-          "with the distances after random permutations of the hidden units); the p-value is exact under the "
-          "independent-initialisation null, and can be no smaller than 1/(T+1) for T permutations.",
-    "mode": "mode connectivity (`mode`): LM loss at α (default 0.5) on the straight path between the models "
-            "(barrier beside it); with `--num_perm` > 0 a permutation test (the loss compared with the losses "
-            "after random permutations of the hidden units) gives a p-value that is exact under the "
-            "independent-initialisation null (no smaller than 1/(T+1)); without it the loss is reported raw, "
-            "with no p-value.",
-    "emb": "embeddings (`emb`): embedding dimensions matched over the shared vocabulary, Spearman against the "
-           "identity; the p-value is exact under the null that the two embedding matrices were initialised "
-           "independently.",
-    "match": "φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over blocks; "
-             "its p-value is calibrated empirically (independent models give roughly uniform p-values in "
-             "experiments), not guaranteed by a theorem.",
-    "jsd": "Jensen–Shannon divergence (`jsd`) of the next-token distributions: smaller means more similar "
-           "outputs; there is no p-value and no verdict.",
-}
 
-#: whether the p-value is exact under the null or only calibrated empirically
-KIND = {"cos": "exact", "csh": "exact", "l2": "exact", "mode": "exact", "emb": "exact", "match": "approximate"}
-
-#: options that change what a statistic measures (they name a separate grid)
-VARIANT_FLAGS = {"mode": ("attn", "emb")}
-
-#: what the heatmap shows for a statistic without p-values
-PANEL_LABEL = {"jsd": "JSD", "l2": "mean ℓ2 distance"}
-
-#: statistics with a p-value per block (named where the per-block figure has nothing to show)
-PER_BLOCK = ("cos", "csh", "match")
-
-#: statistics whose value is a loss at an interpolation point α (the panel names the α)
-LOSS_AT_ALPHA = ("mode",)
+def _spec(stat: str):
+    """The registered facts of ``stat``; None for a statistic this toolkit does not know."""
+    from ..errors import TracingError
+    from ..stats import get
+    try:
+        return get(str(stat))
+    except TracingError:
+        return None
 
 
 def meaning(stat: str) -> str:
-    return MEANING.get(stat, f"`{stat}`: see the statistic's description (`python main.py --help`).")
+    spec = _spec(stat)
+    if spec is None:
+        return f"`{stat}`: see the statistic's description (`python main.py --help`)."
+    return spec.meaning
 
 
 def kind(stat: str) -> str:
-    """``exact`` / ``approximate`` / ``no p-value``."""
-    if stat in KIND:
-        return KIND[stat]
-    return "no p-value" if has_pvalue(stat) is False else "unknown"
+    """``exact`` / ``approximate`` / ``no p-value`` (``unknown`` for an unknown statistic)."""
+    spec = _spec(stat)
+    if spec is None:
+        return "unknown"
+    return spec.pvalue_kind or "no p-value"
 
 
 def has_pvalue(stat: str) -> bool | None:
     """From the statistic's registration; None for a statistic this toolkit does not know."""
-    try:
-        from ..stats import get
-        return bool(get(stat).has_pvalue)
-    except Exception:  # noqa: BLE001 - an unknown statistic
-        return None
+    spec = _spec(stat)
+    return None if spec is None else bool(spec.has_pvalue)
 
 
 def variant_flags(stat: str) -> tuple[str, ...]:
-    return VARIANT_FLAGS.get(stat, ())
+    """Options that change what a statistic measures (they name a separate grid)."""
+    spec = _spec(stat)
+    return tuple(spec.variant_flags) if spec is not None else ()
+
+
+def per_block_stats() -> tuple[str, ...]:
+    """Statistics with a p-value per block."""
+    from ..stats import get, names
+    return tuple(n for n in names() if get(n).per_block)
 
 
 def panel_label(stat: str, alphas: set[float]) -> str:
     """What a heatmap panel without p-values shows."""
-    if stat in LOSS_AT_ALPHA:
-        return f"loss at α={next(iter(alphas)):g}" if len(alphas) == 1 else "loss at α"
-    return PANEL_LABEL.get(stat, "statistic")
+    spec = _spec(stat)
+    if spec is None:
+        return "statistic"
+    label = spec.label or spec.value_name
+    if spec.at_alpha:
+        return f"{label} at α={next(iter(alphas)):g}" if len(alphas) == 1 else f"{label} at α"
+    return label
 
 
 def spearman_floor_units(log10p: float, tol: float = 1e-9) -> int | None:

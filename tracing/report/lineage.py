@@ -64,9 +64,12 @@ def _lineage_from_parents(parents: dict[str, str | None], roots: dict[str, str] 
 
 
 def parse_lineage(data, source: str = "<lineage>") -> Lineage:
-    """``{"models": {name: {"parent", "root"}}}`` or ``{name: parent_or_null}`` → :class:`Lineage`."""
+    """A tree list, ``{"models": {name: {"parent", "root"}}}`` or ``{name: parent_or_null}`` → :class:`Lineage`."""
     if isinstance(data, Lineage):
         return data
+    if isinstance(data, list):  # a tree (see tracing.lineage.tree)
+        from ..lineage.tree import parse_truth
+        return _lineage_from_parents(parse_truth(data, source), None, source)
     if not isinstance(data, dict):
         raise TracingError(f"the lineage in {source} must be a mapping of model → parent")
     models = data.get("models", data) if isinstance(data.get("models"), dict) else data

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli_util import slug
-from ..results import load_record, record_rows
+from ..results import iter_records, record_rows
 from . import facts
 
 
@@ -23,12 +23,6 @@ class Folder:
     records: dict[str, dict]
     mtime: dict[str, float] = field(default_factory=dict)
     launch: dict = field(default_factory=dict)
-
-
-def result_files(folder: Path) -> list[Path]:
-    files = sorted(folder.rglob("*.p")) + sorted(folder.rglob("*.pkl"))
-    # hidden folders hold job machinery (e.g. submitit's own pickles), not results
-    return [f for f in files if not any(part.startswith(".") for part in f.relative_to(folder).parts)]
 
 
 def _read_launch(folder: Path) -> dict:
@@ -46,25 +40,24 @@ def read_folder(folder) -> Folder:
     folder = Path(folder)
     launch = _read_launch(folder)
     rows, records, mtime, bad = [], {}, {}, []
-    for f in result_files(folder):
-        rel = str(f.relative_to(folder))
+    for rel, rec, error in iter_records(folder):
+        f = folder / rel
         try:
-            mtime[rel] = f.stat().st_mtime
+            t = f.stat().st_mtime
         except OSError:
-            pass
-        try:
-            rec = load_record(f)
-        except Exception as e:  # noqa: BLE001 - listed as unreadable
-            bad.append({"file": str(f), "status": "unreadable", "error": f"{type(e).__name__}: {e}"})
-            if rel in mtime:  # the table names an unreadable file by its full path
-                mtime[str(f)] = mtime.pop(rel)
+            t = None
+        if rec is None:  # listed as unreadable; the table names it by its full path
+            bad.append({"file": str(f), "status": "unreadable", "error": error})
+            if t is not None:
+                mtime[str(f)] = t
             continue
-        if isinstance(rec, dict):
-            records[rel] = rec
-            new = record_rows(rec, rel)
-            for row, res in zip(new, [rec, rec.get("aligned")]):
-                row["at_floor"] = facts.at_floor((res or {}).get("per_layer"))
-            rows += new
+        if t is not None:
+            mtime[rel] = t
+        records[rel] = rec
+        new = record_rows(rec, rel)
+        for row, res in zip(new, [rec, rec.get("aligned")]):
+            row["at_floor"] = facts.at_floor((res or {}).get("per_layer"))
+        rows += new
     models = {m for r in rows for m in (r.get("base"), r.get("ft")) if isinstance(m, str)}
     for row in bad:
         row.update(place_unreadable(Path(row["file"]), folder, launch, models))

@@ -40,6 +40,7 @@ class Context:
     parquet_note: str | None = None
     launch: dict = field(default_factory=dict)
     mtime: dict[str, float] = field(default_factory=dict)
+    lineage_lines: list[str] = field(default_factory=list)  # the lineage section (lineage_section.py)
 
     @property
     def variants(self) -> list[str]:
@@ -233,6 +234,7 @@ def markdown(c: Context) -> str:
     L += verdict_section(c)
     L += failures_section(c)
     L += figures_section(c)
+    L += c.lineage_lines
     L += ["## Timings", "", timings_section(c.records), ""]
     L += meaning_section(c)
     L += files_section(c)

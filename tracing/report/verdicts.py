@@ -1,10 +1,14 @@
-"""The one verdict rule of the report: significant when p ≤ the level."""
+"""The report's verdicts: the toolkit's one rule (:mod:`tracing.verdict`), significant when p ≤ the level."""
 from __future__ import annotations
 
 import math
 
+from ..verdict import TOLERANCE as _TOL
+from ..verdict import is_dependent
+from ..verdict import verdict as _verdict
+
 #: slack of the comparison in log10 space (a p-value equal to the level is significant)
-TOLERANCE = 1e-12
+TOLERANCE = _TOL
 
 
 def finite(x) -> bool:
@@ -13,12 +17,11 @@ def finite(x) -> bool:
 
 
 def verdict(log10p, significance: float) -> bool | None:
-    """True when p ≤ ``significance``; None when there is no p-value."""
+    """True when p ≤ ``significance``; None when there is no (finite) p-value."""
     if not finite(log10p):
         return None
-    return float(log10p) <= math.log10(float(significance)) + TOLERANCE
+    return is_dependent(log10p, float(significance))
 
 
 def label(log10p, significance: float) -> str | None:
-    v = verdict(log10p, significance)
-    return None if v is None else ("dependent" if v else "not significant")
+    return _verdict(log10p, float(significance)) if finite(log10p) else None

@@ -1,13 +1,14 @@
 """Write the table, figures and report.md of a results folder."""
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 from ..errors import TracingError
+from ..results import atomic_open, atomic_write
 from .figures import write_figures
 from .lineage import resolve_lineage
+from .lineage_section import build as build_lineage_section
 from .load import read_folder
 from .markdown import Context, markdown
 from .table import CORRECTIONS, summary_table
@@ -43,18 +44,26 @@ def check_out(out: Path) -> None:
 def _write_tables(df, out: Path) -> tuple[dict[str, Path], str | None]:
     """summary.csv and, with pyarrow, summary.parquet; returns the files and why parquet is missing."""
     written: dict[str, Path] = {}
-    df.to_csv(out / "summary.csv", index=False)
+    atomic_write(out / "summary.csv", df.to_csv(index=False))
     written["summary.csv"] = out / "summary.csv"
     parquet_note = None
     try:
         import pyarrow  # noqa: F401
-        df.to_parquet(out / "summary.parquet", index=False)
+        with atomic_open(out / "summary.parquet", "wb") as f:
+            df.to_parquet(f, index=False)
         written["summary.parquet"] = out / "summary.parquet"
     except ImportError:
         parquet_note = "summary.parquet not written: pyarrow is not installed."
     except Exception as e:  # noqa: BLE001
         parquet_note = f"summary.parquet not written: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return written, parquet_note
+
+
+def _known_lineage_file(folder: Path) -> Path | None:
+    """The lineage a launch of a tree wrote into the results folder, if any."""
+    from ..lineage.tree import KNOWN_LINEAGE
+    f = folder / KNOWN_LINEAGE
+    return f if f.is_file() else None
 
 
 def write_report(folder, out=None, lineage=None, significance=None, correction: str = "holm") -> Path:
@@ -71,7 +80,7 @@ def write_report(folder, out=None, lineage=None, significance=None, correction: 
         raise TracingError(f"no results in {folder} (no *.p or *.pkl result files); run main.py --save or "
                            f"launch.py --out {folder} first")
     models = sorted({m for c in ("base", "ft") if c in raw.columns for m in raw[c] if isinstance(m, str)})
-    lin = resolve_lineage(lineage, models)
+    lin = resolve_lineage(lineage if lineage is not None else _known_lineage_file(folder), models)
     out = Path(out) if out is not None else folder
     check_out(out)
     if significance is None:
@@ -85,10 +94,10 @@ def write_report(folder, out=None, lineage=None, significance=None, correction: 
     unplaced = sum(1 for s, b in zip(df["status"], df["base"]) if s == "unreadable" and not isinstance(b, str))
     written, parquet_note = _write_tables(df, out)
     figs = write_figures(df, counted, lin, out, cname, level, unplaced)
+    section = build_lineage_section(df, folder, out, lineage, level)
+    written.update(section.written)
     ctx = Context(folder, out, df, data.records, models, lin, level, cname, figs, written, parquet_note,
-                  data.launch, data.mtime)
+                  data.launch, data.mtime, section.lines)
     report = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(markdown(ctx), encoding="utf-8")
-    os.replace(tmp, report)
+    atomic_write(report, markdown(ctx))
     return report

@@ -8,6 +8,9 @@ Models of different depths are compared block pair by block pair (the block map,
 
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
+
+When either model has mixture-of-experts blocks, every pair of MLPs chosen by
+:mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead.
 """
 import numpy as np
 
@@ -16,8 +19,12 @@ from .spec import Cost
 
 
 def _check(a, b, options):
-    from ..blockmap import require_cos_width
-    require_cos_width(a, b)  # depth and MLP width may differ (block map, rectangular matching), not d
+    if a.has_experts or b.has_experts:
+        from ..arch import require_same_depth
+        require_same_depth(a, b, "cos")
+    else:  # depth and MLP width may differ (block map, rectangular matching), not d
+        from ..blockmap import require_cos_width
+        require_cos_width(a, b)
 
 
 def _cost(s):
@@ -27,7 +34,7 @@ def _cost(s):
     return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
 
 
-@register("cos", aliases=("csu",), check=_check, cost=_cost, localized=True, reads=("localized",),
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=True, reads=("localized",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
@@ -37,18 +44,48 @@ def cos(ctx, base, ft):
     from ..align import match_layers
     from .base import pairs_of, spearman_layers
     _check(base.arch, ft.arch, ctx.options)
+    if base.arch.has_experts or ft.arch.has_experts:
+        return _cos_experts(ctx, base, ft)
     if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
         return blockmap.cos_map(ctx, base, ft)
 
     def load(i):
-        name = base.arch.block_name(i, "up")
-        return base.get(name), ft.get(name)
+        return base.get(base.arch.units(i)[0].up), ft.get(ft.arch.units(i)[0].up)
 
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
                            desc="cos: match up_proj rows" if ctx.progress else None)
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
-    medians = {i: float(np.median(m.cos)) if m.n_pairs else float("nan") for i, m in matched.items()}
-    for row in res.per_layer:
-        row["median_cos"] = medians[row["layer"]]
-    res.extra["median_cos"] = float(np.nanmean(list(medians.values())))
+    _median_cos(res, matched)
+    return res
+
+
+def _median_cos(res, matched: dict) -> None:
+    """Each result row's median matched cosine (rows follow the sorted keys of ``matched``), and
+    their mean in ``extra``."""
+    medians = [float(np.median(m.cos)) if m.n_pairs else float("nan") for _, m in sorted(matched.items())]
+    for row, med in zip(res.per_layer, medians):
+        row["median_cos"] = med
+    res.extra["median_cos"] = float(np.nanmean(medians))
+
+
+def _cos_experts(ctx, base, ft):
+    from ..align import match_layers
+    from ..errors import TracingError
+    from ..experts import block_pairs, expert_result, expert_similarity, grid_columns
+    from .base import pairs_of
+    a, b = base.arch, ft.arch
+    pairs, partners = [], {}
+    for i in range(a.L):
+        block, partners[i] = block_pairs(i, a.units(i), b.units(i),
+                                         lambda ua, ub: expert_similarity(base.get(ua.up), ft.get(ub.up)))
+        pairs += block
+    if not pairs:
+        raise TracingError("cos found no pair of MLPs of equal width to compare (experts and dense MLP differ "
+                           "in width); use match on activations of models with equal widths")
+    matched = match_layers(range(len(pairs)), lambda k: (base.get(pairs[k].a.up), ft.get(pairs[k].b.up)),
+                           mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
+                           desc="cos: match expert up rows" if ctx.progress else None)
+    res = expert_result("cos", pairs, {k: pairs_of(m) for k, m in matched.items()}, partners, a.L,
+                        grid_columns(a, b), ctx)
+    _median_cos(res, matched)
     return res

@@ -1,6 +1,17 @@
-"""φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens)."""
+"""φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens).
+
+When either model has mixture-of-experts blocks, each pair of MLPs chosen by
+:mod:`tracing.experts` is compared on its activations over every token."""
 from . import register
 from .spec import Cost, same_blocks
+
+
+def _check(a, b, options):
+    if a.has_experts or b.has_experts:
+        from ..arch import require_same_depth
+        require_same_depth(a, b, "csh")
+    else:
+        same_blocks("csh")(a, b, options)
 
 
 def _cost(s):
@@ -8,15 +19,17 @@ def _cost(s):
     return Cost(s.forward_mem("csh") + s.solves * s.per_solve, t, True)
 
 
-@register("csh", needs_data=True, default_dataset="random", check=same_blocks("csh"), cost=_cost,
+@register("csh", per_block=True, needs_data=True, default_dataset="random", check=_check, cost=_cost,
           description="cosine similarity of MLP up-projection activations (φ_H)",
           meaning="φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null "
                   "that the two models were initialised independently.")
 def csh(ctx, base, ft):
     from ..align import Matcher
-    from ..arch import require_same_blocks
     from .base import pairs_of, spearman_layers
-    require_same_blocks(base.arch, ft.arch, "csh")
+    _check(base.arch, ft.arch, ctx.options)
+    if base.arch.has_experts or ft.arch.has_experts:
+        from ..experts import activation_stat
+        return activation_stat(ctx, base, ft, "csh", gated=False)
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     try:

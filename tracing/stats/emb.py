@@ -32,13 +32,12 @@ def emb(ctx, base, ft):
 
     from .. import pvalues
     from ..align import match_pairs
-    from ..arch import EMBED
     from ..errors import TracingError
     from .base import StatResult
     if base.arch.d != ft.arch.d:
         raise TracingError(f"emb needs equal residual widths, got d={base.arch.d} and d={ft.arch.d}")
     n = min(base.arch.V, ft.arch.V)
-    m = match_pairs(base.get(EMBED)[:n].T, ft.get(EMBED)[:n].T)
+    m = match_pairs(base.get(base.arch.embed)[:n].T, ft.get(ft.arch.embed)[:n].T)
     r, lp = pvalues.spearman_pairs(m.rows, m.cols, alternative=ctx.options.alternative)
     if np.isnan(lp):
         raise TracingError(f"emb: only {m.n_pairs} embedding dimensions have nonzero finite values "

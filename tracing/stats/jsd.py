@@ -15,12 +15,11 @@ def jsd_per_token(logits_p, logits_q, n: int):
 
 
 def _cost(s):
-    same = (s.a.L, s.a.d, s.a.h) == (s.b.L, s.b.d, s.b.h)
-    kept = 0 if same else s.tokens * s.Vs * 4  # θ₁'s logits, kept between the two passes
+    kept = 0 if s.a.L == s.b.L else s.tokens * s.Vs * 4  # θ₁'s logits, kept between the two passes
     return Cost(s.forward_mem("jsd") + s.logits_mem + kept, s.read_s + s.fwd_s("a") + s.fwd_s("b"))
 
 
-@register("jsd", needs_data=True, pvalue="never", cost=_cost, value_name="mean Jensen–Shannon divergence (nats)",
+@register("jsd", label="JSD", needs_data=True, pvalue="never", cost=_cost, value_name="mean Jensen–Shannon divergence (nats)",
           description="Jensen-Shannon divergence of the output distributions (no p-value)",
           meaning="Jensen–Shannon divergence (`jsd`) of the next-token distributions: smaller means more similar "
                   "outputs; there is no p-value and no verdict.")
@@ -37,9 +36,9 @@ def jsd(ctx, base, ft):
         count += j.numel()
 
     a, b = base.arch, ft.arch
-    if (a.L, a.d, a.h) == (b.L, b.d, b.h):
+    if a.L == b.L:
         ctx.engine().run([base, ft], ids, on_logits=on_logits, desc="jsd: forward")
-    else:  # different shapes cannot run in lockstep: θ₁'s logits over the shared vocabulary are kept
+    else:  # different depths cannot run in lockstep: θ₁'s logits over the shared vocabulary are kept
         kept = {}
         ctx.engine().run([base], ids, on_logits=lambda b_, lg, _i: kept.__setitem__(b_.start, lg[0][..., :n].clone()),
                          desc="jsd: forward θ₁")

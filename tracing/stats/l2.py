@@ -4,7 +4,7 @@ The null draws T random function-preserving permutations of θ₂ (one residual 
 one per block) and recomputes the distance; each tensor pair is read once for all T draws.
 """
 from . import register
-from .spec import Cost, same_blocks
+from .spec import Cost, same_layout
 
 DEFAULT_T = 99
 
@@ -37,8 +37,8 @@ def _cost(s):
     return Cost(3 * s.largest * 4, s.read_s + (1 + T) * (s.a_params + s.b_params) / (ELEMS_PER_S_2CORES * s.speed))
 
 
-@register("l2", pvalue="num_perm", default_num_perm=DEFAULT_T, aligned_pvalue=False, reads=("num_perm",),
-          check=same_blocks("l2"), cost=_cost, value_name="mean Frobenius distance",
+@register("l2", label="mean ℓ2 distance", pvalue="num_perm", default_num_perm=DEFAULT_T, aligned_pvalue=False,
+          reads=("num_perm",), check=same_layout("l2"), cost=_cost, value_name="mean Frobenius distance",
           description="mean Frobenius distance of the weights (φ_ℓ2) with a permutation test",
           meaning="φ_ℓ2 (`l2`): mean Frobenius distance of the weights, with a permutation test (PERMTEST); the "
                   "p-value is exact under the independent-initialisation null, and can be no smaller than 1/(T+1) "
@@ -48,9 +48,9 @@ def l2(ctx, base, ft):
     from tqdm.auto import tqdm
 
     from .. import pvalues
-    from ..arch import require_same_blocks
+    from ..arch import require_same_layout
     from .base import StatResult
-    require_same_blocks(base.arch, ft.arch, "l2")
+    require_same_layout(base.arch, ft.arch, "l2")
     T = DEFAULT_T if ctx.options.num_perm is None else ctx.options.num_perm
     draws = PermDraws(ft.arch, T, ctx.options.seed + 1) if T else None
     names = base.arch.names()

@@ -14,6 +14,9 @@ gate matching and u(i) in the up matching, and the pairs are (g(i), u(i)), indic
 If n₁ > n₂, every kept unit j of θ₂ has partners g⁻¹(j) and u⁻¹(j) among θ₁'s units, and the
 pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two sequences of a pair; with
 equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
+
+When either model has mixture-of-experts blocks, each pair of MLPs chosen by
+:mod:`tracing.experts` is compared in the same way on its activations over every token.
 """
 import numpy as np
 
@@ -21,7 +24,7 @@ from . import register
 from .spec import Cost
 
 
-def _pairs(g, u) -> tuple:
+def gate_up_pairs(g, u) -> tuple:
     """The (x, y, dropped) pairs of one block's gate and up matchings (see the module docstring)."""
     n1, n2 = g.kept
     if n1 <= n2:  # keys: θ₁'s kept units, both matchings list them in ascending order
@@ -32,6 +35,13 @@ def _pairs(g, u) -> tuple:
     return x, y, {"base": g.dropped1, "ft": g.dropped2}
 
 
+def _check(a, b, _options):
+    from ..arch import require_gated, require_same_depth
+    require_gated(a, b, "match")
+    if a.has_experts or b.has_experts:
+        require_same_depth(a, b, "match")  # other shapes: the block map (tracing.blockmap)
+
+
 def _cost(s):
     from ..blockmap import chosen, match_cost
     if chosen("match", s.a, s.b, s.options):
@@ -40,7 +50,8 @@ def _cost(s):
     return Cost(s.forward_mem("match") + s.solves * s.per_solve, t, True)
 
 
-@register("match", needs_data=True, exact=False, cost=_cost, localized=True, reads=("localized",),
+@register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost, localized=True,
+          reads=("localized",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
@@ -49,6 +60,10 @@ def match(ctx, base, ft):
     from .. import blockmap
     from ..align import Matcher, degenerate_rows
     from .base import spearman_layers
+    _check(base.arch, ft.arch, ctx.options)
+    if base.arch.has_experts or ft.arch.has_experts:
+        from ..experts import activation_stat
+        return activation_stat(ctx, base, ft, "match", gated=True)
     if blockmap.chosen("match", base.arch, ft.arch, ctx.options):
         return blockmap.match_map(ctx, base, ft)
     ids = ctx.data()
@@ -68,4 +83,4 @@ def match(ctx, base, ft):
     finally:
         gate.close()
         up.close()
-    return spearman_layers({i: _pairs(pg[i], pu[i]) for i in pg}, ctx, "match")
+    return spearman_layers({i: gate_up_pairs(pg[i], pu[i]) for i in pg}, ctx, "match")

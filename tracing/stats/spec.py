@@ -13,8 +13,8 @@ from ..errors import TracingError
 
 #: options that never change a result (where and how fast it runs)
 NEUTRAL_OPTIONS = ("device", "mem_budget_gb")
-#: options every statistic's result depends on
-COMMON_OPTIONS = ("permute", "rotate", "align", "seed", "eval", "significance", "alternative")
+#: options every statistic's result depends on (``fold_norms`` changes the weights every statistic reads)
+COMMON_OPTIONS = ("permute", "rotate", "align", "seed", "eval", "significance", "alternative", "fold_norms")
 #: options read by every statistic that runs the models on data (and by --eval)
 DATA_OPTIONS = ("dataset", "generated_dir", "block_size", "batch_size", "num_samples", "dtype")
 
@@ -43,8 +43,9 @@ class StatSpec:
     ``default_num_perm``: permutation draws when ``--num_perm`` is not given.
     ``cost(sizing) -> Cost``: job sizing; ``check(base_arch, ft_arch, options)``: raises
     :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
-    lines the summary adds about the statistic's extra values. ``localized``: it offers the block
-    map (``--localized``, see :mod:`tracing.blockmap`), chosen automatically for pairs of different shapes.
+    lines the summary adds about the statistic's extra values. ``per_block``, ``variant_flags``,
+    ``label`` and ``at_alpha`` tell reports how to show it. ``localized``: it offers the block map
+    (``--localized``, see :mod:`tracing.blockmap`), chosen automatically for pairs of different shapes.
     """
 
     name: str
@@ -66,6 +67,10 @@ class StatSpec:
     value_name: str = "statistic"  # what the statistic is, for summaries
     spearman: bool = False  # the statistic itself is one Spearman r (its floor: r = 1)
     explain: Callable | None = None  # explain(record_or_variant) -> extra summary lines
+    per_block: bool = False  # records a p-value per block (per_layer)
+    variant_flags: tuple[str, ...] = ()  # options that change what it measures (a separate grid)
+    label: str | None = None  # short name of its value for figure panels (default: value_name)
+    at_alpha: bool = False  # its value is taken at the interpolation point α (panels name the α)
     localized: bool = False  # offers the block map (--localized): every block pair tested
 
     def __post_init__(self):
@@ -115,6 +120,15 @@ def same_blocks(what: str):
             works = "cos, emb, match, jsd" if a.d == b.d else "match (activations, any widths), jsd"
             raise TracingError(f"{what} needs models with the same block shapes, but they differ ({diffs}); "
                                f"for this pair use --stat {works}")
+    return check
+
+
+def same_layout(what: str):
+    """A ``check`` hook: both models need one architecture (tensors paired by name)."""
+    def check(a, b, options):
+        from ..arch import require_same_layout
+        same_blocks(what)(a, b, options)  # names what works for a pair of different shapes
+        require_same_layout(a, b, what)
     return check
 
 

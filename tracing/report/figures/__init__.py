@@ -54,7 +54,7 @@ def write_figures(df, records: dict[str, dict], lin, out: Path, cname: str, leve
         figs["mode_curves"] = None
     pl = per_layer_data(records, lin)
     figs["per_layer"] = (f"no successful result with per-block p-values "
-                         f"({', '.join(facts.PER_BLOCK)}).")
+                         f"({', '.join(facts.per_block_stats())}).")
     if pl:
         plot_per_layer(pl, out / "per_layer.png", lin, level)
         figs["per_layer"] = None

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...results import atomic_open
 from ..table import counted
 from ..verdicts import finite
 from .common import plt
@@ -49,5 +50,6 @@ def plot_calibration(data: dict[str, np.ndarray], path: Path, level: float) -> N
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt().close(fig)

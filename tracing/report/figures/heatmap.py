@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...results import atomic_open
 from ..grid import Grid
 from .common import CAP, family_breaks, plt, pvalue_ticks, short_name
 
@@ -135,5 +136,6 @@ def plot_heatmap(grids: list[Grid], path: Path, lineage, correction: str, level:
         _panel(fig, ax, cax, g, lineage, fs, cell, level)
     fig.text(0.1 / W, 0.1 / H, caption(correction, level, lineage, unplaced), fontsize=7.5, color="#333333",
              ha="left", va="bottom", wrap=True)
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt().close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ...results import atomic_open
 from .. import facts
 from .common import dep_style, pair_label, plt
 
@@ -51,5 +52,6 @@ def plot_mode_curves(items: list[tuple[str, dict]], path: Path, lineage) -> None
              ha="center", va="top", fontsize=8, color="#333333")
     rows = math.ceil(len(labels) / 3)
     fig.tight_layout(rect=(0, min(0.45, 0.06 + 0.045 * rows), 1, 0.96))
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt().close(fig)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...results import atomic_open
 from ... import pvalues
 from ..table import variant_of
 from ..verdicts import finite
@@ -127,5 +128,6 @@ def plot_per_layer(data: dict[str, list], path: Path, lineage, level: float) -> 
     if lineage is not None:
         fig.text(0.01, 0.005, _legend_note(data), fontsize=7.5, color="#333333")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt().close(fig)

@@ -1,0 +1,73 @@
+"""Tiny random models of every supported family, built with transformers (for tests)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
+FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE
+POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
+GATED = tuple(f for f in FAMILIES if f != "gpt_neox")
+
+
+def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96, E: int = 4, **kw):
+    common = dict(vocab_size=V, hidden_size=d, intermediate_size=h, num_hidden_layers=L,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=d // 4, max_position_embeddings=128,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    extra = {
+        "gemma2": dict(sliding_window=8, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+        "gemma3_text": dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"][:L] + ["full_attention"] * max(0, L - 2)),
+        "mistral": dict(sliding_window=8),
+        "gpt_neox": dict(num_key_value_heads=None, head_dim=None, rotary_pct=0.5),
+        "mixtral": dict(num_local_experts=E, num_experts_per_tok=2),
+        "qwen2_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
+                          shared_expert_intermediate_size=h),
+        "qwen3_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2),
+    }.get(family, {})
+    common.update(extra)
+    common.update(kw)
+    common = {k: v for k, v in common.items() if v is not None}
+    return AutoConfig.for_model(family, **common)
+
+
+def family_model(config, seed: int = 0, std: float = 0.08):
+    """A random model with non-trivial norm gains and biases (so folding is really exercised)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                center = 0.0 if config.model_type.startswith("gemma") else 1.0
+                p.copy_(center + 0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return model
+
+
+def noisy(model, seed: int = 1, noise: float = 0.05):
+    """θ₂ = θ₁ + noise, the noise scaled per tensor to ``noise`` × its mean absolute value."""
+    out = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(noise * p.abs().mean() * torch.randn(p.shape, generator=g))
+    return out
+
+
+def random_ids(V: int, n: int = 2, T: int = 16, seed: int = 0):
+    return torch.randint(3, V, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def rel_diff(a, b):
+    return ((a - b).abs().max() / a.abs().max()).item()

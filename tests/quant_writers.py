@@ -1,0 +1,262 @@
+"""Writers of quantized checkpoints for the tests and benchmarks, from a Hugging Face folder.
+
+- :func:`write_gguf` lays a Llama model out as llama.cpp's ``convert_hf_to_gguf.py`` does (tensor
+  names, rotary permutation of Q and K rows, metadata including a gpt2-style BPE tokenizer),
+  quantized with ``gguf.quants.quantize``.
+- :func:`write_gptq` / :func:`write_awq` pack the linear layers into int4 with group size 32 in the
+  formats' own layouts (AutoGPTQ's ``qweight``/``qzeros``/``scales``/``g_idx``; AutoAWQ's GEMM
+  packing with its column order), AWQ after migrating per-channel scales out of the norms.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GGUF_BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def rotary_permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
+    """llama.cpp's ``LlamaModel.permute`` (convert_hf_to_gguf.py)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(hf: str) -> str:
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    _, _, i, rest = hf.split(".", 3)
+    module, _, kind = rest.rpartition(".")
+    return f"blk.{i}.{GGUF_BLOCK[module]}.{kind}"
+
+
+def _add_tokenizer(w, folder: Path) -> None:
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    specials = {t["id"]: t["content"] for t in tok.get("added_tokens", []) if t.get("special")}
+    tokens = [None] * (max(vocab.values()) + 1)
+    for s, i in vocab.items():
+        tokens[i] = s
+    for i, s in specials.items():
+        tokens[i] = s
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if i in specials else 1 for i in range(len(tokens))])  # CONTROL / NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    w.add_token_merges(merges)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    ids = {s: i for i, s in specials.items()}
+    for key, add in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
+                     ("unk_token", w.add_unk_token_id), ("pad_token", w.add_pad_token_id)):
+        if cfg.get(key) in ids:
+            add(ids[cfg[key]])
+    w.add_add_bos_token(True)
+
+
+def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None,
+               with_tokenizer: bool = True, state: dict | None = None, config: dict | None = None) -> Path:
+    """``folder`` (config.json + safetensors [+ tokenizer.json]) as a GGUF file of type ``qtype``
+    (F32, F16, Q8_0, Q4_0, …); norms and biases stay F32, ``output.weight`` gets ``output_qtype``.
+    Llama and Mistral models are written as llama.cpp's ``llama`` architecture (Q/K rows permuted),
+    Qwen2 as ``qwen2`` (not permuted)."""
+    import gguf
+    from gguf.quants import quantize
+    folder, out = Path(folder), Path(out)
+    cfg = config or json.loads((folder / "config.json").read_text())
+    state = state if state is not None else _state(folder)
+    n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arch = "qwen2" if cfg.get("model_type") == "qwen2" else "llama"
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_name(folder.name)
+    w.add_context_length(cfg.get("max_position_embeddings", 2048))
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(float((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_dimension_count(head_dim)
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_file_type(int(getattr(gguf.LlamaFileType, "MOSTLY_" + qtype, gguf.LlamaFileType.ALL_F32)))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if with_tokenizer and (folder / "tokenizer.json").is_file():
+        _add_tokenizer(w, folder)
+    tied = cfg.get("tie_word_embeddings", False)
+    for hf, t in state.items():
+        if hf == "lm_head.weight" and tied:
+            continue
+        a = t.float().numpy()
+        if arch != "llama":
+            pass
+        elif hf.endswith(("q_proj.weight", "q_proj.bias")):
+            a = rotary_permute(a, n_head, n_head)
+        elif hf.endswith(("k_proj.weight", "k_proj.bias")):
+            a = rotary_permute(a, n_head, n_kv)
+        name = gguf_name(hf)
+        kind = (output_qtype or qtype) if name == "output.weight" else qtype
+        if a.ndim == 1 or kind == "F32":
+            w.add_tensor(name, a.astype(np.float32))
+        elif kind == "F16":
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            q = gguf.GGMLQuantizationType[kind]
+            w.add_tensor(name, quantize(a, q), raw_dtype=q)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# GPTQ / AWQ
+# ------------------------------------------------------------------------------------------
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def quantize_groups(w: torch.Tensor, groups: torch.Tensor, n_groups: int, bits: int = 4):
+    """Asymmetric min/max quantization of ``w`` [out, in] with input column i in group ``groups[i]``:
+    integers q [out, in], scales and zeros [n_groups, out]."""
+    top = (1 << bits) - 1
+    w, groups = w.float().numpy(), groups.numpy()
+    scales = np.empty((n_groups, w.shape[0]), np.float32)
+    zeros = np.empty((n_groups, w.shape[0]), np.int32)
+    q = np.empty(w.shape, np.int32)
+    for g in range(n_groups):
+        cols = np.flatnonzero(groups == g)
+        block = w[:, cols]
+        lo, hi = np.minimum(block.min(1), 0), np.maximum(block.max(1), 0)
+        s = np.maximum((hi - lo) / top, 1e-8).astype(np.float16).astype(np.float32)
+        z = np.clip(np.round(-lo / s), 0, top).astype(np.int32)
+        q[:, cols] = np.clip(np.round(block / s[:, None]) + z[:, None], 0, top)
+        scales[g], zeros[g] = s, z
+    return torch.from_numpy(q), torch.from_numpy(scales).half(), torch.from_numpy(zeros)
+
+
+def pack(v: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Pack integers in [0, 2^bits) into int32 words along ``dim``, lowest bits first."""
+    per = 32 // bits
+    v = v.to(torch.int64)
+    if dim == 0:
+        v = v.reshape(v.shape[0] // per, per, v.shape[1])
+        words = sum(v[:, k] << (bits * k) for k in range(per))
+    else:
+        v = v.reshape(v.shape[0], v.shape[1] // per, per)
+        words = sum(v[:, :, k] << (bits * k) for k in range(per))
+    words = words & 0xFFFFFFFF
+    return torch.where(words >= (1 << 31), words - (1 << 32), words).to(torch.int32)
+
+
+def _is_linear(name: str) -> bool:
+    return name.startswith("model.layers.") and name.endswith(".weight") and any(f".{m}." in name for m in LINEARS)
+
+
+def _save_quantized(folder: Path, out: Path, tensors: dict, qcfg: dict) -> Path:
+    from safetensors.torch import save_file
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = qcfg
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        if (folder / f).is_file():
+            shutil.copy(folder / f, out / f)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
+def write_gptq(folder, out, group_size: int = 32, bits: int = 4, act_order: bool = True, seed: int = 0,
+               drop: str | None = None) -> Path:
+    """AutoGPTQ layout; with ``act_order`` the input columns are assigned to groups in a random
+    order (as desc_act does), so ``g_idx`` matters.  ``drop`` leaves out one part (e.g. "scales")."""
+    folder, out = Path(folder), Path(out)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, t in _state(folder).items():
+        if not _is_linear(name):
+            tensors[name] = t.half()
+            continue
+        mod = name[: -len(".weight")]
+        n_out, n_in = t.shape
+        order = torch.randperm(n_in, generator=gen) if act_order else torch.arange(n_in)
+        g_idx = torch.empty(n_in, dtype=torch.int32)
+        g_idx[order] = (torch.arange(n_in) // group_size).to(torch.int32)
+        q, scales, zeros = quantize_groups(t, g_idx, n_in // group_size, bits)
+        tensors[f"{mod}.qweight"] = pack(q.T, bits, 0)  # [in/pack, out]
+        tensors[f"{mod}.qzeros"] = pack(zeros - 1, bits, 1) if bits == 4 else pack((zeros - 1) % (1 << bits), bits, 1)
+        tensors[f"{mod}.scales"] = scales
+        tensors[f"{mod}.g_idx"] = g_idx
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith("." + drop)}
+    qcfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": act_order, "sym": False,
+            "checkpoint_format": "gptq"}
+    return _save_quantized(folder, out, tensors, qcfg)
+
+
+def awq_migrate(state: dict, cfg: dict, seed: int = 0, spread: float = 1.0) -> dict:
+    """AWQ's scale search result applied: per-channel scales s (log-normal, ``spread``) move out of
+    each norm into the layers it feeds (norm / s, columns × s), and out of up's rows into down's
+    columns (up rows / s, down columns × s).  The function is unchanged."""
+    gen = torch.Generator().manual_seed(seed)
+    st = {k: v.float().clone() for k, v in state.items()}
+    d, h = cfg["hidden_size"], cfg["intermediate_size"]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for norm, readers in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                              ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
+            s = torch.exp(spread * torch.randn(d, generator=gen))
+            st[p + norm + ".weight"] /= s
+            for r in readers:
+                st[p + r + ".weight"] *= s
+        s = torch.exp(spread * torch.randn(h, generator=gen))
+        st[p + "mlp.up_proj.weight"] /= s[:, None]
+        st[p + "mlp.down_proj.weight"] *= s
+    return st
+
+
+def write_awq(folder, out, group_size: int = 32, seed: int = 0, spread: float = 1.0) -> Path:
+    """AutoAWQ GEMM layout (4 bits), after :func:`awq_migrate`."""
+    folder, out = Path(folder), Path(out)
+    cfg = json.loads((folder / "config.json").read_text())
+    tensors = {}
+    for name, t in awq_migrate(_state(folder), cfg, seed, spread).items():
+        if not _is_linear(name):
+            tensors[name] = t.half()
+            continue
+        mod = name[: -len(".weight")]
+        n_out, n_in = t.shape
+        q, scales, zeros = quantize_groups(t, torch.arange(n_in) // group_size, n_in // group_size, 4)
+
+        def awq_pack(v):  # [rows, out] -> [rows, out/8] in AutoAWQ's column order
+            v = v.reshape(v.shape[0], -1, 8)[:, :, list(AWQ_ORDER)].reshape(v.shape)
+            return pack(v, 4, 1)
+
+        tensors[f"{mod}.qweight"] = awq_pack(q.T)
+        tensors[f"{mod}.qzeros"] = awq_pack(zeros)
+        tensors[f"{mod}.scales"] = scales
+    qcfg = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
+    return _save_quantized(folder, out, tensors, qcfg)

@@ -1,0 +1,369 @@
+"""Architecture adapter: the name, role and permutation behaviour of every tensor of a checkpoint.
+
+This package is the only place that knows Hugging Face tensor names.  Everything else works
+with *logical names* (see :class:`~tracing.arch.layout.TensorRef`) and their *roles*: the
+on-disk name of a tensor, or ``<fused name>#<role>`` for a role's rows of a fused tensor
+(Phi-3 ``qkv_proj`` / ``gate_up_proj``, GPT-NeoX ``query_key_value``).  Shapes come from the
+config; nothing is hard-coded to one size.
+
+Roles: attention ``q k v o`` (+ ``_bias``), ``q_norm k_norm``; MLP ``gate up down`` (+ ``_bias``);
+mixture of experts ``router``, ``expert_gate expert_up expert_down`` (one per expert),
+``shared_gate shared_up shared_down shared_router``; norms ``in_norm`` (read by attention),
+``post_norm`` (read by the MLP), ``attn_out_norm`` / ``mlp_out_norm`` (post-norms on a
+sublayer's output), ``*_bias`` of LayerNorms; ``embed``, ``final_norm``, ``lm_head``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TracingError
+from .layout import TensorRef, block_refs, global_refs
+
+# Legacy Llama names (kept for callers that only handle Llama-family checkpoints).
+EMBED = "model.embed_tokens.weight"
+FINAL_NORM = "model.norm.weight"
+LM_HEAD = "lm_head.weight"
+
+#: model_type -> (family layout, norm layout, gain offset, qk norm, rotation exact)
+FAMILIES = {
+    "llama": ("llama", "llama", 0.0, None, True),
+    "mistral": ("llama", "llama", 0.0, None, True),
+    "qwen2": ("llama", "llama", 0.0, None, True),
+    "qwen3": ("llama", "llama", 0.0, "head", True),
+    "gemma": ("llama", "llama", 1.0, None, True),
+    "gemma2": ("llama", "gemma2", 1.0, None, False),
+    "gemma3_text": ("llama", "gemma2", 1.0, "head", False),
+    "phi3": ("phi3", "llama", 0.0, None, True),
+    "olmo2": ("llama", "olmo2", 0.0, "full", False),
+    "gpt_neox": ("gpt_neox", "llama", 0.0, None, False),
+    "mixtral": ("mixtral", "llama", 0.0, None, True),
+    "qwen2_moe": ("qwen_moe", "llama", 0.0, None, True),
+    "qwen3_moe": ("qwen_moe", "llama", 0.0, "head", True),
+}
+SUPPORTED = tuple(FAMILIES)
+
+ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm"})
+MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router",
+                       "expert_gate", "expert_up", "expert_down",
+                       "shared_gate", "shared_up", "shared_down", "shared_router"})
+NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
+                        "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias"})
+#: columns index the residual stream
+READ_RESIDUAL = frozenset({"q", "k", "v", "gate", "up", "embed", "lm_head", "router", "expert_gate",
+                           "expert_up", "shared_gate", "shared_up", "shared_router"})
+#: rows index the residual stream
+WRITE_RESIDUAL = frozenset({"o", "down", "expert_down", "shared_down"})
+#: vectors over the residual stream
+RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias"}
+#: rows (resp. columns) index the hidden units of an MLP or expert
+UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "shared_gate", "shared_up"})
+UNIT_COLS = frozenset({"down", "expert_down", "shared_down"})
+#: which norm each reader of the residual stream reads through (for folding gains)
+READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "gate": "post_norm", "up": "post_norm",
+                 "router": "post_norm", "expert_gate": "post_norm", "expert_up": "post_norm",
+                 "shared_gate": "post_norm", "shared_up": "post_norm", "shared_router": "post_norm"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One MLP (dense, routed expert or shared expert) of a block: its permutation key and roles."""
+    key: object  # block index, (block, expert) or (block, "shared")
+    expert: object  # None, an expert index, or "shared"
+    width: int
+    gate: str | None
+    up: str
+    down: str
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Shapes and tensor names of one checkpoint (derived from its config)."""
+
+    model_type: str
+    d: int  # residual width (hidden_size)
+    h: int  # dense MLP width (intermediate_size)
+    L: int  # number of blocks
+    V: int  # vocabulary size
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    tied: bool  # lm_head shares the embedding tensor
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    n_experts: int = 0
+    h_expert: int = 0
+    h_shared: int = 0
+    moe_blocks: tuple = ()
+    final_softcap: float | None = None
+
+    # ---- family facts ------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return FAMILIES[self.model_type][0]
+
+    @property
+    def norm_layout(self) -> str:
+        return FAMILIES[self.model_type][1]
+
+    @property
+    def gain_offset(self) -> float:
+        """Norms compute x̂·(offset + w): 1 for Gemma's (1 + w), else 0."""
+        return FAMILIES[self.model_type][2]
+
+    @property
+    def qk_norm(self) -> str | None:
+        return FAMILIES[self.model_type][3]
+
+    @property
+    def norm_bias(self) -> bool:
+        return self.family == "gpt_neox"
+
+    @property
+    def gated(self) -> bool:
+        return self.family != "gpt_neox"
+
+    @property
+    def has_experts(self) -> bool:
+        return any(self.moe_blocks)
+
+    def is_moe_block(self, i: int) -> bool:
+        return bool(self.moe_blocks) and bool(self.moe_blocks[i])
+
+    @property
+    def layers_prefix(self) -> str:
+        return "gpt_neox.layers" if self.family == "gpt_neox" else "model.layers"
+
+    @property
+    def embed(self) -> str:
+        return "gpt_neox.embed_in.weight" if self.family == "gpt_neox" else EMBED
+
+    @property
+    def final_norm(self) -> str:
+        return "gpt_neox.final_layer_norm.weight" if self.family == "gpt_neox" else FINAL_NORM
+
+    @property
+    def embed_scale(self) -> float:
+        return self.d ** 0.5 if self.model_type.startswith("gemma") else 1.0
+
+    def rotation_problem(self) -> str | None:
+        """Why a residual rotation is not function-preserving here, or None when it is exact."""
+        if FAMILIES[self.model_type][4]:
+            return None
+        if self.family == "gpt_neox":
+            return "LayerNorm subtracts the mean, which a rotation of the residual stream does not commute with"
+        return "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
+
+    # ---- names -------------------------------------------------------------------------
+    def block_refs(self, i: int) -> list[TensorRef]:
+        return _block_refs(self, i)
+
+    def ref(self, name: str) -> TensorRef:
+        try:
+            return _index(self)[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def block_name(self, i: int, role: str, expert=None) -> str:
+        for r in self.block_refs(i):
+            if r.role == role and (expert is None or r.unit == (i, expert)):
+                return r.name
+        raise KeyError(f"block {i} of {self.model_type} has no {role}" + (f" of expert {expert}" if expert is not None else ""))
+
+    def block_roles(self, i: int = 0) -> list[str]:
+        return list(dict.fromkeys(r.role for r in self.block_refs(i)))
+
+    def block_names(self, i: int) -> dict[str, str]:
+        """role -> name of a block without experts (expert roles keep their first name)."""
+        out: dict[str, str] = {}
+        for r in self.block_refs(i):
+            out.setdefault(r.role, r.name)
+        return out
+
+    def units(self, i: int) -> list[Unit]:
+        """The MLPs of block i: one dense MLP, or every routed expert (and the shared expert)."""
+        by_unit: dict = {}
+        for r in self.block_refs(i):
+            if r.unit is not None and r.role in UNIT_ROWS | UNIT_COLS and not r.role.endswith("_bias"):
+                by_unit.setdefault(r.unit, {})[r.role.split("_")[-1]] = r
+        out = []
+        for key, roles in by_unit.items():
+            expert = key[1] if isinstance(key, tuple) else None
+            out.append(Unit(key, expert, roles["up"].shape[0], roles["gate"].name if "gate" in roles else None,
+                            roles["up"].name, roles["down"].name))
+        return out
+
+    @property
+    def lm_head(self) -> str:
+        """Name to read the output projection from (the embedding when tied)."""
+        return self.embed if self.tied else LM_HEAD
+
+    def names(self) -> list[str]:
+        """Every distinct tensor, in model order (a tied lm_head is not listed twice)."""
+        g = global_refs(self)
+        out = [g[0].name]
+        for i in range(self.L):
+            out += [r.name for r in self.block_refs(i)]
+        out += [r.name for r in g[1:] if r.role != "lm_head" or not self.tied]
+        return out
+
+    def role_of(self, name: str) -> tuple[str, int | None]:
+        """(role, block index or None) of a tensor name; raises KeyError for unknown names."""
+        r = self.ref(name)
+        return r.role, r.block
+
+    def unit_of(self, name: str):
+        return self.ref(name).unit
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.ref(name).shape
+
+    # ---- sizes -------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(_numel(self.shape(n)) for n in self.names())
+
+    def largest_tensor_numel(self) -> int:
+        return max(_numel(self.shape(n)) for n in self.names())
+
+    def block_numel(self) -> int:
+        return max(sum(_numel(r.shape) for r in self.block_refs(i)) for i in range(self.L))
+
+    def untied(self) -> "Arch":
+        return dataclasses.replace(self, tied=False)
+
+    def describe(self) -> str:
+        moe = f" experts={self.n_experts}x{self.h_expert}" if self.has_experts else ""
+        return (f"{self.model_type}: L={self.L} d={self.d} h={self.h} V={self.V} "
+                f"heads={self.n_heads}/{self.n_kv_heads} tied={self.tied}{moe}")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+@functools.lru_cache(maxsize=4096)
+def _block_refs(a: Arch, i: int) -> list[TensorRef]:
+    return block_refs(a, i)
+
+
+@functools.lru_cache(maxsize=64)
+def _index(a: Arch) -> dict[str, TensorRef]:
+    out = {r.name: r for r in global_refs(a)}
+    for i in range(a.L):
+        out.update({r.name: r for r in a.block_refs(i)})
+    return out
+
+
+def _get(config: Any, key: str, default=None):
+    return getattr(config, key, default) if not isinstance(config, dict) else config.get(key, default)
+
+
+def _size(config: Any, key: str, where: str, required: bool = True) -> int | None:
+    """A positive integer size from the config, or a one-line error naming the key and the file."""
+    value = _get(config, key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        found = "it is missing" if value is None else f"found {value!r}"
+        raise TracingError(f"{where} needs a positive integer {key} ({found}); "
+                           f"use the config.json that came with the weights")
+    return value
+
+
+def _moe_shape(config, model_type: str, L: int, where: str) -> dict:
+    E = int(_get(config, "num_local_experts") or _get(config, "num_experts") or 0)
+    if model_type == "mixtral":
+        return dict(n_experts=E, h_expert=_size(config, "intermediate_size", where),
+                    moe_blocks=(True,) * L if E else ())
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        only = set(_get(config, "mlp_only_layers") or [])
+        step = _size(config, "decoder_sparse_step", where, required=False) or 1
+        blocks = tuple(E > 0 and i not in only and (i + 1) % step == 0 for i in range(L))
+        shared = int(_get(config, "shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
+        return dict(n_experts=E, h_expert=_size(config, "moe_intermediate_size", where) if E else 0,
+                    moe_blocks=blocks, h_shared=shared)
+    return {}
+
+
+def arch_from_config(config: Any, where: str = "the model config") -> Arch:
+    """Build an :class:`Arch` from a transformers config object or a config.json dict
+    (``where`` names the config in error messages, e.g. its file)."""
+    model_type = _get(config, "model_type")
+    if model_type not in FAMILIES:
+        raise TracingError(
+            f"unsupported architecture {model_type!r}: model-tracing supports {', '.join(sorted(FAMILIES))} "
+            f"checkpoints (see docs/architectures.md)")
+    d = _size(config, "hidden_size", where)
+    n_heads = _size(config, "num_attention_heads", where)
+    n_kv = _size(config, "num_key_value_heads", where, required=False) or n_heads
+    head_dim = _size(config, "head_dim", where, required=False) or d // n_heads
+    attention_bias = bool(_get(config, "attention_bias", model_type == "gpt_neox"))
+    if model_type == "qwen2":
+        qkv_bias, o_bias = True, False
+    elif model_type == "qwen2_moe":
+        qkv_bias, o_bias = bool(_get(config, "qkv_bias", True)), False
+    elif model_type in ("phi3", "mixtral"):
+        qkv_bias = o_bias = False
+    else:
+        qkv_bias = o_bias = attention_bias
+    if model_type == "gpt_neox":
+        n_kv = n_heads
+    tied = _get(config, "tie_word_embeddings")
+    if tied is None:
+        tied = model_type.startswith("gemma")
+    L = _size(config, "num_hidden_layers", where)
+    cap = _get(config, "final_logit_softcapping")
+    return Arch(
+        model_type=model_type, d=d, h=_size(config, "intermediate_size", where), L=L,
+        V=_size(config, "vocab_size", where),
+        n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
+        qkv_bias=qkv_bias, o_bias=o_bias,
+        mlp_bias=bool(_get(config, "mlp_bias", False)) and model_type == "llama",
+        final_softcap=float(cap) if cap else None, **_moe_shape(config, model_type, L, where),
+    )
+
+
+def require_same_blocks(a: Arch, b: Arch, what: str) -> None:
+    """Raise a clear error when an operation needs equal block shapes and they differ."""
+    diffs = [f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in ("L", "d", "h") if getattr(a, k) != getattr(b, k)]
+    if diffs:
+        raise TracingError(
+            f"{what} needs models with the same block shapes, but they differ ({', '.join(diffs)}); "
+            f"use a statistic that allows different shapes (e.g. match) or compare same-size models")
+
+
+def require_same_layout(a: Arch, b: Arch, what: str) -> None:
+    """Raise when an operation pairs tensors by name and the two checkpoints name them differently."""
+    require_same_blocks(a, b, what)
+    keys = ("family", "norm_layout", "moe_blocks", "n_experts", "h_expert", "h_shared", "qk_norm", "qkv_bias",
+            "o_bias", "mlp_bias", "n_heads", "n_kv_heads", "head_dim")
+    if any(getattr(a, k) != getattr(b, k) for k in keys):
+        raise TracingError(f"{what} needs two checkpoints of the same architecture, got {a.model_type} and "
+                           f"{b.model_type}; use cos, which compares MLPs across families")
+
+
+def require_same_depth(a: Arch, b: Arch, what: str) -> None:
+    """Raise when an operation pairs blocks one to one and the depth or residual width differ."""
+    if a.L != b.L or a.d != b.d:
+        raise TracingError(f"{what} needs the same number of blocks and residual width (L {a.L} vs {b.L}, "
+                           f"d {a.d} vs {b.d}); compare models of the same depth and width")
+
+
+def require_gated(a: Arch, b: Arch, what: str) -> None:
+    """Raise when an operation compares gate activations and a model's MLP has no gate."""
+    for arch in (a, b):
+        if not arch.gated:
+            raise TracingError(f"{what} needs a gated MLP (gate and up projections), but {arch.model_type} has a "
+                               f"non-gated MLP; use csh")
+
+
+__all__ = ["Arch", "TensorRef", "Unit", "arch_from_config", "require_same_blocks", "require_same_layout",
+           "require_same_depth", "require_gated",
+           "SUPPORTED", "FAMILIES", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
+           "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]

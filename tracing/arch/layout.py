@@ -1,0 +1,160 @@
+"""Where each role of each block lives: in the checkpoint files and in transformers' modules.
+
+A :class:`TensorRef` names one logical tensor (a role of a block, possibly of one expert) and says
+how to read it: a list of *stores* — a stored tensor name plus an optional index selecting the
+role's part of a fused tensor — tried in order (the on-disk layout first, then the in-memory
+layout of transformers' modules), and the single *module* location used when building modules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+Index = tuple | None  # a tuple of ints/slices, or (LongTensor,) for scattered rows
+
+
+@dataclass
+class TensorRef:
+    name: str  # logical name (the on-disk name of an unfused tensor)
+    role: str
+    block: int | None
+    shape: tuple[int, ...]
+    stores: list[tuple[str, Index]] = field(default_factory=list)
+    module: tuple[str, Index] | None = None
+    unit: object = None  # key of the MLP permutation this tensor follows (block, or (block, expert))
+
+    def __post_init__(self):
+        if not self.stores:
+            self.stores = [(self.name, None)]
+        if self.module is None:
+            self.module = self.stores[-1]
+
+
+def _rows(a: int, b: int) -> tuple:
+    return (slice(a, b),)
+
+
+def attention_refs(a, p: str, i: int) -> list[TensorRef]:
+    """q/k/v/o (and biases, q/k norms) of block i; ``p`` is the block prefix."""
+    fam = a.family
+    d, qo, kvo = a.d, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+    out: list[TensorRef] = []
+    if fam == "phi3":
+        fused = f"{p}self_attn.qkv_proj.weight"
+        for role, lo, hi in (("q", 0, qo), ("k", qo, qo + kvo), ("v", qo + kvo, qo + 2 * kvo)):
+            out.append(TensorRef(f"{fused}#{role}", role, i, (hi - lo, d), [(fused, _rows(lo, hi))]))
+        out.append(TensorRef(f"{p}self_attn.o_proj.weight", "o", i, (d, qo)))
+        return out
+    if fam == "gpt_neox":
+        hd, n = a.head_dim, a.n_heads
+        base = torch.arange(n)[:, None] * 3 * hd
+        for k, role in enumerate(("q", "k", "v")):
+            rows = (base + k * hd + torch.arange(hd)[None]).reshape(-1)
+            for suffix, shape in (("weight", (n * hd, d)), ("bias", (n * hd,))):
+                if suffix == "bias" and not a.qkv_bias:
+                    continue
+                fused = f"{p}attention.query_key_value.{suffix}"
+                r = role if suffix == "weight" else f"{role}_bias"
+                out.append(TensorRef(f"{fused}#{role}", r, i, shape, [(fused, (rows,))]))
+        out.append(TensorRef(f"{p}attention.dense.weight", "o", i, (d, qo)))
+        if a.o_bias:
+            out.append(TensorRef(f"{p}attention.dense.bias", "o_bias", i, (d,)))
+        return out
+    for role, rows in (("q", qo), ("k", kvo), ("v", kvo)):
+        out.append(TensorRef(f"{p}self_attn.{role}_proj.weight", role, i, (rows, d)))
+    out.append(TensorRef(f"{p}self_attn.o_proj.weight", "o", i, (d, qo)))
+    if a.qkv_bias:
+        for role, rows in (("q", qo), ("k", kvo), ("v", kvo)):
+            out.append(TensorRef(f"{p}self_attn.{role}_proj.bias", f"{role}_bias", i, (rows,)))
+    if a.o_bias:
+        out.append(TensorRef(f"{p}self_attn.o_proj.bias", "o_bias", i, (d,)))
+    if a.qk_norm == "head":
+        out += [TensorRef(f"{p}self_attn.q_norm.weight", "q_norm", i, (a.head_dim,)),
+                TensorRef(f"{p}self_attn.k_norm.weight", "k_norm", i, (a.head_dim,))]
+    elif a.qk_norm == "full":
+        out += [TensorRef(f"{p}self_attn.q_norm.weight", "q_norm", i, (qo,)),
+                TensorRef(f"{p}self_attn.k_norm.weight", "k_norm", i, (kvo,))]
+    return out
+
+
+def norm_refs(a, p: str, i: int) -> list[TensorRef]:
+    """Norms of block i by function: ``in_norm`` read by attention, ``post_norm`` read by the
+    MLP, ``attn_out_norm`` / ``mlp_out_norm`` applied to a sublayer's output (post-norms)."""
+    d = a.d
+    names = {
+        "llama": {"in_norm": "input_layernorm", "post_norm": "post_attention_layernorm"},
+        "gemma2": {"in_norm": "input_layernorm", "attn_out_norm": "post_attention_layernorm",
+                   "post_norm": "pre_feedforward_layernorm", "mlp_out_norm": "post_feedforward_layernorm"},
+        "olmo2": {"attn_out_norm": "post_attention_layernorm", "mlp_out_norm": "post_feedforward_layernorm"},
+    }[a.norm_layout]
+    out = []
+    for role, mod in names.items():
+        out.append(TensorRef(f"{p}{mod}.weight", role, i, (d,)))
+        if a.norm_bias:
+            out.append(TensorRef(f"{p}{mod}.bias", f"{role}_bias", i, (d,)))
+    return out
+
+
+def dense_mlp_refs(a, p: str, i: int, h: int, prefix: str = "mlp.", roles=("gate", "up", "down"),
+                   unit=None) -> list[TensorRef]:
+    d = a.d
+    unit = i if unit is None else unit
+    g, u, dn = roles
+    if a.family == "phi3":
+        fused = f"{p}mlp.gate_up_proj.weight"
+        return [TensorRef(f"{fused}#gate", g, i, (h, d), [(fused, _rows(0, h))], unit=unit),
+                TensorRef(f"{fused}#up", u, i, (h, d), [(fused, _rows(h, 2 * h))], unit=unit),
+                TensorRef(f"{p}mlp.down_proj.weight", dn, i, (d, h), unit=unit)]
+    if a.family == "gpt_neox":
+        return [TensorRef(f"{p}mlp.dense_h_to_4h.weight", u, i, (h, d), unit=unit),
+                TensorRef(f"{p}mlp.dense_h_to_4h.bias", f"{u}_bias", i, (h,), unit=unit),
+                TensorRef(f"{p}mlp.dense_4h_to_h.weight", dn, i, (d, h), unit=unit),
+                TensorRef(f"{p}mlp.dense_4h_to_h.bias", f"{dn}_bias", i, (d,))]
+    out = [TensorRef(f"{p}{prefix}gate_proj.weight", g, i, (h, d), unit=unit),
+           TensorRef(f"{p}{prefix}up_proj.weight", u, i, (h, d), unit=unit),
+           TensorRef(f"{p}{prefix}down_proj.weight", dn, i, (d, h), unit=unit)]
+    if a.mlp_bias and prefix == "mlp.":
+        out += [TensorRef(f"{p}{prefix}gate_proj.bias", f"{g}_bias", i, (h,), unit=unit),
+                TensorRef(f"{p}{prefix}up_proj.bias", f"{u}_bias", i, (h,), unit=unit),
+                TensorRef(f"{p}{prefix}down_proj.bias", f"{dn}_bias", i, (d,))]
+    return out
+
+
+def moe_refs(a, p: str, i: int) -> list[TensorRef]:
+    """Router, routed experts (on disk one tensor per expert; in transformers' modules stacked
+    as ``experts.gate_up_proj`` [E, 2h, d] and ``experts.down_proj`` [E, d, h]) and shared expert."""
+    d, h, E = a.d, a.h_expert, a.n_experts
+    mixtral = a.family == "mixtral"
+    disk = f"{p}block_sparse_moe." if mixtral else f"{p}mlp."
+    mem = f"{p}mlp."
+    out = [TensorRef(f"{disk}gate.weight", "router", i, (E, d), [(f"{disk}gate.weight", None), (f"{mem}gate.weight", None)])]
+    files = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    gu, dn = f"{mem}experts.gate_up_proj", f"{mem}experts.down_proj"
+    for e in range(E):
+        for role, f, shape, fused in (("expert_gate", files[0], (h, d), (gu, (e, slice(0, h)))),
+                                      ("expert_up", files[1], (h, d), (gu, (e, slice(h, 2 * h)))),
+                                      ("expert_down", files[2], (d, h), (dn, (e,)))):
+            name = f"{disk}experts.{e}.{f}.weight"
+            out.append(TensorRef(name, role, i, shape, [(name, None), fused], unit=(i, e)))
+    if a.h_shared:
+        out += dense_mlp_refs(a, p, i, a.h_shared, prefix="mlp.shared_expert.",
+                              roles=("shared_gate", "shared_up", "shared_down"), unit=(i, "shared"))
+        out.append(TensorRef(f"{p}mlp.shared_expert_gate.weight", "shared_router", i, (1, d)))
+    return out
+
+
+def block_refs(a, i: int) -> list[TensorRef]:
+    p = f"{a.layers_prefix}.{i}."
+    mlp = moe_refs(a, p, i) if a.is_moe_block(i) else dense_mlp_refs(a, p, i, a.h)
+    return attention_refs(a, p, i) + mlp + norm_refs(a, p, i)
+
+
+def global_refs(a) -> list[TensorRef]:
+    d, V = a.d, a.V
+    out = [TensorRef(a.embed, "embed", None, (V, d)), TensorRef(a.final_norm, "final_norm", None, (d,))]
+    if a.norm_bias:
+        out.append(TensorRef(a.final_norm.replace(".weight", ".bias"), "final_norm_bias", None, (d,)))
+    stores = [("lm_head.weight", None)] + ([("embed_out.weight", None)] if a.family == "gpt_neox" else [])
+    out.append(TensorRef("lm_head.weight", "lm_head", None, (V, d), stores, module=("lm_head.weight", None)))
+    return out

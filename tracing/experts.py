@@ -1,0 +1,143 @@
+"""Pairing the MLPs of two blocks when either is a mixture of experts.
+
+- two MoE blocks: routed experts are matched by Hungarian assignment on an expert-level
+  similarity (the mean, over the rows of θ₁'s expert, of the best cosine with a row of θ₂'s
+  expert, i.e. ≈ the mean matched cosine of up rows); shared experts are paired with each other;
+- a dense block and an MoE block (upcycling): every expert is paired with the dense MLP.
+
+The similarity is invariant to any permutation of θ₂'s rows, so choosing partners with it leaves
+each pair's row-order test exact under independence.  Each pair is then tested like a dense block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .align import cosine_matrix
+
+#: rows of θ₁'s expert used for the expert-level similarity (evenly spaced; all when fewer)
+SIMILARITY_ROWS = 256
+
+
+@dataclass
+class UnitPair:
+    block: int
+    a: object  # unit of θ₁ (arch.Unit)
+    b: object  # unit of θ₂
+    column: object  # grid column: the MoE side's expert index or "shared" (None for dense pairs)
+
+
+def expert_similarity(A: torch.Tensor, B: torch.Tensor, absolute: bool = False, rows: int = SIMILARITY_ROWS) -> float:
+    """Mean over (a subset of) A's rows of the best cosine (|cosine|) with any row of B."""
+    if A.shape[0] > rows:
+        A = A[torch.linspace(0, A.shape[0] - 1, rows).round().long()]
+    C = cosine_matrix(A, B)
+    return float((C.abs_() if absolute else C).max(dim=1).values.mean())
+
+
+def _routed(units):
+    return [u for u in units if u.expert is not None and u.expert != "shared"]
+
+
+def _shared(units):
+    return next((u for u in units if u.expert == "shared"), None)
+
+
+def block_pairs(i: int, units_a, units_b, similarity) -> tuple[list[UnitPair], list | None]:
+    """The unit pairs of block i and, for two MoE blocks, θ₂'s partner of each of θ₁'s experts.
+
+    ``similarity(unit_a, unit_b)`` is the expert-level similarity (called for two MoE blocks only)."""
+    ra, rb = _routed(units_a), _routed(units_b)
+    if not ra and not rb:
+        return [UnitPair(i, units_a[0], units_b[0], None)], None
+    if ra and rb:
+        S = np.array([[similarity(ua, ub) if ua.width == ub.width else -2.0
+                       for ub in rb] for ua in ra])
+        rows, cols = linear_sum_assignment(-S)
+        partner = [None] * len(ra)
+        pairs = []
+        for r, c in zip(rows, cols):
+            partner[r] = rb[c].expert
+            if ra[r].width == rb[c].width:
+                pairs.append(UnitPair(i, ra[r], rb[c], ra[r].expert))
+        sa, sb = _shared(units_a), _shared(units_b)
+        if sa is not None and sb is not None and sa.width == sb.width:
+            pairs.append(UnitPair(i, sa, sb, "shared"))
+        return pairs, partner
+    # upcycling: one side dense, every expert (and a shared expert of the same width) against it
+    if ra:
+        dense = units_b[0]
+        return [UnitPair(i, u, dense, u.expert) for u in units_a if u.width == dense.width], None
+    dense = units_a[0]
+    return [UnitPair(i, dense, u, u.expert) for u in units_b if u.width == dense.width], None
+
+
+def expert_result(stat: str, pairs: list[UnitPair], matched: dict, partners: dict, L: int, n_cols: int, ctx):
+    """Per-pair Spearman p-values of the matched pairs ``matched[k] = (x, y, dropped)`` of unit
+    pair k, the block × expert grid and the Fisher combination."""
+    from .stats.base import spearman_layers
+    res = spearman_layers(matched, ctx, stat)
+    grid = [[None] * n_cols for _ in range(L)]
+    for row in res.per_layer:
+        pair = pairs[row["layer"]]
+        row.update({"layer": pair.block, "expert": pair.a.expert, "partner": pair.b.expert})
+        if pair.column is not None:
+            col = n_cols - 1 if pair.column == "shared" else int(pair.column)
+            grid[pair.block][col] = row["log10_pvalue"]
+    res.extra.pop("skipped_layers", None)
+    res.extra.update({"num_pairs": len(pairs), "experts": grid,
+                      "skipped_pairs": [[row["layer"], row["expert"]] for row in res.per_layer if "skipped" in row],
+                      "expert_matching": {str(i): p for i, p in partners.items() if p is not None}})
+    return res
+
+
+def grid_columns(arch_a, arch_b) -> int:
+    """Columns of the block × expert grid: the routed experts (of θ₁ when both are MoE), plus one
+    for a shared expert."""
+    moe = arch_a if arch_a.has_experts else arch_b
+    return moe.n_experts + (1 if moe.h_shared else 0)
+
+
+def activation_stat(ctx, base, ft, stat: str, gated: bool):
+    """csh (``gated=False``: up activations) or match (gate matching against |up| matching) over
+    the unit pairs of :func:`block_pairs`; each expert's activations cover every token.  A unit
+    whose activation row is zero or non-finite is dropped (for match: from both matchings)."""
+    from .align import Matcher, degenerate_rows
+    from .stats.match import gate_up_pairs
+    from .stats.base import pairs_of
+    a, b = base.arch, ft.arch
+    ids = ctx.data()
+    up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+    gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes) if gated else None
+    pairs: list[UnitPair] = []
+    partners: dict = {}
+
+    def on_block(i, caps):
+        block, partners[i] = block_pairs(
+            i, a.units(i), b.units(i),
+            lambda ua, ub: expert_similarity(caps[0].unit(ua.expert).up.T, caps[1].unit(ub.expert).up.T, absolute=gated))
+        for pair in block:
+            ca, cb = caps[0].unit(pair.a.expert), caps[1].unit(pair.b.expert)
+            k = len(pairs)
+            pairs.append(pair)
+            if gated:
+                ok1 = ~(degenerate_rows(ca.gate.T) | degenerate_rows(ca.up.T))
+                ok2 = ~(degenerate_rows(cb.gate.T) | degenerate_rows(cb.up.T))
+                gate.submit(k, ca.gate.T, cb.gate.T, keep1=ok1, keep2=ok2)
+                up.submit(k, ca.up.T, cb.up.T, absolute=True, keep1=ok1, keep2=ok2)
+            else:
+                up.submit(k, ca.up.T, cb.up.T)
+
+    try:
+        ctx.engine().run([base, ft], ids, on_block=on_block, desc=f"{stat}: forward")
+        pu = up.results()
+        pg = gate.results() if gated else None
+    finally:
+        up.close()
+        if gated:
+            gate.close()
+    matched = {k: gate_up_pairs(pg[k], pu[k]) for k in pg} if gated else {k: pairs_of(r) for k, r in pu.items()}
+    return expert_result(stat, pairs, matched, partners, a.L, grid_columns(a, b), ctx)

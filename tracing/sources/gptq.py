@@ -1,0 +1,179 @@
+"""GPTQ and AWQ folders: linear layers stored as packed low-bit integers with per-group scales.
+
+Both keep, next to each quantized layer ``<module>``, the tensors ``<module>.qweight`` (int32
+words of packed integers), ``<module>.qzeros`` (packed zero points) and ``<module>.scales``
+(float16, one row per group of input columns); the weight is ``(q - zero) * scale`` per group.
+
+- GPTQ (AutoGPTQ layout): ``qweight`` [in/pack, out] packs input rows; ``qzeros`` [groups, out/pack]
+  packs output columns and stores ``zero - 1`` (``checkpoint_format`` ``gptq``; ``gptq_v2`` stores
+  the zero itself); ``g_idx`` [in] gives each input column's group (act-order), else ``i // group``.
+- AWQ (AutoAWQ GEMM layout, 4 bits): ``qweight`` [in, out/8] and ``qzeros`` [groups, out/8] both pack
+  output columns, eight to a word in the order 0, 2, 4, 6, 1, 3, 5, 7; the group of input column i
+  is ``i // group``.
+
+Every other tensor (embeddings, norms, head, biases) is stored as it is and read as it is.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..arch import LM_HEAD, arch_from_config
+from ..errors import TracingError
+from . import QuantizedBackend
+
+AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # undoes AutoAWQ's packing order (0, 2, 4, 6, 1, 3, 5, 7)
+PARTS = ("qweight", "qzeros", "scales")
+
+
+def unpack(q: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """int32 words -> the packed integers, unpacked along ``dim`` (lowest bits first)."""
+    per = 32 // bits
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    q = q.to(torch.int32)
+    if dim == 0:
+        vals = (q[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)
+        return vals.reshape(q.shape[0] * per, q.shape[1])
+    vals = (q[:, :, None] >> shifts[None, None, :]) & ((1 << bits) - 1)
+    return vals.reshape(q.shape[0], q.shape[1] * per)
+
+
+def dequantize_gptq(qweight, qzeros, scales, g_idx, bits: int, group_size: int, v2: bool = False) -> torch.Tensor:
+    """The float32 weight [out, in] of a GPTQ layer."""
+    w = unpack(qweight, bits, 0)  # [in, out]
+    z = unpack(qzeros, bits, 1)[:, : w.shape[1]] + (0 if v2 else 1)  # [groups, out]
+    n_in = w.shape[0]
+    g = g_idx.long() if g_idx is not None else torch.arange(n_in) // (group_size if group_size > 0 else n_in)
+    s = scales.float()
+    return ((w - z[g]).float() * s[g]).T.contiguous()
+
+
+def dequantize_awq(qweight, qzeros, scales, group_size: int) -> torch.Tensor:
+    """The float32 weight [out, in] of an AWQ (GEMM) layer."""
+    def cols(q):
+        x = unpack(q, 4, 1)
+        return x.reshape(x.shape[0], -1, 8)[:, :, list(AWQ_REVERSE_ORDER)].reshape(x.shape)
+
+    w, z = cols(qweight), cols(qzeros)  # [in, out], [groups, out]
+    n_in = w.shape[0]
+    g = torch.arange(n_in) // (group_size if group_size > 0 else n_in)
+    return ((w - z[g]).float() * scales.float()[g]).T.contiguous()
+
+
+class PackedInt4Backend(QuantizedBackend):
+    """A GPTQ or AWQ folder (``quantization_config`` in config.json, safetensors weights)."""
+
+    def __init__(self, folder: Path, qcfg: dict, label: str):
+        self.folder, self.q, self.label = Path(folder), qcfg, label
+        self.method = str(qcfg.get("quant_method")).lower()
+        self.format = self.method
+        self.bits = int(qcfg.get("bits", qcfg.get("w_bit", 4)))
+        self.group_size = int(qcfg.get("group_size", qcfg.get("q_group_size", 128)))
+        allowed = (2, 4, 8) if self.method == "gptq" else (4,)
+        if self.bits not in allowed:
+            raise TracingError(f"{self.folder / 'config.json'}: {self.bits}-bit {self.method.upper()} is not "
+                               f"supported (supported: {', '.join(map(str, allowed))} bits)")
+        if self.method == "awq" and str(qcfg.get("version", "gemm")).lower() != "gemm":
+            raise TracingError(f"{self.folder / 'config.json'}: AWQ version {qcfg.get('version')!r} is not "
+                               f"supported; only the GEMM packing is")
+        self._config = None
+        self._index = self._build_index()
+        self.arch = arch_from_config(self.config(), where=str(self.folder / 'config.json'))
+        self._check_complete()
+
+    def config(self):
+        if self._config is None:
+            from transformers import AutoConfig
+            cfg = AutoConfig.from_pretrained(self.folder, trust_remote_code=False)
+            if hasattr(cfg, "quantization_config"):
+                del cfg.quantization_config  # the weights handed out are float
+            self._config = cfg
+        return self._config
+
+    def _build_index(self) -> dict[str, Path]:
+        from safetensors import safe_open
+        idx = self.folder / "model.safetensors.index.json"
+        if idx.is_file():
+            return {k: self.folder / v for k, v in json.loads(idx.read_text())["weight_map"].items()}
+        files = sorted(self.folder.glob("*.safetensors"))
+        if not files:
+            raise TracingError(f"{self.folder} is a {self.method.upper()} folder without *.safetensors weights")
+        out = {}
+        for f in files:
+            with safe_open(f, framework="pt") as h:
+                out.update({k: f for k in h.keys()})
+        return out
+
+    @staticmethod
+    def _module(name: str) -> str | None:
+        return name[: -len(".weight")] if name.endswith(".weight") else None
+
+    def _check_complete(self) -> None:
+        for name in self.arch.names():
+            if name in self._index or (name == LM_HEAD and self.arch.tied):
+                continue
+            mod = self._module(name)
+            present = [p for p in PARTS if f"{mod}.{p}" in self._index] if mod else []
+            if not present:
+                raise TracingError(f"{self.folder}: tensor {name} is missing (neither stored nor quantized)")
+            missing = [p for p in PARTS if p not in present]
+            if missing:
+                raise TracingError(f"{self.folder}: {mod}.{missing[0]} is missing; a {self.method.upper()} layer "
+                                   f"needs {', '.join(PARTS)} — the checkpoint is incomplete, re-download it")
+
+    def _read(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+        with safe_open(self._index[key], framework="pt") as h:
+            return h.get_tensor(key)
+
+    def has(self, name):
+        mod = self._module(name)
+        return name in self._index or (mod is not None and f"{mod}.qweight" in self._index) or \
+            (name == LM_HEAD and self.arch.tied)
+
+    def get(self, name, dtype=torch.float32):
+        if name == LM_HEAD and self.arch.tied and name not in self._index:
+            name = self.arch.embed
+        if name in self._index:
+            return self._read(name).to(dtype)
+        mod = self._module(name)
+        if mod is None or f"{mod}.qweight" not in self._index:
+            raise TracingError(f"{self.label}: tensor {name} not found in its weight files")
+        qw, qz, sc = (self._read(f"{mod}.{p}") for p in PARTS)
+        if self.method == "gptq":
+            g = self._read(f"{mod}.g_idx") if f"{mod}.g_idx" in self._index else None
+            v2 = str(self.q.get("checkpoint_format", "gptq")).lower() == "gptq_v2"
+            w = dequantize_gptq(qw, qz, sc, g, self.bits, self.group_size, v2=v2)
+        else:
+            w = dequantize_awq(qw, qz, sc, self.group_size)
+        shape = tuple(self.arch.shape(name))
+        if tuple(w.shape) != shape:
+            raise TracingError(f"{self.folder}: {mod} dequantizes to shape {tuple(w.shape)}, but the config "
+                               f"expects {shape}")
+        return w.to(dtype)
+
+    def weight_files(self):
+        return sorted(set(self._index.values()))
+
+    def tensor_types(self):
+        from safetensors import safe_open
+        out = {}
+        for f in self.weight_files():
+            with safe_open(f, framework="pt") as h:
+                for key in h.keys():
+                    part = key.rpartition(".")[2]
+                    if part == "qweight":
+                        out[key] = f"{self.method.upper()} int{self.bits} g{self.group_size}"
+                    elif part not in ("qzeros", "scales", "g_idx"):
+                        out[key] = h.get_slice(key).get_dtype()
+        return out
+
+    def quantization(self):
+        info = super().quantization()
+        info.update(bits=self.bits, group_size=self.group_size)
+        return info
+
+    def has_tokenizer(self):
+        return False  # the folder's tokenizer files are read by the checkpoint itself
