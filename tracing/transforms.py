@@ -246,10 +246,5 @@ def transform_module(model: torch.nn.Module, make_view) -> torch.nn.Module:
     return load_module(make_view(from_module(model)), dtype=dtype, device=str(device))
 
 
-def transform_state_dict(state: dict, config, make_view) -> dict[str, torch.Tensor]:
-    view = make_view(DictSource(state, config))
-    return view.state_dict(next(iter(state.values())).dtype)
-
-
 __all__ = ["Permuted", "Rotated", "NormsFolded", "fold_norms", "Interpolated", "random_permutations", "random_rotation", "permute",
-           "rotate", "transform_module", "transform_state_dict", "EMBED"]
+           "rotate", "transform_module", "EMBED"]

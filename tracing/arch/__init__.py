@@ -234,11 +234,6 @@ class Arch:
     def untied(self) -> "Arch":
         return dataclasses.replace(self, tied=False)
 
-    def describe(self) -> str:
-        moe = f" experts={self.n_experts}x{self.h_expert}" if self.has_experts else ""
-        return (f"{self.model_type}: L={self.L} d={self.d} h={self.h} V={self.V} "
-                f"heads={self.n_heads}/{self.n_kv_heads} tied={self.tied}{moe}")
-
 
 def _numel(shape) -> int:
     n = 1

@@ -5,13 +5,17 @@ A statistic is one module of this package that registers itself at import::
     @register("cos", description=..., meaning=..., cost=..., check=...)
     def cos(ctx, base, ft): ...
 
-Modules are found with :mod:`pkgutil` (a new statistic is a new file); a statistic defined
-elsewhere calls :func:`register` before use. This package imports no torch: statistic modules
+Modules are found with :mod:`pkgutil` (a new statistic is a new file). A statistic that lives
+outside this package is a module that calls :func:`register` at import: name it in the environment
+variable ``TRACING_STATS`` (comma-separated module names, importable from ``PYTHONPATH``) or declare
+it as an entry point of the group ``tracing.stats``, and every command (``main.py``, ``launch.py``
+and its workers, the report) finds it; in a Python session, importing it is enough. This package imports no torch: statistic modules
 import their heavy dependencies inside the functions. See docs/methods.md for the definitions.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 from ..errors import TracingError
@@ -21,6 +25,7 @@ REGISTRY: dict[str, StatSpec] = {}
 ALIASES: dict[str, str] = {}
 _HELPERS = {"spec", "cost", "base"}  # modules of this package that are not statistics
 _loaded = False
+PLUGINS_ENV = "TRACING_STATS"
 
 
 def register(spec_or_name, **facts):
@@ -47,6 +52,20 @@ def _load_all() -> None:
     for m in pkgutil.iter_modules(__path__):
         if m.name not in _HELPERS and not m.name.startswith("_"):
             importlib.import_module(f"{__name__}.{m.name}")
+    _load_plugins()
+
+
+def _load_plugins() -> None:
+    """Statistics defined outside this package: ``$TRACING_STATS`` and ``tracing.stats`` entry points."""
+    from importlib.metadata import entry_points
+    for name in filter(None, (x.strip() for x in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise TracingError(f"{PLUGINS_ENV} names the module {name!r}, which cannot be imported ({e}); "
+                               f"put its folder on PYTHONPATH or fix the name") from None
+    for ep in entry_points(group="tracing.stats"):
+        ep.load()
 
 
 def names() -> list[str]:
