@@ -259,3 +259,17 @@ def test_equal_shape_statistics_name_what_works(family, tmp_path, stat):
     r, out = _main(["--base_model_id", "demo:base-a", "--ft_model_id", ft, "--stat", stat, "--eval"], tmp_path)
     assert r.returncode == 2 and not out.exists() and r.stderr.strip().count("\n") == 0
     assert "for this pair use --stat match (activations, any widths), jsd" in r.stderr
+
+
+def test_report_draws_the_block_map(family, tmp_path):
+    from tracing.report import write_report
+    ft = derive("demo:a-docs", tmp_path / "pruned", blocks=[0, 2, 3])
+    folder = tmp_path / "results"
+    folder.mkdir()
+    compare("demo:base-a", ft, stat="cos", save=folder / "pruned_cos.p")
+    compare("demo:base-a", "demo:a-docs", stat="cos", save=folder / "same_cos.p")  # no block map
+    report = write_report(folder)
+    text = report.read_text()
+    assert (report.parent / "blockmap.png").stat().st_size > 0
+    assert "![blockmap]" in text
+    assert f"`cos` demo:base-a vs {ft} (4×3 blocks" in text and ": 0→0, 2→1, 3→2" in text

@@ -14,20 +14,22 @@ from .common import CAP, pair_label, plt, pvalue_ticks
 MAX_PANELS = 12
 
 
-def blockmap_data(records: dict[str, dict]) -> list[tuple[str, str, str, np.ndarray, list]]:
+def blockmap_data(records: dict[str, dict], mtime: dict | None = None) -> list[tuple[str, str, str, np.ndarray, list]]:
     """[(variant, base, ft, grid of log10 p [L₁, L₂], correspondence)] of the successful records
-    that hold a block map (``per_pair``)."""
-    out = []
-    for _, rec in records.items():
+    that hold a block map (``per_pair``); of several results of one pair and variant, the newest
+    (by ``mtime``, keyed like ``records``) counts."""
+    out = {}
+    for key in sorted(records, key=lambda k: (mtime or {}).get(k, 0.0)):
+        rec = records[key]
         if rec.get("status", "ok") != "ok" or not rec.get("per_pair"):
             continue
         grid = np.array([[np.nan if v is None else float(v) for v in row] for row in rec["per_pair"]], dtype=float)
         if grid.ndim != 2 or grid.size == 0:
             continue
         v = variant_of({**(rec.get("args") or {}), "stat": rec.get("stat"), "aligned": False})
-        out.append((v, rec.get("base_model_id"), rec.get("ft_model_id"), grid,
-                    [tuple(c) for c in rec.get("correspondence") or []]))
-    return sorted(out, key=lambda t: (t[0], str(t[1]), str(t[2])))
+        a, b = rec.get("base_model_id"), rec.get("ft_model_id")
+        out[v, a, b] = (v, a, b, grid, [tuple(c) for c in rec.get("correspondence") or []])
+    return sorted(out.values(), key=lambda t: (t[0], str(t[1]), str(t[2])))
 
 
 def correspondence_text(corr: list, L2: int) -> str:
