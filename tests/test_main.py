@@ -138,7 +138,7 @@ def test_bad_inputs_one_line_error(models, tmp_path):
     cases = [
         (["--ft_model_id", tmp_path / "missing"], "does not exist"),
         (["--ft_model_id", models / "noweights"], "no weights"),
-        (["--ft_model_id", models / "shallow"], "same block shapes"),
+        (["--ft_model_id", models / "shallow", "--stat", "l2"], "same block shapes"),
         (["--ft_model_id", models / "ft", "--stat", "match", "--dataset", tmp_path / "empty.txt"], "holds no text"),
         (["--ft_model_id", models / "ft", "--stat", "match", "--dataset", tmp_path / "absent.txt"], "does not exist"),
         (["--ft_model_id", "no-org/no-model"], "cannot fetch"),
@@ -168,7 +168,7 @@ def test_non_numeric_option(models):
 def test_every_statistic_checked_before_any_is_computed(models, tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
-    r = main("--base_model_id", models / "base", "--ft_model_id", models / "shallow", "--stat", "emb,cos",
+    r = main("--base_model_id", models / "base", "--ft_model_id", models / "shallow", "--stat", "emb,cos,l2",
              "--save", folder, "--quiet")
     assert r.returncode == 2 and "same block shapes" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and list(folder.iterdir()) == []

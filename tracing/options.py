@@ -11,6 +11,8 @@ from .errors import TracingError
 
 DEFAULT_BLOCK_SIZE = 512
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+#: options left out of result keys while they hold this value (keys of earlier results stay valid)
+KEY_OMITTED_AT_DEFAULT = {"localized": False, "rows": None}
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Options:
     alternative: str = "greater"
     mem_budget_gb: float | None = None
     rows: int | None = None  # sampled test: K unit indices drawn from the seed, the same in both models
+    localized: bool = False  # block map: every block pair tested (cos, match)
     fold_norms: bool | None = None  # None: fold when either model is AWQ
 
     def __post_init__(self):
@@ -68,6 +71,7 @@ class Options:
         if self.mem_budget_gb is not None and self.mem_budget_gb <= 0:
             raise TracingError("--mem_budget_gb must be positive")
         self._check_rows()
+        self._check_localized()
 
     def _check_rows(self) -> None:
         if self.rows is None:
@@ -81,6 +85,14 @@ class Options:
             other = ", ".join(s for s in self.stat if s not in sampled)
             raise TracingError(f"--rows: {other} has no sampled form; only {have} can be sampled — drop --rows "
                                f"or use --stat {have.split(', ')[0]}")
+
+    def _check_localized(self) -> None:
+        if self.localized:
+            from .stats import REGISTRY
+            lacking = [s for s in self.stat if not REGISTRY[s].localized]
+            if lacking:
+                offer = ", ".join(n for n, sp in REGISTRY.items() if sp.localized)
+                raise TracingError(f"--localized: {', '.join(lacking)} has no block map; use --stat {offer}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +111,8 @@ class Options:
         from .stats import DATA_OPTIONS, get
         spec = get(stat)
         names = spec.option_names() + (DATA_OPTIONS if self.eval else ())
-        d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))}}
+        d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))
+                                   if not (k in KEY_OMITTED_AT_DEFAULT and getattr(self, k) == KEY_OMITTED_AT_DEFAULT[k])}}
         if d.get("fold_norms") is None:  # the default (AWQ only) leaves earlier keys unchanged
             d.pop("fold_norms", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
@@ -180,6 +193,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="level of the verdict: dependent when p <= this (default: %(default)s)")
     g.add_argument("--alternative", default=d["alternative"].default, choices=["greater", "two-sided"],
                    help="side of the Spearman test (default: %(default)s)")
+    g.add_argument("--localized", action="store_true",
+                   help=f"{users('localized')}: test every block pair (block map: grid of p-values, the inferred "
+                        f"block correspondence, Bonferroni overall p); chosen automatically when the models' "
+                        f"depths or widths differ")
     g.add_argument("--fold_norms", action=argparse.BooleanOptionalAction, default=None,
                    help="fold every norm gain into the layers it feeds before comparing (default: only when "
                         "either model is AWQ-quantized, whose scales move between norms and layers)")

@@ -64,9 +64,20 @@ class Pair:
     def is_demo(self) -> bool:
         return self.base_spec.startswith("demo:")
 
+    @property
+    def same_shape(self) -> bool:
+        """Both models have the same number of blocks and widths (L, d, h)."""
+        a, b = self.base.arch, self.ft_ckpt.arch
+        return (a.L, a.d, a.h) == (b.L, b.d, b.h)
+
     def check(self, stats) -> None:
         """Every requested statistic against this pair, before any is computed; resolves the block
         size (an explicit one longer than the models' context is an error when data is used)."""
+        if self.options.align and not self.same_shape:
+            from .blockmap import shapes
+            raise TracingError(f"--align needs models with the same block shapes, but they differ "
+                               f"({shapes(self.base.arch, self.ft_ckpt.arch)}); drop --align (match is unchanged "
+                               f"by permutation and rotation)")
         for s in stats:
             get(s).run_check(self.base.arch, self.ft_ckpt.arch, self.options)
         ctx_len = [n for n in (max_positions(self.base_ckpt), max_positions(self.ft_ckpt)) if n]
@@ -138,6 +149,10 @@ class Pair:
         ctx = self.context(None)
         dataset = self.dataset_for(None)
         t = time.time()
-        lb, lf = lm_losses(ctx.engine(), [self.base, self.ft], self.tokens(dataset), desc="eval")
+        ids, engine = self.tokens(dataset), ctx.engine()
+        if self.base.arch.L == self.ft_ckpt.arch.L:
+            lb, lf = lm_losses(engine, [self.base, self.ft], ids, desc="eval")
+        else:  # models of different depths cannot run in lockstep: one pass each
+            (lb,), (lf,) = (lm_losses(engine, [m], ids, desc="eval") for m in (self.base, self.ft))
         self.timings["eval"] = time.time() - t
         return {"dataset": dataset, "base loss": lb, "ft loss": lf, "base ppl": perplexity(lb), "ft ppl": perplexity(lf)}

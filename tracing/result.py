@@ -8,9 +8,15 @@ from .stats import get as get_stat
 from .verdict import FLOOR, INTERPRETATION, NULL, verdict
 
 
+BLOCK_MAP_KEYS = ("per_pair", "correspondence", "matched")
+
+
 def _variant(spec, res, significance: float) -> dict:
     """One variant (raw or aligned) of a statistic's outcome, with its verdict."""
     d = res.to_dict()
+    for key in BLOCK_MAP_KEYS:  # the block map's grid and correspondence are record keys
+        if key in d["extra"]:
+            d[key] = d["extra"].pop(key)
     has_p = d["log10_pvalue"] is not None
     d["pvalue_kind"] = spec.pvalue_kind if has_p else None
     d["verdict"] = verdict(d["log10_pvalue"], significance, spec.exact) if has_p else None
@@ -85,6 +91,9 @@ def _value_lines(rec: dict, spec) -> list[str]:
             lines.append(f"  {spec.value_name}: {_fmt(rec['statistic'])}")
     else:
         lines.append(f"  {spec.value_name} {_fmt(rec['statistic'])} (no p-value)")
+    if rec.get("per_pair") is not None:
+        from .blockmap import explain
+        lines += explain(rec)
     return lines + [f"  {line}" for line in (spec.explain(rec) if spec.explain else [])]
 
 

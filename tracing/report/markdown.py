@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import facts
-from .figures import CAPTIONS, FIGURES
+from .figures import CAPTIONS, FIGURES, blockmap_data, correspondence_lines
 from .mdtable import rel_link, table, when
 from .provenance import models_section, options_section, timings_section
 from .table import counted, flag
@@ -206,6 +206,8 @@ def figures_section(c: Context) -> list[str]:
         L += [f"### {name.replace('_', ' ')}", ""]
         if c.figs[name] is None:
             L += [CAPTIONS[name], "", f"![{name}]({rel_link(c.out / f'{name}.png', c.out)})"]
+            if name == "blockmap":
+                L += ["", *correspondence_lines(blockmap_data(c.records, c.mtime))]
         else:
             L.append(f"Not drawn: {c.figs[name]}")
         L.append("")

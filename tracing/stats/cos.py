@@ -3,6 +3,9 @@
 Rows that are zero or hold a non-finite value are dropped from each side before matching (the
 record counts them per layer); the p-value is the rank correlation of the matched pairs' indices.
 
+Models of different depths are compared block pair by block pair (the block map,
+:mod:`tracing.blockmap`; also with ``--localized``).
+
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
 
@@ -17,21 +20,26 @@ import numpy as np
 
 from . import register
 from .cost import READ_BYTES_PER_S, solve_s
-from .spec import Cost, same_blocks
+from .spec import Cost
 
 
 def _check(a, b, options):
     if a.has_experts or b.has_experts:
         from ..arch import require_same_depth
         require_same_depth(a, b, "cos")
-    elif (a.L, a.d) != (b.L, b.d):  # the MLP widths may differ (rectangular matching), not depth or d
-        same_blocks("cos")(a, b, options)
+    else:  # depth and MLP width may differ (block map, rectangular matching), not d
+        from ..blockmap import require_cos_width
+        require_cos_width(a, b)
     if options.rows is None:
         return
     from ..errors import TracingError
     if a.has_experts or b.has_experts:
         raise TracingError("--rows is not available for mixture-of-experts models (their experts are paired "
                            "first); drop --rows")
+    from ..blockmap import chosen
+    if chosen("cos", a, b, options):
+        raise TracingError("--rows is not available with the block map (models of different depth, or "
+                           "--localized); drop --rows")
     h = min(a.h, b.h)
     if options.rows > h:
         raise TracingError(f"--rows {options.rows} is larger than the MLP width h={h}; give at most {h} "
@@ -39,6 +47,9 @@ def _check(a, b, options):
 
 
 def _cost(s):
+    from ..blockmap import chosen, cos_cost
+    if chosen("cos", s.a, s.b, s.options):
+        return cos_cost(s)
     K = getattr(s.options, "rows", None)
     if not K:
         return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
@@ -47,18 +58,21 @@ def _cost(s):
     return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
-@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, reads=("rows",),
-          variant_flags=("rows",),
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=True,
+          reads=("rows", "localized"), variant_flags=("rows",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
+    from .. import blockmap
     from ..align import match_layers
     from .base import pairs_of, rows_extra, sampled_rows, spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
         return _cos_experts(ctx, base, ft)
+    if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
+        return blockmap.cos_map(ctx, base, ft)
     o = ctx.options
     h = min(base.arch.h, ft.arch.h)
     S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)

@@ -15,7 +15,8 @@ def jsd_per_token(logits_p, logits_q, n: int):
 
 
 def _cost(s):
-    return Cost(s.forward_mem("jsd") + s.logits_mem, s.read_s + s.fwd_s("a") + s.fwd_s("b"))
+    kept = 0 if s.a.L == s.b.L else s.tokens * s.Vs * 4  # θ₁'s logits, kept between the two passes
+    return Cost(s.forward_mem("jsd") + s.logits_mem + kept, s.read_s + s.fwd_s("a") + s.fwd_s("b"))
 
 
 @register("jsd", label="JSD", needs_data=True, pvalue="never", cost=_cost, value_name="mean Jensen–Shannon divergence (nats)",
@@ -34,5 +35,13 @@ def jsd(ctx, base, ft):
         total += float(j.sum())
         count += j.numel()
 
-    ctx.engine().run([base, ft], ids, on_logits=on_logits, desc="jsd: forward")
+    a, b = base.arch, ft.arch
+    if a.L == b.L:
+        ctx.engine().run([base, ft], ids, on_logits=on_logits, desc="jsd: forward")
+    else:  # different depths cannot run in lockstep: θ₁'s logits over the shared vocabulary are kept
+        kept = {}
+        ctx.engine().run([base], ids, on_logits=lambda b_, lg, _i: kept.__setitem__(b_.start, lg[0][..., :n].clone()),
+                         desc="jsd: forward θ₁")
+        ctx.engine().run([ft], ids, on_logits=lambda b_, lg, i_: on_logits(b_, [kept.pop(b_.start), lg[0]], i_),
+                         desc="jsd: forward θ₂")
     return StatResult("jsd", total / count, None, [], {"shared_vocab": n, "num_tokens": count})

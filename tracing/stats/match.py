@@ -3,6 +3,9 @@
 Survives MLP and residual permutation, rotation, and per-unit scaling of θ₂ including sign flips.
 Empirically calibrated (not exact) under independence.
 
+Models whose depth or widths differ are compared block pair by block pair (the block map,
+:mod:`tracing.blockmap`; also with ``--localized``).
+
 Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
 gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value;
 it is then left out of *both* matchings, so the two matchings see the same kept units.  Let n₁ and
@@ -17,7 +20,6 @@ When either model has mixture-of-experts blocks, each pair of MLPs chosen by
 """
 import numpy as np
 
-from ..errors import TracingError
 from . import register
 from .spec import Cost
 
@@ -37,29 +39,33 @@ def _check(a, b, _options):
     from ..arch import require_gated, require_same_depth
     require_gated(a, b, "match")
     if a.has_experts or b.has_experts:
-        require_same_depth(a, b, "match")
-    elif a.L != b.L or a.h != b.h:
-        raise TracingError(f"match needs the same number of blocks and MLP width here "
-                           f"(L {a.L} vs {b.L}, h {a.h} vs {b.h}); compare models of one shape")
+        require_same_depth(a, b, "match")  # other shapes: the block map (tracing.blockmap)
 
 
 def _cost(s):
+    from ..blockmap import chosen, match_cost
+    if chosen("match", s.a, s.b, s.options):
+        return match_cost(s)
     t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + s.L * 2 * (s.mm(s.h, s.h, s.tokens) + s.solve_s(s.h) / s.par)
     return Cost(s.forward_mem("match") + s.solves * s.per_solve, t, True)
 
 
-@register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost,
+@register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost, localized=True,
+          reads=("localized",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
+    from .. import blockmap
     from ..align import Matcher, degenerate_rows
     from .base import spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
         from ..experts import activation_stat
         return activation_stat(ctx, base, ft, "match", gated=True)
+    if blockmap.chosen("match", base.arch, ft.arch, ctx.options):
+        return blockmap.match_map(ctx, base, ft)
     ids = ctx.data()
     gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)

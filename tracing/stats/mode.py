@@ -9,7 +9,7 @@ Every α of the curve (and every PERMTEST draw) is a lane of one lockstep pass, 
 """
 from . import register
 from .l2 import PermDraws
-from .spec import Cost
+from .spec import Cost, same_blocks
 
 MAX_LANES = 8  # PERMTEST lanes per pass (bounds the hidden states held at once)
 
@@ -28,6 +28,7 @@ def _explain(rec):
 
 
 @register("mode", variant_flags=("attn", "emb"), label="loss", at_alpha=True, needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost, explain=_explain,
+          check=same_blocks("mode"),
           reads=("alpha", "alphas", "attn", "emb", "mlp_only", "num_perm"), value_name="LM loss at α",
           description="loss on the linear path between the models (mode connectivity), optional permutation test",
           meaning="mode connectivity (`mode`): LM loss at α (default 0.5) on the straight path between the models "

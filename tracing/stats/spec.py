@@ -44,7 +44,8 @@ class StatSpec:
     ``cost(sizing) -> Cost``: job sizing; ``check(base_arch, ft_arch, options)``: raises
     :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
     lines the summary adds about the statistic's extra values. ``per_block``, ``variant_flags``,
-    ``label`` and ``at_alpha`` tell reports how to show it.
+    ``label`` and ``at_alpha`` tell reports how to show it. ``localized``: it offers the block map
+    (``--localized``, see :mod:`tracing.blockmap`), chosen automatically for pairs of different shapes.
     """
 
     name: str
@@ -70,6 +71,7 @@ class StatSpec:
     variant_flags: tuple[str, ...] = ()  # options that change what it measures (a separate grid)
     label: str | None = None  # short name of its value for figure panels (default: value_name)
     at_alpha: bool = False  # its value is taken at the interpolation point α (panels name the α)
+    localized: bool = False  # offers the block map (--localized): every block pair tested
 
     def __post_init__(self):
         if self.pvalue not in ("always", "num_perm", "never"):
@@ -112,15 +114,21 @@ class StatSpec:
 def same_blocks(what: str):
     """A ``check`` hook: both models need the same number of blocks and widths (L, d, h)."""
     def check(a, b, _options):
-        from ..arch import require_same_blocks
-        require_same_blocks(a, b, what)
+        diffs = ", ".join(f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in ("L", "d", "h")
+                          if getattr(a, k) != getattr(b, k))
+        if diffs:
+            works = "cos, emb, match, jsd" if a.d == b.d else "match (activations, any widths), jsd"
+            raise TracingError(f"{what} needs models with the same block shapes, but they differ ({diffs}); "
+                               f"for this pair use --stat {works}")
     return check
 
 
 def same_layout(what: str):
     """A ``check`` hook: both models need one architecture (tensors paired by name)."""
-    def check(a, b, _options):
+    def check(a, b, options):
         from ..arch import require_same_layout
+        if getattr(a, "family", None) == getattr(b, "family", None):
+            same_blocks(what)(a, b, options)  # names what works for a pair of different shapes
         require_same_layout(a, b, what)
     return check
 
@@ -130,6 +138,6 @@ def same_width(what: str):
     def check(a, b, _options):
         if a.d != b.d:
             raise TracingError(f"{what} needs equal residual widths, got d={a.d} and d={b.d}; "
-                               f"use a statistic that reads the MLPs, or models of one family")
+                               f"for this pair use --stat match (activations, any widths) or jsd")
     return check
 

@@ -5,13 +5,14 @@ from pathlib import Path
 
 from .. import facts
 from ..grid import heatmap_matrix
+from .blockmap import blockmap_data, correspondence_lines, plot_blockmaps
 from .calibration import calibration_data, plot_calibration
 from .common import CAP, short_name
 from .heatmap import plot_heatmap
 from .mode_curves import mode_curve_records, plot_mode_curves
 from .per_layer import per_layer_data, plot_per_layer
 
-FIGURES = ("heatmap", "calibration", "mode_curves", "per_layer")
+FIGURES = ("heatmap", "calibration", "mode_curves", "per_layer", "blockmap")
 
 #: report.md's caption of each figure
 CAPTIONS = {
@@ -21,6 +22,8 @@ CAPTIONS = {
                    "follows the diagonal.",
     "mode_curves": "Loss and barrier along the interpolation path for the `mode` runs with `--alphas`.",
     "per_layer": "Per-block p-values: which blocks carry the evidence.",
+    "blockmap": "Block maps of pairs of different shapes (or run with --localized): −log10 p of every block of θ₁ "
+                "(rows) against every block of θ₂ (columns); circles mark the inferred correspondence.",
 }
 
 
@@ -58,8 +61,14 @@ def write_figures(df, records: dict[str, dict], lin, out: Path, cname: str, leve
     if pl:
         plot_per_layer(pl, out / "per_layer.png", lin, level)
         figs["per_layer"] = None
+    bm = blockmap_data(records)
+    figs["blockmap"] = ("no successful result with a block map (cos or match with --localized, or models of "
+                        "different shapes).")
+    if bm:
+        plot_blockmaps(bm, out / "blockmap.png")
+        figs["blockmap"] = None
     return figs
 
 
-__all__ = ["CAP", "CAPTIONS", "FIGURES", "calibration_data", "mode_curve_records", "per_layer_data",
+__all__ = ["CAP", "CAPTIONS", "FIGURES", "blockmap_data", "calibration_data", "correspondence_lines", "mode_curve_records", "per_layer_data",
            "plot_calibration", "plot_heatmap", "plot_mode_curves", "plot_per_layer", "short_name", "write_figures"]

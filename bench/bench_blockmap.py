@@ -1,0 +1,118 @@
+"""The block map of ``match`` (every block pair of two models) against the ordinary per-layer ``match``.
+
+    python bench/bench_blockmap.py                       # d=1024, h=2816, 16 blocks, V=32000 (bench_eval's shape)
+    python bench/bench_blockmap.py --samples 2 --block-size 512 --blocks 8
+
+Two bf16 checkpoints of the same shape (a base and a fine-tune-like copy) are written once; both
+variants read the same ``--samples`` × ``--block-size`` random token ids (default 4 × 512 = 2,048),
+each in its own process:
+
+  per-layer   ``match`` as usual: both models in one lockstep pass, one gate and one up matching per block
+  localized   ``match --localized``: one pass per model, θ₁'s activations kept, 2·L² matchings
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import Timer, emit  # noqa: E402
+
+SHAPE = dict(d=1024, h=2816, V=32000, heads=16)
+VARIANTS = ("per-layer", "localized")
+
+
+def variant(name: str, paths: list[Path], samples: int, block_size: int, batch: int) -> dict:
+    import torch
+    import transformers.masking_utils  # noqa: F401  (imports outside the timed region)
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    from tracing import compare_models
+    from tracing.models import Checkpoint
+    V = json.loads((paths[0] / "config.json").read_text())["vocab_size"]
+    ids = torch.randint(0, V, (samples, block_size), generator=torch.Generator().manual_seed(0))
+    with Timer() as t:
+        res = compare_models(Checkpoint(paths[0]), Checkpoint(paths[1]), stat="match", tokens=ids,
+                             localized=(name == "localized"), batch_size=batch, dtype="float32")
+    out = {**t.fields(), "log10_pvalue": res.log10_pvalue, "tokens": samples * block_size}
+    if name == "localized":
+        out["matched"] = res["matched"]
+        out["correspondence"] = [list(c[:2]) for c in res["correspondence"]]
+        out["spilled"] = bool(res["extra"].get("activations_spilled"))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d", type=int, default=SHAPE["d"])
+    ap.add_argument("--h", type=int, default=SHAPE["h"])
+    ap.add_argument("--V", type=int, default=SHAPE["V"])
+    ap.add_argument("--heads", type=int, default=SHAPE["heads"])
+    ap.add_argument("--blocks", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--block-size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR)
+    ap.add_argument("--out", type=Path, default=common.ROOT / "bench" / "results")
+    ap.add_argument("--cleanup", action="store_true")
+    ap.add_argument("--variant", choices=VARIANTS)
+    ap.add_argument("--paths", type=Path, nargs="+")
+    a = ap.parse_args(argv)
+
+    if a.variant:
+        emit({"variant": a.variant, **variant(a.variant, a.paths, a.samples, a.block_size, a.batch)})
+        return
+
+    root = a.workdir / f"eval-d{a.d}-h{a.h}-V{a.V}-L{a.blocks}"
+    cfg = common.llama_config(d=a.d, h=a.h, V=a.V, heads=a.heads, L=a.blocks)
+    paths = common.ensure_family(root, cfg, names=("base", "ft"))
+    params = sum(f.stat().st_size for f in paths["base"].glob("*.safetensors")) / 2
+    records = []
+    a.out.mkdir(parents=True, exist_ok=True)
+    with open(common.log_path(a.workdir, "bench_blockmap"), "a") as log:
+        for v in [v for v in a.variants.split(",") if v]:
+            rec = common.run_child(__file__, ["--variant", v, "--samples", str(a.samples), "--block-size",
+                                              str(a.block_size), "--batch", str(a.batch),
+                                              "--paths", str(paths["base"]), str(paths["ft"])], log=log)
+            rec.update(variant=v)
+            records.append(rec)
+            print(json.dumps(rec), file=sys.stderr, flush=True)
+
+    table = make_table(records, a.blocks)
+    header = (f"bench_blockmap — {common.machine_line()}\n\nmodels: d={a.d}, h={a.h}, {a.blocks} blocks, V={a.V}, "
+              f"{params / 1e6:.0f}M parameters each (bf16 on disk, float32 compute); statistic match; data: "
+              f"{a.samples} × {a.block_size} random token ids, batch {a.batch}")
+    print(f"\n{header}\n\n{table}")
+    common.save_results(a.out, "bench_blockmap", records, f"{header}\n\n{table}")
+    if a.cleanup:
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make_table(records: list[dict], L: int) -> str:
+    by = {r["variant"]: r for r in records}
+    ref = by.get("per-layer", {})
+    rows = []
+    for r in records:
+        if "error" in r:
+            rows.append([r["variant"], "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 5)
+            continue
+        cells = L * L if r["variant"] == "localized" else L
+        found = "—"
+        if "correspondence" in r:
+            diag = sum(i == j for i, j in r["correspondence"])
+            found = f"{r['matched']} matched, {diag}/{L} diagonal"
+        rows.append([r["variant"], str(cells), f"{r['log10_pvalue']:.4g}", found, common.fmt_s(r["wall_s"]),
+                     common.fmt_gb(r["peak_rss"]),
+                     common.fmt_ratio(r["wall_s"], ref.get("wall_s")) + " / " +
+                     common.fmt_ratio(r["peak_rss"], ref.get("peak_rss"))])
+    return common.markdown_table(["variant", "block pairs", "log10 p", "block map", "wall s", "peak RSS GiB",
+                                  "vs per-layer: wall / RSS"], rows)
+
+
+if __name__ == "__main__":
+    main()

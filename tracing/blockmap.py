@@ -1,0 +1,280 @@
+"""Localized testing: the block map of two models of any depth (pruned, depth-upscaled, passthrough stacks).
+
+Every block pair (i, j) — i a block of θ₁, j a block of θ₂ — gets its own p-value:
+
+- ``cos`` (weights, equal residual width d): MATCH of the up_proj rows of block i of θ₁ and block j
+  of θ₂ (rectangular when the MLP widths differ), SPEARMAN of the matched pairs;
+- ``match`` (activations, any d and h): per cell, the gate matching against the |cos| up matching of
+  the units' activations over the same tokens, SPEARMAN of the pairs.
+
+The grid of log10 p (``per_pair``, θ₁ blocks as rows), the cells with p < 1e-4 (``matched``), the
+**correspondence** — for each block j of θ₂ the block i of θ₁ with the smallest p among its matched
+cells, or none — and the overall Bonferroni p-value min(1, L₁L₂ · min p_ij), valid after choosing the
+best cell.  With equal shapes the diagonal is exactly the ordinary per-layer statistic.
+
+Memory: ``match`` runs each model alone through the engine (models of different depths cannot run in
+lockstep); θ₁'s per-block activations are kept in float32 while they fit the budget, else spilled to a
+float16 memory-mapped file in a temporary folder (each unit's activations scaled to unit norm first,
+which leaves every cosine unchanged).  Weight reads for ``cos`` stream one block pair at a time.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+from . import pvalues
+from .errors import TracingError
+
+#: a cell is matched when its p-value is below this (log10)
+MATCHED_LOG10 = -4.0
+#: θ₁'s activations stay in memory (float32) up to this many bytes unless a budget is given
+DEFAULT_KEEP_BYTES = 2 << 30
+
+
+# ---- when and whether ----------------------------------------------------------------------
+def shapes(a, b) -> str:
+    """The block shapes that differ, e.g. ``"L 4 vs 3, h 128 vs 96"`` (empty when equal)."""
+    return ", ".join(f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in ("L", "d", "h") if getattr(a, k) != getattr(b, k))
+
+
+def needed(stat: str, a, b) -> bool:
+    """Whether ``stat`` must use the block map for this pair (its ordinary path cannot compare it)."""
+    if stat == "cos":
+        return a.L != b.L  # the MLP widths may differ on the ordinary path (rectangular matching)
+    return (a.L, a.d, a.h) != (b.L, b.d, b.h)
+
+
+def chosen(stat: str, a, b, options) -> bool:
+    """The block map is used: asked for, or needed; never for mixtures of experts (compared expert by expert)."""
+    if getattr(a, "has_experts", False) or getattr(b, "has_experts", False):
+        return False
+    return bool(getattr(options, "localized", False)) or needed(stat, a, b)
+
+
+def auto_note(stat: str, a, b, options) -> list[str]:
+    if not chosen(stat, a, b, options) or getattr(options, "localized", False):
+        return []
+    return [f"the models differ in shape ({shapes(a, b)}): {stat} tested every block pair (localized block map)"]
+
+
+def require_cos_width(a, b) -> None:
+    if a.d != b.d:
+        raise TracingError(f"cos compares weights and needs equal residual widths, got d={a.d} and d={b.d}; "
+                           f"use --stat match, which compares activations of any width")
+
+
+# ---- the grid -------------------------------------------------------------------------------
+def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray):
+    """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped)."""
+    from .stats.base import StatResult
+    L1, L2 = grid.shape
+    finite = ~np.isnan(grid)
+    if not finite.any():
+        raise TracingError(f"{stat}: no block pair has {pvalues.MIN_PAIRS} or more matched units with nonzero "
+                           f"finite values; the models cannot be compared")
+    best = float(np.nanmin(grid))
+    overall = min(0.0, math.log10(L1 * L2) + best)
+    matched = finite & (grid < MATCHED_LOG10)
+    corr = []
+    for j in range(L2):
+        col = np.where(matched[:, j], grid[:, j], np.inf)
+        if np.isfinite(col).any():
+            i = int(np.argmin(col))
+            corr.append((i, j, float(grid[i, j])))
+    i0, j0 = np.unravel_index(int(np.nanargmin(grid)), grid.shape)
+    extra = {"localized": True, "shape": [int(L1), int(L2)],
+             "per_pair": [[_num(v) for v in row] for row in grid],
+             "per_pair_statistic": [[_num(v) for v in row] for row in stats],
+             "per_pair_n": [[int(v) for v in row] for row in n_pairs],
+             "correspondence": corr, "matched": int(matched.sum()), "matched_level": 10.0 ** MATCHED_LOG10,
+             "combine": "bonferroni", "best_cell": [int(i0), int(j0)], "best_log10_pvalue": best}
+    return StatResult(stat, float(stats[i0, j0]), float(overall), [], extra)
+
+
+def _num(v) -> float:
+    return float(v)
+
+
+def _grid_from(results: dict, L1: int, L2: int, pairs, alternative: str):
+    """Spearman of every cell: ``pairs(results, i, j) -> (x, y)``."""
+    grid = np.full((L1, L2), np.nan)
+    stats = np.full((L1, L2), np.nan)
+    n = np.zeros((L1, L2), dtype=np.int64)
+    for i in range(L1):
+        for j in range(L2):
+            x, y = pairs(results, i, j)
+            r, lp = pvalues.spearman_pairs(x, y, alternative=alternative)
+            grid[i, j], stats[i, j], n[i, j] = lp, r, len(x)
+    return grid, stats, n
+
+
+# ---- cos: weights ---------------------------------------------------------------------------
+def cos_map(ctx, base, ft):
+    """The block map of ``cos``: MATCH of up_proj rows for every block pair (equal d)."""
+    from .align import Matcher
+    A, B = base.arch, ft.arch
+    require_cos_width(A, B)
+    m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes, total=A.L * B.L,
+                desc="cos: block map" if ctx.progress else None)
+    try:
+        for j in range(B.L):
+            U2 = ft.get(B.units(j)[0].up)
+            for i in range(A.L):
+                m.submit((i, j), base.get(A.units(i)[0].up), U2)
+            del U2
+            ft.release()
+            base.release()
+        res = m.results()
+    finally:
+        m.close()
+    grid, stats, n = _grid_from(res, A.L, B.L, lambda r, i, j: (r[i, j].rows, r[i, j].cols), ctx.options.alternative)
+    out = summarize("cos", grid, stats, n)
+    med = [[float(np.median(res[i, j].cos)) if res[i, j].n_pairs else float("nan") for j in range(B.L)]
+           for i in range(A.L)]
+    out.extra["per_pair_median_cos"] = med
+    out.extra["notes"] = auto_note("cos", A, B, ctx.options)
+    return out
+
+
+# ---- match: activations ---------------------------------------------------------------------
+class ActivationStore:
+    """θ₁'s per-block gate/up activations ([tokens, h] each) and the units they keep.
+
+    Held in float32 while the total stays under ``keep_bytes``; beyond that every block goes to a
+    float16 memory-mapped file in a temporary folder, each unit scaled to unit norm (cosines are
+    unchanged, float16 cannot overflow).  ``close()`` deletes the folder.
+    """
+
+    def __init__(self, n_blocks: int, tokens: int, h: int, keep_bytes: int):
+        self.spill = n_blocks * tokens * h * 2 * 4 > keep_bytes
+        self._ram: dict = {}
+        self._dir = tempfile.mkdtemp(prefix="tracing-blockmap-") if self.spill else None
+        self._mm = None
+        if self.spill:
+            path = os.path.join(self._dir, "activations.f16")
+            self._mm = np.memmap(path, dtype=np.float16, mode="w+", shape=(n_blocks, 2, tokens, h))
+        self._keep: dict = {}
+
+    def put(self, i: int, gate: torch.Tensor, up: torch.Tensor, keep: torch.Tensor) -> None:
+        self._keep[i] = keep
+        if not self.spill:
+            self._ram[i] = (gate, up)
+            return
+        for k, X in enumerate((gate, up)):
+            scale = X.norm(dim=0).clamp_min(1e-30).reciprocal_()
+            self._mm[i, k] = (X * scale[None, :]).nan_to_num_(0.0).numpy().astype(np.float16)
+
+    def get(self, i: int):
+        """(gate [tokens, h], up [tokens, h], kept units) of block i, float32."""
+        if not self.spill:
+            return (*self._ram[i], self._keep[i])
+        return (torch.from_numpy(np.asarray(self._mm[i, 0], dtype=np.float32)),
+                torch.from_numpy(np.asarray(self._mm[i, 1], dtype=np.float32)), self._keep[i])
+
+    def close(self) -> None:
+        self._ram.clear()
+        if self._mm is not None:
+            del self._mm
+            self._mm = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def kept_units(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Units whose gate and up activation rows both have a cosine (nonzero, finite)."""
+    from .align import degenerate_rows
+    return ~(degenerate_rows(gate.T) | degenerate_rows(up.T))
+
+
+def keep_bytes(ctx) -> int:
+    budget = ctx.mem_budget_bytes
+    return DEFAULT_KEEP_BYTES if budget is None else budget // 2
+
+
+def match_map(ctx, base, ft):
+    """The block map of ``match``: one forward pass per model, every block pair matched."""
+    from .align import Matcher
+    from .stats.match import gate_up_pairs
+    A, B = base.arch, ft.arch
+    ids = ctx.data()
+    engine = ctx.engine()
+    store = ActivationStore(A.L, int(ids.numel()), A.h, keep_bytes(ctx))
+    gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+    up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+
+    def on_base(i, caps):
+        c = caps[0]
+        store.put(i, c.gate, c.up, kept_units(c.gate, c.up))
+
+    def on_ft(j, caps):
+        G2, U2 = caps[0].gate, caps[0].up
+        ok2 = kept_units(G2, U2)
+        for i in range(A.L):
+            G1, U1, ok1 = store.get(i)
+            gate.submit((i, j), G1.T, G2.T, keep1=ok1, keep2=ok2)
+            up.submit((i, j), U1.T, U2.T, absolute=True, keep1=ok1, keep2=ok2)
+            del G1, U1
+
+    try:
+        engine.run([base], ids, on_block=on_base, desc="match: forward θ₁")
+        engine.run([ft], ids, on_block=on_ft, desc="match: forward θ₂, block map")
+        pg, pu = gate.results(), up.results()
+    finally:
+        gate.close()
+        up.close()
+        store.close()
+
+    def cell(_r, i, j):
+        x, y, _dropped = gate_up_pairs(pg[i, j], pu[i, j])
+        return x, y
+
+    grid, stats, n = _grid_from(None, A.L, B.L, cell, ctx.options.alternative)
+    out = summarize("match", grid, stats, n)
+    out.extra["activations_spilled"] = bool(store.spill)
+    out.extra["notes"] = auto_note("match", A, B, ctx.options)
+    return out
+
+
+# ---- job sizing -----------------------------------------------------------------------------
+def cos_cost(s):
+    """Every block pair's cosine product and assignment; weights stream."""
+    from .stats.spec import Cost
+    cells = s.a.L * s.b.L
+    t = s.read_s * s.b.L + cells * (s.mm(s.a.h, s.b.h, s.d) + s.solve_s(min(s.a.h, s.b.h)) / s.par)
+    return Cost(s.weight_stream + s.solves * s.per_solve, t, True)
+
+
+def match_cost(s):
+    """Two separate forward passes; θ₁'s activations kept (float32, or spilled beyond the budget);
+    two matchings per block pair."""
+    from .stats.spec import Cost
+    cells = s.a.L * s.b.L
+    acts = s.a.L * s.tokens * s.a.h * 2 * 4
+    opts = s.options
+    keep = DEFAULT_KEEP_BYTES if getattr(opts, "mem_budget_gb", None) is None else int(opts.mem_budget_gb * (1 << 30)) // 2
+    held = acts if acts <= keep else 0
+    step = 2 * (s.mm(s.a.h, s.b.h, s.tokens) + s.solve_s(min(s.a.h, s.b.h)) / s.par)
+    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + cells * step
+    return Cost(s.forward_mem("match") + held + s.solves * s.per_solve, t, True)
+
+
+# ---- for people -----------------------------------------------------------------------------
+def correspondence_text(corr, L2: int) -> str:
+    """``"0→0, 2→1, none→2"``: for each block j of θ₂ its source block of θ₁."""
+    src = {int(j): int(i) for i, j, _lp in corr}
+    return ", ".join(f"{src[j] if j in src else 'none'}→{j}" for j in range(L2))
+
+
+def explain(rec: dict) -> list[str]:
+    """Summary lines of a block-map record."""
+    grid = rec.get("per_pair") or []
+    L1, L2 = len(grid), len(grid[0]) if grid else 0
+    return [f"  block map {L1}×{L2}: {rec.get('matched', 0)} block pairs matched (p < 1e-4); overall p-value is "
+            f"the Bonferroni bound over the {L1 * L2} pairs",
+            f"  correspondence (θ₁ block → θ₂ block): {correspondence_text(rec.get('correspondence') or [], L2)}"]
