@@ -92,7 +92,18 @@ class Permuted(View):
         return t
 
 
-class Rotated(View):
+class _FoldingView(View):
+    """A view that folds norm gains into the layers reading the normalised stream (untied output)."""
+
+    def names(self):
+        return self.arch.names()
+
+    def _gain(self, role: str, i, work) -> torch.Tensor:
+        name = self.arch.final_norm if role == "final_norm" else self.arch.block_name(i, role)
+        return self.inner.get(name, work) + self.arch.gain_offset
+
+
+class Rotated(_FoldingView):
     """Fold the norm gains, then rotate the residual stream by the orthogonal matrix ``R``."""
 
     def __init__(self, inner: WeightSource, R: torch.Tensor):
@@ -103,13 +114,6 @@ class Rotated(View):
                                f"use --permute to test robustness on this family")
         self.R = R
         self.arch = inner.arch.untied()
-
-    def names(self):
-        return self.arch.names()
-
-    def _gain(self, role: str, i, work) -> torch.Tensor:
-        name = self.arch.final_norm if role == "final_norm" else self.arch.block_name(i, role)
-        return self.inner.get(name, work) + self.arch.gain_offset
 
     def get(self, name, dtype=torch.float32):
         ref = self.arch.ref(name)
@@ -133,7 +137,7 @@ class Rotated(View):
         return self.inner.get(name, dtype)  # q/k/v and gate/up biases, q/k norms: unchanged
 
 
-class NormsFolded(View):
+class NormsFolded(_FoldingView):
     """Every norm gain that feeds a layer folded into the columns of that layer (q/k/v after the
     input norm; gate/up, routers and experts after the norm before the MLP; lm_head after the final
     norm), those gains set to 1.  Post-norms on a sublayer's output and q/k norms are left as they are.
@@ -148,13 +152,6 @@ class NormsFolded(View):
             raise TracingError(f"--fold_norms is not function-preserving for {inner.arch.model_type}: its "
                                f"LayerNorms add a bias after the gain; run without --fold_norms")
         self.arch = inner.arch.untied()
-
-    def names(self):
-        return self.arch.names()
-
-    def _gain(self, role: str, i, work) -> torch.Tensor:
-        name = self.arch.final_norm if role == "final_norm" else self.arch.block_name(i, role)
-        return self.inner.get(name, work) + self.arch.gain_offset
 
     def get(self, name, dtype=torch.float32):
         ref = self.arch.ref(name)
