@@ -349,3 +349,28 @@ def test_config_checked_against_fused_tensors(saved, tmp_path):
     with pytest.raises(TracingError, match=r"does not match the weights: tensor .*qkv_proj\.weight") as e:
         Checkpoint(bad)
     assert "\n" not in str(e.value)
+
+
+def test_launch_over_mixed_families_records_what_cannot_be_compared(saved, tmp_path):
+    """A model list mixing families: same-family pairs are computed; a pair whose layouts cannot be
+    compared by a statistic ends as a failed pair with a one-line reason, and the others go on."""
+    import yaml
+    _, llama = saved("llama")
+    _, neox = saved("gpt_neox")
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [str(llama["base"]), str(llama["ft"]), str(neox["base"])],
+                                   "stat": "l2"}))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "launch.py", str(cfg), "--cluster", "local", "--max_workers", "1",
+                        "--out", str(out), "--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1, r.stdout + r.stderr  # some pairs failed, none stopped the others
+    recs = [pickle.loads(p.read_bytes()) for p in out.rglob("l2-*.p")]
+    assert len(recs) == 3
+    ok = [x for x in recs if x["status"] == "ok"]
+    failed = [x for x in recs if x["status"] != "ok"]
+    assert len(ok) == 1 and {ok[0]["base_model_id"], ok[0]["ft_model_id"]} == {str(llama["base"]), str(llama["ft"])}
+    assert ok[0]["verdict"] == "dependent" and ok[0]["pvalue"] == 0.01  # the floor 1/(T+1), T = 99
+    assert len(failed) == 2
+    for x in failed:
+        assert "\n" not in x["error"] and "architecture" in x["error"], x["error"]
