@@ -155,3 +155,14 @@ def test_register_a_statistic_defined_elsewhere(trio):
         assert res.verdict == "dependent" and res.pvalue == pytest.approx(1e-3)
     finally:
         REGISTRY.pop("zero")
+
+
+def test_methods_doc_examples_run():
+    """The Python examples in docs/methods.md run as written (doctest) on the demo family."""
+    import doctest
+    from pathlib import Path
+    from tracing import demo
+    demo.ensure_built(progress=False)
+    doc = Path(__file__).resolve().parent.parent / "docs" / "methods.md"
+    r = doctest.testfile(str(doc), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert r.attempted >= 6 and r.failed == 0
