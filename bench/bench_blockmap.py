@@ -12,7 +12,6 @@ each in its own process:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -46,30 +45,13 @@ def variant(name: str, paths: list[Path], samples: int, block_size: int, batch: 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--d", type=int, default=SHAPE["d"])
-    ap.add_argument("--h", type=int, default=SHAPE["h"])
-    ap.add_argument("--V", type=int, default=SHAPE["V"])
-    ap.add_argument("--heads", type=int, default=SHAPE["heads"])
-    ap.add_argument("--blocks", type=int, default=16)
-    ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--block-size", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR)
-    ap.add_argument("--out", type=Path, default=common.ROOT / "bench" / "results")
-    ap.add_argument("--cleanup", action="store_true")
-    ap.add_argument("--variant", choices=VARIANTS)
-    ap.add_argument("--paths", type=Path, nargs="+")
-    a = ap.parse_args(argv)
+    a = common.eval_shape_parser(__doc__, VARIANTS, samples=4).parse_args(argv)
 
     if a.variant:
         emit({"variant": a.variant, **variant(a.variant, a.paths, a.samples, a.block_size, a.batch)})
         return
 
-    root = a.workdir / f"eval-d{a.d}-h{a.h}-V{a.V}-L{a.blocks}"
-    cfg = common.llama_config(d=a.d, h=a.h, V=a.V, heads=a.heads, L=a.blocks)
-    paths = common.ensure_family(root, cfg, names=("base", "ft"))
+    root, paths = common.ensure_eval_pair(a)
     params = sum(f.stat().st_size for f in paths["base"].glob("*.safetensors")) / 2
     records = []
     a.out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ in float32, every variant in its own process:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -73,30 +72,13 @@ VARIANTS = ("full", "streamed", "full-pair", "streamed-pair")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--d", type=int, default=SHAPE["d"])
-    ap.add_argument("--h", type=int, default=SHAPE["h"])
-    ap.add_argument("--V", type=int, default=SHAPE["V"])
-    ap.add_argument("--heads", type=int, default=SHAPE["heads"])
-    ap.add_argument("--blocks", type=int, default=16)
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--block-size", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR)
-    ap.add_argument("--out", type=Path, default=common.ROOT / "bench" / "results")
-    ap.add_argument("--cleanup", action="store_true")
-    ap.add_argument("--variant", choices=VARIANTS)
-    ap.add_argument("--paths", type=Path, nargs="+")
-    a = ap.parse_args(argv)
+    a = common.eval_shape_parser(__doc__, VARIANTS, samples=8).parse_args(argv)
 
     if a.variant:
         emit({"variant": a.variant, **variant(a.variant, a.paths, a.samples, a.block_size, a.batch)})
         return
 
-    root = a.workdir / f"eval-d{a.d}-h{a.h}-V{a.V}-L{a.blocks}"
-    cfg = common.llama_config(d=a.d, h=a.h, V=a.V, heads=a.heads, L=a.blocks)
-    paths = common.ensure_family(root, cfg, names=("base", "ft"))
+    root, paths = common.ensure_eval_pair(a)
     params = sum(f.stat().st_size for f in paths["base"].glob("*.safetensors")) / 2
     records = []
     a.out.mkdir(parents=True, exist_ok=True)

@@ -350,3 +350,34 @@ if __name__ == "__main__":
         _write_family_main(sys.argv[2])
     else:
         raise SystemExit("usage: python bench/common.py write-family '<json spec>'")
+
+
+def eval_shape_parser(doc: str, variants, samples: int):
+    """The command line shared by the benchmarks on the synthetic 271M evaluation shape (``SHAPE`` of
+    bench_eval): model shape, data size, which variants, where to work; ``--variant``/``--paths`` for
+    the child process that measures one variant."""
+    import argparse
+    from bench_eval import SHAPE
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d", type=int, default=SHAPE["d"])
+    ap.add_argument("--h", type=int, default=SHAPE["h"])
+    ap.add_argument("--V", type=int, default=SHAPE["V"])
+    ap.add_argument("--heads", type=int, default=SHAPE["heads"])
+    ap.add_argument("--blocks", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=samples)
+    ap.add_argument("--block-size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--variants", default=",".join(variants))
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--cleanup", action="store_true")
+    ap.add_argument("--variant", choices=variants)
+    ap.add_argument("--paths", type=Path, nargs="+")
+    return ap
+
+
+def ensure_eval_pair(a):
+    """(folder, {"base", "ft": checkpoint}) of the evaluation shape named by parsed arguments ``a``."""
+    root = a.workdir / f"eval-d{a.d}-h{a.h}-V{a.V}-L{a.blocks}"
+    cfg = llama_config(d=a.d, h=a.h, V=a.V, heads=a.heads, L=a.blocks)
+    return root, ensure_family(root, cfg, names=("base", "ft"))
