@@ -36,6 +36,7 @@ import torch
 
 from ..arch import require_same_blocks
 from ..errors import TracingError
+from .tree import is_ancestor
 
 MIN_WEIGHT = 0.1
 MAX_RATIO = 0.6
@@ -189,16 +190,6 @@ def fit_merge(model, parents, base=None, progress: bool = False) -> MergeFit:
                     float(single), names[j], per_block)
 
 
-def _is_ancestor(a: str, b: str, parents: dict) -> bool:
-    cur, seen = parents.get(b), set()
-    while cur is not None and cur not in seen:
-        if cur == a:
-            return True
-        seen.add(cur)
-        cur = parents.get(cur)
-    return False
-
-
 def judge(fit: MergeFit, parents: dict | None = None, min_weight: float = MIN_WEIGHT, max_ratio: float = MAX_RATIO,
           max_total: float = MAX_TOTAL) -> MergeVerdict:
     """Apply the merge rule (see the module docstring) to a fit; ``parents``: known or reconstructed
@@ -225,7 +216,7 @@ def judge(fit: MergeFit, parents: dict | None = None, min_weight: float = MIN_WE
     if parents:
         for a in strong:
             for b in strong:
-                if a != b and _is_ancestor(a, b, parents):
+                if a != b and is_ancestor(a, b, parents, strict=True):
                     return no(f"its parents {a} and {b} lie on one lineage: an interpolation, not a merge")
     return MergeVerdict(fit.model, True, strong, weights,
                         f"a merge of {len(strong)} parents; they leave {fit.unexplained:.1%} unexplained, "
@@ -256,7 +247,7 @@ def lowest_common_ancestor(models: list[str], parents: dict) -> str | None:
 def merge_candidates(rec, model: str, parents: dict) -> list[str]:
     """Models significant against ``model`` in a reconstruction, without its descendants."""
     sig = {p["a"] if p["b"] == model else p["b"] for p in rec.pairs if p["significant"] and model in (p["a"], p["b"])}
-    return sorted(m for m in sig if not _is_ancestor(model, m, parents))
+    return sorted(m for m in sig if not is_ancestor(model, m, parents, strict=True))
 
 
 def attribute_all(rec, truth: dict | None = None, progress: bool = False) -> list[MergeVerdict]:

@@ -51,7 +51,7 @@ def _walk(items, parent, source, models, parents):
                                f"such as org/name, ./folder or demo:base-a")
         name = name.strip()
         if name in parents:
-            if name == parent or _is_ancestor(name, parent, parents):
+            if name == parent or is_ancestor(name, parent, parents):
                 raise TracingError(f"{source}: {name!r} is listed under its own descendant {parent!r} (a cycle); "
                                    f"list each model once, under its parent")
             first = f"under {parents[name]!r}" if parents[name] else "at the top level"
@@ -63,7 +63,10 @@ def _walk(items, parent, source, models, parents):
         _walk(children, name, source, models, parents)
 
 
-def _is_ancestor(a, b, parents) -> bool:
+def is_ancestor(a, b, parents: dict, strict: bool = False) -> bool:
+    """Whether ``a`` is ``b`` or one of its ancestors in ``{model: parent}`` (``strict``: an ancestor only)."""
+    if strict:
+        b = parents.get(b)
     seen = set()
     while b is not None and b not in seen:
         if b == a:
