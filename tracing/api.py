@@ -38,13 +38,16 @@ def save_paths(save: str | os.PathLike | dict | None, stats: list[str]) -> dict[
 
 
 def run_pair(base: str, ft: str, options: Options | None = None, save=None, progress: bool = True,
-             **kwargs) -> list[dict]:
+             rows_store: str | os.PathLike | None = None, **kwargs) -> list[dict]:
     """Compute every statistic of ``options.stat`` for one pair of models given by id or folder;
     write and return the records (plain dicts; wrap one in :class:`Result` for attribute access).
 
     ``save``: a file (first statistic; the others get ``_<stat>`` appended), a folder, or a dict
     ``{stat: path}``. Raises :class:`~tracing.errors.TracingError` on bad input — before any
     result file is written and before any statistic is computed.
+
+    ``rows_store``: a folder where sampled rows (``--rows``) are kept per model and read from by
+    later pairs (:mod:`tracing.rowstore`); results are identical with or without it.
     """
     start = time.time()
     options = options or Options(**kwargs)
@@ -53,6 +56,9 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
         check_writable(p)
     t = time.time()
     b, f = Checkpoint(str(base)), Checkpoint(str(ft))
+    if rows_store is not None and options.rows is not None:
+        from .rowstore import with_store
+        b, f = with_store(b, rows_store), with_store(f, rows_store)
     return run_opened(b, f, options, save, progress, timings={"load": time.time() - t}, start=start,
                       labels=(str(base), str(ft)))
 
@@ -127,15 +133,25 @@ def _run(pair: Pair, models: dict, paths: dict, start: float) -> list[dict]:
     prov = provenance()
     records = []
     for stat in options.stat:
+        before = _store_counts(pair)
         result, aligned, timings = _compute(pair, stat)
         rec = make_record(pair, stat, result, aligned, evals, prov, models, timings, time.time() - start,
                           paths.get(stat), list(notes))
+        used = {side: {k: n - before[side][k] for k, n in c.items()} for side, c in _store_counts(pair).items()}
+        if any(sum(c.values()) for c in used.values()):
+            rec["rows_store"] = used  # tensors of sampled rows read from the store / from the weights
         if stat in paths:
             t = time.time()
             save_record(rec, paths[stat])
             rec["timings"]["save"] = time.time() - t
         records.append(rec)
     return records
+
+
+def _store_counts(pair: Pair) -> dict:
+    """``{side: {"from_store": n, "read": n}}`` of the sides reading sampled rows through a store."""
+    return {side: src.counts() for side, src in (("base", pair.base_ckpt), ("ft", pair.ft_ckpt))
+            if hasattr(src, "counts")}
 
 
 def _compute(pair: Pair, stat: str):

@@ -22,9 +22,10 @@ class PairJob(Checkpointable):
     record for each statistic not done, so the launcher (and a rerun) see it.
     """
 
-    def __init__(self, threads: int | None = None, progress: bool = False):
+    def __init__(self, threads: int | None = None, progress: bool = False, rows_store: str | None = None):
         self.threads = threads
         self.progress = progress
+        self.rows_store = rows_store  # sampled rows kept per model (tracing.rowstore), beside the results
 
     def __call__(self, base: str, ft: str, options: dict, save: dict) -> dict:
         start = time.time()
@@ -55,7 +56,8 @@ class PairJob(Checkpointable):
         opts = Options.from_dict({**options, "stat": list(todo)})
         try:
             from ..api import run_pair
-            run_pair(base, ft, opts, save=todo, progress=self.progress)
+            run_pair(base, ft, opts, save=todo, progress=self.progress,
+                     rows_store=getattr(self, "rows_store", None))
         except Exception as e:  # noqa: BLE001 - every failure is recorded, never raised
             for s, p in todo.items():
                 if not is_done(p):

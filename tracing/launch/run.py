@@ -226,11 +226,22 @@ def _on_done(run: Launch, t: Task) -> None:
     run.say(f"[{len(run.finished)}/{run.n_expected}] {t.pair.label}: {t.status} in {fmt_seconds(t.time)}{extra}")
 
 
+def rows_store(run: Launch) -> str | None:
+    """Where jobs keep each model's sampled rows (``--rows``), so a grid reads each model once."""
+    if getattr(run.options, "rows", None) is None:
+        return None
+    from ..rowstore import FOLDER
+    return str(run.out / FOLDER)
+
+
 def execute(run: Launch, runnable: list[Task]) -> None:
     """Run the pairs: Slurm job arrays, or a bounded pool of workers here."""
     if not runnable:
         return
     s = run.s
+    store = rows_store(run)
+    if store:
+        run.say(f"sampled rows (--rows {run.options.rows}): each model's are read once and kept in {rel(Path(store))}")
     if run.slurm:
         def on_submit(chunk, array_id):
             r = chunk[0].resources
@@ -241,11 +252,12 @@ def execute(run: Launch, runnable: list[Task]) -> None:
             write_run_log(run.out, run.tasks, run.choice.kind, run.arrays)
 
         run_slurm(runnable, run.out, array_parallelism=s.array_parallelism, info=run.info,
-                  job_name=f"tracing-{run.out.name}"[:64], on_submit=on_submit, on_done=lambda t: _on_done(run, t))
+                  job_name=f"tracing-{run.out.name}"[:64], rows_store=store, on_submit=on_submit,
+                  on_done=lambda t: _on_done(run, t))
     else:
         threads = max(1, local_cores() // run.max_workers)
         run.say(f"running {len(runnable)} pair(s) here, at most {run.max_workers} at a time, {threads} thread(s) each")
-        run_local(runnable, run.max_workers, threads, on_done=lambda t: _on_done(run, t))
+        run_local(runnable, run.max_workers, threads, on_done=lambda t: _on_done(run, t), rows_store=store)
 
 
 def wait_for_others(run: Launch, foreign: list[Task], elsewhere: list[Task], runnable: list[Task]) -> None:

@@ -49,11 +49,12 @@ def _executor(out: Path, res, job_name: str, array_parallelism: int | None):
     return executor
 
 
-def _submit(chunk: list[Task], executor, res, on_done) -> list:
+def _submit(chunk: list[Task], executor, res, on_done, rows_store: str | None = None) -> list:
     """Submit one array; on a refusal every task of the chunk is recorded as failed."""
     try:
         return executor.map_array(
-            PairJob(threads=res.cpus), [t.pair.base for t in chunk], [t.pair.ft for t in chunk],
+            PairJob(threads=res.cpus, rows_store=rows_store), [t.pair.base for t in chunk],
+            [t.pair.ft for t in chunk],
             [t.options for t in chunk], [t.save_targets() for t in chunk])
     except Exception as e:  # noqa: BLE001 - e.g. sbatch rejects the request
         msg = f"submission failed: {first_line(str(e)) or type(e).__name__}"
@@ -99,15 +100,15 @@ def _wait_jobs(pending: dict, on_done, poll_s: float) -> None:
 
 
 def run_slurm(tasks: list[Task], out: Path, *, array_parallelism: int | None, info: SlurmInfo,
-              job_name: str, on_submit: Callable[[list[Task], str], None] | None = None,
-              on_done: Callable[[Task], None] | None = None, poll_s: float = 1.0) -> None:
+              job_name: str, rows_store: str | None = None,
+              on_submit: Callable[[list[Task], str], None] | None = None, on_done: Callable[[Task], None] | None = None, poll_s: float = 1.0) -> None:
     """Submit the tasks as job arrays (one per group of identical resources, chunked under
     MaxArraySize) and wait for every job."""
     pending: dict = {}
     for group in group_by_resources(tasks).values():
         res = group[0].resources
         for chunk in chunked(group, info.max_array_size):
-            jobs = _submit(chunk, _executor(out, res, job_name, array_parallelism), res, on_done)
+            jobs = _submit(chunk, _executor(out, res, job_name, array_parallelism), res, on_done, rows_store)
             if not jobs:
                 continue
             for t, j in zip(chunk, jobs):

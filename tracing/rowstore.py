@@ -1,0 +1,143 @@
+"""Sampled rows read once per model: a store beside a grid's results.
+
+A sampled test (``--rows K``) reads the same K rows of each block's up-projection in every pair a
+model is part of. Over a grid of N models each model is in N − 1 pairs; with a store its rows are
+read from its weights once and every later pair reads them from the store instead.
+
+The store is keyed by what makes the rows what they are: the model's weight files (name, size and
+SHA-256, the hashes its records' provenance holds), the tensor, and the exact row indices (they
+follow from K, the seed and the MLP width). A changed weight file is a new key, never a stale hit.
+Rows are kept losslessly: in bfloat16 or float16 when that round-trips them exactly (the stored
+dtype of most checkpoints), else float32; a pair reads bit for bit the rows it would have read
+from the weights.
+
+One file per (model, rows, tensor), written atomically under a lock file, so concurrent pairs on
+one machine or on a cluster's shared file system read a model's rows once and never see a
+half-written file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .models import WeightSource
+from .transforms import View
+
+STORE_DTYPES = (torch.bfloat16, torch.float16)
+FOLDER = ".sampled-rows"  # beside the results; hidden, so result readers skip it
+
+
+def model_key(ckpt) -> str | None:
+    """A digest of a checkpoint's weight files (name, size, SHA-256); None when a file has no hash
+    (then nothing is stored for it)."""
+    prov = ckpt.provenance() if hasattr(ckpt, "provenance") else {}
+    files = sorted((f.get("file"), f.get("size"), f.get("sha256")) for f in prov.get("files") or [])
+    if not files or not all(h for *_, h in files):
+        return None
+    quant = prov.get("quantization")
+    blob = json.dumps({"files": files, "quantization": quant}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def rows_key(index) -> str:
+    idx = torch.as_tensor(index, dtype=torch.int64).contiguous().numpy()
+    return f"k{idx.size}-{hashlib.sha256(idx.tobytes()).hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (a lock file; released when the block ends)."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (float32) in the smallest dtype that holds it exactly."""
+    for dt in STORE_DTYPES:
+        c = t.to(dt)
+        if torch.equal(c.to(t.dtype), t):
+            return c
+    return t
+
+
+class StoredRows(View):
+    """A checkpoint whose ``get_rows`` goes through a row store (everything else is the checkpoint's).
+
+    ``counts()``: how many tensors' rows came from the store and how many were read from the weights."""
+
+    def __init__(self, inner: WeightSource, root: str | os.PathLike, key: str):
+        super().__init__(inner)
+        self.root = Path(root) / key
+        self.hits = self.misses = 0
+
+    def __getattr__(self, name):  # provenance, tokenizer, quantized, path ...: the checkpoint's
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    def get(self, name, dtype=torch.float32):
+        return self.inner.get(name, dtype)
+
+    def counts(self) -> dict[str, int]:
+        return {"from_store": self.hits, "read": self.misses}
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        folder = self.root / rows_key(index)
+        f = folder / f"{name}.safetensors"
+        t = self._load(f, len(index))
+        if t is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            with _locked(folder / f"{name}.lock"):
+                t = self._load(f, len(index))  # another pair may have written it meanwhile
+                if t is None:
+                    t = self.inner.get_rows(name, index, torch.float32)
+                    self._save(f, t)
+                    self.misses += 1
+                    return t.to(dtype)
+        self.hits += 1
+        return t.to(dtype)
+
+    @staticmethod
+    def _load(f: Path, n: int) -> torch.Tensor | None:
+        if not f.is_file():
+            return None
+        from safetensors.torch import load_file
+        try:
+            t = load_file(f)["rows"]
+        except Exception:  # noqa: BLE001 - an unreadable entry is read again from the weights
+            return None
+        return t if t.shape[0] == n else None
+
+    @staticmethod
+    def _save(f: Path, t: torch.Tensor) -> None:
+        from safetensors.torch import save
+
+        from .results import atomic_write
+        try:
+            atomic_write(f, save({"rows": _compact(t).contiguous()}))
+        except OSError:  # a full or read-only disk: the pair still runs, it just reads the weights
+            pass
+
+
+def with_store(src: WeightSource, root: str | os.PathLike | None) -> WeightSource:
+    """``src`` reading sampled rows through the store at ``root`` (``src`` itself without a root,
+    or when its weight files have no hashes)."""
+    if root is None:
+        return src
+    key = model_key(src)
+    return src if key is None else StoredRows(src, root, key)
