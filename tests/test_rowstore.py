@@ -143,3 +143,15 @@ def test_launch_keeps_sampled_rows_beside_the_results(grid, tmp_path):
     from_store = sum(rec["rows_store"][side]["from_store"] for rec in recs for side in ("base", "ft"))
     assert read == len(grid) * 3 and from_store == 6 * 2 * 3 - read
     assert (out / "report.md").is_file() and FOLDER not in (out / "report.md").read_text()
+
+
+def test_sampled_embedding_columns_go_through_the_store_too(grid, tmp_path):
+    opts = Options(stat=["emb"], rows=16)
+    store = tmp_path / FOLDER
+    for a, b in itertools.combinations(grid, 2):
+        plain = run_pair(grid[a], grid[b], opts, progress=False)[0]
+        rec = run_pair(grid[a], grid[b], opts, progress=False, rows_store=store)[0]
+        assert rec["log10_pvalue"] == plain["log10_pvalue"] and rec["extra"] == plain["extra"]
+    entries = sorted(store.rglob("*.safetensors"))
+    assert len(entries) == len(grid)  # one embedding's 16 columns per model, read once
+    assert all(f.parent.name.startswith("cols-k16-") for f in entries)

@@ -47,6 +47,11 @@ class WeightSource:
         tensor, sources that can read rows alone override it."""
         return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
 
+    def get_columns(self, name: str, index, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Columns ``index`` of tensor ``name`` (a row-major file holds no column alone: the tensor is
+        read whole; a store of sampled columns overrides this)."""
+        return self.get(name, dtype)[:, torch.as_tensor(index, dtype=torch.long)]
+
     def release(self) -> None:
         pass
 

@@ -1,8 +1,9 @@
 """Sampled rows read once per model: a store beside a grid's results.
 
-A sampled test (``--rows K``) reads the same K rows of each block's up-projection in every pair a
-model is part of. Over a grid of N models each model is in N − 1 pairs; with a store its rows are
-read from its weights once and every later pair reads them from the store instead.
+A sampled test (``--rows K``) reads the same K rows of each block's MLP (or the same K columns of
+the embedding) in every pair a model is part of. Over a grid of N models each model is in N − 1
+pairs; with a store its rows are read from its weights once and every later pair reads them from
+the store instead.
 
 The store is keyed by what makes the rows what they are: the model's weight files (name, size and
 SHA-256, the hashes its records' provenance holds), the tensor, and the exact row indices (they
@@ -72,9 +73,10 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
 
 
 class StoredRows(View):
-    """A checkpoint whose ``get_rows`` goes through a row store (everything else is the checkpoint's).
+    """A checkpoint whose sampled rows (``get_rows``) and columns (``get_columns``) go through a
+    store; everything else is the checkpoint's.
 
-    ``counts()``: how many tensors' rows came from the store and how many were read from the weights."""
+    ``counts()``: how many tensors' samples came from the store and how many were read from the weights."""
 
     def __init__(self, inner: WeightSource, root: str | os.PathLike, key: str):
         super().__init__(inner)
@@ -97,23 +99,33 @@ class StoredRows(View):
         return {"from_store": self.hits, "read": self.misses}
 
     def get_rows(self, name, index, dtype=torch.float32):
-        folder = self.root / rows_key(index)
+        return self._stored(f"rows-{rows_key(index)}", name, len(index), 0,
+                            lambda: self.inner.get_rows(name, index, torch.float32)).to(dtype)
+
+    def get_columns(self, name, index, dtype=torch.float32):
+        return self._stored(f"cols-{rows_key(index)}", name, len(index), 1,
+                            lambda: self.inner.get_columns(name, index, torch.float32)).to(dtype)
+
+    def _stored(self, entry: str, name: str, n: int, axis: int, read) -> torch.Tensor:
+        """The store's copy of one tensor's sampled rows (or columns), read with ``read()`` and kept
+        when the store has none."""
+        folder = self.root / entry
         f = folder / f"{name}.safetensors"
-        t = self._load(f, len(index))
+        t = self._load(f, n, axis)
         if t is None:
             folder.mkdir(parents=True, exist_ok=True)
             with _locked(folder / f"{name}.lock"):
-                t = self._load(f, len(index))  # another pair may have written it meanwhile
+                t = self._load(f, n, axis)  # another pair may have written it meanwhile
                 if t is None:
-                    t = self.inner.get_rows(name, index, torch.float32)
+                    t = read()
                     self._save(f, t)
                     self.misses += 1
-                    return t.to(dtype)
+                    return t
         self.hits += 1
-        return t.to(dtype)
+        return t
 
     @staticmethod
-    def _load(f: Path, n: int) -> torch.Tensor | None:
+    def _load(f: Path, n: int, axis: int) -> torch.Tensor | None:
         if not f.is_file():
             return None
         from safetensors.torch import load_file
@@ -121,7 +133,7 @@ class StoredRows(View):
             t = load_file(f)["rows"]
         except Exception:  # noqa: BLE001 - an unreadable entry is read again from the weights
             return None
-        return t if t.shape[0] == n else None
+        return t if t.dim() == 2 and t.shape[axis] == n else None
 
     @staticmethod
     def _save(f: Path, t: torch.Tensor) -> None:

@@ -57,10 +57,11 @@ def emb(ctx, base, ft):
         raise TracingError(f"emb needs equal residual widths, got d={base.arch.d} and d={ft.arch.d}")
     n = min(base.arch.V, ft.arch.V)
     o = ctx.options
-    E1, E2 = base.get(base.arch.embed)[:n], ft.get(ft.arch.embed)[:n]
-    if o.rows is not None:  # K residual dimensions, the same columns in both embeddings
+    if o.rows is None:
+        E1, E2 = base.get(base.arch.embed)[:n], ft.get(ft.arch.embed)[:n]
+    else:  # K residual dimensions, the same columns in both embeddings
         S = sampled_rows(base.arch.d, o.rows, o.seed)
-        E1, E2 = E1[:, S], E2[:, S]
+        E1, E2 = base.get_columns(base.arch.embed, S)[:n], ft.get_columns(ft.arch.embed, S)[:n]
     m = match_pairs(E1.T, E2.T)
     del E1, E2
     r, lp = pvalues.spearman_pairs(m.rows, m.cols, alternative=ctx.options.alternative)
