@@ -169,3 +169,49 @@ def test_claims_of_a_dead_launcher_are_taken_over(tmp_path):
     assert other.claim(folder)["pid"] == os.getpid()  # a live holder is reported, not overridden
     mine.release_all()
     assert not (folder / LOCK_NAME).exists()
+
+
+def test_a_stale_claim_is_taken_over_by_one_launcher_only(tmp_path, monkeypatch):
+    """Two launchers finding the same dead launcher's claim at the same moment: one takes it over,
+    the other sees the new live holder (it never deletes the fresh claim and computes as well)."""
+    import json
+    import socket
+    import threading
+
+    from tracing.launch import Claims, claims
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    real = claims.is_stale
+
+    def slow(path, holder):  # widen the window between judging a claim stale and taking it over
+        stale = real(path, holder)
+        if stale:
+            time.sleep(0.2)
+        return stale
+
+    monkeypatch.setattr(claims, "is_stale", slow)
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    for _ in range(3):
+        (folder / claims.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid,
+                                                            "time": 0}))
+        launchers, got = [Claims(), Claims()], []
+        start = threading.Barrier(2)
+
+        def claim(c):
+            start.wait()
+            got.append(c.claim(folder))
+
+        threads = [threading.Thread(target=claim, args=(c,)) for c in launchers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert len(got) == 2 and sum(g is None for g in got) == 1, got
+        loser = [g for g in got if g is not None][0]
+        assert loser.get("pid") == os.getpid(), got  # the winner's live claim, reported
+        assert (folder / claims.LOCK_NAME).is_file()  # and still in place
+        for c in launchers:
+            c.release_all()
+        assert not (folder / claims.LOCK_NAME).exists()

@@ -156,6 +156,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """An exclusive lock held while the block runs: ``flock`` on the lock file ``path`` (created if
+    missing, left in place). Serialises processes on one machine, and on shared file systems that
+    support ``flock``."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
     if not isinstance(data, (bytes, str)):

@@ -18,7 +18,6 @@ half-written file.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .models import WeightSource
+from .results import atomic_write, file_lock
 from .transforms import View
 
 STORE_DTYPES = (torch.bfloat16, torch.float16)
@@ -48,19 +48,6 @@ def model_key(ckpt) -> str | None:
 def rows_key(index) -> str:
     idx = torch.as_tensor(index, dtype=torch.int64).contiguous().numpy()
     return f"k{idx.size}-{hashlib.sha256(idx.tobytes()).hexdigest()[:16]}"
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on ``path`` (a lock file; released when the block ends)."""
-    import fcntl
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
@@ -114,7 +101,7 @@ class StoredRows(View):
         t = self._load(f, n, axis)
         if t is None:
             folder.mkdir(parents=True, exist_ok=True)
-            with _locked(folder / f"{name}.lock"):
+            with file_lock(folder / f"{name}.lock"):
                 t = self._load(f, n, axis)  # another pair may have written it meanwhile
                 if t is None:
                     t = read()
@@ -139,7 +126,6 @@ class StoredRows(View):
     def _save(f: Path, t: torch.Tensor) -> None:
         from safetensors.torch import save
 
-        from .results import atomic_write
         try:
             atomic_write(f, save({"rows": _compact(t).contiguous()}))
         except OSError:  # a full or read-only disk: the pair still runs, it just reads the weights

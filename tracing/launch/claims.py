@@ -3,7 +3,8 @@
 A claim is a small file ``<pair folder>/.launch.lock`` created exclusively, holding the
 claiming launcher's host and process id. A launcher refreshes its claims while it runs and
 removes them when a pair ends. A claim is stale when its process is gone (same host), or when
-it has not been refreshed for :data:`STALE_S` seconds (another host).
+it has not been refreshed for :data:`STALE_S` seconds (another host). A stale claim is removed
+under a lock (``.launch.takeover``), so two launchers taking it over at once claim it once.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 LOCK_NAME = ".launch.lock"
+TAKEOVER_NAME = ".launch.takeover"  # lock file serialising the takeover of a stale claim
 REFRESH_S = 30.0
 STALE_S = 600.0
 
@@ -71,7 +73,7 @@ class Claims:
                     continue  # released meanwhile
                 if not is_stale(path, holder):
                     return holder
-                path.unlink(missing_ok=True)  # its launcher died: take it over
+                self._remove_stale(folder, path)  # its launcher died: take it over
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump({**self.me, "time": time.time()}, f)
@@ -80,6 +82,16 @@ class Claims:
             self._start()
             return None
         return read_claim(path) or {}
+
+    @staticmethod
+    def _remove_stale(folder: Path, path: Path) -> None:
+        """Remove a claim judged stale, judging it again under a lock: of two launchers taking over
+        the same claim, the second then finds the first one's fresh claim and leaves it."""
+        from ..results import file_lock
+        with file_lock(folder / TAKEOVER_NAME):
+            holder = read_claim(path)
+            if holder is not None and is_stale(path, holder):
+                path.unlink(missing_ok=True)
 
     def release(self, folder: Path) -> None:
         path = folder / LOCK_NAME
