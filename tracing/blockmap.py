@@ -43,10 +43,10 @@ def shapes(a, b) -> str:
 
 
 def needed(stat: str, a, b) -> bool:
-    """Whether ``stat`` must use the block map for this pair (its ordinary path cannot compare it)."""
-    if stat == "cos":
-        return a.L != b.L  # the MLP widths may differ on the ordinary path (rectangular matching)
-    return (a.L, a.d, a.h) != (b.L, b.d, b.h)
+    """Whether ``stat`` must use the block map for this pair: a block shape its ordinary path cannot
+    handle differs (the statistic's ``localized`` fact)."""
+    from .stats import get
+    return any(getattr(a, k) != getattr(b, k) for k in get(stat).localized)
 
 
 def chosen(stat: str, a, b, options) -> bool:

@@ -58,7 +58,8 @@ def _cost(s):
     return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
-@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=True,
+# the block map when the depths differ (different MLP widths are matched rectangularly block by block)
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=("L",),
           reads=("rows", "localized"), variant_flags=("rows",),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "

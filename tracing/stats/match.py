@@ -50,7 +50,7 @@ def _cost(s):
     return Cost(s.forward_mem("match") + s.solves * s.per_solve, t, True)
 
 
-@register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost, localized=True,
+@register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost, localized=("L", "d", "h"),
           reads=("localized",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "

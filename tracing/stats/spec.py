@@ -45,7 +45,8 @@ class StatSpec:
     :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
     lines the summary adds about the statistic's extra values. ``per_block``, ``variant_flags``,
     ``label`` and ``at_alpha`` tell reports how to show it. ``localized``: it offers the block map
-    (``--localized``, see :mod:`tracing.blockmap`), chosen automatically for pairs of different shapes.
+    (``--localized``, see :mod:`tracing.blockmap`): the block shapes (of ``L``, ``d``, ``h``) whose
+    difference its ordinary path cannot handle, so that the map is chosen automatically for them.
     """
 
     name: str
@@ -71,7 +72,7 @@ class StatSpec:
     variant_flags: tuple[str, ...] = ()  # options that change what it measures (a separate grid)
     label: str | None = None  # short name of its value for figure panels (default: value_name)
     at_alpha: bool = False  # its value is taken at the interpolation point α (panels name the α)
-    localized: bool = False  # offers the block map (--localized): every block pair tested
+    localized: tuple[str, ...] = ()  # offers the block map (--localized); shapes that need it
 
     def __post_init__(self):
         if self.pvalue not in ("always", "num_perm", "never"):
@@ -80,6 +81,8 @@ class StatSpec:
             self.forward = self.needs_data
         if self.pvalue == "never":
             self.aligned_pvalue = False
+        if not set(self.localized) <= {"L", "d", "h"}:
+            raise ValueError(f"{self.name}: localized names block shapes among L, d, h")
 
     @property
     def has_pvalue(self) -> bool:
