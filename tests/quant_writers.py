@@ -1,8 +1,9 @@
 """Writers of quantized checkpoints for the tests and benchmarks, from a Hugging Face folder.
 
-- :func:`write_gguf` lays a Llama model out as llama.cpp's ``convert_hf_to_gguf.py`` does (tensor
-  names, rotary permutation of Q and K rows, metadata including a gpt2-style BPE tokenizer),
-  quantized with ``gguf.quants.quantize``.
+- :func:`write_gguf` lays a model out as llama.cpp's ``convert_hf_to_gguf.py`` does (tensor names
+  from gguf-py's TensorNameMap, the converter's value changes: rotary permutation of Llama's Q and K
+  rows, Gemma's 1 + w norm gains, GPT-NeoX's regrouped ``query_key_value``; metadata including a
+  gpt2-style BPE tokenizer), quantized with ``gguf.quants.quantize``.
 - :func:`write_gptq` / :func:`write_awq` pack the linear layers into int4 with group size 32 in the
   formats' own layouts (AutoGPTQ's ``qweight``/``qzeros``/``scales``/``g_idx``; AutoAWQ's GEMM
   packing with its column order), AWQ after migrating per-channel scales out of the norms.
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GGUF_BLOCK = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+#: the GGUF architecture llama.cpp's converter writes for each model_type (dense models)
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
+             "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox"}
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -38,16 +39,24 @@ def rotary_permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> 
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_name(hf: str) -> str:
-    if hf == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf == "model.norm.weight":
-        return "output_norm.weight"
-    if hf == "lm_head.weight":
-        return "output.weight"
-    _, _, i, rest = hf.split(".", 3)
-    module, _, kind = rest.rpartition(".")
-    return f"blk.{i}.{GGUF_BLOCK[module]}.{kind}"
+def gguf_namer(arch: str, n_blocks: int):
+    """``hf name -> GGUF name`` with gguf-py's TensorNameMap, as the converter names tensors."""
+    import gguf
+    key = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    table = gguf.get_tensor_name_map(key, n_blocks)
+
+    def name(hf: str) -> str:
+        base, suffix = hf.rsplit(".", 1)
+        g = table.get_name(base)
+        if g is None:
+            raise KeyError(f"no GGUF name for {hf} in {arch}")
+        return f"{g}.{suffix}"
+    return name
+
+
+def neox_qkv_regroup(a: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's GPTNeoXModel.modify_tensors: per-head (q, k, v) rows -> all q, all k, all v."""
+    return a.reshape(n_head, 3, a.shape[0] // 3 // n_head, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
 
 
 def _add_tokenizer(w, folder: Path) -> None:
@@ -78,8 +87,9 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
                with_tokenizer: bool = True, state: dict | None = None, config: dict | None = None) -> Path:
     """``folder`` (config.json + safetensors [+ tokenizer.json]) as a GGUF file of type ``qtype``
     (F32, F16, Q8_0, Q4_0, …); norms and biases stay F32, ``output.weight`` gets ``output_qtype``.
-    Llama and Mistral models are written as llama.cpp's ``llama`` architecture (Q/K rows permuted),
-    Qwen2 as ``qwen2`` (not permuted)."""
+    As llama.cpp's converter: Llama and Mistral are written as the ``llama`` architecture with Q/K
+    rows permuted into its rotary layout, Gemma's norm gains as 1 + w, GPT-NeoX's fused
+    ``query_key_value`` regrouped (all q, all k, all v); other families as they are."""
     import gguf
     from gguf.quants import quantize
     folder, out = Path(folder), Path(out)
@@ -88,7 +98,8 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
     n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
     out.parent.mkdir(parents=True, exist_ok=True)
-    arch = "qwen2" if cfg.get("model_type") == "qwen2" else "llama"
+    arch = GGUF_ARCH[cfg.get("model_type", "llama")]
+    name_of = gguf_namer(arch, cfg["num_hidden_layers"])
     w = gguf.GGUFWriter(str(out), arch)
     w.add_name(folder.name)
     w.add_context_length(cfg.get("max_position_embeddings", 2048))
@@ -98,8 +109,20 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
     w.add_rope_freq_base(float((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))))
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_dimension_count(head_dim)
+    if arch == "gptneox":
+        w.add_layer_norm_eps(cfg["layer_norm_eps"])
+        w.add_rope_dimension_count(int(head_dim * cfg.get("rotary_pct", 1.0)))
+    else:
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_rope_dimension_count(head_dim)
+    if cfg.get("head_dim"):
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if cfg.get("sliding_window") and arch in ("gemma2", "gemma3"):
+        w.add_sliding_window(cfg["sliding_window"])
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+        w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type(int(getattr(gguf.LlamaFileType, "MOSTLY_" + qtype, gguf.LlamaFileType.ALL_F32)))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -110,13 +133,15 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
         if hf == "lm_head.weight" and tied:
             continue
         a = t.float().numpy()
-        if arch != "llama":
-            pass
-        elif hf.endswith(("q_proj.weight", "q_proj.bias")):
+        if arch == "llama" and hf.endswith(("q_proj.weight", "q_proj.bias")):
             a = rotary_permute(a, n_head, n_head)
-        elif hf.endswith(("k_proj.weight", "k_proj.bias")):
+        elif arch == "llama" and hf.endswith(("k_proj.weight", "k_proj.bias")):
             a = rotary_permute(a, n_head, n_kv)
-        name = gguf_name(hf)
+        elif arch.startswith("gemma") and hf.endswith("norm.weight"):
+            a = a + 1
+        elif arch == "gptneox" and ".query_key_value." in hf:
+            a = neox_qkv_regroup(a, n_head)
+        name = name_of(hf)
         kind = (output_qtype or qtype) if name == "output.weight" else qtype
         if a.ndim == 1 or kind == "F32":
             w.add_tensor(name, a.astype(np.float32))

@@ -1,36 +1,49 @@
 """GGUF files (llama.cpp): tensors dequantized one at a time with the ``gguf`` package.
 
-llama.cpp's converter names tensors ``token_embd``, ``blk.{i}.attn_q`` … and, for the ``llama``
-architecture (Llama, Mistral), permutes the rows of Q and K within each head into its rotary
-layout; that permutation is undone here so that every tensor equals its Hugging Face counterpart
-up to quantization error.  Config and tokenizer come from the folder when it has them, else from
-the file's metadata (through transformers' GGUF support).
+Tensor names are mapped with gguf-py's own ``TensorNameMap`` (the table llama.cpp's
+``convert_hf_to_gguf.py`` names tensors with: ``token_embd``, ``blk.{i}.attn_q``, ``blk.{i}.attn_qkv``
+…), inverted onto the checkpoint names of the architecture adapter, so fused tensors (Phi-3's
+``qkv_proj`` and ``gate_up_proj``, GPT-NeoX's ``query_key_value``) are read through the same
+per-role views as from safetensors. What the converter changes in values is undone, so that every
+tensor equals its Hugging Face counterpart up to quantization error:
+
+- ``llama`` (Llama, Mistral): the rows of Q and K are permuted within each head into llama.cpp's
+  rotary layout;
+- ``gemma``, ``gemma2``, ``gemma3``: every norm gain is stored as 1 + w;
+- ``gptneox``: ``query_key_value`` is regrouped from per-head (q, k, v) to all q, all k, all v.
+
+Config and tokenizer come from the folder when it has them (``./folder:file.gguf``), else from the
+file's metadata through transformers' GGUF support (the architectures it reads, see
+:data:`METADATA_ARCHS`).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..arch import LM_HEAD, arch_from_config
+from ..arch import arch_from_config
 from ..errors import TracingError
 from . import QuantizedBackend
 
-# GGUF's own per-block tensor names -> roles of the architecture adapter
-BLOCK_ROLES = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o",
-               "ffn_gate": "gate", "ffn_up": "up", "ffn_down": "down",
-               "attn_norm": "in_norm", "ffn_norm": "post_norm"}
-#: GGUF's global tensor names -> roles outside the blocks
-GLOBAL_ROLES = {"token_embd.weight": "embed", "output_norm.weight": "final_norm", "output.weight": "lm_head"}
+#: the GGUF architecture llama.cpp writes for each model_type the adapter knows (dense models)
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
+             "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox"}
+#: GGUF architectures whose config transformers builds from the metadata -> model_type
+METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
+                  "phi3": "phi3"}
 #: GGUF architectures whose converter applies the rotary row permutation to Q and K
 PERMUTED_ARCHS = {"llama"}
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
-_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+#: GGUF architectures whose converter stores norm gains as 1 + w
+SHIFTED_NORM_ARCHS = {"gemma", "gemma2", "gemma3"}
 CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks (bounded temporary memory)
 BAR_ELEMENTS = 1 << 26  # and the largest (embeddings, heads) show a progress bar on a terminal
+
+
+def supported() -> str:
+    return ", ".join(sorted(set(GGUF_ARCH.values())))
 
 
 def _field(reader, key: str, default=None):
@@ -62,16 +75,29 @@ def config_from_metadata(reader, file: Path):
     from transformers import AutoConfig
     from transformers.integrations import GGUF_CONFIG_MAPPING
     arch = str(_field(reader, "general.architecture", ""))
-    if arch not in SUPPORTED_ARCHS:
-        raise TracingError(f"{file}: GGUF architecture {arch!r} is not supported; model-tracing reads "
-                           f"{', '.join(sorted(SUPPORTED_ARCHS))} (Llama-family) GGUF files")
+    if arch not in set(GGUF_ARCH.values()):
+        raise TracingError(f"{file}: GGUF architecture {arch!r} is not supported; model-tracing reads GGUF files "
+                           f"of the architectures {supported()} (dense models)")
+    if arch not in METADATA_ARCHS:
+        raise TracingError(f"{file}: the config of a GGUF {arch!r} model cannot be built from its metadata; put "
+                           f"the model's config.json in a folder beside the file and give ./folder:{file.name}")
     name = str(_field(reader, "general.name", "") or "")
-    model_type = "mistral" if arch == "llama" and "mistral" in name.lower() else arch
+    model_type = METADATA_ARCHS[arch]
+    if arch == "llama" and "mistral" in name.lower():
+        model_type = "mistral"
     kw = {}
     for key, hf in GGUF_CONFIG_MAPPING[arch].items():
         value = _field(reader, f"{arch}.{key}")
         if hf not in (None, -1) and value is not None:
             kw[hf] = value
+    # written by llama.cpp's converter, not read by transformers' mapping for every architecture
+    for key, hf in (("attention.key_length", "head_dim"), ("attn_logit_softcapping", "attn_logit_softcapping"),
+                    ("final_logit_softcapping", "final_logit_softcapping")):
+        value = _field(reader, f"{arch}.{key}")
+        if value is not None and hf not in kw:
+            kw[hf] = value
+    if arch in SHIFTED_NORM_ARCHS and "head_dim" in kw:
+        kw["query_pre_attn_scalar"] = kw["head_dim"]  # llama.cpp scales queries by 1/sqrt(head_dim)
     if "vocab_size" not in kw and "tokenizer.ggml.tokens" in reader.fields:
         kw["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
     for which, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
@@ -88,6 +114,30 @@ def unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def regroup_neox_qkv(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's regrouping of GPT-NeoX's ``query_key_value`` rows (all q, all k, all v back
+    to per head q, k, v; weights or biases)."""
+    return w.reshape(3, n_head, w.shape[0] // 3 // n_head, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
+
+
+def name_map(gguf_arch: str, arch) -> dict[str, str]:
+    """``{GGUF tensor name: checkpoint tensor name}`` for every stored tensor of ``arch`` (gguf-py's
+    TensorNameMap, the table llama.cpp's converter names tensors with)."""
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+    key = next(k for k, v in MODEL_ARCH_NAMES.items() if v == gguf_arch)
+    table = get_tensor_name_map(key, arch.L)
+    out = {}
+    for name in arch.names():
+        for stored, _ in arch.ref(name).stores[:1]:  # the on-disk layout
+            base, dot, suffix = stored.rpartition(".")
+            if suffix not in ("weight", "bias"):
+                base, suffix = stored, ""
+            g = table.get_name(base)
+            if g is not None:
+                out[g + (f".{suffix}" if suffix else "")] = stored
+    return out
+
+
 class GGUFBackend(QuantizedBackend):
     format = "gguf"
 
@@ -97,7 +147,9 @@ class GGUFBackend(QuantizedBackend):
         self.gguf_arch = str(_field(self.reader, "general.architecture", "?"))
         self._config = None
         self.arch = arch_from_config(self.config(), where=str(self.file))
-        self._tensors = self._map_tensors()
+        self._check_arch()
+        self._stored = self._map_tensors()  # checkpoint tensor name -> GGUF tensor
+        self._last: tuple[str, torch.Tensor] | None = None  # one fused tensor serves its roles
         self._check_types()
 
     # config --------------------------------------------------------------------------------
@@ -116,36 +168,35 @@ class GGUFBackend(QuantizedBackend):
                 raise
             except Exception as e:
                 raise TracingError(f"{self.file}: cannot build a model config from its metadata "
-                                   f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); only Llama-family "
-                                   f"GGUF files (general.architecture llama, mistral, qwen2) are supported") from None
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); put the model's "
+                                   f"config.json beside the file and give ./folder:{self.file.name}") from None
             self._config = cfg
         return self._config
 
+    def _check_arch(self) -> None:
+        a = self.arch
+        want = GGUF_ARCH.get(a.model_type)
+        if a.has_experts or want is None:
+            raise TracingError(f"{self.file}: GGUF files of {a.model_type} models are not supported (GGUF is read for "
+                               f"the dense architectures {supported()}); use the safetensors checkpoint")
+        if want != self.gguf_arch:
+            raise TracingError(f"{self.file}: the file's architecture is {self.gguf_arch!r} but its config says "
+                               f"{a.model_type!r} (written as {want!r}); give the config.json of this model")
+
     # tensors -------------------------------------------------------------------------------
     def _map_tensors(self) -> dict:
-        out = {}
-        a = self.arch
-        global_names = {"embed": a.embed, "final_norm": a.final_norm, "lm_head": LM_HEAD}
-        for t in self.reader.tensors:
-            if t.name in GLOBAL_ROLES:
-                out[global_names[GLOBAL_ROLES[t.name]]] = t
-                continue
-            m = _BLOCK_RE.fullmatch(t.name)
-            if m and m.group(2) in BLOCK_ROLES:
-                role = BLOCK_ROLES[m.group(2)] + ("_bias" if m.group(3) == "bias" else "")
-                i = int(m.group(1))
-                if i < self.arch.L:
-                    out[self.arch.block_name(i, role)] = t
-        missing = [n for n in self.arch.names() if n not in out]
+        names = name_map(self.gguf_arch, self.arch)
+        out = {names[t.name]: t for t in self.reader.tensors if t.name in names}
+        missing = [n for n in self.arch.names() if not self.has(n, out)]
         if missing:
             raise TracingError(f"{self.file}: tensors for {', '.join(missing[:3])} are missing "
-                               f"({len(missing)} in all); is this a complete Llama-family GGUF file?")
+                               f"({len(missing)} in all); is this a complete {self.arch.model_type} GGUF file?")
         return out
 
     def _check_types(self) -> None:
         from gguf import GGMLQuantizationType, dequantize
         seen = set()
-        for name, t in self._tensors.items():
+        for t in self._stored.values():
             if t.tensor_type in seen:
                 continue
             seen.add(t.tensor_type)
@@ -157,8 +208,16 @@ class GGUFBackend(QuantizedBackend):
                                    f"installed gguf package cannot dequantize; upgrade it (pip install -U gguf) "
                                    f"or use another quantization of this model") from None
 
-    def has(self, name):
-        return name in self._tensors or (name == LM_HEAD and self.arch.tied)
+    def _ref(self, name):
+        from ..models import logical_ref
+        return logical_ref(self.arch, name, self.label)
+
+    def has(self, name, stored: dict | None = None):
+        stored = self._stored if stored is None else stored
+        try:
+            return any(s in stored for s, _ in self._ref(name).stores)
+        except TracingError:
+            return False
 
     def tensor_types(self):
         from gguf import GGMLQuantizationType
@@ -168,21 +227,35 @@ class GGUFBackend(QuantizedBackend):
         return [self.file]
 
     def get(self, name, dtype=torch.float32):
-        if name == LM_HEAD and name not in self._tensors:
-            name = self.arch.embed
-        t = self._tensors.get(name)
-        if t is None:
+        from ..models import select
+        ref = self._ref(name)
+        found = next(((s, i) for s, i in ref.stores if s in self._stored), None)
+        if found is None:
             raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
-        w = torch.from_numpy(self._dequantize(t))
-        role, _ = self.arch.role_of(name)
-        if self.gguf_arch in PERMUTED_ARCHS and role in ("q", "k", "q_bias", "k_bias"):
-            heads = self.arch.n_heads if role.startswith("q") else self.arch.n_kv_heads
-            w = unpermute_rotary(w, heads)
-        shape = self.arch.shape(name)
-        if tuple(w.shape) != tuple(shape):
-            raise TracingError(f"{self.file}: tensor {t.name} has shape {tuple(w.shape)}, but the config "
-                               f"expects {tuple(shape)} for {name}")
+        stored, index = found
+        w = select(self._read(stored), index)
+        if tuple(w.shape) != tuple(ref.shape):
+            raise TracingError(f"{self.file}: tensor {self._stored[stored].name} gives shape {tuple(w.shape)} "
+                               f"for {name}, but the config expects {tuple(ref.shape)}")
         return w.to(dtype)
+
+    def _read(self, stored: str) -> torch.Tensor:
+        """One stored tensor, dequantized, in its Hugging Face layout (the last one is kept: the
+        roles of a fused tensor are read one after another)."""
+        if self._last is not None and self._last[0] == stored:
+            return self._last[1]
+        w = torch.from_numpy(self._dequantize(self._stored[stored]))
+        g, a = self.gguf_arch, self.arch
+        if g in PERMUTED_ARCHS and stored.endswith(("q_proj.weight", "q_proj.bias")):
+            w = unpermute_rotary(w, a.n_heads)
+        elif g in PERMUTED_ARCHS and stored.endswith(("k_proj.weight", "k_proj.bias")):
+            w = unpermute_rotary(w, a.n_kv_heads)
+        elif g in SHIFTED_NORM_ARCHS and stored.endswith("norm.weight"):
+            w = w - 1
+        elif g == "gptneox" and ".query_key_value." in stored:
+            w = regroup_neox_qkv(w, a.n_heads)
+        self._last = (stored, w)
+        return w
 
     def _dequantize(self, t) -> np.ndarray:
         from gguf import dequantize

@@ -1,0 +1,150 @@
+"""GGUF files of every dense family, written as llama.cpp's converter writes them (tensor names from
+gguf-py's table, Gemma's 1 + w norm gains, GPT-NeoX's regrouped query_key_value, fused Phi-3
+tensors): every tensor equals its checkpoint's, the function is preserved, planted permutations are
+recovered, cos has power and is calibrated, and bad files are one-line errors."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from family_models import family_config, family_model, logits, noisy, random_ids, rel_diff
+from quant_writers import write_gguf
+from tracing.align import align
+from tracing.errors import TracingError
+from tracing.models import Checkpoint, load_module
+from tracing.options import Options
+from tracing.stats import get as get_stat
+from tracing.stats.base import Context
+from tracing.transforms import Permuted, random_permutations
+
+ROOT = Path(__file__).resolve().parent.parent
+GGUF_FAMILIES = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
+FROM_METADATA = ("qwen3", "gemma2", "gemma3_text", "phi3")  # transformers builds their config from GGUF metadata
+TIED = {"gemma": {"tie_word_embeddings": True}, "gemma2": {"tie_word_embeddings": True}}  # llama.cpp has no output tensor
+
+
+def cos(base, ft):
+    return get_stat("cos").fn(Context(Options(stat=["cos"]), progress=False), base, ft)
+
+
+def gguf_folder(hf: Path, out: Path, qtype: str) -> str:
+    """A folder holding the model's config.json and its GGUF file: the spec ``folder:file.gguf``."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(hf / "config.json", out / "config.json")
+    f = write_gguf(hf, out / f"model.{qtype}.gguf", qtype)
+    return f"{out}:{f.name}"
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf-families")
+    cache = {}
+
+    def make(family):
+        if family not in cache:
+            cfg = family_config(family, **TIED.get(family, {}))
+            base = family_model(cfg, seed=1)
+            paths = {}
+            for tag, model in (("base", base), ("ft", noisy(base, seed=2)), ("indep", family_model(cfg, seed=3))):
+                model.save_pretrained(root / family / tag)
+                paths[tag] = root / family / tag
+            cache[family] = (base, paths, root / family)
+        return cache[family]
+    return make
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_every_tensor_equals_the_checkpoint(fam, family):
+    _, paths, root = fam(family)
+    ref = Checkpoint(str(paths["base"]))
+    specs = [gguf_folder(paths["base"], root / "g-f32", "F32")]
+    if family in FROM_METADATA:
+        specs.append(str(write_gguf(paths["base"], root / "bare" / "model.gguf", "F32")))
+    for spec in specs:
+        ck = Checkpoint(spec)
+        assert ck.quantized is not None and ck.arch.model_type == ref.arch.model_type
+        for k in ("L", "d", "h", "n_heads", "n_kv_heads", "head_dim", "V", "tied"):
+            assert getattr(ck.arch, k) == getattr(ref.arch, k), (spec, k)
+        names = ref.arch.names()
+        assert names == ck.arch.names()
+        for n in names:
+            if family.startswith("gemma") and n.endswith("norm.weight"):  # stored as 1 + w in float32: 1 ulp of 1
+                assert torch.allclose(ck.get(n), ref.get(n), rtol=0, atol=2 ** -23), (spec, n)
+            else:
+                assert torch.equal(ck.get(n), ref.get(n)), (spec, n)
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_function_preserved_through_gguf(fam, family):
+    model, paths, root = fam(family)
+    ids = random_ids(model.config.vocab_size)
+    ck = Checkpoint(gguf_folder(paths["base"], root / "g-fn", "F32"))
+    assert rel_diff(logits(model, ids), logits(load_module(ck), ids)) <= 1e-5
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_planted_permutation_recovered_from_q8(fam, family):
+    _, paths, root = fam(family)
+    base = Checkpoint(gguf_folder(paths["base"], root / "g-q8-base", "Q8_0"))
+    ft = Checkpoint(gguf_folder(paths["ft"], root / "g-q8-ft", "Q8_0"))
+    pi_e, pi_i = random_permutations(ft.arch, seed=11)
+    al = align(base, Permuted(ft, pi_e, pi_i), progress=False)
+    inv = lambda p: torch.argsort(p).numpy()  # noqa: E731
+    assert np.array_equal(al.pi_e, inv(pi_e))
+    for key, p in pi_i.items():
+        assert np.array_equal(al.pi_i[key], inv(p)), key
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_cos_power_and_independence_on_q4(fam, family):
+    _, paths, root = fam(family)
+    base = Checkpoint(str(paths["base"]))
+    dep = cos(base, Checkpoint(gguf_folder(paths["ft"], root / "g-q4-ft", "Q4_0")))
+    assert dep.log10_pvalue < -6
+    indep = cos(base, Checkpoint(gguf_folder(paths["indep"], root / "g-q4-indep", "Q4_0")))
+    assert indep.log10_pvalue > math.log10(0.01)
+
+
+def test_cos_calibrated_on_fused_q4_gguf(tmp_path):
+    """Phi-3 (up rows read through the fused gate_up tensor of a Q4_0 file): 30 independent pairs."""
+    cfg = family_config("phi3")
+    p = []
+    for k in range(30):
+        a, b = family_model(cfg, seed=100 + 2 * k), family_model(cfg, seed=101 + 2 * k)
+        a.save_pretrained(tmp_path / f"a{k}")
+        b.save_pretrained(tmp_path / f"b{k}")
+        g = Checkpoint(gguf_folder(tmp_path / f"b{k}", tmp_path / f"g{k}", "Q4_0"))
+        p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), g).log10_pvalue)
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+def _one_line(spec: str, tmp_path: Path) -> str:
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base_model_id", spec, "--ft_model_id", spec,
+                        "--stat", "cos", "--save", str(tmp_path / "r.p")], capture_output=True, text=True, cwd=ROOT)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-1500:]
+    assert not (tmp_path / "r.p").exists()
+    return lines[0]
+
+
+def test_bad_gguf_inputs_are_one_line_errors(fam, tmp_path):
+    _, paths, root = fam("olmo2")
+    bare = write_gguf(paths["base"], tmp_path / "olmo2" / "model.gguf", "Q8_0")
+    line = _one_line(str(bare), tmp_path)
+    assert "cannot be built from its metadata" in line and "config.json" in line
+    _, qpaths, _ = fam("qwen3")
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    shutil.copy(paths["base"] / "config.json", wrong / "config.json")  # an olmo2 config beside a qwen3 file
+    f = write_gguf(qpaths["base"], wrong / "q.gguf", "Q8_0")
+    with pytest.raises(TracingError, match="architecture is 'qwen3' but its config says 'olmo2'"):
+        Checkpoint(f"{wrong}:{f.name}")
+    cfg = json.loads((qpaths["base"] / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3"
