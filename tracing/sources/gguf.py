@@ -233,17 +233,18 @@ class GGUFBackend(QuantizedBackend):
         if found is None:
             raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
         stored, index = found
-        w = select(self._read(stored), index)
+        w = select(self._read(stored, keep=index is not None), index)
         if tuple(w.shape) != tuple(ref.shape):
             raise TracingError(f"{self.file}: tensor {self._stored[stored].name} gives shape {tuple(w.shape)} "
                                f"for {name}, but the config expects {tuple(ref.shape)}")
         return w.to(dtype)
 
-    def _read(self, stored: str) -> torch.Tensor:
-        """One stored tensor, dequantized, in its Hugging Face layout (the last one is kept: the
-        roles of a fused tensor are read one after another)."""
+    def _read(self, stored: str, keep: bool = False) -> torch.Tensor:
+        """One stored tensor, dequantized, in its Hugging Face layout; a fused one (``keep``) is kept
+        until another is read, as its roles are read one after another."""
         if self._last is not None and self._last[0] == stored:
             return self._last[1]
+        self._last = None
         w = torch.from_numpy(self._dequantize(self._stored[stored]))
         g, a = self.gguf_arch, self.arch
         if g in PERMUTED_ARCHS and stored.endswith(("q_proj.weight", "q_proj.bias")):
@@ -254,7 +255,8 @@ class GGUFBackend(QuantizedBackend):
             w = w - 1
         elif g == "gptneox" and ".query_key_value." in stored:
             w = regroup_neox_qkv(w, a.n_heads)
-        self._last = (stored, w)
+        if keep:
+            self._last = (stored, w)
         return w
 
     def _dequantize(self, t) -> np.ndarray:
