@@ -172,8 +172,9 @@ def test_claims_of_a_dead_launcher_are_taken_over(tmp_path):
 
 
 def test_a_stale_claim_is_taken_over_by_one_launcher_only(tmp_path, monkeypatch):
-    """Two launchers finding the same dead launcher's claim at the same moment: one takes it over,
-    the other sees the new live holder (it never deletes the fresh claim and computes as well)."""
+    """Two launchers find the same dead launcher's claim; the late one is still judging it stale when
+    the early one has already taken it over. The late one must leave the fresh claim alone (not
+    delete it and compute the pair as well) and report the early one as the holder."""
     import json
     import socket
     import threading
@@ -183,35 +184,43 @@ def test_a_stale_claim_is_taken_over_by_one_launcher_only(tmp_path, monkeypatch)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     real = claims.is_stale
+    late_judging = threading.Event()
+    slept = set()
 
-    def slow(path, holder):  # widen the window between judging a claim stale and taking it over
+    def staged(path, holder):
         stale = real(path, holder)
-        if stale:
-            time.sleep(0.2)
+        me = threading.current_thread().name
+        if stale and me == "late" and me not in slept:
+            slept.add(me)
+            late_judging.set()
+            time.sleep(0.5)  # the early launcher takes the claim over meanwhile
+        elif stale and me == "early":
+            late_judging.wait(10)
         return stale
 
-    monkeypatch.setattr(claims, "is_stale", slow)
+    monkeypatch.setattr(claims, "is_stale", staged)
     folder = tmp_path / "pair"
     folder.mkdir()
-    for _ in range(3):
-        (folder / claims.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid,
-                                                            "time": 0}))
-        launchers, got = [Claims(), Claims()], []
-        start = threading.Barrier(2)
+    (folder / claims.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "time": 0}))
+    launchers = {}
+    for tag in ("early", "late"):
+        launchers[tag] = Claims()
+        launchers[tag].me = {**launchers[tag].me, "launcher": tag}
+    got = {}
+    start = threading.Barrier(2)
 
-        def claim(c):
-            start.wait()
-            got.append(c.claim(folder))
+    def claim(tag):
+        start.wait()
+        got[tag] = launchers[tag].claim(folder)
 
-        threads = [threading.Thread(target=claim, args=(c,)) for c in launchers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        assert len(got) == 2 and sum(g is None for g in got) == 1, got
-        loser = [g for g in got if g is not None][0]
-        assert loser.get("pid") == os.getpid(), got  # the winner's live claim, reported
-        assert (folder / claims.LOCK_NAME).is_file()  # and still in place
-        for c in launchers:
-            c.release_all()
-        assert not (folder / claims.LOCK_NAME).exists()
+    threads = [threading.Thread(target=claim, args=(tag,), name=tag) for tag in launchers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert got["early"] is None, got
+    assert (got["late"] or {}).get("launcher") == "early", got  # the fresh claim, reported as live
+    assert json.loads((folder / claims.LOCK_NAME).read_text())["launcher"] == "early"  # and left in place
+    for c in launchers.values():
+        c.release_all()
+    assert not (folder / claims.LOCK_NAME).exists()
