@@ -20,8 +20,6 @@ import torch
 #: the GGUF architecture llama.cpp's converter writes for each model_type (dense models)
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox"}
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 def _state(folder: Path) -> dict[str, torch.Tensor]:
@@ -196,8 +194,12 @@ def pack(v: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     return torch.where(words >= (1 << 31), words - (1 << 32), words).to(torch.int32)
 
 
-def _is_linear(name: str) -> bool:
-    return name.startswith("model.layers.") and name.endswith(".weight") and any(f".{m}." in name for m in LINEARS)
+ROUTERS = ("mlp.gate.weight", "block_sparse_moe.gate.weight", "shared_expert_gate.weight")
+
+
+def _is_linear(name: str, t: torch.Tensor) -> bool:
+    """A block's linear layer (fused ones included; never a norm or a mixture-of-experts router)."""
+    return ".layers." in name and name.endswith(".weight") and t.ndim == 2 and not name.endswith(ROUTERS)
 
 
 def _save_quantized(folder: Path, out: Path, tensors: dict, qcfg: dict) -> Path:
@@ -222,7 +224,7 @@ def write_gptq(folder, out, group_size: int = 32, bits: int = 4, act_order: bool
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, t in _state(folder).items():
-        if not _is_linear(name):
+        if not _is_linear(name, t):
             tensors[name] = t.half()
             continue
         mod = name[: -len(".weight")]
@@ -248,6 +250,8 @@ def awq_migrate(state: dict, cfg: dict, seed: int = 0, spread: float = 1.0) -> d
     columns (up rows / s, down columns × s).  The function is unchanged."""
     gen = torch.Generator().manual_seed(seed)
     st = {k: v.float().clone() for k, v in state.items()}
+    if spread == 0:  # no migration (any family)
+        return st
     d, h = cfg["hidden_size"], cfg["intermediate_size"]
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -269,7 +273,7 @@ def write_awq(folder, out, group_size: int = 32, seed: int = 0, spread: float = 
     cfg = json.loads((folder / "config.json").read_text())
     tensors = {}
     for name, t in awq_migrate(_state(folder), cfg, seed, spread).items():
-        if not _is_linear(name):
+        if not _is_linear(name, t):
             tensors[name] = t.half()
             continue
         mod = name[: -len(".weight")]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..arch import LM_HEAD, arch_from_config
+from ..arch import arch_from_config
 from ..errors import TracingError
 from . import QuantizedBackend
 
@@ -79,6 +79,7 @@ class PackedInt4Backend(QuantizedBackend):
             raise TracingError(f"{self.folder / 'config.json'}: AWQ version {qcfg.get('version')!r} is not "
                                f"supported; only the GEMM packing is")
         self._config = None
+        self._last: tuple[str, torch.Tensor] | None = None
         self._index = self._build_index()
         self.arch = arch_from_config(self.config(), where=str(self.folder / 'config.json'))
         self._check_complete()
@@ -110,18 +111,29 @@ class PackedInt4Backend(QuantizedBackend):
     def _module(name: str) -> str | None:
         return name[: -len(".weight")] if name.endswith(".weight") else None
 
+    def _stored(self, name: str) -> tuple[str, object] | None:
+        """``(stored name, index)`` of the first store of ``name`` this folder holds, stored as it
+        is or quantized (a fused tensor's role: the fused layer and the role's rows)."""
+        from ..models import logical_ref
+        for stored, index in logical_ref(self.arch, name, self.label).stores:
+            mod = self._module(stored)
+            if stored in self._index or (mod is not None and all(f"{mod}.{p}" in self._index for p in PARTS)):
+                return stored, index
+        return None
+
     def _check_complete(self) -> None:
         for name in self.arch.names():
-            if name in self._index or (name == LM_HEAD and self.arch.tied):
+            if self._stored(name) is not None:
                 continue
-            mod = self._module(name)
+            from ..models import logical_ref
+            stored = logical_ref(self.arch, name, self.label).stores[0][0]
+            mod = self._module(stored)
             present = [p for p in PARTS if f"{mod}.{p}" in self._index] if mod else []
             if not present:
-                raise TracingError(f"{self.folder}: tensor {name} is missing (neither stored nor quantized)")
+                raise TracingError(f"{self.folder}: tensor {stored} is missing (neither stored nor quantized)")
             missing = [p for p in PARTS if p not in present]
-            if missing:
-                raise TracingError(f"{self.folder}: {mod}.{missing[0]} is missing; a {self.method.upper()} layer "
-                                   f"needs {', '.join(PARTS)} — the checkpoint is incomplete, re-download it")
+            raise TracingError(f"{self.folder}: {mod}.{missing[0]} is missing; a {self.method.upper()} layer "
+                               f"needs {', '.join(PARTS)} — the checkpoint is incomplete, re-download it")
 
     def _read(self, key: str) -> torch.Tensor:
         from safetensors import safe_open
@@ -129,18 +141,33 @@ class PackedInt4Backend(QuantizedBackend):
             return h.get_tensor(key)
 
     def has(self, name):
-        mod = self._module(name)
-        return name in self._index or (mod is not None and f"{mod}.qweight" in self._index) or \
-            (name == LM_HEAD and self.arch.tied)
+        try:
+            return self._stored(name) is not None
+        except TracingError:
+            return False
 
     def get(self, name, dtype=torch.float32):
-        if name == LM_HEAD and self.arch.tied and name not in self._index:
-            name = self.arch.embed
-        if name in self._index:
-            return self._read(name).to(dtype)
-        mod = self._module(name)
-        if mod is None or f"{mod}.qweight" not in self._index:
+        from ..models import logical_ref, select
+        found = self._stored(name)
+        if found is None:
             raise TracingError(f"{self.label}: tensor {name} not found in its weight files")
+        stored, index = found
+        w = select(self._layer(stored, keep=index is not None), index)
+        shape = tuple(logical_ref(self.arch, name, self.label).shape)
+        if tuple(w.shape) != shape:
+            raise TracingError(f"{self.folder}: {stored} gives shape {tuple(w.shape)} for {name}, but the config "
+                               f"expects {shape}")
+        return w.to(dtype)
+
+    def _layer(self, stored: str, keep: bool) -> torch.Tensor:
+        """One stored tensor, dequantized when it is a quantized layer; a fused one (``keep``) is kept
+        until another is read, as its roles are read one after another."""
+        if self._last is not None and self._last[0] == stored:
+            return self._last[1]
+        self._last = None
+        if stored in self._index:
+            return self._read(stored)
+        mod = self._module(stored)
         qw, qz, sc = (self._read(f"{mod}.{p}") for p in PARTS)
         if self.method == "gptq":
             g = self._read(f"{mod}.g_idx") if f"{mod}.g_idx" in self._index else None
@@ -148,11 +175,9 @@ class PackedInt4Backend(QuantizedBackend):
             w = dequantize_gptq(qw, qz, sc, g, self.bits, self.group_size, v2=v2)
         else:
             w = dequantize_awq(qw, qz, sc, self.group_size)
-        shape = tuple(self.arch.shape(name))
-        if tuple(w.shape) != shape:
-            raise TracingError(f"{self.folder}: {mod} dequantizes to shape {tuple(w.shape)}, but the config "
-                               f"expects {shape}")
-        return w.to(dtype)
+        if keep:
+            self._last = (stored, w)
+        return w
 
     def weight_files(self):
         return sorted(set(self._index.values()))

@@ -1,7 +1,11 @@
-"""GGUF files of every dense family, written as llama.cpp's converter writes them (tensor names from
-gguf-py's table, Gemma's 1 + w norm gains, GPT-NeoX's regrouped query_key_value, fused Phi-3
-tensors): every tensor equals its checkpoint's, the function is preserved, planted permutations are
-recovered, cos has power and is calibrated, and bad files are one-line errors."""
+"""Quantized checkpoints of every dense family.
+
+GGUF files written as llama.cpp's converter writes them (tensor names from gguf-py's table, Gemma's
+1 + w norm gains, GPT-NeoX's regrouped query_key_value, fused Phi-3 tensors): every tensor equals its
+checkpoint's, the function is preserved, planted permutations are recovered, cos has power and is
+calibrated, and bad files are one-line errors. GPTQ and AWQ folders (fused layers packed whole, as
+AutoGPTQ and AutoAWQ pack them): every tensor within its group's rounding, planted permutations
+recovered, power, calibration."""
 import json
 import math
 import shutil
@@ -15,7 +19,7 @@ import scipy.stats
 import torch
 
 from family_models import family_config, family_model, logits, noisy, random_ids, rel_diff
-from quant_writers import write_gguf
+from quant_writers import write_awq, write_gguf, write_gptq
 from tracing.align import align
 from tracing.errors import TracingError
 from tracing.models import Checkpoint, load_module
@@ -148,3 +152,61 @@ def test_bad_gguf_inputs_are_one_line_errors(fam, tmp_path):
         Checkpoint(f"{wrong}:{f.name}")
     cfg = json.loads((qpaths["base"] / "config.json").read_text())
     assert cfg["model_type"] == "qwen3"
+
+
+PACKED = {"gptq": lambda hf, out: write_gptq(hf, out), "awq": lambda hf, out: write_awq(hf, out, spread=0)}
+
+
+def _row_bound(ref: torch.Tensor) -> torch.Tensor:
+    """Largest 4-bit asymmetric rounding error of each element: half a step of its row's range
+    (a group's range is at most its row's), plus float16 rounding of the scale."""
+    if ref.ndim == 1:
+        return ref.abs() * 1e-3 + 1e-6  # stored in float16
+    lo, hi = ref.amin(1, keepdim=True).clamp_max(0), ref.amax(1, keepdim=True).clamp_min(0)
+    return ((hi - lo) / 15 * 0.51 + 1e-6).expand_as(ref) + ref.abs() * 2e-3
+
+
+@pytest.mark.parametrize("fmt", sorted(PACKED))
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_packed_int4_tensors_within_rounding(fam, family, fmt):
+    _, paths, root = fam(family)
+    ref = Checkpoint(str(paths["base"]))
+    ck = Checkpoint(str(PACKED[fmt](paths["base"], root / f"{fmt}-base")))
+    assert ck.quantized is not None and ck.quantized.format == fmt
+    quantized = 0
+    for n in ref.arch.names():
+        a, b = ref.get(n), ck.get(n)
+        assert a.shape == b.shape, n
+        assert bool(((a - b).abs() <= _row_bound(a)).all()), (n, (a - b).abs().max())
+        quantized += a.ndim == 2 and not torch.equal(a.half().float(), b)
+    assert quantized >= 4 * ref.arch.L  # every block's linear layers went through the packing
+
+
+@pytest.mark.parametrize("fmt", sorted(PACKED))
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_packed_int4_permutation_recovered_and_power(fam, family, fmt):
+    _, paths, root = fam(family)
+    base_q = Checkpoint(str(PACKED[fmt](paths["base"], root / f"{fmt}-b")))
+    ft_q = Checkpoint(str(PACKED[fmt](paths["ft"], root / f"{fmt}-f")))
+    pi_e, pi_i = random_permutations(ft_q.arch, seed=11)
+    al = align(base_q, Permuted(ft_q, pi_e, pi_i), progress=False)
+    assert np.array_equal(al.pi_e, torch.argsort(pi_e).numpy())
+    for key, p in pi_i.items():
+        assert np.array_equal(al.pi_i[key], torch.argsort(p).numpy()), key
+    base = Checkpoint(str(paths["base"]))
+    assert cos(base, ft_q).log10_pvalue < -6
+    indep = Checkpoint(str(PACKED[fmt](paths["indep"], root / f"{fmt}-i")))
+    assert cos(base, indep).log10_pvalue > math.log10(0.01)
+
+
+def test_cos_calibrated_on_fused_gptq(tmp_path):
+    """Phi-3 GPTQ (the fused gate_up layer packed whole, act-order groups): 30 independent pairs."""
+    cfg = family_config("phi3")
+    p = []
+    for k in range(30):
+        a, b = family_model(cfg, seed=300 + 2 * k), family_model(cfg, seed=301 + 2 * k)
+        a.save_pretrained(tmp_path / f"a{k}")
+        b.save_pretrained(tmp_path / f"b{k}")
+        q = Checkpoint(str(write_gptq(tmp_path / f"b{k}", tmp_path / f"q{k}", seed=k)))
+        p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), q).log10_pvalue)
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
