@@ -374,3 +374,37 @@ def test_launch_over_mixed_families_records_what_cannot_be_compared(saved, tmp_p
     assert len(failed) == 2
     for x in failed:
         assert "\n" not in x["error"] and "architecture" in x["error"], x["error"]
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_l2_null_permutes_every_experts_units(saved, family):
+    """The l2 permutation test draws a permutation of each expert's units (not only of the residual
+    stream): the null copies are the function-preserving permutations of the whole model."""
+    from tracing.stats.l2 import PermDraws
+    _, paths = saved(family)
+    base, ft, indep = (Checkpoint(paths[k]) for k in ("base", "ft", "indep"))
+    draws = PermDraws(ft.arch, 3, seed=1)
+    i = next(i for i in range(ft.arch.L) if ft.arch.is_moe_block(i))
+    for t in range(3):
+        view = draws.view(ft, t, i)
+        units = ft.arch.units(i)
+        assert set(view.pi_i) == {u.key for u in units} and len(units) > 1
+        for u in units:
+            w = ft.get(u.up)
+            assert torch.equal(view.apply(u.up, w), w[view.pi_i[u.key]][:, draws.pi_e[t]])
+            assert not torch.equal(view.pi_i[u.key], torch.arange(u.width))
+    T = 19
+    assert run_stat("l2", base, ft, num_perm=T).log10_pvalue == pytest.approx(math.log10(1 / (T + 1)))
+    assert run_stat("l2", base, indep, num_perm=T).log10_pvalue > math.log10(0.05)
+
+
+def test_l2_draws_of_dense_models_are_unchanged():
+    """A dense model's null draws are what they always were (results stay reproducible)."""
+    from tracing.stats.l2 import PermDraws
+    from tracing.transforms import generator
+    src = from_module(family_model(family_config("llama"), seed=0))
+    arch = src.arch
+    draws = PermDraws(arch, 4, seed=5)
+    view = draws.view(src, 2, 1)
+    old = torch.randperm(arch.h, generator=generator(5 * 7919 + 104729 * 2 + 2))
+    assert torch.equal(view.pi_i[1], old)

@@ -1,7 +1,8 @@
 """φ_ℓ2: mean over tensors of the Frobenius distance, with an exact PERMTEST p-value.
 
-The null draws T random function-preserving permutations of θ₂ (one residual permutation and
-one per block) and recomputes the distance; each tensor pair is read once for all T draws.
+The null draws T random function-preserving permutations of θ₂ (one residual permutation and one
+per MLP: per block, or per expert of a mixture-of-experts block) and recomputes the distance; each
+tensor pair is read once for all T draws.
 """
 from . import register
 from .spec import Cost, same_layout
@@ -10,7 +11,7 @@ DEFAULT_T = 99
 
 
 class PermDraws:
-    """T independent random (π_e, π_i) draws, reproducible from a seed, generated on demand."""
+    """T independent random (π_e, π_i) draws, reproducible from a seed, generated block by block."""
 
     def __init__(self, arch, T: int, seed: int):
         import torch
@@ -25,10 +26,12 @@ class PermDraws:
 
         from ..transforms import Permuted, generator
         if block is not None and block != self._block:
-            self._block = block
-            self._pi_i = {s: torch.randperm(self.arch.h, generator=generator(self.seed * 7919 + 104729 * (block + 1) + s))
-                          for s in range(self.T)}
-        return Permuted(source, self.pi_e[t], {block: self._pi_i[t]} if block is not None else None)
+            self._block = block  # every MLP of the block: its dense MLP, or each expert (k: its place)
+            self._pi_i = {u.key: [torch.randperm(u.width, generator=generator(
+                self.seed * 7919 + 104729 * (block + 1) + 1000003 * k + s)) for s in range(self.T)]
+                for k, u in enumerate(self.arch.units(block))}
+        return Permuted(source, self.pi_e[t], {key: ps[t] for key, ps in self._pi_i.items()} if block is not None
+                        else None)
 
 
 def _cost(s):
