@@ -202,7 +202,8 @@ def main(argv=None):
     header = f"bench_sampled — {common.machine_line()}"
     text = make_table(records) if records else ""
     if grid:
-        text += f"\n\nGrid with the store of sampled rows ({a.blocks} blocks, K = {a.grid_rows}):\n\n" + grid_table(grid)
+        text += (f"\n\nGrid with the store of sampled rows ({a.blocks} blocks, K = {a.grid_rows}):\n\n"
+                 + grid_table(grid))
     print(f"\n{header}\n\n{text}")
     common.save_results(a.out, "bench_sampled", records + grid, f"{header}\n\n{text}")
 
@@ -217,8 +218,8 @@ def _grid_runs(a, paths: dict, hash_cache: Path, log) -> list[dict]:
 
     def child(kind, args, **tags):
         evict(paths.values())
-        rec = common.run_child(__file__, ["--variant", kind, "--store", str(store), "--k", str(a.grid_rows), *args],
-                               log=log, hash_cache=hash_cache)
+        args = ["--variant", kind, "--store", str(store), "--k", str(a.grid_rows), *args]
+        rec = common.run_child(__file__, args, log=log, hash_cache=hash_cache)
         rec.update(grid=kind, blocks=a.blocks, rows=a.grid_rows, **tags)
         print(json.dumps(rec), file=sys.stderr, flush=True)
         out.append(rec)

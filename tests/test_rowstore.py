@@ -134,7 +134,7 @@ def test_launch_keeps_sampled_rows_beside_the_results(grid, tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=600,
                        env=launch_env(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"read once and kept in {out / FOLDER}" in r.stdout, r.stdout
+    assert f"read once per model and kept in {out / FOLDER}" in r.stdout, r.stdout
     df = load_results(out)
     assert len(df) == 6 and set(df["status"]) == {"ok"}
     from tracing.results import iter_records

@@ -241,7 +241,7 @@ def execute(run: Launch, runnable: list[Task]) -> None:
     s = run.s
     store = rows_store(run)
     if store:
-        run.say(f"sampled rows (--rows {run.options.rows}): each model's are read once and kept in {rel(Path(store))}")
+        run.say(f"sampled rows (--rows {run.options.rows}): read once per model and kept in {rel(Path(store))}")
     if run.slurm:
         def on_submit(chunk, array_id):
             r = chunk[0].resources

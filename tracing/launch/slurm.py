@@ -101,7 +101,8 @@ def _wait_jobs(pending: dict, on_done, poll_s: float) -> None:
 
 def run_slurm(tasks: list[Task], out: Path, *, array_parallelism: int | None, info: SlurmInfo,
               job_name: str, rows_store: str | None = None,
-              on_submit: Callable[[list[Task], str], None] | None = None, on_done: Callable[[Task], None] | None = None, poll_s: float = 1.0) -> None:
+              on_submit: Callable[[list[Task], str], None] | None = None,
+              on_done: Callable[[Task], None] | None = None, poll_s: float = 1.0) -> None:
     """Submit the tasks as job arrays (one per group of identical resources, chunked under
     MaxArraySize) and wait for every job."""
     pending: dict = {}
