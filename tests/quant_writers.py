@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import torch
 
 #: the GGUF architecture llama.cpp's converter writes for each model_type (dense models)
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
-             "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox"}
+             "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<w>\w+)\.weight")
 
 
 def _state(folder: Path) -> dict[str, torch.Tensor]:
@@ -50,6 +53,21 @@ def gguf_namer(arch: str, n_blocks: int):
             raise KeyError(f"no GGUF name for {hf} in {arch}")
         return f"{g}.{suffix}"
     return name
+
+
+def stack_experts(state: dict) -> dict:
+    """llama.cpp's converter for mixtures of experts: the experts of a block stacked in one tensor
+    per projection, named as the merged ``<prefix>.experts.<w>.weight``; other tensors unchanged."""
+    out, groups = {}, {}
+    for hf, t in state.items():
+        m = EXPERT.fullmatch(hf)
+        if m:
+            groups.setdefault(f"{m['pre']}.{m['w']}.weight", {})[int(m["e"])] = t
+        else:
+            out[hf] = t
+    for merged, by_e in groups.items():
+        out[merged] = torch.stack([by_e[e] for e in sorted(by_e)])
+    return out
 
 
 def neox_qkv_regroup(a: np.ndarray, n_head: int) -> np.ndarray:
@@ -121,16 +139,26 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
     if arch == "gemma2":
         w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
         w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    experts = cfg.get("num_local_experts") or cfg.get("num_experts")
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        if cfg.get("moe_intermediate_size"):
+            w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+        if cfg.get("shared_expert_intermediate_size"):
+            w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type(int(getattr(gguf.LlamaFileType, "MOSTLY_" + qtype, gguf.LlamaFileType.ALL_F32)))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if with_tokenizer and (folder / "tokenizer.json").is_file():
         _add_tokenizer(w, folder)
     tied = cfg.get("tie_word_embeddings", False)
-    for hf, t in state.items():
+    for hf, t in stack_experts(state).items():
         if hf == "lm_head.weight" and tied:
             continue
         a = t.float().numpy()
+        if a.ndim == 2 and a.shape[0] == 1:
+            a = a[0]  # the converter squeezes (e.g. Qwen2-MoE's shared-expert gate)
         if arch == "llama" and hf.endswith(("q_proj.weight", "q_proj.bias")):
             a = rotary_permute(a, n_head, n_head)
         elif arch == "llama" and hf.endswith(("k_proj.weight", "k_proj.bias")):

@@ -1,4 +1,4 @@
-"""Quantized checkpoints of every dense family.
+"""Quantized checkpoints of every family (dense and mixture-of-experts).
 
 GGUF files written as llama.cpp's converter writes them (tensor names from gguf-py's table, Gemma's
 1 + w norm gains, GPT-NeoX's regrouped query_key_value, fused Phi-3 tensors): every tensor equals its
@@ -18,7 +18,7 @@ import pytest
 import scipy.stats
 import torch
 
-from family_models import DENSE, family_config, family_model, logits, noisy, random_ids, rel_diff
+from family_models import DENSE, MOE, family_config, family_model, logits, noisy, random_ids, rel_diff
 from quant_writers import write_awq, write_gguf, write_gptq
 from tracing.align import align
 from tracing.errors import TracingError
@@ -29,7 +29,9 @@ from tracing.stats.base import Context
 from tracing.transforms import Permuted, random_permutations
 
 ROOT = Path(__file__).resolve().parent.parent
-FROM_METADATA = ("qwen3", "gemma2", "gemma3_text", "phi3")  # transformers builds their config from GGUF metadata
+FAMILIES = DENSE + MOE
+# their config is built from the GGUF metadata
+FROM_METADATA = ("qwen3", "gemma2", "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe")
 # llama.cpp writes no output tensor for Gemma and Gemma 2 (their head is the embedding)
 TIED = {"gemma": {"tie_word_embeddings": True}, "gemma2": {"tie_word_embeddings": True}}
 
@@ -64,7 +66,7 @@ def fam(tmp_path_factory):
     return make
 
 
-@pytest.mark.parametrize("family", DENSE)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_tensor_equals_the_checkpoint(fam, family):
     _, paths, root = fam(family)
     ref = Checkpoint(str(paths["base"]))
@@ -74,7 +76,8 @@ def test_every_tensor_equals_the_checkpoint(fam, family):
     for spec in specs:
         ck = Checkpoint(spec)
         assert ck.quantized is not None and ck.arch.model_type == ref.arch.model_type
-        for k in ("L", "d", "h", "n_heads", "n_kv_heads", "head_dim", "V", "tied"):
+        for k in ("L", "d", "h", "n_heads", "n_kv_heads", "head_dim", "V", "tied", "n_experts", "h_expert",
+                  "h_shared"):
             assert getattr(ck.arch, k) == getattr(ref.arch, k), (spec, k)
         names = ref.arch.names()
         assert names == ck.arch.names()
@@ -85,7 +88,7 @@ def test_every_tensor_equals_the_checkpoint(fam, family):
                 assert torch.equal(ck.get(n), ref.get(n)), (spec, n)
 
 
-@pytest.mark.parametrize("family", DENSE)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_function_preserved_through_gguf(fam, family):
     model, paths, root = fam(family)
     ids = random_ids(model.config.vocab_size)
@@ -93,7 +96,7 @@ def test_function_preserved_through_gguf(fam, family):
     assert rel_diff(logits(model, ids), logits(load_module(ck), ids)) <= 1e-5
 
 
-@pytest.mark.parametrize("family", DENSE)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_planted_permutation_recovered_from_q8(fam, family):
     _, paths, root = fam(family)
     base = Checkpoint(gguf_folder(paths["base"], root / "g-q8-base", "Q8_0"))
@@ -106,7 +109,7 @@ def test_planted_permutation_recovered_from_q8(fam, family):
         assert np.array_equal(al.pi_i[key], inv(p)), key
 
 
-@pytest.mark.parametrize("family", DENSE)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_cos_power_and_independence_on_q4(fam, family):
     _, paths, root = fam(family)
     base = Checkpoint(str(paths["base"]))
@@ -167,7 +170,7 @@ def _row_bound(ref: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", sorted(PACKED))
-@pytest.mark.parametrize("family", DENSE)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_packed_int4_tensors_within_rounding(fam, family, fmt):
     _, paths, root = fam(family)
     ref = Checkpoint(str(paths["base"]))
@@ -183,7 +186,7 @@ def test_packed_int4_tensors_within_rounding(fam, family, fmt):
 
 
 @pytest.mark.parametrize("fmt", sorted(PACKED))
-@pytest.mark.parametrize("family", DENSE)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_packed_int4_permutation_recovered_and_power(fam, family, fmt):
     _, paths, root = fam(family)
     base_q = Checkpoint(str(PACKED[fmt](paths["base"], root / f"{fmt}-b")))

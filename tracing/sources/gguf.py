@@ -10,7 +10,10 @@ tensor equals its Hugging Face counterpart up to quantization error:
 - ``llama`` (Llama, Mistral): the rows of Q and K are permuted within each head into llama.cpp's
   rotary layout;
 - ``gemma``, ``gemma2``, ``gemma3``: every norm gain is stored as 1 + w;
-- ``gptneox``: ``query_key_value`` is regrouped from per-head (q, k, v) to all q, all k, all v.
+- ``gptneox``: ``query_key_value`` is regrouped from per-head (q, k, v) to all q, all k, all v;
+- mixtures of experts (``llama`` with experts for Mixtral, ``qwen2moe``, ``qwen3moe``): each block's
+  experts are stacked in one tensor per projection (``ffn_gate_exps``, ``ffn_up_exps``,
+  ``ffn_down_exps``), read once and handed out expert by expert.
 
 Config and tokenizer come from the folder when it has them (``./folder:file.gguf``), else from the
 file's metadata through transformers' GGUF support (the architectures it reads, see
@@ -18,6 +21,7 @@ file's metadata through transformers' GGUF support (the architectures it reads, 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +32,20 @@ from ..arch import arch_from_config
 from ..errors import TracingError
 from . import QuantizedBackend
 
-#: the GGUF architecture llama.cpp writes for each model_type the adapter knows (dense models)
+#: the GGUF architecture llama.cpp writes for each model_type the adapter knows
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
-             "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox"}
-#: GGUF architectures whose config transformers builds from the metadata -> model_type
+             "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+#: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
-                  "phi3": "phi3"}
+                  "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+#: metadata keys llama.cpp's converter writes that transformers' mapping does not read for every architecture
+EXTRA_KEYS = (("attention.key_length", "head_dim"), ("attn_logit_softcapping", "attn_logit_softcapping"),
+              ("final_logit_softcapping", "final_logit_softcapping"),
+              ("expert_feed_forward_length", "moe_intermediate_size"),
+              ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"))
+#: experts stacked per block: checkpoint name of one expert -> (the merged name llama.cpp maps, expert)
+_EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<w>\w+)\.weight")
 #: GGUF architectures whose converter applies the rotary row permutation to Q and K
 PERMUTED_ARCHS = {"llama"}
 #: GGUF architectures whose converter stores norm gains as 1 + w
@@ -77,22 +89,24 @@ def config_from_metadata(reader, file: Path):
     arch = str(_field(reader, "general.architecture", ""))
     if arch not in set(GGUF_ARCH.values()):
         raise TracingError(f"{file}: GGUF architecture {arch!r} is not supported; model-tracing reads GGUF files "
-                           f"of the architectures {supported()} (dense models)")
+                           f"of the architectures {supported()}")
     if arch not in METADATA_ARCHS:
         raise TracingError(f"{file}: the config of a GGUF {arch!r} model cannot be built from its metadata; put "
                            f"the model's config.json in a folder beside the file and give ./folder:{file.name}")
     name = str(_field(reader, "general.name", "") or "")
     model_type = METADATA_ARCHS[arch]
-    if arch == "llama" and "mistral" in name.lower():
+    if arch == "llama" and _field(reader, "llama.expert_count"):
+        model_type = "mixtral"
+    elif arch == "llama" and "mistral" in name.lower():
         model_type = "mistral"
     kw = {}
-    for key, hf in GGUF_CONFIG_MAPPING[arch].items():
+    for key, hf in GGUF_CONFIG_MAPPING[model_type if model_type.endswith("_moe") else arch].items():
         value = _field(reader, f"{arch}.{key}")
         if hf not in (None, -1) and value is not None:
             kw[hf] = value
-    # written by llama.cpp's converter, not read by transformers' mapping for every architecture
-    for key, hf in (("attention.key_length", "head_dim"), ("attn_logit_softcapping", "attn_logit_softcapping"),
-                    ("final_logit_softcapping", "final_logit_softcapping")):
+    extra = EXTRA_KEYS + ((("expert_count", "num_local_experts"), ("expert_used_count", "num_experts_per_tok"))
+                          if model_type == "mixtral" else ())
+    for key, hf in extra:
         value = _field(reader, f"{arch}.{key}")
         if value is not None and hf not in kw:
             kw[hf] = value
@@ -120,22 +134,34 @@ def regroup_neox_qkv(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(3, n_head, w.shape[0] // 3 // n_head, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
 
 
-def name_map(gguf_arch: str, arch) -> dict[str, str]:
-    """``{GGUF tensor name: checkpoint tensor name}`` for every stored tensor of ``arch`` (gguf-py's
-    TensorNameMap, the table llama.cpp's converter names tensors with)."""
+def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
+    """``{checkpoint tensor name: (GGUF tensor name, expert or None)}`` for every stored tensor of
+    ``arch`` (gguf-py's TensorNameMap, the table llama.cpp's converter names tensors with; the experts
+    of a block are stacked in one GGUF tensor per projection)."""
     from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
     key = next(k for k, v in MODEL_ARCH_NAMES.items() if v == gguf_arch)
     table = get_tensor_name_map(key, arch.L)
     out = {}
     for name in arch.names():
         for stored, _ in arch.ref(name).stores[:1]:  # the on-disk layout
-            base, dot, suffix = stored.rpartition(".")
-            if suffix not in ("weight", "bias"):
-                base, suffix = stored, ""
+            m, expert = _EXPERT.fullmatch(stored), None
+            if m:
+                base, suffix, expert = f"{m['pre']}.{m['w']}", "weight", int(m["e"])
+            else:
+                base, _, suffix = stored.rpartition(".")
+                if suffix not in ("weight", "bias"):
+                    base, suffix = stored, ""
             g = table.get_name(base)
             if g is not None:
-                out[g + (f".{suffix}" if suffix else "")] = stored
+                out[stored] = (g + (f".{suffix}" if suffix else ""), expert)
     return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for x in shape:
+        n *= int(x)
+    return n
 
 
 class GGUFBackend(QuantizedBackend):
@@ -148,8 +174,8 @@ class GGUFBackend(QuantizedBackend):
         self._config = None
         self.arch = arch_from_config(self.config(), where=str(self.file))
         self._check_arch()
-        self._stored = self._map_tensors()  # checkpoint tensor name -> GGUF tensor
-        self._last: tuple[str, torch.Tensor] | None = None  # one fused tensor serves its roles
+        self._stored = self._map_tensors()  # checkpoint tensor name -> (GGUF tensor, expert or None)
+        self._last: tuple[str, torch.Tensor] | None = None  # one fused or stacked tensor serves several
         self._check_types()
 
     # config --------------------------------------------------------------------------------
@@ -176,17 +202,18 @@ class GGUFBackend(QuantizedBackend):
     def _check_arch(self) -> None:
         a = self.arch
         want = GGUF_ARCH.get(a.model_type)
-        if a.has_experts or want is None:
+        if want is None:
             raise TracingError(f"{self.file}: GGUF files of {a.model_type} models are not supported (GGUF is read for "
-                               f"the dense architectures {supported()}); use the safetensors checkpoint")
+                               f"the architectures {supported()}); use the safetensors checkpoint")
         if want != self.gguf_arch:
             raise TracingError(f"{self.file}: the file's architecture is {self.gguf_arch!r} but its config says "
                                f"{a.model_type!r} (written as {want!r}); give the config.json of this model")
 
     # tensors -------------------------------------------------------------------------------
     def _map_tensors(self) -> dict:
-        names = name_map(self.gguf_arch, self.arch)
-        out = {names[t.name]: t for t in self.reader.tensors if t.name in names}
+        by_name = {t.name: t for t in self.reader.tensors}
+        out = {stored: (by_name[g], e) for stored, (g, e) in name_map(self.gguf_arch, self.arch).items()
+               if g in by_name}
         missing = [n for n in self.arch.names() if not self.has(n, out)]
         if missing:
             raise TracingError(f"{self.file}: tensors for {', '.join(missing[:3])} are missing "
@@ -196,7 +223,7 @@ class GGUFBackend(QuantizedBackend):
     def _check_types(self) -> None:
         from gguf import GGMLQuantizationType, dequantize
         seen = set()
-        for t in self._stored.values():
+        for t, _ in self._stored.values():
             if t.tensor_type in seen:
                 continue
             seen.add(t.tensor_type)
@@ -233,19 +260,24 @@ class GGUFBackend(QuantizedBackend):
         if found is None:
             raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
         stored, index = found
-        w = select(self._read(stored, keep=index is not None), index)
+        t, expert = self._stored[stored]
+        w = self._read(stored, keep=index is not None or expert is not None)
+        w = select(w if expert is None else w[expert], index)
+        if tuple(w.shape) != tuple(ref.shape) and w.numel() == _numel(ref.shape):
+            w = w.reshape(ref.shape)  # e.g. Qwen2-MoE's shared-expert gate, stored as a vector
         if tuple(w.shape) != tuple(ref.shape):
-            raise TracingError(f"{self.file}: tensor {self._stored[stored].name} gives shape {tuple(w.shape)} "
-                               f"for {name}, but the config expects {tuple(ref.shape)}")
+            raise TracingError(f"{self.file}: tensor {t.name} gives shape {tuple(w.shape)} for {name}, but the "
+                               f"config expects {tuple(ref.shape)}")
         return w.to(dtype)
 
     def _read(self, stored: str, keep: bool = False) -> torch.Tensor:
-        """One stored tensor, dequantized, in its Hugging Face layout; a fused one (``keep``) is kept
-        until another is read, as its roles are read one after another."""
-        if self._last is not None and self._last[0] == stored:
+        """The GGUF tensor holding ``stored``, dequantized, in its Hugging Face layout; a fused or
+        stacked one (``keep``) is kept until another is read, as its parts are read one after another."""
+        t, _ = self._stored[stored]
+        if self._last is not None and self._last[0] == t.name:
             return self._last[1]
         self._last = None
-        w = torch.from_numpy(self._dequantize(self._stored[stored]))
+        w = torch.from_numpy(self._dequantize(t))
         g, a = self.gguf_arch, self.arch
         if g in PERMUTED_ARCHS and stored.endswith(("q_proj.weight", "q_proj.bias")):
             w = unpermute_rotary(w, a.n_heads)
@@ -256,7 +288,7 @@ class GGUFBackend(QuantizedBackend):
         elif g == "gptneox" and ".query_key_value." in stored:
             w = regroup_neox_qkv(w, a.n_heads)
         if keep:
-            self._last = (stored, w)
+            self._last = (t.name, w)
         return w
 
     def _dequantize(self, t) -> np.ndarray:
