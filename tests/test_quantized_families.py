@@ -213,3 +213,17 @@ def test_cos_calibrated_on_fused_gptq(tmp_path):
         q = Checkpoint(str(write_gptq(tmp_path / f"b{k}", tmp_path / f"q{k}", seed=k)))
         p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), q).log10_pvalue)
     assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+def test_cos_calibrated_on_moe_q4_gguf(tmp_path):
+    """Qwen3-MoE (experts matched per block, each expert's up rows read from the stacked ffn_up_exps
+    of a Q4_0 file): 30 independent pairs."""
+    cfg = family_config("qwen3_moe")
+    p = []
+    for k in range(30):
+        a, b = family_model(cfg, seed=500 + 2 * k), family_model(cfg, seed=501 + 2 * k)
+        a.save_pretrained(tmp_path / f"a{k}")
+        b.save_pretrained(tmp_path / f"b{k}")
+        g = Checkpoint(gguf_folder(tmp_path / f"b{k}", tmp_path / f"g{k}", "Q4_0"))
+        p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), g).log10_pvalue)
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
