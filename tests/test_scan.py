@@ -52,3 +52,50 @@ def test_scan_bad_rows_and_statistic(capsys):
     assert run_cli(scan.main, ["demo:a-sys", "--against", DEMO_REFS, "--stat", "l2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error:") for line in err)
+
+
+def test_scans_into_one_folder_read_each_models_rows_once(tmp_path):
+    """With --out the sampled rows go to the store beside the results: the candidate is read once for
+    all references, and a later scan of another candidate finds the references there."""
+    from tracing.rowstore import FOLDER
+    out = tmp_path / "scan"
+    refs = scan.read_references(DEMO_REFS)
+    first = {r.reference: r for r in scan.scan("demo:a-docs-v2", refs, rows=32, out=out)}
+    L = len(load_record(out / "demo-base-a_screen.p")["per_layer"])  # one up_proj per block
+    counts = [load_record(out / f"{scan_name(r)}_screen.p")["rows_store"] for r in ("demo:base-a", "demo:base-b",
+                                                                                   "demo:base-c")]
+    assert [c["base"] for c in counts] == [{"from_store": 0, "read": L}] * 3  # each reference read once
+    assert sum(c["ft"]["read"] for c in counts) == L  # the candidate read once for all three
+    second = {r.reference: r for r in scan.scan("demo:a-sys", refs, rows=32, out=out)}
+    again = [load_record(out / f"{scan_name(r)}_screen.p")["rows_store"] for r in ("demo:base-a", "demo:base-b",
+                                                                                   "demo:base-c")]
+    assert [c["base"] for c in again] == [{"from_store": L, "read": 0}] * 3  # the references from the store
+    assert len([d for d in (out / FOLDER).iterdir() if d.is_dir()]) == 5  # 3 references + 2 candidates
+    assert first["demo:base-a"].verdict == second["demo:base-a"].verdict == "dependent"
+    plain = {r.reference: r for r in scan.scan("demo:a-sys", refs, rows=32)}  # no store: same screens
+    assert all(plain[k].screen_log10_p == second[k].screen_log10_p for k in plain)
+
+
+def scan_name(ref: str) -> str:
+    from tracing.cli_util import slug
+    return slug(ref)
+
+
+def test_a_model_in_memory_keeps_its_rows():
+    """Without --out the candidate's sampled rows are kept in memory for the whole scan."""
+    from tracing.models import Checkpoint
+    from tracing.rowstore import with_store
+    from tracing.stats.base import sampled_rows
+    ck = Checkpoint("demo:base-a")
+    kept = with_store(ck, None, memory=True)
+    idx = sampled_rows(ck.arch.h, 16, 0)
+    up = ck.arch.units(0)[0].up
+    assert torch_equal(kept.get_rows(up, idx), ck.get_rows(up, idx))
+    assert torch_equal(kept.get_rows(up, idx), ck.get_rows(up, idx))
+    assert kept.counts() == {"from_store": 1, "read": 1}
+    assert with_store(ck, None) is ck  # no store asked for: the checkpoint itself
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return torch.equal(a, b)

@@ -61,13 +61,15 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
 
 class StoredRows(View):
     """A checkpoint whose sampled rows (``get_rows``) and columns (``get_columns``) go through a
-    store; everything else is the checkpoint's.
+    store (a folder; without one, memory for the life of this object); everything else is the
+    checkpoint's.
 
     ``counts()``: how many tensors' samples came from the store and how many were read from the weights."""
 
-    def __init__(self, inner: WeightSource, root: str | os.PathLike, key: str):
+    def __init__(self, inner: WeightSource, root: str | os.PathLike | None, key: str | None):
         super().__init__(inner)
-        self.root = Path(root) / key
+        self.root = None if root is None else Path(root) / key
+        self._memory: dict[tuple[str, str], torch.Tensor] = {}
         self.hits = self.misses = 0
 
     def __getattr__(self, name):  # provenance, tokenizer, quantized, path ...: the checkpoint's
@@ -96,6 +98,13 @@ class StoredRows(View):
     def _stored(self, entry: str, name: str, n: int, axis: int, read) -> torch.Tensor:
         """The store's copy of one tensor's sampled rows (or columns), read with ``read()`` and kept
         when the store has none."""
+        if self.root is None:
+            kept = self._memory.get((entry, name))
+            self.hits += kept is not None
+            if kept is None:
+                kept = self._memory[(entry, name)] = _compact(read())
+                self.misses += 1
+            return kept
         folder = self.root / entry
         f = folder / f"{name}.safetensors"
         t = self._load(f, n, axis)
@@ -132,10 +141,11 @@ class StoredRows(View):
             pass
 
 
-def with_store(src: WeightSource, root: str | os.PathLike | None) -> WeightSource:
-    """``src`` reading sampled rows through the store at ``root`` (``src`` itself without a root,
-    or when its weight files have no hashes)."""
-    if root is None:
-        return src
-    key = model_key(src)
-    return src if key is None else StoredRows(src, root, key)
+def with_store(src: WeightSource, root: str | os.PathLike | None, memory: bool = False) -> WeightSource:
+    """``src`` reading sampled rows through the store at ``root``; without a root (or when its weight
+    files have no hashes) ``src`` itself, or with ``memory`` a copy kept in memory (a model tested
+    against many others in one process)."""
+    key = None if root is None else model_key(src)
+    if key is not None:
+        return StoredRows(src, root, key)
+    return StoredRows(src, None, None) if memory else src

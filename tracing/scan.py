@@ -130,9 +130,12 @@ def precheck(stat: str, cand, ref, cand_hashes, cand_tok) -> tuple[str, str, str
 # ------------------------------------------------------------------------------------------
 # the scan
 # ------------------------------------------------------------------------------------------
-def _open(spec: str):
+def _open(spec: str, store: Path | None = None, memory: bool = False):
+    """A checkpoint whose sampled rows are read once: kept in ``store`` (beside the results, for
+    this and later scans), else in memory when ``memory`` (the candidate, tested against every reference)."""
     from .models import Checkpoint
-    return Checkpoint(spec)
+    from .rowstore import with_store
+    return with_store(Checkpoint(spec), store, memory=memory)
 
 
 def _test(ref_ck, cand_ck, options, out: Path | None, name: str, progress: bool) -> dict:
@@ -155,13 +158,15 @@ def scan(candidate: str, references, stat: str = "cos", rows: int = 256, out: st
     screen_opts = full_opts.replace(rows=rows)
     out = Path(out) if out is not None else None
     refs = [(r, None) if isinstance(r, str) else tuple(r) for r in references]
-    cand = _open(candidate)
+    from .rowstore import FOLDER
+    store = out / FOLDER if out is not None else None
+    cand = _open(candidate, store, memory=True)
     cand_hashes, cand_tok = weight_hashes(cand), tokenizer_digest(cand)
     rows_out, opened = [], {}
     for ref_id, fam in refs:
         row = Row(ref_id, fam)
         try:
-            opened[ref_id] = ref = _open(ref_id)
+            opened[ref_id] = ref = _open(ref_id, store)
         except TracingError as e:
             row.status, row.why, row.verdict = "unavailable", str(e), f"unavailable: {e}"
             rows_out.append(row)
