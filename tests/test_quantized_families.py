@@ -227,3 +227,20 @@ def test_cos_calibrated_on_moe_q4_gguf(tmp_path):
         g = Checkpoint(gguf_folder(tmp_path / f"b{k}", tmp_path / f"g{k}", "Q4_0"))
         p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), g).log10_pvalue)
     assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_reads_sampled_rows_alone(fam, family, monkeypatch):
+    """Sampled cos on a GGUF file dequantizes only the K chosen rows of each up projection (a fused
+    tensor's role rows, a stacked tensor's expert rows), never the whole tensor."""
+    from tracing.sources.gguf import GGUFBackend
+    from tracing.stats.base import sampled_rows
+    _, paths, root = fam(family)
+    ck = Checkpoint(gguf_folder(paths["ft"], root / "g-rows", "Q4_0"))
+    units = ck.arch.units(0)
+    idx = sampled_rows(units[0].width, 16, seed=3)
+    whole = {u.up: ck.get(u.up)[torch.from_numpy(idx)] for u in units}
+    ck.quantized._last = None
+    monkeypatch.setattr(GGUFBackend, "_dequantize", lambda *a: pytest.fail("a whole tensor was dequantized"))
+    for u in units:
+        assert torch.equal(ck.get_rows(u.up, idx), whole[u.up]), u.up

@@ -277,7 +277,7 @@ class Checkpoint(WeightSource):
         """Rows ``index`` of ``name``: from a safetensors file only those rows are read (a role that
         is a block of rows of a fused tensor too); other sources read the tensor and keep the rows."""
         if self.quantized is not None:
-            return super().get_rows(name, index, dtype)
+            return require_finite(self.label, name, self.quantized.get_rows(name, index, dtype))
         ref = logical_ref(self.arch, name, self.label)
         found = next(((s, i, self._index[s]) for s, i in ref.stores if s in self._index), None)
         from .rows import read_rows, row_offset

@@ -30,6 +30,10 @@ class QuantizedBackend:
     def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise NotImplementedError
 
+    def get_rows(self, name: str, index, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows ``index`` of ``name``; this default dequantizes the whole tensor."""
+        return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
+
     def weight_files(self) -> list[Path]:
         raise NotImplementedError
 

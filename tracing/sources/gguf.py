@@ -270,6 +270,41 @@ class GGUFBackend(QuantizedBackend):
                                f"config expects {tuple(ref.shape)}")
         return w.to(dtype)
 
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows alone: a GGUF quantization block never spans two rows, so only the chosen rows are
+        read and dequantized (a role's rows of a fused tensor, an expert's of a stacked one). Tensors
+        whose rows or values the converter changed (Llama's Q/K, GPT-NeoX's qkv, Gemma's norms) are
+        read whole."""
+        from ..rows import row_offset
+        ref = self._ref(name)
+        found = next(((s, i) for s, i in ref.stores if s in self._stored), None)
+        if found is None:
+            raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
+        stored, idx = found
+        t, expert = self._stored[stored]
+        offset = row_offset(idx)
+        changed = self._changes(stored)
+        if offset is None or changed or len(ref.shape) != 2 or (self._last and self._last[0] == t.name):
+            return super().get_rows(name, index, dtype)
+        from gguf import dequantize
+        data = t.data if expert is None else t.data[expert]
+        rows = np.asarray(index, dtype=np.int64) + offset
+        w = dequantize(np.asarray(data[rows]), t.tensor_type)
+        return torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).reshape(len(rows), ref.shape[1]).to(dtype)
+
+    def _changes(self, stored: str) -> str | None:
+        """What llama.cpp's converter changed in a stored tensor (None: nothing)."""
+        g = self.gguf_arch
+        if g in PERMUTED_ARCHS and stored.endswith(("q_proj.weight", "q_proj.bias")):
+            return "q"
+        if g in PERMUTED_ARCHS and stored.endswith(("k_proj.weight", "k_proj.bias")):
+            return "k"
+        if g in SHIFTED_NORM_ARCHS and stored.endswith("norm.weight"):
+            return "norm"
+        if g == "gptneox" and ".query_key_value." in stored:
+            return "neox_qkv"
+        return None
+
     def _read(self, stored: str, keep: bool = False) -> torch.Tensor:
         """The GGUF tensor holding ``stored``, dequantized, in its Hugging Face layout; a fused or
         stacked one (``keep``) is kept until another is read, as its parts are read one after another."""
@@ -278,14 +313,14 @@ class GGUFBackend(QuantizedBackend):
             return self._last[1]
         self._last = None
         w = torch.from_numpy(self._dequantize(t))
-        g, a = self.gguf_arch, self.arch
-        if g in PERMUTED_ARCHS and stored.endswith(("q_proj.weight", "q_proj.bias")):
+        change, a = self._changes(stored), self.arch
+        if change == "q":
             w = unpermute_rotary(w, a.n_heads)
-        elif g in PERMUTED_ARCHS and stored.endswith(("k_proj.weight", "k_proj.bias")):
+        elif change == "k":
             w = unpermute_rotary(w, a.n_kv_heads)
-        elif g in SHIFTED_NORM_ARCHS and stored.endswith("norm.weight"):
+        elif change == "norm":
             w = w - 1
-        elif g == "gptneox" and ".query_key_value." in stored:
+        elif change == "neox_qkv":
             w = regroup_neox_qkv(w, a.n_heads)
         if keep:
             self._last = (t.name, w)
