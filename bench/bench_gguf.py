@@ -8,8 +8,11 @@ it out (names, rotary Q/K row permutation; output.weight Q8_0), then runs
   safetensors  tracing.compare(base, ft, stat="cos")             both bf16 safetensors folders
   gguf         tracing.compare(base, ft.Q4_0.gguf, stat="cos")   per-tensor dequantization
 
-    python bench/bench_gguf.py                 # 4 blocks
-    python bench/bench_gguf.py --blocks 2
+each in full and sampled (``--rows``, default 0 and 1024: only K rows of each up projection; in the
+GGUF file only those rows are dequantized).
+
+    python bench/bench_gguf.py                 # 4 blocks, full and K = 1024
+    python bench/bench_gguf.py --blocks 2 --rows 0
 """
 from __future__ import annotations
 
@@ -27,13 +30,13 @@ from common import GB, Timer, emit  # noqa: E402
 SHAPE_7B = dict(d=4096, h=11008, V=32000, heads=32)
 
 
-def variant(base: Path, other: Path) -> dict:
+def variant(base: Path, other: Path, rows: int = 0) -> dict:
     import tracing
     import tracing.api  # noqa: F401
     from tracing.stats import known_names
     known_names()
     with Timer() as t:
-        rec = tracing.compare(str(base), str(other), stat="cos", progress=False)
+        rec = tracing.compare(str(base), str(other), stat="cos", progress=False, **({"rows": rows} if rows else {}))
     return {**t.fields(), "log10_pvalue": rec["log10_pvalue"], "stat_s": rec["timings"]["statistic"],
             "load_s": rec["timings"]["load"], "quantization": rec["models"]["ft"].get("quantization")}
 
@@ -57,6 +60,8 @@ def main(argv=None):
     ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR)
     ap.add_argument("--out", type=Path, default=common.ROOT / "bench" / "results")
     ap.add_argument("--cleanup", action="store_true")
+    ap.add_argument("--rows", default="0,1024", help="K values; 0 is the full test (default 0,1024)")
+    ap.add_argument("--k", type=int, default=0)
     ap.add_argument("--variant", choices=["safetensors", "gguf"])
     ap.add_argument("--base", type=Path)
     ap.add_argument("--other", type=Path)
@@ -67,7 +72,7 @@ def main(argv=None):
         write_gguf_child(Path(a.write_gguf[0]), Path(a.write_gguf[1]), a.write_gguf[2])
         return
     if a.variant:
-        emit({"variant": a.variant, **variant(a.base, a.other)})
+        emit({"variant": a.variant, **variant(a.base, a.other, a.k)})
         return
 
     root = a.workdir / f"gguf-d{a.d}-h{a.h}-V{a.V}-L{a.blocks}"
@@ -85,12 +90,14 @@ def main(argv=None):
 
     records = []
     with open(common.log_path(a.workdir, "bench_gguf"), "a") as log:
-        for name, other in (("safetensors", paths["ft"]), ("gguf", gguf)):
-            rec = common.run_child(__file__, ["--variant", name, "--base", str(paths["base"]), "--other", str(other)],
-                                   log=log)
-            rec.update(variant=name, blocks=a.blocks, ft_size=common.dir_size(other) if other.is_dir() else other.stat().st_size)
-            records.append(rec)
-            print(json.dumps(rec), file=sys.stderr, flush=True)
+        for k in (int(x) for x in a.rows.split(",") if x):
+            for name, other in (("safetensors", paths["ft"]), ("gguf", gguf)):
+                args = ["--variant", name, "--base", str(paths["base"]), "--other", str(other), "--k", str(k)]
+                rec = common.run_child(__file__, args, log=log)
+                size = common.dir_size(other) if other.is_dir() else other.stat().st_size
+                rec.update(variant=name, blocks=a.blocks, ft_size=size, rows=k)
+                records.append(rec)
+                print(json.dumps(rec), file=sys.stderr, flush=True)
     table = make_table(records, a.qtype)
     header = f"bench_gguf — {common.machine_line()}"
     print(f"\n{header}\n\n{table}")
@@ -101,19 +108,21 @@ def main(argv=None):
 
 
 def make_table(records: list[dict], qtype: str) -> str:
-    ref = next((r for r in records if r.get("variant") == "safetensors" and "error" not in r), {})
     rows = []
     for r in records:
+        test = f"K = {r['rows']}" if r.get("rows") else "full"
         if "error" in r:
-            rows.append([r["blocks"], r["variant"], "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 8)
+            rows.append([r["blocks"], r["variant"], test, "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 8)
             continue
+        ref = next((x for x in records if x.get("variant") == "safetensors" and "error" not in x
+                    and x.get("rows") == r.get("rows")), {})
         kind = f"bf16 base vs {qtype} GGUF" if r["variant"] == "gguf" else "bf16 base vs bf16 ft"
-        rows.append([r["blocks"], kind, f"{r['ft_size'] / GB:.2f}", common.fmt_s(r["wall_s"]),
+        rows.append([r["blocks"], kind, test, f"{r['ft_size'] / GB:.2f}", common.fmt_s(r["wall_s"]),
                      common.fmt_s(r["stat_s"]), common.fmt_s(r["cpu_s"]),
                      f"{r['load_start']:.1f}/{r['load_end']:.1f}", common.fmt_gb(r["peak_rss"]),
                      common.fmt_ratio(r["wall_s"], ref.get("wall_s")) + " / " +
                      common.fmt_ratio(r["peak_rss"], ref.get("peak_rss")), f"{r['log10_pvalue']:.4g}"])
-    return common.markdown_table(["blocks", "pair", "ft on disk GiB", "wall s", "statistic s", "CPU s",
+    return common.markdown_table(["blocks", "pair", "test", "ft on disk GiB", "wall s", "statistic s", "CPU s",
                                   "load avg start/end", "peak RSS GiB",
                                   "vs safetensors: wall / RSS", "log10 p"], rows)
 
