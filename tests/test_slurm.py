@@ -105,6 +105,24 @@ def test_launch_submits_one_array_and_rerun_submits_nothing(slurm_cluster, tiny_
     assert json.loads((out / "launch.json").read_text())["arrays"] == []
 
 
+def test_sampled_rows_are_read_once_per_model_across_array_tasks(slurm_cluster, tiny_models, tmp_path):
+    """--rows under Slurm: the array tasks share the store beside the results (lock files, atomic
+    writes); over the three pairs each model's rows are read from its weights exactly once."""
+    from tracing.rowstore import FOLDER
+    cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"], tiny_models["indep"]])
+    out = tmp_path / "out"
+    r = run_launch(cfg, out, "--rows", "32", "--partition", slurm_cluster["partition"], "--array_parallelism", "3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"read once per model and kept in {out / FOLDER}" in r.stdout
+    recs = [load_record(f) for f in out.rglob("cos-*.p")]
+    assert len(recs) == 3 and all(rec["status"] == "ok" and rec["extra"]["rows"] == 32 for rec in recs)
+    assert all(rec["job_id"] for rec in recs)  # computed inside the array tasks
+    L = len(recs[0]["per_layer"])
+    read = sum(rec["rows_store"][side]["read"] for rec in recs for side in ("base", "ft"))
+    assert read == 3 * L  # three models, each block's rows read once
+    assert len([d for d in (out / FOLDER).iterdir() if d.is_dir()]) == 3
+
+
 def test_broken_pairs_fail_while_others_succeed(slurm_cluster, tiny_models, tmp_path):
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
