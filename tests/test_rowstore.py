@@ -125,7 +125,7 @@ def test_an_unreadable_entry_is_read_again_from_the_weights(grid, tmp_path):
 
 def test_launch_keeps_sampled_rows_beside_the_results(grid, tmp_path):
     """launch.py over a model list with --rows: local workers share the store; every model's
-    tensors are read from its weights exactly once over the whole grid; the report ignores it."""
+    tensors are read from its weights exactly once over the whole grid; the report says so."""
     cfg = tmp_path / "list.yaml"
     cfg.write_text(yaml.safe_dump({"models": list(grid.values())}))
     out = tmp_path / "out"
@@ -142,7 +142,9 @@ def test_launch_keeps_sampled_rows_beside_the_results(grid, tmp_path):
     read = sum(rec["rows_store"][side]["read"] for rec in recs for side in ("base", "ft"))
     from_store = sum(rec["rows_store"][side]["from_store"] for rec in recs for side in ("base", "ft"))
     assert read == len(grid) * 3 and from_store == 6 * 2 * 3 - read
-    assert (out / "report.md").is_file() and FOLDER not in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "(6 result files, 6 pairs, 4 models)" in report  # nothing of the store is read as a result
+    assert f"- sampled rows: {read} tensors' rows read from the weights, {from_store} from the store" in report
 
 
 def test_sampled_embedding_columns_go_through_the_store_too(grid, tmp_path):

@@ -66,6 +66,11 @@ def run_section(c: Context) -> list[str]:
         L.append(f"- host(s): {', '.join(hosts[:5])}{' …' if len(hosts) > 5 else ''}")
     if c.launch.get("cluster"):
         L.append(f"- launched on: {c.launch['cluster']} ({c.launch.get('time', '')})")
+    stored = [side for r in recs for side in (r.get("rows_store") or {}).values()]
+    if stored:
+        read, kept = sum(x.get("read", 0) for x in stored), sum(x.get("from_store", 0) for x in stored)
+        L.append(f"- sampled rows: {read} tensors' rows read from the weights, {kept} from the store beside the "
+                 f"results (`.sampled-rows/`, keyed by the weight files' SHA-256; bit-identical to the weights)")
     L.append(f"- report written: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}; verdicts at level "
              f"{c.level:g}, corrected with {c.cname} within each grid (statistic × transform × raw/aligned)")
     L += [f"- lineage: {c.lin.source if c.lin else 'unknown'}", "", "### Models", ""]
