@@ -137,6 +137,41 @@ def test_diagonal_equals_per_layer(family, stat, ft):
     assert local.log10_pvalue == pytest.approx(min(0.0, math.log10(16) + np.nanmin(grid)))
 
 
+def test_sampled_block_map_finds_the_removed_blocks(family, tmp_path, monkeypatch):
+    """cos --rows on models of different depth: the same K rows of every block, each read once
+    (θ₁'s kept for every cell), give the same correspondence as the full block map."""
+    from tracing.models import Checkpoint
+    pruned = derive("demo:a-docs", tmp_path / "pruned", blocks=[0, 2, 3])
+    control = derive("demo:base-b", tmp_path / "control", blocks=[0, 2, 3])
+    reads = []
+    real = Checkpoint.get_rows
+    monkeypatch.setattr(Checkpoint, "get_rows",
+                        lambda self, *a, **k: reads.append((self.label, a[0])) or real(self, *a, **k))
+    monkeypatch.setattr(Checkpoint, "get", lambda *a, **k: pytest.fail("a whole up_proj was read"))
+    res = compare("demo:base-a", pruned, stat="cos", rows=64)
+    assert len(reads) == len(set(reads)) == 4 + 3  # each block of each model read once
+    assert corr_of(res) == {0: 0, 1: 2, 2: 3} and res.verdict.startswith("dependent")
+    assert res["extra"]["rows"] == 64 and np.array(res["per_pair"]).shape == (4, 3)
+    assert min(lp for row in res["per_pair"] for lp in row) >= -math.log10(math.factorial(64)) - 1e-6
+    ctl = compare("demo:base-a", control, stat="cos", rows=64)
+    assert ctl["matched"] == 0 and ctl.log10_pvalue > -2
+
+
+def test_sampled_block_map_calibrated():
+    """Independent pairs of different depths and widths, cos --rows 24 of h = 48: every cell's p-value
+    uniform, the Bonferroni overall p-value rarely small."""
+    overall, cells = [], []
+    for k in range(40):
+        a, b = _tiny(2, 3000 + k), _tiny(3, 9000 + k, h=48)
+        res = compare_models(a, b, stat="cos", rows=24)
+        assert res["extra"]["rows"] == 24
+        overall.append(res.pvalue)
+        cells.append(10 ** res["per_pair"][1][2])
+    # Bonferroni over the cells: P(p < 0.05) ≤ 0.05, so no more rejections than a 5% rate explains
+    assert sps.binomtest(sum(p < 0.05 for p in overall), len(overall), 0.05, alternative="greater").pvalue > 0.01
+    assert sps.kstest(cells, "uniform").pvalue > 0.01
+
+
 def _tiny(L, seed, h=64, d=32):
     from tests.helpers import tiny_config, tiny_model
     return tiny_model(tiny_config(L=L, d=d, h=h, V=64), seed=seed)
@@ -230,6 +265,8 @@ def test_sizing_counts_block_pairs():
         c1, c2 = get(stat).cost(same), get(stat).cost(deep)
         assert c2.seconds > 1.5 * c1.seconds
     assert get("match").cost(deep).mem_bytes > get("match").cost(same).mem_bytes
+    sampled = Sizing.from_infos(info(8), info(16), Options(stat="cos", rows=128))
+    assert get("cos").cost(sampled).seconds < get("cos").cost(deep).seconds / 20  # (K/h)² of every cell
 
 
 def test_activations_spilled_to_a_memory_map(family, tmp_path):

@@ -115,17 +115,28 @@ def _grid_from(results: dict, L1: int, L2: int, pairs, alternative: str):
 
 # ---- cos: weights ---------------------------------------------------------------------------
 def cos_map(ctx, base, ft):
-    """The block map of ``cos``: MATCH of up_proj rows for every block pair (equal d)."""
+    """The block map of ``cos``: MATCH of up_proj rows for every block pair (equal d). With
+    ``--rows K`` the same K sampled rows of every block of both models (read once per block) are
+    matched K × K in every cell."""
     from .align import Matcher
+    from .stats.base import rows_extra, sampled_rows
     A, B = base.arch, ft.arch
     require_cos_width(A, B)
+    o = ctx.options
+    S = None if o.rows is None else sampled_rows(min(A.h, B.h), o.rows, o.seed)
+    kept = {} if S is None else {i: base.get_rows(A.units(i)[0].up, S) for i in range(A.L)}
+
+    def read(src, arch, i):
+        up = arch.units(i)[0].up
+        return src.get(up) if S is None else src.get_rows(up, S)
+
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes, total=A.L * B.L,
                 desc="cos: block map" if ctx.progress else None)
     try:
         for j in range(B.L):
-            U2 = ft.get(B.units(j)[0].up)
+            U2 = read(ft, B, j)
             for i in range(A.L):
-                m.submit((i, j), base.get(A.units(i)[0].up), U2)
+                m.submit((i, j), kept[i] if S is not None else read(base, A, i), U2)
             del U2
             ft.release()
             base.release()
@@ -138,6 +149,8 @@ def cos_map(ctx, base, ft):
            for i in range(A.L)]
     out.extra["per_pair_median_cos"] = med
     out.extra["notes"] = auto_note("cos", A, B, ctx.options)
+    if S is not None:
+        out.extra.update(rows_extra(o, min(A.h, B.h)))
     return out
 
 
@@ -243,9 +256,17 @@ def match_map(ctx, base, ft):
 
 # ---- job sizing -----------------------------------------------------------------------------
 def cos_cost(s):
-    """Every block pair's cosine product and assignment; weights stream."""
+    """Every block pair's cosine product and assignment; weights stream (sampled: K rows of each
+    block read once, K × K per cell)."""
+    from .stats.cost import READ_BYTES_PER_S, solve_s
     from .stats.spec import Cost
     cells = s.a.L * s.b.L
+    K = getattr(s.options, "rows", None)
+    if K:
+        K = min(int(K), s.a.h, s.b.h)
+        read = K * s.d * (s.a.L * s.a_bytes + s.b.L * s.b_bytes) / READ_BYTES_PER_S
+        return Cost(s.a.L * K * s.d * 4 + 2 * K * s.d * 4 + K * K * 12,
+                    read + cells * (s.mm(K, K, s.d) + solve_s(K)), True)
     t = s.read_s * s.b.L + cells * (s.mm(s.a.h, s.b.h, s.d) + s.solve_s(min(s.a.h, s.b.h)) / s.par)
     return Cost(s.weight_stream + s.solves * s.per_solve, t, True)
 

@@ -12,9 +12,10 @@ Each layer also records the median cosine of its matched up rows (``median_cos``
 When either model has mixture-of-experts blocks, every pair of MLPs chosen by
 :mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead.
 
-With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models)
-are read and matched K × K; the null law is unchanged (θ₂'s units are exchangeable within any fixed
-subset) and the per-layer floor is −log10(K!).
+With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models
+and every block) are read and matched K × K, block by block or in every cell of the block map; the
+null law is unchanged (θ₂'s units are exchangeable within any fixed subset) and the per-layer floor
+is −log10(K!).
 """
 import numpy as np
 
@@ -36,10 +37,6 @@ def _check(a, b, options):
     if a.has_experts or b.has_experts:
         raise TracingError("--rows is not available for mixture-of-experts models (their experts are paired "
                            "first); drop --rows")
-    from ..blockmap import chosen
-    if chosen("cos", a, b, options):
-        raise TracingError("--rows is not available with the block map (models of different depth, or "
-                           "--localized); drop --rows")
     h = min(a.h, b.h)
     if options.rows > h:
         raise TracingError(f"--rows {options.rows} is larger than the MLP width h={h}; give at most {h} "
