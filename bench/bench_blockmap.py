@@ -9,6 +9,10 @@ each in its own process:
 
   per-layer   ``match`` as usual: both models in one lockstep pass, one gate and one up matching per block
   localized   ``match --localized``: one pass per model, θ₁'s activations kept, 2·L² matchings
+  cos-localized        ``cos --localized``: up_proj rows of every block pair (weights only, L² matchings)
+  cos-localized-rows   ``cos --localized --rows 256``: the same 256 rows of every block, 256 × 256 per cell
+
+    python bench/bench_blockmap.py --variants cos-localized,cos-localized-rows
 """
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ import common  # noqa: E402
 from common import Timer, emit  # noqa: E402
 
 SHAPE = dict(d=1024, h=2816, V=32000, heads=16)
-VARIANTS = ("per-layer", "localized")
+VARIANTS = ("per-layer", "localized", "cos-localized", "cos-localized-rows")
+BASELINE = {"per-layer": "per-layer", "localized": "per-layer", "cos-localized": "cos-localized",
+            "cos-localized-rows": "cos-localized"}  # what each variant is compared with
+SAMPLED_ROWS = 256
 
 
 def variant(name: str, paths: list[Path], samples: int, block_size: int, batch: int) -> dict:
@@ -33,11 +40,14 @@ def variant(name: str, paths: list[Path], samples: int, block_size: int, batch: 
     from tracing.models import Checkpoint
     V = json.loads((paths[0] / "config.json").read_text())["vocab_size"]
     ids = torch.randint(0, V, (samples, block_size), generator=torch.Generator().manual_seed(0))
+    if name.startswith("cos"):
+        kw = dict(stat="cos", localized=True, **({"rows": SAMPLED_ROWS} if name.endswith("rows") else {}))
+    else:
+        kw = dict(stat="match", tokens=ids, localized=(name == "localized"), batch_size=batch, dtype="float32")
     with Timer() as t:
-        res = compare_models(Checkpoint(paths[0]), Checkpoint(paths[1]), stat="match", tokens=ids,
-                             localized=(name == "localized"), batch_size=batch, dtype="float32")
+        res = compare_models(Checkpoint(paths[0]), Checkpoint(paths[1]), **kw)
     out = {**t.fields(), "log10_pvalue": res.log10_pvalue, "tokens": samples * block_size}
-    if name == "localized":
+    if name != "per-layer":
         out["matched"] = res["matched"]
         out["correspondence"] = [list(c[:2]) for c in res["correspondence"]]
         out["spilled"] = bool(res["extra"].get("activations_spilled"))
@@ -66,7 +76,7 @@ def main(argv=None):
 
     table = make_table(records, a.blocks)
     header = (f"bench_blockmap — {common.machine_line()}\n\nmodels: d={a.d}, h={a.h}, {a.blocks} blocks, V={a.V}, "
-              f"{params / 1e6:.0f}M parameters each (bf16 on disk, float32 compute); statistic match; data: "
+              f"{params / 1e6:.0f}M parameters each (bf16 on disk, float32 compute); match data: "
               f"{a.samples} × {a.block_size} random token ids, batch {a.batch}")
     print(f"\n{header}\n\n{table}")
     common.save_results(a.out, "bench_blockmap", records, f"{header}\n\n{table}")
@@ -77,13 +87,13 @@ def main(argv=None):
 
 def make_table(records: list[dict], L: int) -> str:
     by = {r["variant"]: r for r in records}
-    ref = by.get("per-layer", {})
     rows = []
     for r in records:
         if "error" in r:
             rows.append([r["variant"], "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 5)
             continue
-        cells = L * L if r["variant"] == "localized" else L
+        ref = by.get(BASELINE[r["variant"]], {})
+        cells = L if r["variant"] == "per-layer" else L * L
         found = "—"
         if "correspondence" in r:
             diag = sum(i == j for i, j in r["correspondence"])
@@ -93,7 +103,7 @@ def make_table(records: list[dict], L: int) -> str:
                      common.fmt_ratio(r["wall_s"], ref.get("wall_s")) + " / " +
                      common.fmt_ratio(r["peak_rss"], ref.get("peak_rss"))])
     return common.markdown_table(["variant", "block pairs", "log10 p", "block map", "wall s", "peak RSS GiB",
-                                  "vs per-layer: wall / RSS"], rows)
+                                  "vs baseline: wall / RSS"], rows)
 
 
 if __name__ == "__main__":

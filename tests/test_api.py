@@ -166,3 +166,16 @@ def test_methods_doc_examples_run():
     doc = Path(__file__).resolve().parent.parent / "docs" / "methods.md"
     r = doctest.testfile(str(doc), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert r.attempted >= 6 and r.failed == 0
+
+
+def test_weight_sources_are_streamed_not_materialised(trio, tmp_path, monkeypatch):
+    """compare_models on opened checkpoints (weight sources) reads them tensor by tensor, as the
+    command line does: never a whole-model state dict."""
+    from tracing.models import Checkpoint, WeightSource
+    base, ft, _ = trio
+    base.save_pretrained(tmp_path / "base")
+    ft.save_pretrained(tmp_path / "ft")
+    ref = tracing.compare(str(tmp_path / "base"), str(tmp_path / "ft"), stat="cos")
+    monkeypatch.setattr(WeightSource, "state_dict", lambda *a, **k: pytest.fail("a whole model was materialised"))
+    res = tracing.compare_models(Checkpoint(str(tmp_path / "base")), Checkpoint(str(tmp_path / "ft")), stat="cos")
+    assert res.log10_pvalue == ref.log10_pvalue

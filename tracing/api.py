@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .models import Checkpoint, DictSource, from_module
+from .models import Checkpoint, DictSource, WeightSource, from_module
 from .options import Options
 from .pair import Pair
 from .result import Result, make_record, summary
@@ -108,6 +108,8 @@ def compare_models(base, ft, stat: str = "cos", *, base_config=None, ft_config=N
 
 
 def _source(m, config, label: str):
+    if isinstance(m, WeightSource):  # an opened checkpoint or a view: streamed tensor by tensor
+        return m
     if hasattr(m, "state_dict") and hasattr(m, "config"):
         return from_module(m, label)
     if isinstance(m, dict):
@@ -117,7 +119,7 @@ def _source(m, config, label: str):
             from transformers import AutoConfig
             config = AutoConfig.for_model(**config)
         return DictSource(m, config, label)
-    if hasattr(m, "get") and hasattr(m, "arch"):
+    if hasattr(m, "get") and hasattr(m, "arch"):  # a weight source of another kind
         return m
     raise TypeError(f"{label}: expected a transformers model, a state dict with its config, or a weight source")
 
