@@ -21,6 +21,7 @@ file's metadata through transformers' GGUF support (the architectures it reads, 
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -157,13 +158,6 @@ def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
     return out
 
 
-def _numel(shape) -> int:
-    n = 1
-    for x in shape:
-        n *= int(x)
-    return n
-
-
 class GGUFBackend(QuantizedBackend):
     format = "gguf"
 
@@ -263,7 +257,7 @@ class GGUFBackend(QuantizedBackend):
         t, expert = self._stored[stored]
         w = self._read(stored, keep=index is not None or expert is not None)
         w = select(w if expert is None else w[expert], index)
-        if tuple(w.shape) != tuple(ref.shape) and w.numel() == _numel(ref.shape):
+        if tuple(w.shape) != tuple(ref.shape) and w.numel() == math.prod(ref.shape):
             w = w.reshape(ref.shape)  # e.g. Qwen2-MoE's shared-expert gate, stored as a vector
         if tuple(w.shape) != tuple(ref.shape):
             raise TracingError(f"{self.file}: tensor {t.name} gives shape {tuple(w.shape)} for {name}, but the "
