@@ -46,10 +46,13 @@ def _shared(units):
     return next((u for u in units if u.expert == "shared"), None)
 
 
-def block_pairs(i: int, units_a, units_b, similarity) -> tuple[list[UnitPair], list | None]:
+def block_pairs(i: int, units_a, units_b, similarity, any_width: bool = False) -> tuple[list[UnitPair], list | None]:
     """The unit pairs of block i and, for two MoE blocks, θ₂'s partner of each of θ₁'s experts.
 
-    ``similarity(unit_a, unit_b)`` is the expert-level similarity (called for two MoE blocks only)."""
+    ``similarity(unit_a, unit_b)`` is the expert-level similarity (called for two MoE blocks only).
+    ``any_width``: a dense MLP is also paired with experts (and a shared expert) of another width —
+    fine-grained upcycling splits a dense MLP's units among narrower experts; the statistic then
+    matches rectangularly."""
     ra, rb = _routed(units_a), _routed(units_b)
     if not ra and not rb:
         return [UnitPair(i, units_a[0], units_b[0], None)], None
@@ -70,9 +73,9 @@ def block_pairs(i: int, units_a, units_b, similarity) -> tuple[list[UnitPair], l
     # upcycling: one side dense, every expert (and a shared expert of the same width) against it
     if ra:
         dense = units_b[0]
-        return [UnitPair(i, u, dense, u.expert) for u in units_a if u.width == dense.width], None
+        return [UnitPair(i, u, dense, u.expert) for u in units_a if any_width or u.width == dense.width], None
     dense = units_a[0]
-    return [UnitPair(i, dense, u, u.expert) for u in units_b if u.width == dense.width], None
+    return [UnitPair(i, dense, u, u.expert) for u in units_b if any_width or u.width == dense.width], None
 
 
 def expert_result(stat: str, pairs: list[UnitPair], matched: dict, partners: dict, L: int, n_cols: int, ctx):

@@ -109,11 +109,12 @@ def _cos_experts(ctx, base, ft):
     pairs, partners = [], {}
     for i in range(a.L):
         block, partners[i] = block_pairs(i, a.units(i), b.units(i),
-                                         lambda ua, ub: expert_similarity(base.get(ua.up), ft.get(ub.up)))
+                                         lambda ua, ub: expert_similarity(base.get(ua.up), ft.get(ub.up)),
+                                         any_width=True)  # rectangular matching: fine-grained upcycling
         pairs += block
     if not pairs:
-        raise TracingError("cos found no pair of MLPs of equal width to compare (experts and dense MLP differ "
-                           "in width); use match on activations of models with equal widths")
+        raise TracingError("cos found no two experts of equal width to pair (the two models' experts differ in "
+                           "width); compare each model with a dense model, or the experts' shared ancestor")
     matched = match_layers(range(len(pairs)), lambda k: (base.get(pairs[k].a.up), ft.get(pairs[k].b.up)),
                            mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
                            desc="cos: match expert up rows" if ctx.progress else None)
