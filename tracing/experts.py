@@ -46,7 +46,8 @@ def _shared(units):
     return next((u for u in units if u.expert == "shared"), None)
 
 
-def block_pairs(i: int, units_a, units_b, similarity, any_width: bool = False) -> tuple[list[UnitPair], list | None]:
+def block_pairs(i: int, units_a, units_b, similarity,
+                any_width: bool = False) -> tuple[list[UnitPair], list | None]:
     """The unit pairs of block i and, for two MoE blocks, θ₂'s partner of each of θ₁'s experts.
 
     ``similarity(unit_a, unit_b)`` is the expert-level similarity (called for two MoE blocks only).
@@ -70,7 +71,7 @@ def block_pairs(i: int, units_a, units_b, similarity, any_width: bool = False) -
         if sa is not None and sb is not None and sa.width == sb.width:
             pairs.append(UnitPair(i, sa, sb, "shared"))
         return pairs, partner
-    # upcycling: one side dense, every expert (and a shared expert of the same width) against it
+    # upcycling: one side dense, every expert (and a shared expert) of its width, or of any width, against it
     if ra:
         dense = units_b[0]
         return [UnitPair(i, u, dense, u.expert) for u in units_a if any_width or u.width == dense.width], None

@@ -122,10 +122,10 @@ class PackedInt4Backend(QuantizedBackend):
         return None
 
     def _check_complete(self) -> None:
+        from ..models import logical_ref
         for name in self.arch.names():
             if self._stored(name) is not None:
                 continue
-            from ..models import logical_ref
             stored = logical_ref(self.arch, name, self.label).stores[0][0]
             mod = self._module(stored)
             present = [p for p in PARTS if f"{mod}.{p}" in self._index] if mod else []
