@@ -1,10 +1,10 @@
 """Tiny random models of every supported family, built with transformers (for tests)."""
 from __future__ import annotations
 
-import copy
-
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
+
+from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-exported for the family tests)
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
@@ -34,40 +34,14 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
 
 
 def family_model(config, seed: int = 0, std: float = 0.08):
-    """A random model with non-trivial norm gains and biases (so folding is really exercised)."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                center = 0.0 if config.model_type.startswith("gemma") else 1.0
-                p.copy_(center + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(std * torch.randn(p.shape, generator=g))
-    return model
+    """A random model with non-trivial norm gains and biases (Gemma's gains ``1 + w`` around w = 0)."""
+    return tiny_model(config, seed, std, norm_center=0.0 if config.model_type.startswith("gemma") else 1.0)
 
 
 def noisy(model, seed: int = 1, noise: float = 0.05):
     """θ₂ = θ₁ + noise, the noise scaled per tensor to ``noise`` × its mean absolute value."""
-    out = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(noise * p.abs().mean() * torch.randn(p.shape, generator=g))
-    return out
+    return finetuned(model, seed, noise)
 
 
 def random_ids(V: int, n: int = 2, T: int = 16, seed: int = 0):
     return torch.randint(3, V, (n, T), generator=torch.Generator().manual_seed(seed))
-
-
-def logits(model, ids):
-    with torch.no_grad():
-        return model(ids).logits.float()
-
-
-def rel_diff(a, b):
-    return ((a - b).abs().max() / a.abs().max()).item()

@@ -25,15 +25,16 @@ def tiny_config(kind: str = "llama", d: int = 64, h: int = 128, L: int = 3, V: i
     raise ValueError(kind)
 
 
-def tiny_model(config, seed: int = 0, std: float = 0.05):
-    """A random model whose norm gains and biases are non-trivial (so folding is really tested)."""
+def tiny_model(config, seed: int = 0, std: float = 0.05, norm_center: float = 1.0):
+    """A random model whose norm gains (around ``norm_center``) and biases are non-trivial (so
+    folding is really tested)."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+                p.copy_(norm_center + 0.3 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
             else:
