@@ -38,10 +38,11 @@ def variant(name: str, paths: list[Path], samples: int, block_size: int, batch: 
 
     from tracing import compare_models
     from tracing.models import Checkpoint
-    V = json.loads((paths[0] / "config.json").read_text())["vocab_size"]
+    cfg = json.loads((paths[0] / "config.json").read_text())
+    V = cfg["vocab_size"]
     ids = torch.randint(0, V, (samples, block_size), generator=torch.Generator().manual_seed(0))
     if name.startswith("cos"):
-        kw = dict(stat="cos", localized=True, **({"rows": SAMPLED_ROWS} if name.endswith("rows") else {}))
+        kw = dict(stat="cos", localized=True, **({"rows": min(SAMPLED_ROWS, cfg["intermediate_size"])} if name.endswith("rows") else {}))
     else:
         kw = dict(stat="match", tokens=ids, localized=(name == "localized"), batch_size=batch, dtype="float32")
     with Timer() as t:
@@ -63,16 +64,7 @@ def main(argv=None):
 
     root, paths = common.ensure_eval_pair(a)
     params = sum(f.stat().st_size for f in paths["base"].glob("*.safetensors")) / 2
-    records = []
-    a.out.mkdir(parents=True, exist_ok=True)
-    with open(common.log_path(a.workdir, "bench_blockmap"), "a") as log:
-        for v in [v for v in a.variants.split(",") if v]:
-            rec = common.run_child(__file__, ["--variant", v, "--samples", str(a.samples), "--block-size",
-                                              str(a.block_size), "--batch", str(a.batch),
-                                              "--paths", str(paths["base"]), str(paths["ft"])], log=log)
-            rec.update(variant=v)
-            records.append(rec)
-            print(json.dumps(rec), file=sys.stderr, flush=True)
+    records = common.run_eval_variants(__file__, "bench_blockmap", a, lambda v: [paths["base"], paths["ft"]])
 
     table = make_table(records, a.blocks)
     header = (f"bench_blockmap — {common.machine_line()}\n\nmodels: d={a.d}, h={a.h}, {a.blocks} blocks, V={a.V}, "

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import GB, Timer, emit  # noqa: E402
+from common import Timer, emit  # noqa: E402
 
 SHAPE = dict(d=1024, h=2816, V=32000, heads=16)
 
@@ -80,17 +79,8 @@ def main(argv=None):
 
     root, paths = common.ensure_eval_pair(a)
     params = sum(f.stat().st_size for f in paths["base"].glob("*.safetensors")) / 2
-    records = []
-    a.out.mkdir(parents=True, exist_ok=True)
-    with open(common.log_path(a.workdir, "bench_eval"), "a") as log:
-        for v in [v for v in a.variants.split(",") if v]:
-            ps = [paths["base"], paths["ft"]] if v.endswith("pair") else [paths["base"]]
-            rec = common.run_child(__file__, ["--variant", v, "--samples", str(a.samples), "--block-size",
-                                              str(a.block_size), "--batch", str(a.batch),
-                                              "--paths", *map(str, ps)], log=log)
-            rec.update(variant=v)
-            records.append(rec)
-            print(json.dumps(rec), file=sys.stderr, flush=True)
+    records = common.run_eval_variants(
+        __file__, "bench_eval", a, lambda v: [paths["base"], paths["ft"]] if v.endswith("pair") else [paths["base"]])
 
     table = make_table(records)
     header = (f"bench_eval — {common.machine_line()}\n\nmodel: d={a.d}, h={a.h}, {a.blocks} blocks, V={a.V}, "

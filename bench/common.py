@@ -381,3 +381,18 @@ def ensure_eval_pair(a):
     root = a.workdir / f"eval-d{a.d}-h{a.h}-V{a.V}-L{a.blocks}"
     cfg = llama_config(d=a.d, h=a.h, V=a.V, heads=a.heads, L=a.blocks)
     return root, ensure_family(root, cfg, names=("base", "ft"))
+
+
+def run_eval_variants(script, name: str, a, paths_of) -> list[dict]:
+    """Every variant of ``a.variants`` in its own process, on the checkpoints ``paths_of(variant)``,
+    with the data options of :func:`eval_shape_parser`; the records, in order."""
+    records = []
+    a.out.mkdir(parents=True, exist_ok=True)
+    with open(log_path(a.workdir, name), "a") as log:
+        for v in [v for v in a.variants.split(",") if v]:
+            rec = run_child(script, ["--variant", v, "--samples", str(a.samples), "--block-size", str(a.block_size),
+                                     "--batch", str(a.batch), "--paths", *map(str, paths_of(v))], log=log)
+            rec.update(variant=v)
+            records.append(rec)
+            print(json.dumps(rec), file=sys.stderr, flush=True)
+    return records
