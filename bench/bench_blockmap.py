@@ -42,7 +42,9 @@ def variant(name: str, paths: list[Path], samples: int, block_size: int, batch: 
     V = cfg["vocab_size"]
     ids = torch.randint(0, V, (samples, block_size), generator=torch.Generator().manual_seed(0))
     if name.startswith("cos"):
-        kw = dict(stat="cos", localized=True, **({"rows": min(SAMPLED_ROWS, cfg["intermediate_size"])} if name.endswith("rows") else {}))
+        kw = dict(stat="cos", localized=True)
+        if name.endswith("rows"):
+            kw["rows"] = min(SAMPLED_ROWS, cfg["intermediate_size"])
     else:
         kw = dict(stat="match", tokens=ids, localized=(name == "localized"), batch_size=batch, dtype="float32")
     with Timer() as t:
