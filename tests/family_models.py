@@ -43,5 +43,17 @@ def noisy(model, seed: int = 1, noise: float = 0.05):
     return finetuned(model, seed, noise)
 
 
+def save_trio(folder, family: str, **config) -> tuple:
+    """``(base model, {"base", "ft", "indep": folder})``: a base of ``family``, base + 5% noise and an
+    independent model, saved under ``folder``."""
+    cfg = family_config(family, **config)
+    base = family_model(cfg, seed=1)
+    paths = {}
+    for tag, model in (("base", base), ("ft", noisy(base, seed=2)), ("indep", family_model(cfg, seed=3))):
+        model.save_pretrained(folder / tag)
+        paths[tag] = folder / tag
+    return base, paths
+
+
 def random_ids(V: int, n: int = 2, T: int = 16, seed: int = 0):
     return torch.randint(3, V, (n, T), generator=torch.Generator().manual_seed(seed))

@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 
 from family_models import (DENSE, FAMILIES, GATED, MOE, POST_NORM, family_config, family_model, logits, noisy,
-                           random_ids, rel_diff)
+                           random_ids, rel_diff, save_trio)
 from tracing.align import align
 from tracing.engine import Engine
 from tracing.errors import TracingError
@@ -43,13 +43,7 @@ def saved(tmp_path_factory):
 
     def make(family):
         if family not in cache:
-            cfg = family_config(family)
-            base = family_model(cfg, seed=1)
-            paths = {}
-            for tag, model in (("base", base), ("ft", noisy(base, seed=2)), ("indep", family_model(cfg, seed=3))):
-                model.save_pretrained(root / family / tag)
-                paths[tag] = root / family / tag
-            cache[family] = (base, paths)
+            cache[family] = save_trio(root / family, family)
         return cache[family]
     return make
 

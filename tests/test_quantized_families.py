@@ -18,7 +18,7 @@ import pytest
 import scipy.stats
 import torch
 
-from family_models import DENSE, MOE, family_config, family_model, logits, noisy, random_ids, rel_diff
+from family_models import DENSE, MOE, family_config, family_model, logits, random_ids, rel_diff, save_trio
 from quant_writers import write_awq, write_gguf, write_gptq
 from tracing.align import align
 from tracing.errors import TracingError
@@ -48,6 +48,20 @@ def gguf_folder(hf: Path, out: Path, qtype: str) -> str:
     return f"{out}:{f.name}"
 
 
+def calibration_ks(tmp_path: Path, family: str, seed: int, quantized) -> float:
+    """KS p-value of cos over 30 independent pairs: a float model against an independent one
+    read through ``quantized(float folder, k) -> spec``."""
+    cfg = family_config(family)
+    p = []
+    for k in range(30):
+        a, b = family_model(cfg, seed=seed + 2 * k), family_model(cfg, seed=seed + 1 + 2 * k)
+        a.save_pretrained(tmp_path / f"a{k}")
+        b.save_pretrained(tmp_path / f"b{k}")
+        p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), Checkpoint(quantized(tmp_path / f"b{k}", k)))
+                 .log10_pvalue)
+    return scipy.stats.kstest(p, "uniform").pvalue
+
+
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf-families")
@@ -55,13 +69,7 @@ def fam(tmp_path_factory):
 
     def make(family):
         if family not in cache:
-            cfg = family_config(family, **TIED.get(family, {}))
-            base = family_model(cfg, seed=1)
-            paths = {}
-            for tag, model in (("base", base), ("ft", noisy(base, seed=2)), ("indep", family_model(cfg, seed=3))):
-                model.save_pretrained(root / family / tag)
-                paths[tag] = root / family / tag
-            cache[family] = (base, paths, root / family)
+            cache[family] = (*save_trio(root / family, family, **TIED.get(family, {})), root / family)
         return cache[family]
     return make
 
@@ -121,15 +129,7 @@ def test_cos_power_and_independence_on_q4(fam, family):
 
 def test_cos_calibrated_on_fused_q4_gguf(tmp_path):
     """Phi-3 (up rows read through the fused gate_up tensor of a Q4_0 file): 30 independent pairs."""
-    cfg = family_config("phi3")
-    p = []
-    for k in range(30):
-        a, b = family_model(cfg, seed=100 + 2 * k), family_model(cfg, seed=101 + 2 * k)
-        a.save_pretrained(tmp_path / f"a{k}")
-        b.save_pretrained(tmp_path / f"b{k}")
-        g = Checkpoint(gguf_folder(tmp_path / f"b{k}", tmp_path / f"g{k}", "Q4_0"))
-        p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), g).log10_pvalue)
-    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+    assert calibration_ks(tmp_path, "phi3", 100, lambda f, k: gguf_folder(f, tmp_path / f"g{k}", "Q4_0")) > 0.01
 
 
 def _one_line(spec: str, tmp_path: Path) -> str:
@@ -204,29 +204,13 @@ def test_packed_int4_permutation_recovered_and_power(fam, family, fmt):
 
 def test_cos_calibrated_on_fused_gptq(tmp_path):
     """Phi-3 GPTQ (the fused gate_up layer packed whole, act-order groups): 30 independent pairs."""
-    cfg = family_config("phi3")
-    p = []
-    for k in range(30):
-        a, b = family_model(cfg, seed=300 + 2 * k), family_model(cfg, seed=301 + 2 * k)
-        a.save_pretrained(tmp_path / f"a{k}")
-        b.save_pretrained(tmp_path / f"b{k}")
-        q = Checkpoint(str(write_gptq(tmp_path / f"b{k}", tmp_path / f"q{k}", seed=k)))
-        p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), q).log10_pvalue)
-    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+    assert calibration_ks(tmp_path, "phi3", 300, lambda f, k: str(write_gptq(f, tmp_path / f"q{k}", seed=k))) > 0.01
 
 
 def test_cos_calibrated_on_moe_q4_gguf(tmp_path):
     """Qwen3-MoE (experts matched per block, each expert's up rows read from the stacked ffn_up_exps
     of a Q4_0 file): 30 independent pairs."""
-    cfg = family_config("qwen3_moe")
-    p = []
-    for k in range(30):
-        a, b = family_model(cfg, seed=500 + 2 * k), family_model(cfg, seed=501 + 2 * k)
-        a.save_pretrained(tmp_path / f"a{k}")
-        b.save_pretrained(tmp_path / f"b{k}")
-        g = Checkpoint(gguf_folder(tmp_path / f"b{k}", tmp_path / f"g{k}", "Q4_0"))
-        p.append(10 ** cos(Checkpoint(str(tmp_path / f"a{k}")), g).log10_pvalue)
-    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+    assert calibration_ks(tmp_path, "qwen3_moe", 500, lambda f, k: gguf_folder(f, tmp_path / f"g{k}", "Q4_0")) > 0.01
 
 
 @pytest.mark.parametrize("family", FAMILIES)
