@@ -247,14 +247,18 @@ class GGUFBackend(QuantizedBackend):
     def weight_files(self):
         return [self.file]
 
-    def get(self, name, dtype=torch.float32):
-        from ..models import select
+    def _find(self, name):
+        """``(ref, stored name, index, GGUF tensor, expert)`` of a logical tensor."""
         ref = self._ref(name)
         found = next(((s, i) for s, i in ref.stores if s in self._stored), None)
         if found is None:
             raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
         stored, index = found
-        t, expert = self._stored[stored]
+        return (ref, stored, index, *self._stored[stored])
+
+    def get(self, name, dtype=torch.float32):
+        from ..models import select
+        ref, stored, index, t, expert = self._find(name)
         w = self._read(stored, keep=index is not None or expert is not None)
         w = select(w if expert is None else w[expert], index)
         if tuple(w.shape) != tuple(ref.shape) and w.numel() == math.prod(ref.shape):
@@ -270,15 +274,9 @@ class GGUFBackend(QuantizedBackend):
         whose rows or values the converter changed (Llama's Q/K, GPT-NeoX's qkv, Gemma's norms) are
         read whole."""
         from ..rows import row_offset
-        ref = self._ref(name)
-        found = next(((s, i) for s, i in ref.stores if s in self._stored), None)
-        if found is None:
-            raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
-        stored, idx = found
-        t, expert = self._stored[stored]
+        ref, stored, idx, t, expert = self._find(name)
         offset = row_offset(idx)
-        changed = self._changes(stored)
-        if offset is None or changed or len(ref.shape) != 2 or (self._last and self._last[0] == t.name):
+        if offset is None or self._changes(stored) or len(ref.shape) != 2 or (self._last and self._last[0] == t.name):
             return super().get_rows(name, index, dtype)
         from gguf import dequantize
         data = t.data if expert is None else t.data[expert]
