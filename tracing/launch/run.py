@@ -228,7 +228,7 @@ def _on_done(run: Launch, t: Task) -> None:
 
 def rows_store(run: Launch) -> str | None:
     """Where jobs keep each model's sampled rows (``--rows``), so a grid reads each model once."""
-    if getattr(run.options, "rows", None) is None:
+    if run.options.rows is None:
         return None
     from ..rowstore import FOLDER
     return str(run.out / FOLDER)
