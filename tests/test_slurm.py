@@ -69,8 +69,10 @@ def test_pair_job_runs_under_slurm(slurm_executor, tiny_models, tmp_path):
     assert summary["status"] == "ok" and summary["job_id"] == job.job_id
     rec = load_record(save["cos"])
     assert rec["status"] == "ok" and rec["job_id"] == job.job_id and rec["log10_pvalue"] < -5
-    deadline = time.time() + 15  # the result file appears just before the job step ends
-    while job.get_info(mode="force")["State"] in ("RUNNING", "COMPLETING") and time.time() < deadline:
+    # the result file appears just before the job step ends, and the accounting may list the job as
+    # PENDING for a moment after that: wait for a final state, as sacct_states does
+    deadline = time.time() + 60
+    while job.get_info(mode="force")["State"] in ("RUNNING", "COMPLETING", "PENDING") and time.time() < deadline:
         time.sleep(0.5)
     assert job.get_info(mode="force")["State"] == "COMPLETED"
 
