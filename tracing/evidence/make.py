@@ -1,0 +1,51 @@
+"""Attest: a result record → a signed in-toto statement naming both models by their root digests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TracingError
+from .digests import model_files, record_location, root_digest, subject_name, weights_unchanged
+from .predicate import PREDICATE_TYPE, build
+from .statement import sign, statement, subject
+
+ROLES = ("base", "ft")
+
+
+def subjects_for(rec: dict) -> list[dict]:
+    """One subject per model: its name, root digest and per-file digests, after checking that the
+    weight files still hash to what the record says was tested."""
+    out = []
+    models = rec.get("models") or {}
+    for role in ROLES:
+        entry = models.get(role) or {}
+        loc = record_location(entry)
+        if loc is None:
+            raise TracingError(f"the {role} model was compared in memory and has no files to name; "
+                               f"save it and compare the saved folders to attest the result")
+        files = model_files(loc)
+        changed = weights_unchanged(entry, files, loc.is_file())
+        if changed:
+            raise TracingError(f"{role} model {loc}: {', '.join(changed)} changed since the result was computed; "
+                               f"compute the result again before attesting it")
+        s = subject(subject_name(entry), role, files, root_digest(files))
+        s["annotations"]["spec"] = str(entry.get("id"))
+        out.append(s)
+    return out
+
+
+def make_statement(rec: dict) -> dict:
+    from ..results import scrub
+    return scrub(statement(subjects_for(rec), PREDICATE_TYPE, build(rec)))
+
+
+def attest(rec: dict, key: str | Path, out: str | Path) -> dict:
+    """Sign ``rec``'s statement with the EC P-256 private key ``key``; write the envelope to ``out``
+    atomically; return the statement."""
+    import json
+    from ..results import atomic_write, check_writable
+    from .statement import load_signer
+    check_writable(out)
+    signer = load_signer(key)
+    stmt = make_statement(rec)
+    atomic_write(out, json.dumps(sign(stmt, signer), indent=1) + "\n")
+    return stmt
