@@ -1,6 +1,8 @@
 """Signed evidence: attest → verify round trip, forged / truncated / foreign statements, weights
 changed after attesting, the OpenSSF root digest against the model-signing package, no secrets."""
 import base64
+import hashlib
+import os
 import json
 import shutil
 
@@ -192,3 +194,70 @@ def test_no_secret_in_any_statement(setup, tmp_path, monkeypatch):
     out = attested(setup, tmp_path, leaky)
     assert secret not in out.read_text() and secret not in json.dumps(payload(out))
     assert "<redacted>" in json.dumps(payload(out))
+
+
+def test_main_attest_and_exports(setup, tmp_path, capsys):
+    import main as main_py
+    st, bom, card = tmp_path / "s.json", tmp_path / "bom.json", tmp_path / "card.yaml"
+    assert run_cli(main_py.main, ["--base_model_id", setup["base"], "--ft_model_id", setup["ft"], "--stat", "cos",
+                                  "--quiet", "--attest", str(st), "--key", str(setup["key"][0])]) == 0
+    assert cli(verify_cli, st, "--key", setup["key"][1]) == 0
+    assert cli(attest_cli, setup["result"], "--key", setup["key"][0], "--out", st, "--cyclonedx", bom,
+               "--model-card", card) == 0
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(bom.read_text()) is None
+    comp = json.loads(bom.read_text())["metadata"]["component"]
+    assert comp["name"] == "ft" and comp["pedigree"]["ancestors"][0]["name"] == "base"
+    assert comp["hashes"][0]["content"] == payload(st)["subject"][1]["digest"]["sha256"]
+    assert comp["externalReferences"][0]["type"] == "attestation"
+    text = card.read_text()
+    assert "base_model:\n- base\nbase_model_relation: finetune" in text
+    assert hashlib.sha256(st.read_bytes()).hexdigest() in text
+    capsys.readouterr()
+    # attest options are checked before any work
+    assert run_cli(main_py.main, ["--base_model_id", setup["base"], "--ft_model_id", setup["ft"],
+                                  "--attest", str(tmp_path / "x.json")]) == 2
+    assert "--key" in one_line(capsys, "error:")
+    assert run_cli(main_py.main, ["--base_model_id", setup["base"], "--ft_model_id", setup["ft"],
+                                  "--attest", str(tmp_path / "x.json"), "--key", str(setup["key"][1])]) == 2
+    one_line(capsys, "error:")
+
+
+def test_independent_pair_card_suggests_no_base(setup, tmp_path):
+    result, st, card, bom = tmp_path / "i.p", tmp_path / "i.json", tmp_path / "i.yaml", tmp_path / "i.cdx.json"
+    run_pair(setup["base"], setup["indep"], stat=["cos"], save=result, progress=False)
+    assert cli(attest_cli, result, "--key", setup["key"][0], "--out", st, "--model-card", card,
+               "--cyclonedx", bom) == 0
+    assert "base_model" not in card.read_text().replace("no base_model is suggested", "")
+    assert "pedigree" not in json.loads(bom.read_text())["metadata"]["component"]
+
+
+def test_launch_attests_each_pair_and_the_report_links_them(setup, tmp_path):
+    import subprocess
+    import sys
+    import yaml
+    from pathlib import Path
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text(yaml.safe_dump({"base_models": [setup["base"]], "ft_models": [setup["ft"], setup["indep"]]}))
+    conf = tmp_path / "slurm-none.conf"
+    conf.write_text("ClusterName=none\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=9\n")
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "launch.py"), str(cfg), "--stat", "cos", "--out",
+                        str(tmp_path / "out"), "--no-report", "--attest-key", str(setup["key"][0])],
+                       capture_output=True, text=True,
+                       cwd=root, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "SLURM_CONF": str(conf)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = sorted((tmp_path / "out").rglob("cos-*.p"))
+    statements = [p.with_suffix(".intoto.json") for p in results]
+    assert len(results) == 2 and all(s.is_file() for s in statements)
+    assert "attested 2 result(s)" in r.stdout
+    from types import SimpleNamespace
+    from tracing.report.evidence import evidence_section
+    from tracing.report.load import read_folder
+    data = read_folder(tmp_path / "out")
+    section = "\n".join(evidence_section(SimpleNamespace(records=data.records, folder=data.path, out=data.path)))
+    assert section.startswith("## Evidence") and all(s.name in section for s in statements)
+    from tracing.evidence.check import verify
+    for s in statements:
+        assert verify(s, setup["key"][1], recompute_values=False)[1] == []

@@ -28,13 +28,9 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def statement_path(result: str | Path) -> Path:
-    return Path(result).with_suffix(".intoto.json")
-
-
 def attest_file(result: str | Path, key: str | Path, out: str | Path | None = None) -> tuple[Path, dict]:
     """Attest one result pickle; returns (statement path, statement)."""
-    from .evidence.make import attest
+    from .evidence.make import attest, statement_path
     from .results import load_record
     out = Path(out) if out else statement_path(result)
     try:

@@ -29,6 +29,8 @@ def subjects_for(rec: dict) -> list[dict]:
                                f"compute the result again before attesting it")
         s = subject(subject_name(entry), role, files, root_digest(files))
         s["annotations"]["spec"] = str(entry.get("id"))
+        if (entry.get("quantization") or {}).get("format"):
+            s["annotations"]["format"] = str(entry["quantization"]["format"])
         out.append(s)
     return out
 
@@ -49,3 +51,26 @@ def attest(rec: dict, key: str | Path, out: str | Path) -> dict:
     stmt = make_statement(rec)
     atomic_write(out, json.dumps(sign(stmt, signer), indent=1) + "\n")
     return stmt
+
+
+def statement_path(result: str | Path) -> Path:
+    """Where a result's statement goes by default: beside it, ``<result>.intoto.json``."""
+    return Path(result).with_suffix(".intoto.json")
+
+
+def attest_results(results, key: str | Path, say=print) -> tuple[int, int]:
+    """Attest every completed result pickle of ``results`` beside it; returns how many were attested
+    and how many could not be (each said on one line; a failed pair gets no statement)."""
+    from ..results import load_record
+    done = failed = 0
+    for p in results:
+        try:
+            rec = load_record(p)
+            if rec.get("status", "ok") != "ok":
+                continue
+            attest(rec, key, statement_path(p))
+            done += 1
+        except (TracingError, OSError) as e:
+            failed += 1
+            say(f"warning: {p}: not attested ({e})")
+    return done, failed
