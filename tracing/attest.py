@@ -49,8 +49,11 @@ def main(argv=None) -> int:
           + " vs ".join(f"{s['name']} (sha256 {s['digest']['sha256'][:16]}…)" for s in stmt["subject"]))
     print(f"  wrote {out}")
     if args.cyclonedx or args.model_card:
-        from .evidence.exports import write_exports
-        for line in write_exports(stmt, out, args.cyclonedx, args.model_card):
+        from .evidence.exports import quant_for, write_exports
+        quant = quant_for(stmt) if args.model_card else None
+        if quant is not None:
+            print(f"  quantization check: {quant['verdict']} ({quant['summary']})")
+        for line in write_exports(stmt, out, args.cyclonedx, args.model_card, quant):
             print(f"  wrote {line}")
     return 0
 

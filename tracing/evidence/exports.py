@@ -53,6 +53,15 @@ def relation(stmt: dict, quant: dict | None = None, parents: list[str] | None = 
     return "finetune", why
 
 
+def quant_for(stmt: dict) -> dict | None:
+    """The faithfulness check of a quantized derived model against the base (None otherwise)."""
+    subs = _subjects(stmt)
+    if not _dependent(stmt["predicate"]) or not subs["ft"]["annotations"].get("format"):
+        return None
+    from .quant import quantcheck
+    return quantcheck(subs["base"]["annotations"]["spec"], subs["ft"]["annotations"]["spec"])
+
+
 def model_card(stmt: dict, statement_file: str | Path, quant: dict | None = None,
                parents: list[str] | None = None) -> str:
     """YAML front-matter lines for the derived model's card, with the evidence's digest."""
