@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import save_trio
-from quant_writers import write_awq, write_gguf, write_gptq
+from quant_writers import write_awq, write_fp8, write_gguf, write_gptq
 from tracing import quantcheck as quantcheck_cli
 from tracing.cli_util import run_cli
 from tracing.evidence.quant import quantcheck, rtn_check
@@ -82,3 +82,31 @@ def test_cli_exit_codes_and_bad_input(models, tmp_path, capsys):
         assert run_cli(quantcheck_cli.main, args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_fp8_block_scaled(models):
+    root = models["root"]
+    res = quantcheck(models["base"], str(write_fp8(models["base"], root / "base-fp8")))
+    assert res["verdict"] == "faithful" and res["format"] == "fp8"
+    assert {t["qtype"] for t in res["tensors"]} == {"FP8_E4M3", "BF16"}
+    res = quantcheck(models["base"], str(write_fp8(models["ft"], root / "ft-fp8")))
+    assert res["verdict"] == "altered" and "model.layers.1.mlp.gate_proj.weight" in res["altered"]
+
+
+@pytest.mark.parametrize("which, relation", [("base", "quantized"), ("ft", "finetune")])
+def test_model_card_relation_follows_the_check(models, tmp_path, which, relation):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from tracing import attest as attest_cli
+    from tracing.api import run_pair
+    key = tmp_path / "k.pem"
+    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    gguf = write_gguf(models[which], tmp_path / f"{which}.gguf", "Q8_0")
+    run_pair(models["base"], str(gguf), stat=["cos"], save=tmp_path / "r.p", progress=False)
+    card = tmp_path / "card.yaml"
+    assert run_cli(attest_cli.main, [str(tmp_path / "r.p"), "--key", str(key), "--out", str(tmp_path / "s.json"),
+                                     "--model-card", str(card)]) == 0
+    text = card.read_text()
+    assert f"base_model_relation: {relation}" in text
+    assert ("is not a faithful quantization" in text) == (relation == "finetune")
