@@ -19,7 +19,10 @@ from .errors import TracingError
 def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m tracing.attest", description=__doc__.splitlines()[0])
     p.add_argument("result", help="a result pickle written by main.py / launch.py (one pair, one statistic)")
-    p.add_argument("--key", required=True, help="EC P-256 private key, PEM")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key", help="EC P-256 private key, PEM (offline signing)")
+    g.add_argument("--sigstore", action="store_true",
+                   help="keyless signing with Sigstore (needs network and an OIDC identity; writes a Sigstore bundle)")
     p.add_argument("--out", default=None, help="statement file (default: RESULT with .intoto.json)")
     p.add_argument("--cyclonedx", default=None, metavar="FILE",
                    help="also write a CycloneDX 1.6 component of the derived model pointing at the statement")
@@ -28,7 +31,8 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def attest_file(result: str | Path, key: str | Path, out: str | Path | None = None) -> tuple[Path, dict]:
+def attest_file(result: str | Path, key: str | Path | None, out: str | Path | None = None,
+                keyless: bool = False) -> tuple[Path, dict]:
     """Attest one result pickle; returns (statement path, statement)."""
     from .evidence.make import attest, statement_path
     from .results import load_record
@@ -39,12 +43,12 @@ def attest_file(result: str | Path, key: str | Path, out: str | Path | None = No
         raise TracingError(f"{result} does not exist; give a result pickle written by main.py") from None
     except Exception as e:  # a pickle that does not load: truncated or not a result
         raise TracingError(f"{result} is not a readable result pickle ({type(e).__name__})") from None
-    return out, attest(rec, key, out)
+    return out, attest(rec, key, out, keyless)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    out, stmt = attest_file(args.result, args.key, args.out)
+    out, stmt = attest_file(args.result, args.key, args.out, args.sigstore)
     print(f"attested {stmt['predicate']['statistic']['name']}: "
           + " vs ".join(f"{s['name']} (sha256 {s['digest']['sha256'][:16]}…)" for s in stmt["subject"]))
     print(f"  wrote {out}")

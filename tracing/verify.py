@@ -16,7 +16,11 @@ from .cli_util import run_cli
 def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m tracing.verify", description=__doc__.splitlines()[0])
     p.add_argument("statement", help="a statement written by python -m tracing.attest")
-    p.add_argument("--key", required=True, help="the signer's EC P-256 public key, PEM")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key", help="the signer's EC P-256 public key, PEM")
+    g.add_argument("--identity", help="for a Sigstore bundle (attest --sigstore): the signer's identity "
+                                      "(e-mail or workflow URI); needs network")
+    p.add_argument("--issuer", default=None, help="with --identity: the OIDC issuer that must have vouched for it")
     p.add_argument("--base", default=None, help="the base model (folder, file, hub id); default: from the statement")
     p.add_argument("--ft", default=None, help="the derived model; default: from the statement")
     p.add_argument("--no-recompute", action="store_true", dest="no_recompute",
@@ -29,7 +33,8 @@ def main(argv=None) -> int:
     from .evidence.check import NotVerified, verify
     from .results import scrub
     try:
-        stmt, fails = verify(args.statement, args.key, args.base, args.ft, not args.no_recompute)
+        stmt, fails = verify(args.statement, args.key, args.base, args.ft, not args.no_recompute,
+                             identity=args.identity, issuer=args.issuer)
     except NotVerified as e:
         print(f"not verified: {e}")
         return 1

@@ -74,10 +74,18 @@ def recompute(pred: dict, stat: str, base: str, ft: str) -> list[str]:
     return fails
 
 
-def verify(path: str | Path, key: str | Path, base: str | None = None, ft: str | None = None,
-           recompute_values: bool = True) -> tuple[dict, list[str]]:
-    """``(statement, failures)``; raises TracingError for bad input, NotVerified for a bad signature."""
-    stmt = open_envelope(read_envelope(path), load_public(key))
+def verify(path: str | Path, key: str | Path | None, base: str | None = None, ft: str | None = None,
+           recompute_values: bool = True, identity: str | None = None, issuer: str | None = None
+           ) -> tuple[dict, list[str]]:
+    """``(statement, failures)``; raises TracingError for bad input, NotVerified for a bad signature.
+    ``key``: the signer's public key; else ``identity`` (and ``issuer``) of a keyless Sigstore bundle."""
+    if key is not None:
+        stmt = open_envelope(read_envelope(path), load_public(key))
+    elif identity:
+        from .keyless import open_bundle
+        stmt = open_bundle(path, identity, issuer)
+    else:
+        raise TracingError("give the signer's public key (--key) or, for a Sigstore bundle, its identity (--identity)")
     pred = stmt.get("predicate") or {}
     if not isinstance(pred.get("values"), dict) or pred.get("values_sha256") != digest(pred["values"]):
         raise NotVerified("the predicate's values do not match its own values_sha256")

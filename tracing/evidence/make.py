@@ -40,16 +40,21 @@ def make_statement(rec: dict) -> dict:
     return scrub(statement(subjects_for(rec), PREDICATE_TYPE, build(rec)))
 
 
-def attest(rec: dict, key: str | Path, out: str | Path) -> dict:
-    """Sign ``rec``'s statement with the EC P-256 private key ``key``; write the envelope to ``out``
-    atomically; return the statement."""
+def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = False) -> dict:
+    """Sign ``rec``'s statement with the EC P-256 private key ``key`` (or, ``keyless``, with Sigstore:
+    :mod:`tracing.evidence.keyless`); write the envelope (or bundle) to ``out`` atomically; return
+    the statement."""
     import json
     from ..results import atomic_write, check_writable
     from .statement import load_signer
     check_writable(out)
-    signer = load_signer(key)
+    signer = None if keyless else load_signer(key)
     stmt = make_statement(rec)
-    atomic_write(out, json.dumps(sign(stmt, signer), indent=1) + "\n")
+    if keyless:
+        from .keyless import sign_keyless
+        atomic_write(out, sign_keyless(stmt))
+    else:
+        atomic_write(out, json.dumps(sign(stmt, signer), indent=1) + "\n")
     return stmt
 
 

@@ -113,6 +113,11 @@ def open_envelope(env, key) -> dict:
         stmt = json.loads(env.payload)
     except (ValueError, UnicodeDecodeError):
         raise TracingError("the signed payload is not JSON; it is not a tracing statement") from None
+    return check_statement(stmt)
+
+
+def check_statement(stmt) -> dict:
+    """``stmt`` itself when it is a tracing statement, else a TracingError."""
     from .predicate import PREDICATE_TYPE
     if not isinstance(stmt, dict) or stmt.get("_type") != STATEMENT_TYPE or stmt.get("predicateType") != PREDICATE_TYPE:
         raise TracingError(f"the signed statement is not a tracing statement (predicateType "
