@@ -99,9 +99,12 @@ def test_model_card_relation_follows_the_check(models, tmp_path, which, relation
     from cryptography.hazmat.primitives.asymmetric import ec
     from tracing import attest as attest_cli
     from tracing.api import run_pair
-    key = tmp_path / "k.pem"
-    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    from tracing.evidence.check import verify
+    key, pub, private = tmp_path / "k.pem", tmp_path / "k.pub", ec.generate_private_key(ec.SECP256R1())
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     gguf = write_gguf(models[which], tmp_path / f"{which}.gguf", "Q8_0")
     run_pair(models["base"], str(gguf), stat=["cos"], save=tmp_path / "r.p", progress=False)
     card = tmp_path / "card.yaml"
@@ -109,4 +112,6 @@ def test_model_card_relation_follows_the_check(models, tmp_path, which, relation
                                      "--model-card", str(card)]) == 0
     text = card.read_text()
     assert f"base_model_relation: {relation}" in text
+    stmt, fails = verify(tmp_path / "s.json", pub)  # a GGUF subject is its one file, recomputed from it
+    assert fails == [] and stmt["subject"][1]["annotations"]["files"][0]["name"] == "."
     assert ("is not a faithful quantization" in text) == (relation == "finetune")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TracingError
-from .digests import location, model_files, root_digest, spec_of_name
+from .digests import checkpoint_location, model_files, root_digest, spec_of_name
 from .predicate import digest, values
 from .statement import NotVerified, load_public, open_envelope, read_envelope
 
@@ -32,9 +32,7 @@ def model_spec(sub: dict, given: str | None) -> str:
 def check_digest(role: str, sub: dict, spec: str) -> list[str]:
     """Failures (one line each) when the model ``spec`` does not hash to the subject's root digest."""
     from ..models import Checkpoint
-    ck = Checkpoint(spec)
-    loc = location(ck.path, ck.resolved.file)
-    files = model_files(loc)
+    files = model_files(checkpoint_location(Checkpoint(spec)))
     if root_digest(files) == sub["digest"]["sha256"]:
         return []
     recorded = {f.get("name"): f.get("sha256") for f in sub["annotations"].get("files") or []}

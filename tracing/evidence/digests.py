@@ -55,6 +55,14 @@ def location(path: str | Path, gguf_file: str | None = None) -> Path:
     return p / gguf_file if gguf_file and p.is_dir() else p
 
 
+def checkpoint_location(ck) -> Path:
+    """What a subject covers for an opened checkpoint: its GGUF file, else its folder."""
+    q = getattr(ck, "quantized", None)
+    if q is not None and q.format == "gguf":
+        return Path(q.weight_files()[0])
+    return location(ck.path, ck.resolved.file)
+
+
 def record_location(entry: dict) -> Path | None:
     """The folder or file a record's ``models`` entry was read from (None for in-memory models)."""
     if entry.get("in_memory") or not entry.get("path"):
