@@ -202,8 +202,12 @@ def test_main_attest_and_exports(setup, tmp_path, capsys):
     assert run_cli(main_py.main, ["--base_model_id", setup["base"], "--ft_model_id", setup["ft"], "--stat", "cos",
                                   "--quiet", "--attest", str(st), "--key", str(setup["key"][0])]) == 0
     assert cli(verify_cli, st, "--key", setup["key"][1]) == 0
+    rates = tmp_path / "rates.csv"
+    rates.write_text("stat,variant,false_positive_rate,fp_ci_high,n_independent\ncos,raw,0.0,0.07,50\n")
     assert cli(attest_cli, setup["result"], "--key", setup["key"][0], "--out", st, "--cyclonedx", bom,
-               "--model-card", card) == 0
+               "--model-card", card, "--rates", rates) == 0
+    assert payload(st)["predicate"]["calibration"]["measured_error_rates"] == [
+        {"stat": "cos", "variant": "raw", "false_positive_rate": 0.0, "fp_ci_high": 0.07, "n_independent": 50}]
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(bom.read_text()) is None

@@ -24,6 +24,9 @@ def parse(argv=None):
     g.add_argument("--sigstore", action="store_true",
                    help="keyless signing with Sigstore (needs network and an OIDC identity; writes a Sigstore bundle)")
     p.add_argument("--out", default=None, help="statement file (default: RESULT with .intoto.json)")
+    p.add_argument("--rates", default=None, metavar="CSV",
+                   help="embed the measured error-rate table the verdict's calibration refers to "
+                        "(rates.csv of a report over a known lineage)")
     p.add_argument("--cyclonedx", default=None, metavar="FILE",
                    help="also write a CycloneDX 1.6 component of the derived model pointing at the statement")
     p.add_argument("--model-card", default=None, metavar="FILE", dest="model_card",
@@ -32,23 +35,24 @@ def parse(argv=None):
 
 
 def attest_file(result: str | Path, key: str | Path | None, out: str | Path | None = None,
-                keyless: bool = False) -> tuple[Path, dict]:
+                keyless: bool = False, rates: str | Path | None = None) -> tuple[Path, dict]:
     """Attest one result pickle; returns (statement path, statement)."""
-    from .evidence.make import attest, statement_path
+    from .evidence.make import attest, read_rates, statement_path
     from .results import load_record
     out = Path(out) if out else statement_path(result)
+    table = read_rates(rates) if rates else None
     try:
         rec = load_record(result)
     except FileNotFoundError:
         raise TracingError(f"{result} does not exist; give a result pickle written by main.py") from None
     except Exception as e:  # a pickle that does not load: truncated or not a result
         raise TracingError(f"{result} is not a readable result pickle ({type(e).__name__})") from None
-    return out, attest(rec, key, out, keyless)
+    return out, attest(rec, key, out, keyless, table)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    out, stmt = attest_file(args.result, args.key, args.out, args.sigstore)
+    out, stmt = attest_file(args.result, args.key, args.out, args.sigstore, args.rates)
     print(f"attested {stmt['predicate']['statistic']['name']}: "
           + " vs ".join(f"{s['name']} (sha256 {s['digest']['sha256'][:16]}…)" for s in stmt["subject"]))
     print(f"  wrote {out}")

@@ -35,12 +35,29 @@ def subjects_for(rec: dict) -> list[dict]:
     return out
 
 
-def make_statement(rec: dict) -> dict:
+def read_rates(path: str | Path) -> list[dict]:
+    """The rows of an error-rate table (``rates.csv`` of a report, ``lineage_rates.csv``)."""
+    import pandas as pd
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise TracingError(f"cannot read the error-rate table {path} ({type(e).__name__}); give the rates.csv "
+                           f"a report with a known lineage wrote") from None
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def make_statement(rec: dict, rates: list[dict] | None = None) -> dict:
+    """The statement of ``rec``; ``rates``: the measured error-rate table its calibration refers to."""
     from ..results import scrub
-    return scrub(statement(subjects_for(rec), PREDICATE_TYPE, build(rec)))
+    pred = build(rec)
+    if rates is not None:
+        from .predicate import plain
+        pred["calibration"]["measured_error_rates"] = plain(rates)
+    return scrub(statement(subjects_for(rec), PREDICATE_TYPE, pred))
 
 
-def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = False) -> dict:
+def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = False,
+           rates: list[dict] | None = None) -> dict:
     """Sign ``rec``'s statement with the EC P-256 private key ``key`` (or, ``keyless``, with Sigstore:
     :mod:`tracing.evidence.keyless`); write the envelope (or bundle) to ``out`` atomically; return
     the statement."""
@@ -49,7 +66,7 @@ def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = F
     from .statement import load_signer
     check_writable(out)
     signer = None if keyless else load_signer(key)
-    stmt = make_statement(rec)
+    stmt = make_statement(rec, rates)
     if keyless:
         from .keyless import sign_keyless
         atomic_write(out, sign_keyless(stmt))
