@@ -12,7 +12,7 @@ from helpers import save_trio
 from quant_writers import write_awq, write_fp8, write_gguf, write_gptq
 from tracing import quantcheck as quantcheck_cli
 from tracing.cli_util import run_cli
-from tracing.evidence.quant import quantcheck, rtn_check
+from tracing.evidence.quant import GGUF_RTN, quantcheck, rtn_check
 
 RTN_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
@@ -32,6 +32,27 @@ def test_rtn_check_exact_cells():
     code[17] += 1  # one code off by one step
     eq, cell = rtn_check(x, code * d, d, 0 * d, -128, 127)
     assert cell == 1 - 1 / 4096 and eq == cell
+
+
+@pytest.mark.parametrize("qtype", RTN_TYPES)
+def test_rtn_never_flags_gguf_pys_quantizer_and_finds_small_changes(qtype):
+    """Over 30 seeds of heavy-tailed tensors: gguf-py's own quantization is always faithful (the cell
+    check is exact, not statistical), and noise of a tenth of a quantization step is always found."""
+    import gguf
+    from gguf.quants import quantize
+    from tracing.evidence.quant import gguf_planes
+    t = gguf.GGMLQuantizationType[qtype]
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        x = (rng.standard_t(3, size=(8, 256)) * 10.0 ** rng.uniform(-4, 1)).astype(np.float32)
+        x[0, :32] = 0.0  # an all-zero block
+        x[1, :32] = 0.5  # a constant block
+        deq, d, m = gguf_planes(quantize(x, t), t)
+        lo, hi, _ = GGUF_RTN[qtype]
+        assert rtn_check(x, deq, d, m, lo, hi)[1] == 1.0, seed
+        step = np.abs(d).mean()
+        y = x + (0.1 * step * rng.standard_normal(x.shape)).astype(np.float32)
+        assert rtn_check(y, deq, d, m, lo, hi)[1] < 1.0, seed
 
 
 @pytest.mark.parametrize("qtype", RTN_TYPES + ("F16",))

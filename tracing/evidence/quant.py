@@ -4,9 +4,9 @@ Per tensor, the stored codes are compared with round-to-nearest of the source un
 scales (and minimums). ``equal`` is the fraction of codes exactly equal to it; ``in_cell`` the
 fraction whose source value lies in the code's rounding cell, widened by a stated tolerance for the
 scales' own rounding (a scale stored in float16 has a relative error up to 2^-11 against the one the
-quantizer divided by, so a value within ``2^-10 · (|u| + |m/d|)`` of a cell edge may round either
-way). A faithful round-to-nearest quantization has every code in its cell — exactly, not
-statistically — so one code outside its cell marks the tensor *altered*.
+quantizer divided by, or 2^-25 absolute for a subnormal one, so a value within twice that of a cell
+edge, in code units, may round either way). A faithful round-to-nearest quantization has every code
+in its cell — exactly, not statistically — so one code outside its cell marks the tensor *altered*.
 
 Checked exactly: GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (and F32/F16/BF16 tensors against the source cast
 to that type, within one unit in the last place), FP8 e4m3 with block scales, AWQ (after undoing its
@@ -29,7 +29,6 @@ from ..errors import TracingError
 GGUF_RTN = {"Q8_0": (-128, 127, False), "Q4_0": (-8, 7, False), "Q5_0": (-16, 15, False),
             "Q4_1": (0, 15, True), "Q5_1": (0, 31, True)}
 FLOAT_ULP = {"F32": 2.0 ** -23, "F16": 2.0 ** -10, "BF16": 2.0 ** -7}
-SCALE_TOL = 2.0 ** -10
 CAVEAT = ("This catches a quantizer that altered the weights; it cannot catch a full-precision source crafted to "
           "misbehave only after quantization.")
 
@@ -45,6 +44,16 @@ class TensorCheck:
     note: str = ""
 
 
+def cell_tolerance(u, d, m=0.0):
+    """How far (in code units) a float16-stored scale ``d`` and minimum ``m`` may move ``u`` from the
+    value the quantizer rounded: twice their rounding error, 2^-11 relative, or half the float16
+    subnormal spacing (2^-25) for tiny values."""
+    d, m = np.abs(d), np.abs(m)
+    rel_d = np.maximum(2.0 ** -11, 2.0 ** -25 / d)
+    dm = np.maximum(2.0 ** -11 * m, np.where(m > 0, 2.0 ** -25, 0.0))
+    return 2 * (np.abs(u) * rel_d + dm / d) + 1e-6
+
+
 def rtn_check(x, deq, d, m, lo: int, hi: int) -> tuple[float, float]:
     """``(equal, in_cell)`` of codes ``(deq - m) / d`` against round-to-nearest of ``(x - m) / d``
     clipped to ``[lo, hi]``; all arrays float64 of one shape."""
@@ -52,10 +61,10 @@ def rtn_check(x, deq, d, m, lo: int, hi: int) -> tuple[float, float]:
     zero = d == 0
     ds = np.where(zero, 1.0, d)
     code, u = np.rint((deq - m) / ds), (x - m) / ds
-    tol = SCALE_TOL * (np.abs(u) + np.abs(m / ds)) + 1e-6
+    tol = cell_tolerance(u, ds, m)
     nearest = np.clip(np.floor(u + 0.5), lo, hi)
     cell = (np.abs(u - code) <= 0.5 + tol) | ((code == hi) & (u >= hi - 0.5 - tol)) | ((code == lo) & (u <= lo + 0.5 + tol))
-    same = np.abs(x - deq) <= SCALE_TOL * np.abs(x) + 1e-12  # an all-constant block has d = 0
+    same = np.abs(x - deq) <= 2.0 ** -10 * np.abs(x) + 2.0 ** -24  # a constant block has d = 0: deq = m
     equal, cell = np.where(zero, same, code == nearest), np.where(zero, same, cell)
     return float(equal.mean()), float(cell.mean())
 
@@ -162,5 +171,6 @@ def summarise(tensors: list[TensorCheck], fmt: str) -> dict:
                + (f"; {len(unchecked_codes)} quantized tensors cannot be checked (see their notes)"
                   if unchecked_codes else ""))
     return {"format": fmt, "verdict": verdict, "altered": altered, "summary": summary, "caveat": CAVEAT,
-            "tolerance": f"code cells widened by {SCALE_TOL:g} x (|u| + |m/d|) in code units for the scales' rounding",
+            "tolerance": "code cells widened by 2 x the float16 rounding of the scale and minimum, in code units "
+                         "(2^-11 relative, 2^-25 absolute for subnormals)",
             "tensors": [asdict(t) for t in tensors]}

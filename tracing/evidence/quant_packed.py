@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..arch import READS_THROUGH
-from .quant import FLOAT_ULP, SCALE_TOL, TensorCheck, float_check, rtn_check, verdict_of
+from .quant import FLOAT_ULP, TensorCheck, cell_tolerance, float_check, rtn_check, verdict_of
 
 
 def _norm_factor(src, q, name: str) -> np.ndarray | None:
@@ -42,7 +42,7 @@ def scalar_feasible(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) ->
 
 def _cells(q, z, s, top: int):
     """Bounds of x·a for each code's cell (clipped codes open on their side)."""
-    tol = SCALE_TOL * (np.abs(q - z) + 1) + 1e-6
+    tol = cell_tolerance(np.abs(q - z) + 1, s)
     lo = np.where(q == 0, -np.inf, (q - z - 0.5 - tol) * s)
     hi = np.where(q == top, np.inf, (q - z + 0.5 + tol) * s)
     return lo, hi
