@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     what = "signature, digests" + ("" if args.no_recompute else f", {len(pred['values'])} values recomputed bit for bit")
     print(f"verified ({what}): {pred['statistic']['name']} "
           + " vs ".join(s["name"] for s in stmt["subject"])
-          + f"; verdict {pred['result']['verdict']} at {pred['result']['level']}")
+          + f"; verdict {(pred.get('result') or {}).get('verdict')} at {(pred.get('result') or {}).get('level')}")
     return 0
 
 

@@ -61,6 +61,8 @@ def recompute(pred: dict, stat: str, base: str, ft: str) -> list[str]:
     """Failures (one line per value key) where a recomputation differs from the attested values."""
     from ..api import run_pair
     from ..options import Options
+    if not isinstance(pred.get("options"), dict):
+        raise TracingError("the predicate records no options; it cannot be recomputed")
     opts = Options.from_dict({**pred["options"], "stat": [stat]})
     rec = run_pair(base, ft, opts, save=None, progress=False)[0]
     got, want = values(rec), pred["values"]
