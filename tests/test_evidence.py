@@ -265,3 +265,11 @@ def test_launch_attests_each_pair_and_the_report_links_them(setup, tmp_path):
     from tracing.evidence.check import verify
     for s in statements:
         assert verify(s, setup["key"][1], recompute_values=False)[1] == []
+
+
+@pytest.mark.parametrize("module", ["tracing.attest", "tracing.verify", "tracing.quantcheck"])
+def test_every_evidence_command_prints_its_help(module):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage:" in r.stdout and not r.stderr, r.stderr
