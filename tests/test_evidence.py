@@ -273,3 +273,17 @@ def test_every_evidence_command_prints_its_help(module):
     import sys
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage:" in r.stdout and not r.stderr, r.stderr
+
+
+def test_merge_attribution_goes_into_the_statement_and_the_card(setup, tmp_path):
+    lineage = tmp_path / "lineage.json"
+    lineage.write_text(json.dumps({"merges": [
+        {"model": setup["ft"], "is_merge": True, "parents": [setup["base"], "org/other@abc123"],
+         "weights": [0.6, 0.4], "base": None, "reason": "two parents", "per_block": [[0.6, 0.4]]},
+        {"model": setup["indep"], "is_merge": False, "parents": [], "weights": []}]}))
+    st, card = tmp_path / "s.json", tmp_path / "card.yaml"
+    assert cli(attest_cli, setup["result"], "--key", setup["key"][0], "--out", st, "--lineage", lineage,
+               "--model-card", card) == 0
+    assert payload(st)["predicate"]["merge"]["weights"] == [0.6, 0.4]
+    assert "base_model:\n- base\n- org/other\nbase_model_relation: merge" in card.read_text()
+    assert cli(verify_cli, st, "--key", setup["key"][1], "--no-recompute") == 0

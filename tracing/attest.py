@@ -27,6 +27,9 @@ def parse(argv=None):
     p.add_argument("--rates", default=None, metavar="CSV",
                    help="embed the measured error-rate table the verdict's calibration refers to "
                         "(rates.csv of a report over a known lineage)")
+    p.add_argument("--lineage", default=None, metavar="JSON",
+                   help="lineage.json of python -m tracing.lineage --merges: the derived model's merge "
+                        "attribution (parents, weights) goes into the statement and the model card")
     p.add_argument("--cyclonedx", default=None, metavar="FILE",
                    help="also write a CycloneDX 1.6 component of the derived model pointing at the statement")
     p.add_argument("--model-card", default=None, metavar="FILE", dest="model_card",
@@ -35,7 +38,8 @@ def parse(argv=None):
 
 
 def attest_file(result: str | Path, key: str | Path | None, out: str | Path | None = None,
-                keyless: bool = False, rates: str | Path | None = None) -> tuple[Path, dict]:
+                keyless: bool = False, rates: str | Path | None = None,
+                lineage: str | Path | None = None) -> tuple[Path, dict]:
     """Attest one result pickle; returns (statement path, statement)."""
     from .evidence.make import attest, read_rates, statement_path
     from .results import load_record
@@ -47,12 +51,12 @@ def attest_file(result: str | Path, key: str | Path | None, out: str | Path | No
         raise TracingError(f"{result} does not exist; give a result pickle written by main.py") from None
     except Exception as e:  # a pickle that does not load: truncated or not a result
         raise TracingError(f"{result} is not a readable result pickle ({type(e).__name__})") from None
-    return out, attest(rec, key, out, keyless, table)
+    return out, attest(rec, key, out, keyless, table, lineage)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    out, stmt = attest_file(args.result, args.key, args.out, args.sigstore, args.rates)
+    out, stmt = attest_file(args.result, args.key, args.out, args.sigstore, args.rates, args.lineage)
     print(f"attested {stmt['predicate']['statistic']['name']}: "
           + " vs ".join(f"{s['name']} (sha256 {s['digest']['sha256'][:16]}…)" for s in stmt["subject"]))
     print(f"  wrote {out}")

@@ -24,11 +24,23 @@ def _hub_id(sub: dict) -> str:
     return name[len("hf://"):].split("@", 1)[0] if name.startswith("hf://") else name
 
 
-def relation(stmt: dict, quant: dict | None = None, parents: list[str] | None = None) -> tuple[str | None, list[str]]:
+def _parents(pred: dict) -> list[str]:
+    return [str(p) for p in ((pred.get("merge") or {}).get("parents") or [])]
+
+
+def _card_id(model: str) -> str:
+    """A model id as a card names it: ``org/repo`` without a revision, or a folder's name."""
+    if model.startswith(("/", ".", "~")):
+        return Path(model).name
+    return model.split("@", 1)[0]
+
+
+def relation(stmt: dict, quant: dict | None = None) -> tuple[str | None, list[str]]:
     """The suggested ``base_model_relation`` and the reasons, from the verdict, the derived model's
     files and format, a quantization faithfulness check (:mod:`tracing.evidence.quant`) and the
-    parents a merge attribution found (``python -m tracing.lineage``). None: no derivation shown."""
+    statement's merge attribution (``attest --lineage``). None: no derivation shown."""
     pred, subs = stmt["predicate"], _subjects(stmt)
+    parents = _parents(pred)
     if not _dependent(pred):
         return None, ["the test found no dependence; no base_model is suggested (a large p-value does not prove "
                       "independence)"]
@@ -37,7 +49,9 @@ def relation(stmt: dict, quant: dict | None = None, parents: list[str] | None = 
     ft = subs["ft"]["annotations"]
     files = {f["name"] for f in ft.get("files") or []}
     if parents and len(parents) > 1:
-        return "merge", why + [f"merge attribution names {len(parents)} parents: {', '.join(parents)}"]
+        weights = (pred.get("merge") or {}).get("weights") or []
+        return "merge", why + [f"merge attribution names {len(parents)} parents: {', '.join(parents)} "
+                               f"(weights {', '.join(f'{w:.3g}' for w in weights if isinstance(w, (int, float)))})"]
     if "adapter_config.json" in files:
         return "adapter", why + ["the derived model holds adapter_config.json"]
     if ft.get("format"):
@@ -62,10 +76,10 @@ def quant_for(stmt: dict) -> dict | None:
     return quantcheck(subs["base"]["annotations"]["spec"], subs["ft"]["annotations"]["spec"])
 
 
-def model_card(stmt: dict, statement_file: str | Path, quant: dict | None = None,
-               parents: list[str] | None = None) -> str:
+def model_card(stmt: dict, statement_file: str | Path, quant: dict | None = None) -> str:
     """YAML front-matter lines for the derived model's card, with the evidence's digest."""
-    rel, why = relation(stmt, quant, parents)
+    rel, why = relation(stmt, quant)
+    parents = _parents(stmt["predicate"])
     sha = hashlib.sha256(Path(statement_file).read_bytes()).hexdigest()
     subs = _subjects(stmt)
     lines = ["# suggested by model-tracing from signed evidence; check it with python -m tracing.verify",
@@ -73,7 +87,7 @@ def model_card(stmt: dict, statement_file: str | Path, quant: dict | None = None
     lines += [f"# {w}" for w in why]
     if rel is None:
         return "\n".join(lines) + "\n"
-    bases = parents if rel == "merge" and parents else [_hub_id(subs["base"])]
+    bases = [_card_id(p) for p in parents] if rel == "merge" and parents else [_hub_id(subs["base"])]
     lines += ["base_model:"] + [f"- {b}" for b in bases] + [f"base_model_relation: {rel}"]
     return "\n".join(lines) + "\n"
 

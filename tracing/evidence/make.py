@@ -46,18 +46,38 @@ def read_rates(path: str | Path) -> list[dict]:
     return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
-def make_statement(rec: dict, rates: list[dict] | None = None) -> dict:
-    """The statement of ``rec``; ``rates``: the measured error-rate table its calibration refers to."""
+def read_merge(path: str | Path, model: str) -> dict | None:
+    """The merge attribution of ``model`` in a ``lineage.json`` written by ``python -m tracing.lineage
+    --merges`` (parents and weights, per block too), or None when it is not called a merge there."""
+    import json
+    try:
+        merges = json.loads(Path(path).read_text()).get("merges")
+    except (OSError, ValueError, AttributeError) as e:
+        raise TracingError(f"cannot read the lineage {path} ({type(e).__name__}); give the lineage.json "
+                           f"python -m tracing.lineage --merges wrote") from None
+    if not isinstance(merges, list):
+        raise TracingError(f"{path} holds no merge attribution; run python -m tracing.lineage with --merges")
+    found = next((m for m in merges if isinstance(m, dict) and m.get("model") == model and m.get("is_merge")), None)
+    if found is None:
+        return None
+    return {k: found.get(k) for k in ("parents", "weights", "base", "reason", "per_block")}
+
+
+def make_statement(rec: dict, rates: list[dict] | None = None, merge: dict | None = None) -> dict:
+    """The statement of ``rec``; ``rates``: the measured error-rate table its calibration refers to;
+    ``merge``: the derived model's merge attribution (:func:`read_merge`)."""
     from ..results import scrub
+    from .predicate import plain
     pred = build(rec)
     if rates is not None:
-        from .predicate import plain
         pred["calibration"]["measured_error_rates"] = plain(rates)
+    if merge is not None:
+        pred["merge"] = plain(merge)
     return scrub(statement(subjects_for(rec), PREDICATE_TYPE, pred))
 
 
 def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = False,
-           rates: list[dict] | None = None) -> dict:
+           rates: list[dict] | None = None, lineage: str | Path | None = None) -> dict:
     """Sign ``rec``'s statement with the EC P-256 private key ``key`` (or, ``keyless``, with Sigstore:
     :mod:`tracing.evidence.keyless`); write the envelope (or bundle) to ``out`` atomically; return
     the statement."""
@@ -66,7 +86,8 @@ def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = F
     from .statement import load_signer
     check_writable(out)
     signer = None if keyless else load_signer(key)
-    stmt = make_statement(rec, rates)
+    merge = read_merge(lineage, str(rec.get("ft_model_id"))) if lineage else None
+    stmt = make_statement(rec, rates, merge)
     if keyless:
         from .keyless import sign_keyless
         atomic_write(out, sign_keyless(stmt))
