@@ -15,6 +15,10 @@ def parse(argv=None):
     p.add_argument("--save", default=None,
                    help="result pickle (other statistics get _<stat> appended) or a folder/ (default: not saved)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--attest", default=None, metavar="FILE",
+                   help="also write a signed in-toto statement of the result (other statistics get _<stat> "
+                        "appended; needs --key; python -m tracing.verify checks it)")
+    p.add_argument("--key", default=None, help="EC P-256 private key (PEM) that signs --attest")
     add_options(p)
     return p.parse_args(argv)
 
@@ -25,12 +29,34 @@ def main(argv=None):
     from tracing.options import options_from_args
     from tracing.results import scrub
     options = options_from_args(args)
+    attest_to = _attest_paths(args, options)
     records = run_pair(args.base_model_id, args.ft_model_id, options, save=args.save, progress=not args.quiet)
     for rec in records:
         print(scrub(summary(rec)))
         if rec["args"].get("save"):
             print(scrub(f"  saved {rec['args']['save']}"))
+        if rec["stat"] in attest_to:
+            from tracing.evidence.make import attest
+            attest(rec, args.key, attest_to[rec["stat"]])
+            print(scrub(f"  attested {attest_to[rec['stat']]}"))
     return 0
+
+
+def _attest_paths(args, options) -> dict:
+    """``{stat: statement path}`` for --attest, the key checked before any work."""
+    if args.attest is None and args.key is None:
+        return {}
+    from tracing.errors import TracingError
+    if args.attest is None or args.key is None:
+        raise TracingError("--attest FILE and --key PRIVATE.pem go together; give both or neither")
+    from tracing.api import save_paths
+    from tracing.evidence.statement import load_signer
+    from tracing.results import check_writable
+    load_signer(args.key)
+    paths = save_paths(args.attest, options.stat)
+    for p in paths.values():
+        check_writable(p)
+    return paths
 
 
 if __name__ == "__main__":

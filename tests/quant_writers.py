@@ -317,3 +317,27 @@ def write_awq(folder, out, group_size: int = 32, seed: int = 0, spread: float = 
         tensors[f"{mod}.scales"] = scales
     qcfg = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
     return _save_quantized(folder, out, tensors, qcfg)
+
+
+# ------------------------------------------------------------------------------------------
+# FP8 (block-scaled, DeepSeek layout)
+# ------------------------------------------------------------------------------------------
+def write_fp8(folder, out, block: int = 32) -> Path:
+    """Block-scaled FP8: each block-linear layer as ``float8_e4m3fn`` with ``weight_scale_inv``
+    (float32, one per ``block`` × ``block`` tile, amax / 448), the other tensors in bfloat16."""
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        if not _is_linear(name, t):
+            tensors[name] = t.to(torch.bfloat16)
+            continue
+        w = t.float()
+        rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
+        tiles = torch.nn.functional.pad(w, (0, cols * block - w.shape[1], 0, rows * block - w.shape[0]))
+        amax = tiles.abs().reshape(rows, block, cols, block).amax(dim=(1, 3))
+        inv = torch.where(amax > 0, amax / 448, torch.ones_like(amax))
+        s = inv.repeat_interleave(block, 0).repeat_interleave(block, 1)[: w.shape[0], : w.shape[1]]
+        tensors[name] = (w / s).to(torch.float8_e4m3fn)
+        tensors[f"{name}_scale_inv"] = inv
+    qcfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [block, block]}
+    return _save_quantized(folder, out, tensors, qcfg)

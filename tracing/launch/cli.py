@@ -33,6 +33,9 @@ def parse(argv=None):
                    help="do not download hub models before submitting (each job fetches its own)")
     g.add_argument("--no-report", "--no_report", dest="report", action="store_false",
                    help="do not write the report at the end")
+    g.add_argument("--attest-key", "--attest_key", dest="attest_key", default=None, metavar="PRIVATE.pem",
+                   help="sign each pair's result as an in-toto statement beside it (<result>.intoto.json), "
+                        "here, after the jobs (the key never goes to the jobs)")
     add_options(p)
     # Comparison options given on the command line override the model list's; the others stay unset.
     names = set(Options.__dataclass_fields__)
@@ -57,5 +60,6 @@ def main(argv=None):
         config=args.config, cli_options={k: v for k, v in vars(args).items() if k in names},
         cluster=args.cluster, partition=args.partition, array_parallelism=args.array_parallelism,
         max_workers=args.max_workers, dry_run=args.dry_run, out=args.out, timeout_min=args.timeout_min,
-        mem_gb=args.mem_gb, gpus=args.gpus, cpus=args.cpus, prefetch=args.prefetch, report=args.report)
+        mem_gb=args.mem_gb, gpus=args.gpus, cpus=args.cpus, prefetch=args.prefetch, report=args.report,
+        attest_key=args.attest_key)
     return launch(settings)

@@ -39,6 +39,7 @@ class LaunchSettings:
     cpus: int | None = None
     prefetch: bool = True
     report: bool = True
+    attest_key: str | None = None  # sign each result (tracing.evidence) after the jobs
 
 
 @dataclass
@@ -93,6 +94,9 @@ def read_list(s: LaunchSettings, say: Callable) -> Launch:
     model_list = read_model_list(s.config)
     options = build_options(model_list, s.cli_options)
     out = check_out_folder(Path(s.out) if s.out else default_out(s.config))
+    if s.attest_key:
+        from ..evidence.statement import load_signer
+        load_signer(s.attest_key)  # a bad key is an error before any work
     for n in model_list.notes:
         say(f"note: {n}")
     return Launch(s, say, model_list, options, out)
@@ -287,6 +291,10 @@ def summarise(run: Launch, start: float) -> int:
             f"(already done) in {fmt_seconds(time.time() - start)}; results in {rel(run.out)}")
     if counts[TaskState.FAILED]:
         run.say("rerun the same command to retry the failed pairs (their errors are in the result files)")
+    if run.s.attest_key:
+        from ..evidence.make import attest_results
+        done, _ = attest_results([p for t in run.tasks for p in t.paths.values()], run.s.attest_key, run.say)
+        run.say(f"attested {done} result(s) with {run.s.attest_key} (<result>.intoto.json beside each)")
     if run.s.report:
         write_report_for(run.out, run.say)
     return 1 if counts[TaskState.FAILED] else 0

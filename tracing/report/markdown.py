@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import facts
+from .evidence import evidence_section
 from .figures import CAPTIONS, FIGURES, blockmap_data, correspondence_lines
 from .mdtable import rel_link, table, when
 from .provenance import models_section, options_section, timings_section
@@ -240,6 +241,7 @@ def markdown(c: Context) -> str:
     L += run_section(c)
     L += verdict_section(c)
     L += failures_section(c)
+    L += evidence_section(c)
     L += figures_section(c)
     L += c.lineage_lines
     L += ["## Timings", "", timings_section(c.records), ""]

@@ -304,19 +304,40 @@ class GGUFBackend(QuantizedBackend):
         if self._last is not None and self._last[0] == t.name:
             return self._last[1]
         self._last = None
-        w = torch.from_numpy(self._dequantize(t))
-        change, a = self._changes(stored), self.arch
-        if change == "q":
-            w = unpermute_rotary(w, a.n_heads)
-        elif change == "k":
-            w = unpermute_rotary(w, a.n_kv_heads)
-        elif change == "norm":
-            w = w - 1
-        elif change == "neox_qkv":
-            w = regroup_neox_qkv(w, a.n_heads)
+        w = self._undo(stored, torch.from_numpy(self._dequantize(t)))
         if keep:
             self._last = (t.name, w)
         return w
+
+    def _undo(self, stored: str, w: torch.Tensor, values: bool = True) -> torch.Tensor:
+        """Undo the converter's changes to a stored tensor: its row order always, its values (Gemma's
+        1 + w) when ``values``."""
+        change, a = self._changes(stored), self.arch
+        if change == "q":
+            return unpermute_rotary(w, a.n_heads)
+        if change == "k":
+            return unpermute_rotary(w, a.n_kv_heads)
+        if change == "norm" and values:
+            return w - 1
+        if change == "neox_qkv":
+            return regroup_neox_qkv(w, a.n_heads)
+        return w
+
+    def stored_planes(self, name: str, planes) -> tuple[str, list[torch.Tensor]]:
+        """``(GGML type name, arrays)``: ``planes(raw blocks, ggml type) -> [n-element float arrays]``
+        computed on the stored tensor of ``name`` (e.g. its codes and per-element scales), each put
+        in ``name``'s Hugging Face layout as :meth:`get` puts the values (rows reordered, the role's
+        part and expert selected)."""
+        from gguf import GGMLQuantizationType
+        from ..models import select
+        ref, stored, index, t, expert = self._find(name)
+        shape = self._shape(t)
+        out = []
+        for arr in planes(np.asarray(t.data), t.tensor_type):
+            w = self._undo(stored, torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64).reshape(shape)),
+                           values=False)
+            out.append(select(w if expert is None else w[expert], index).reshape(ref.shape))
+        return GGMLQuantizationType(t.tensor_type).name, out
 
     def _dequantize(self, t) -> np.ndarray:
         from gguf import dequantize

@@ -40,18 +40,23 @@ def unpack(q: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     return vals.reshape(q.shape[0], q.shape[1] * per)
 
 
-def dequantize_gptq(qweight, qzeros, scales, g_idx, bits: int, group_size: int, v2: bool = False) -> torch.Tensor:
-    """The float32 weight [out, in] of a GPTQ layer."""
+def codes_gptq(qweight, qzeros, scales, g_idx, bits: int, group_size: int, v2: bool = False):
+    """``(codes, zeros, scales)`` of a GPTQ layer, one per weight, each [in, out]."""
     w = unpack(qweight, bits, 0)  # [in, out]
     z = unpack(qzeros, bits, 1)[:, : w.shape[1]] + (0 if v2 else 1)  # [groups, out]
     n_in = w.shape[0]
     g = g_idx.long() if g_idx is not None else torch.arange(n_in) // (group_size if group_size > 0 else n_in)
-    s = scales.float()
-    return ((w - z[g]).float() * s[g]).T.contiguous()
+    return w, z[g], scales.float()[g]
 
 
-def dequantize_awq(qweight, qzeros, scales, group_size: int) -> torch.Tensor:
-    """The float32 weight [out, in] of an AWQ (GEMM) layer."""
+def dequantize_gptq(qweight, qzeros, scales, g_idx, bits: int, group_size: int, v2: bool = False) -> torch.Tensor:
+    """The float32 weight [out, in] of a GPTQ layer."""
+    w, z, s = codes_gptq(qweight, qzeros, scales, g_idx, bits, group_size, v2)
+    return ((w - z).float() * s).T.contiguous()
+
+
+def codes_awq(qweight, qzeros, scales, group_size: int):
+    """``(codes, zeros, scales)`` of an AWQ (GEMM) layer, one per weight, each [in, out]."""
     def cols(q):
         x = unpack(q, 4, 1)
         return x.reshape(x.shape[0], -1, 8)[:, :, list(AWQ_REVERSE_ORDER)].reshape(x.shape)
@@ -59,7 +64,13 @@ def dequantize_awq(qweight, qzeros, scales, group_size: int) -> torch.Tensor:
     w, z = cols(qweight), cols(qzeros)  # [in, out], [groups, out]
     n_in = w.shape[0]
     g = torch.arange(n_in) // (group_size if group_size > 0 else n_in)
-    return ((w - z[g]).float() * scales.float()[g]).T.contiguous()
+    return w, z[g], scales.float()[g]
+
+
+def dequantize_awq(qweight, qzeros, scales, group_size: int) -> torch.Tensor:
+    """The float32 weight [out, in] of an AWQ (GEMM) layer."""
+    w, z, s = codes_awq(qweight, qzeros, scales, group_size)
+    return ((w - z).float() * s).T.contiguous()
 
 
 class PackedInt4Backend(QuantizedBackend):
@@ -167,17 +178,31 @@ class PackedInt4Backend(QuantizedBackend):
         self._last = None
         if stored in self._index:
             return self._read(stored)
+        q, z, s = self._codes(stored)
+        w = ((q - z).float() * s).T.contiguous()
+        if keep:
+            self._last = (stored, w)
+        return w
+
+    def _codes(self, stored: str):
+        """``(codes, zeros, scales)`` [in, out] of the quantized layer ``stored``."""
         mod = self._module(stored)
         qw, qz, sc = (self._read(f"{mod}.{p}") for p in PARTS)
         if self.method == "gptq":
             g = self._read(f"{mod}.g_idx") if f"{mod}.g_idx" in self._index else None
             v2 = str(self.q.get("checkpoint_format", "gptq")).lower() == "gptq_v2"
-            w = dequantize_gptq(qw, qz, sc, g, self.bits, self.group_size, v2=v2)
-        else:
-            w = dequantize_awq(qw, qz, sc, self.group_size)
-        if keep:
-            self._last = (stored, w)
-        return w
+            return codes_gptq(qw, qz, sc, g, self.bits, self.group_size, v2=v2)
+        return codes_awq(qw, qz, sc, self.group_size)
+
+    def codes(self, name: str):
+        """``(codes, zeros, scales)`` of ``name``'s weights in its layout ([out, in], a fused layer's
+        role selected), or None when ``name`` is stored as it is."""
+        from ..models import select
+        found = self._stored(name)
+        if found is None or found[0] in self._index:
+            return None
+        stored, index = found
+        return tuple(select(a.T, index) for a in self._codes(stored))
 
     def weight_files(self):
         return sorted(set(self._index.values()))

@@ -1,0 +1,176 @@
+"""Quantization faithfulness: is a quantized file the round-to-nearest quantization of a source?
+
+Per tensor, the stored codes are compared with round-to-nearest of the source under the file's own
+scales (and minimums). ``equal`` is the fraction of codes exactly equal to it; ``in_cell`` the
+fraction whose source value lies in the code's rounding cell, widened by a stated tolerance for the
+scales' own rounding (a scale stored in float16 has a relative error up to 2^-11 against the one the
+quantizer divided by, or 2^-25 absolute for a subnormal one, so a value within twice that of a cell
+edge, in code units, may round either way). A faithful round-to-nearest quantization has every code
+in its cell — exactly, not statistically — so one code outside its cell marks the tensor *altered*.
+
+Checked exactly: GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (and F32/F16/BF16 tensors against the source cast
+to that type, within one unit in the last place), FP8 e4m3 with block scales, AWQ (after undoing its
+scale migration out of the norms). Not applicable: GGUF K-quants and i-quants (codes from a scale
+search per super-block), GPTQ (codes from error feedback, not nearest rounding: the fraction equal
+and the fraction within one step are reported, no verdict). The check catches a quantizer that
+altered the weights; it cannot catch a full-precision source crafted to misbehave once quantized.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import TracingError
+
+#: GGUF round-to-nearest types: (lowest code, highest code, has a minimum)
+GGUF_RTN = {"Q8_0": (-128, 127, False), "Q4_0": (-8, 7, False), "Q5_0": (-16, 15, False),
+            "Q4_1": (0, 15, True), "Q5_1": (0, 31, True)}
+FLOAT_ULP = {"F32": 2.0 ** -23, "F16": 2.0 ** -10, "BF16": 2.0 ** -7}
+CAVEAT = ("This catches a quantizer that altered the weights; it cannot catch a full-precision source crafted to "
+          "misbehave only after quantization.")
+
+
+@dataclass
+class TensorCheck:
+    name: str
+    qtype: str
+    n: int
+    equal: float | None
+    in_cell: float | None
+    status: str  # "faithful", "altered" or "not applicable"
+    note: str = ""
+
+
+def cell_tolerance(u, d, m=0.0):
+    """How far (in code units) a float16-stored scale ``d`` and minimum ``m`` may move ``u`` from the
+    value the quantizer rounded: twice their rounding error, 2^-11 relative, or half the float16
+    subnormal spacing (2^-25) for tiny values."""
+    d, m = np.abs(d), np.abs(m)
+    rel_d = np.maximum(2.0 ** -11, 2.0 ** -25 / d)
+    dm = np.maximum(2.0 ** -11 * m, np.where(m > 0, 2.0 ** -25, 0.0))
+    return 2 * (np.abs(u) * rel_d + dm / d) + 1e-6
+
+
+def rtn_check(x, deq, d, m, lo: int, hi: int) -> tuple[float, float]:
+    """``(equal, in_cell)`` of codes ``(deq - m) / d`` against round-to-nearest of ``(x - m) / d``
+    clipped to ``[lo, hi]``; all arrays float64 of one shape."""
+    x, deq, d, m = (np.asarray(a, dtype=np.float64).ravel() for a in (x, deq, d, m))
+    zero = d == 0
+    ds = np.where(zero, 1.0, d)
+    code, u = np.rint((deq - m) / ds), (x - m) / ds
+    tol = cell_tolerance(u, ds, m)
+    nearest = np.clip(np.floor(u + 0.5), lo, hi)
+    cell = (np.abs(u - code) <= 0.5 + tol) | ((code == hi) & (u >= hi - 0.5 - tol)) | ((code == lo) & (u <= lo + 0.5 + tol))
+    same = np.abs(x - deq) <= 2.0 ** -10 * np.abs(x) + 2.0 ** -24  # a constant block has d = 0: deq = m
+    equal, cell = np.where(zero, same, code == nearest), np.where(zero, same, cell)
+    return float(equal.mean()), float(cell.mean())
+
+
+def float_check(x, stored, qtype: str) -> tuple[float, float]:
+    """An unquantized tensor against the source cast to its type (within one unit in the last place)."""
+    x, stored = np.asarray(x, np.float64).ravel(), np.asarray(stored, np.float64).ravel()
+    dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[qtype]
+    cast = torch.from_numpy(x).to(dt).double().numpy()
+    # one unit in the last place of the stored type, plus float32 rounding of a value shifted by 1
+    # on the way (GGUF stores Gemma's norm gains as 1 + w)
+    ok = np.abs(stored - cast) <= FLOAT_ULP[qtype] * np.abs(x) + FLOAT_ULP["F32"] * (np.abs(x) + 1)
+    return float((stored == cast).mean()), float(ok.mean())
+
+
+def verdict_of(in_cell: float | None) -> str:
+    return "not applicable" if in_cell is None else ("faithful" if in_cell == 1.0 else "altered")
+
+
+# ------------------------------------------------------------------------------------------
+# GGUF
+# ------------------------------------------------------------------------------------------
+def gguf_planes(raw: np.ndarray, ggml_type) -> list[np.ndarray]:
+    """Dequantized values, per-element scale d and minimum m of a stored GGUF tensor (RTN types);
+    values only for float types; nothing for the others."""
+    import gguf
+    name = gguf.GGMLQuantizationType(ggml_type).name
+    if name in FLOAT_ULP:
+        return [gguf.dequantize(raw, ggml_type).ravel()]
+    if name not in GGUF_RTN:
+        return []
+    bs, ts = gguf.GGML_QUANT_SIZES[ggml_type]
+    blocks = np.ascontiguousarray(raw).reshape(-1, ts)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).ravel()
+    m = blocks[:, 2:4].copy().view(np.float16).astype(np.float64).ravel() if GGUF_RTN[name][2] else np.zeros_like(d)
+    return [gguf.dequantize(raw, ggml_type).ravel(), np.repeat(d, bs), np.repeat(m, bs)]
+
+
+def check_gguf(src, q) -> list[TensorCheck]:
+    out = []
+    for name in q.arch.names():
+        qtype, planes = q.quantized.stored_planes(name, gguf_planes)
+        x = src.get(name).double().numpy()
+        if qtype in FLOAT_ULP:
+            eq, cell = float_check(x, q.get(name).double().numpy(), qtype)
+            note = ""
+        elif qtype in GGUF_RTN:
+            lo, hi, _ = GGUF_RTN[qtype]
+            eq, cell = rtn_check(x, *(p.numpy() for p in planes), lo, hi)
+            note = ""
+        else:
+            eq = cell = None
+            note = f"{qtype} codes come from a scale search, not nearest rounding under stored scales"
+        out.append(TensorCheck(name, qtype, x.size, eq, cell, verdict_of(cell), note))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# the check
+# ------------------------------------------------------------------------------------------
+def _same_shapes(src, q) -> None:
+    a, b = src.arch, q.arch
+    if a.names() != b.names() or any(tuple(a.ref(n).shape) != tuple(b.ref(n).shape) for n in a.names()):
+        raise TracingError(f"{q.label} does not have the tensors and shapes of {src.label} "
+                           f"({a.model_type} vs {b.model_type}); a quantization keeps the source's shapes")
+
+
+def quantcheck(source: str, quantized: str) -> dict:
+    """Per-tensor checks and the verdict: ``faithful`` (every checked tensor's codes in their cells),
+    ``altered`` (the tensors that are not), or ``not applicable`` (no tensor could be checked)."""
+    from ..models import Checkpoint
+    src = Checkpoint(source)
+    if src.quantized is not None:
+        raise TracingError(f"{source} is itself quantized ({src.quantized.format}); give the full-precision source")
+    from .quant_fp8 import check_fp8, fp8_config
+    fp8 = fp8_config(Path(quantized)) if Path(quantized).is_dir() else None
+    if fp8 is not None:
+        return summarise(check_fp8(src, Path(quantized), fp8), "fp8")
+    q = Checkpoint(quantized)
+    fmt = q.quantized.format if q.quantized is not None else None
+    if fmt is None:
+        raise TracingError(f"{quantized} is not a quantized checkpoint (GGUF, GPTQ, AWQ or FP8); nothing to check")
+    _same_shapes(src, q)
+    if fmt == "gguf":
+        tensors = check_gguf(src, q)
+    else:
+        from .quant_packed import check_packed
+        tensors = check_packed(src, q)
+    return summarise(tensors, fmt)
+
+
+def summarise(tensors: list[TensorCheck], fmt: str) -> dict:
+    checked = [t for t in tensors if t.status != "not applicable"]
+    altered = [t.name for t in checked if t.status == "altered"]
+    unchecked_codes = [t.name for t in tensors if t.status == "not applicable" and t.qtype not in FLOAT_ULP]
+    if altered:
+        verdict = "altered"
+    elif unchecked_codes or not checked:  # faithful only when every quantized tensor was checked
+        verdict = "not applicable"
+    else:
+        verdict = "faithful"
+    summary = (f"{len(checked)} of {len(tensors)} tensors checked, "
+               f"{len(checked) - len(altered)} faithful, {len(altered)} altered"
+               + (f"; {len(unchecked_codes)} quantized tensors cannot be checked (see their notes)"
+                  if unchecked_codes else ""))
+    return {"format": fmt, "verdict": verdict, "altered": altered, "summary": summary, "caveat": CAVEAT,
+            "tolerance": "code cells widened by 2 x the float16 rounding of the scale and minimum, in code units "
+                         "(2^-11 relative, 2^-25 absolute for subnormals)",
+            "tensors": [asdict(t) for t in tensors]}
