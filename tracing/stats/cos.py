@@ -55,9 +55,22 @@ def _cost(s):
     return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
+def _cos_upcycled_aligned(ctx, base, ft):
+    """``--align`` for a dense model against an MoE: per expert, Spearman between the matching of
+    its units to the dense units by gate rows (the alignment) and by up rows; Fisher over experts."""
+    from ..experts import expert_result, grid_columns, upcycled_matchings
+    from .match import gate_up_pairs
+    pairs, gate, up = upcycled_matchings(ctx, base, ft)
+    res = expert_result("cos", pairs, {k: gate_up_pairs(gate[k], up[k]) for k in gate}, {}, base.arch.L,
+                        grid_columns(base.arch, ft.arch), ctx)
+    _median_cos(res, up)
+    res.extra["aligned_by"] = "gate rows of each expert against the dense MLP's"
+    return res
+
+
 # the block map when the depths differ (different MLP widths are matched rectangularly block by block)
 @register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=("L",),
-          reads=("rows", "localized"), variant_flags=("rows",),
+          reads=("rows", "localized"), variant_flags=("rows",), aligned_upcycling=_cos_upcycled_aligned,
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
