@@ -118,6 +118,8 @@ def test_activation_stats_name_the_width_and_what_to_use(tmp_path):
     moe, _ = upcycle(dense, E=4, seed=41, split=True, shuffle=True)
     with pytest.raises(TracingError, match="no expert has the dense MLP's width .h 64 vs experts 16.*cos --align"):
         compare_models(moe, dense, "match", dataset="random", num_samples=2, block_size=16)
+    with pytest.raises(TracingError, match="--align between a dense model and a mixture of experts is available for cos"):
+        compare_models(dense, moe, "l2", align=True, num_perm=3)
     dense.save_pretrained(tmp_path / "dense")
     moe.save_pretrained(tmp_path / "moe")
     out = tmp_path / "csh.p"

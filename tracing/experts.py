@@ -158,12 +158,8 @@ def upcycled_matchings(ctx, base, ft) -> tuple[list[UnitPair], dict, dict]:
     alignment (it finds each expert unit's dense unit whatever the order of the split); the up
     matching is what is tested against it."""
     from .align import Matcher, degenerate_rows, residual_alignment
-    from .errors import TracingError
     from .transforms import Permuted
     a, b = base.arch, ft.arch
-    if not (a.gated and b.gated):
-        raise TracingError("--align between a dense model and a mixture of experts matches gate rows, but "
-                           f"{(b if a.gated else a).model_type} has a non-gated MLP; drop --align")
     ft = Permuted(ft, torch.from_numpy(residual_alignment(base, ft)))
     pairs = [p for i in range(a.L) for p in block_pairs(i, a.units(i), b.units(i), None, any_width=True)[0]]
     gate, up = (Matcher(mem_budget_bytes=ctx.mem_budget_bytes) for _ in range(2))

@@ -81,9 +81,11 @@ class Pair:
         if self.options.align and self.upcycling:
             no = [s for s in stats if get(s).aligned and get(s).aligned_upcycling is None]
             if no:
-                raise TracingError(f"--align between a dense model and a mixture of experts is available for cos "
+                from .stats import names
+                have = ", ".join(n for n in names() if get(n).aligned_upcycling is not None)
+                raise TracingError(f"--align between a dense model and a mixture of experts is available for {have} "
                                    f"only (each expert aligned to the dense MLP on its own), not for "
-                                   f"{', '.join(no)}; drop --align or use --stat cos")
+                                   f"{', '.join(no)}; drop --align or use --stat {have}")
         elif self.options.align and not self.same_shape:
             from .blockmap import shapes
             raise TracingError(f"--align needs models with the same block shapes, but they differ "

@@ -28,6 +28,10 @@ def _check(a, b, options):
     if a.has_experts or b.has_experts:
         from ..arch import require_same_depth
         require_same_depth(a, b, "cos")
+        if options.align and a.has_experts != b.has_experts and not (a.gated and b.gated):
+            from ..errors import TracingError
+            raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
+                               "gate rows, but one model has a non-gated MLP; drop --align")
     else:  # depth and MLP width may differ (block map, rectangular matching), not d
         from ..blockmap import require_cos_width
         require_cos_width(a, b)
