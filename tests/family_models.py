@@ -57,3 +57,33 @@ def save_trio(folder, family: str, **config) -> tuple:
 
 def random_ids(V: int, n: int = 2, T: int = 16, seed: int = 0):
     return torch.randint(3, V, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def upcycle(dense, E: int, seed: int, noise: float = 0.05, split: bool = False, shuffle: bool = False):
+    """A Mixtral built from a Mistral (attention and norms copied): every expert is the dense MLP
+    plus noise, or with ``split`` the E experts split its units among them (expert e: units
+    [e·h/E, (e+1)·h/E), plus noise; fine-grained upcycling). ``shuffle``: the dense units are put in
+    a random order (from ``seed``) before splitting, as a random or clustering-based partition does;
+    returns ``(model, order)`` then, ``order[e·w + j]`` the dense unit of expert e's unit j."""
+    c = dense.config
+    w = c.intermediate_size // E if split else c.intermediate_size
+    cfg = family_config("mixtral", d=c.hidden_size, h=w, L=c.num_hidden_layers, V=c.vocab_size, E=E)
+    moe = family_model(cfg, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    sd = moe.state_dict()
+    for k, v in dense.state_dict().items():
+        if k in sd and ".mlp." not in k:
+            sd[k] = v.clone()
+    orders = []
+    for i, layer in enumerate(dense.model.layers):
+        m = layer.mlp
+        order = torch.randperm(c.intermediate_size, generator=g) if shuffle else torch.arange(c.intermediate_size)
+        orders.append(order)
+        for e in range(E):
+            units = order[e * w:(e + 1) * w] if split else order
+            gate_up = torch.cat([m.gate_proj.weight[units], m.up_proj.weight[units]]).detach()
+            down = m.down_proj.weight[:, units].detach()
+            for key, t in (("gate_up_proj", gate_up), ("down_proj", down)):
+                sd[f"model.layers.{i}.mlp.experts.{key}"][e] = t + noise * t.abs().mean() * torch.randn(t.shape, generator=g)
+    moe.load_state_dict(sd)
+    return (moe, orders) if shuffle else moe

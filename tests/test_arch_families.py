@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 
 from family_models import (DENSE, FAMILIES, GATED, MOE, POST_NORM, family_config, family_model, logits, noisy,
-                           random_ids, rel_diff, save_trio)
+                           random_ids, rel_diff, save_trio, upcycle)
 from tracing.align import align
 from tracing.engine import Engine
 from tracing.errors import TracingError
@@ -168,37 +168,12 @@ def test_cos_calibrated(family):
     assert scipy.stats.kstest(p, "uniform").pvalue > 0.01
 
 
-def _upcycle(dense, E, seed, noise=0.05, split=False):
-    """A Mixtral built from a Mistral (attention and norms copied): every expert is the dense MLP
-    plus noise, or with ``split`` the E experts split its units among them (expert e: units
-    [e·h/E, (e+1)·h/E), plus noise; fine-grained upcycling)."""
-    c = dense.config
-    w = c.intermediate_size // E if split else c.intermediate_size
-    cfg = family_config("mixtral", d=c.hidden_size, h=w, L=c.num_hidden_layers, V=c.vocab_size, E=E)
-    moe = family_model(cfg, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    sd = moe.state_dict()
-    for k, v in dense.state_dict().items():
-        if k in sd and ".mlp." not in k:
-            sd[k] = v.clone()
-    for i, layer in enumerate(dense.model.layers):
-        m = layer.mlp
-        for e in range(E):
-            units = slice(e * w, (e + 1) * w) if split else slice(None)
-            gate_up = torch.cat([m.gate_proj.weight[units], m.up_proj.weight[units]]).detach()
-            down = m.down_proj.weight[:, units].detach()
-            for key, t in (("gate_up_proj", gate_up), ("down_proj", down)):
-                sd[f"model.layers.{i}.mlp.experts.{key}"][e] = t + noise * t.abs().mean() * torch.randn(t.shape, generator=g)
-    moe.load_state_dict(sd)
-    return moe
-
-
 def test_upcycled_experts_each_significant(tmp_path):
     cfg = family_config("mistral", d=32, h=64, L=2)
     dense = family_model(cfg, seed=5)
     dense.save_pretrained(tmp_path / "dense")
     family_model(cfg, seed=6).save_pretrained(tmp_path / "other")
-    _upcycle(dense, E=4, seed=7).save_pretrained(tmp_path / "moe")
+    upcycle(dense, E=4, seed=7).save_pretrained(tmp_path / "moe")
     moe = Checkpoint(tmp_path / "moe")
     res = run_stat("cos", Checkpoint(tmp_path / "dense"), moe)
     grid = np.array(res.extra["experts"], dtype=float)
@@ -411,11 +386,11 @@ def test_fine_grained_upcycling_found_by_rectangular_matching():
     """Experts narrower than the dense MLP they were split from: cos matches each expert's units into
     the dense MLP's (rectangular) and every expert is significant; an independent MoE is not."""
     dense = family_model(family_config("mistral", h=64), seed=21)
-    moe = _upcycle(dense, E=4, seed=22, split=True)
+    moe = upcycle(dense, E=4, seed=22, split=True)
     res = run_stat("cos", from_module(dense), from_module(moe))
     assert res.extra["num_pairs"] == 2 * 4
     assert all(p is not None and p < -6 for row in res.extra["experts"] for p in row[:4]), res.extra["experts"]
-    other = _upcycle(family_model(family_config("mistral", h=64), seed=23), E=4, seed=24, split=True)
+    other = upcycle(family_model(family_config("mistral", h=64), seed=23), E=4, seed=24, split=True)
     assert run_stat("cos", from_module(dense), from_module(other)).log10_pvalue > math.log10(0.01)
 
 

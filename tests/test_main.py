@@ -51,7 +51,7 @@ def plain(x):
     return x is None or isinstance(x, (bool, int, float, str))
 
 
-@pytest.mark.parametrize("stat", ["cos", "emb", "l2", "csh", "match", "jsd", "mode"])
+@pytest.mark.parametrize("stat", ["cos", "emb", "l2", "csh", "match", "jsd", "mode", "fixed"])
 def test_every_stat_writes_a_plain_record(models, tmp_path, stat):
     out = tmp_path / f"{stat}.p"
     extra = ["--num_perm", "9"] if stat in ("l2", "mode") else []
@@ -63,7 +63,7 @@ def test_every_stat_writes_a_plain_record(models, tmp_path, stat):
         assert k in rec
     assert rec["status"] == "ok" and rec["stat"] == stat
     assert rec["models"]["base"]["files"][0]["sha256"] and rec["models"]["base"]["files"][0]["size"] > 0
-    if stat in ("cos", "emb", "csh", "match"):
+    if stat in ("cos", "emb", "csh", "match", "fixed"):
         assert rec["log10_pvalue"] < -6
         assert rec["verdict"] == ("dependent" if stat != "match" else "dependent (approximate test)")
         assert "1e-" in r.stdout or "e-" in r.stdout

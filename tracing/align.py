@@ -376,6 +376,14 @@ class Alignment:
         return Permuted(ft, torch.from_numpy(self.pi_e), {i: torch.from_numpy(p) for i, p in self.pi_i.items()})
 
 
+def residual_alignment(base: WeightSource, ft: WeightSource) -> np.ndarray:
+    """π_e: MATCH the columns of the two embeddings over the shared vocabulary (step 1 of :func:`align`)."""
+    n = min(base.arch.V, ft.arch.V)
+    E1 = base.get(base.arch.embed)[:n]
+    E2 = ft.get(ft.arch.embed)[:n]
+    return match(E1.T, E2.T)
+
+
 def align(base: WeightSource, ft: WeightSource, progress: bool = True) -> Alignment:
     """Undo an unknown residual and MLP permutation of ``ft``.
 
@@ -385,11 +393,7 @@ def align(base: WeightSource, ft: WeightSource, progress: bool = True) -> Alignm
        projection instead.
     """
     require_same_layout(base.arch, ft.arch, "alignment")
-    n = min(base.arch.V, ft.arch.V)
-    E1 = base.get(base.arch.embed)[:n]
-    E2 = ft.get(ft.arch.embed)[:n]
-    pi_e = match(E1.T, E2.T)
-    del E1, E2
+    pi_e = residual_alignment(base, ft)
     residual = Permuted(ft, torch.from_numpy(pi_e))
     units = {u.key: u for i in range(base.arch.L) for u in base.arch.units(i)}
 

@@ -169,7 +169,10 @@ def _compute(pair: Pair, stat: str):
         t = time.time()
         if not spec.gives_pvalue(opts, aligned=True) and spec.pvalue == "num_perm":
             opts = opts.replace(num_perm=0)
-        aligned = spec.fn(pair.context(stat, opts), pair.base, pair.aligned_ft())
+        if pair.upcycling:  # dense against MoE: the statistic aligns each expert to the dense MLP
+            aligned = spec.aligned_upcycling(pair.context(stat, opts), pair.base, pair.ft)
+        else:
+            aligned = spec.fn(pair.context(stat, opts), pair.base, pair.aligned_ft())
         if not spec.aligned_pvalue and spec.has_pvalue:
             aligned.log10_pvalue, aligned.exact_pvalue = None, None
             aligned.extra["note"] = ("no p-value after alignment: the permutation test's null would need every "

@@ -145,3 +145,38 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
             gate.close()
     matched = {k: gate_up_pairs(pg[k], pu[k]) for k in pg} if gated else {k: pairs_of(r) for k, r in pu.items()}
     return expert_result(stat, pairs, matched, partners, a.L, grid_columns(a, b), ctx)
+
+
+def upcycled_matchings(ctx, base, ft) -> tuple[list[UnitPair], dict, dict]:
+    """A dense model against an MoE, aligned expert by expert: ``(pairs, gate, up)``.
+
+    θ₂'s residual stream is aligned to θ₁'s first (MATCH of the embedding columns, as ``--align``
+    does). Then, for every unit pair of :func:`block_pairs` (each expert, of any width, against the
+    dense MLP), the gate rows and the up rows are matched (rectangular when the widths differ),
+    with the units that are degenerate in either role left out of both matchings: ``gate[k]`` and
+    ``up[k]`` are the :class:`~tracing.align.MatchResult` of pair k. The gate matching is the
+    alignment (it finds each expert unit's dense unit whatever the order of the split); the up
+    matching is what is tested against it."""
+    from .align import Matcher, degenerate_rows, residual_alignment
+    from .transforms import Permuted
+    a, b = base.arch, ft.arch
+    ft = Permuted(ft, torch.from_numpy(residual_alignment(base, ft)))
+    pairs = [p for i in range(a.L) for p in block_pairs(i, a.units(i), b.units(i), None, any_width=True)[0]]
+    gate, up = (Matcher(mem_budget_bytes=ctx.mem_budget_bytes) for _ in range(2))
+    last: dict = {}  # per side, the unit read last: a dense MLP is read once for all its block's experts
+
+    def rows(side, src, unit):
+        if last.get(side, (None,))[0] != unit.key:
+            G, U = src.get(unit.gate), src.get(unit.up)
+            last[side] = (unit.key, G, U, ~(degenerate_rows(G) | degenerate_rows(U)))
+        return last[side][1:]
+
+    try:
+        for k, pair in enumerate(pairs):
+            (G1, U1, ok1), (G2, U2, ok2) = rows(0, base, pair.a), rows(1, ft, pair.b)
+            gate.submit(k, G1, G2, keep1=ok1, keep2=ok2)
+            up.submit(k, U1, U2, keep1=ok1, keep2=ok2)
+        return pairs, gate.results(), up.results()
+    finally:
+        gate.close()
+        up.close()

@@ -70,10 +70,23 @@ class Pair:
         a, b = self.base.arch, self.ft_ckpt.arch
         return (a.L, a.d, a.h) == (b.L, b.d, b.h)
 
+    @property
+    def upcycling(self) -> bool:
+        """One model is dense and the other a mixture of experts."""
+        return self.base.arch.has_experts != self.ft_ckpt.arch.has_experts
+
     def check(self, stats) -> None:
         """Every requested statistic against this pair, before any is computed; resolves the block
         size (an explicit one longer than the models' context is an error when data is used)."""
-        if self.options.align and not self.same_shape:
+        if self.options.align and self.upcycling:
+            no = [s for s in stats if get(s).aligned and get(s).aligned_upcycling is None]
+            if no:
+                from .stats import names
+                have = ", ".join(n for n in names() if get(n).aligned_upcycling is not None)
+                raise TracingError(f"--align between a dense model and a mixture of experts is available for {have} "
+                                   f"only (each expert aligned to the dense MLP on its own), not for "
+                                   f"{', '.join(no)}; drop --align or use --stat {have}")
+        elif self.options.align and not self.same_shape:
             from .blockmap import shapes
             raise TracingError(f"--align needs models with the same block shapes, but they differ "
                                f"({shapes(self.base.arch, self.ft_ckpt.arch)}); drop --align (match is unchanged "

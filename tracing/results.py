@@ -252,6 +252,9 @@ def record_rows(rec: dict, path: str = "", per_layer: bool = False) -> list[dict
         for k in ("barrier", "loss_alpha", "alpha", "median_cos"):
             if k in res.get("extra", {}) or k in res:
                 row[k] = res.get(k, res.get("extra", {}).get(k))
+        fixed = (res.get("extra") or {}).get("fixed_points")
+        if isinstance(fixed, dict):  # cos: the fixed-point test of the same matching (partial sharing)
+            row["fixed_log10_pvalue"] = fixed.get("log10_pvalue")
         lp = row["log10_pvalue"]
         row["significant"] = (lp < math.log10(row["significance"])) if _finite(lp) else None
         if per_layer:

@@ -358,7 +358,21 @@ def require_gated(a: Arch, b: Arch, what: str) -> None:
                                f"non-gated MLP; use csh")
 
 
+def require_expert_width(a: Arch, b: Arch, what: str) -> None:
+    """Dense against MoE: raise when no expert (nor shared expert) has the dense MLP's width, so that
+    an activation statistic, which pairs only MLPs of equal width, would have nothing to test."""
+    if a.has_experts == b.has_experts:
+        return
+    dense, moe = (b, a) if a.has_experts else (a, b)
+    widths = sorted({u.width for i in range(moe.L) if moe.is_moe_block(i) for u in moe.units(i)})
+    if dense.h not in widths:
+        raise TracingError(f"{what}: no expert has the dense MLP's width (h {dense.h} vs experts "
+                           f"{', '.join(map(str, widths))}), so no expert can be paired with it; for fine-grained "
+                           f"upcycling (experts narrower than the dense MLP) use --stat cos --align, which matches "
+                           f"each expert's units to the dense units whatever their order")
+
+
 __all__ = ["Arch", "TensorRef", "Unit", "arch_from_config", "require_same_blocks", "require_same_layout",
-           "require_same_depth", "require_gated",
+           "require_same_depth", "require_gated", "require_expert_width",
            "SUPPORTED", "FAMILIES", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
            "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]

@@ -104,6 +104,16 @@ def _lineage_counts(c: Context) -> list[str]:
                    "independent pairs flagged (raw)", f"independent flagged ({c.cname})", "test"], rows), ""]
 
 
+def _fixed_note(r) -> list[str]:
+    """The fixed-point test of cos's own matching, when its verdict differs from cos's."""
+    from ..pvalues import format_pvalue
+    from .verdicts import verdict
+    fl, lp, sig = r.get("fixed_log10_pvalue"), r.get("log10_pvalue"), r.get("significance")
+    if not (finite(fl) and finite(lp)) or verdict(fl, sig) == verdict(lp, sig):
+        return []
+    return [f"fixed points p {format_pvalue(fl)}" + (": partial sharing" if verdict(fl, sig) else "")]
+
+
 def _variant_rows(c: Context, sub, has_p: bool) -> list[list]:
     import pandas as pd
     rows = []
@@ -112,6 +122,7 @@ def _variant_rows(c: Context, sub, has_p: bool) -> list[list]:
         stat_s = f"{float(st):.4g}" if finite(st) else ""
         extras = [f"{lab} {float(r[k]):.3g}" for k, lab in (("barrier", "barrier"), ("median_cos", "median cos"))
                   if k in r and finite(r[k])]
+        extras += _fixed_note(r)
         if extras:
             stat_s += f" ({', '.join(extras)})"
         row = [f"`{r['base']}`", f"`{r['ft']}`", stat_s]

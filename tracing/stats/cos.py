@@ -28,6 +28,10 @@ def _check(a, b, options):
     if a.has_experts or b.has_experts:
         from ..arch import require_same_depth
         require_same_depth(a, b, "cos")
+        if options.align and a.has_experts != b.has_experts and not (a.gated and b.gated):
+            from ..errors import TracingError
+            raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
+                               "gate rows, but one model has a non-gated MLP; drop --align")
     else:  # depth and MLP width may differ (block map, rectangular matching), not d
         from ..blockmap import require_cos_width
         require_cos_width(a, b)
@@ -55,22 +59,55 @@ def _cost(s):
     return Cost(2 * K * s.d * 4 + K * K * 12, read + s.L * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
+def _cos_upcycled_aligned(ctx, base, ft):
+    """``--align`` for a dense model against an MoE: per expert, Spearman between the matching of
+    its units to the dense units by gate rows (the alignment) and by up rows; Fisher over experts."""
+    from ..experts import expert_result, grid_columns, upcycled_matchings
+    from .match import gate_up_pairs
+    pairs, gate, up = upcycled_matchings(ctx, base, ft)
+    res = expert_result("cos", pairs, {k: gate_up_pairs(gate[k], up[k]) for k in gate}, {}, base.arch.L,
+                        grid_columns(base.arch, ft.arch), ctx)
+    _median_cos(res, up)
+    res.extra["aligned_by"] = "gate rows of each expert against the dense MLP's"
+    return res
+
+
+def _explain(rec):
+    from .fixed import explain_beside
+    return explain_beside(rec)
+
+
 # the block map when the depths differ (different MLP widths are matched rectangularly block by block)
 @register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=("L",),
-          reads=("rows", "localized"), variant_flags=("rows",),
+          reads=("rows", "localized"), variant_flags=("rows",), aligned_upcycling=_cos_upcycled_aligned,
+          explain=_explain,
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
     from .. import blockmap
-    from ..align import match_layers
-    from .base import pairs_of, rows_extra, sampled_rows, spearman_layers
+    from .base import pairs_of, rows_extra, spearman_layers
+    from .fixed import fixed_summary
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
         return _cos_experts(ctx, base, ft)
     if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
         return blockmap.cos_map(ctx, base, ft)
+    matched, S, h = up_matchings(ctx, base, ft, "cos")
+    res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
+    _median_cos(res, matched)
+    res.extra["fixed_points"] = fixed_summary(matched)
+    if S is not None:
+        res.extra.update(rows_extra(ctx.options, h))
+    return res
+
+
+def up_matchings(ctx, base, ft, stat: str) -> tuple:
+    """``(matched, S, h)``: every block's MATCH of up_proj rows (``{block: MatchResult}``), of the
+    sampled units S only with ``--rows`` (else S is None), h the width S is drawn from."""
+    from ..align import match_layers
+    from .base import sampled_rows
     o = ctx.options
     h = min(base.arch.h, ft.arch.h)
     S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)
@@ -83,12 +120,8 @@ def cos(ctx, base, ft):
 
     what = "up_proj rows" if S is None else f"{len(S)} sampled up_proj rows"
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
-                           desc=f"cos: match {what}" if ctx.progress else None)
-    res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
-    _median_cos(res, matched)
-    if S is not None:
-        res.extra.update(rows_extra(o, h))
-    return res
+                           desc=f"{stat}: match {what}" if ctx.progress else None)
+    return matched, S, h
 
 
 def _median_cos(res, matched: dict) -> None:

@@ -8,8 +8,9 @@ from .spec import Cost, same_blocks
 
 def _check(a, b, options):
     if a.has_experts or b.has_experts:
-        from ..arch import require_same_depth
+        from ..arch import require_expert_width, require_same_depth
         require_same_depth(a, b, "csh")
+        require_expert_width(a, b, "csh")
     else:
         same_blocks("csh")(a, b, options)
 

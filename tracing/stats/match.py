@@ -36,10 +36,11 @@ def gate_up_pairs(g, u) -> tuple:
 
 
 def _check(a, b, _options):
-    from ..arch import require_gated, require_same_depth
+    from ..arch import require_expert_width, require_gated, require_same_depth
     require_gated(a, b, "match")
     if a.has_experts or b.has_experts:
         require_same_depth(a, b, "match")  # other shapes: the block map (tracing.blockmap)
+        require_expert_width(a, b, "match")
 
 
 def _cost(s):

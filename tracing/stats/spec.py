@@ -47,6 +47,9 @@ class StatSpec:
     ``label`` and ``at_alpha`` tell reports how to show it. ``localized``: it offers the block map
     (``--localized``, see :mod:`tracing.blockmap`): the block shapes (of ``L``, ``d``, ``h``) whose
     difference its ordinary path cannot handle, so that the map is chosen automatically for them.
+    ``aligned_upcycling(ctx, base, ft) -> StatResult``: its aligned variant when one model is dense
+    and the other a mixture of experts (no single alignment of θ₂ fits every expert: each expert is
+    aligned to the dense MLP on its own); without it ``--align`` is refused for such a pair.
     """
 
     name: str
@@ -73,6 +76,7 @@ class StatSpec:
     label: str | None = None  # short name of its value for figure panels (default: value_name)
     at_alpha: bool = False  # its value is taken at the interpolation point α (panels name the α)
     localized: tuple[str, ...] = ()  # offers the block map (--localized); shapes that need it
+    aligned_upcycling: Callable | None = None  # fn(ctx, base, ft): --align for a dense model against an MoE
 
     def __post_init__(self):
         if self.pvalue not in ("always", "num_perm", "never"):
