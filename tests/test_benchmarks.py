@@ -24,7 +24,7 @@ def _raw(f: Path) -> dict:
 
 
 def test_there_are_benchmark_lists():
-    assert {f.name for f in LISTS} >= {"cisco_benchmark_all.yaml", "leafbench.yaml", "nikolic_bench_a.yaml"}
+    assert {f.name for f in LISTS} >= {"awm.yaml", "cisco_benchmark_all.yaml", "leafbench.yaml", "nikolic_bench_a.yaml"}
 
 
 @pytest.mark.parametrize("f", LISTS, ids=lambda f: f.stem)
@@ -74,6 +74,12 @@ def test_the_audit_applies_its_rules():
     assert ("microsoft/phi-1_5", "microsoft/phi-2") not in rel
     # reversed entries are swapped: the parent comes first
     assert ("meta-llama/Meta-Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct") in rel
+    # AWM's hub ids: the transformers format of Meta's checkpoints, a misspelt id corrected, and the
+    # pruned Llama 3.2 models against the Llama 3.1 8B they were pruned from
+    awm = {m for p in labels["awm"]["pairs"] for m in (p["base"], p["ft"])}
+    assert "meta-llama/Llama-2-7b-hf" in awm and "meta-llama/Llama-2-7b" not in awm
+    assert "baichuan-inc/Baichuan-13B-Base" in awm and "baichuan-inc/Baichuan13B-Base" not in awm
+    assert rel[("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.2-1B")] == "pruned"
     # Bench-A's false pairs never pair two models that share an initialisation
     llama32 = {"meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-3B-Instruct"}
     true_parent = {p["ft"]: p["base"] for p in labels["nikolic_bench_a"]["pairs"] if p["dependent"]}
