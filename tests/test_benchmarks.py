@@ -24,7 +24,8 @@ def _raw(f: Path) -> dict:
 
 
 def test_there_are_benchmark_lists():
-    assert {f.name for f in LISTS} >= {"awm.yaml", "cisco_benchmark_all.yaml", "leafbench.yaml", "nikolic_bench_a.yaml"}
+    assert {f.name for f in LISTS} >= {"awm.yaml", "cisco_benchmark_all.yaml", "leafbench.yaml", "nikolic_bench_a.yaml",
+                                       "nikolic_bench_b.yaml"}
 
 
 @pytest.mark.parametrize("f", LISTS, ids=lambda f: f.stem)
@@ -87,6 +88,23 @@ def test_the_audit_applies_its_rules():
         if not p["dependent"]:
             assert p["base"] != true_parent[p["ft"]]
             assert not {p["base"], true_parent[p["ft"]]} <= llama32
+    # Bench-B: no false pair puts a GPT-2-family parent against a child of another GPT-2-family parent,
+    # no candidate without a published parent is listed, and a parent listed as its own child's child is swapped
+    gpt2 = {"openai-community/gpt2", "distilbert/distilgpt2", "microsoft/DialoGPT-small", "microsoft/DialoGPT-medium",
+            "openai-community/gpt2-medium", "openai-community/gpt2-large", "robowaifudev/megatron-gpt2-345m"}
+    b = labels["nikolic_bench_b"]["pairs"]
+    linked: dict[str, set] = {}  # the models each model has a dependent pair with
+    for p in b:
+        if p["dependent"]:
+            linked.setdefault(p["ft"], set()).add(p["base"])
+            linked.setdefault(p["base"], set()).add(p["ft"])
+    for p in b:
+        if not p["dependent"]:
+            assert p["base"] not in linked[p["ft"]]
+            assert not (p["base"] in gpt2 and linked[p["ft"]] & gpt2), p
+    assert "postbot/distilgpt2-emailgen-V2" not in {p["ft"] for p in b}
+    assert rel[("KBlueLeaf/DanTagGen-delta", "KBlueLeaf/DanTagGen-delta-rev2")] == "finetune"
+    assert rel[("HuggingFaceTB/SmolLM-360M-Instruct", "dmariko/SmolLM-360M-Instruct_qlora_nf4_merged")] == "adapter"
 
 
 @pytest.mark.parametrize("f", LISTS, ids=lambda f: f.stem)
