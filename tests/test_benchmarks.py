@@ -110,8 +110,10 @@ def test_the_audit_applies_its_rules():
 @pytest.mark.parametrize("f", LISTS, ids=lambda f: f.stem)
 def test_dry_run_of_every_benchmark_list_needs_no_hub(f, tmp_path, monkeypatch):
     from tracing.launch.run import LaunchSettings, launch
+    import huggingface_hub.constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: no config is on this machine
+    # an empty cache: no config is on this machine, whatever the machine's own cache holds
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     said: list[str] = []
     out = tmp_path / "out"
     rc = launch(LaunchSettings(str(f), cli_options={"stat": ["cos"]}, cluster="local", dry_run=True, out=str(out)),
