@@ -12,7 +12,8 @@ from scipy.stats import binomtest
 
 from tracing.errors import TracingError
 from tracing.launch.model_list import parse_model_list, read_model_list
-from tracing.lineage.relations import KNOWN_RELATIONS, LEVELS, RATES_FILE, RELATIONS, write_known_relations
+from tracing.launch.layout import write_known_relations
+from tracing.lineage.relations import KNOWN_RELATIONS, LEVELS, RATES_FILE, RELATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "config" / "benchmarks"
@@ -200,7 +201,6 @@ def labelled_run(tmp_path_factory):
             "benchmark": {"name": "tiny labelled family"}}
     labels = parse_model_list(data, source="tiny.yaml").labels
     folder = root / "results"
-    folder.mkdir()
     write_known_relations(folder, labels)
     for i, (a, b, _) in enumerate(pairs):
         for mode, opts in (("full", {}), ("sampled", {"rows": 32})):
@@ -251,3 +251,26 @@ def test_rates_per_relation_full_and_sampled(labelled_run):
     assert (indep["pairs"] == 4).all()
     assert "## Rates per relation" in report and "tiny labelled family" in report
     assert "sampled (K=32)" in report and "α = 0.0001" in report
+
+
+def test_a_launch_of_a_labelled_list_writes_the_labels_and_the_rates(tmp_path):
+    """End to end on this machine: the launch keeps the labels beside the results, the report scores them."""
+    import subprocess
+    import sys
+
+    from helpers import save_trio
+    paths = save_trio(tmp_path)
+    cfg = tmp_path / "labelled.yaml"
+    cfg.write_text(yaml.safe_dump({"models_1": [paths["base"], paths["base"]], "models_2": [paths["ft"], paths["indep"]],
+                                   "relations": ["finetune", "independent"], "sources": ["a fine-tune", "seed 7"],
+                                   "stat": "cos"}))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "launch.py"), str(cfg), "--cluster", "local", "--max_workers", "1",
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (out / KNOWN_RELATIONS).is_file()
+    rates = pd.read_csv(out / RATES_FILE)
+    fin = rates[(rates["relation"] == "finetune")]
+    assert list(fin["called"]) == [1, 1, 1] and list(fin["pairs"]) == [1, 1, 1]
+    assert set(rates["relation"]) == {"finetune", "independent", "all dependent", "all independent"}
+    assert "## Rates per relation" in (out / "report.md").read_text()

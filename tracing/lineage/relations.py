@@ -102,13 +102,6 @@ def parse_labels(data: dict, m1: list[str], m2: list[str], source: str) -> dict 
             "source": source}
 
 
-def write_known_relations(out: Path, labels: dict | None) -> None:
-    """``<out>/known_relations.json``: the pair labels of a labelled model list (the report scores against them)."""
-    if labels:
-        from ..results import atomic_write
-        atomic_write(Path(out) / KNOWN_RELATIONS, json.dumps(labels, indent=1, default=str))
-
-
 def read_known_relations(folder: Path) -> dict | None:
     f = Path(folder) / KNOWN_RELATIONS
     if not f.is_file():
