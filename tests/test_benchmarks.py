@@ -274,3 +274,22 @@ def test_a_launch_of_a_labelled_list_writes_the_labels_and_the_rates(tmp_path):
     assert list(fin["called"]) == [1, 1, 1] and list(fin["pairs"]) == [1, 1, 1]
     assert set(rates["relation"]) == {"finetune", "independent", "all dependent", "all independent"}
     assert "## Rates per relation" in (out / "report.md").read_text()
+
+
+def test_a_rerun_replaces_the_older_result_of_a_pair():
+    """The newest result of a pair counts (an older failure does not), and sampled runs at two K both count."""
+    import numpy as np
+
+    from tracing.lineage.relations import relation_rates
+    labels = parse_model_list({"models_1": ["a/x"], "models_2": ["b/y"], "relations": ["finetune"],
+                               "sources": ["s"]}, source="l.yaml").labels
+    row = {"base": "a/x", "ft": "b/y", "variant": "cos", "status": "ok", "log10_pvalue": -50.0, "rows": np.nan}
+    df = pd.DataFrame([{**row, "superseded": False},
+                       {**row, "status": "failed", "log10_pvalue": np.nan, "superseded": True},
+                       {**row, "variant": "cos --rows", "rows": 64, "superseded": True, "log10_pvalue": -1.0},
+                       {**row, "variant": "cos --rows", "rows": 256, "superseded": False}])
+    rates = relation_rates(df, labels)
+    fin = rates[(rates["relation"] == "finetune") & (rates["level"] == 1e-2)].set_index("mode")
+    assert fin.loc["full", ["pairs", "called", "failed"]].tolist() == [1, 1, 0]
+    assert fin.loc["sampled (K=64)", ["pairs", "called"]].tolist() == [1, 0]
+    assert fin.loc["sampled (K=256)", ["pairs", "called"]].tolist() == [1, 1]

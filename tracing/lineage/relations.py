@@ -125,7 +125,8 @@ def _mode(rows) -> str:
 
 def _labelled_rows(df, labels: dict) -> list[dict]:
     """The summary table's rows of labelled pairs, with ``relation`` and ``mode``; one row per pair,
-    variant and mode (the last one when a pair was run again)."""
+    variant and mode: the newest when a pair was run again (sampled runs with different K both count)."""
+    from .reconstruct import _flag
     index = {}
     for p in labels["pairs"]:
         index[(p["base"], p["ft"])] = p
@@ -136,7 +137,9 @@ def _labelled_rows(df, labels: dict) -> list[dict]:
         if p is None or r.get("variant") in (None, "?"):
             continue
         r = {**r, "relation": p["relation"], "dependent": p["dependent"], "mode": _mode(r.get("rows"))}
-        keep[(p["base"], p["ft"], r["variant"], r["mode"])] = r
+        key = (p["base"], p["ft"], r["variant"], r["mode"])
+        if key not in keep or _flag(keep[key].get("superseded")) or not _flag(r.get("superseded")):
+            keep[key] = r
     return list(keep.values())
 
 
