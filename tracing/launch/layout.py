@@ -80,14 +80,24 @@ def write_run_log(out: Path, tasks: list, cluster: str, arrays: list[dict]) -> N
     atomic_write(out / RUN_LOG, json.dumps(doc, indent=1, default=str))
 
 
-def write_known_lineage(out: Path, lineage: dict | None) -> None:
-    """``<out>/known_lineage.json``: the lineage of a tree model list (the report scores against it)."""
-    if not lineage:
+def _write_known(out: Path, name: str, data: dict | None) -> None:
+    if not data:
         return
-    from ..lineage.tree import KNOWN_LINEAGE
     from ..results import atomic_write
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / KNOWN_LINEAGE, json.dumps(lineage, indent=1))
+    atomic_write(out / name, json.dumps(data, indent=1, default=str))
+
+
+def write_known_lineage(out: Path, lineage: dict | None) -> None:
+    """``<out>/known_lineage.json``: the lineage of a tree model list (the report scores against it)."""
+    from ..lineage.tree import KNOWN_LINEAGE
+    _write_known(out, KNOWN_LINEAGE, lineage)
+
+
+def write_known_relations(out: Path, labels: dict | None) -> None:
+    """``<out>/known_relations.json``: the pair labels of a labelled model list (the report scores against them)."""
+    from ..lineage.relations import KNOWN_RELATIONS
+    _write_known(out, KNOWN_RELATIONS, labels)
 
 
 def read_run_log(out: Path) -> dict:

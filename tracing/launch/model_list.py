@@ -54,13 +54,14 @@ class ModelList:
     source: str = "<model list>"
     notes: list[str] = field(default_factory=list)
     lineage: dict | None = None  # the known lineage of a tree ({"models": {name: {"parent", "root"}}})
+    labels: dict | None = None  # the known relation of each listed pair (see tracing.lineage.relations)
 
 
 FORMS_HELP = ("a list of models (every pair), a tree of models (see config/llama7b_tree.yaml), {base_models: [...], ft_models: [...]} (every base x fine-tune), "
               "or {models_1: [...], models_2: [...]} (the listed pairs)")
 RESOURCE_KEYS = {"mem_gb": int, "timeout_min": int, "gpus": int, "cpus": int, "partition": str}
 TOP_KEYS = ("models", "base_models", "ft_models", "models_1", "models_2", "names_1", "names_2",
-            "stat", "options", "resources")
+            "stat", "options", "resources", "relations", "sources", "audit", "excluded", "benchmark")
 
 
 def read_model_list(path: str | os.PathLike) -> ModelList:
@@ -125,15 +126,19 @@ def parse_model_list(data, source: str = "<model list>") -> ModelList:
         pairs = _cross_pairs(extra, source, notes)
     else:
         pairs = _listed_pairs(extra, source, notes)
-    for k in ("names_1", "names_2"):
+    from ..lineage.relations import LABEL_KEYS, parse_labels
+    for k in ("names_1", "names_2") + LABEL_KEYS:
         if k in extra and form != "listed pairs":
             raise TracingError(f"{source}: '{k}' only goes with models_1/models_2")
+    labels = (parse_labels(extra, _model_names(extra["models_1"], "models_1", source),
+                           _model_names(extra["models_2"], "models_2", source), source)
+              if form == "listed pairs" else None)
     stat, options = _stat_and_options(extra, source)
     resources = extra.get("resources") or {}
     if not isinstance(resources, dict):
         raise TracingError(f"{source}: 'resources' must be a mapping, e.g. resources: {{mem_gb: 64, timeout_min: 600}}")
     resources = _check_resources(resources, source)
-    return ModelList(pairs, form, stat, dict(options), resources, source, notes, lineage)
+    return ModelList(pairs, form, stat, dict(options), resources, source, notes, lineage, labels)
 
 
 def _form_of(data, source: str) -> tuple[str, dict]:

@@ -12,7 +12,8 @@ from typing import Callable
 from ..errors import TracingError
 from .claims import Claims, wait_released
 from .console import fmt_minutes, fmt_seconds, first_line, plan_table, rel, say as _say, summary_table
-from .layout import check_out_folder, default_out, read_run_log, write_known_lineage, write_run_log
+from .layout import (check_out_folder, default_out, read_run_log, write_known_lineage, write_known_relations,
+                     write_run_log)
 from .local import run_local
 from .model_list import ModelList, build_options, read_model_list
 from .prefetch import ensure_demo, prefetch
@@ -74,6 +75,7 @@ def launch(s: LaunchSettings, say: Callable = _say) -> int:
     if s.dry_run:
         return dry_run(run)
     write_known_lineage(run.out, run.model_list.lineage)
+    write_known_relations(run.out, run.model_list.labels)
     start = time.time()
     try:
         todo, foreign, elsewhere = split_work(run)
@@ -143,8 +145,19 @@ def dry_run(run: Launch) -> int:
     for t in run.tasks:
         if t.problem:
             run.say(f"error: {t.pair.label}: {t.problem}")
-    for n in notes:
-        run.say(f"note: {n}")
+    if len(notes) > 3:  # one line, not one per model, for a long list of hub models
+        run.say(f"note: the configs of {len(notes)} models are not in the local Hugging Face cache "
+                f"({', '.join(n.spec for n in notes[:3])}, ...); their pairs are sized as Llama-2-7B; "
+                f"`hf download <id> config.json` for each gives exact sizes")
+    else:
+        for n in notes:
+            run.say(f"note: {n}")
+    labels = run.model_list.labels
+    if labels:
+        from collections import Counter
+        counts = Counter(p["relation"] for p in labels["pairs"])
+        run.say(f"labels: {len(labels['pairs'])} labelled pair(s) ({', '.join(f'{r} {n}' for r, n in counts.items())}); "
+                f"{len(labels['audit'])} relabelled, {len(labels['excluded'])} excluded (see the list's audit)")
     resource_warnings(run.tasks, run.slurm, run.info, run.say)
     if run.slurm:
         groups = group_by_resources([t for t in run.tasks if t.status != TaskState.DONE and not t.problem])

@@ -9,6 +9,7 @@ from ..results import atomic_open, atomic_write
 from .figures import write_figures
 from .lineage import resolve_lineage
 from .lineage_section import build as build_lineage_section
+from .relations_section import build as build_relations_section
 from .load import read_folder
 from .markdown import Context, markdown
 from .table import CORRECTIONS, summary_table
@@ -96,6 +97,9 @@ def write_report(folder, out=None, lineage=None, significance=None, correction: 
     figs = write_figures(df, counted, lin, out, cname, level, unplaced)
     section = build_lineage_section(df, folder, out, lineage, level)
     written.update(section.written)
+    rel_written, rel_lines = build_relations_section(df, folder, out)
+    written.update(rel_written)
+    section.lines += rel_lines
     ctx = Context(folder, out, df, data.records, models, lin, level, cname, figs, written, parquet_note,
                   data.launch, data.mtime, section.lines)
     report = out / "report.md"
