@@ -21,6 +21,7 @@ import torch
 
 from .arch import LM_HEAD, Arch, TensorRef, arch_from_config
 from .errors import TracingError
+from .machine import default_device  # noqa: F401 - re-exported (generation, pair)
 
 from .specs import Resolved, Spec, parse_spec, resolve  # noqa: F401 - model ids; re-exported here
 
@@ -433,10 +434,6 @@ def sha256_file(f: Path, chunk: int = 1 << 23) -> str:
 # ------------------------------------------------------------------------------------------
 # Loaded modules (for generation and for checks against the streamed path)
 # ------------------------------------------------------------------------------------------
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
