@@ -44,8 +44,8 @@ class Pair:
         self.dtype = resolve_dtype(options.dtype, self.device)
         t = time.time()
         self.fold_norms = options.fold_norms
-        if self.fold_norms is None:  # AWQ moves scales between norms and layers: undo that in both models
-            self.fold_norms = any(getattr(getattr(s, "quantized", None), "format", None) == "awq"
+        if self.fold_norms is None:  # a format moving scales between norms and layers (AWQ): undo that in both
+            self.fold_norms = any(getattr(getattr(s, "backend", None), "moves_norm_scales", False)
                                   for s in (base_src, ft_src))
         self.base = fold_norms(base_src) if self.fold_norms else base_src
         ft = fold_norms(ft_src) if self.fold_norms else ft_src
