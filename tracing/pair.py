@@ -12,6 +12,7 @@ from .errors import TracingError
 from .evaluate import lm_losses, perplexity
 from .models import default_device, resolve_dtype
 from .options import Options
+from .specs import is_demo
 from .stats import Context, get
 from .transforms import fold_norms, permute, rotate
 
@@ -62,7 +63,7 @@ class Pair:
 
     @property
     def is_demo(self) -> bool:
-        return self.base_spec.startswith("demo:")
+        return is_demo(self.base_spec)
 
     @property
     def same_shape(self) -> bool:
