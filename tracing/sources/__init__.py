@@ -22,15 +22,18 @@ QuantizedBackend = Backend
 
 #: the weight formats, asked in this order which one claims a model; a new format is one module
 #: of this package and one line here (before the plain folder, which claims any folder)
-BACKENDS = ["gguf.GGUFBackend", "gptq.PackedInt4Backend", "folder.FolderBackend"]
+BACKENDS: list = ["gguf.GGUFBackend", "gptq.PackedInt4Backend", "folder.FolderBackend"]
 
 
 def backend_classes() -> list[type[Backend]]:
-    """The registered backend classes (their modules are imported on first use)."""
+    """The registered backend classes: an entry of :data:`BACKENDS` is ``"<module>.<Class>"`` of this
+    package (imported on first use) or a class itself."""
     out = []
     for entry in BACKENDS:
-        module, _, name = entry.rpartition(".")
-        out.append(getattr(importlib.import_module(f"{__name__}.{module}"), name))
+        if isinstance(entry, str):
+            module, _, name = entry.rpartition(".")
+            entry = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        out.append(entry)
     return out
 
 
