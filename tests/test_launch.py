@@ -407,3 +407,17 @@ def test_launcher_sizes_gguf_files_and_gptq_folders_like_other_models(tmp_path, 
     lines = [line for line in r.stdout.splitlines() if " vs " in line]
     assert len(lines) == 3 and all("todo" in line and "?" not in line.split("cos")[0] for line in lines), r.stdout
     assert "does not exist" not in r.stdout + r.stderr
+
+    # and it runs on this machine; the report and the lineage read its results
+    out = tmp_path / "out"
+    r = run_launch(cfg, "--cluster", "local", "--max_workers", "1", "--out", out, env=no_slurm_env(tmp_path))
+    assert r.returncode == 0 and "done 3, failed 0" in r.stdout, r.stdout + r.stderr
+    df = load_results(out)
+    assert len(df) == 3 and set(df["status"]) == {"ok"}
+    lp = {(Path(b).name, Path(f).name): v for b, f, v in zip(df["base"], df["ft"], df["log10_pvalue"])}
+    assert lp[(gguf_file.name, "gptq-indep")] > -2 and lp[(gguf_file.name, "base")] < -5, lp  # ft of base: found
+    assert "cos" in (out / "report.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "tracing.lineage", str(out), "--no-hub"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(json.loads((out / "lineage.json").read_text())["families"]) == 2
