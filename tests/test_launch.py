@@ -421,3 +421,19 @@ def test_launcher_sizes_gguf_files_and_gptq_folders_like_other_models(tmp_path, 
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(json.loads((out / "lineage.json").read_text())["families"]) == 2
+
+
+def test_a_corrupt_cached_config_is_an_error_not_a_missing_one(tmp_path, tiny_models, monkeypatch):
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{not json")
+    hub = _fake_hub_cache(tmp_path, "org/broken", [cfg])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TracingError, match="not valid JSON") as e:
+        launch.model_info("org/broken")
+    assert not isinstance(e.value, launch.ConfigUnavailable)
+    (tmp_path / "README.md").write_text("a model card only")
+    _fake_hub_cache(tmp_path / "other", "org/card-only", [tmp_path / "README.md"])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "other" / "hf" / "hub"))
+    with pytest.raises(launch.ConfigUnavailable, match="hf download org/card-only config.json"):
+        launch.model_info("org/card-only")

@@ -46,6 +46,14 @@ def _not_cached(spec) -> ConfigUnavailable:
         f"without --dry-run to fetch the model", spec.text)
 
 
+def _cached_config(snapshot, file: str | None) -> bool:
+    """Does a hub cache snapshot hold what the config is read from (the GGUF file named, or
+    config.json, or a GGUF file)?"""
+    if file is not None:
+        return (snapshot / file).is_file()
+    return (snapshot / "config.json").is_file() or any(snapshot.glob("*.gguf"))
+
+
 def model_info(spec: str) -> ModelInfo:
     """Shape and stored precision of a model, read without touching the network through its weight
     format's backend (:func:`tracing.sources.open_backend`): a local folder or GGUF file, the
@@ -58,11 +66,14 @@ def model_info(spec: str) -> ModelInfo:
     if s.kind == "demo" and (info := _demo_info(s)) is not None:
         return info
     try:
-        backend = open_backend(resolve(s.text, local_files_only=True))
+        resolved = resolve(s.text, local_files_only=True)
     except TracingError:
         if s.kind == "hub":
             raise _not_cached(s) from None
         raise
+    if s.kind == "hub" and not _cached_config(resolved.path, s.file):
+        raise _not_cached(s)
+    backend = open_backend(resolved)  # a corrupt cached file is an error, not a missing one
     source = {"hub": "hub cache", "demo": "demo"}.get(s.kind, "local")
     return ModelInfo(s.text, backend.arch, backend.bytes_per_param(), source)
 
