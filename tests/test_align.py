@@ -60,3 +60,32 @@ def test_match_layers_parallel_equals_serial():
     par = match_layers(range(6), lambda i: mats[i], workers=2)
     ser = {i: match(*mats[i]) for i in range(6)}
     assert all(np.array_equal(par[i], ser[i]) for i in range(6))
+
+
+def test_device_option_reaches_alignment_and_weight_statistics(monkeypatch):
+    """``--device cpu`` on a machine with a GPU: the cosine products of alignment and of the weight
+    statistics run where the options say, not on a device they pick themselves. (No GPU exists
+    here: one is announced, so any product sent to it fails.)"""
+    import tracing
+
+    cfg = tiny_config(L=2)
+    base = tiny_model(cfg, seed=0)
+    ft = finetuned(base, seed=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for stat in ("cos", "emb"):
+        res = tracing.compare_models(base, ft, stat=stat, device="cpu", align=True)
+        assert res.verdict == "dependent"
+
+
+def test_one_device_policy_in_force_within_its_scope(monkeypatch):
+    from tracing import machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert machine.compute_device() == machine.default_device() == "cpu"
+    with machine.use_device("cuda:1"):
+        assert machine.compute_device() == "cuda:1"
+        with machine.use_device(None):
+            assert machine.compute_device() == "cpu"
+        assert machine.compute_device() == "cuda:1"
+    assert machine.compute_device() == "cpu"
+    assert machine.cores() >= 1 and machine.available_bytes() > 0 and machine.total_memory_gb() > 0

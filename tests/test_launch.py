@@ -365,3 +365,75 @@ def test_every_command_prints_its_help(script):
     assert r.returncode == 0 and "usage:" in r.stdout and not r.stderr, r.stderr
     if script != "generate.py":
         assert "--block_size" in r.stdout and "--seed" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# quantized files are models like any other: the launcher sizes them through their backend
+# ------------------------------------------------------------------------------------------
+def _fake_hub_cache(tmp_path: Path, repo: str, files) -> Path:
+    """A Hugging Face cache holding ``files`` in one snapshot of ``repo`` (no network)."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    root = tmp_path / "hf" / "hub"
+    folder = root / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / sha
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(sha)
+    for f in files:
+        shutil.copy(f, snap)
+    return root
+
+
+def test_launcher_sizes_gguf_files_and_gptq_folders_like_other_models(tmp_path, tiny_models, monkeypatch):
+    from quant_writers import write_gguf, write_gptq
+    gguf_file = write_gguf(tiny_models["ft"], tmp_path / "q" / "ft.Q8_0.gguf", "Q8_0", with_tokenizer=False)
+    gptq = write_gptq(tiny_models["indep"], tmp_path / "gptq-indep")
+    folder = launch.model_info(tiny_models["base"])
+    for spec in (str(gguf_file), f"{gguf_file.parent}:{gguf_file.name}", str(gptq)):
+        got = launch.model_info(spec)
+        assert got.arch == folder.arch and got.params == folder.params, spec
+    hub = _fake_hub_cache(tmp_path, "org/tiny-GGUF", [gguf_file])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert launch.model_info(f"org/tiny-GGUF:{gguf_file.name}").arch == folder.arch
+    with pytest.raises(launch.ConfigUnavailable) as e:
+        launch.model_info("org/absent-GGUF:model-Q4_K_M.gguf")
+    assert "hf download org/absent-GGUF model-Q4_K_M.gguf" in str(e.value) and "config.json" not in str(e.value)
+
+    cfg = write_yaml(tmp_path / "mixed.yaml", {"models": [str(gguf_file), str(gptq), tiny_models["base"]],
+                                               "stat": "cos"})
+    r = run_launch(cfg, "--dry-run", "--cluster", "local", "--out", tmp_path / "out", env=no_slurm_env(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [line for line in r.stdout.splitlines() if " vs " in line]
+    assert len(lines) == 3 and all("todo" in line and "?" not in line.split("cos")[0] for line in lines), r.stdout
+    assert "does not exist" not in r.stdout + r.stderr
+
+    # and it runs on this machine; the report and the lineage read its results
+    out = tmp_path / "out"
+    r = run_launch(cfg, "--cluster", "local", "--max_workers", "1", "--out", out, env=no_slurm_env(tmp_path))
+    assert r.returncode == 0 and "done 3, failed 0" in r.stdout, r.stdout + r.stderr
+    df = load_results(out)
+    assert len(df) == 3 and set(df["status"]) == {"ok"}
+    lp = {(Path(b).name, Path(f).name): v for b, f, v in zip(df["base"], df["ft"], df["log10_pvalue"])}
+    assert lp[(gguf_file.name, "gptq-indep")] > -2 and lp[(gguf_file.name, "base")] < -5, lp  # ft of base: found
+    assert "cos" in (out / "report.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "tracing.lineage", str(out), "--no-hub"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(json.loads((out / "lineage.json").read_text())["families"]) == 2
+
+
+def test_a_corrupt_cached_config_is_an_error_not_a_missing_one(tmp_path, tiny_models, monkeypatch):
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{not json")
+    hub = _fake_hub_cache(tmp_path, "org/broken", [cfg])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TracingError, match="not valid JSON") as e:
+        launch.model_info("org/broken")
+    assert not isinstance(e.value, launch.ConfigUnavailable)
+    (tmp_path / "README.md").write_text("a model card only")
+    _fake_hub_cache(tmp_path / "other", "org/card-only", [tmp_path / "README.md"])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "other" / "hf" / "hub"))
+    with pytest.raises(launch.ConfigUnavailable, match="hf download org/card-only config.json"):
+        launch.model_info("org/card-only")

@@ -7,6 +7,8 @@ import pickle
 import subprocess
 import sys
 import textwrap
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,3 +85,62 @@ def test_a_statistic_in_one_new_file_runs_through_main_launch_and_report(tmp_pat
     env.pop("TRACING_STATS")
     r = _run(["main.py", "--base_model_id", "demo:base-a", "--ft_model_id", "demo:a-docs", "--stat", "upnorm"], env)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown statistic" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# a name or alias already taken is an error naming both modules
+# ------------------------------------------------------------------------------------------
+def _spec(name, module, aliases=()):
+    from tracing.stats import StatSpec
+
+    def fn(ctx, base, ft):  # pragma: no cover - never run
+        return None
+    fn.__module__ = module
+    return StatSpec(name, fn, description="toy", meaning="toy", aliases=aliases)
+
+
+def _isolated_registry(monkeypatch):
+    from tracing import stats
+    stats.names()  # the built-in statistics first
+    monkeypatch.setattr(stats, "REGISTRY", dict(stats.REGISTRY))
+    monkeypatch.setattr(stats, "ALIASES", dict(stats.ALIASES))
+    return stats
+
+
+def test_a_plugin_taking_a_builtin_name_is_an_error_naming_both_modules(monkeypatch):
+    from tracing.errors import TracingError
+    stats = _isolated_registry(monkeypatch)
+    before = stats.REGISTRY["cos"]
+    for spec in (_spec("cos", "my_plugin"), _spec("cosine2", "my_plugin", aliases=("cos",)),
+                 _spec("csu", "my_plugin"), _spec("cosine3", "my_plugin", aliases=("csu",))):
+        with pytest.raises(TracingError) as e:
+            stats.register(spec)
+        msg = str(e.value)
+        assert "my_plugin" in msg and "tracing.stats.cos" in msg and "\n" not in msg
+        assert stats.REGISTRY["cos"] is before and stats.ALIASES["csu"] == "cos"
+        assert spec.name not in stats.REGISTRY or spec.name == "cos"
+    # the same module registering again (e.g. reloaded) replaces its own statistic
+    mine = stats.register(_spec("mine", "my_plugin", aliases=("mi",)))
+    again = stats.register(_spec("mine", "my_plugin", aliases=("mi",)))
+    assert stats.REGISTRY["mine"] is again is not mine and stats.ALIASES["mi"] == "mine"
+
+
+def test_a_plugin_module_taking_cos_stops_main_with_one_line(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "evil_cos.py").write_text(textwrap.dedent('''
+        from tracing.stats import register
+
+        @register("cos", description="not the real cos", meaning="replaced")
+        def cos(ctx, base, ft):
+            raise AssertionError("never called")
+    '''))
+    env = _env(plugins)
+    env["TRACING_STATS"] = "evil_cos"
+    out = tmp_path / "x.p"
+    r = _run(["main.py", "--base_model_id", "demo:base-a", "--ft_model_id", "demo:a-docs", "--stat", "cos",
+              "--save", str(out)], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = r.stderr.strip()
+    assert line.startswith("error: ") and "\n" not in line
+    assert "evil_cos" in line and "tracing.stats.cos" in line and not out.exists()

@@ -13,7 +13,6 @@ no separate float32 and float64 matrices).
 """
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,12 +24,9 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from .arch import require_same_layout
+from .machine import available_bytes, compute_device, cores
 from .models import WeightSource
 from .transforms import Permuted
-
-
-def compute_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _inverse_row_norms(X: torch.Tensor) -> torch.Tensor:
@@ -248,22 +244,10 @@ def _solve_owned(box: list) -> MatchResult:
     return _solve_pairs(cost)
 
 
-def _available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
-
-
 def default_workers(cost_bytes: int, mem_budget_bytes: int | None = None) -> int:
     """Parallel solves allowed by the cores and the memory budget (default: half of free RAM)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    budget = mem_budget_bytes if mem_budget_bytes is not None else _available_bytes() // 2
-    return max(1, min(cores, budget // max(cost_bytes, 1)))
+    budget = mem_budget_bytes if mem_budget_bytes is not None else available_bytes() // 2
+    return max(1, min(cores(), budget // max(cost_bytes, 1)))
 
 
 class Matcher:

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from .machine import use_device
 from .models import Checkpoint, DictSource, WeightSource, from_module
 from .options import Options
 from .pair import Pair
@@ -125,6 +126,11 @@ def _source(m, config, label: str):
 
 
 def _run(pair: Pair, models: dict, paths: dict, start: float) -> list[dict]:
+    with use_device(pair.device):  # the options' device for every tensor product of this pair
+        return _run_on_device(pair, models, paths, start)
+
+
+def _run_on_device(pair: Pair, models: dict, paths: dict, start: float) -> list[dict]:
     options = pair.options
     pair.check(options.stat)
     for stat in options.stat:  # data problems (tokenizers, empty text) surface before any statistic runs

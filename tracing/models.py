@@ -1,11 +1,10 @@
 """Open a model: hub id (``id`` or ``id@revision``), ``demo:<name>``, a local folder, or a GGUF file
 (ids, including a ``:<file>.gguf`` suffix, are parsed and resolved by :mod:`tracing.specs`).
-Quantized checkpoints (GGUF, GPTQ, AWQ; see :mod:`tracing.sources`) are dequantized to float32
-one tensor at a time.
 
 A :class:`Checkpoint` gives the config, the tokenizer, and **lazy per-tensor access**: one
-tensor is read at a time (safetensors ``safe_open``, sharded or not, or ``pytorch_model*.bin``
-shards through ``torch.load(mmap=True)``); the model is never materialised for weight-only work.
+tensor is read at a time by the backend of the model's weight format (:mod:`tracing.sources`:
+safetensors or ``pytorch_model*.bin`` folders, GGUF files, GPTQ / AWQ folders, quantized ones
+dequantized to float32); the model is never materialised for weight-only work.
 Every weight source (a checkpoint, an in-memory state dict, or a transformed view of either,
 see :mod:`tracing.transforms`) has the same small interface: ``arch``, ``config``, ``get(name)``.
 """
@@ -21,6 +20,7 @@ import torch
 
 from .arch import LM_HEAD, Arch, TensorRef, arch_from_config
 from .errors import TracingError
+from .machine import default_device  # noqa: F401 - re-exported (generation, pair)
 
 from .specs import Resolved, Spec, parse_spec, resolve  # noqa: F401 - model ids; re-exported here
 
@@ -139,179 +139,62 @@ class CachedSource(WeightSource):
 # Checkpoints on disk
 # ------------------------------------------------------------------------------------------
 class Checkpoint(WeightSource):
-    """A model on disk: config, tokenizer and lazily read tensors."""
+    """A model on disk: config, tokenizer and lazily read tensors, whatever its weight format (the
+    format's backend, :func:`tracing.sources.open_backend`, reads them)."""
 
     def __init__(self, spec: str | os.PathLike, resolved: Resolved | None = None):
+        from .sources import open_backend
         self.resolved = resolved or resolve(str(spec))
         self.path = self.resolved.path
         self.label = self.resolved.spec
         self._config = None
-        self._bin_cache: tuple[Path, dict] | None = None
         self._finite: set[str] = set()  # tensors already checked for NaN / inf
-        from .sources import detect
-        self.quantized = detect(self.path, self.resolved.file, self.label)
-        if self.quantized is not None:
-            self.arch = self.quantized.arch
-            self._index = {}
-            return
-        cfg_file = self.path / "config.json"
-        if not cfg_file.is_file():
-            raise TracingError(f"{self.path} has no config.json; point to a Hugging Face model folder "
-                               f"(config.json + model*.safetensors or pytorch_model*.bin)")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise TracingError(f"{cfg_file} is not valid JSON ({e.msg}); re-download or fix the file") from None
-        if not isinstance(raw, dict):
-            raise TracingError(f"{cfg_file} does not hold a JSON object; re-download or fix the file")
-        self.arch = arch_from_config(raw, where=str(cfg_file))
-        self._index = self._build_index()
-        self._check_shapes(cfg_file)
+        self.backend = open_backend(self.resolved)
+        self.backend.validate()
+        self.arch = self.backend.arch
+
+    @property
+    def quantized(self):
+        """The backend of a quantized format (None for float weights)."""
+        return self.backend if self.backend.quantized else None
 
     # config ------------------------------------------------------------------------------
     @property
     def config(self):
-        if self._config is None and self.quantized is not None:
-            self._config = self.quantized.config()
         if self._config is None:
-            from transformers import AutoConfig
-            self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
+            self._config = self.backend.config()
         return self._config
 
     # tensors -----------------------------------------------------------------------------
-    def _build_index(self) -> dict[str, Path]:
-        """tensor name -> file, with every tensor's shape in ``self._shapes`` (from the file headers)."""
-        p = self.path
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-            if (p / index_name).is_file():
-                weight_map = _read_weight_map(p / index_name)
-                files = sorted(set(weight_map.values()))
-                for f in files:
-                    if not (p / f).is_file():
-                        raise _corrupt(p / index_name, f"it lists {f}, which is missing")
-                    self._shapes.update(_header_shapes(p / f))
-                return {k: p / v for k, v in weight_map.items()}
-        files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin"))
-        if not files:
-            raise TracingError(f"{p} has a config.json but no weights (model*.safetensors or pytorch_model*.bin); "
-                               f"the download may be incomplete")
-        index = {}
-        for f in files:
-            shapes = _header_shapes(f)
-            self._shapes.update(shapes)
-            index.update({k: f for k in shapes})
-        return index
-
-    def _check_shapes(self, cfg_file: Path) -> None:
-        """The config's sizes against the tensors' shapes (headers only; no tensor data is read).
-        A fused tensor's role parts must fit it and add up to all of it."""
-        fused: dict[str, int] = {}  # stored name of a fused tensor -> elements its roles account for
-        for name in self.arch.names():
-            ref = self.arch.ref(name)
-            stored, index = next(((s, i) for s, i in ref.stores if s in self._shapes), (None, None))
-            if stored is None:
-                continue
-            found = tuple(self._shapes[stored])
-            try:  # the role's part of a fused tensor, computed on the meta device
-                got = found if index is None else tuple(torch.empty(found, device="meta")[index].shape)
-            except (IndexError, RuntimeError):
-                got = None
-            if got != tuple(ref.shape):
-                part = "" if index is None else f" (its {ref.role} part: {got})"
-                self._shape_error(cfg_file, stored, f"{found}{part}", tuple(ref.shape))
-            if index is not None:
-                fused[stored] = fused.get(stored, 0) + _numel(ref.shape)
-        for stored, n in fused.items():
-            if n != _numel(self._shapes[stored]):
-                self._shape_error(cfg_file, stored, str(tuple(self._shapes[stored])),
-                                  f"parts with {n} elements in all")
-
-    def _shape_error(self, cfg_file: Path, stored: str, found: str, want) -> None:
-        raise TracingError(
-            f"{cfg_file} does not match the weights: tensor {stored} in "
-            f"{getattr(self._index.get(stored), 'name', 'the weights')} has shape {found}, but the config "
-            f"implies {want}; fix the config's sizes or use the config.json that came with these weights")
-
-    def _load_bin(self, f: Path) -> dict:
-        if self._bin_cache is None or self._bin_cache[0] != f:
-            self._bin_cache = None
-            self._bin_cache = (f, _torch_load(f))
-        return self._bin_cache[1]
-
     def weight_files(self) -> list[Path]:
-        if self.quantized is not None:
-            return self.quantized.weight_files()
-        return sorted(set(self._index.values()))
+        return self.backend.weight_files()
 
     def get(self, name, dtype=torch.float32):
-        if self.quantized is not None:
-            t = self.quantized.get(name, dtype)
-            if name not in self._finite:
-                require_finite(self.label, name, t)
-                self._finite.add(name)
-            return t
-        ref = logical_ref(self.arch, name, self.label)
-        for stored, index in ref.stores:
-            f = self._index.get(stored)
-            if f is not None:
-                break
-        else:
-            raise TracingError(f"{self.label}: tensor {ref.stores[0][0]} not found in its weight files; "
-                               f"is this a complete {self.arch.model_type} causal LM checkpoint?")
-        if f.suffix == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
-                if index is not None and all(isinstance(x, (int, slice)) for x in index):
-                    t = h.get_slice(stored)[index]  # only the role's rows are read
-                else:
-                    t = select(h.get_tensor(stored), index)
-        else:
-            t = select(self._load_bin(f)[stored], index)
+        t = self.backend.get(name, dtype)
         if name not in self._finite:
             require_finite(self.label, name, t)
             self._finite.add(name)
         return t.to(dtype)
 
     def get_rows(self, name, index, dtype=torch.float32):
-        """Rows ``index`` of ``name``: from a safetensors file only those rows are read (a role that
-        is a block of rows of a fused tensor too); other sources read the tensor and keep the rows."""
-        if self.quantized is not None:
-            return require_finite(self.label, name, self.quantized.get_rows(name, index, dtype))
-        ref = logical_ref(self.arch, name, self.label)
-        found = next(((s, i, self._index[s]) for s, i in ref.stores if s in self._index), None)
-        from .rows import read_rows, row_offset
-        offset = None if found is None or found[2].suffix != ".safetensors" else row_offset(found[1])
-        if offset is None:
-            return super().get_rows(name, index, dtype)
-        stored, _, f = found
-        rows = [int(i) + offset for i in index]
-        try:
-            t = read_rows(f, stored, rows)
-        except (OSError, ValueError):
-            t = None
-        if t is None:  # a layout the row reader does not handle: safetensors' own slicing
-            from safetensors import safe_open
-            with safe_open(f, framework="pt") as h:
-                t = h.get_slice(stored)[rows]
-        return require_finite(self.label, name, t).to(dtype)
+        """Rows ``index`` of ``name`` (from a safetensors file only those rows are read)."""
+        return require_finite(self.label, name, self.backend.get_rows(name, index, dtype)).to(dtype)
 
     def release(self):
-        self._bin_cache = None
+        self.backend.release()
 
     # tokenizer ---------------------------------------------------------------------------
     def has_tokenizer(self) -> bool:
-        return self._folder_tokenizer() or (self.quantized is not None and self.quantized.has_tokenizer())
+        return self._folder_tokenizer() or self.backend.has_tokenizer()
 
     def _folder_tokenizer(self) -> bool:
         return self.path.is_dir() and any((self.path / f).exists()
                                           for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
     def tokenizer(self):
-        if not self.has_tokenizer():
-            return None
-        if not self._folder_tokenizer():  # only the GGUF metadata has one
-            return self.quantized.tokenizer()
+        """The folder's tokenizer files first, else the one the weight file carries (GGUF metadata)."""
+        if not self._folder_tokenizer():
+            return self.backend.tokenizer() if self.backend.has_tokenizer() else None
         from transformers import AutoTokenizer
         try:
             return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
@@ -333,57 +216,10 @@ class Checkpoint(WeightSource):
             files.append(entry)
         out = {"id": self.resolved.spec, "path": str(self.path), "repo_id": self.resolved.repo_id,
                "revision": self.resolved.revision, "commit": self.resolved.commit, "files": files}
-        if self.quantized is not None:
-            out["quantization"] = self.quantized.quantization()
+        quantization = self.backend.quantization()
+        if quantization is not None:
+            out["quantization"] = quantization
         return out
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _corrupt(f: Path, why: str) -> TracingError:
-    return TracingError(f"{f} is corrupt or incomplete ({why}); delete it and download the model again")
-
-
-def _read_weight_map(f: Path) -> dict[str, str]:
-    try:
-        weight_map = json.loads(f.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _corrupt(f, f"not valid JSON: {type(e).__name__}") from None
-    except (KeyError, TypeError):
-        raise _corrupt(f, "no weight_map in it") from None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise _corrupt(f, "its weight_map is not a mapping of tensor names to files")
-    return weight_map
-
-
-def _header_shapes(f: Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape in one weight file, without reading tensor data."""
-    if f.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-        try:
-            with safe_open(f, framework="pt") as h:
-                return {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise _corrupt(f, f"unreadable safetensors header: {str(e).splitlines()[0][:80]}") from None
-    return {k: tuple(v.shape) for k, v in _torch_load(f).items() if isinstance(v, torch.Tensor)}
-
-
-def _torch_load(f: Path) -> dict:
-    """A ``pytorch_model*.bin`` file, memory-mapped (tensors are read when used)."""
-    import pickle
-    import zipfile
-    try:
-        state = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise _corrupt(f, f"cannot load it: {type(e).__name__}") from None
-    if not isinstance(state, dict):
-        raise _corrupt(f, "it does not hold a state dict")
-    return state
 
 
 def _sha_from_hub_cache(f: Path) -> str | None:
@@ -433,10 +269,6 @@ def sha256_file(f: Path, chunk: int = 1 << 23) -> str:
 # ------------------------------------------------------------------------------------------
 # Loaded modules (for generation and for checks against the streamed path)
 # ------------------------------------------------------------------------------------------
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -482,7 +314,7 @@ def load_pretrained(spec: str, dtype="auto", device: str | None = None, trust_re
     from transformers import AutoModelForCausalLM
     device = device or default_device()
     ck = Checkpoint(spec)
-    if ck.quantized is not None:  # dequantized tensor by tensor into a float module
+    if not ck.backend.native:  # e.g. quantized: dequantized tensor by tensor into a float module
         return ck, load_module(ck, resolve_dtype(dtype, device), device)
     model = AutoModelForCausalLM.from_pretrained(ck.path, dtype=resolve_dtype(dtype, device),
                                                  trust_remote_code=trust_remote_code)

@@ -12,6 +12,7 @@ from .errors import TracingError
 from .evaluate import lm_losses, perplexity
 from .models import default_device, resolve_dtype
 from .options import Options
+from .specs import is_demo
 from .stats import Context, get
 from .transforms import fold_norms, permute, rotate
 
@@ -44,8 +45,8 @@ class Pair:
         self.dtype = resolve_dtype(options.dtype, self.device)
         t = time.time()
         self.fold_norms = options.fold_norms
-        if self.fold_norms is None:  # AWQ moves scales between norms and layers: undo that in both models
-            self.fold_norms = any(getattr(getattr(s, "quantized", None), "format", None) == "awq"
+        if self.fold_norms is None:  # a format moving scales between norms and layers (AWQ): undo that in both
+            self.fold_norms = any(getattr(getattr(s, "backend", None), "moves_norm_scales", False)
                                   for s in (base_src, ft_src))
         self.base = fold_norms(base_src) if self.fold_norms else base_src
         ft = fold_norms(ft_src) if self.fold_norms else ft_src
@@ -62,7 +63,7 @@ class Pair:
 
     @property
     def is_demo(self) -> bool:
-        return self.base_spec.startswith("demo:")
+        return is_demo(self.base_spec)
 
     @property
     def same_shape(self) -> bool:

@@ -45,6 +45,24 @@ class Spec:
     file: str | None = None  # a ``:<file>.gguf`` suffix: the GGUF file inside the folder or repository
 
 
+DEMO_PREFIX = "demo:"
+
+
+def is_demo(spec) -> bool:
+    """Does the model id name a model of the demo family (``demo:<name>``)?"""
+    return str(spec).startswith(DEMO_PREFIX)
+
+
+def demo_name(spec) -> str | None:
+    """``a-docs`` for ``demo:a-docs``; None for an id that is not a demo model."""
+    return str(spec)[len(DEMO_PREFIX):] if is_demo(spec) else None
+
+
+def demo_id(name: str) -> str:
+    """The model id of the demo model ``name`` (``demo:<name>``)."""
+    return DEMO_PREFIX + name
+
+
 HUB_REPO = re.compile(r"[\w.\-]+(/[\w.\-]+)?")
 HUB_REVISION = re.compile(r"[\w.\-]+(/[\w.\-]+)*")
 
@@ -77,8 +95,8 @@ def parse_spec(spec: str | os.PathLike) -> Spec:
     else a local path (``/``, ``.`` or ``~`` first, or more than one ``/`` before any ``@``); any
     of the last three may end in ``:<file>.gguf``."""
     text = str(spec)
-    if text.startswith("demo:"):
-        return Spec(text=text, kind="demo", name=text[len("demo:"):])
+    if is_demo(text):
+        return Spec(text=text, kind="demo", name=demo_name(text))
     path = Path(text).expanduser()
     if _is_dir(path, text) or _is_gguf_file(path, text):
         return Spec(text=text, kind="local", path=path)

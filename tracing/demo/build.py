@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from .. import machine
 from ..errors import TracingError
 from .corpus import build_corpus
 from .paths import _root, is_built
@@ -104,7 +105,7 @@ def _check_replaceable(root: pathlib.Path) -> None:
 def _build_workers() -> int:
     env = os.environ.get(ENV_WORKERS)
     if env is None:
-        return max(1, min(len(_CHAINS), os.cpu_count() or 1))
+        return max(1, min(len(_CHAINS), machine.cores()))
     try:
         return max(1, int(env))
     except ValueError:

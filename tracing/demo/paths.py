@@ -5,7 +5,8 @@ import json
 import os
 import pathlib
 
-from .recipes import _COMPLETE, DEMO_PREFIX, ENV_DIR, SLICE_FILES, VERSION, _name, _recipe_signature
+from ..specs import is_demo
+from .recipes import _COMPLETE, ENV_DIR, SLICE_FILES, VERSION, _name, _recipe_signature
 
 
 
@@ -31,7 +32,7 @@ def is_built(root=None, tiny: bool = False) -> bool:
 
 def is_demo_spec(spec: str) -> bool:
     """True for model specs of the form ``demo:<name>``."""
-    return isinstance(spec, str) and spec.startswith(DEMO_PREFIX)
+    return isinstance(spec, str) and is_demo(spec)
 
 
 def resolve_demo(spec: str, root=None) -> pathlib.Path:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import TracingError
+from ..specs import DEMO_PREFIX, demo_name  # noqa: F401 - DEMO_PREFIX re-exported: model ids are tracing.specs'
 
 # Bump whenever anything that changes the built files changes (corpus lists, tokenizer, recipe).
 VERSION = "v2"
 
-DEMO_PREFIX = "demo:"
 ENV_DIR = "TRACING_DEMO_DIR"
 ENV_WORKERS = "TRACING_DEMO_WORKERS"  # parallel training processes (default: min(2, cores))
 
@@ -82,7 +82,7 @@ def _recipe_signature(tiny: bool) -> str:
 
 
 def _name(spec_or_name: str) -> str:
-    name = spec_or_name[len(DEMO_PREFIX):] if spec_or_name.startswith(DEMO_PREFIX) else spec_or_name
+    name = demo_name(spec_or_name) or spec_or_name
     if name not in RECIPES:
         raise TracingError(f"unknown demo model {name!r}; available: {', '.join(MODEL_NAMES)}")
     return name

@@ -22,7 +22,7 @@ The phases of :func:`launch` (what ``python launch.py config/model_list.yaml`` r
 Only model ids, paths and option dicts go into a job, never tensors.
 """
 from .claims import Claims
-from .configs import ConfigUnavailable, ModelInfo, model_info, read_config
+from .configs import ConfigUnavailable, ModelInfo, model_info
 from .job import TEST_SLEEP_ENV, PairJob
 from .layout import check_out_folder, model_slug, pair_dir, read_run_log, result_path, write_run_log
 from .local import run_local
@@ -41,7 +41,7 @@ __all__ = [
     "Resources", "SlurmInfo", "TEST_SLEEP_ENV", "TIME_CAP_MIN", "Task", "TaskState", "build_options",
     "check_out_folder", "choose_cluster", "chunked", "default_max_workers", "group_by_resources", "is_forward_stat",
     "is_hub_id", "is_local_spec", "launch", "local_cores", "local_mem_gb", "make_tasks", "model_info", "model_slug",
-    "pair_dir", "parse_model_list", "prefetch", "probe_slurm", "read_config", "read_model_list", "read_run_log",
+    "pair_dir", "parse_model_list", "prefetch", "probe_slurm", "read_model_list", "read_run_log",
     "result_path", "run_local", "run_slurm", "size_pair", "size_tasks", "slurm_info", "wait_for_foreign",
     "write_run_log",
 ]

@@ -1,12 +1,9 @@
-"""The shape of a model from its config.json, read without touching the network."""
+"""The shape of a model from its weight format's backend, read without touching the network."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import TracingError
-from .model_list import is_hub_id
 
 
 class ConfigUnavailable(TracingError):
@@ -29,66 +26,56 @@ class ModelInfo:
         return self.arch.num_params()
 
 
-_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8}
-
-
-def _demo_config(spec: str) -> tuple[dict, str]:
+def _demo_info(spec) -> ModelInfo | None:
+    """A demo model before the demo family is built: its fixed recipe (None once built)."""
     from .. import demo
+    from ..arch import arch_from_config
 
-    name = demo.recipes._name(spec)
-    root = demo.default_root()
-    if demo.is_built(root):
-        return json.loads((root / name / "config.json").read_text()), "demo"
-    return {"model_type": "llama", "vocab_size": demo.VOCAB_SIZE, **demo.MODEL_CONFIG, "torch_dtype": "float32"}, "demo"
-
-
-def _folder_config(spec: str, p: Path) -> tuple[dict, str]:
-    f = p / "config.json"
-    if not f.is_file():
-        raise TracingError(f"{spec} has no config.json; point to a Hugging Face model folder (config.json + weights)")
-    try:
-        return json.loads(f.read_text()), "local"
-    except json.JSONDecodeError as e:
-        raise TracingError(f"{f} is not valid JSON ({e.msg}); re-download or fix the file") from None
+    if demo.is_built(demo.default_root()):
+        return None
+    cfg = {"model_type": "llama", "vocab_size": demo.VOCAB_SIZE, **demo.MODEL_CONFIG, "torch_dtype": "float32"}
+    return ModelInfo(spec.text, arch_from_config(cfg), 4, "demo")
 
 
-def read_config(spec: str) -> tuple[dict, str]:
-    """The config.json of a model without touching the network: local folder, the Hugging Face
-    cache, or the demo family (its fixed recipe when not built yet)."""
-    spec = str(spec)
-    if spec.startswith("demo:"):
-        return _demo_config(spec)
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return _folder_config(spec, p)
-    if not is_hub_id(spec):
-        raise TracingError(f"model folder {spec} does not exist; give an existing local folder, "
-                           f"a hub id like org/name[@revision], or demo:<name>")
-    from huggingface_hub import hf_hub_download
+def _not_cached(spec) -> ConfigUnavailable:
+    file = spec.file or "config.json"
+    rev = f" --revision {spec.revision}" if spec.revision else ""
+    return ConfigUnavailable(
+        f"the config of {spec.text} is not in the local Hugging Face cache; download it with "
+        f"`hf download {spec.repo_id} {file}{rev}` (set HF_TOKEN first for gated models), or run "
+        f"without --dry-run to fetch the model", spec.text)
 
-    repo, _, rev = spec.partition("@")
-    try:
-        f = hf_hub_download(repo, "config.json", revision=rev or None, local_files_only=True)
-    except Exception:
-        raise ConfigUnavailable(
-            f"the config of {spec} is not in the local Hugging Face cache; download it with "
-            f"`hf download {repo} config.json{' --revision ' + rev if rev else ''}` "
-            f"(set HF_TOKEN first for gated models), or run without --dry-run to fetch the model", spec) from None
-    try:
-        return json.loads(Path(f).read_text()), "hub cache"
-    except json.JSONDecodeError as e:
-        raise TracingError(f"{f} (config of {spec}) is not valid JSON ({e.msg}); delete it and download again") from None
+
+def _cached_config(snapshot, file: str | None) -> bool:
+    """Does a hub cache snapshot hold what the config is read from (the GGUF file named, or
+    config.json, or a GGUF file)?"""
+    if file is not None:
+        return (snapshot / file).is_file()
+    return (snapshot / "config.json").is_file() or any(snapshot.glob("*.gguf"))
 
 
 def model_info(spec: str) -> ModelInfo:
-    """Shape and stored precision of a model (raises :class:`TracingError`, or
-    :class:`ConfigUnavailable` for a hub model not in the cache)."""
-    from ..arch import arch_from_config
+    """Shape and stored precision of a model, read without touching the network through its weight
+    format's backend (:func:`tracing.sources.open_backend`): a local folder or GGUF file, the
+    Hugging Face cache, or the demo family (its fixed recipe when not built yet). Raises
+    :class:`TracingError`, or :class:`ConfigUnavailable` for a hub model not in the cache."""
+    from ..sources import open_backend
+    from ..specs import parse_spec, resolve
 
-    cfg, source = read_config(spec)
-    arch = arch_from_config(cfg)
-    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", "")
-    return ModelInfo(spec, arch, _DTYPE_BYTES.get(dtype, 2), source)
+    s = parse_spec(str(spec))
+    if s.kind == "demo" and (info := _demo_info(s)) is not None:
+        return info
+    try:
+        resolved = resolve(s.text, local_files_only=True)
+    except TracingError:
+        if s.kind == "hub":
+            raise _not_cached(s) from None
+        raise
+    if s.kind == "hub" and not _cached_config(resolved.path, s.file):
+        raise _not_cached(s)
+    backend = open_backend(resolved)  # a corrupt cached file is an error, not a missing one
+    source = {"hub": "hub cache", "demo": "demo"}.get(s.kind, "local")
+    return ModelInfo(s.text, backend.arch, backend.bytes_per_param(), source)
 
 
 def reference_info() -> ModelInfo:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import TracingError
+from ..specs import is_demo
 from .model_list import Pair, is_local_spec
 
 RUN_LOG = "launch.json"
@@ -24,7 +25,7 @@ def model_slug(spec: str) -> str:
     from ..cli_util import slug
 
     spec = str(spec)
-    if spec.startswith("demo:"):
+    if is_demo(spec):
         return slug(spec)
     if is_local_spec(spec):
         full = str(Path(spec).expanduser().absolute())

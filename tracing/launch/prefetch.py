@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import TracingError
+from ..specs import is_demo
 from .console import say as _say
 from .model_list import is_local_spec
 
@@ -21,7 +22,7 @@ def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
             if s not in specs:
                 specs.append(s)
     errors: dict[str, str] = {}
-    if any(s.startswith("demo:") for s in specs):
+    if any(is_demo(s) for s in specs):
         from .. import demo
         if not demo.is_built():
             say("building the demo model family once (1-2 minutes) ...")
@@ -29,9 +30,9 @@ def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
             demo.ensure_built(progress=False)
         except TracingError as e:
             for s in specs:
-                if s.startswith("demo:"):
+                if is_demo(s):
                     errors[s] = str(e)
-    hub = [s for s in specs if not s.startswith("demo:") and not Path(s).expanduser().is_dir()
+    hub = [s for s in specs if not is_demo(s) and not Path(s).expanduser().is_dir()
            and not is_local_spec(s)]
     for i, s in enumerate(hub, 1):
         say(f"fetching {s} ({i}/{len(hub)}) into the Hugging Face cache ...")
@@ -45,6 +46,6 @@ def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
 
 def ensure_demo(tasks: list) -> None:
     """Build the demo family when a pair needs it (without --prefetch's downloads)."""
-    if any(m.startswith("demo:") for t in tasks for m in (t.pair.base, t.pair.ft)):
+    if any(is_demo(m) for t in tasks for m in (t.pair.base, t.pair.ft)):
         from .. import demo
         demo.ensure_built(progress=False)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TracingError
+from ..machine import cores as local_cores, total_memory_gb as local_mem_gb  # noqa: F401 - re-exported
 from .console import first_line
 
 GiB = 1 << 30
@@ -108,20 +109,6 @@ def active_slurm_jobs() -> set[str] | None:
     if r.returncode != 0:
         return None
     return {part for line in r.stdout.split() for part in line.split("|") if part}
-
-
-def local_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
-
-
-def local_mem_gb() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 8.0
 
 
 def default_max_workers(cores: int | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
+import enum
 from pathlib import Path
 
 from ..errors import TracingError
@@ -13,6 +13,16 @@ from .console import first_line, say
 from .layout import result_path
 from .model_list import Pair
 from .sizing import Resources, size_pair
+
+
+class _StrEnum(str, enum.Enum):
+    """``enum.StrEnum`` for Python 3.10: members are strings and print as their values."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+StrEnum = getattr(enum, "StrEnum", _StrEnum)
 
 
 class TaskState(StrEnum):

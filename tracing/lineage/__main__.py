@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import TracingError
+from ..specs import is_demo
 from .figure import draw_lineage
 from .rates import edge_scores, error_rates
 from .reconstruct import reconstruct, write_json
@@ -45,7 +46,7 @@ def parse(argv=None):
 def _truth(arg, models):
     if arg:
         return read_truth(arg), str(arg)
-    if models and all(m.startswith("demo:") for m in models):
+    if models and all(is_demo(m) for m in models):
         return demo_truth(), "the demo family"
     return None, None
 

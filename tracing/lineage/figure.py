@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..specs import demo_name, is_demo
+
 from .reconstruct import Reconstruction
 
 COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed": "#c62828", "missing": "#ef8f00"}
@@ -16,8 +18,8 @@ COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed"
 def short(model: str) -> str:
     """A compact label: ``demo:`` dropped, ``org/name`` on two lines."""
     m = str(model)
-    if m.startswith("demo:"):
-        return m[len("demo:"):]
+    if is_demo(m):
+        return demo_name(m)
     m = m.rstrip("/")
     if m.startswith(("/", ".", "~")):
         return m.rsplit("/", 1)[-1]

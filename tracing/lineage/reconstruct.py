@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import pvalues
 from ..errors import TracingError
+from ..specs import is_demo
 from ..verdict import is_dependent
 from .tree import align_truth, name_key
 
@@ -175,7 +176,7 @@ def card_base_models(model: str) -> list[str]:
     if p.is_dir():
         f = p / "README.md"
         text = f.read_text(encoding="utf-8", errors="replace") if f.is_file() else None
-    elif "/" in model and not model.startswith(("demo:", ".", "/", "~")):
+    elif "/" in model and not is_demo(model) and not model.startswith((".", "/", "~")):
         try:
             from huggingface_hub import try_to_load_from_cache
             repo, _, rev = model.partition("@")

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from ..errors import TracingError
+from ..specs import demo_id, demo_name, is_demo
 
 #: the known lineage a launch of a tree writes into its results folder (read by the report)
 KNOWN_LINEAGE = "known_lineage.json"
@@ -190,7 +191,7 @@ def read_truth(path: str | os.PathLike) -> dict[str, str | None]:
 def demo_truth() -> dict[str, str | None]:
     """The demo family's lineage, named ``demo:<name>`` (from its recipes; nothing is built)."""
     from .. import demo
-    return {f"demo:{n}": (f"demo:{demo.RECIPES[n].parent}" if demo.RECIPES[n].parent else None)
+    return {demo_id(n): (demo_id(demo.RECIPES[n].parent) if demo.RECIPES[n].parent else None)
             for n in demo.MODEL_NAMES}
 
 
@@ -199,10 +200,10 @@ def name_key(model: str, known) -> str | None:
     folder path (``./models/x`` matches ``x``)."""
     m = str(model)
     cands = [m, m.split("@", 1)[0]]
-    if m.startswith("demo:"):
-        cands.append(m[len("demo:"):])
+    if is_demo(m):
+        cands.append(demo_name(m))
     else:
-        cands.append("demo:" + m)
+        cands.append(demo_id(m))
     cands.append(m.rstrip("/").rsplit("/", 1)[-1])
     for c in cands:
         if c in known:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TracingError
+from ..specs import demo_name, is_demo
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Lineage:
         if model is None:
             return None
         m = str(model)
-        for cand in (m, m.split("@", 1)[0], m[len("demo:"):] if m.startswith("demo:") else None,
+        for cand in (m, m.split("@", 1)[0], demo_name(m),
                      m.rstrip("/").rsplit("/", 1)[-1]):
             if cand and cand in self.roots:
                 return cand
@@ -121,7 +122,7 @@ def resolve_lineage(lineage, models: list[str]) -> Lineage | None:
         if isinstance(lineage, (str, os.PathLike)):
             return read_lineage(lineage)
         return parse_lineage(lineage)
-    if models and all(isinstance(m, str) and m.startswith("demo:") for m in models):
+    if models and all(isinstance(m, str) and is_demo(m) for m in models):
         try:
             return demo_lineage()
         except TracingError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TracingError
+from ..specs import is_demo
 from .mdtable import table
 
 RATES_FILE = "rates.csv"
@@ -54,7 +55,7 @@ def known_truth(lineage, folder: Path, models: list[str]) -> tuple[dict | None, 
         return parse_truth(lineage), "the given lineage"
     if lineage is None and (folder / KNOWN_LINEAGE).is_file():
         return read_truth(folder / KNOWN_LINEAGE), KNOWN_LINEAGE
-    if lineage is None and models and all(m.startswith("demo:") for m in models):
+    if lineage is None and models and all(is_demo(m) for m in models):
         return demo_truth(), "the demo family"
     return None, None
 

@@ -1,61 +1,49 @@
-"""Quantized weight formats: GGUF (llama.cpp) files and GPTQ / AWQ folders.
+"""Weight formats: Hugging Face folders (safetensors or ``.bin``), GGUF (llama.cpp) files and GPTQ /
+AWQ folders, each a *backend* (:class:`~tracing.sources.base.Backend`) behind
+:class:`tracing.models.Checkpoint`.
 
-Each format is a *backend* behind :class:`tracing.models.Checkpoint`: it knows which tensors the
-file holds and dequantizes one of them to float32 when it is asked for it (never the whole
-model).  :func:`detect` picks the backend for a resolved model folder or file.
+:func:`open_backend` asks the classes of :data:`BACKENDS` in turn which one claims a resolved model
+id. A backend knows which tensors the files hold and hands out one at a time as float (dequantized
+to float32 for quantized formats; never the whole model); its config is read without a tensor.
 """
 from __future__ import annotations
 
+import importlib
 import json
-from collections import Counter
 from pathlib import Path
 
-import torch
-
 from ..errors import TracingError
+from ..specs import Resolved
+from .base import Backend, type_summary
+
+#: the name formats have subclassed so far (kept for them)
+QuantizedBackend = Backend
 
 
-class QuantizedBackend:
-    """What :class:`~tracing.models.Checkpoint` needs from a quantized format."""
-
-    format: str = "?"
-    label: str = "model"
-
-    def config(self):  # a transformers PretrainedConfig
-        raise NotImplementedError
-
-    def has(self, name: str) -> bool:
-        raise NotImplementedError
-
-    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        raise NotImplementedError
-
-    def get_rows(self, name: str, index, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Rows ``index`` of ``name``; this default dequantizes the whole tensor."""
-        return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
-
-    def weight_files(self) -> list[Path]:
-        raise NotImplementedError
-
-    def tensor_types(self) -> dict[str, str]:
-        """Storage type of every tensor (e.g. ``{"blk.0.ffn_up.weight": "Q4_K"}``)."""
-        raise NotImplementedError
-
-    def has_tokenizer(self) -> bool:
-        return False
-
-    def tokenizer(self):
-        return None
-
-    def quantization(self) -> dict:
-        """For the record's provenance: the format and a count of tensors per storage type."""
-        return {"format": self.format, "types": type_summary(self.tensor_types())}
+#: the weight formats, asked in this order which one claims a model; a new format is one module
+#: of this package and one line here (before the plain folder, which claims any folder)
+BACKENDS: list = ["gguf.GGUFBackend", "gptq.PackedInt4Backend", "folder.FolderBackend"]
 
 
-def type_summary(types: dict[str, str]) -> str:
-    """``"Q4_K ×196, Q6_K ×1, F32 ×61"`` (most frequent first)."""
-    counts = Counter(types.values())
-    return ", ".join(f"{t} ×{n}" for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+def backend_classes() -> list[type[Backend]]:
+    """The registered backend classes: an entry of :data:`BACKENDS` is ``"<module>.<Class>"`` of this
+    package (imported on first use) or a class itself."""
+    out = []
+    for entry in BACKENDS:
+        if isinstance(entry, str):
+            module, _, name = entry.rpartition(".")
+            entry = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        out.append(entry)
+    return out
+
+
+def open_backend(resolved: Resolved) -> Backend:
+    """The backend of the first format that claims the resolved model id."""
+    for cls in backend_classes():
+        if cls.claims(resolved):
+            return cls.open(resolved)
+    raise TracingError(f"{resolved.spec}: no weight format recognises {resolved.path}; give a Hugging Face model "
+                       f"folder (config.json + weights), a GPTQ or AWQ folder, or a .gguf file")
 
 
 def quantization_config(folder: Path) -> dict | None:
@@ -93,15 +81,7 @@ def find_gguf(path: Path, file: str | None, label: str) -> Path | None:
     return ggufs[0] if ggufs else None
 
 
-def detect(path: Path, file: str | None, label: str) -> QuantizedBackend | None:
+def detect(path: Path, file: str | None, label: str) -> Backend | None:
     """The quantized backend for a model folder or file, or None for plain float checkpoints."""
-    g = find_gguf(path, file, label)
-    if g is not None:
-        from .gguf import GGUFBackend
-        return GGUFBackend(g, label, folder=path if path.is_dir() else None)
-    if path.is_dir():
-        q = quantization_config(path)
-        if q is not None:
-            from .gptq import PackedInt4Backend
-            return PackedInt4Backend(path, q, label)
-    return None
+    backend = open_backend(Resolved(spec=label, path=path, file=file))
+    return backend if backend.quantized else None

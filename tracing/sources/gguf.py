@@ -172,6 +172,17 @@ class GGUFBackend(QuantizedBackend):
         self._last: tuple[str, torch.Tensor] | None = None  # one fused or stacked tensor serves several
         self._check_types()
 
+    @classmethod
+    def claims(cls, resolved) -> bool:
+        from . import find_gguf
+        return find_gguf(resolved.path, resolved.file, resolved.spec) is not None
+
+    @classmethod
+    def open(cls, resolved) -> GGUFBackend:
+        from . import find_gguf
+        path = resolved.path
+        return cls(find_gguf(path, resolved.file, resolved.spec), resolved.spec, folder=path if path.is_dir() else None)
+
     # config --------------------------------------------------------------------------------
     def _folder_has_config(self) -> bool:
         return self.folder is not None and (self.folder / "config.json").is_file()

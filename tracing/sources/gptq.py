@@ -95,6 +95,20 @@ class PackedInt4Backend(QuantizedBackend):
         self.arch = arch_from_config(self.config(), where=str(self.folder / 'config.json'))
         self._check_complete()
 
+    @classmethod
+    def claims(cls, resolved) -> bool:
+        from . import quantization_config
+        return resolved.path.is_dir() and quantization_config(resolved.path) is not None
+
+    @classmethod
+    def open(cls, resolved) -> PackedInt4Backend:
+        from . import quantization_config
+        return cls(resolved.path, quantization_config(resolved.path), resolved.spec)
+
+    @property
+    def moves_norm_scales(self) -> bool:
+        return self.method == "awq"  # AWQ moves per-channel scales from the norms into the layers
+
     def config(self):
         if self._config is None:
             from transformers import AutoConfig

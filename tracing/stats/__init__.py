@@ -33,6 +33,7 @@ def register(spec_or_name, **facts):
     ``@register(name, **facts)`` over ``fn(ctx, base, ft) -> StatResult``."""
     if isinstance(spec_or_name, StatSpec):
         spec = spec_or_name
+        _check_free(spec)
         REGISTRY[spec.name] = spec
         for a in spec.aliases:
             ALIASES[a] = spec.name
@@ -42,6 +43,23 @@ def register(spec_or_name, **facts):
         register(StatSpec(spec_or_name, fn, **facts))
         return fn
     return deco
+
+
+def _module(spec: StatSpec) -> str:
+    return getattr(spec.fn, "__module__", None) or "?"
+
+
+def _check_free(spec: StatSpec) -> None:
+    """A statistic's name and aliases must not be taken by another module's statistic (the same
+    module registering again, e.g. reloaded, replaces its own)."""
+    for word in (spec.name, *spec.aliases):
+        owner = REGISTRY.get(ALIASES.get(word, word))
+        if owner is None or _module(owner) == _module(spec):
+            continue
+        what = "name" if word == owner.name else f"alias of {owner.name!r}"
+        raise TracingError(f"the statistic {spec.name!r} of module {_module(spec)} uses {word!r}, which is "
+                           f"already the {what} registered by module {_module(owner)}; rename it in "
+                           f"{_module(spec)}")
 
 
 def _load_all() -> None:

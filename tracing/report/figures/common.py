@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...specs import demo_name, is_demo
+
 #: colour scale of −log10 p stops here (p ≤ 1e-50 all look the same)
 CAP = 50.0
 
@@ -17,8 +19,8 @@ def plt():
 def short_name(model: str) -> str:
     """A compact label: ``demo:a-docs`` → ``a-docs``; a local folder → its name; hub ids unchanged."""
     m = str(model)
-    if m.startswith("demo:"):
-        return m[5:]
+    if is_demo(m):
+        return demo_name(m)
     if m.startswith(("/", ".", "~")):
         return Path(m.rstrip("/")).name or m
     return m
