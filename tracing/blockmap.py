@@ -200,9 +200,9 @@ class ActivationStore:
 
 
 def kept_units(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """Units whose gate and up activation rows both have a cosine (nonzero, finite)."""
-    from .align import degenerate_rows
-    return ~(degenerate_rows(gate.T) | degenerate_rows(up.T))
+    """Units kept by both matchings (see :func:`tracing.align.kept_units`); activations [tokens, h]."""
+    from . import align
+    return align.kept_units(gate.T, up.T)
 
 
 def keep_bytes(ctx) -> int:

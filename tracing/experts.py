@@ -109,7 +109,7 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
     """csh (``gated=False``: up activations) or match (gate matching against |up| matching) over
     the unit pairs of :func:`block_pairs`; each expert's activations cover every token.  A unit
     whose activation row is zero or non-finite is dropped (for match: from both matchings)."""
-    from .align import Matcher, degenerate_rows
+    from .align import Matcher, kept_units
     from .stats.match import gate_up_pairs
     from .stats.base import pairs_of
     a, b = base.arch, ft.arch
@@ -128,8 +128,7 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
             k = len(pairs)
             pairs.append(pair)
             if gated:
-                ok1 = ~(degenerate_rows(ca.gate.T) | degenerate_rows(ca.up.T))
-                ok2 = ~(degenerate_rows(cb.gate.T) | degenerate_rows(cb.up.T))
+                ok1, ok2 = kept_units(ca.gate.T, ca.up.T), kept_units(cb.gate.T, cb.up.T)
                 gate.submit(k, ca.gate.T, cb.gate.T, keep1=ok1, keep2=ok2)
                 up.submit(k, ca.up.T, cb.up.T, absolute=True, keep1=ok1, keep2=ok2)
             else:

@@ -58,7 +58,7 @@ def _cost(s):
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
     from .. import blockmap
-    from ..align import Matcher, degenerate_rows
+    from ..align import Matcher, kept_units
     from .base import spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
@@ -72,8 +72,7 @@ def match(ctx, base, ft):
 
     def on_block(i, caps):
         G1, G2, U1, U2 = caps[0].gate.T, caps[1].gate.T, caps[0].up.T, caps[1].up.T
-        ok1 = ~(degenerate_rows(G1) | degenerate_rows(U1))
-        ok2 = ~(degenerate_rows(G2) | degenerate_rows(U2))
+        ok1, ok2 = kept_units(G1, U1), kept_units(G2, U2)
         gate.submit(i, G1, G2, keep1=ok1, keep2=ok2)
         up.submit(i, U1, U2, absolute=True, keep1=ok1, keep2=ok2)
 
