@@ -85,15 +85,17 @@ def expert_result(stat: str, pairs: list[UnitPair], matched: dict, partners: dic
     from .stats.base import spearman_layers
     res = spearman_layers(matched, ctx, stat)
     grid = [[None] * n_cols for _ in range(L)]
+    skipped = []  # [block, the MoE side's expert (θ₁'s when both are MoE)], whichever model is dense
     for row in res.per_layer:
         pair = pairs[row["layer"]]
         row.update({"layer": pair.block, "expert": pair.a.expert, "partner": pair.b.expert})
+        if "skipped" in row:
+            skipped.append([pair.block, pair.column])
         if pair.column is not None:
             col = n_cols - 1 if pair.column == "shared" else int(pair.column)
             grid[pair.block][col] = row["log10_pvalue"]
     res.extra.pop("skipped_layers", None)
-    res.extra.update({"num_pairs": len(pairs), "experts": grid,
-                      "skipped_pairs": [[row["layer"], row["expert"]] for row in res.per_layer if "skipped" in row],
+    res.extra.update({"num_pairs": len(pairs), "experts": grid, "skipped_pairs": skipped,
                       "expert_matching": {str(i): p for i, p in partners.items() if p is not None}})
     return res
 
