@@ -6,6 +6,13 @@ permutations per m), with the exact 95% interval of the ratio.  A ratio above 1 
 
     python bench/bench_spearman_law.py                       # ≈ 5 min on one core
     python bench/bench_spearman_law.py --m 24,64 --draws 1e6
+
+End to end, ``--blockmap N``: the sampled block map (``cos --rows 16``) of N independent pairs of
+24- and 32-block random models (d = 16, h = 32), overall Bonferroni p ≤ 0.05, with the exact 95%
+interval of the rejection rate; ``--law t`` runs the same with the plain t tail (≈ 1.4 s a pair):
+
+    python bench/bench_spearman_law.py --blockmap 300
+    python bench/bench_spearman_law.py --blockmap 300 --law t
 """
 from __future__ import annotations
 
@@ -70,12 +77,59 @@ def ratio(cdf, n: int, k: int, alpha: float) -> str:
     return f"{size / alpha:.2f} [{ci.low / alpha:.2f}, {ci.high / alpha:.2f}]"
 
 
+def random_source(L: int, seed: int, d: int = 16, h: int = 32, V: int = 32):
+    """A random Llama-shaped model held in memory (only its tensors matter to cos)."""
+    import torch
+    from transformers import LlamaConfig
+
+    from tracing.models import DictSource
+    cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=h, num_hidden_layers=L,
+                      num_attention_heads=2, num_key_value_heads=2)
+    g = torch.Generator().manual_seed(seed)
+    sd = {"model.embed_tokens.weight": torch.randn(V, d, generator=g), "model.norm.weight": torch.ones(d),
+          "lm_head.weight": torch.randn(V, d, generator=g)}
+    for i in range(L):
+        pre = f"model.layers.{i}."
+        for name, shape in (("mlp.gate_proj", (h, d)), ("mlp.up_proj", (h, d)), ("mlp.down_proj", (d, h)),
+                            ("self_attn.q_proj", (d, d)), ("self_attn.k_proj", (d, d)),
+                            ("self_attn.v_proj", (d, d)), ("self_attn.o_proj", (d, d))):
+            sd[pre + name + ".weight"] = torch.randn(shape, generator=g)
+        sd[pre + "input_layernorm.weight"] = torch.ones(d)
+        sd[pre + "post_attention_layernorm.weight"] = torch.ones(d)
+    return DictSource(sd, cfg, f"random{seed}")
+
+
+def blockmap(n: int, which: str, save: bool) -> None:
+    import torch
+
+    from tracing import compare_models
+    torch.set_num_threads(1)
+    if which == "t":
+        law.ln_lower_tail = ln_p_t
+    t0 = time.time()
+    pvals = [compare_models(random_source(24, 2 * k), random_source(32, 2 * k + 1), stat="cos", rows=16).pvalue
+             for k in range(n)]
+    k = sum(p <= 0.05 for p in pvals)
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    row = [f"24 × 32, --rows 16", which, n, f"{k}/{n} = {k / n:.3f} [{ci.low:.3f}, {ci.high:.3f}]",
+           f"{(time.time() - t0) / n:.2f}"]
+    table = (f"Block map of independent pairs, overall p ≤ 0.05 ({machine_line()})\n\n"
+             + markdown_table(["grid", "per-cell law", "pairs", "rejected (95% CI)", "s / pair"], [row]))
+    print(table)
+    if save:
+        save_results(ROOT / "bench" / "results", "bench_spearman_law", [{"blockmap": row}], table)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", default="8,9,12,16,18,19,20,24,32,48,64,128")
     ap.add_argument("--draws", type=float, default=1e7)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--blockmap", type=int, default=0, help="independent block-map pairs instead")
+    ap.add_argument("--law", choices=("toolkit", "t"), default="toolkit")
     args = ap.parse_args(argv)
+    if args.blockmap:
+        return blockmap(args.blockmap, args.law, not args.no_save)
     rows, records = [], []
     for m in [int(v) for v in args.m.split(",")]:
         t0 = time.time()
