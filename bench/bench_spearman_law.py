@@ -60,13 +60,7 @@ def cdf_of_s(m: int, draws: int, seed: int = 0) -> tuple[np.ndarray, int, str]:
     if law.exact(m):
         c = np.array(json.loads(law.TABLE.read_text())[str(m)], dtype=float)
         return np.cumsum(c) / math.factorial(m), 0, "exact"
-    rng = np.random.default_rng([m, seed])
-    hist = np.zeros(m * (m * m - 1) // 3 + 1, dtype=np.int64)
-    i = np.arange(m)
-    for a in range(0, draws, 200_000):
-        perm = np.argsort(rng.random((min(200_000, draws - a), m)), axis=1)
-        hist += np.bincount(((perm - i) ** 2).sum(axis=1), minlength=hist.size)
-    return np.cumsum(hist[::2]) / draws, draws, f"MC {draws:.0e}"
+    return np.cumsum(law.sample_counts(m, draws, seed, chunk=200_000)) / draws, draws, f"MC {draws:.0e}"
 
 
 def ratio(cdf, n: int, k: int, alpha: float) -> str:

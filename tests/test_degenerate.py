@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import finetuned, tiny_config, tiny_model
+from helpers import finetuned, one_torch_thread, random_like, tiny_config, tiny_model
 
 from tracing.align import match_pairs
 from tracing.models import from_module
@@ -76,20 +76,11 @@ def template():
 
 @pytest.fixture
 def one_thread():
-    """Tiny matrices: one thread is far faster than several on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
-def _random_like(template, seed):
-    """An independent random model shaped like ``template`` (same recipe as ``tiny_model``)."""
-    from tracing.models import DictSource
-    g = torch.Generator().manual_seed(seed)
-    sd = {n: (1 + 0.3 * torch.randn(t.shape, generator=g)) if n.endswith("norm.weight")
-          else 0.05 * torch.randn(t.shape, generator=g) for n, t in template.state_dict().items()}
-    return DictSource(sd, template.config, f"random{seed}")
+_random_like = random_like
 
 
 def _rejections(template, stat, n, pad_ft, seed0, ids=None):

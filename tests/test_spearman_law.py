@@ -79,17 +79,6 @@ def test_spearman_agrees_with_the_law_on_permutations():
                 assert pv.spearman(p, alternative=alt)[1] == pytest.approx(_log10p(m, s, alt), rel=1e-12, abs=1e-15)
 
 
-def _mc_sizes(m, n, seed):
-    """Monte Carlo P(S ≤ s) over ``n`` uniform permutations (counts of each S)."""
-    rng = np.random.default_rng([m, seed])
-    hist = np.zeros(m * (m * m - 1) // 3 + 1, dtype=np.int64)
-    i = np.arange(m)
-    for a in range(0, n, 100_000):
-        perm = np.argsort(rng.random((min(100_000, n - a), m)), axis=1)
-        hist += np.bincount(((perm - i) ** 2).sum(axis=1), minlength=hist.size)
-    return np.cumsum(hist[::2]), n
-
-
 def _rejecting(m, alpha):
     """The largest k with p(S = 2k) ≤ α (p increases with S), or -1: found by bisection."""
     lo, hi = -1, m * (m * m - 1) // 12  # p at the centre of the law is far above any α used here
@@ -108,7 +97,8 @@ def test_beyond_the_table_never_anti_conservative(m):
     4·10⁵ uniform permutations, P(p ≤ α) stays within the Monte Carlo band of α or below it, for
     α = 0.05 … 1e-5 (the plain t tail fails this for m = 19 … 48 at α ≤ 1e-3)."""
     from scipy.stats import binomtest
-    cum, n = _mc_sizes(m, 400_000, seed=1)
+    n = 400_000
+    cum = np.cumsum(law.sample_counts(m, n, seed=1))
     for a in ALPHAS:
         k = _rejecting(m, a)
         hits = int(cum[k]) if k >= 0 else 0

@@ -8,11 +8,11 @@ import pytest
 import scipy.stats as sps
 import torch
 
-from helpers import logits, random_ids, tiny_config, tiny_model
+from helpers import logits, one_torch_thread, random_ids, random_like, tiny_config, tiny_model
 
 from tracing.align import duplicate_rows, match_pairs
 from tracing.lineage.rates import clopper_pearson
-from tracing.models import DictSource, from_module
+from tracing.models import from_module
 from tracing.options import Options
 from tracing.stats import Context, get
 
@@ -32,17 +32,11 @@ def template():
 
 @pytest.fixture
 def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
-def _random_like(template, seed):
-    g = torch.Generator().manual_seed(seed)
-    sd = {n: (1 + 0.3 * torch.randn(t.shape, generator=g)) if n.endswith("norm.weight")
-          else 0.05 * torch.randn(t.shape, generator=g) for n, t in template.state_dict().items()}
-    return DictSource(sd, template.config, f"random{seed}")
+_random_like = random_like
 
 
 def _duplicated(src):

@@ -114,6 +114,18 @@ def exact(m: int) -> bool:
     return m <= EXACT_MAX
 
 
+def sample_counts(m: int, draws: int, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
+    """Monte Carlo check of the law: ``c[k]`` = how many of ``draws`` uniform permutations of
+    0..m-1 have S = 2k (a fixed seed)."""
+    rng = np.random.default_rng([m, seed])
+    hist = np.zeros(m * (m * m - 1) // 3 + 1, dtype=np.int64)
+    i = np.arange(m)
+    for a in range(0, draws, chunk):
+        perm = np.argsort(rng.random((min(chunk, draws - a), m)), axis=1)
+        hist += np.bincount(((perm - i) ** 2).sum(axis=1), minlength=hist.size)
+    return hist[::2]
+
+
 def build(m_max: int = EXACT_MAX, path: Path = TABLE) -> None:
     """Write the counts of m = 3..m_max to ``path``."""
     table = {str(m): count_permutations(m) for m in range(3, m_max + 1)}
