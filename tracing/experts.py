@@ -110,7 +110,8 @@ def grid_columns(arch_a, arch_b) -> int:
 def activation_stat(ctx, base, ft, stat: str, gated: bool):
     """csh (``gated=False``: up activations) or match (gate matching against |up| matching) over
     the unit pairs of :func:`block_pairs`; each expert's activations cover every token.  A unit
-    whose activation row is zero or non-finite is dropped (for match: from both matchings)."""
+    whose activation row is zero, non-finite or an exact copy of an earlier unit's is dropped (for
+    match: from both matchings)."""
     from .align import Matcher, kept_units
     from .stats.match import gate_up_pairs
     from .stats.base import pairs_of

@@ -128,8 +128,8 @@ def sample_counts(m: int, draws: int, seed: int = 0, chunk: int = 100_000) -> np
 
 def build(m_max: int = EXACT_MAX, path: Path = TABLE) -> None:
     """Write the counts of m = 3..m_max to ``path``."""
-    table = {str(m): count_permutations(m) for m in range(3, m_max + 1)}
-    path.write_text(json.dumps(table, separators=(",", ":")) + "\n")
+    lines = [f'"{m}": {json.dumps(count_permutations(m), separators=(",", ":"))}' for m in range(3, m_max + 1)]
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,12 @@ Models whose depth or widths differ are compared block pair by block pair (the b
 :mod:`tracing.blockmap`; also with ``--localized``).
 
 Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
-gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value;
-it is then left out of *both* matchings, so the two matchings see the same kept units.  Let n₁ and
-n₂ be the kept units of θ₁ and θ₂.  If n₁ ≤ n₂, every kept unit i of θ₁ has a partner g(i) in the
-gate matching and u(i) in the up matching, and the pairs are (g(i), u(i)), indices of θ₂'s units.
+gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value,
+or is an exact copy of an earlier kept unit's gate row or (up to sign) up row (a copied unit ties
+with its original in every cosine); it is then left out of *both* matchings, so the two matchings
+see the same kept units.  Let n₁ and n₂ be the kept units of θ₁ and θ₂.  If n₁ ≤ n₂, every kept
+unit i of θ₁ has a partner g(i) in the gate matching and u(i) in the up matching, and the pairs are
+(g(i), u(i)), indices of θ₂'s units.
 If n₁ > n₂, every kept unit j of θ₂ has partners g⁻¹(j) and u⁻¹(j) among θ₁'s units, and the
 pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two sequences of a pair; with
 equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
