@@ -174,30 +174,44 @@ def _row_hashes(W: torch.Tensor, absolute: bool, chunk_values: int = 1 << 22) ->
     return out
 
 
+#: columns hashed first (evenly spaced): rows that differ there cannot be copies, so only the few
+#: rows that agree on them are hashed whole and compared
+PROBE_COLUMNS = 64
+
+
+def _repeated(hashes: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of the entries whose hash occurs more than once."""
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    return np.sort(order[np.unique(np.concatenate([same, same + 1]))])
+
+
 def duplicate_rows(W: torch.Tensor, absolute: bool = False, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask of the rows of ``W`` that are exact copies of an earlier row (up to sign when
     ``absolute``), among the rows where ``keep`` is True (all by default).
 
     A copy ties with its original in every cosine; a solver breaks such ties in index order, which
-    makes a rank correlation of its own.  The first row of each group of copies is not marked."""
-    n = int(W.shape[0])
+    makes a rank correlation of its own.  The first row of each group of copies is not marked.
+    Cost: a hash of :data:`PROBE_COLUMNS` columns of every row; whole rows only for the rows that
+    agree there."""
+    n, d = int(W.shape[0]), int(W.shape[1])
     out = torch.zeros(n, dtype=torch.bool)
     idx = np.arange(n) if keep is None else keep.cpu().numpy().nonzero()[0]
     if idx.size < 2:
         return out
-    hashes = _row_hashes(W, absolute)[idx]
-    order = np.argsort(hashes, kind="stable")  # equal hashes: ascending row index
-    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
-    if same.size == 0:
+    probe = torch.from_numpy(np.unique(np.linspace(0, d - 1, min(d, PROBE_COLUMNS)).astype(np.int64)))
+    idx = idx[_repeated(_row_hashes(W[:, probe], absolute)[idx])]
+    if idx.size == 0:
         return out
-    firsts: dict = {}  # hash -> representatives (row indices) of its distinct rows
-    for k in np.unique(np.concatenate([same, same + 1])):
-        row = int(idx[order[k]])
-        reps = firsts.setdefault(int(hashes[order[k]]), [])
-        if any(_copies(W[row], W[r], absolute) for r in reps):
+    hashes = _row_hashes(W[torch.from_numpy(idx)], absolute)
+    reps: dict = {}  # hash -> the distinct rows seen with it, in ascending order
+    for k in _repeated(hashes):
+        row = int(idx[k])
+        seen = reps.setdefault(int(hashes[k]), [])
+        if any(_copies(W[row], W[r], absolute) for r in seen):
             out[row] = True
         else:
-            reps.append(row)
+            seen.append(row)
     return out
 
 
