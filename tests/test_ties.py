@@ -1,7 +1,6 @@
 """Duplicated units: exact copies of rows tie in every cosine, and a solver that breaks ties in index
 order manufactures a rank correlation.  Copies are dropped before matching (as zero rows are), so
 independent models with duplicated units stay calibrated and tie-free inputs are unchanged."""
-import math
 
 import numpy as np
 import pytest
