@@ -101,8 +101,12 @@ def blockmap(n: int, which: str, save: bool) -> None:
     if which == "t":
         law.ln_lower_tail = ln_p_t
     t0 = time.time()
-    pvals = [compare_models(random_source(24, 2 * k), random_source(32, 2 * k + 1), stat="cos", rows=16).pvalue
-             for k in range(n)]
+    pvals = []
+    for k in range(n):
+        pvals.append(compare_models(random_source(24, 2 * k), random_source(32, 2 * k + 1), stat="cos",
+                                    rows=16).pvalue)
+        if (k + 1) % 25 == 0:
+            print(f"{k + 1} pairs, {sum(p <= 0.05 for p in pvals)} with p ≤ 0.05", flush=True)
     k = sum(p <= 0.05 for p in pvals)
     ci = binomtest(k, n).proportion_ci(0.95, method="exact")
     row = [f"24 × 32, --rows 16", which, n, f"{k}/{n} = {k / n:.3f} [{ci.low:.3f}, {ci.high:.3f}]",
