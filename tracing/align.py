@@ -230,15 +230,14 @@ def _copies(a: torch.Tensor, b: torch.Tensor, absolute: bool) -> bool:
 
 
 def _keep(W: torch.Tensor, also: torch.Tensor | None, absolute: bool = False):
-    """(kept row indices or None when all are kept, the kept rows, number dropped): degenerate rows
-    are dropped, and rows where the mask ``also`` is False; without a mask, exact copies of an
-    earlier kept row too (a mask is built by the caller with its copies left out, e.g.
-    :func:`kept_units`, so that two matchings of the same units keep the same rows)."""
+    """(kept row indices or None when all are kept, the kept rows, number dropped): degenerate rows,
+    rows where the mask ``also`` is False, and exact copies of an earlier kept row are dropped.
+    Two matchings of the same units (``match``'s gate and |up|) get one mask that already leaves
+    their copies out (:func:`kept_units`), so both keep the same rows."""
     keep = ~degenerate_rows(W)
     if also is not None:
         keep &= also.to(device=keep.device, dtype=torch.bool)
-    else:
-        keep &= ~duplicate_rows(W, absolute, keep).to(keep.device)
+    keep &= ~duplicate_rows(W, absolute, keep).to(keep.device)
     if bool(keep.all()):
         return None, W, 0
     idx = keep.nonzero().squeeze(1)
@@ -366,10 +365,10 @@ class Matcher:
 
     def submit(self, key, W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False, drop: bool = True,
                keep1: torch.Tensor | None = None, keep2: torch.Tensor | None = None) -> None:
-        """Queue MATCH(W1, W2) under ``key``.  With ``drop`` (default) degenerate rows are left out,
-        and so are rows where the optional boolean masks ``keep1`` / ``keep2`` are False; a side
-        without a mask also loses its exact copies of an earlier row (see :func:`duplicate_rows`;
-        a mask should leave them out itself, as :func:`kept_units` does)."""
+        """Queue MATCH(W1, W2) under ``key``.  With ``drop`` (default) degenerate rows and exact
+        copies of an earlier kept row (see :func:`duplicate_rows`) are left out, and so are rows
+        where the optional boolean masks ``keep1`` / ``keep2`` are False (for two matchings of the
+        same units, build the masks with :func:`kept_units`)."""
         self._submit(key, *_prepare(W1, W2, drop, keep1, keep2, absolute), absolute)
 
     def _submit(self, key, C: torch.Tensor | None, buf: np.ndarray | None, index, absolute: bool = False) -> None:

@@ -181,6 +181,8 @@ class ActivationStore:
         for k, X in enumerate((gate, up)):
             scale = X.norm(dim=0).clamp_min(1e-30).reciprocal_()
             self._mm[i, k] = (X * scale[None, :]).nan_to_num_(0.0).numpy().astype(np.float16)
+        g, u, _ = self.get(i)  # units that float16 made copies of each other are left out too
+        self._keep[i] = keep & kept_units(g, u)
 
     def get(self, i: int):
         """(gate [tokens, h], up [tokens, h], kept units) of block i, float32."""
