@@ -1,6 +1,8 @@
 """Tiny random Llama-family models for tests (built in the tests, saved with save_pretrained)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -40,6 +42,27 @@ def tiny_model(config, seed: int = 0, std: float = 0.05, norm_center: float = 1.
             else:
                 p.copy_(std * torch.randn(p.shape, generator=g))
     return model
+
+
+def random_like(template, seed: int):
+    """An independent random model shaped like the weight source ``template`` (same recipe as
+    ``tiny_model``), held in memory: cheap enough for calibration loops over hundreds of pairs."""
+    from tracing.models import DictSource
+    g = torch.Generator().manual_seed(seed)
+    sd = {n: (1 + 0.3 * torch.randn(t.shape, generator=g)) if n.endswith("norm.weight")
+          else 0.05 * torch.randn(t.shape, generator=g) for n, t in template.state_dict().items()}
+    return DictSource(sd, template.config, f"random{seed}")
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny matrices: one thread is far faster than several on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def finetuned(model, seed: int = 1, noise: float = 0.01):

@@ -401,3 +401,15 @@ def test_cos_calibrated_dense_against_narrower_experts():
         moe = family_model(family_config("mixtral", h=16, E=4), seed=700 + k)
         p.append(10 ** run_stat("cos", from_module(dense), from_module(moe)).log10_pvalue)
     assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+def test_skipped_expert_pairs_name_the_moe_expert_in_either_order():
+    """A pair left with too few rows is listed as [block, expert of the MoE side] whichever model is
+    the dense one (it used to be [block, None] when θ₁ was dense)."""
+    dense = family_model(family_config("mistral", h=64), seed=31)
+    moe = family_model(family_config("mixtral", h=64, E=4), seed=32)
+    with torch.no_grad():
+        moe.model.layers[1].mlp.experts.gate_up_proj[2, 64 + 4:] = 0  # expert 2 of block 1 keeps 4 up rows
+    a, b = from_module(dense), from_module(moe)
+    for res in (run_stat("cos", a, b), run_stat("cos", b, a)):
+        assert res.extra["skipped_pairs"] == [[1, 2]]

@@ -310,3 +310,19 @@ def test_report_draws_the_block_map(family, tmp_path):
     assert (report.parent / "blockmap.png").stat().st_size > 0
     assert "![blockmap]" in text
     assert f"`cos` demo:base-a vs {ft} (4×3 blocks" in text and ": 0→0, 2→1, 3→2" in text
+
+
+def test_sampled_block_map_rows_16_within_level():
+    """cos --rows 16 (the exact law of a 16-pair Spearman in every cell) on independent 6- and
+    8-block pairs: the Bonferroni overall p-value stays within its level (exact 99% interval of the
+    rejection rate at 0.05), every cell's p-value uniform.  The heavy version (24 × 32 blocks, 300
+    pairs) is bench/bench_spearman_law.py --blockmap."""
+    from tracing.lineage.rates import clopper_pearson
+    overall, cells = [], []
+    for k in range(60):
+        res = compare_models(_tiny(6, 20_000 + k, h=32, d=16), _tiny(8, 30_000 + k, h=32, d=16), stat="cos", rows=16)
+        overall.append(res.pvalue)
+        cells.append(10 ** res["per_pair"][2][5])
+    lo, _ = clopper_pearson(sum(p <= 0.05 for p in overall), len(overall), confidence=0.99)
+    assert lo <= 0.05
+    assert sps.kstest(cells, "uniform").pvalue > 0.01

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import finetuned, tiny_config, tiny_model
+from helpers import finetuned, one_torch_thread, random_like, tiny_config, tiny_model
 
 from tracing.align import match_pairs
 from tracing.models import from_module
@@ -76,20 +76,11 @@ def template():
 
 @pytest.fixture
 def one_thread():
-    """Tiny matrices: one thread is far faster than several on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
-def _random_like(template, seed):
-    """An independent random model shaped like ``template`` (same recipe as ``tiny_model``)."""
-    from tracing.models import DictSource
-    g = torch.Generator().manual_seed(seed)
-    sd = {n: (1 + 0.3 * torch.randn(t.shape, generator=g)) if n.endswith("norm.weight")
-          else 0.05 * torch.randn(t.shape, generator=g) for n, t in template.state_dict().items()}
-    return DictSource(sd, template.config, f"random{seed}")
+_random_like = random_like
 
 
 def _rejections(template, stat, n, pad_ft, seed0, ids=None):
@@ -274,3 +265,25 @@ def test_cos_matches_width_pruned_models_rectangularly(template):
     assert dep.log10_pvalue < -6 and all(r["n_pairs"] == 80 for r in dep.per_layer)
     assert run("cos", _pruned(base, keep), base).log10_pvalue < -6
     assert run("cos", base, _pruned(other, keep)).log10_pvalue > SIG
+
+
+def test_non_finite_value_outside_the_rows_read_is_not_checked_and_the_record_says_so(tmp_path):
+    """``cos --rows 16`` on safetensors reads 16 up rows of each block: a NaN in another row is never
+    seen (reading the whole tensor would defeat sampling); the record says where finiteness was
+    checked, and the full test, which reads the row, refuses the model."""
+    import tracing
+    from tracing.errors import TracingError
+    from tracing.stats.base import sampled_rows
+    cfg = tiny_config("llama", L=2, d=32, h=64, V=96)
+    base = tiny_model(cfg, seed=1)
+    bad = finetuned(base, seed=2, noise=0.2)
+    unread = sorted(set(range(64)) - set(sampled_rows(64, 16, 0).tolist()))[0]
+    with torch.no_grad():
+        bad.model.layers[0].mlp.up_proj.weight[unread, 3] = float("nan")
+    base.save_pretrained(tmp_path / "base")
+    bad.save_pretrained(tmp_path / "bad")
+    res = tracing.compare(str(tmp_path / "base"), str(tmp_path / "bad"), stat="cos", rows=16, seed=0)
+    assert res.verdict == "dependent"
+    assert "the tensors (rows) the statistic read" in res.record["finite_checked"]
+    with pytest.raises(TracingError, match="non-finite"):
+        tracing.compare(str(tmp_path / "base"), str(tmp_path / "bad"), stat="cos")

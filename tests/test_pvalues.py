@@ -210,6 +210,14 @@ def test_spearman_perfect_two_sided_and_reversed():
     assert l == pytest.approx(-ln_fact / LN10)
 
 
+def _matched_tail(h, r):
+    """P(R ≥ r) for R/c with density ∝ (1 − x²)^(ν/2−1), variance 1/(h−1) and Spearman's exact kurtosis."""
+    k = 3 * (25 * h**3 - 38 * h**2 - 35 * h + 72) / (25 * h * (h + 1) * (h - 1))
+    nu = (3 * k - 3) / (3 - k)
+    x = r / math.sqrt((nu + 1) / (h - 1))
+    return scipy.stats.t.sf(x * math.sqrt(nu / (1 - x * x)), nu)
+
+
 @pytest.mark.parametrize("h", [20, 57, 200, 1000])
 def test_spearman_matches_scipy(h):
     rng = np.random.default_rng(1234 + h)
@@ -221,11 +229,17 @@ def test_spearman_matches_scipy(h):
         r, l_greater = pv.spearman(a, b)
         assert r == pytest.approx(ref.statistic, rel=1e-12, abs=1e-12)
         t = ref.statistic * math.sqrt((h - 2) / (1 - ref.statistic**2))
-        assert l_greater == pytest.approx(math.log10(scipy.stats.t.sf(t, h - 2)), rel=1e-7, abs=1e-12)
+        # the p-value is the larger of scipy's t tail and the tail matched to r's exact variance and
+        # kurtosis at the next attainable value (tracing.spearman_law): never below the t tail
         _, l_two = pv.spearman(a, b, alternative="two-sided")
-        assert l_two == pytest.approx(math.log10(ref.pvalue), rel=1e-7, abs=1e-12)
         _, l_less = pv.spearman(a, b, alternative="less")
-        assert l_less == pytest.approx(math.log10(scipy.stats.t.cdf(t, h - 2)), rel=1e-7, abs=1e-12)
+        step = 12 / (h * (h * h - 1))  # r at the next attainable S
+        rho = ref.statistic
+        for got, t_tail, matched in ((l_greater, scipy.stats.t.sf(t, h - 2), _matched_tail(h, rho - step)),
+                                     (l_two, ref.pvalue, 2 * _matched_tail(h, abs(rho) - step)),
+                                     (l_less, scipy.stats.t.cdf(t, h - 2), _matched_tail(h, -rho - step))):
+            assert got == pytest.approx(math.log10(min(1.0, max(t_tail, matched))), rel=1e-7, abs=1e-12)
+            assert got >= math.log10(t_tail) - 1e-12
 
 
 def test_spearman_accepts_torch_and_lists():
@@ -256,14 +270,15 @@ def test_spearman_perturbed_large_h_is_tiny_finite_and_above_floor():
 
 def test_spearman_small_h_clamped_to_floor():
     # h = 10 with one adjacent swap: r = 1 - 12/990, the t approximation gives
-    # p below 1/10!, which is impossible; the result must sit on the floor.
+    # p below 1/10!, which is impossible; the exact law gives P(S <= 2) = (1 + 9)/10!
+    # (the identity and the 9 adjacent swaps), above the floor.
     h = 10
     perm = np.arange(h)
     perm[[0, 1]] = perm[[1, 0]]
     r, log10p = pv.spearman(perm)
     t = r * math.sqrt((h - 2) / (1 - r * r))
     assert math.log10(scipy.stats.t.sf(t, h - 2)) < -math.lgamma(h + 1) / LN10  # premise
-    assert log10p == pytest.approx(-math.lgamma(h + 1) / LN10, rel=1e-15)
+    assert log10p == pytest.approx(math.log10(10) - math.lgamma(h + 1) / LN10, rel=1e-12)
     for hh in range(3, 30):
         for seed in range(3):
             p = np.random.default_rng(seed).permutation(hh)

@@ -123,8 +123,9 @@ class MatchResult:
     (indices into the original, unfiltered matrices) with cosine ``cos[k]`` (|cos| for an absolute
     matching).  ``rows`` is ascending.  Every kept row of the side with fewer kept rows has a pair
     (W₁'s on a tie).  ``shape`` holds the row counts of W₁ and W₂ as given; ``dropped1`` and
-    ``dropped2`` count their degenerate rows (zero norm or a non-finite value), left out of the
-    matching."""
+    ``dropped2`` count their rows left out of the matching: degenerate rows (zero norm or a
+    non-finite value) and exact copies of an earlier kept row (up to sign for an absolute matching),
+    which would tie with it in every cosine."""
 
     rows: np.ndarray
     cols: np.ndarray
@@ -152,25 +153,101 @@ def degenerate_rows(W: torch.Tensor) -> torch.Tensor:
     return bad | (norms == 0)
 
 
-def _keep(W: torch.Tensor, also: torch.Tensor | None):
-    """(kept row indices or None when all are kept, the kept rows, number dropped)."""
+def _row_hashes(W: torch.Tensor, absolute: bool, chunk_values: int = 1 << 22) -> np.ndarray:
+    """A 64-bit hash of each row's float32 values (exact integer arithmetic, so equal rows hash
+    equally whatever the order of summation); -0.0 hashes as 0.0, and with ``absolute`` the sign
+    of every value is ignored."""
+    n, d = W.shape
+    mult = np.random.default_rng(0x7D1E).integers(1, 1 << 62, size=d, dtype=np.uint64) | np.uint64(1)
+    out = np.empty(n, dtype=np.uint64)
+    step = max(1, chunk_values // max(d, 1))
+    for a in range(0, n, step):
+        bits = (W[a:a + step].to(torch.float32) + 0.0).cpu().numpy().view(np.uint32)
+        if absolute:
+            bits = bits & np.uint32(0x7FFFFFFF)
+        with np.errstate(over="ignore"):
+            out[a:a + step] = (bits.astype(np.uint64) * mult).sum(axis=1, dtype=np.uint64)
+    return out
+
+
+#: columns hashed first (evenly spaced): rows that differ there cannot be copies, so only the few
+#: rows that agree on them are hashed whole and compared
+PROBE_COLUMNS = 64
+
+
+def _repeated(hashes: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of the entries whose hash occurs more than once."""
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    return np.sort(order[np.unique(np.concatenate([same, same + 1]))])
+
+
+def duplicate_rows(W: torch.Tensor, absolute: bool = False, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask of the rows of ``W`` that are exact copies of an earlier row (up to sign when
+    ``absolute``), among the rows where ``keep`` is True (all by default).
+
+    A copy ties with its original in every cosine; a solver breaks such ties in index order, which
+    makes a rank correlation of its own.  The first row of each group of copies is not marked.
+    Cost: a hash of :data:`PROBE_COLUMNS` columns of every row; whole rows only for the rows that
+    agree there."""
+    n, d = int(W.shape[0]), int(W.shape[1])
+    out = torch.zeros(n, dtype=torch.bool)
+    idx = np.arange(n) if keep is None else keep.cpu().numpy().nonzero()[0]
+    if idx.size < 2:
+        return out
+    probe = torch.from_numpy(np.unique(np.linspace(0, d - 1, min(d, PROBE_COLUMNS)).astype(np.int64)))
+    idx = idx[_repeated(_row_hashes(W[:, probe], absolute)[idx])]
+    if idx.size == 0:
+        return out
+    hashes = _row_hashes(W[torch.from_numpy(idx)], absolute)
+    reps: dict = {}  # hash -> the distinct rows seen with it, in ascending order
+    for k in _repeated(hashes):
+        row = int(idx[k])
+        seen = reps.setdefault(int(hashes[k]), [])
+        if any(_copies(W[row], W[r], absolute) for r in seen):
+            out[row] = True
+        else:
+            seen.append(row)
+    return out
+
+
+def kept_units(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Units (rows of the gate and up activations ``G``, ``U`` [units × tokens]) that both the gate
+    matching and the |cos| up matching keep: rows with a cosine in both, and no exact copy of an
+    earlier kept unit's gate row or (up to sign) up row — so the two matchings see the same units."""
+    keep = ~(degenerate_rows(G) | degenerate_rows(U))
+    keep &= ~duplicate_rows(G, keep=keep)
+    keep &= ~duplicate_rows(U, absolute=True, keep=keep)
+    return keep
+
+
+def _copies(a: torch.Tensor, b: torch.Tensor, absolute: bool) -> bool:
+    return bool(torch.equal(a, b)) or (absolute and bool(torch.equal(a, -b)))
+
+
+def _keep(W: torch.Tensor, also: torch.Tensor | None, absolute: bool = False):
+    """(kept row indices or None when all are kept, the kept rows, number dropped): degenerate rows,
+    rows where the mask ``also`` is False, and exact copies of an earlier kept row are dropped.
+    Two matchings of the same units (``match``'s gate and |up|) get one mask that already leaves
+    their copies out (:func:`kept_units`), so both keep the same rows."""
     keep = ~degenerate_rows(W)
     if also is not None:
         keep &= also.to(device=keep.device, dtype=torch.bool)
+    keep &= ~duplicate_rows(W, absolute, keep).to(keep.device)
     if bool(keep.all()):
         return None, W, 0
     idx = keep.nonzero().squeeze(1)
     return idx.cpu().numpy().astype(np.int64), W[idx], int(W.shape[0] - idx.numel())
 
 
-def _prepare(W1: torch.Tensor, W2: torch.Tensor, drop: bool, keep1=None, keep2=None):
+def _prepare(W1: torch.Tensor, W2: torch.Tensor, drop: bool, keep1=None, keep2=None, absolute: bool = False):
     """(C, buf, index): the cosine matrix of the kept rows in its cost buffer (both None when a side
     has no row left) and how kept rows map back to the original ones (None without ``drop``)."""
     if not drop:
         return (*_cosine_in_cost_buffer(W1, W2), None)
     shape = (int(W1.shape[0]), int(W2.shape[0]))
-    k1, W1, d1 = _keep(W1, keep1)
-    k2, W2, d2 = _keep(W2, keep2)
+    k1, W1, d1 = _keep(W1, keep1, absolute)
+    k2, W2, d2 = _keep(W2, keep2, absolute)
     index = (k1, k2, shape, d1, d2)
     if W1.shape[0] == 0 or W2.shape[0] == 0:
         return None, None, index
@@ -226,7 +303,8 @@ def match(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> np.ndar
 def match_pairs(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> MatchResult:
     """MATCH(W₁, W₂) as matched pairs with their cosines (|cos| when ``absolute``).
 
-    Degenerate rows (zero norm or a non-finite value) of either side are dropped first; the
+    Degenerate rows (zero norm or a non-finite value) and exact copies of an earlier row (up to
+    sign when ``absolute``) of either side are dropped first; the
     remaining rows are matched by a rectangular assignment when their counts differ (every row of
     the side with fewer rows gets a partner)."""
     m = Matcher(workers=1)
@@ -271,9 +349,11 @@ class Matcher:
 
     def submit(self, key, W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False, drop: bool = True,
                keep1: torch.Tensor | None = None, keep2: torch.Tensor | None = None) -> None:
-        """Queue MATCH(W1, W2) under ``key``.  With ``drop`` (default) degenerate rows are left out,
-        and so are rows where the optional boolean masks ``keep1`` / ``keep2`` are False."""
-        self._submit(key, *_prepare(W1, W2, drop, keep1, keep2), absolute)
+        """Queue MATCH(W1, W2) under ``key``.  With ``drop`` (default) degenerate rows and exact
+        copies of an earlier kept row (see :func:`duplicate_rows`) are left out, and so are rows
+        where the optional boolean masks ``keep1`` / ``keep2`` are False (for two matchings of the
+        same units, build the masks with :func:`kept_units`)."""
+        self._submit(key, *_prepare(W1, W2, drop, keep1, keep2, absolute), absolute)
 
     def _submit(self, key, C: torch.Tensor | None, buf: np.ndarray | None, index, absolute: bool = False) -> None:
         if index is not None:
@@ -333,7 +413,7 @@ def match_layers(layers: Iterable, load: Callable, absolute: bool = False, worke
         for key in layers:
             # the loaded tensors live only while their cosine matrix is computed, not while
             # waiting for a solver slot
-            m._submit(key, *_prepare(*load(key), pairs), absolute)
+            m._submit(key, *_prepare(*load(key), pairs, absolute=absolute), absolute)
         out = m.results()
     finally:
         m.close()

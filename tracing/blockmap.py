@@ -181,6 +181,8 @@ class ActivationStore:
         for k, X in enumerate((gate, up)):
             scale = X.norm(dim=0).clamp_min(1e-30).reciprocal_()
             self._mm[i, k] = (X * scale[None, :]).nan_to_num_(0.0).numpy().astype(np.float16)
+        g, u, _ = self.get(i)  # units that float16 made copies of each other are left out too
+        self._keep[i] = keep & kept_units(g, u)
 
     def get(self, i: int):
         """(gate [tokens, h], up [tokens, h], kept units) of block i, float32."""
@@ -200,9 +202,9 @@ class ActivationStore:
 
 
 def kept_units(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """Units whose gate and up activation rows both have a cosine (nonzero, finite)."""
-    from .align import degenerate_rows
-    return ~(degenerate_rows(gate.T) | degenerate_rows(up.T))
+    """Units kept by both matchings (see :func:`tracing.align.kept_units`); activations [tokens, h]."""
+    from . import align
+    return align.kept_units(gate.T, up.T)
 
 
 def keep_bytes(ctx) -> int:

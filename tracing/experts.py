@@ -85,15 +85,17 @@ def expert_result(stat: str, pairs: list[UnitPair], matched: dict, partners: dic
     from .stats.base import spearman_layers
     res = spearman_layers(matched, ctx, stat)
     grid = [[None] * n_cols for _ in range(L)]
+    skipped = []  # [block, the MoE side's expert (θ₁'s when both are MoE)], whichever model is dense
     for row in res.per_layer:
         pair = pairs[row["layer"]]
         row.update({"layer": pair.block, "expert": pair.a.expert, "partner": pair.b.expert})
+        if "skipped" in row:
+            skipped.append([pair.block, pair.column])
         if pair.column is not None:
             col = n_cols - 1 if pair.column == "shared" else int(pair.column)
             grid[pair.block][col] = row["log10_pvalue"]
     res.extra.pop("skipped_layers", None)
-    res.extra.update({"num_pairs": len(pairs), "experts": grid,
-                      "skipped_pairs": [[row["layer"], row["expert"]] for row in res.per_layer if "skipped" in row],
+    res.extra.update({"num_pairs": len(pairs), "experts": grid, "skipped_pairs": skipped,
                       "expert_matching": {str(i): p for i, p in partners.items() if p is not None}})
     return res
 
@@ -108,8 +110,9 @@ def grid_columns(arch_a, arch_b) -> int:
 def activation_stat(ctx, base, ft, stat: str, gated: bool):
     """csh (``gated=False``: up activations) or match (gate matching against |up| matching) over
     the unit pairs of :func:`block_pairs`; each expert's activations cover every token.  A unit
-    whose activation row is zero or non-finite is dropped (for match: from both matchings)."""
-    from .align import Matcher, degenerate_rows
+    whose activation row is zero, non-finite or an exact copy of an earlier unit's is dropped (for
+    match: from both matchings)."""
+    from .align import Matcher, kept_units
     from .stats.match import gate_up_pairs
     from .stats.base import pairs_of
     a, b = base.arch, ft.arch
@@ -128,8 +131,7 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
             k = len(pairs)
             pairs.append(pair)
             if gated:
-                ok1 = ~(degenerate_rows(ca.gate.T) | degenerate_rows(ca.up.T))
-                ok2 = ~(degenerate_rows(cb.gate.T) | degenerate_rows(cb.up.T))
+                ok1, ok2 = kept_units(ca.gate.T, ca.up.T), kept_units(cb.gate.T, cb.up.T)
                 gate.submit(k, ca.gate.T, cb.gate.T, keep1=ok1, keep2=ok2)
                 up.submit(k, ca.up.T, cb.up.T, absolute=True, keep1=ok1, keep2=ok2)
             else:

@@ -298,10 +298,13 @@ def spearman(pi, sigma=None, alternative: str = "greater") -> tuple[float, float
     (r, log10_pvalue)
         ``r`` is computed exactly from the integer sum of squared rank
         differences, so identical vectors give exactly ``1.0``.  The p-value
-        uses t = r sqrt((h-2)/(1-r^2)) with h-2 degrees of freedom.  A perfect
-        match (r = 1, or r = -1 for "less") gets the exact null probability
-        1/h! of that event (2/h! two-sided, for r = +-1) instead of the t
-        approximation's 0, and no p-value is reported below that floor.
+        is P(S <= s) under a uniformly random permutation (S = sum of d^2):
+        exact for h <= 18 (:mod:`tracing.spearman_law`); beyond, the larger of
+        the t tail (t = r sqrt((h-2)/(1-r^2)), h-2 degrees of freedom) and a
+        tail matched to the exact variance and kurtosis of r, measured
+        conservative.  A perfect match (r = 1, or r = -1 for "less") gets the
+        exact null probability 1/h! of that event (2/h! two-sided, for
+        r = +-1), and no p-value is reported below that floor.
 
     Raises ValueError for a length mismatch, h < 3, repeated entries or an
     unknown ``alternative``.
@@ -335,16 +338,16 @@ def spearman(pi, sigma=None, alternative: str = "greater") -> tuple[float, float
             ln_p = 0.0
         return r, ln_to_log10(ln_p)
 
-    # t = r sqrt((h-2)/(1-r^2)); with r = N/D, 1-r^2 = (D-N)(D+N)/D^2 and
-    # D - N = 6 s, so t = N sqrt((h-2) / (6 s (2D - 6s))), from exact integers.
-    t = numer * math.sqrt((h - 2) / float(6 * s * (2 * denom - 6 * s)))
-    df = h - 2
+    # the law of S (tracing.spearman_law): exact for small h, else the larger of the t tail
+    # (t = N sqrt((h-2) / (6 s (2D - 6s))) from exact integers) and a matched-moment tail
+    from .spearman_law import ln_lower_tail
+    s_max = denom // 3  # S -> S_max - S reverses the order
     if alternative == "greater":
-        ln_p = t_logsf(t, df)
+        ln_p = ln_lower_tail(h, s)
     elif alternative == "less":
-        ln_p = t_logsf(-t, df)
+        ln_p = ln_lower_tail(h, s_max - s)
     else:
-        ln_p = min(0.0, math.log(2.0) + t_logsf(abs(t), df))
+        ln_p = min(0.0, math.log(2.0) + ln_lower_tail(h, min(s, s_max - s)))
     return r, ln_to_log10(max(ln_p, ln_floor))
 
 
@@ -358,7 +361,7 @@ def spearman_pairs(x, y, alternative: str = "greater", min_pairs: int = MIN_PAIR
     The general form of :func:`spearman` for matchings that leave rows out (degenerate rows,
     rectangular matchings): each sequence holds m distinct indices (any values, e.g. original
     row numbers), replaced by their ranks among themselves; r comes exactly from the integer sum
-    of squared rank differences, with the same t tail, floor -log10(m!) and ``alternative`` as
+    of squared rank differences, with the same null law, floor -log10(m!) and ``alternative`` as
     :func:`spearman`.  For ``x = 0..h-1`` this is exactly ``spearman(y)``.
 
     Returns ``(r, log10_pvalue)``; ``(nan, nan)`` when m < ``min_pairs`` (too few pairs to test).

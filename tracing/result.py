@@ -9,6 +9,9 @@ from .verdict import FLOOR, INTERPRETATION, NULL, verdict
 
 
 BLOCK_MAP_KEYS = ("per_pair", "correspondence", "matched")
+#: where non-finite weights are looked for (an error when found): a sampled test reads some rows only
+FINITE_CHECKED = ("the tensors (rows) the statistic read; tensors and rows it did not read (e.g. gate/down for "
+                  "cos, unsampled rows with --rows) were not checked")
 
 
 def _variant(spec, res, significance: float) -> dict:
@@ -57,6 +60,7 @@ def make_record(pair, stat, result, aligned, evals, prov, models, timings, elaps
         **raw,
         "has_pvalue": raw["log10_pvalue"] is not None,
         "null": NULL,
+        "finite_checked": FINITE_CHECKED,
         "aligned": alig,
         "eval": evals,
         "data": data,

@@ -100,7 +100,7 @@ def spearman_layers(pairs: dict, ctx: Context, stat: str) -> StatResult:
                "dropped": {k: int(v) for k, v in dropped.items()}}
         if math.isnan(lp):
             row["skipped"] = (f"only {len(x)} matched pairs (at least {pvalues.MIN_PAIRS} needed) after "
-                              f"dropping {dropped['base']} + {dropped['ft']} zero or non-finite rows")
+                              f"dropping {dropped['base']} + {dropped['ft']} zero, non-finite or copied rows")
         for k in total:
             total[k] += int(dropped[k])
         per_layer.append(row)

@@ -1,7 +1,8 @@
 """φ_U: per block, Spearman(MATCH(U₁, U₂), identity) on the rows of ``mlp.up_proj``; Fisher over blocks.
 
-Rows that are zero or hold a non-finite value are dropped from each side before matching (the
-record counts them per layer); the p-value is the rank correlation of the matched pairs' indices.
+Rows that are zero, hold a non-finite value or copy an earlier row exactly are dropped from each
+side before matching (the record counts them per layer); the p-value is the rank correlation of
+the matched pairs' indices.
 
 Models of different depths are compared block pair by block pair (the block map,
 :mod:`tracing.blockmap`; also with ``--localized``).

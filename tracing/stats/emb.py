@@ -1,7 +1,8 @@
 """Embedding similarity: Spearman(MATCH(E₁ᵀ, E₂ᵀ), identity) over the shared vocabulary.
 
-Residual dimensions whose embedding column is zero or holds a non-finite value are dropped from
-each side before matching; the p-value is the rank correlation of the matched pairs' indices.
+Residual dimensions whose embedding column is zero, holds a non-finite value or copies an earlier
+column exactly are dropped from each side before matching; the p-value is the rank correlation of
+the matched pairs' indices.
 
 With ``--rows K`` the test is sampled over residual dimensions: the embedding's shared vocabulary is
 read whole (a column cannot be read alone from a row-major file) and K of its d columns, drawn from

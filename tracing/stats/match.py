@@ -7,10 +7,12 @@ Models whose depth or widths differ are compared block pair by block pair (the b
 :mod:`tracing.blockmap`; also with ``--localized``).
 
 Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
-gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value;
-it is then left out of *both* matchings, so the two matchings see the same kept units.  Let n₁ and
-n₂ be the kept units of θ₁ and θ₂.  If n₁ ≤ n₂, every kept unit i of θ₁ has a partner g(i) in the
-gate matching and u(i) in the up matching, and the pairs are (g(i), u(i)), indices of θ₂'s units.
+gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value,
+or is an exact copy of an earlier kept unit's gate row or (up to sign) up row (a copied unit ties
+with its original in every cosine); it is then left out of *both* matchings, so the two matchings
+see the same kept units.  Let n₁ and n₂ be the kept units of θ₁ and θ₂.  If n₁ ≤ n₂, every kept
+unit i of θ₁ has a partner g(i) in the gate matching and u(i) in the up matching, and the pairs are
+(g(i), u(i)), indices of θ₂'s units.
 If n₁ > n₂, every kept unit j of θ₂ has partners g⁻¹(j) and u⁻¹(j) among θ₁'s units, and the
 pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two sequences of a pair; with
 equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
@@ -59,7 +61,7 @@ def _cost(s):
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
     from .. import blockmap
-    from ..align import Matcher, degenerate_rows
+    from ..align import Matcher, kept_units
     from .base import spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
@@ -73,8 +75,7 @@ def match(ctx, base, ft):
 
     def on_block(i, caps):
         G1, G2, U1, U2 = caps[0].gate.T, caps[1].gate.T, caps[0].up.T, caps[1].up.T
-        ok1 = ~(degenerate_rows(G1) | degenerate_rows(U1))
-        ok2 = ~(degenerate_rows(G2) | degenerate_rows(U2))
+        ok1, ok2 = kept_units(G1, U1), kept_units(G2, U2)
         gate.submit(i, G1, G2, keep1=ok1, keep2=ok2)
         up.submit(i, U1, U2, absolute=True, keep1=ok1, keep2=ok2)
 
