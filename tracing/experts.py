@@ -155,11 +155,11 @@ def upcycled_matchings(ctx, base, ft) -> tuple[list[UnitPair], dict, dict]:
     θ₂'s residual stream is aligned to θ₁'s first (MATCH of the embedding columns, as ``--align``
     does). Then, for every unit pair of :func:`block_pairs` (each expert, of any width, against the
     dense MLP), the gate rows and the up rows are matched (rectangular when the widths differ),
-    with the units that are degenerate in either role left out of both matchings: ``gate[k]`` and
+    with the units that are degenerate or copied in either role left out of both matchings (:func:`~tracing.align.kept_units`): ``gate[k]`` and
     ``up[k]`` are the :class:`~tracing.align.MatchResult` of pair k. The gate matching is the
     alignment (it finds each expert unit's dense unit whatever the order of the split); the up
     matching is what is tested against it."""
-    from .align import Matcher, degenerate_rows, residual_alignment
+    from .align import Matcher, kept_units, residual_alignment
     from .transforms import Permuted
     a, b = base.arch, ft.arch
     ft = Permuted(ft, torch.from_numpy(residual_alignment(base, ft)))
@@ -170,7 +170,7 @@ def upcycled_matchings(ctx, base, ft) -> tuple[list[UnitPair], dict, dict]:
     def rows(side, src, unit):
         if last.get(side, (None,))[0] != unit.key:
             G, U = src.get(unit.gate), src.get(unit.up)
-            last[side] = (unit.key, G, U, ~(degenerate_rows(G) | degenerate_rows(U)))
+            last[side] = (unit.key, G, U, kept_units(G, U))
         return last[side][1:]
 
     try:
