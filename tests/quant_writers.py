@@ -317,3 +317,53 @@ def write_awq(folder, out, group_size: int = 32, seed: int = 0, spread: float = 
         tensors[f"{mod}.scales"] = scales
     qcfg = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
     return _save_quantized(folder, out, tensors, qcfg)
+
+
+# ------------------------------------------------------------------------------------------
+# FP8 (DeepSeek block-scaled; per-channel and per-tensor weight_scale)
+# ------------------------------------------------------------------------------------------
+FP8_MAX = 448.0  # largest float8_e4m3fn
+
+
+def fp8_quantize(w: torch.Tensor, block: tuple[int, int] | None = None, per: str = "block"):
+    """DeepSeek's weight quantization: scale = amax / 448 per ``block`` (ceil-sized at the edges), or
+    per output row (``per="channel"``), or one for the tensor (``per="tensor"``); codes = W / scale
+    rounded to float8_e4m3fn.  Returns (codes, scale) with W ≈ codes · scale."""
+    w = w.float()
+    r, c = w.shape
+    if per == "tensor":
+        s = (w.abs().max() / FP8_MAX).clamp_min(1e-12).reshape(1)
+        return (w / s).to(torch.float8_e4m3fn), s
+    if per == "channel":
+        s = (w.abs().amax(1, keepdim=True) / FP8_MAX).clamp_min(1e-12)
+        return (w / s).to(torch.float8_e4m3fn), s
+    b0, b1 = block
+    R, C = -(-r // b0), -(-c // b1)
+    s = torch.empty(R, C)
+    for i in range(R):
+        for j in range(C):
+            s[i, j] = (w[i * b0:(i + 1) * b0, j * b1:(j + 1) * b1].abs().max() / FP8_MAX).clamp_min(1e-12)
+    full = s.repeat_interleave(b0, 0)[:r].repeat_interleave(b1, 1)[:, :c]
+    return (w / full).to(torch.float8_e4m3fn), s
+
+
+def write_fp8(folder, out, block: tuple[int, int] | None = (16, 16), per: str = "block",
+              drop: str | None = None, method: str = "fp8") -> Path:
+    """Every block linear layer (routers excluded) as float8_e4m3fn codes with ``weight_scale_inv``
+    per block (DeepSeek layout, ``weight_block_size``), or ``weight_scale`` per channel / tensor;
+    the rest as it is.  ``drop`` leaves out the parts whose names end with it."""
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        if not _is_linear(name, t):
+            tensors[name] = t
+            continue
+        codes, s = fp8_quantize(t, block, per)
+        tensors[name] = codes
+        tensors[name + ("_scale_inv" if per == "block" else "_scale")] = s
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    qcfg = {"quant_method": method, "activation_scheme": "dynamic", "fmt": "e4m3"}
+    if per == "block":
+        qcfg["weight_block_size"] = list(block)
+    return _save_quantized(folder, out, tensors, qcfg)

@@ -59,7 +59,7 @@ def type_summary(types: dict[str, str]) -> str:
 
 
 def quantization_config(folder: Path) -> dict | None:
-    """``quantization_config`` of a folder's config.json, when it names GPTQ or AWQ."""
+    """``quantization_config`` of a folder's config.json, when it names a quantization method."""
     f = folder / "config.json"
     if not f.is_file():
         return None
@@ -67,7 +67,7 @@ def quantization_config(folder: Path) -> dict | None:
         q = json.loads(f.read_text()).get("quantization_config")
     except (json.JSONDecodeError, AttributeError):
         return None
-    if isinstance(q, dict) and str(q.get("quant_method", "")).lower() in ("gptq", "awq"):
+    if isinstance(q, dict) and q.get("quant_method"):
         return q
     return None
 
@@ -101,7 +101,10 @@ def detect(path: Path, file: str | None, label: str) -> QuantizedBackend | None:
         return GGUFBackend(g, label, folder=path if path.is_dir() else None)
     if path.is_dir():
         q = quantization_config(path)
-        if q is not None:
+        if q is not None and str(q["quant_method"]).lower() in ("gptq", "awq"):
             from .gptq import PackedInt4Backend
             return PackedInt4Backend(path, q, label)
+        if q is not None:
+            from .formats import open_format
+            return open_format(path, q, label)
     return None

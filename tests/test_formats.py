@@ -1,0 +1,239 @@
+"""Quantized safetensors formats (FP8, MXFP4, compressed-tensors, bitsandbytes) as weight sources.
+
+Tiny models of a dense, a fused (Phi-3) and a mixture-of-experts family are written in each format:
+every tensor is within the format's rounding of its source, planted permutations are recovered,
+``cos`` is significant on a quantized fine-tune against its float base and not on independent
+models, p-values of independent pairs are uniform (KS over 30 pairs), sampled rows are read without
+reading any whole quantized tensor, and bad folders are one-line errors."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from family_models import save_trio
+from quant_writers import write_fp8, write_gguf
+from test_quantized_families import _one_line, calibration_ks, cos
+from tracing.align import align
+from tracing.errors import TracingError
+from tracing.models import Checkpoint
+from tracing.sources.layered import LayeredBackend
+from tracing.transforms import Permuted, random_permutations
+
+SIG = math.log10(0.01)
+FAMILIES = ("llama", "phi3", "qwen3_moe")
+
+
+def _fp8_bound(ref: torch.Tensor) -> torch.Tensor:
+    """float8_e4m3fn keeps 3 mantissa bits: half a step is at most 2^-4 of the value, and the
+    subnormal step of the largest scale (amax / 448) bounds the rest."""
+    return ref.abs() * 2 ** -4 + ref.abs().max() / 448 * 2 ** -9 + 1e-7
+
+
+#: format -> (writer(float folder, out folder) -> folder, per-element error bound of a quantized matrix)
+FORMATS = {
+    "fp8-block": (lambda hf, out: write_fp8(hf, out, block=(16, 24)), _fp8_bound),
+    "fp8-channel": (lambda hf, out: write_fp8(hf, out, per="channel", method="fbgemm_fp8"), _fp8_bound),
+    "fp8-tensor": (lambda hf, out: write_fp8(hf, out, per="tensor", block=None), _fp8_bound),
+}
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    root = tmp_path_factory.mktemp("formats")
+    cache = {}
+
+    def make(family):
+        if family not in cache:
+            cache[family] = (*save_trio(root / family, family), root / family)
+        return cache[family]
+    return make
+
+
+def written(fam, family: str, fmt: str, tag: str):
+    """``(float folder, the same model written in fmt)`` for tag base / ft / indep."""
+    _, paths, root = fam(family)
+    out = root / f"{fmt}-{tag}"
+    if not out.exists():
+        FORMATS[fmt][0](paths[tag], out)
+    return paths[tag], out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_tensor_within_the_format_rounding(fam, family, fmt):
+    hf, q = written(fam, family, fmt, "base")
+    ref, ck = Checkpoint(str(hf)), Checkpoint(str(q))
+    assert ck.quantized is not None and ck.arch.names() == ref.arch.names()
+    quantized = 0
+    for n in ref.names():
+        a, b = ref.get(n), ck.get(n)
+        assert b.dtype == torch.float32 and b.shape == a.shape, n
+        if torch.equal(a, b):
+            continue
+        quantized += 1
+        assert bool(((a - b).abs() <= FORMATS[fmt][1](a)).all()), (n, (a - b).abs().max())
+    assert quantized >= 4 * ref.arch.L  # every block's linear layers went through the format
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_planted_permutation_recovered_and_power(fam, family, fmt):
+    base_q = Checkpoint(str(written(fam, family, fmt, "base")[1]))
+    hf_ft, ft = written(fam, family, fmt, "ft")
+    ft_q = Checkpoint(str(ft))
+    pi_e, pi_i = random_permutations(ft_q.arch, seed=11)
+    al = align(base_q, Permuted(ft_q, pi_e, pi_i), progress=False)
+    assert np.array_equal(al.pi_e, torch.argsort(pi_e).numpy())
+    for key, p in pi_i.items():
+        assert np.array_equal(al.pi_i[key], torch.argsort(p).numpy()), key
+    base = Checkpoint(str(fam(family)[1]["base"]))
+    assert cos(base, ft_q).log10_pvalue < -6
+    assert cos(base, Checkpoint(str(written(fam, family, fmt, "indep")[1]))).log10_pvalue > SIG
+
+
+@pytest.mark.parametrize("fmt", ["fp8-block", "fp8-channel"])
+def test_cos_calibrated_on_independent_pairs(tmp_path, fmt):
+    """30 independent pairs (float model against an independent one in the format): uniform p-values."""
+    write = FORMATS[fmt][0]
+    assert calibration_ks(tmp_path, "llama", 700, lambda f, k: str(write(f, tmp_path / f"q{k}"))) > 0.01
+
+
+class ReadLog:
+    """Every read of the backend: whole tensors and (tensor, number of rows)."""
+
+    def __init__(self, monkeypatch):
+        self.whole, self.rows = [], []
+        read, read_rows = LayeredBackend.read, LayeredBackend.read_rows
+
+        def logged_read(backend, key):
+            self.whole.append(key)
+            return read(backend, key)
+
+        def logged_rows(backend, key, rows):
+            self.rows.append((key, len(rows)))
+            return read_rows(backend, key, rows)
+        monkeypatch.setattr(LayeredBackend, "read", logged_read)
+        monkeypatch.setattr(LayeredBackend, "read_rows", logged_rows)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_sampled_rows_read_no_whole_tensor(fam, family, fmt, monkeypatch):
+    """A sampled row reads its row of codes and its row of scales only (each expert on its own;
+    a fused tensor's role rows)."""
+    from tracing.stats.base import sampled_rows
+    ck = Checkpoint(str(written(fam, family, fmt, "ft")[1]))
+    units = ck.arch.units(0)
+    idx = sampled_rows(units[0].width, 12, seed=3)
+    whole = {u.up: ck.get(u.up)[torch.from_numpy(idx)] for u in units}
+    ck.quantized._last = None
+    log = ReadLog(monkeypatch)
+    for u in units:
+        assert torch.equal(ck.get_rows(u.up, idx), whole[u.up]), u.up
+    scalar = [k for k in log.whole if math.prod(ck.quantized.meta(k).shape) == 1]
+    assert log.whole == scalar  # at most a per-tensor scale is read whole
+    block = ck.quantized.q.get("weight_block_size")
+    for key, n in log.rows:
+        if key.endswith("_scale_inv"):
+            assert n == len(np.unique(idx // block[0])), key
+        else:
+            assert n == len(idx), key
+    assert len(log.rows) >= len(units)
+
+
+def test_fp8_rows_through_the_cli_and_provenance(fam, tmp_path):
+    from tracing.api import run_pair
+    from tracing.options import Options
+    hf, q = written(fam, "llama", "fp8-block", "ft")
+    rec = run_pair(str(fam("llama")[1]["base"]), str(q), Options(stat=["cos"], rows=24), progress=False)[0]
+    assert rec["log10_pvalue"] < -6
+    prov = rec["models"]["ft"]["quantization"]
+    assert prov["format"] == "fp8" and prov["types"].startswith("fp8 e4m3 block 16×24 ×14")
+    assert "weight_scale_inv" in prov["undone"]
+
+
+def test_fp8_against_gguf(fam, tmp_path):
+    """Either side in any format: an FP8 fine-tune against the Q4_0 GGUF of its base."""
+    _, paths, _ = fam("llama")
+    g = write_gguf(paths["base"], tmp_path / "g" / "base.Q4_0.gguf", "Q4_0", with_tokenizer=False)
+    ft = Checkpoint(str(written(fam, "llama", "fp8-block", "ft")[1]))
+    assert cos(Checkpoint(str(g)), ft).log10_pvalue < -6
+
+
+def test_dequantized_copy_exported(fam, tmp_path):
+    from tracing.sources.export import save_source
+    ck = Checkpoint(str(written(fam, "qwen3_moe", "fp8-block", "base")[1]))
+    out = save_source(ck, tmp_path / "float", progress=False)
+    copy = Checkpoint(str(out))
+    assert copy.quantized is None
+    for n in ck.names():
+        assert torch.equal(copy.get(n), ck.get(n)), n
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: one line naming the tensor and the fix, exit 2, no result file
+# ------------------------------------------------------------------------------------------
+def _broken(fam, tmp_path, fmt: str, edit) -> str:
+    _, q = written(fam, "llama", fmt, "base")
+    bad = tmp_path / "bad"
+    shutil.copytree(q, bad)
+    edit(bad)
+    return str(bad)
+
+
+def _edit_tensors(folder, fn):
+    from safetensors.torch import load_file, save_file
+    f = folder / "model.safetensors"
+    state = load_file(f)
+    fn(state)
+    save_file(state, str(f), metadata={"format": "pt"})
+
+
+def _edit_config(folder, fn):
+    cfg = json.loads((folder / "config.json").read_text())
+    fn(cfg["quantization_config"])
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _error(spec: str) -> str:
+    """The one-line error opening ``spec`` gives (the CLI prints it as ``error: …`` and exits 2, as
+    the subprocess tests check)."""
+    with pytest.raises(TracingError) as e:
+        Checkpoint(spec)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_fp8_without_scales_is_a_one_line_error(fam, tmp_path):
+    """Before this reader, a DeepSeek-layout folder was read as float weights and ended in a traceback."""
+    key = "model.layers.1.mlp.up_proj.weight_scale_inv"
+    spec = _broken(fam, tmp_path, "fp8-block", lambda d: _edit_tensors(d, lambda s: s.pop(key)))
+    line = _one_line(spec, tmp_path)
+    assert key in line and "download" in line, line
+
+
+def test_fp8_scales_of_the_wrong_shape_is_a_one_line_error(fam, tmp_path):
+    key = "model.layers.0.self_attn.q_proj.weight_scale_inv"
+    spec = _broken(fam, tmp_path, "fp8-block",
+                   lambda d: _edit_tensors(d, lambda s: s.__setitem__(key, s[key][:, :1].contiguous())))
+    line = _error(spec)
+    assert key in line and "16×24" in line and "weight_block_size" in line, line
+
+
+def test_truncated_weights_are_a_one_line_error(fam, tmp_path):
+    def cut(d):
+        f = d / "model.safetensors"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    line = _error(_broken(fam, tmp_path, "fp8-block", cut))
+    assert "model.safetensors is truncated" in line and "download it again" in line, line
+
+
+def test_unknown_quant_method_is_a_one_line_error(fam, tmp_path):
+    spec = _broken(fam, tmp_path, "fp8-block", lambda d: _edit_config(d, lambda q: q.update(quant_method="hqq")))
+    line = _error(spec)
+    assert "'hqq' is not supported" in line and "fp8" in line, line

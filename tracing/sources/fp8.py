@@ -1,0 +1,103 @@
+"""FP8 checkpoints: linear layers stored as 8-bit floats with float32 scales.
+
+- Block-scaled (DeepSeek-V3/R1, Kimi K2, Qwen FP8 releases; ``quant_method: fp8`` with
+  ``weight_block_size: [b0, b1]``): ``<module>.weight`` ``float8_e4m3fn`` [out × in] and
+  ``<module>.weight_scale_inv`` float32 [⌈out/b0⌉ × ⌈in/b1⌉]; W = W_fp8 · scale_inv[⌊r/b0⌋, ⌊c/b1⌋].
+  A row r needs only row ⌊r/b0⌋ of the scales.
+- Per-tensor or per-channel (FBGEMM ``fbgemm_fp8``, torchao, ``fp8`` without a block size):
+  ``<module>.weight_scale`` (or ``weight_scale_inv``) holding one value, or one per output row
+  ([out] or [out × 1]); W = W_fp8 · scale.
+
+Activation scales (``input_scale``) are not needed for the weights and are ignored.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import TracingError
+from .layered import Layer, LayeredBackend, bad_part
+
+FP8_DTYPES = {"F8_E4M3": "e4m3", "F8_E5M2": "e5m2"}
+SCALE_SUFFIXES = ("_scale_inv", "_scale")
+
+
+def dequantize_block(w: torch.Tensor, scale: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
+    """W_fp8 [r × c] times its block scales [⌈r/b0⌉ × ⌈c/b1⌉], float32."""
+    r, c = w.shape
+    out = w.to(torch.float32)
+    scale = scale.to(torch.float32)
+    if r % b0 == 0 and c % b1 == 0:  # broadcast in place, no expanded copy of the scales
+        out.view(r // b0, b0, c // b1, b1).mul_(scale[:, None, :, None])
+        return out
+    return out.mul_(scale.repeat_interleave(b0, 0)[:r].repeat_interleave(b1, 1)[:, :c])
+
+
+def dequantize_scaled(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """W_fp8 [r × c] times one scale, or one per row ([r] or [r × 1]), float32."""
+    s = scale.to(torch.float32)
+    return w.to(torch.float32).mul_(s.reshape(-1, 1) if s.numel() > 1 else s.reshape(()))
+
+
+class FP8Backend(LayeredBackend):
+    method = "fp8"
+
+    def __init__(self, folder, qcfg, label):
+        b = qcfg.get("weight_block_size")
+        if b is not None and (not isinstance(b, (list, tuple)) or len(b) != 2 or min(b) < 1):
+            raise TracingError(f"{folder}/config.json: weight_block_size {b!r} is not two positive sizes; "
+                               f"fix quantization_config")
+        self.block = tuple(int(x) for x in b) if b is not None else None
+        super().__init__(folder, qcfg, label)
+        self.undoes = "W = W_fp8 × " + (f"weight_scale_inv per {self.block[0]}×{self.block[1]} block" if self.block
+                                        else "weight_scale (per tensor or per output row)")
+
+    def layer(self, stored):
+        if not self.has_key(stored) or self.meta(stored).dtype not in FP8_DTYPES:
+            return None
+        m = self.meta(stored)
+        scale = next((stored + s for s in SCALE_SUFFIXES if self.has_key(stored + s)), None)
+        if scale is None:
+            want = "weight_scale_inv" if self.block else "weight_scale"
+            raise bad_part(self.folder, stored, f"is stored in FP8 but {stored}{SCALE_SUFFIXES[0 if self.block else 1]} "
+                           f"is missing", f"an FP8 checkpoint needs its {want} tensors — the download is incomplete, "
+                           f"download it again")
+        if len(m.shape) != 2:
+            raise bad_part(self.folder, stored, f"is an FP8 tensor of shape {m.shape}; only matrices are read")
+        r, c = m.shape
+        sshape, fmt = self.meta(scale).shape, FP8_DTYPES[m.dtype]
+        n = math.prod(sshape)
+        if self.block is not None and n > 1:
+            b0, b1 = self.block
+            want = (math.ceil(r / b0), math.ceil(c / b1))
+            if tuple(sshape) != want:
+                raise bad_part(self.folder, scale, f"has shape {tuple(sshape)}, but {stored} {m.shape} in "
+                               f"{b0}×{b1} blocks needs {want}",
+                               "the scales do not belong to this weight or weight_block_size in config.json is wrong")
+            return Layer(f"fp8 {fmt} block {b0}×{b1}", {"w": stored, "s": scale}, {"block": (b0, b1)})
+        if n == 1:
+            return Layer(f"fp8 {fmt} per-tensor", {"w": stored, "s": scale})
+        if tuple(sshape) in ((r,), (r, 1)):
+            return Layer(f"fp8 {fmt} per-channel", {"w": stored, "s": scale})
+        raise bad_part(self.folder, scale, f"has shape {tuple(sshape)}, which fits neither one scale nor one per "
+                       f"row of {stored} {m.shape} (and config.json gives no weight_block_size)",
+                       "set weight_block_size in quantization_config if the scales are per block")
+
+    def dequantize(self, layer, rows):
+        w_key, s_key = layer.parts["w"], layer.parts["s"]
+        if rows is None:
+            w, s = self.read(w_key), self.read(s_key)
+            if "block" in layer.info:
+                return dequantize_block(w, s, *layer.info["block"])
+            return dequantize_scaled(w, s)
+        w = self.read_rows(w_key, rows)
+        if "block" in layer.info:
+            b0, b1 = layer.info["block"]
+            need, pos = np.unique(rows // b0, return_inverse=True)
+            s = self.read_rows(s_key, need)[torch.from_numpy(pos)]  # one scale row per weight row
+            return dequantize_block(w, s, 1, b1)
+        if math.prod(self.meta(s_key).shape) == 1:
+            return dequantize_scaled(w, self.read(s_key))
+        return dequantize_scaled(w, self.read_rows(s_key, rows))
