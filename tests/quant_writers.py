@@ -367,3 +367,41 @@ def write_fp8(folder, out, block: tuple[int, int] | None = (16, 16), per: str = 
     if per == "block":
         qcfg["weight_block_size"] = list(block)
     return _save_quantized(folder, out, tensors, qcfg)
+
+
+# ------------------------------------------------------------------------------------------
+# MXFP4 (gpt-oss)
+# ------------------------------------------------------------------------------------------
+FP4_MAGNITUDES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., n] (n a multiple of 32) -> (blocks uint8 [..., n/32, 16], scales uint8 [..., n/32]):
+    per group of 32 the scale is the power of two 2^ceil(log2(amax / 6)) (no value clipped, as
+    triton's downcast_to_mxfp rounds it up), each value rounded to the nearest E2M1 value."""
+    *lead, n = w.shape
+    g = w.float().reshape(*lead, n // 32, 32)
+    amax = g.abs().amax(-1).clamp_min(2.0 ** -126)
+    e = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    x = g / torch.exp2(e).unsqueeze(-1)
+    mag = (x.abs().unsqueeze(-1) - FP4_MAGNITUDES).abs().argmin(-1)  # nearest magnitude
+    code = (mag | ((x < 0) & (mag > 0)).long() << 3).to(torch.uint8)
+    blocks = code[..., 0::2] | (code[..., 1::2] << 4)
+    return blocks.contiguous(), (e + 127).to(torch.uint8)
+
+
+def write_mxfp4(folder, out, drop: str | None = None) -> Path:
+    """Every block linear layer (routers excluded) as MXFP4 ``<module>_blocks`` / ``<module>_scales``
+    (gpt-oss's naming of its quantized tensors); the rest in bfloat16, as gpt-oss ships it."""
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        if not _is_linear(name, t):
+            tensors[name] = t.bfloat16()
+            continue
+        blocks, scales = mxfp4_quantize(t)
+        base = name[: -len(".weight")]
+        tensors[base + "_blocks"], tensors[base + "_scales"] = blocks, scales
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    return _save_quantized(folder, out, tensors, {"quant_method": "mxfp4", "modules_to_not_convert": []})

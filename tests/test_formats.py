@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from family_models import save_trio
-from quant_writers import write_fp8, write_gguf
+from quant_writers import mxfp4_quantize, write_fp8, write_gguf, write_mxfp4
 from test_quantized_families import _one_line, calibration_ks, cos
 from tracing.align import align
 from tracing.errors import TracingError
@@ -34,11 +34,21 @@ def _fp8_bound(ref: torch.Tensor) -> torch.Tensor:
     return ref.abs() * 2 ** -4 + ref.abs().max() / 448 * 2 ** -9 + 1e-7
 
 
+def _mxfp4_bound(ref: torch.Tensor) -> torch.Tensor:
+    """E2M1 with a power-of-two scale X ≤ amax/3 per 32 values: the gap around a value v is at most
+    v/2 (4 → 6), and X/2 below X; unquantized tensors are bfloat16 (8 bits of mantissa)."""
+    if ref.ndim == 1:
+        return ref.abs() * 2 ** -8
+    amax = ref.reshape(*ref.shape[:-1], -1, 32).abs().amax(-1, keepdim=True).expand(*ref.shape[:-1], -1, 32)
+    return ref.abs() / 4 + amax.reshape(ref.shape) / 12 + 1e-7
+
+
 #: format -> (writer(float folder, out folder) -> folder, per-element error bound of a quantized matrix)
 FORMATS = {
     "fp8-block": (lambda hf, out: write_fp8(hf, out, block=(16, 24)), _fp8_bound),
     "fp8-channel": (lambda hf, out: write_fp8(hf, out, per="channel", method="fbgemm_fp8"), _fp8_bound),
     "fp8-tensor": (lambda hf, out: write_fp8(hf, out, per="tensor", block=None), _fp8_bound),
+    "mxfp4": (write_mxfp4, _mxfp4_bound),
 }
 
 
@@ -96,7 +106,7 @@ def test_planted_permutation_recovered_and_power(fam, family, fmt):
     assert cos(base, Checkpoint(str(written(fam, family, fmt, "indep")[1]))).log10_pvalue > SIG
 
 
-@pytest.mark.parametrize("fmt", ["fp8-block", "fp8-channel"])
+@pytest.mark.parametrize("fmt", ["fp8-block", "fp8-channel", "mxfp4"])
 def test_cos_calibrated_on_independent_pairs(tmp_path, fmt):
     """30 independent pairs (float model against an independent one in the format): uniform p-values."""
     write = FORMATS[fmt][0]
@@ -173,6 +183,36 @@ def test_dequantized_copy_exported(fam, tmp_path):
     assert copy.quantized is None
     for n in ck.names():
         assert torch.equal(copy.get(n), ck.get(n)), n
+
+
+def test_mxfp4_gpt_oss_experts_as_transformers_dequantizes_them():
+    """gpt-oss's stacked expert tensors: blocks [E, 2h, d/32, 16] of gate_up_proj [E, d, 2h] (gate and
+    up interleaved). Our dequantizer equals transformers' own, bit for bit; an expert's rows read
+    alone equal its rows of the whole; gate and up split as gpt-oss interleaves them."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from tracing.sources.mxfp4 import dequantize_mxfp4, split_gate_up
+    E, d, h = 3, 64, 16
+    gate_up = 0.05 * torch.randn(E, d, 2 * h, generator=torch.Generator().manual_seed(0))
+    blocks, scales = mxfp4_quantize(gate_up.transpose(1, 2))  # stored [E, 2h, d/32, 16]
+    ours = dequantize_mxfp4(blocks, scales)  # [E, 2h, d]: rows are units
+    theirs = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)  # [E, d, 2h]
+    assert torch.equal(ours.transpose(1, 2), theirs)
+    assert ((ours.transpose(1, 2) - gate_up).abs() <= _mxfp4_bound(gate_up.transpose(1, 2)).transpose(1, 2)).all()
+    rows = torch.tensor([1, 4, 5, 30])
+    assert torch.equal(dequantize_mxfp4(blocks[2, rows], scales[2, rows]), ours[2, rows])
+    gate, up = split_gate_up(theirs)
+    assert torch.equal(gate[1, :, 3], ours[1, 6]) and torch.equal(up[1, :, 3], ours[1, 7])
+
+
+def test_mxfp4_without_scales_is_a_one_line_error(fam, tmp_path):
+    key = "model.layers.0.mlp.down_proj_scales"
+    _, q = written(fam, "llama", "mxfp4", "base")
+    bad = tmp_path / "bad"
+    shutil.copytree(q, bad)
+    _edit_tensors(bad, lambda s: s.pop(key))
+    line = _error(str(bad))
+    assert "model.layers.0.mlp.down_proj_blocks has no " + key in line and "download it again" in line, line
 
 
 # ------------------------------------------------------------------------------------------

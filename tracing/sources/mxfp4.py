@@ -1,0 +1,78 @@
+"""MXFP4 checkpoints (gpt-oss; ``quant_method: mxfp4``): OCP microscaling FP4.
+
+A quantized tensor ``<name>`` (``<module>.weight`` is named by its module, as gpt-oss names its
+expert tensors ``…experts.gate_up_proj`` / ``…experts.down_proj``) is stored as two parts:
+
+- ``<name>_blocks`` uint8 [..., rows, G, 16]: two FP4 (E2M1) values a byte, the low nibble first,
+  32 values per group along the last (input) dimension;
+- ``<name>_scales`` uint8 [..., rows, G]: one E8M0 exponent per group, the scale 2^(s − 127).
+
+Dequantized, row r of the tensor is row r of the blocks: ``[..., rows, G · 32]``.  gpt-oss's expert
+tensors are stored transposed to their in-memory layout (blocks [E, 2h, d/32, 16] for
+``gate_up_proj`` [E, d, 2h], whose last axis interleaves gate and up), so their rows are the
+experts' units.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .layered import Layer, LayeredBackend, bad_part
+
+#: the 16 E2M1 values by code (bit 3 is the sign)
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+_PAIRS = None
+
+
+def _byte_table() -> torch.Tensor:
+    """[256, 2] float32: the two values of each byte (low nibble, high nibble)."""
+    global _PAIRS
+    if _PAIRS is None:
+        lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
+        b = torch.arange(256)
+        _PAIRS = torch.stack([lut[b & 15], lut[b >> 4]], 1).contiguous()
+    return _PAIRS
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """blocks uint8 [..., G, 16] and E8M0 scales uint8 [..., G] -> float32 [..., G · 32]."""
+    *lead, g, nb = blocks.shape
+    vals = _byte_table()[blocks.reshape(-1).long()].reshape(*lead, g, nb * 2)  # one lookup a byte
+    vals.mul_(torch.exp2(scales.to(torch.float32) - 127).unsqueeze(-1))
+    return vals.reshape(*lead, g * nb * 2)
+
+
+def split_gate_up(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gpt-oss's fused gate_up_proj [..., 2h] (gate and up interleaved on the last axis) -> (gate, up)."""
+    return w[..., 0::2], w[..., 1::2]
+
+
+def parts_of(stored: str) -> tuple[str, str]:
+    base = stored[: -len(".weight")] if stored.endswith(".weight") else stored
+    return f"{base}_blocks", f"{base}_scales"
+
+
+class MXFP4Backend(LayeredBackend):
+    method = "mxfp4"
+    undoes = "W = E2M1 codes × 2^(E8M0 scale − 127) per group of 32 input values"
+
+    def layer(self, stored):
+        blocks, scales = parts_of(stored)
+        if not self.has_key(blocks):
+            return None
+        if not self.has_key(scales):
+            raise bad_part(self.folder, blocks, f"has no {scales} beside it", "an MXFP4 checkpoint needs both parts "
+                           "of every quantized tensor — the download is incomplete, download it again")
+        b, s = self.meta(blocks), self.meta(scales)
+        if b.dtype != "U8" or s.dtype != "U8" or len(b.shape) < 3 or b.shape[-1] != 16 or tuple(s.shape) != b.shape[:-1]:
+            raise bad_part(self.folder, scales, f"({s.dtype} {tuple(s.shape)}) does not fit {blocks} "
+                           f"({b.dtype} {tuple(b.shape)}); MXFP4 needs uint8 blocks [..., G, 16] and uint8 scales "
+                           f"[..., G]")
+        return Layer("mxfp4 e2m1 e8m0/32", {"blocks": blocks, "scales": scales})
+
+    def dequantize(self, layer, rows):
+        blocks, scales = layer.parts["blocks"], layer.parts["scales"]
+        if rows is None:
+            return dequantize_mxfp4(self.read(blocks), self.read(scales))
+        rows = np.asarray(rows)
+        return dequantize_mxfp4(self.read_rows(blocks, rows), self.read_rows(scales, rows))
