@@ -405,3 +405,49 @@ def write_mxfp4(folder, out, drop: str | None = None) -> Path:
     if drop:
         tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
     return _save_quantized(folder, out, tensors, {"quant_method": "mxfp4", "modules_to_not_convert": []})
+
+
+# ------------------------------------------------------------------------------------------
+# compressed-tensors (with the package's own compressors)
+# ------------------------------------------------------------------------------------------
+def ct_observe(w: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of ``w`` per tensor / row / group / block, as an observer records them."""
+    r, c = w.shape
+    if args.strategy == "tensor":
+        return w.min().reshape(1), w.max().reshape(1)
+    if args.strategy == "channel":
+        return w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    if args.strategy == "group":
+        g = w.reshape(r, c // args.group_size, args.group_size)
+        return g.amin(-1), g.amax(-1)
+    b0, b1 = args.block_structure
+    g = w.reshape(r // b0, b0, c // b1, b1)
+    return g.amin((1, 3)), g.amax((1, 3))
+
+
+def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None = None, **weights) -> Path:
+    """Every block linear layer (routers excluded) compressed by compressed-tensors' own compressor
+    for ``fmt`` with the weight arguments ``weights`` (num_bits, type, symmetric, strategy, …)."""
+    from compressed_tensors.compressors import (FloatQuantizationCompressor, IntQuantizationCompressor,
+                                                NaiveQuantizationCompressor, PackedQuantizationCompressor)
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+    compressor = {"pack-quantized": PackedQuantizationCompressor, "int-quantized": IntQuantizationCompressor,
+                  "naive-quantized": NaiveQuantizationCompressor, "float-quantized": FloatQuantizationCompressor}[fmt]
+    args = QuantizationArgs(**weights)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        if not _is_linear(name, t):
+            tensors[name] = t
+            continue
+        scale, zero = calculate_qparams(*ct_observe(t.float(), args), args)
+        parts = compressor.compress({"weight": t.float(), "weight_scale": scale, "weight_zero_point": zero}, scheme)
+        mod = name[: -len(".weight")]
+        tensors.update({f"{mod}.{k}": v for k, v in parts.items()})
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    qcfg = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+            "config_groups": {"group_0": {**scheme.model_dump(), "format": fmt}}, "ignore": ["lm_head"]}
+    return _save_quantized(folder, out, tensors, qcfg)

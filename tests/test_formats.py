@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from family_models import save_trio
-from quant_writers import mxfp4_quantize, write_fp8, write_gguf, write_mxfp4
-from test_quantized_families import _one_line, calibration_ks, cos
+from quant_writers import mxfp4_quantize, write_compressed, write_fp8, write_gguf, write_mxfp4
+from test_quantized_families import _one_line, _row_bound, calibration_ks, cos
 from tracing.align import align
 from tracing.errors import TracingError
 from tracing.models import Checkpoint
@@ -43,12 +43,24 @@ def _mxfp4_bound(ref: torch.Tensor) -> torch.Tensor:
     return ref.abs() / 4 + amax.reshape(ref.shape) / 12 + 1e-7
 
 
+def _int8_bound(ref: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 per row: half a step of amax / 127.5."""
+    return (ref.abs().amax(-1, keepdim=True) / 255 * 1.01 + 1e-7).expand_as(ref)
+
+
+INT4_GROUP = dict(num_bits=4, type="int", symmetric=False, strategy="group", group_size=16)
+INT8_CHANNEL = dict(num_bits=8, type="int", symmetric=True, strategy="channel")
+FP8_BLOCK = dict(num_bits=8, type="float", symmetric=True, strategy="block", block_structure=[16, 16])
+
 #: format -> (writer(float folder, out folder) -> folder, per-element error bound of a quantized matrix)
 FORMATS = {
     "fp8-block": (lambda hf, out: write_fp8(hf, out, block=(16, 24)), _fp8_bound),
     "fp8-channel": (lambda hf, out: write_fp8(hf, out, per="channel", method="fbgemm_fp8"), _fp8_bound),
     "fp8-tensor": (lambda hf, out: write_fp8(hf, out, per="tensor", block=None), _fp8_bound),
     "mxfp4": (write_mxfp4, _mxfp4_bound),
+    "ct-int4-group": (lambda hf, out: write_compressed(hf, out, "pack-quantized", **INT4_GROUP), _row_bound),
+    "ct-int8-channel": (lambda hf, out: write_compressed(hf, out, "int-quantized", **INT8_CHANNEL), _int8_bound),
+    "ct-fp8-block": (lambda hf, out: write_compressed(hf, out, "float-quantized", **FP8_BLOCK), _fp8_bound),
 }
 
 
@@ -66,6 +78,8 @@ def fam(tmp_path_factory):
 
 def written(fam, family: str, fmt: str, tag: str):
     """``(float folder, the same model written in fmt)`` for tag base / ft / indep."""
+    if fmt.startswith("ct-"):
+        pytest.importorskip("compressed_tensors")  # its compressors write these checkpoints
     _, paths, root = fam(family)
     out = root / f"{fmt}-{tag}"
     if not out.exists():
@@ -106,9 +120,11 @@ def test_planted_permutation_recovered_and_power(fam, family, fmt):
     assert cos(base, Checkpoint(str(written(fam, family, fmt, "indep")[1]))).log10_pvalue > SIG
 
 
-@pytest.mark.parametrize("fmt", ["fp8-block", "fp8-channel", "mxfp4"])
+@pytest.mark.parametrize("fmt", ["fp8-block", "fp8-channel", "mxfp4", "ct-int4-group", "ct-int8-channel"])
 def test_cos_calibrated_on_independent_pairs(tmp_path, fmt):
     """30 independent pairs (float model against an independent one in the format): uniform p-values."""
+    if fmt.startswith("ct-"):
+        pytest.importorskip("compressed_tensors")
     write = FORMATS[fmt][0]
     assert calibration_ks(tmp_path, "llama", 700, lambda f, k: str(write(f, tmp_path / f"q{k}"))) > 0.01
 
@@ -145,15 +161,18 @@ def test_sampled_rows_read_no_whole_tensor(fam, family, fmt, monkeypatch):
     log = ReadLog(monkeypatch)
     for u in units:
         assert torch.equal(ck.get_rows(u.up, idx), whole[u.up]), u.up
-    scalar = [k for k in log.whole if math.prod(ck.quantized.meta(k).shape) == 1]
-    assert log.whole == scalar  # at most a per-tensor scale is read whole
-    block = ck.quantized.q.get("weight_block_size")
+    small = [k for k in log.whole if k.endswith(("weight_shape", "g_idx")) or math.prod(ck.quantized.meta(k).shape) == 1]
+    assert log.whole == small  # only a shape, a column order or a per-tensor scale is read whole
+    codes = [(k, n) for k, n in log.rows if k.endswith((".weight", "_blocks", "weight_packed"))]
+    assert len(codes) == len(units) and all(n == len(idx) for _, n in codes)
+    block = FORMATS_BLOCK.get(fmt)
     for key, n in log.rows:
-        if key.endswith("_scale_inv"):
-            assert n == len(np.unique(idx // block[0])), key
-        else:
-            assert n == len(idx), key
-    assert len(log.rows) >= len(units)
+        assert n <= len(idx), key
+        if block and key.endswith(("_scale_inv", "weight_scale")):
+            assert n == len(np.unique(idx // block)), key  # a row of scales per block of rows
+
+
+FORMATS_BLOCK = {"fp8-block": 16, "ct-fp8-block": 16}
 
 
 def test_fp8_rows_through_the_cli_and_provenance(fam, tmp_path):
@@ -215,6 +234,49 @@ def test_mxfp4_without_scales_is_a_one_line_error(fam, tmp_path):
     assert "model.layers.0.mlp.down_proj_blocks has no " + key in line and "download it again" in line, line
 
 
+CT_CASES = [("pack-quantized", INT4_GROUP), ("pack-quantized", dict(num_bits=8, type="int", symmetric=False, strategy="channel")),
+            ("pack-quantized", dict(num_bits=3, type="int", symmetric=True, strategy="group", group_size=32)),
+            ("naive-quantized", dict(num_bits=8, type="int", symmetric=False, strategy="group", group_size=16)),
+            ("int-quantized", INT8_CHANNEL), ("float-quantized", FP8_BLOCK),
+            ("float-quantized", dict(num_bits=8, type="float", symmetric=True, strategy="tensor"))]
+
+
+@pytest.mark.parametrize("fmt, weights", CT_CASES, ids=lambda x: x if isinstance(x, str) else x["strategy"])
+def test_compressed_tensors_equals_the_package_decompressors(fam, tmp_path, fmt, weights):
+    """Every layer, and its sampled rows, as compressed-tensors' own decompressor gives it."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from safetensors import safe_open
+    q = write_compressed(fam("llama")[1]["base"], tmp_path / "ct", fmt, **weights)
+    ck = Checkpoint(str(q))
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**weights))
+    compressor = BaseCompressor.load_from_registry(fmt)
+    idx = np.array([0, 3, 4, 17, 40, 63])
+    with safe_open(q / "model.safetensors", framework="pt") as h:
+        for i in range(ck.arch.L):
+            for role in ("q", "v", "gate", "up", "down"):
+                name = ck.arch.block_name(i, role)
+                mod = name[: -len(".weight")]
+                parts = {k[len(mod) + 1:]: h.get_tensor(k) for k in h.keys() if k.startswith(mod + ".")}
+                theirs = compressor.decompress(parts, scheme)["weight"].float()
+                assert torch.equal(ck.get(name), theirs), name
+                rows = idx[idx < theirs.shape[0]]
+                assert torch.equal(ck.get_rows(name, rows), theirs[torch.from_numpy(rows)]), name
+
+
+def test_compressed_tensors_group_index():
+    """Older act-order checkpoints store each input column's group (weight_g_idx): the columns of a
+    weight quantized in a permuted order dequantize as the permuted columns."""
+    from tracing.sources.compressed import dequantize
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-8, 8, (6, 32), generator=g, dtype=torch.int8)
+    s, z = torch.rand(6, 2, generator=g), torch.randint(-3, 3, (6, 2), generator=g, dtype=torch.int8)
+    p = torch.randperm(32, generator=g)
+    plain = dequantize(q, s, z, "group", group_size=16)
+    assert torch.equal(dequantize(q[:, p], s, z, "group", g_idx=(torch.arange(32) // 16)[p]), plain[:, p])
+
+
 # ------------------------------------------------------------------------------------------
 # bad input: one line naming the tensor and the fix, exit 2, no result file
 # ------------------------------------------------------------------------------------------
@@ -271,6 +333,21 @@ def test_truncated_weights_are_a_one_line_error(fam, tmp_path):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     line = _error(_broken(fam, tmp_path, "fp8-block", cut))
     assert "model.safetensors is truncated" in line and "download it again" in line, line
+
+
+def test_unknown_compressed_tensors_format_is_a_one_line_error(fam, tmp_path):
+    spec = _broken(fam, tmp_path, "ct-int4-group",
+                   lambda d: _edit_config(d, lambda q: q["config_groups"]["group_0"].update(format="marlin-24")))
+    line = _error(spec)
+    assert "format 'marlin-24'" in line and "pack-quantized" in line, line
+
+
+def test_compressed_tensors_scales_of_the_wrong_shape(fam, tmp_path):
+    key = "model.layers.1.mlp.gate_proj.weight_scale"
+    spec = _broken(fam, tmp_path, "ct-int4-group",
+                   lambda d: _edit_tensors(d, lambda s: s.__setitem__(key, s[key][:, :1].contiguous())))
+    line = _error(spec)
+    assert key in line and "group" in line and "(64, 2)" in line, line
 
 
 def test_unknown_quant_method_is_a_one_line_error(fam, tmp_path):
