@@ -451,3 +451,34 @@ def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None 
     qcfg = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
             "config_groups": {"group_0": {**scheme.model_dump(), "format": fmt}}, "ignore": ["lm_head"]}
     return _save_quantized(folder, out, tensors, qcfg)
+
+
+# ------------------------------------------------------------------------------------------
+# bitsandbytes (with the package's own quantizer, on CPU)
+# ------------------------------------------------------------------------------------------
+def write_bnb(folder, out, quant: str = "nf4", nested: bool = True, blocksize: int = 32,
+              drop: str | None = None) -> Path:
+    """Every block linear layer (routers excluded) quantized by bitsandbytes on CPU and saved as
+    transformers saves a bitsandbytes model: 4-bit ``weight`` + ``weight.absmax`` /
+    ``weight.quant_map`` / nested keys / ``weight.quant_state.bitsandbytes__<quant>``, or
+    (``quant="int8"``) int8 ``weight`` + ``SCB``."""
+    import bitsandbytes.functional as F
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        if not _is_linear(name, t):
+            tensors[name] = t
+            continue
+        if quant == "int8":
+            q, scb, _ = F.int8_vectorwise_quant(t.float())
+            tensors[name], tensors[name[: -len(".weight")] + ".SCB"] = q, scb
+            continue
+        q, state = F.quantize_4bit(t.float(), blocksize=blocksize, quant_type=quant, compress_statistics=nested)
+        tensors[name] = q
+        tensors.update({f"{name}.{k}": v for k, v in state.as_dict(packed=True).items()})
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    qcfg = {"quant_method": "bitsandbytes", "load_in_4bit": quant != "int8", "load_in_8bit": quant == "int8",
+            "bnb_4bit_quant_type": quant if quant != "int8" else "fp4", "bnb_4bit_use_double_quant": nested,
+            "bnb_4bit_compute_dtype": "float32"}
+    return _save_quantized(folder, out, tensors, qcfg)

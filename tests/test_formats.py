@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from family_models import save_trio
-from quant_writers import mxfp4_quantize, write_compressed, write_fp8, write_gguf, write_mxfp4
+from quant_writers import mxfp4_quantize, write_bnb, write_compressed, write_fp8, write_gguf, write_mxfp4
 from test_quantized_families import _one_line, _row_bound, calibration_ks, cos
 from tracing.align import align
 from tracing.errors import TracingError
@@ -48,6 +48,24 @@ def _int8_bound(ref: torch.Tensor) -> torch.Tensor:
     return (ref.abs().amax(-1, keepdim=True) / 255 * 1.01 + 1e-7).expand_as(ref)
 
 
+def _flat_blocks(ref: torch.Tensor, bs: int, frac: float) -> torch.Tensor:
+    """``frac`` of the absmax of each block of ``bs`` consecutive values of the flattened tensor."""
+    flat = ref.reshape(-1)
+    amax = flat.reshape(-1, bs).abs().amax(1).repeat_interleave(bs)
+    return (amax * frac + 1e-7).reshape(ref.shape)
+
+
+def _nf4_bound(ref):
+    """The widest gap of the NF4 code book is −1 → −0.6962: half of it times the block's absmax
+    (blocks of 32 values), plus the nested 8-bit code of the absmax itself (< 1% of it)."""
+    return _flat_blocks(ref, 32, 0.1519 * 1.01 + 0.01)
+
+
+def _fp4_bound(ref):
+    """bitsandbytes' FP4 code book (0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1): widest gap 2/3 → 1."""
+    return _flat_blocks(ref, 32, 1 / 6 + 1e-4)
+
+
 INT4_GROUP = dict(num_bits=4, type="int", symmetric=False, strategy="group", group_size=16)
 INT8_CHANNEL = dict(num_bits=8, type="int", symmetric=True, strategy="channel")
 FP8_BLOCK = dict(num_bits=8, type="float", symmetric=True, strategy="block", block_structure=[16, 16])
@@ -58,10 +76,21 @@ FORMATS = {
     "fp8-channel": (lambda hf, out: write_fp8(hf, out, per="channel", method="fbgemm_fp8"), _fp8_bound),
     "fp8-tensor": (lambda hf, out: write_fp8(hf, out, per="tensor", block=None), _fp8_bound),
     "mxfp4": (write_mxfp4, _mxfp4_bound),
+    "bnb-nf4": (lambda hf, out: write_bnb(hf, out, "nf4"), _nf4_bound),
+    "bnb-fp4": (lambda hf, out: write_bnb(hf, out, "fp4", nested=False), _fp4_bound),
+    "bnb-int8": (lambda hf, out: write_bnb(hf, out, "int8"), _int8_bound),
     "ct-int4-group": (lambda hf, out: write_compressed(hf, out, "pack-quantized", **INT4_GROUP), _row_bound),
     "ct-int8-channel": (lambda hf, out: write_compressed(hf, out, "int-quantized", **INT8_CHANNEL), _int8_bound),
     "ct-fp8-block": (lambda hf, out: write_compressed(hf, out, "float-quantized", **FP8_BLOCK), _fp8_bound),
 }
+
+
+def _needs_writer(fmt: str) -> None:
+    """compressed-tensors' and bitsandbytes' own quantizers write those formats' test checkpoints."""
+    if fmt.startswith("ct-"):
+        pytest.importorskip("compressed_tensors")
+    if fmt.startswith("bnb-"):
+        pytest.importorskip("bitsandbytes")
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +107,7 @@ def fam(tmp_path_factory):
 
 def written(fam, family: str, fmt: str, tag: str):
     """``(float folder, the same model written in fmt)`` for tag base / ft / indep."""
-    if fmt.startswith("ct-"):
-        pytest.importorskip("compressed_tensors")  # its compressors write these checkpoints
+    _needs_writer(fmt)
     _, paths, root = fam(family)
     out = root / f"{fmt}-{tag}"
     if not out.exists():
@@ -120,11 +148,11 @@ def test_planted_permutation_recovered_and_power(fam, family, fmt):
     assert cos(base, Checkpoint(str(written(fam, family, fmt, "indep")[1]))).log10_pvalue > SIG
 
 
-@pytest.mark.parametrize("fmt", ["fp8-block", "fp8-channel", "mxfp4", "ct-int4-group", "ct-int8-channel"])
+@pytest.mark.parametrize("fmt", ["fp8-block", "fp8-channel", "mxfp4", "ct-int4-group", "ct-int8-channel",
+                                 "bnb-nf4", "bnb-int8"])
 def test_cos_calibrated_on_independent_pairs(tmp_path, fmt):
     """30 independent pairs (float model against an independent one in the format): uniform p-values."""
-    if fmt.startswith("ct-"):
-        pytest.importorskip("compressed_tensors")
+    _needs_writer(fmt)
     write = FORMATS[fmt][0]
     assert calibration_ks(tmp_path, "llama", 700, lambda f, k: str(write(f, tmp_path / f"q{k}"))) > 0.01
 
@@ -161,13 +189,15 @@ def test_sampled_rows_read_no_whole_tensor(fam, family, fmt, monkeypatch):
     log = ReadLog(monkeypatch)
     for u in units:
         assert torch.equal(ck.get_rows(u.up, idx), whole[u.up]), u.up
-    small = [k for k in log.whole if k.endswith(("weight_shape", "g_idx")) or math.prod(ck.quantized.meta(k).shape) == 1]
-    assert log.whole == small  # only a shape, a column order or a per-tensor scale is read whole
+    small = [k for k in log.whole if k.endswith(("weight_shape", "g_idx", "quant_map", "nested_absmax"))
+             or math.prod(ck.quantized.meta(k).shape) == 1]
+    assert log.whole == small  # only a shape, a column order, a code book or a per-tensor scale is read whole
     codes = [(k, n) for k, n in log.rows if k.endswith((".weight", "_blocks", "weight_packed"))]
-    assert len(codes) == len(units) and all(n == len(idx) for _, n in codes)
+    per_row = ck.arch.d // 2 if fmt in ("bnb-nf4", "bnb-fp4") else 1  # bitsandbytes 4-bit: bytes of the flat weight
+    assert len(codes) == len(units) and all(n == len(idx) * per_row for _, n in codes)
     block = FORMATS_BLOCK.get(fmt)
     for key, n in log.rows:
-        assert n <= len(idx), key
+        assert n <= len(idx) * per_row, key
         if block and key.endswith(("_scale_inv", "weight_scale")):
             assert n == len(np.unique(idx // block)), key  # a row of scales per block of rows
 
@@ -277,6 +307,59 @@ def test_compressed_tensors_group_index():
     assert torch.equal(dequantize(q[:, p], s, z, "group", g_idx=(torch.arange(32) // 16)[p]), plain[:, p])
 
 
+@pytest.mark.parametrize("quant", ["nf4", "fp4", "int8"])
+def test_bitsandbytes_equals_its_own_dequantizer(fam, quant):
+    """Every layer and its sampled rows as bitsandbytes' CPU dequantizer gives them."""
+    F = pytest.importorskip("bitsandbytes.functional")
+    from safetensors import safe_open
+    fmt = f"bnb-{quant}"
+    _, q = written(fam, "qwen3_moe", fmt, "base")
+    ck = Checkpoint(str(q))
+    idx = np.array([0, 3, 4, 17, 30, 31])
+    with safe_open(q / "model.safetensors", framework="pt") as h:
+        for name in ck.names():
+            lay = ck.quantized._stored(name)[2]
+            if lay is None:
+                continue
+            if quant == "int8":
+                theirs = F.int8_vectorwise_dequant(h.get_tensor(name), h.get_tensor(lay.parts["scb"]))
+            else:
+                state = F.QuantState.from_dict({k[len(name) + 1:]: h.get_tensor(k) for k in h.keys()
+                                                if k.startswith(name + ".")}, device=torch.device("cpu"))
+                theirs = F.dequantize_4bit(h.get_tensor(name), state)
+            assert torch.allclose(ck.get(name), theirs.float(), rtol=1e-6, atol=0), name
+            rows = idx[idx < theirs.shape[0]]
+            assert torch.equal(ck.get_rows(name, rows), ck.get(name)[torch.from_numpy(rows)]), name
+
+
+def test_bitsandbytes_blocks_span_rows(fam, tmp_path):
+    """Blocks run over the flattened tensor: with 64-value blocks over rows of 32, a block holds two
+    rows. (bitsandbytes 0.50's own CPU dequantizer gets this case wrong; its GPU kernels do not.)"""
+    pytest.importorskip("bitsandbytes")
+    hf, _ = written(fam, "llama", "bnb-nf4", "base")
+    ck, ref = Checkpoint(str(write_bnb(hf, tmp_path / "b64", "nf4", blocksize=64))), Checkpoint(str(hf))
+    idx = np.array([1, 2, 9, 30])
+    for i in range(ck.arch.L):
+        name = ck.arch.block_name(i, "up")
+        a, b = ref.get(name), ck.get(name)
+        assert bool(((a - b).abs() <= _flat_blocks(a, 64, 0.1519 * 1.01 + 0.01)).all()), name
+        assert torch.equal(ck.get_rows(name, idx), b[torch.from_numpy(idx)]), name
+
+
+def test_bitsandbytes_arithmetic_by_hand():
+    """Codes high nibble first; nested absmax = code book value × its group's absmax + offset."""
+    from tracing.sources.bnb import absmax_of, dequantize_4bit, dequantize_int8, nibbles
+    assert nibbles(torch.tensor([0x1F, 0x20], dtype=torch.uint8)).tolist() == [1, 15, 2, 0]
+    qm = torch.linspace(-1, 1, 16)
+    nested = {"quant_map": torch.linspace(-1, 1, 256), "absmax": torch.tensor([2.0, 4.0]),
+              "block": torch.tensor([0, 1]), "offset": 0.5}
+    am = absmax_of(torch.tensor([255, 0], dtype=torch.uint8), nested)
+    assert am.tolist() == [2.5, -3.5]
+    w = dequantize_4bit(nibbles(torch.tensor([0xF0, 0x0F], dtype=torch.uint8)), qm, am, torch.tensor([0, 0, 1, 1]))
+    assert w.tolist() == [2.5, -2.5, 3.5, -3.5]
+    assert dequantize_int8(torch.tensor([[127, -127]], dtype=torch.int8), torch.tensor([2.0])).tolist() == [[2.0, -2.0]]
+
+
 # ------------------------------------------------------------------------------------------
 # bad input: one line naming the tensor and the fix, exit 2, no result file
 # ------------------------------------------------------------------------------------------
@@ -348,6 +431,14 @@ def test_compressed_tensors_scales_of_the_wrong_shape(fam, tmp_path):
                    lambda d: _edit_tensors(d, lambda s: s.__setitem__(key, s[key][:, :1].contiguous())))
     line = _error(spec)
     assert key in line and "group" in line and "(64, 2)" in line, line
+
+
+def test_bitsandbytes_without_quant_state_is_a_one_line_error(fam, tmp_path):
+    _needs_writer("bnb-nf4")
+    name = "model.layers.1.self_attn.k_proj.weight"
+    spec = _broken(fam, tmp_path, "bnb-nf4", lambda d: _edit_tensors(d, lambda s: s.pop(name + ".absmax")))
+    line = _error(spec)
+    assert f"{name} has no {name}.absmax" in line and "download it again" in line, line
 
 
 def test_unknown_quant_method_is_a_one_line_error(fam, tmp_path):
