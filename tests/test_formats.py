@@ -234,6 +234,17 @@ def test_dequantized_copy_exported(fam, tmp_path):
         assert torch.equal(copy.get(n), ck.get(n)), n
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_table_conversion_is_torchs_own(dtype):
+    """Every pair of FP8 codes converts to the float32 bits torch's conversion gives (NaN codes to NaN)."""
+    from tracing.sources.fp8 import fp8_to_float32
+    i = torch.arange(1 << 16, dtype=torch.int32)
+    codes = torch.stack([i & 255, i >> 8], 1).to(torch.uint8).view(dtype).reshape(512, 256)
+    ours, theirs = fp8_to_float32(codes), codes.to(torch.float32)
+    assert torch.equal(ours.isnan(), theirs.isnan())
+    assert torch.equal(ours[~ours.isnan()].view(torch.int32), theirs[~theirs.isnan()].view(torch.int32))
+
+
 def test_mxfp4_gpt_oss_experts_as_transformers_dequantizes_them():
     """gpt-oss's stacked expert tensors: blocks [E, 2h, d/32, 16] of gate_up_proj [E, d, 2h] (gate and
     up interleaved). Our dequantizer equals transformers' own, bit for bit; an expert's rows read
