@@ -240,7 +240,7 @@ def test_fp8_table_conversion_is_torchs_own(dtype):
     from tracing.sources.fp8 import fp8_to_float32
     i = torch.arange(1 << 16, dtype=torch.int32)
     codes = torch.stack([i & 255, i >> 8], 1).to(torch.uint8).view(dtype).reshape(512, 256)
-    ours, theirs = fp8_to_float32(codes), codes.to(torch.float32)
+    ours, theirs = torch.from_numpy(fp8_to_float32(codes)), codes.to(torch.float32)
     assert torch.equal(ours.isnan(), theirs.isnan())
     assert torch.equal(ours[~ours.isnan()].view(torch.int32), theirs[~theirs.isnan()].view(torch.int32))
 
@@ -304,6 +304,32 @@ def test_compressed_tensors_equals_the_package_decompressors(fam, tmp_path, fmt,
                 assert torch.equal(ck.get(name), theirs), name
                 rows = idx[idx < theirs.shape[0]]
                 assert torch.equal(ck.get_rows(name, rows), theirs[torch.from_numpy(rows)]), name
+
+
+def test_compressed_tensors_awq_recipe_folds_norm_gains(fam, tmp_path):
+    """llm-compressor's recipe.yaml names AWQModifier: scales were moved out of the norms, so norm
+    gains are folded before comparing, as for AWQ (the record says so)."""
+    pytest.importorskip("compressed_tensors")
+    from safetensors.torch import save_file
+
+    from quant_writers import _state, awq_migrate
+    from tracing.api import run_pair
+    from tracing.options import Options
+    _, paths, _ = fam("llama")
+    migrated = tmp_path / "migrated"
+    migrated.mkdir()
+    shutil.copy(paths["ft"] / "config.json", migrated)
+    cfg = json.loads((paths["ft"] / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in awq_migrate(_state(paths["ft"]), cfg, spread=2.0).items()},
+              str(migrated / "model.safetensors"))
+    q = write_compressed(migrated, tmp_path / "ct", "pack-quantized", **INT4_GROUP)
+    plain = run_pair(str(paths["base"]), str(q), Options(stat=["cos"]), progress=False)[0]
+    (q / "recipe.yaml").write_text("default_stage:\n  default_modifiers:\n    AWQModifier: {duo_scaling: true}\n"
+                                   "    QuantizationModifier: {targets: [Linear], scheme: W4A16_ASYM}\n")
+    folded = run_pair(str(paths["base"]), str(q), Options(stat=["cos"]), progress=False)[0]
+    assert not plain["transforms"]["fold_norms"] and folded["transforms"]["fold_norms"]
+    assert "AWQModifier" in folded["models"]["ft"]["quantization"]["undone"]
+    assert folded["log10_pvalue"] < -6  # (what folding undoes is tested on AWQ folders in test_quantized.py)
 
 
 def test_compressed_tensors_group_index():

@@ -45,8 +45,8 @@ class Pair:
         t = time.time()
         self.fold_norms = options.fold_norms
         if self.fold_norms is None:  # AWQ moves scales between norms and layers: undo that in both models
-            self.fold_norms = any(getattr(getattr(s, "quantized", None), "format", None) == "awq"
-                                  for s in (base_src, ft_src))
+            self.fold_norms = any(getattr(q, "format", None) == "awq" or getattr(q, "moves_norm_scales", False)
+                                  for q in (getattr(s, "quantized", None) for s in (base_src, ft_src)))
         self.base = fold_norms(base_src) if self.fold_norms else base_src
         ft = fold_norms(ft_src) if self.fold_norms else ft_src
         if options.permute:

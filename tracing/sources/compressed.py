@@ -14,6 +14,10 @@ its ``targets`` (``Linear`` or ``re:<pattern>`` of module names) which layers it
 
 W = (q − zero) · scale, the scale and zero of each element's tensor / row / group / block.  The
 arithmetic here is written out and tested against the package's own decompressors.
+
+llm-compressor saves its recipe (``recipe.yaml``) beside the weights; when it applied AWQ or
+SmoothQuant, per-channel scales were moved between the norms and the layers they feed, and the
+backend says so (``moves_norm_scales``) so that norm gains are folded before comparing, as for AWQ.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from .layered import Layer, LayeredBackend, bad_part
 
 PACKED, CODES = "pack-quantized", ("int-quantized", "naive-quantized", "float-quantized")
 STRATEGIES = ("tensor", "channel", "group", "block")
+SCALE_MOVERS = r"\b(AWQModifier|SmoothQuantModifier)\b"  # llm-compressor modifiers that migrate scales
 
 
 def unpack_int32(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
@@ -101,6 +106,11 @@ class CompressedTensorsBackend(LayeredBackend):
                                    f"strategy {w.get('strategy')!r} (group {name}) are not supported (supported: "
                                    f"int with strategy {', '.join(STRATEGIES)}, float8)")
         super().__init__(folder, qcfg, label)
+        recipe = self.folder / "recipe.yaml"
+        found = re.findall(SCALE_MOVERS, recipe.read_text(errors="replace")) if recipe.is_file() else []
+        self.moves_norm_scales = bool(found)
+        if found:
+            self.undoes += f"; {found[0]} scales moved between norms and layers (norm gains folded)"
 
     def layer(self, stored):
         if not stored.endswith(".weight"):

@@ -28,35 +28,40 @@ SCALE_SUFFIXES = ("_scale_inv", "_scale")
 _PAIRS: dict[torch.dtype, np.ndarray] = {}
 
 
-def fp8_to_float32(w: torch.Tensor) -> torch.Tensor:
-    """float8 codes -> float32, exactly as ``w.to(torch.float32)``, with one lookup in a table of
-    every pair of codes per two values (torch's own conversion is elementwise scalar code on CPU and
-    several times slower than reading bfloat16)."""
+def fp8_to_float32(w: torch.Tensor) -> np.ndarray:
+    """float8 codes -> float32 (a numpy array), exactly as ``w.to(torch.float32)``, with one lookup
+    in a table of every pair of codes per two values (torch's own conversion is elementwise scalar
+    code on CPU, several times slower than reading bfloat16)."""
     if w.numel() % 2 or sys.byteorder != "little":
-        return w.to(torch.float32)
+        return w.to(torch.float32).numpy()
     if w.dtype not in _PAIRS:
         one = torch.arange(256, dtype=torch.uint8).view(w.dtype).to(torch.float32).numpy()
         i = np.arange(1 << 16)
         _PAIRS[w.dtype] = np.stack([one[i & 255], one[i >> 8]], 1).copy().view(np.float64).reshape(-1)
     codes = w.contiguous().view(torch.uint8).reshape(-1).numpy().view(np.uint16)
-    return torch.from_numpy(np.take(_PAIRS[w.dtype], codes).view(np.float32)).reshape(w.shape)
+    return np.take(_PAIRS[w.dtype], codes).view(np.float32).reshape(w.shape)
 
 
+# The arithmetic runs in numpy: single-threaded elementwise work without the per-operation thread
+# synchronisation of torch's CPU kernels, which dominates on a busy machine.
 def dequantize_block(w: torch.Tensor, scale: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
     """W_fp8 [r × c] times its block scales [⌈r/b0⌉ × ⌈c/b1⌉], float32."""
     r, c = w.shape
     out = fp8_to_float32(w)
-    scale = scale.to(torch.float32)
+    s = scale.to(torch.float32).numpy()
     if r % b0 == 0 and c % b1 == 0:  # broadcast in place, no expanded copy of the scales
-        out.view(r // b0, b0, c // b1, b1).mul_(scale[:, None, :, None])
-        return out
-    return out.mul_(scale.repeat_interleave(b0, 0)[:r].repeat_interleave(b1, 1)[:, :c])
+        out.reshape(r // b0, b0, c // b1, b1).__imul__(s[:, None, :, None])
+    else:
+        out *= np.repeat(np.repeat(s, b0, 0)[:r], b1, 1)[:, :c]
+    return torch.from_numpy(out)
 
 
 def dequantize_scaled(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """W_fp8 [r × c] times one scale, or one per row ([r] or [r × 1]), float32."""
-    s = scale.to(torch.float32)
-    return fp8_to_float32(w).mul_(s.reshape(-1, 1) if s.numel() > 1 else s.reshape(()))
+    out = fp8_to_float32(w)
+    s = scale.to(torch.float32).numpy()
+    out *= s.reshape(-1, 1) if s.size > 1 else s.reshape(())
+    return torch.from_numpy(out)
 
 
 class FP8Backend(LayeredBackend):
@@ -114,7 +119,7 @@ class FP8Backend(LayeredBackend):
         if "block" in layer.info:
             b0, b1 = layer.info["block"]
             need, pos = np.unique(rows // b0, return_inverse=True)
-            s = self.read_rows(s_key, need)[torch.from_numpy(pos)]  # one scale row per weight row
+            s = torch.from_numpy(self.read_rows(s_key, need).to(torch.float32).numpy()[pos])  # a scale row per row
             return dequantize_block(w, s, 1, b1)
         if math.prod(self.meta(s_key).shape) == 1:
             return dequantize_scaled(w, self.read(s_key))

@@ -40,18 +40,18 @@ def _pair_table() -> np.ndarray:
 
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """blocks uint8 [..., G, 16] and E8M0 scales uint8 [..., G] -> float32 [..., G · 32]: the low
-    nibble of each byte first, times 2^(s − 127) per group of 32."""
+    nibble of each byte first, times 2^(s − 127) per group of 32 (in numpy: single-threaded, without
+    the per-operation thread synchronisation of torch's CPU kernels)."""
     *lead, g, nb = blocks.shape
+    b = blocks.contiguous().reshape(-1).numpy()
     if sys.byteorder == "little" and nb % 2 == 0:  # one lookup per two bytes
-        pairs = blocks.contiguous().reshape(-1).numpy().view(np.uint16)
-        vals = torch.from_numpy(np.take(_pair_table(), pairs).view(np.float32))
+        vals = np.take(_pair_table(), b.view(np.uint16)).view(np.float32)
     else:
-        lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
-        b = blocks.reshape(-1).long()
-        vals = torch.stack([lut[b & 15], lut[b >> 4]], 1)
+        lut = np.asarray(FP4_VALUES, dtype=np.float32)
+        vals = np.stack([lut[b & 15], lut[b >> 4]], 1).reshape(-1)
     vals = vals.reshape(*lead, g, nb * 2)
-    vals.mul_(torch.exp2(scales.to(torch.float32) - 127).unsqueeze(-1))
-    return vals.reshape(*lead, g * nb * 2)
+    vals *= np.exp2(scales.numpy().astype(np.float32) - 127)[..., None]
+    return torch.from_numpy(vals.reshape(*lead, g * nb * 2))
 
 
 def split_gate_up(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
