@@ -319,6 +319,19 @@ def write_awq(folder, out, group_size: int = 32, seed: int = 0, spread: float = 
     return _save_quantized(folder, out, tensors, qcfg)
 
 
+def write_linear(folder, out, quantize, qcfg: dict, rest=lambda t: t, drop: str | None = None) -> Path:
+    """``folder`` with every block linear layer (routers excluded) replaced by the tensors
+    ``quantize(name, weight)`` returns (a dict of stored name -> tensor) and every other tensor by
+    ``rest(tensor)``; ``drop`` leaves out the stored tensors whose names end with it."""
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        tensors.update(quantize(name, t) if _is_linear(name, t) else {name: rest(t)})
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    return _save_quantized(folder, out, tensors, qcfg)
+
+
 # ------------------------------------------------------------------------------------------
 # FP8 (DeepSeek block-scaled; per-channel and per-tensor weight_scale)
 # ------------------------------------------------------------------------------------------
@@ -352,21 +365,14 @@ def write_fp8(folder, out, block: tuple[int, int] | None = (16, 16), per: str = 
     """Every block linear layer (routers excluded) as float8_e4m3fn codes with ``weight_scale_inv``
     per block (DeepSeek layout, ``weight_block_size``), or ``weight_scale`` per channel / tensor;
     the rest as it is.  ``drop`` leaves out the parts whose names end with it."""
-    folder, out = Path(folder), Path(out)
-    tensors = {}
-    for name, t in _state(folder).items():
-        if not _is_linear(name, t):
-            tensors[name] = t
-            continue
+    def quantize(name, t):
         codes, s = fp8_quantize(t, block, per)
-        tensors[name] = codes
-        tensors[name + ("_scale_inv" if per == "block" else "_scale")] = s
-    if drop:
-        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+        return {name: codes, name + ("_scale_inv" if per == "block" else "_scale"): s}
+
     qcfg = {"quant_method": method, "activation_scheme": "dynamic", "fmt": "e4m3"}
     if per == "block":
         qcfg["weight_block_size"] = list(block)
-    return _save_quantized(folder, out, tensors, qcfg)
+    return write_linear(folder, out, quantize, qcfg, drop=drop)
 
 
 # ------------------------------------------------------------------------------------------
@@ -393,18 +399,13 @@ def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def write_mxfp4(folder, out, drop: str | None = None) -> Path:
     """Every block linear layer (routers excluded) as MXFP4 ``<module>_blocks`` / ``<module>_scales``
     (gpt-oss's naming of its quantized tensors); the rest in bfloat16, as gpt-oss ships it."""
-    folder, out = Path(folder), Path(out)
-    tensors = {}
-    for name, t in _state(folder).items():
-        if not _is_linear(name, t):
-            tensors[name] = t.bfloat16()
-            continue
+    def quantize(name, t):
         blocks, scales = mxfp4_quantize(t)
         base = name[: -len(".weight")]
-        tensors[base + "_blocks"], tensors[base + "_scales"] = blocks, scales
-    if drop:
-        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
-    return _save_quantized(folder, out, tensors, {"quant_method": "mxfp4", "modules_to_not_convert": []})
+        return {base + "_blocks": blocks, base + "_scales": scales}
+
+    return write_linear(folder, out, quantize, {"quant_method": "mxfp4", "modules_to_not_convert": []},
+                        rest=lambda t: t.bfloat16(), drop=drop)
 
 
 # ------------------------------------------------------------------------------------------
@@ -436,21 +437,15 @@ def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None 
                   "naive-quantized": NaiveQuantizationCompressor, "float-quantized": FloatQuantizationCompressor}[fmt]
     args = QuantizationArgs(**weights)
     scheme = QuantizationScheme(targets=["Linear"], weights=args)
-    folder, out = Path(folder), Path(out)
-    tensors = {}
-    for name, t in _state(folder).items():
-        if not _is_linear(name, t):
-            tensors[name] = t
-            continue
+
+    def quantize(name, t):
         scale, zero = calculate_qparams(*ct_observe(t.float(), args), args)
         parts = compressor.compress({"weight": t.float(), "weight_scale": scale, "weight_zero_point": zero}, scheme)
-        mod = name[: -len(".weight")]
-        tensors.update({f"{mod}.{k}": v for k, v in parts.items()})
-    if drop:
-        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+        return {f"{name[: -len('.weight')]}.{k}": v for k, v in parts.items()}
+
     qcfg = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
             "config_groups": {"group_0": {**scheme.model_dump(), "format": fmt}}, "ignore": ["lm_head"]}
-    return _save_quantized(folder, out, tensors, qcfg)
+    return write_linear(folder, out, quantize, qcfg, drop=drop)
 
 
 # ------------------------------------------------------------------------------------------
@@ -463,22 +458,20 @@ def write_bnb(folder, out, quant: str = "nf4", nested: bool = True, blocksize: i
     ``weight.quant_map`` / nested keys / ``weight.quant_state.bitsandbytes__<quant>``, or
     (``quant="int8"``) int8 ``weight`` + ``SCB``."""
     import bitsandbytes.functional as F
-    folder, out = Path(folder), Path(out)
-    tensors = {}
-    for name, t in _state(folder).items():
-        if not _is_linear(name, t):
-            tensors[name] = t
-            continue
+
+    def quantize(name, t):
         if quant == "int8":
             q, scb, _ = F.int8_vectorwise_quant(t.float())
-            tensors[name], tensors[name[: -len(".weight")] + ".SCB"] = q, scb
-            continue
+            return {name: q, name[: -len(".weight")] + ".SCB": scb}
         q, state = F.quantize_4bit(t.float(), blocksize=blocksize, quant_type=quant, compress_statistics=nested)
-        tensors[name] = q
-        tensors.update({f"{name}.{k}": v for k, v in state.as_dict(packed=True).items()})
-    if drop:
-        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+        return {name: q, **{f"{name}.{k}": v for k, v in state.as_dict(packed=True).items()}}
+
     qcfg = {"quant_method": "bitsandbytes", "load_in_4bit": quant != "int8", "load_in_8bit": quant == "int8",
             "bnb_4bit_quant_type": quant if quant != "int8" else "fp4", "bnb_4bit_use_double_quant": nested,
             "bnb_4bit_compute_dtype": "float32"}
-    return _save_quantized(folder, out, tensors, qcfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its CPU kernels on tiny tensors: 20x faster without thread synchronisation
+    try:
+        return write_linear(folder, out, quantize, qcfg, drop=drop)
+    finally:
+        torch.set_num_threads(threads)
