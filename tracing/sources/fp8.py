@@ -26,6 +26,17 @@ SCALE_SUFFIXES = ("_scale_inv", "_scale")
 
 
 _PAIRS: dict[torch.dtype, np.ndarray] = {}
+CHUNK_VALUES = 1 << 16  # values decoded at a time: a chunk is still in cache when its scales multiply it
+
+
+def _pair_table(dtype: torch.dtype) -> np.ndarray:
+    """The two float32 values of every pair of float8 codes (index: the two bytes as a little-endian
+    uint16), each entry viewed as one float64 so that one lookup copies both."""
+    if dtype not in _PAIRS:
+        one = torch.arange(256, dtype=torch.uint8).view(dtype).to(torch.float32).numpy()
+        i = np.arange(1 << 16)
+        _PAIRS[dtype] = np.stack([one[i & 255], one[i >> 8]], 1).copy().view(np.float64).reshape(-1)
+    return _PAIRS[dtype]
 
 
 def fp8_to_float32(w: torch.Tensor) -> np.ndarray:
@@ -34,34 +45,42 @@ def fp8_to_float32(w: torch.Tensor) -> np.ndarray:
     code on CPU, several times slower than reading bfloat16)."""
     if w.numel() % 2 or sys.byteorder != "little":
         return w.to(torch.float32).numpy()
-    if w.dtype not in _PAIRS:
-        one = torch.arange(256, dtype=torch.uint8).view(w.dtype).to(torch.float32).numpy()
-        i = np.arange(1 << 16)
-        _PAIRS[w.dtype] = np.stack([one[i & 255], one[i >> 8]], 1).copy().view(np.float64).reshape(-1)
     codes = w.contiguous().view(torch.uint8).reshape(-1).numpy().view(np.uint16)
-    return np.take(_PAIRS[w.dtype], codes).view(np.float32).reshape(w.shape)
+    return np.take(_pair_table(w.dtype), codes).view(np.float32).reshape(w.shape)
 
 
-# The arithmetic runs in numpy: single-threaded elementwise work without the per-operation thread
-# synchronisation of torch's CPU kernels, which dominates on a busy machine.
+def _dequantize(w: torch.Tensor, row_scales: np.ndarray, b1: int) -> torch.Tensor:
+    """W_fp8 [r × c] times ``row_scales`` [r (or 1) × ⌈c/b1⌉] (each row's scale per block of b1
+    columns), float32.  Decoded and scaled a few rows at a time, in numpy: single-threaded, without
+    the per-operation thread synchronisation of torch's CPU kernels, which dominates on a busy
+    machine."""
+    r, c = w.shape
+    C = row_scales.shape[1]
+    if c % 2 or c % b1 or sys.byteorder != "little":
+        out = fp8_to_float32(w)
+        out *= np.repeat(row_scales, b1, 1)[:, :c]
+        return torch.from_numpy(out)
+    codes = w.contiguous().view(torch.uint8).numpy().reshape(r, c).view(np.uint16)
+    out = np.empty((r, c // 2), np.float64)  # float32 pairs
+    table, step = _pair_table(w.dtype), max(1, CHUNK_VALUES // c)
+    for i in range(0, r, step):
+        chunk = out[i:i + step]
+        np.take(table, codes[i:i + step], out=chunk, mode="clip")  # every uint16 is in the table
+        s = row_scales[i:i + step] if row_scales.shape[0] > 1 else row_scales
+        chunk.view(np.float32).reshape(len(chunk), C, b1).__imul__(s[:, :, None])
+    return torch.from_numpy(out.view(np.float32).reshape(r, c))
+
+
 def dequantize_block(w: torch.Tensor, scale: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
     """W_fp8 [r × c] times its block scales [⌈r/b0⌉ × ⌈c/b1⌉], float32."""
-    r, c = w.shape
-    out = fp8_to_float32(w)
     s = scale.to(torch.float32).numpy()
-    if r % b0 == 0 and c % b1 == 0:  # broadcast in place, no expanded copy of the scales
-        out.reshape(r // b0, b0, c // b1, b1).__imul__(s[:, None, :, None])
-    else:
-        out *= np.repeat(np.repeat(s, b0, 0)[:r], b1, 1)[:, :c]
-    return torch.from_numpy(out)
+    return _dequantize(w, s[np.arange(w.shape[0]) // b0], b1)
 
 
 def dequantize_scaled(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """W_fp8 [r × c] times one scale, or one per row ([r] or [r × 1]), float32."""
-    out = fp8_to_float32(w)
-    s = scale.to(torch.float32).numpy()
-    out *= s.reshape(-1, 1) if s.size > 1 else s.reshape(())
-    return torch.from_numpy(out)
+    s = scale.to(torch.float32).numpy().reshape(-1, 1)
+    return _dequantize(w, s, w.shape[1])
 
 
 class FP8Backend(LayeredBackend):
