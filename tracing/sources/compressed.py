@@ -93,6 +93,14 @@ class CompressedTensorsBackend(LayeredBackend):
     def __init__(self, folder, qcfg, label):
         self.groups = qcfg.get("config_groups") or {}
         where = f"{folder}/config.json"
+        sparsity = (qcfg.get("sparsity_config") or {}).get("format")
+        if sparsity not in (None, "dense"):
+            raise TracingError(f"{where}: compressed-tensors sparsity format {sparsity!r} is not read yet; "
+                               f"decompress the model with compressed-tensors (ModelCompressor) and use that copy")
+        if qcfg.get("format") not in (None, "mixed-precision", "dense", PACKED, *CODES):
+            raise TracingError(f"{where}: compressed-tensors format {qcfg.get('format')!r} is not supported "
+                               f"(supported: {', '.join((PACKED, *CODES))}); use a checkpoint in one of these "
+                               f"formats or a dequantized copy")
         for name, g in self.groups.items():
             fmt = g.get("format") or qcfg.get("format")
             w = g.get("weights") or {}
