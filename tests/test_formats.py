@@ -17,7 +17,7 @@ import torch
 
 from family_models import save_trio
 from quant_writers import mxfp4_quantize, write_bnb, write_compressed, write_fp8, write_gguf, write_mxfp4
-from test_quantized_families import _one_line, _row_bound, calibration_ks, cos
+from test_quantized_families import _one_line, _row_bound, calibration_ks, cos, fam  # noqa: F401 (fam: fixture)
 from tracing.align import align
 from tracing.errors import TracingError
 from tracing.models import Checkpoint
@@ -91,18 +91,6 @@ def _needs_writer(fmt: str) -> None:
         pytest.importorskip("compressed_tensors")
     if fmt.startswith("bnb-"):
         pytest.importorskip("bitsandbytes")
-
-
-@pytest.fixture(scope="module")
-def fam(tmp_path_factory):
-    root = tmp_path_factory.mktemp("formats")
-    cache = {}
-
-    def make(family):
-        if family not in cache:
-            cache[family] = (*save_trio(root / family, family), root / family)
-        return cache[family]
-    return make
 
 
 def written(fam, family: str, fmt: str, tag: str):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import TracingError
-from .layered import Layer, LayeredBackend, bad_part
+from .layered import Layer, LayeredBackend, bad_part, in_chunks
 
 FP8_DTYPES = {"F8_E4M3": "e4m3", "F8_E5M2": "e5m2"}
 SCALE_SUFFIXES = ("_scale_inv", "_scale")
@@ -51,9 +51,9 @@ def fp8_to_float32(w: torch.Tensor) -> np.ndarray:
 
 def _dequantize(w: torch.Tensor, row_scales: np.ndarray, b1: int) -> torch.Tensor:
     """W_fp8 [r × c] times ``row_scales`` [r (or 1) × ⌈c/b1⌉] (each row's scale per block of b1
-    columns), float32.  Decoded and scaled a few rows at a time, in numpy: single-threaded, without
-    the per-operation thread synchronisation of torch's CPU kernels, which dominates on a busy
-    machine."""
+    columns), float32.  Decoded and scaled a few rows at a time in numpy (a chunk is scaled while
+    still in cache), without the per-operation thread synchronisation of torch's CPU kernels, which
+    dominates small reads on a busy machine; large tensors spread their chunks over torch's threads."""
     r, c = w.shape
     C = row_scales.shape[1]
     if c % 2 or c % b1 or sys.byteorder != "little":
@@ -62,12 +62,14 @@ def _dequantize(w: torch.Tensor, row_scales: np.ndarray, b1: int) -> torch.Tenso
         return torch.from_numpy(out)
     codes = w.contiguous().view(torch.uint8).numpy().reshape(r, c).view(np.uint16)
     out = np.empty((r, c // 2), np.float64)  # float32 pairs
-    table, step = _pair_table(w.dtype), max(1, CHUNK_VALUES // c)
-    for i in range(0, r, step):
-        chunk = out[i:i + step]
-        np.take(table, codes[i:i + step], out=chunk, mode="clip")  # every uint16 is in the table
-        s = row_scales[i:i + step] if row_scales.shape[0] > 1 else row_scales
-        chunk.view(np.float32).reshape(len(chunk), C, b1).__imul__(s[:, :, None])
+    table = _pair_table(w.dtype)
+
+    def work(i, j):
+        chunk = out[i:j]
+        np.take(table, codes[i:j], out=chunk, mode="clip")  # every uint16 is in the table
+        s = row_scales[i:j] if row_scales.shape[0] > 1 else row_scales
+        chunk.view(np.float32).reshape(j - i, C, b1).__imul__(s[:, :, None])
+    in_chunks(r, max(1, CHUNK_VALUES // c), work)
     return torch.from_numpy(out.view(np.float32).reshape(r, c))
 
 

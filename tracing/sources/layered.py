@@ -225,5 +225,31 @@ class LayeredBackend(QuantizedBackend):
         return False  # the folder's tokenizer files are read by the checkpoint itself
 
 
+_POOL = None
+
+
+def in_chunks(n: int, step: int, work) -> None:
+    """``work(i, j)`` over ``range(0, n)`` in chunks of ``step``, the chunks shared among as many
+    threads as torch uses (numpy's table lookups and multiplications release the GIL), as torch's
+    own conversions of a bfloat16 tensor are."""
+    global _POOL
+    starts = list(range(0, n, step))
+    threads = min(torch.get_num_threads(), len(starts) // 4)
+    if threads < 2:
+        for i in starts:
+            work(i, min(i + step, n))
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max(2, torch.get_num_threads()), thread_name_prefix="dequantize")
+    parts = np.array_split(np.asarray(starts), threads)
+
+    def run(part):
+        for i in part:
+            work(int(i), min(int(i) + step, n))
+    for f in [_POOL.submit(run, p) for p in parts]:
+        f.result()
+
+
 def bad_part(folder: Path, key: str, why: str, fix: str = "the checkpoint is inconsistent — download it again") -> TracingError:
     return TracingError(f"{folder}: {key} {why}; {fix}")

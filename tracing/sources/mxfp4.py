@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import torch
 
-from .layered import Layer, LayeredBackend, bad_part
+from .layered import Layer, LayeredBackend, bad_part, in_chunks
 
 #: the 16 E2M1 values by code (bit 3 is the sign)
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -44,7 +44,7 @@ CHUNK_GROUPS = 2048  # groups of 32 decoded at a time: a chunk is still in cache
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """blocks uint8 [..., G, 16] and E8M0 scales uint8 [..., G] -> float32 [..., G · 32]: the low
     nibble of each byte first, times 2^(s − 127) per group of 32.  In numpy, a chunk of groups at a
-    time: single-threaded, without the per-operation thread synchronisation of torch's CPU kernels."""
+    time (scaled while still in cache; large tensors spread their chunks over torch's threads)."""
     *lead, g, nb = blocks.shape
     b = blocks.contiguous().reshape(-1, nb).numpy()
     s = np.exp2(scales.numpy().astype(np.float32).reshape(-1, 1) - 127)
@@ -55,10 +55,12 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
     pairs = b.view(np.uint16)  # [groups, nb/2]: one lookup per two bytes
     out = np.empty((pairs.shape[0], nb // 2), np.complex128)  # four float32 per entry
     table = _pair_table()
-    for i in range(0, pairs.shape[0], CHUNK_GROUPS):
-        chunk = out[i:i + CHUNK_GROUPS]
-        np.take(table, pairs[i:i + CHUNK_GROUPS], out=chunk, mode="clip")  # every uint16 is in the table
-        chunk.view(np.float32).__imul__(s[i:i + CHUNK_GROUPS])
+
+    def work(i, j):
+        chunk = out[i:j]
+        np.take(table, pairs[i:j], out=chunk, mode="clip")  # every uint16 is in the table
+        chunk.view(np.float32).__imul__(s[i:j])
+    in_chunks(pairs.shape[0], CHUNK_GROUPS, work)
     return torch.from_numpy(out.view(np.float32).reshape(*lead, g * nb * 2))
 
 
