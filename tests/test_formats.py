@@ -145,6 +145,12 @@ def test_cos_calibrated_on_independent_pairs(tmp_path, fmt):
     assert calibration_ks(tmp_path, "llama", 700, lambda f, k: str(write(f, tmp_path / f"q{k}"))) > 0.01
 
 
+def test_cos_calibrated_on_fp8_mixture_of_experts(tmp_path):
+    """Qwen3-MoE in block-scaled FP8: experts matched per block, each read on its own; 30 pairs."""
+    write = FORMATS["fp8-block"][0]
+    assert calibration_ks(tmp_path, "qwen3_moe", 900, lambda f, k: str(write(f, tmp_path / f"q{k}"))) > 0.01
+
+
 class ReadLog:
     """Every read of the backend: whole tensors and (tensor, number of rows)."""
 
