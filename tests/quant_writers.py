@@ -319,25 +319,159 @@ def write_awq(folder, out, group_size: int = 32, seed: int = 0, spread: float = 
     return _save_quantized(folder, out, tensors, qcfg)
 
 
-# ------------------------------------------------------------------------------------------
-# FP8 (block-scaled, DeepSeek layout)
-# ------------------------------------------------------------------------------------------
-def write_fp8(folder, out, block: int = 32) -> Path:
-    """Block-scaled FP8: each block-linear layer as ``float8_e4m3fn`` with ``weight_scale_inv``
-    (float32, one per ``block`` × ``block`` tile, amax / 448), the other tensors in bfloat16."""
+def write_linear(folder, out, quantize, qcfg: dict, rest=lambda t: t, drop: str | None = None) -> Path:
+    """``folder`` with every block linear layer (routers excluded) replaced by the tensors
+    ``quantize(name, weight)`` returns (a dict of stored name -> tensor) and every other tensor by
+    ``rest(tensor)``; ``drop`` leaves out the stored tensors whose names end with it."""
     folder, out = Path(folder), Path(out)
     tensors = {}
     for name, t in _state(folder).items():
-        if not _is_linear(name, t):
-            tensors[name] = t.to(torch.bfloat16)
-            continue
-        w = t.float()
-        rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
-        tiles = torch.nn.functional.pad(w, (0, cols * block - w.shape[1], 0, rows * block - w.shape[0]))
-        amax = tiles.abs().reshape(rows, block, cols, block).amax(dim=(1, 3))
-        inv = torch.where(amax > 0, amax / 448, torch.ones_like(amax))
-        s = inv.repeat_interleave(block, 0).repeat_interleave(block, 1)[: w.shape[0], : w.shape[1]]
-        tensors[name] = (w / s).to(torch.float8_e4m3fn)
-        tensors[f"{name}_scale_inv"] = inv
-    qcfg = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [block, block]}
+        tensors.update(quantize(name, t) if _is_linear(name, t) else {name: rest(t)})
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
     return _save_quantized(folder, out, tensors, qcfg)
+
+
+# ------------------------------------------------------------------------------------------
+# FP8 (DeepSeek block-scaled; per-channel and per-tensor weight_scale)
+# ------------------------------------------------------------------------------------------
+FP8_MAX = 448.0  # largest float8_e4m3fn
+
+
+def fp8_quantize(w: torch.Tensor, block: tuple[int, int] | None = None, per: str = "block"):
+    """DeepSeek's weight quantization: scale = amax / 448 per ``block`` (ceil-sized at the edges), or
+    per output row (``per="channel"``), or one for the tensor (``per="tensor"``); codes = W / scale
+    rounded to float8_e4m3fn.  Returns (codes, scale) with W ≈ codes · scale."""
+    w = w.float()
+    r, c = w.shape
+    if per == "tensor":
+        s = (w.abs().max() / FP8_MAX).clamp_min(1e-12).reshape(1)
+        return (w / s).to(torch.float8_e4m3fn), s
+    if per == "channel":
+        s = (w.abs().amax(1, keepdim=True) / FP8_MAX).clamp_min(1e-12)
+        return (w / s).to(torch.float8_e4m3fn), s
+    b0, b1 = block
+    R, C = -(-r // b0), -(-c // b1)
+    s = torch.empty(R, C)
+    for i in range(R):
+        for j in range(C):
+            s[i, j] = (w[i * b0:(i + 1) * b0, j * b1:(j + 1) * b1].abs().max() / FP8_MAX).clamp_min(1e-12)
+    full = s.repeat_interleave(b0, 0)[:r].repeat_interleave(b1, 1)[:, :c]
+    return (w / full).to(torch.float8_e4m3fn), s
+
+
+def write_fp8(folder, out, block: tuple[int, int] | None = (16, 16), per: str = "block",
+              drop: str | None = None, method: str = "fp8") -> Path:
+    """Every block linear layer (routers excluded) as float8_e4m3fn codes with ``weight_scale_inv``
+    per block (DeepSeek layout, ``weight_block_size``), or ``weight_scale`` per channel / tensor;
+    the rest as it is.  ``drop`` leaves out the parts whose names end with it."""
+    def quantize(name, t):
+        codes, s = fp8_quantize(t, block, per)
+        return {name: codes, name + ("_scale_inv" if per == "block" else "_scale"): s}
+
+    qcfg = {"quant_method": method, "activation_scheme": "dynamic", "fmt": "e4m3"}
+    if per == "block":
+        qcfg["weight_block_size"] = list(block)
+    return write_linear(folder, out, quantize, qcfg, drop=drop)
+
+
+# ------------------------------------------------------------------------------------------
+# MXFP4 (gpt-oss)
+# ------------------------------------------------------------------------------------------
+FP4_MAGNITUDES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def mxfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., n] (n a multiple of 32) -> (blocks uint8 [..., n/32, 16], scales uint8 [..., n/32]):
+    per group of 32 the scale is the power of two 2^ceil(log2(amax / 6)) (no value clipped, as
+    triton's downcast_to_mxfp rounds it up), each value rounded to the nearest E2M1 value."""
+    *lead, n = w.shape
+    g = w.float().reshape(*lead, n // 32, 32)
+    amax = g.abs().amax(-1).clamp_min(2.0 ** -126)
+    e = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    x = g / torch.exp2(e).unsqueeze(-1)
+    mag = (x.abs().unsqueeze(-1) - FP4_MAGNITUDES).abs().argmin(-1)  # nearest magnitude
+    code = (mag | ((x < 0) & (mag > 0)).long() << 3).to(torch.uint8)
+    blocks = code[..., 0::2] | (code[..., 1::2] << 4)
+    return blocks.contiguous(), (e + 127).to(torch.uint8)
+
+
+def write_mxfp4(folder, out, drop: str | None = None) -> Path:
+    """Every block linear layer (routers excluded) as MXFP4 ``<module>_blocks`` / ``<module>_scales``
+    (gpt-oss's naming of its quantized tensors); the rest in bfloat16, as gpt-oss ships it."""
+    def quantize(name, t):
+        blocks, scales = mxfp4_quantize(t)
+        base = name[: -len(".weight")]
+        return {base + "_blocks": blocks, base + "_scales": scales}
+
+    return write_linear(folder, out, quantize, {"quant_method": "mxfp4", "modules_to_not_convert": []},
+                        rest=lambda t: t.bfloat16(), drop=drop)
+
+
+# ------------------------------------------------------------------------------------------
+# compressed-tensors (with the package's own compressors)
+# ------------------------------------------------------------------------------------------
+def ct_observe(w: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of ``w`` per tensor / row / group / block, as an observer records them."""
+    r, c = w.shape
+    if args.strategy == "tensor":
+        return w.min().reshape(1), w.max().reshape(1)
+    if args.strategy == "channel":
+        return w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+    if args.strategy == "group":
+        g = w.reshape(r, c // args.group_size, args.group_size)
+        return g.amin(-1), g.amax(-1)
+    b0, b1 = args.block_structure
+    g = w.reshape(r // b0, b0, c // b1, b1)
+    return g.amin((1, 3)), g.amax((1, 3))
+
+
+def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None = None, **weights) -> Path:
+    """Every block linear layer (routers excluded) compressed by compressed-tensors' own compressor
+    for ``fmt`` with the weight arguments ``weights`` (num_bits, type, symmetric, strategy, …)."""
+    from compressed_tensors.compressors import (FloatQuantizationCompressor, IntQuantizationCompressor,
+                                                NaiveQuantizationCompressor, PackedQuantizationCompressor)
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+    compressor = {"pack-quantized": PackedQuantizationCompressor, "int-quantized": IntQuantizationCompressor,
+                  "naive-quantized": NaiveQuantizationCompressor, "float-quantized": FloatQuantizationCompressor}[fmt]
+    args = QuantizationArgs(**weights)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+
+    def quantize(name, t):
+        scale, zero = calculate_qparams(*ct_observe(t.float(), args), args)
+        parts = compressor.compress({"weight": t.float(), "weight_scale": scale, "weight_zero_point": zero}, scheme)
+        return {f"{name[: -len('.weight')]}.{k}": v for k, v in parts.items()}
+
+    qcfg = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+            "config_groups": {"group_0": {**scheme.model_dump(), "format": fmt}}, "ignore": ["lm_head"]}
+    return write_linear(folder, out, quantize, qcfg, drop=drop)
+
+
+# ------------------------------------------------------------------------------------------
+# bitsandbytes (with the package's own quantizer, on CPU)
+# ------------------------------------------------------------------------------------------
+def write_bnb(folder, out, quant: str = "nf4", nested: bool = True, blocksize: int = 32,
+              drop: str | None = None) -> Path:
+    """Every block linear layer (routers excluded) quantized by bitsandbytes on CPU and saved as
+    transformers saves a bitsandbytes model: 4-bit ``weight`` + ``weight.absmax`` /
+    ``weight.quant_map`` / nested keys / ``weight.quant_state.bitsandbytes__<quant>``, or
+    (``quant="int8"``) int8 ``weight`` + ``SCB``."""
+    import bitsandbytes.functional as F
+
+    def quantize(name, t):
+        if quant == "int8":
+            q, scb, _ = F.int8_vectorwise_quant(t.float())
+            return {name: q, name[: -len(".weight")] + ".SCB": scb}
+        q, state = F.quantize_4bit(t.float(), blocksize=blocksize, quant_type=quant, compress_statistics=nested)
+        return {name: q, **{f"{name}.{k}": v for k, v in state.as_dict(packed=True).items()}}
+
+    qcfg = {"quant_method": "bitsandbytes", "load_in_4bit": quant != "int8", "load_in_8bit": quant == "int8",
+            "bnb_4bit_quant_type": quant if quant != "int8" else "fp4", "bnb_4bit_use_double_quant": nested,
+            "bnb_4bit_compute_dtype": "float32"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its CPU kernels on tiny tensors: 20x faster without thread synchronisation
+    try:
+        return write_linear(folder, out, quantize, qcfg, drop=drop)
+    finally:
+        torch.set_num_threads(threads)

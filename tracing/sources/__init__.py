@@ -22,7 +22,7 @@ QuantizedBackend = Backend
 
 #: the weight formats, asked in this order which one claims a model; a new format is one module
 #: of this package and one line here (before the plain folder, which claims any folder)
-BACKENDS: list = ["gguf.GGUFBackend", "gptq.PackedInt4Backend", "folder.FolderBackend"]
+BACKENDS: list = ["gguf.GGUFBackend", "gptq.PackedInt4Backend", "layered.LayeredBackend", "folder.FolderBackend"]
 
 
 def backend_classes() -> list[type[Backend]]:
@@ -47,7 +47,7 @@ def open_backend(resolved: Resolved) -> Backend:
 
 
 def quantization_config(folder: Path) -> dict | None:
-    """``quantization_config`` of a folder's config.json, when it names GPTQ or AWQ."""
+    """``quantization_config`` of a folder's config.json, when it names a quantization method."""
     f = folder / "config.json"
     if not f.is_file():
         return None
@@ -55,7 +55,7 @@ def quantization_config(folder: Path) -> dict | None:
         q = json.loads(f.read_text()).get("quantization_config")
     except (json.JSONDecodeError, AttributeError):
         return None
-    if isinstance(q, dict) and str(q.get("quant_method", "")).lower() in ("gptq", "awq"):
+    if isinstance(q, dict) and q.get("quant_method"):
         return q
     return None
 

@@ -98,7 +98,8 @@ class PackedInt4Backend(QuantizedBackend):
     @classmethod
     def claims(cls, resolved) -> bool:
         from . import quantization_config
-        return resolved.path.is_dir() and quantization_config(resolved.path) is not None
+        q = resolved.path.is_dir() and quantization_config(resolved.path)
+        return bool(q) and str(q["quant_method"]).lower() in ("gptq", "awq")
 
     @classmethod
     def open(cls, resolved) -> PackedInt4Backend:

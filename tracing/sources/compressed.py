@@ -1,0 +1,214 @@
+"""compressed-tensors checkpoints (``quant_method: compressed-tensors``; llm-compressor's output).
+
+``quantization_config.format`` (or each ``config_groups`` entry's ``format``) names the compressor;
+each group's ``weights`` arguments (``num_bits``, ``type`` int / float, ``symmetric``, ``strategy``
+tensor / channel / group / block, ``group_size``, ``block_structure``) say how the scales apply, and
+its ``targets`` (``Linear`` or ``re:<pattern>`` of module names) which layers it covers.
+
+- ``pack-quantized``: ``<module>.weight_packed`` int32 [out × ⌈in · bits / 32⌉], the integers
+  (offset by 2^(bits−1)) packed densely along each row, lowest bits first; ``weight_scale``;
+  ``weight_shape`` [out, in]; when asymmetric, ``weight_zero_point`` packed the same way along the
+  output dimension; ``weight_g_idx`` when the input columns were grouped out of order (act-order).
+- ``int-quantized``, ``naive-quantized``, ``float-quantized``: ``<module>.weight`` holds the codes
+  (int8, or float8_e4m3fn) next to ``weight_scale`` and, when asymmetric, ``weight_zero_point``.
+
+W = (q − zero) · scale, the scale and zero of each element's tensor / row / group / block.  The
+arithmetic here is written out and tested against the package's own decompressors.
+
+llm-compressor saves its recipe (``recipe.yaml``) beside the weights; when it applied AWQ or
+SmoothQuant, per-channel scales were moved between the norms and the layers they feed, and the
+backend says so (``moves_norm_scales``) so that norm gains are folded before comparing, as for AWQ.
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+import numpy as np
+import torch
+
+from ..errors import TracingError
+from .layered import Layer, LayeredBackend, bad_part
+
+PACKED, CODES = "pack-quantized", ("int-quantized", "naive-quantized", "float-quantized")
+STRATEGIES = ("tensor", "channel", "group", "block")
+SCALE_MOVERS = r"\b(AWQModifier|SmoothQuantModifier)\b"  # llm-compressor modifiers that migrate scales
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Dense compressed-tensors packing along the last dimension: ``n`` signed integers per row."""
+    rows = packed.shape[0]
+    if 8 % bits == 0 and sys.byteorder == "little":  # no value straddles a byte: split the bytes
+        b = packed.contiguous().reshape(-1).view(torch.uint8).reshape(rows, -1)
+        vals = (b[:, :, None] >> torch.arange(0, 8, bits, dtype=torch.uint8)) & ((1 << bits) - 1)
+        return vals.reshape(rows, -1)[:, :n].to(torch.int16).sub_(1 << (bits - 1)).to(torch.int8)
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    words = torch.nn.functional.pad(words, (0, 1))
+    start = torch.arange(n) * bits
+    lo = words[:, start // 32] >> (start % 32)
+    hi = words[:, start // 32 + 1] << (32 - start % 32)
+    return ((lo | hi) & ((1 << bits) - 1)).sub_(1 << (bits - 1)).to(torch.int8)
+
+
+def expand(t: torch.Tensor, strategy: str, shape: tuple[int, int], group_size: int | None = None,
+           g_idx: torch.Tensor | None = None, block: tuple[int, int] | None = None) -> torch.Tensor:
+    """A scale or zero point broadcast to the weight's ``shape`` (rows of it, for channel and group)."""
+    r, c = shape
+    if strategy == "tensor":
+        return t.reshape(())
+    if strategy == "channel":
+        return t.reshape(-1, 1)
+    if strategy == "group":
+        g = g_idx.long() if g_idx is not None else torch.arange(c) // group_size
+        return t[:, g]
+    b0, b1 = block
+    return t.repeat_interleave(b0, 0)[:r].repeat_interleave(b1, 1)[:, :c]
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, strategy: str,
+               **kw) -> torch.Tensor:
+    """W = (q − zero) · scale in float32, with scale and zero as :func:`expand` lays them out."""
+    w = q.to(torch.float32)
+    if zero is not None:
+        w = w - expand(zero.to(torch.float32), strategy, tuple(q.shape), **kw)
+    return w * expand(scale.to(torch.float32), strategy, tuple(q.shape), **kw)
+
+
+def _scheme_for(groups: dict, module: str) -> dict | None:
+    fallback = None
+    for g in groups.values():
+        for t in g.get("targets", []):
+            if t.startswith("re:") and re.match(t[3:], module):
+                return g
+            if not t.startswith("re:") and fallback is None:
+                fallback = g  # a layer class such as Linear: every quantized layer is one
+    return fallback
+
+
+class CompressedTensorsBackend(LayeredBackend):
+    method = "compressed-tensors"
+    undoes = "W = (q − zero_point) × weight_scale per tensor / channel / group / block (packed integers unpacked)"
+
+    def __init__(self, folder, qcfg, label):
+        self.groups = qcfg.get("config_groups") or {}
+        where = f"{folder}/config.json"
+        sparsity = (qcfg.get("sparsity_config") or {}).get("format")
+        if sparsity not in (None, "dense"):
+            raise TracingError(f"{where}: compressed-tensors sparsity format {sparsity!r} is not read yet; "
+                               f"decompress the model with compressed-tensors (ModelCompressor) and use that copy")
+        if qcfg.get("format") not in (None, "mixed-precision", "dense", PACKED, *CODES):
+            raise TracingError(f"{where}: compressed-tensors format {qcfg.get('format')!r} is not supported "
+                               f"(supported: {', '.join((PACKED, *CODES))}); use a checkpoint in one of these "
+                               f"formats or a dequantized copy")
+        for name, g in self.groups.items():
+            fmt = g.get("format") or qcfg.get("format")
+            w = g.get("weights") or {}
+            if fmt not in (PACKED, *CODES, "dense"):
+                raise TracingError(f"{where}: compressed-tensors format {fmt!r} (group {name}) is not supported "
+                                   f"(supported: {', '.join((PACKED, *CODES))}); use a checkpoint in one of these "
+                                   f"formats or a dequantized copy")
+            if fmt != "dense" and (w.get("strategy") not in STRATEGIES or w.get("type") not in ("int", "float")
+                                   or (w.get("type") == "float" and w.get("num_bits") != 8)):
+                raise TracingError(f"{where}: compressed-tensors weights {w.get('type')}{w.get('num_bits')} with "
+                                   f"strategy {w.get('strategy')!r} (group {name}) are not supported (supported: "
+                                   f"int with strategy {', '.join(STRATEGIES)}, float8)")
+        super().__init__(folder, qcfg, label)
+        recipe = self.folder / "recipe.yaml"
+        found = re.findall(SCALE_MOVERS, recipe.read_text(errors="replace")) if recipe.is_file() else []
+        self.moves_norm_scales = bool(found)
+        if found:
+            self.undoes += f"; {found[0]} scales moved between norms and layers (norm gains folded)"
+
+    def layer(self, stored):
+        if not stored.endswith(".weight"):
+            return None
+        mod = stored[: -len(".weight")]
+        packed = self.has_key(f"{mod}.weight_packed")
+        if not packed and not (self.has_key(stored) and self.meta(stored).dtype in ("I8", "F8_E4M3", "F8_E5M2")):
+            return None
+        codes = f"{mod}.weight_packed" if packed else stored
+        scheme = _scheme_for(self.groups, mod)
+        if scheme is None or not scheme.get("weights"):
+            raise bad_part(self.folder, codes, "is quantized but no config_groups entry of quantization_config "
+                           "targets it", "use the config.json that came with these weights")
+        need = [f"{mod}.weight_scale"] + ([f"{mod}.weight_shape"] if packed else [])
+        if not scheme["weights"].get("symmetric", True):
+            need.append(f"{mod}.weight_zero_point")
+        for key in need:
+            if not self.has_key(key):
+                raise bad_part(self.folder, codes, f"has no {key} beside it", "the download is incomplete — "
+                               "download it again")
+        args = scheme["weights"]
+        parts = {"q": codes, "scale": need[0]}
+        if f"{mod}.weight_zero_point" in need:
+            parts["zero"] = f"{mod}.weight_zero_point"
+        if self.has_key(f"{mod}.weight_g_idx"):
+            parts["g_idx"] = f"{mod}.weight_g_idx"
+        shape = tuple(int(x) for x in self.read(need[1]).tolist()) if packed else self.meta(stored).shape
+        lay = Layer(self._kind(args, packed), parts, {"args": args, "shape": shape, "packed": packed})
+        self._check_scale(lay)
+        return lay
+
+    @staticmethod
+    def _kind(args: dict, packed: bool) -> str:
+        s = args["strategy"]
+        detail = {"group": f" g{args.get('group_size')}", "block": " block " + "×".join(
+            map(str, args.get("block_structure") or ()))}.get(s, f" per-{s}")
+        sym = "" if args.get("symmetric", True) else " asym"
+        return f"{'packed ' if packed else ''}{args['type']}{args['num_bits']}{detail}{sym}"
+
+    def _check_scale(self, lay: Layer) -> None:
+        r, c = lay.info["shape"]
+        a, key = lay.info["args"], lay.parts["scale"]
+        want = {"tensor": None, "channel": [(r, 1), (r,)],
+                "group": [(r, math.ceil(c / (a.get("group_size") or c)))],
+                "block": [tuple(math.ceil(n / b) for n, b in zip((r, c), a.get("block_structure") or (1, 1)))]}
+        got = tuple(self.meta(key).shape)
+        allowed = want[a["strategy"]]
+        if (allowed is None and math.prod(got) != 1) or (allowed is not None and got not in allowed):
+            raise bad_part(self.folder, key, f"has shape {got}, but {a['strategy']} scales of "
+                           f"{lay.parts['q']} ({r}×{c}) have shape {allowed[0] if allowed else (1,)}",
+                           "the scales do not belong to this weight or config_groups is wrong")
+
+    def _codes(self, lay: Layer, rows) -> torch.Tensor:
+        key, (r, c) = lay.parts["q"], lay.info["shape"]
+        t = self.read(key) if rows is None else self.read_rows(key, rows)
+        return unpack_int32(t, lay.info["args"]["num_bits"], c) if lay.info["packed"] else t
+
+    def _zero(self, lay: Layer, rows) -> torch.Tensor | None:
+        key = lay.parts.get("zero")
+        if key is None:
+            return None
+        bits, s = lay.info["args"]["num_bits"], lay.info["args"]["strategy"]
+        if not lay.info["packed"] or s not in ("group", "channel"):  # stored as it is
+            return self.read(key) if rows is None or s in ("tensor", "block") else self.read_rows(key, rows)
+        n = lay.info["shape"][0]
+        if rows is None or 32 % bits:
+            z = unpack_int32(self.read(key).T.contiguous(), bits, n).T
+            return z if rows is None else z[torch.as_tensor(rows)]
+        per = 32 // bits  # rows r of the zero points are in word row r // per
+        words, pos = np.unique(np.asarray(rows) // per, return_inverse=True)
+        z = unpack_int32(self.read_rows(key, words).T.contiguous(), bits, len(words) * per).T
+        return z[torch.from_numpy(pos * per + np.asarray(rows) % per)]
+
+    def dequantize(self, layer, rows):
+        a = layer.info["args"]
+        s = a["strategy"]
+        q = self._codes(layer, rows)
+        kw = {"group_size": a.get("group_size"), "block": tuple(a.get("block_structure") or (1, 1))}
+        if "g_idx" in layer.parts:
+            kw["g_idx"] = self.read(layer.parts["g_idx"])
+        scale_key = layer.parts["scale"]
+        if rows is None or s == "tensor":
+            scale = self.read(scale_key)
+        elif s == "block":
+            need, pos = np.unique(np.asarray(rows) // kw["block"][0], return_inverse=True)
+            scale = self.read_rows(scale_key, need)[torch.from_numpy(pos)]
+            kw["block"] = (1, kw["block"][1])
+        else:
+            scale = self.read_rows(scale_key, rows)
+        zero = self._zero(layer, rows)
+        if zero is not None and s == "block" and rows is not None:
+            zero = zero[torch.as_tensor(np.asarray(rows) // a["block_structure"][0])]
+        return dequantize(q, scale, zero, s, **kw)

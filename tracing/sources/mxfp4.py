@@ -1,0 +1,100 @@
+"""MXFP4 checkpoints (gpt-oss; ``quant_method: mxfp4``): OCP microscaling FP4.
+
+A quantized tensor ``<name>`` (``<module>.weight`` is named by its module, as gpt-oss names its
+expert tensors ``…experts.gate_up_proj`` / ``…experts.down_proj``) is stored as two parts:
+
+- ``<name>_blocks`` uint8 [..., rows, G, 16]: two FP4 (E2M1) values a byte, the low nibble first,
+  32 values per group along the last (input) dimension;
+- ``<name>_scales`` uint8 [..., rows, G]: one E8M0 exponent per group, the scale 2^(s − 127).
+
+Dequantized, row r of the tensor is row r of the blocks: ``[..., rows, G · 32]``.  gpt-oss's expert
+tensors are stored transposed to their in-memory layout (blocks [E, 2h, d/32, 16] for
+``gate_up_proj`` [E, d, 2h], whose last axis interleaves gate and up), so their rows are the
+experts' units.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from .layered import Layer, LayeredBackend, bad_part, in_chunks
+
+#: the 16 E2M1 values by code (bit 3 is the sign)
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+_QUADS = None
+
+
+def _pair_table() -> np.ndarray:
+    """The four values of every pair of bytes (index: the two bytes as a little-endian uint16), each
+    entry 16 bytes (viewed as complex128 so that one lookup copies all four)."""
+    global _QUADS
+    if _QUADS is None:
+        lut = np.asarray(FP4_VALUES, dtype=np.float32)
+        i = np.arange(1 << 16)
+        _QUADS = np.stack([lut[i & 15], lut[(i >> 4) & 15], lut[(i >> 8) & 15], lut[i >> 12]], 1).copy()
+        _QUADS = _QUADS.view(np.complex128).reshape(-1)
+    return _QUADS
+
+
+CHUNK_GROUPS = 2048  # groups of 32 decoded at a time: a chunk is still in cache when scaled
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """blocks uint8 [..., G, 16] and E8M0 scales uint8 [..., G] -> float32 [..., G · 32]: the low
+    nibble of each byte first, times 2^(s − 127) per group of 32.  In numpy, a chunk of groups at a
+    time (scaled while still in cache; large tensors spread their chunks over torch's threads)."""
+    *lead, g, nb = blocks.shape
+    b = blocks.contiguous().reshape(-1, nb).numpy()
+    s = np.exp2(scales.numpy().astype(np.float32).reshape(-1, 1) - 127)
+    if sys.byteorder != "little" or nb % 2:
+        lut = np.asarray(FP4_VALUES, dtype=np.float32)
+        vals = np.stack([lut[b & 15], lut[b >> 4]], -1).reshape(-1, nb * 2) * s
+        return torch.from_numpy(vals.reshape(*lead, g * nb * 2))
+    pairs = b.view(np.uint16)  # [groups, nb/2]: one lookup per two bytes
+    out = np.empty((pairs.shape[0], nb // 2), np.complex128)  # four float32 per entry
+    table = _pair_table()
+
+    def work(i, j):
+        chunk = out[i:j]
+        np.take(table, pairs[i:j], out=chunk, mode="clip")  # every uint16 is in the table
+        chunk.view(np.float32).__imul__(s[i:j])
+    in_chunks(pairs.shape[0], CHUNK_GROUPS, work)
+    return torch.from_numpy(out.view(np.float32).reshape(*lead, g * nb * 2))
+
+
+def split_gate_up(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gpt-oss's fused gate_up_proj [..., 2h] (gate and up interleaved on the last axis) -> (gate, up)."""
+    return w[..., 0::2], w[..., 1::2]
+
+
+def parts_of(stored: str) -> tuple[str, str]:
+    base = stored[: -len(".weight")] if stored.endswith(".weight") else stored
+    return f"{base}_blocks", f"{base}_scales"
+
+
+class MXFP4Backend(LayeredBackend):
+    method = "mxfp4"
+    undoes = "W = E2M1 codes × 2^(E8M0 scale − 127) per group of 32 input values"
+
+    def layer(self, stored):
+        blocks, scales = parts_of(stored)
+        if not self.has_key(blocks):
+            return None
+        if not self.has_key(scales):
+            raise bad_part(self.folder, blocks, f"has no {scales} beside it", "an MXFP4 checkpoint needs both parts "
+                           "of every quantized tensor — the download is incomplete, download it again")
+        b, s = self.meta(blocks), self.meta(scales)
+        if b.dtype != "U8" or s.dtype != "U8" or len(b.shape) < 3 or b.shape[-1] != 16 or tuple(s.shape) != b.shape[:-1]:
+            raise bad_part(self.folder, scales, f"({s.dtype} {tuple(s.shape)}) does not fit {blocks} "
+                           f"({b.dtype} {tuple(b.shape)}); MXFP4 needs uint8 blocks [..., G, 16] and uint8 scales "
+                           f"[..., G]")
+        return Layer("mxfp4 e2m1 e8m0/32", {"blocks": blocks, "scales": scales})
+
+    def dequantize(self, layer, rows):
+        blocks, scales = layer.parts["blocks"], layer.parts["scales"]
+        if rows is None:
+            return dequantize_mxfp4(self.read(blocks), self.read(scales))
+        rows = np.asarray(rows)
+        return dequantize_mxfp4(self.read_rows(blocks, rows), self.read_rows(scales, rows))
