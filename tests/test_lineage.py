@@ -323,3 +323,34 @@ def test_merge_fit_is_the_same_in_slices(merged, monkeypatch):
     sliced = fit_merge(merged["ties"], [D["a-docs"], D["a-sys"]], base=D["base-a"])
     assert sliced.weights == pytest.approx(whole.weights, rel=1e-9)
     assert sliced.unexplained == pytest.approx(whole.unexplained, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# One rule for the known lineage; the command never replaces the report's files
+# ------------------------------------------------------------------------------------------
+def test_lineage_command_keeps_the_reports_files_and_its_lineage(grid, tmp_path, capsys):
+    from tracing.report import write_report
+    folder = tmp_path / "run"
+    shutil.copytree(grid, folder)
+    # a launch of a tree list wrote its lineage beside the results; here (unlike the demo family's)
+    # a-docs is the root of its family, so the rule that picks the lineage shows in the tree
+    known = {D["a-docs"]: None, D["base-a"]: D["a-docs"], D["a-sys"]: D["a-docs"], D["a-docs-v2"]: D["a-docs"],
+             D["base-b"]: None, D["b-docs"]: D["base-b"], D["base-c"]: None}
+    (folder / "known_lineage.json").write_text(json.dumps(known))
+    write_report(folder)
+    report_files = {n: (folder / n).read_bytes() for n in ("lineage.json", "lineage.png", "report.md")}
+    rep = json.loads(report_files["lineage.json"])
+    assert rep["families"][0]["root"] == D["a-docs"]
+    assert run_cli(cli.main, [str(folder), "--no-hub"]) == 0
+    assert {n: (folder / n).read_bytes() for n in report_files} == report_files
+    own = json.loads((folder / "lineage" / "lineage.json").read_text())
+    assert (folder / "lineage" / "lineage.png").is_file()
+    # the same rule and the same known lineage: the same directed tree as the report's
+    assert own["families"] == rep["families"] and own["edges"] == rep["edges"]
+    assert "lineage: known_lineage.json" in own["notes"]
+    # writing into the report's own folder would replace its files: one clear line, nothing written
+    capsys.readouterr()
+    assert run_cli(cli.main, [str(folder), "--no-hub", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--out" in err[0]
+    assert {n: (folder / n).read_bytes() for n in report_files} == report_files

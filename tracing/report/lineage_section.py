@@ -8,11 +8,11 @@ with exact Clopper–Pearson 95% intervals).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TracingError
+from ..lineage.tree import known_truth
 from .mdtable import table
 
 RATES_FILE = "rates.csv"
@@ -42,21 +42,6 @@ def weight_stat(df) -> str | None:
         if not spec.forward and spec.has_pvalue:
             return s
     return None
-
-
-def known_truth(lineage, folder: Path, models: list[str]) -> tuple[dict | None, str | None]:
-    """Known lineage ``{model: parent}`` and where it came from: ``lineage`` (a file or a mapping), the
-    folder's ``known_lineage.json`` (written by a launch of a tree), or the demo family's."""
-    from ..lineage.tree import KNOWN_LINEAGE, demo_truth, parse_truth, read_truth
-    if isinstance(lineage, (str, os.PathLike)):
-        return read_truth(lineage), str(lineage)
-    if isinstance(lineage, (dict, list)):
-        return parse_truth(lineage), "the given lineage"
-    if lineage is None and (folder / KNOWN_LINEAGE).is_file():
-        return read_truth(folder / KNOWN_LINEAGE), KNOWN_LINEAGE
-    if lineage is None and models and all(m.startswith("demo:") for m in models):
-        return demo_truth(), "the demo family"
-    return None, None
 
 
 def _models_of(df, stat: str) -> set[str]:
