@@ -354,3 +354,31 @@ def test_lineage_command_keeps_the_reports_files_and_its_lineage(grid, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "--out" in err[0]
     assert {n: (folder / n).read_bytes() for n in report_files} == report_files
+
+
+def test_report_shows_merges_and_never_draws_a_merge_as_a_parent(merged, tmp_path):
+    from tracing.lineage.merges import reconstruct_with_merges
+    from tracing.report import write_report
+    m = merged["linear"]  # 0.3 a-docs + 0.7 a-sys
+    folder = run_grid([D["base-a"], D["a-docs"], D["a-sys"], D["base-c"], m], tmp_path / "grid")
+    text = write_report(folder, lineage=demo_truth(), merges=True).read_text()
+    data = json.loads((folder / "lineage.json").read_text())
+    # the merge sits nearer the root than either source, yet it is never their parent
+    assert all(e.get("parent") != m for e in data["edges"])
+    parents = {e["child"]: e["parent"] for e in data["edges"]}
+    assert parents[D["a-docs"]] == D["base-a"] and parents[D["a-sys"]] == D["base-a"]
+    (edge,) = [e for e in data["edges"] if m in (e["a"], e["b"])]
+    assert edge["child"] == m and edge["parent"] in (D["a-docs"], D["a-sys"])
+    assert set(edge["merge_of"]) == {D["a-docs"], D["a-sys"]}
+    found = [v for v in data["merges"] if v["is_merge"]]
+    assert [v["model"] for v in found] == [m]
+    assert found[0]["weights"] == pytest.approx({D["a-docs"]: 0.3, D["a-sys"]: 0.7}, abs=0.02)
+    # report.md: the merge with its parents and weights, the models that are not merges, weights per block
+    assert "### Merges" in text and f"| `{m}` | merge |" in text
+    assert f"`{D['a-docs']}` 0.3" in text and f"`{D['a-sys']}` 0.7" in text
+    assert all(f"| `{v['model']}` | not a merge |" in text for v in data["merges"] if not v["is_merge"])
+    assert len(data["merges"]) > 1 and f"Weights of `{m}` per block" in text
+    # the figure joins the merge to its other parent
+    rec, _ = reconstruct_with_merges(load_results(folder), demo_truth(), stat="cos", use_hub=False)
+    other = ({D["a-docs"], D["a-sys"]} - {edge["parent"]}).pop()
+    assert draw_lineage(rec, tmp_path / "l.png")["merges"] == [(other, m)]

@@ -76,21 +76,19 @@ def main(argv=None) -> int:
     models = sorted({m for c in ("base", "ft") if c in df.columns for m in df[c] if isinstance(m, str)})
     out = out_folder(folder, args.out)
     truth, source = known_truth(args.lineage, folder, models)
-    rec = reconstruct(df, stat=args.stat, truth=truth, root=args.root, level=args.significance,
-                      use_hub=not args.no_hub)
+    kw = dict(stat=args.stat, root=args.root, level=args.significance, use_hub=not args.no_hub)
     extra = {}
+    if args.merges:
+        from .merges import reconstruct_with_merges, verdict_json
+        rec, verdicts = reconstruct_with_merges(df, truth, progress=True, **kw)
+        extra["merges"] = [verdict_json(v) for v in verdicts]
+    else:
+        rec = reconstruct(df, truth=truth, **kw)
     if truth:
         rec.notes.append(f"lineage: {source}")
         extra["edge_scores"] = edge_scores(rec.edges, truth, rec.models)
         rates = error_rates(df, truth, level=args.significance)
         extra["rates"] = rates.to_dict("records")
-    if args.merges:
-        from .merges import attribute_all
-        extra["merges"] = [{"model": v.model, "is_merge": v.is_merge, "parents": v.parents, "weights": v.weights,
-                            "reason": v.reason, "base": v.fit.base, "fit_parents": v.fit.parents,
-                            "fit_weights": v.fit.weights, "unexplained": v.fit.unexplained,
-                            "single": v.fit.single, "per_block": v.fit.per_block}
-                           for v in attribute_all(rec, truth, progress=True)]
     out.mkdir(parents=True, exist_ok=True)
     path = write_json(rec, out / "lineage.json", extra)
     draw_lineage(rec, out / "lineage.png")

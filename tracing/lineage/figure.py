@@ -1,7 +1,8 @@
 """``lineage.png``: the reconstructed families side by side, each drawn as a tree.
 
 Edges carry their similarity; with a root they are arrows from parent to child. When the lineage
-is known, wrong or reversed edges are red and known edges the tree lacks are dashed orange.
+is known, wrong or reversed edges are red and known edges the tree lacks are dashed orange. A merge
+hangs under one of its parents and is joined to the others by dotted blue lines.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from .reconstruct import Reconstruction
 
-COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed": "#c62828", "missing": "#ef8f00"}
+COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed": "#c62828", "missing": "#ef8f00",
+           "merge": "#1565c0"}
 
 
 def short(model: str) -> str:
@@ -58,6 +60,19 @@ def _label(e: dict, kind: str) -> str:
     return f"{s:.4f}" if kind == "median_cos" else f"{-s:.3g}"
 
 
+def _merge_lines(ax, e: dict, pos: dict, drawn: dict) -> None:
+    """Dotted lines from a merge to its parents other than the one it hangs under."""
+    if not e.get("merge_of"):
+        return
+    child = e["child"] if e.get("directed") else next((m for m in (e["a"], e["b"]) if m not in e["merge_of"]), e["a"])
+    for p in e["merge_of"]:
+        if p in pos and p not in (e["a"], e["b"]):
+            (x1, y1), (x2, y2) = pos[p], pos[child]
+            ax.plot([x1, x2], [y1, y2], ls=":", color=COLOURS["merge"], lw=1.4, zorder=0)
+            ax.text((x1 + x2) / 2, (y1 + y2) / 2, "merge", fontsize=6, color=COLOURS["merge"], ha="center")
+            drawn["merges"].append((p, child))
+
+
 def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
     """Draw ``rec`` into ``path`` (PNG); returns what was drawn: ``edges`` (sorted ``(a, b)`` pairs of
     tree edges), ``arrows`` (``(parent, child)`` of the directed ones) and ``missing``."""
@@ -78,7 +93,7 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
         depth = max(depth, -min(p[1] for p in pos.values()))
     width = offset - 1.4 * unit
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * (width + unit)), max(2.6, 1.5 * (depth + 1) + 1.0)))
-    drawn = {"edges": [], "arrows": [], "missing": []}
+    drawn = {"edges": [], "arrows": [], "missing": [], "merges": []}
     for fam, root, fam_edges, pos in layouts:
         for e in fam_edges:
             colour = COLOURS.get(e.get("truth"), COLOURS[None])
@@ -97,6 +112,7 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
             drawn["edges"].append(tuple(sorted((e["a"], e["b"]))))
             if e.get("directed"):
                 drawn["arrows"].append((e["parent"], e["child"]))
+            _merge_lines(ax, e, pos, drawn)
         for m, (x, y) in pos.items():
             ax.text(x, y, short(m), ha="center", va="center", fontsize=8,
                     fontweight="bold" if m == root else "normal",

@@ -142,24 +142,46 @@ def max_spanning_edges(members: list[str], sim: dict) -> list[tuple[str, str, fl
     return sorted((min(a, b), max(a, b), d["weight"]) for a, b, d in t.edges(data=True))
 
 
-def rooted_edges(members: list[str], sim: dict, root: str) -> list[dict]:
+def rooted_edges(members: list[str], sim: dict, root: str, merges: dict | None = None) -> list[dict]:
     """Grow the tree from ``root``: models by decreasing similarity to the root, each attached to the
-    most similar model already placed. Returns ``{parent, child, similarity, runner_up, runner_up_similarity}``."""
+    most similar model already placed. ``merges`` (merged model → its parents) are placed last and
+    never become parents: each hangs under its most similar parent. Returns ``{parent, child,
+    similarity, runner_up, runner_up_similarity}`` (and ``merge_of`` for a merge)."""
     def s(a, b):
         return sim.get(frozenset((a, b)))
-    rest = [m for m in members if m != root]
+    merges = {m: ps for m, ps in (merges or {}).items() if m in members and m != root}
+    rest = [m for m in members if m != root and m not in merges]
     rest.sort(key=lambda m: (s(root, m) is None, -(s(root, m) or 0.0), m))
     placed, out = [root], []
-    for m in rest:
-        cands = sorted(((s(m, p), p) for p in placed if s(m, p) is not None), key=lambda x: -x[0])
+    for m in rest + sorted(merges):
+        pool = [p for p in merges.get(m, ()) if p in placed] or placed
+        cands = sorted(((s(m, p), p) for p in pool if s(m, p) is not None), key=lambda x: -x[0])
         if not cands:  # no result linking it to the tree: hang it under the root, without a similarity
-            out.append({"parent": root, "child": m, "similarity": None, "runner_up": None,
-                        "runner_up_similarity": None})
+            e = {"parent": root, "child": m, "similarity": None, "runner_up": None, "runner_up_similarity": None}
         else:
             ru = cands[1] if len(cands) > 1 else (None, None)
-            out.append({"parent": cands[0][1], "child": m, "similarity": cands[0][0], "runner_up": ru[1],
-                        "runner_up_similarity": ru[0]})
-        placed.append(m)
+            e = {"parent": cands[0][1], "child": m, "similarity": cands[0][0], "runner_up": ru[1],
+                 "runner_up_similarity": ru[0]}
+        if m in merges:
+            e["merge_of"] = list(merges[m])
+        out.append(e)
+        if m not in merges:
+            placed.append(m)
+    return out
+
+
+def spanning_edges(members: list[str], sim: dict, merges: dict | None = None) -> list[dict]:
+    """The maximum spanning tree (undirected) over the models that are not merges; each merge is
+    then joined to its most similar parent (``merge_of`` names all its parents)."""
+    merges = {m: ps for m, ps in (merges or {}).items() if m in members}
+    core = [m for m in members if m not in merges]
+    out = [{"a": a, "b": b, "similarity": s, "directed": False} for a, b, s in max_spanning_edges(core, sim)]
+    for m in sorted(merges):
+        pool = [p for p in merges[m] if p in core] or core
+        best = max(pool, key=lambda p: sim.get(frozenset((m, p)), -math.inf))
+        a, b = sorted((m, best))
+        out.append({"a": a, "b": b, "similarity": sim.get(frozenset((m, best))), "directed": False,
+                    "merge_of": list(merges[m])})
     return out
 
 
@@ -253,12 +275,15 @@ def _check_edge(e: dict, truth: dict | None) -> None:
 
 
 def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | None = None,
-                level: float | None = None, use_hub: bool = True, root_from_truth: bool = True) -> Reconstruction:
+                level: float | None = None, use_hub: bool = True, root_from_truth: bool = True,
+                merges: dict | None = None) -> Reconstruction:
     """Families, trees and their directions from a :func:`tracing.results.load_results` table.
 
     ``truth``: known lineage ``{model: parent}`` (see :func:`tracing.lineage.tree.parse_truth`); its
     names are matched to the results' names. ``root``: the root of the family that contains it.
-    ``root_from_truth=False`` scores the edges against ``truth`` without taking roots from it."""
+    ``root_from_truth=False`` scores the edges against ``truth`` without taking roots from it.
+    ``merges``: merged model → its parents (see :mod:`tracing.lineage.merges`); a merge is never
+    drawn as a parent."""
     rows = plain_rows(df, stat)
     if not rows:
         raise TracingError(f"no successful {stat} results in the table; run --stat {stat} on the model list "
@@ -291,10 +316,9 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
         if r is None:
             notes.append(f"no root known for the family of {fam[0]} ({len(fam)} models): its edges are undirected "
                          f"(give --root, a lineage file, or models whose cards name their base_model)")
-            for a, b, s in max_spanning_edges(fam, sim):
-                edges.append({"a": a, "b": b, "similarity": s, "directed": False})
+            edges += spanning_edges(fam, sim, merges)
         else:
-            for e in rooted_edges(fam, sim, r):
+            for e in rooted_edges(fam, sim, r, merges):
                 a, b = sorted((e["parent"], e["child"]))
                 edges.append({"a": a, "b": b, "directed": True, **e})
         roots.append(r)
