@@ -310,3 +310,30 @@ def test_report_draws_the_block_map(family, tmp_path):
     assert (report.parent / "blockmap.png").stat().st_size > 0
     assert "![blockmap]" in text
     assert f"`cos` demo:base-a vs {ft} (4×3 blocks" in text and ": 0→0, 2→1, 3→2" in text
+
+
+def test_pruned_model_placed_in_the_tree_by_its_matched_cosines(family, tmp_path):
+    """A pruned model's cos result is a block map: its similarity for the tree is the mean median
+    cosine of the matched blocks, so it hangs under the model it was pruned from."""
+    import itertools
+    from tracing.lineage.reconstruct import reconstruct
+    from tracing.results import load_results
+    pruned = derive("demo:a-docs", tmp_path / "pruned", blocks=[0, 2, 3])
+    folder = tmp_path / "grid"
+    models = ["demo:base-a", "demo:a-docs", "demo:a-sys", "demo:base-b", pruned]
+    for i, (a, b) in enumerate(itertools.combinations(models, 2)):
+        compare(a, b, stat="cos", save=folder / f"{i}_cos.p")
+    rec_pruned = compare("demo:a-docs", pruned, stat="cos").record
+    med, corr = rec_pruned["extra"]["per_pair_median_cos"], rec_pruned["correspondence"]
+    assert rec_pruned["extra"]["median_cos"] == pytest.approx(np.mean([med[i][j] for i, j, _ in corr]))
+    truth = {"base-a": None, "a-docs": "base-a", "a-sys": "base-a", "base-b": None, pruned: "a-docs"}
+    df = load_results(folder)
+    rec = reconstruct(df, "cos", truth=truth, use_hub=False)
+    (e,) = [e for e in rec.edges if pruned in (e["a"], e["b"])]
+    assert e["parent"] == "demo:a-docs" and e["child"] == pruned and e["truth"] == "correct"
+    assert e["similarity"] == pytest.approx(rec_pruned["extra"]["median_cos"])
+    # a result without a similarity (e.g. a block map that matched no block): left unplaced, and why
+    df.loc[(df["base"] == pruned) | (df["ft"] == pruned), "median_cos"] = float("nan")
+    rec = reconstruct(df, "cos", truth=truth, use_hub=False)
+    assert not [e for e in rec.edges if pruned in (e["a"], e["b"])]
+    assert any(n.startswith(f"{pruned} is not placed") and "similarity" in n for n in rec.notes)
