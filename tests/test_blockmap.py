@@ -337,3 +337,24 @@ def test_pruned_model_placed_in_the_tree_by_its_matched_cosines(family, tmp_path
     rec = reconstruct(df, "cos", truth=truth, use_hub=False)
     assert not [e for e in rec.edges if pruned in (e["a"], e["b"])]
     assert any(n.startswith(f"{pruned} is not placed") and "similarity" in n for n in rec.notes)
+
+
+def test_report_explains_the_block_maps_statistic_cell(family, tmp_path):
+    from tracing.report import write_report
+    ft = derive("demo:a-docs", tmp_path / "pruned", blocks=[0, 2, 3])
+    folder = tmp_path / "results"
+    folder.mkdir()
+    res = compare("demo:base-a", ft, stat="cos", save=folder / "pruned_cos.p")
+    assert res.statistic == 1.0  # the Spearman r of the best block pair: not a statistic of the pair
+    compare("demo:base-a", "demo:a-docs", stat="cos", save=folder / "same_cos.p")
+    text = write_report(folder).read_text()
+    (row,) = [x for x in text.splitlines() if x.startswith("| `demo:base-a` |") and f"`{ft}`" in x]
+    cell = row.split("|")[3].strip()
+    assert cell == f"(block map; median cos {res.extra['median_cos']:.3g})"
+    (same,) = [x for x in text.splitlines() if x.startswith("| `demo:base-a` | `demo:a-docs` |")]
+    assert same.split("|")[3].strip().startswith(f"{res_same_stat(folder):.4g}")
+    assert "A block map has no single statistic" in text
+
+
+def res_same_stat(folder):
+    return pickle.load(open(folder / "same_cos.p", "rb"))["statistic"]
