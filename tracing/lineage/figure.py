@@ -16,8 +16,10 @@ COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed"
 
 
 def short(model: str) -> str:
-    """A compact label: ``demo:`` dropped, ``org/name`` on two lines."""
-    m = str(model)
+    """A compact label: ``demo:`` dropped, ``org/name`` on two lines; characters no installed font
+    can draw transliterated (see :mod:`tracing.glyphs`)."""
+    from ..glyphs import drawable
+    m = drawable(str(model))
     if m.startswith("demo:"):
         return m[len("demo:"):]
     m = m.rstrip("/")
@@ -79,6 +81,8 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from ..glyphs import setup
+    setup()
 
     # one x unit per leaf, widened so that the longest label fits
     unit = max(1.0, max(len(line) for m in rec.models for line in short(m).splitlines()) / 16)
