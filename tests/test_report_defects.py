@@ -223,3 +223,18 @@ def test_cjk_model_names_draw_without_glyph_warnings(tmp_path):
     label = glyphs.drawable("基础模型")
     assert label == "基础模型" if glyphs.covered("基础模型") else label.isascii() and label
     assert glyphs.drawable("a-docs") == "a-docs" and glyphs.drawable("Ωmega") == "Ωmega"  # DejaVu has Greek
+
+
+def test_options_table_names_the_statistics_each_option_applies_to(small_run):
+    """cos and match in one folder: an option only match reads is marked match, one neither reads
+    (alpha, the interpolation weight of mode) is not listed as applying to them."""
+    from tracing import stats
+    _, _, text = small_run
+    rows = [r for r in text.split("### Options", 1)[1].split("\n\n", 2)[1].splitlines()[2:]]
+    applies = {r.split("|")[1].strip(): r.split("|")[3].strip() for r in rows}
+    assert "alpha" not in applies and "num_perm" not in applies
+    assert applies["num_samples"] == "match" and applies["block_size"] == "match"
+    assert applies["seed"] == "all" and applies["significance"] == "all"
+    for opt, where in applies.items():  # every row agrees with the statistics' own facts
+        names = ("cos", "match") if where == "all" else where.split(", ")
+        assert all(opt in stats.get(s).option_names() for s in names), (opt, where)
