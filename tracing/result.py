@@ -44,6 +44,10 @@ def make_record(pair, stat, result, aligned, evals, prov, models, timings, elaps
     if data and data["num_blocks"] < data["num_samples_asked"]:
         notes.append(f"used {data['num_blocks']} of the {data['num_samples_asked']} blocks asked for "
                      f"({data['dataset']} holds no more text at --block_size {data['block_size']})")
+    bos = (data or {}).get("bos") or (evals or {}).get("bos")
+    if bos:
+        notes.append(f"each evaluation window starts with the tokenizer's BOS token {bos['token']} (id {bos['id']}; "
+                     f"its config adds one), as the models saw text in training")
     notes += [str(n) for n in (result.extra.get("notes") or [])]
     rec = {
         "args": args,
