@@ -129,10 +129,12 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
             ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 0.12, "missing", fontsize=6, color=COLOURS["missing"],
                     ha="center")
             drawn["missing"].append((m["parent"], m["child"]))
-    if any(e.get("truth") for e in rec.edges) or rec.missing:
+    keys = ([] if not (any(e.get("truth") for e in rec.edges) or rec.missing) else
+            ["against the known lineage: green = known edge, red = wrong or reversed, dashed orange = known edge missing"])
+    keys += ["dotted blue: a merge's other parents"] if drawn["merges"] else []
+    if keys:
         import textwrap
-        key = ("against the known lineage: green = known edge, red = wrong or reversed, "
-               "dashed orange = known edge missing")
+        key = "; ".join(keys)
         fig.text(0.01, 0.01, "\n".join(textwrap.wrap(key, max(40, int(fig.get_figwidth() * 72 / 5)))),
                  fontsize=7, color="#555555")
     what = "median matched cosine of up rows" if rec.similarity == "median_cos" else "l2 distance"
