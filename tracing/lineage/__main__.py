@@ -101,7 +101,8 @@ def main(argv=None) -> int:
         arrow = f"{e['parent']} -> {e['child']}" if e["directed"] else f"{e['a']} -- {e['b']}"
         s = e["similarity"]
         sim = "?" if s is None else (f"l2 {-s:.4g}" if rec.similarity == "-l2" else f"{rec.similarity} {s:.4f}")
-        print(f"  {arrow}  [{sim}]" + (f" {e['truth']}" if e.get("truth") else ""))
+        merge = f" (a merge of {', '.join(e['merge_of'])})" if e.get("merge_of") else ""
+        print(f"  {arrow}{merge}  [{sim}]" + (f" {e['truth']}" if e.get("truth") else ""))
     if "edge_scores" in extra:
         s = extra["edge_scores"]
         print(f"edges: precision {_fmt(s['precision'])}, recall {_fmt(s['recall'])}")
