@@ -179,3 +179,24 @@ def test_weight_sources_are_streamed_not_materialised(trio, tmp_path, monkeypatc
     monkeypatch.setattr(WeightSource, "state_dict", lambda *a, **k: pytest.fail("a whole model was materialised"))
     res = tracing.compare_models(Checkpoint(str(tmp_path / "base")), Checkpoint(str(tmp_path / "ft")), stat="cos")
     assert res.log10_pvalue == ref.log10_pvalue
+
+
+def _printed(summary: str) -> tuple[float, float]:
+    """(log10 of the printed p-value, the printed log10 p) of a summary's p-value line."""
+    import re
+    m = re.search(r"p-value (\S+) \(.*; log10 p = (\S+)\)", summary)
+    text, lp = m.group(1), float(m.group(2))
+    mant, _, exp = text.partition("e")
+    return math.log10(float(mant)) + (int(exp) if exp else 0), lp
+
+
+def test_printed_log10_p_agrees_with_the_printed_p_value(trio):
+    base, ft, _ = trio
+    for res in (tracing.compare_models(base, base, stat="cos"), tracing.compare_models(base, ft, stat="cos")):
+        from_p, lp = _printed(res.summary())
+        assert lp == pytest.approx(res.log10_pvalue, abs=0.005)
+        assert abs(from_p - lp) < 0.01  # the 2-digit mantissa and the log10 name the same number
+    # a p-value far below the float range: 3.5e-3025 and log10 p = -3024.46
+    rec = dict(tracing.compare_models(base, base, stat="cos").record, log10_pvalue=-3024.456)
+    from_p, lp = _printed(tracing.result.summary(rec))
+    assert lp == -3024.46 and "3.5e-3025" in tracing.result.summary(rec)

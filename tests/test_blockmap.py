@@ -326,3 +326,51 @@ def test_sampled_block_map_rows_16_within_level():
     lo, _ = clopper_pearson(sum(p <= 0.05 for p in overall), len(overall), confidence=0.99)
     assert lo <= 0.05
     assert sps.kstest(cells, "uniform").pvalue > 0.01
+
+
+def test_pruned_model_placed_in_the_tree_by_its_matched_cosines(family, tmp_path):
+    """A pruned model's cos result is a block map: its similarity for the tree is the mean median
+    cosine of the matched blocks, so it hangs under the model it was pruned from."""
+    import itertools
+    from tracing.lineage.reconstruct import reconstruct
+    from tracing.results import load_results
+    pruned = derive("demo:a-docs", tmp_path / "pruned", blocks=[0, 2, 3])
+    folder = tmp_path / "grid"
+    models = ["demo:base-a", "demo:a-docs", "demo:a-sys", "demo:base-b", pruned]
+    for i, (a, b) in enumerate(itertools.combinations(models, 2)):
+        compare(a, b, stat="cos", save=folder / f"{i}_cos.p")
+    rec_pruned = compare("demo:a-docs", pruned, stat="cos").record
+    med, corr = rec_pruned["extra"]["per_pair_median_cos"], rec_pruned["correspondence"]
+    assert rec_pruned["extra"]["median_cos"] == pytest.approx(np.mean([med[i][j] for i, j, _ in corr]))
+    truth = {"base-a": None, "a-docs": "base-a", "a-sys": "base-a", "base-b": None, pruned: "a-docs"}
+    df = load_results(folder)
+    rec = reconstruct(df, "cos", truth=truth, use_hub=False)
+    (e,) = [e for e in rec.edges if pruned in (e["a"], e["b"])]
+    assert e["parent"] == "demo:a-docs" and e["child"] == pruned and e["truth"] == "correct"
+    assert e["similarity"] == pytest.approx(rec_pruned["extra"]["median_cos"])
+    # a result without a similarity (e.g. a block map that matched no block): left unplaced, and why
+    df.loc[(df["base"] == pruned) | (df["ft"] == pruned), "median_cos"] = float("nan")
+    rec = reconstruct(df, "cos", truth=truth, use_hub=False)
+    assert not [e for e in rec.edges if pruned in (e["a"], e["b"])]
+    assert any(n.startswith(f"{pruned} is not placed") and "similarity" in n for n in rec.notes)
+
+
+def test_report_explains_the_block_maps_statistic_cell(family, tmp_path):
+    from tracing.report import write_report
+    ft = derive("demo:a-docs", tmp_path / "pruned", blocks=[0, 2, 3])
+    folder = tmp_path / "results"
+    folder.mkdir()
+    res = compare("demo:base-a", ft, stat="cos", save=folder / "pruned_cos.p")
+    assert res.statistic == 1.0  # the Spearman r of the best block pair: not a statistic of the pair
+    compare("demo:base-a", "demo:a-docs", stat="cos", save=folder / "same_cos.p")
+    text = write_report(folder).read_text()
+    (row,) = [x for x in text.splitlines() if x.startswith("| `demo:base-a` |") and f"`{ft}`" in x]
+    cell = row.split("|")[3].strip()
+    assert cell == f"(block map; median cos {res.extra['median_cos']:.3g})"
+    (same,) = [x for x in text.splitlines() if x.startswith("| `demo:base-a` | `demo:a-docs` |")]
+    assert same.split("|")[3].strip().startswith(f"{res_same_stat(folder):.4g}")
+    assert "A block map has no single statistic" in text
+
+
+def res_same_stat(folder):
+    return pickle.load(open(folder / "same_cos.p", "rb"))["statistic"]

@@ -3,6 +3,7 @@ folder compute each pair once, and a bad --out fails at once."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,13 @@ def test_two_launches_into_one_folder_compute_each_pair_once(tmp_path):
     computed = [o.count(SLEEPING) for o in outs]  # printed by the job itself, once per pair it computes
     assert sum(computed) == len(pairs), (computed, outs)
     assert any("being computed by another launch" in o for o in outs), outs
+    for o, c in zip(outs, computed):  # a pair a launch only waited for is not reported as done by it
+        waited = len(re.findall(r"^\[\d+/\d+\] .*: done by another launch in ", o, re.M))
+        skipped = int(re.search(r"skipped (\d+) \(already done\)", o).group(1))
+        assert c + waited + skipped == len(pairs), o
+        assert len(re.findall(r"^\[\d+/\d+\] .*: done in ", o, re.M)) == c, o
+        assert re.search(rf"^done {c}, failed 0, skipped {skipped} \(already done\)"
+                         + (rf", {waited} done by another launch in " if waited else " in "), o, re.M), o
     df = load_results(tmp_path / "out")
     assert len(df) == len(pairs) and set(df["status"]) == {"ok"}
     assert not list((tmp_path / "out").rglob(".launch.lock"))  # every claim was released

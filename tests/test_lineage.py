@@ -323,3 +323,62 @@ def test_merge_fit_is_the_same_in_slices(merged, monkeypatch):
     sliced = fit_merge(merged["ties"], [D["a-docs"], D["a-sys"]], base=D["base-a"])
     assert sliced.weights == pytest.approx(whole.weights, rel=1e-9)
     assert sliced.unexplained == pytest.approx(whole.unexplained, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# One rule for the known lineage; the command never replaces the report's files
+# ------------------------------------------------------------------------------------------
+def test_lineage_command_keeps_the_reports_files_and_its_lineage(grid, tmp_path, capsys):
+    from tracing.report import write_report
+    folder = tmp_path / "run"
+    shutil.copytree(grid, folder)
+    # a launch of a tree list wrote its lineage beside the results; here (unlike the demo family's)
+    # a-docs is the root of its family, so the rule that picks the lineage shows in the tree
+    known = {D["a-docs"]: None, D["base-a"]: D["a-docs"], D["a-sys"]: D["a-docs"], D["a-docs-v2"]: D["a-docs"],
+             D["base-b"]: None, D["b-docs"]: D["base-b"], D["base-c"]: None}
+    (folder / "known_lineage.json").write_text(json.dumps(known))
+    write_report(folder)
+    report_files = {n: (folder / n).read_bytes() for n in ("lineage.json", "lineage.png", "report.md")}
+    rep = json.loads(report_files["lineage.json"])
+    assert rep["families"][0]["root"] == D["a-docs"]
+    assert run_cli(cli.main, [str(folder), "--no-hub"]) == 0
+    assert {n: (folder / n).read_bytes() for n in report_files} == report_files
+    own = json.loads((folder / "lineage" / "lineage.json").read_text())
+    assert (folder / "lineage" / "lineage.png").is_file()
+    # the same rule and the same known lineage: the same directed tree as the report's
+    assert own["families"] == rep["families"] and own["edges"] == rep["edges"]
+    assert "lineage: known_lineage.json" in own["notes"]
+    # writing into the report's own folder would replace its files: one clear line, nothing written
+    capsys.readouterr()
+    assert run_cli(cli.main, [str(folder), "--no-hub", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--out" in err[0]
+    assert {n: (folder / n).read_bytes() for n in report_files} == report_files
+
+
+def test_report_shows_merges_and_never_draws_a_merge_as_a_parent(merged, tmp_path):
+    from tracing.lineage.merges import reconstruct_with_merges
+    from tracing.report import write_report
+    m = merged["linear"]  # 0.3 a-docs + 0.7 a-sys
+    folder = run_grid([D["base-a"], D["a-docs"], D["a-sys"], D["base-c"], m], tmp_path / "grid")
+    text = write_report(folder, lineage=demo_truth(), merges=True).read_text()
+    data = json.loads((folder / "lineage.json").read_text())
+    # the merge sits nearer the root than either source, yet it is never their parent
+    assert all(e.get("parent") != m for e in data["edges"])
+    parents = {e["child"]: e["parent"] for e in data["edges"]}
+    assert parents[D["a-docs"]] == D["base-a"] and parents[D["a-sys"]] == D["base-a"]
+    (edge,) = [e for e in data["edges"] if m in (e["a"], e["b"])]
+    assert edge["child"] == m and edge["parent"] in (D["a-docs"], D["a-sys"])
+    assert set(edge["merge_of"]) == {D["a-docs"], D["a-sys"]}
+    found = [v for v in data["merges"] if v["is_merge"]]
+    assert [v["model"] for v in found] == [m]
+    assert found[0]["weights"] == pytest.approx({D["a-docs"]: 0.3, D["a-sys"]: 0.7}, abs=0.02)
+    # report.md: the merge with its parents and weights, the models that are not merges, weights per block
+    assert "### Merges" in text and f"| `{m}` | merge |" in text
+    assert f"`{D['a-docs']}` 0.3" in text and f"`{D['a-sys']}` 0.7" in text
+    assert all(f"| `{v['model']}` | not a merge |" in text for v in data["merges"] if not v["is_merge"])
+    assert len(data["merges"]) > 1 and f"Weights of `{m}` per block" in text
+    # the figure joins the merge to its other parent
+    rec, _ = reconstruct_with_merges(load_results(folder), demo_truth(), stat="cos", use_hub=False)
+    other = ({D["a-docs"], D["a-sys"]} - {edge["parent"]}).pop()
+    assert draw_lineage(rec, tmp_path / "l.png")["merges"] == [(other, m)]

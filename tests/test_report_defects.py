@@ -198,3 +198,43 @@ def test_unreadable_file_listed_in_launch_json_is_placed_on_its_pair(small_run, 
     assert g.state[pos[_d("a-docs")], pos[_d("base-a")]] == "unreadable"
     assert g.state[pos[_d("base-a")], pos[_d("a-docs")]] == "ok"
     assert "2 unreadable result file(s)" in text
+
+
+def test_cjk_model_names_draw_without_glyph_warnings(tmp_path):
+    """Model names in a script the default font lacks: figures are written, stderr stays empty, and
+    each label is drawable (a font with the glyphs when one is installed, else a transliteration)."""
+    import shutil
+    from tracing import glyphs
+    demo.ensure_built(progress=False)
+    names = {"base-a": "基础模型", "a-docs": "微调-文档", "base-b": "独立模型"}
+    models = {}
+    for src, name in names.items():
+        models[src] = str(tmp_path / name)
+        shutil.copytree(demo.resolve_demo(_d(src)), models[src])
+    folder = tmp_path / "run"
+    for a, b in (("base-a", "a-docs"), ("base-a", "base-b"), ("a-docs", "base-b")):
+        run_pair(models[a], models[b], Options(stat=["cos"]), save=f"{folder}/{slug(models[a])}__{slug(models[b])}/",
+                 progress=False)
+    r = _cli(folder)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr == ""  # no "Glyph … missing from font(s)" warnings
+    for f in ("heatmap.png", "per_layer.png", "lineage.png"):
+        assert (folder / f).stat().st_size > 0
+    label = glyphs.drawable("基础模型")
+    assert label == "基础模型" if glyphs.covered("基础模型") else label.isascii() and label
+    assert glyphs.drawable("a-docs") == "a-docs" and glyphs.drawable("Ωmega") == "Ωmega"  # DejaVu has Greek
+
+
+def test_options_table_names_the_statistics_each_option_applies_to(small_run):
+    """cos and match in one folder: an option only match reads is marked match, one neither reads
+    (alpha, the interpolation weight of mode) is not listed as applying to them."""
+    from tracing import stats
+    _, _, text = small_run
+    rows = [r for r in text.split("### Options", 1)[1].split("\n\n", 2)[1].splitlines()[2:]]
+    applies = {r.split("|")[1].strip(): r.split("|")[3].strip() for r in rows}
+    assert "alpha" not in applies and "num_perm" not in applies
+    assert applies["num_samples"] == "match" and applies["block_size"] == "match"
+    assert applies["seed"] == "all" and applies["significance"] == "all"
+    for opt, where in applies.items():  # every row agrees with the statistics' own facts
+        names = ("cos", "match") if where == "all" else where.split(", ")
+        assert all(opt in stats.get(s).option_names() for s in names), (opt, where)

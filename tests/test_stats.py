@@ -192,3 +192,17 @@ def test_mode_records_its_path_and_endpoints(trio, full):
         assert abs(x["loss_at_alpha1"] - l_ft) > 1e-4
         assert x["path"] == "mlp+norms" and "not θ₂" in x["barrier_endpoints"]
         assert any("not θ₂" in n for n in x["notes"])
+
+
+def test_mode_summary_prints_the_whole_curve_with_each_alpha(trio):
+    base, ft, _, ids = trio
+    res = run("mode", base, ft, ids, alphas=[0, 0.25, 0.5, 0.75, 1])
+    lines = res.summary().splitlines()
+    curve = res.extra["curve"]
+    assert [c["alpha"] for c in curve] == [0, 0.25, 0.5, 0.75, 1]
+    for c in curve:  # one line per α asked for, naming its α, its loss and its barrier
+        (line,) = [x for x in lines if x.strip().startswith(f"α = {c['alpha']:g}:")]
+        assert f"loss {c['loss']:.4f}" in line and f"barrier {c['barrier']:.4f}" in line
+    # the value line names its α (it never reads as "at α <loss>")
+    assert any(f"LM loss at α = 0.5: {res.statistic:.6g}" in x for x in lines)
+    assert not any(f"LM loss at α {res.statistic:.6g}" in x for x in lines)

@@ -148,6 +148,10 @@ def cos_map(ctx, base, ft):
     med = [[float(np.median(res[i, j].cos)) if res[i, j].n_pairs else float("nan") for j in range(B.L)]
            for i in range(A.L)]
     out.extra["per_pair_median_cos"] = med
+    # the pair's similarity for lineage trees: the mean median cosine of the matched cells (none: no block matched)
+    cells = [med[i][j] for i, j, _ in out.extra["correspondence"] if math.isfinite(med[i][j])]
+    if cells:
+        out.extra["median_cos"] = float(np.mean(cells))
     out.extra["notes"] = auto_note("cos", A, B, ctx.options)
     if S is not None:
         out.extra.update(rows_extra(o, min(A.h, B.h)))

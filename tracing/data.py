@@ -109,9 +109,26 @@ def load_texts(dataset: str, base_spec: str, ft_spec: str, generated_dir: str | 
     return read_text_file(Path(dataset))
 
 
+def window_bos(tokenizer) -> int | None:
+    """The BOS id each evaluation window starts with, when the tokenizer's config asks for one: when
+    encoding a text with its special tokens puts BOS first (``add_bos_token``, Gemma's and Llama 3's
+    post-processors), as the model saw it in training. ``None`` otherwise."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if tokenizer is None or bos is None:
+        return None
+    try:
+        with_special = tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot say: no BOS, as before
+        return None
+    return int(bos) if with_special[:1] == [bos] and plain[:1] != [bos] else None
+
+
 def token_blocks(dataset: str, *, tokenizer, shared_vocab: int, block_size: int, num_samples: int, seed: int,
                  base_spec: str = "", ft_spec: str = "", generated_dir: str | Path = "results/generated") -> torch.Tensor:
-    """``[n, block_size]`` token ids, ``n <= num_samples``, all below ``shared_vocab``."""
+    """``[n, block_size]`` token ids, ``n <= num_samples``, all below ``shared_vocab``. Text is packed
+    into windows; when the tokenizer asks for a BOS token (:func:`window_bos`) each window is that
+    token followed by ``block_size − 1`` text tokens. Random ids are left as drawn."""
     if dataset == "random":
         g = torch.Generator().manual_seed(int(seed))
         return torch.randint(0, shared_vocab, (num_samples, block_size), generator=g)
@@ -119,18 +136,24 @@ def token_blocks(dataset: str, *, tokenizer, shared_vocab: int, block_size: int,
     if tokenizer is None:
         raise TracingError(f"--dataset {dataset} needs the base model's tokenizer, but it has none; "
                            f"use --dataset random or add the tokenizer files")
+    bos = window_bos(tokenizer)
+    width = block_size - (bos is not None)  # text tokens per window
+    if width < 1:
+        raise TracingError(f"--block_size {block_size} leaves no room for text after the BOS token; use a larger one")
     ids: list[int] = []
-    need = block_size * num_samples
+    need = width * num_samples
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for t in texts:
         ids += tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] + sep
         if len(ids) >= need:
             break
-    n = min(num_samples, len(ids) // block_size)
+    n = min(num_samples, len(ids) // width)
     if n == 0:
         raise TracingError(f"dataset {dataset} gives {len(ids)} tokens, fewer than one block of {block_size}; "
                            f"use a smaller --block_size or more text")
-    out = torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
+    out = torch.tensor(ids[: n * width], dtype=torch.long).view(n, width)
+    if bos is not None:
+        out = torch.cat([torch.full((n, 1), bos, dtype=torch.long), out], dim=1)
     if int(out.max()) >= shared_vocab:
         raise TracingError(f"dataset {dataset} tokenises to id {int(out.max())}, past the vocabulary the two models "
                            f"share ({shared_vocab}); the tokenizers are not compatible for this text")

@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from .align import align
-from .data import token_blocks, tokenizers_compatible
+from .data import token_blocks, tokenizers_compatible, window_bos
 from .errors import TracingError
 from .evaluate import lm_losses, perplexity
 from .models import default_device, resolve_dtype
@@ -58,6 +58,7 @@ class Pair:
         self.timings["transform"] = time.time() - t
         self._given_tokens = tokens
         self._tokens: dict[str, torch.Tensor] = {}
+        self._bos: dict[str, dict | None] = {}  # dataset → the BOS token each window starts with
         self._alignment = None
         self._tok_checked = False
 
@@ -125,6 +126,8 @@ class Pair:
                                        f"statistic (cos, emb, l2) for this pair")
                 self._tok_checked = True
             o = self.options
+            bos = window_bos(tok) if dataset != "random" else None
+            self._bos[dataset] = None if bos is None else {"token": tok.convert_ids_to_tokens(bos), "id": bos}
             self._tokens[dataset] = token_blocks(dataset, tokenizer=tok, shared_vocab=shared,
                                                  block_size=self.block_size, num_samples=o.num_samples, seed=o.seed,
                                                  base_spec=self.base_spec, ft_spec=self.ft_spec,
@@ -145,7 +148,7 @@ class Pair:
         if ids is None:
             return None
         return {"dataset": ds, "num_blocks": int(ids.shape[0]), "block_size": int(ids.shape[1]),
-                "num_samples_asked": self.options.num_samples}
+                "num_samples_asked": self.options.num_samples, "bos": self._bos.get(ds)}
 
     def context(self, stat: str | None, options: Options | None = None) -> Context:
         opts = options or (self.options.for_stat(stat) if stat else self.options)
@@ -169,4 +172,5 @@ class Pair:
         else:  # models of different depths cannot run in lockstep: one pass each
             (lb,), (lf,) = (lm_losses(engine, [m], ids, desc="eval") for m in (self.base, self.ft))
         self.timings["eval"] = time.time() - t
-        return {"dataset": dataset, "base loss": lb, "ft loss": lf, "base ppl": perplexity(lb), "ft ppl": perplexity(lf)}
+        return {"dataset": dataset, "base loss": lb, "ft loss": lf, "base ppl": perplexity(lb), "ft ppl": perplexity(lf),
+                "bos": self._bos.get(dataset)}

@@ -111,6 +111,15 @@ def format_pvalue(log10p, digits: int = 2) -> str:
     return f"{mantissa:.{digits}g}e{exponent}"
 
 
+def format_log10(log10p) -> str:
+    """log10 p with two decimals (``-3024.46``), enough to agree with :func:`format_pvalue`'s
+    two-digit mantissa (``3.5e-3025``); very small magnitudes keep two significant digits."""
+    if log10p is None or not math.isfinite(float(log10p)):
+        return "n/a"
+    l = float(log10p)
+    return f"{l:.2f}" if abs(l) >= 0.01 or l == 0 else f"{l:.2g}"
+
+
 # --------------------------------------------------------------------------
 # tail functions (natural logs)
 # --------------------------------------------------------------------------

@@ -47,6 +47,10 @@ def make_record(pair, stat, result, aligned, evals, prov, models, timings, elaps
     if data and data["num_blocks"] < data["num_samples_asked"]:
         notes.append(f"used {data['num_blocks']} of the {data['num_samples_asked']} blocks asked for "
                      f"({data['dataset']} holds no more text at --block_size {data['block_size']})")
+    bos = (data or {}).get("bos") or (evals or {}).get("bos")
+    if bos:
+        notes.append(f"each evaluation window starts with the tokenizer's BOS token {bos['token']} (id {bos['id']}; "
+                     f"its config adds one), as the models saw text in training")
     notes += [str(n) for n in (result.extra.get("notes") or [])]
     rec = {
         "args": args,
@@ -83,8 +87,14 @@ def _fmt(x) -> str:
 
 def _pline(d: dict, significance) -> str:
     return (f"p-value {pvalues.format_pvalue(d['log10_pvalue'])} ({d['pvalue_kind']}; log10 p = "
-            f"{d['log10_pvalue']:.4g}); verdict at {significance}: {d['verdict']}"
+            f"{pvalues.format_log10(d['log10_pvalue'])}); verdict at {significance}: {d['verdict']}"
             + (f" — {FLOOR}" if d.get("at_floor") else ""))
+
+
+def _value_name(rec: dict, spec) -> str:
+    """The statistic's name; one taken at an interpolation point names its α (``LM loss at α = 0.5``)."""
+    alpha = (rec.get("extra") or {}).get("alpha")
+    return f"{spec.value_name} = {alpha:g}" if spec.at_alpha and alpha is not None else spec.value_name
 
 
 def _value_lines(rec: dict, spec) -> list[str]:
@@ -92,9 +102,9 @@ def _value_lines(rec: dict, spec) -> list[str]:
     if rec.get("log10_pvalue") is not None:
         lines.append("  " + _pline(rec, rec["args"]["significance"]))
         if spec.value_name != "statistic":
-            lines.append(f"  {spec.value_name}: {_fmt(rec['statistic'])}")
+            lines.append(f"  {_value_name(rec, spec)}: {_fmt(rec['statistic'])}")
     else:
-        lines.append(f"  {spec.value_name} {_fmt(rec['statistic'])} (no p-value)")
+        lines.append(f"  {_value_name(rec, spec)}: {_fmt(rec['statistic'])} (no p-value)")
     if rec.get("per_pair") is not None:
         from .blockmap import explain
         lines += explain(rec)
@@ -112,7 +122,7 @@ def summary(rec) -> str:
         if a.get("log10_pvalue") is not None:
             lines.append("  after alignment: " + _pline(a, rec["args"]["significance"]))
         else:
-            lines.append(f"  after alignment: {spec.value_name} {_fmt(a['statistic'])} (no p-value)")
+            lines.append(f"  after alignment: {_value_name(a, spec)}: {_fmt(a['statistic'])} (no p-value)")
     if rec.get("eval"):
         e = rec["eval"]
         lines.append(f"  loss base {e['base loss']:.4f} (ppl {e['base ppl']:.2f}), ft {e['ft loss']:.4f} "

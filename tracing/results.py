@@ -241,6 +241,7 @@ def record_rows(rec: dict, path: str = "", per_layer: bool = False) -> list[dict
         "attn": rec.get("args", {}).get("attn"), "emb": rec.get("args", {}).get("emb"),
         "num_perm": rec.get("args", {}).get("num_perm"),
         "rows": rec.get("args", {}).get("rows"),  # sampled cos / emb: K units
+        "localized": "per_pair" in rec,  # a block map (models of different shapes)
     }
     variants = [("raw", rec)]
     if isinstance(rec.get("aligned"), dict):

@@ -284,8 +284,8 @@ def wait_for_others(run: Launch, foreign: list[Task], elsewhere: list[Task], run
     for t in elsewhere:
         wait_released(t.dir)
         refresh(t)
-        if t.status == TaskState.DONE:
-            t.error = None
+        if t.status == TaskState.DONE:  # computed by the other launch: this one only waited
+            t.status, t.error = TaskState.DONE_ELSEWHERE, None
         else:
             t.status = TaskState.FAILED
             t.error = "the other launch computing this pair ended without its result; rerun to retry"
@@ -297,11 +297,14 @@ def wait_for_others(run: Launch, foreign: list[Task], elsewhere: list[Task], run
 def summarise(run: Launch, start: float) -> int:
     """Record the run, print the summary, write the report; the exit code."""
     write_run_log(run.out, run.tasks, run.choice.kind, run.arrays)
-    counts = {k: sum(t.status == k for t in run.tasks) for k in (TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED)}
+    counts = {k: sum(t.status == k for t in run.tasks)
+              for k in (TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED, TaskState.DONE_ELSEWHERE)}
+    elsewhere = counts[TaskState.DONE_ELSEWHERE]
     run.say("")
     run.say(summary_table(run.tasks))
     run.say(f"done {counts[TaskState.DONE]}, failed {counts[TaskState.FAILED]}, skipped {counts[TaskState.SKIPPED]} "
-            f"(already done) in {fmt_seconds(time.time() - start)}; results in {rel(run.out)}")
+            f"(already done)" + (f", {elsewhere} done by another launch" if elsewhere else "")
+            + f" in {fmt_seconds(time.time() - start)}; results in {rel(run.out)}")
     if counts[TaskState.FAILED]:
         run.say("rerun the same command to retry the failed pairs (their errors are in the result files)")
     if run.s.attest_key:

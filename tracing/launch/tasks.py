@@ -28,13 +28,15 @@ StrEnum = getattr(enum, "StrEnum", _StrEnum)
 class TaskState(StrEnum):
     """Where a pair stands. Before running: TODO, DONE (every result exists) or FAILED_BEFORE
     (an earlier run recorded a failure; retried). While running: RUNNING, or ELSEWHERE (another
-    launch computes it). After: DONE, SKIPPED (it was done before this launch) or FAILED."""
+    launch computes it). After: DONE, DONE_ELSEWHERE (another launch computed it while this one
+    waited), SKIPPED (it was done before this launch) or FAILED."""
 
     TODO = "todo"
     DONE = "done"
     FAILED_BEFORE = "failed-before"
     RUNNING = "running"
     ELSEWHERE = "running elsewhere"
+    DONE_ELSEWHERE = "done by another launch"
     SKIPPED = "skipped"
     FAILED = "failed"
 

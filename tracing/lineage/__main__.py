@@ -6,9 +6,12 @@
                                       [--significance 0.01] [--merges] [--no-hub]
 
 writes ``lineage.json`` (families, tree edges with their similarity and direction, the pairs'
-Holm-adjusted p-values, notes) and ``lineage.png`` into DIR (default: the results folder). With a
-known lineage (``--lineage``: a tree YAML such as config/llama7b_tree.yaml or a lineage JSON; the
-demo family's is used when every model is ``demo:*``) it also writes ``lineage_rates.csv``
+Holm-adjusted p-values, notes) and ``lineage.png`` into DIR (default: ``RESULTS/lineage``, so that the
+report's own ``lineage.json`` / ``lineage.png`` in RESULTS are never replaced; a DIR that holds a
+report is refused). The known lineage follows the report's rule (``--lineage``: a tree YAML such as
+config/llama7b_tree.yaml or a lineage JSON; else the folder's ``known_lineage.json`` written by a
+launch of a tree; else the demo family's when every model is ``demo:*``), so with the same options
+the tree is the report's. With a known lineage it also writes ``lineage_rates.csv``
 (false- and true-positive rates with exact 95% intervals) and scores the tree edges. ``--merges``
 fits every model significant against two or more others as a mix of them (reads the weights).
 """
@@ -20,20 +23,24 @@ import sys
 from pathlib import Path
 
 from ..errors import TracingError
-from ..specs import is_demo
 from .figure import draw_lineage
 from .rates import edge_scores, error_rates
 from .reconstruct import reconstruct, write_json
-from .tree import demo_truth, read_truth
+from .tree import known_truth
+
+#: the command's own output folder inside the results folder
+OWN_FOLDER = "lineage"
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m tracing.lineage",
                                 description="Families, trees and merges reconstructed from a results folder.")
     p.add_argument("results", help="the results folder (e.g. results/<run>)")
-    p.add_argument("--out", default=None, help="where to write lineage.json / lineage.png (default: RESULTS)")
+    p.add_argument("--out", default=None, help="where to write lineage.json / lineage.png (default: RESULTS/lineage; "
+                                               "never a folder holding a report)")
     p.add_argument("--lineage", default=None, help="known lineage: a tree YAML or a lineage JSON (for direction "
-                                                   "and error rates); automatic for demo:* models")
+                                                   "and error rates); default: RESULTS/known_lineage.json, or "
+                                                   "the demo family's for demo:* models")
     p.add_argument("--stat", default="cos", help="the statistic whose p-values define families (default cos)")
     p.add_argument("--root", default=None, help="the root of the family that contains this model")
     p.add_argument("--significance", type=float, default=None,
@@ -43,12 +50,14 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def _truth(arg, models):
-    if arg:
-        return read_truth(arg), str(arg)
-    if models and all(is_demo(m) for m in models):
-        return demo_truth(), "the demo family"
-    return None, None
+def out_folder(results: Path, out) -> Path:
+    """Where the command writes: ``--out``, else ``RESULTS/lineage``. A folder holding a report is
+    refused: its ``lineage.json`` and ``lineage.png`` belong to the report (which embeds them)."""
+    target = Path(out) if out else results / OWN_FOLDER
+    if (target / "report.md").is_file():
+        raise TracingError(f"{target} holds a report whose lineage.json and lineage.png this command would replace; "
+                           f"give another --out (default: {results / OWN_FOLDER})")
+    return target
 
 
 def _fmt(x) -> str:
@@ -65,23 +74,21 @@ def main(argv=None) -> int:
     if df.empty:
         raise TracingError(f"no results in {folder}; run launch.py or main.py --save into it first")
     models = sorted({m for c in ("base", "ft") if c in df.columns for m in df[c] if isinstance(m, str)})
-    truth, source = _truth(args.lineage, models)
-    rec = reconstruct(df, stat=args.stat, truth=truth, root=args.root, level=args.significance,
-                      use_hub=not args.no_hub)
-    out = Path(args.out) if args.out else folder
+    out = out_folder(folder, args.out)
+    truth, source = known_truth(args.lineage, folder, models)
+    kw = dict(stat=args.stat, root=args.root, level=args.significance, use_hub=not args.no_hub)
     extra = {}
+    if args.merges:
+        from .merges import reconstruct_with_merges, verdict_json
+        rec, verdicts = reconstruct_with_merges(df, truth, progress=True, **kw)
+        extra["merges"] = [verdict_json(v) for v in verdicts]
+    else:
+        rec = reconstruct(df, truth=truth, **kw)
     if truth:
         rec.notes.append(f"lineage: {source}")
         extra["edge_scores"] = edge_scores(rec.edges, truth, rec.models)
         rates = error_rates(df, truth, level=args.significance)
         extra["rates"] = rates.to_dict("records")
-    if args.merges:
-        from .merges import attribute_all
-        extra["merges"] = [{"model": v.model, "is_merge": v.is_merge, "parents": v.parents, "weights": v.weights,
-                            "reason": v.reason, "base": v.fit.base, "fit_parents": v.fit.parents,
-                            "fit_weights": v.fit.weights, "unexplained": v.fit.unexplained,
-                            "single": v.fit.single, "per_block": v.fit.per_block}
-                           for v in attribute_all(rec, truth, progress=True)]
     out.mkdir(parents=True, exist_ok=True)
     path = write_json(rec, out / "lineage.json", extra)
     draw_lineage(rec, out / "lineage.png")
@@ -94,7 +101,8 @@ def main(argv=None) -> int:
         arrow = f"{e['parent']} -> {e['child']}" if e["directed"] else f"{e['a']} -- {e['b']}"
         s = e["similarity"]
         sim = "?" if s is None else (f"l2 {-s:.4g}" if rec.similarity == "-l2" else f"{rec.similarity} {s:.4f}")
-        print(f"  {arrow}  [{sim}]" + (f" {e['truth']}" if e.get("truth") else ""))
+        merge = f" (a merge of {', '.join(e['merge_of'])})" if e.get("merge_of") else ""
+        print(f"  {arrow}{merge}  [{sim}]" + (f" {e['truth']}" if e.get("truth") else ""))
     if "edge_scores" in extra:
         s = extra["edge_scores"]
         print(f"edges: precision {_fmt(s['precision'])}, recall {_fmt(s['recall'])}")

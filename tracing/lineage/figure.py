@@ -1,7 +1,8 @@
 """``lineage.png``: the reconstructed families side by side, each drawn as a tree.
 
 Edges carry their similarity; with a root they are arrows from parent to child. When the lineage
-is known, wrong or reversed edges are red and known edges the tree lacks are dashed orange.
+is known, wrong or reversed edges are red and known edges the tree lacks are dashed orange. A merge
+hangs under one of its parents and is joined to the others by dotted blue lines.
 """
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from ..specs import demo_name, is_demo
 
 from .reconstruct import Reconstruction
 
-COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed": "#c62828", "missing": "#ef8f00"}
+COLOURS = {"correct": "#2b7a3d", None: "#333333", "wrong": "#c62828", "reversed": "#c62828", "missing": "#ef8f00",
+           "merge": "#1565c0"}
 
 
 def short(model: str) -> str:
-    """A compact label: ``demo:`` dropped, ``org/name`` on two lines."""
-    m = str(model)
+    """A compact label: ``demo:`` dropped, ``org/name`` on two lines; characters no installed font
+    can draw transliterated (see :mod:`tracing.glyphs`)."""
+    from ..glyphs import drawable
+    m = drawable(str(model))
     if is_demo(m):
         return demo_name(m)
     m = m.rstrip("/")
@@ -60,12 +64,27 @@ def _label(e: dict, kind: str) -> str:
     return f"{s:.4f}" if kind == "median_cos" else f"{-s:.3g}"
 
 
+def _merge_lines(ax, e: dict, pos: dict, drawn: dict) -> None:
+    """Dotted lines from a merge to its parents other than the one it hangs under."""
+    if not e.get("merge_of"):
+        return
+    child = e["child"] if e.get("directed") else next((m for m in (e["a"], e["b"]) if m not in e["merge_of"]), e["a"])
+    for p in e["merge_of"]:
+        if p in pos and p not in (e["a"], e["b"]):
+            (x1, y1), (x2, y2) = pos[p], pos[child]
+            ax.plot([x1, x2], [y1, y2], ls=":", color=COLOURS["merge"], lw=1.4, zorder=0)
+            ax.text((x1 + x2) / 2, (y1 + y2) / 2, "merge", fontsize=6, color=COLOURS["merge"], ha="center")
+            drawn["merges"].append((p, child))
+
+
 def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
     """Draw ``rec`` into ``path`` (PNG); returns what was drawn: ``edges`` (sorted ``(a, b)`` pairs of
     tree edges), ``arrows`` (``(parent, child)`` of the directed ones) and ``missing``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from ..glyphs import setup
+    setup()
 
     # one x unit per leaf, widened so that the longest label fits
     unit = max(1.0, max(len(line) for m in rec.models for line in short(m).splitlines()) / 16)
@@ -80,7 +99,7 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
         depth = max(depth, -min(p[1] for p in pos.values()))
     width = offset - 1.4 * unit
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * (width + unit)), max(2.6, 1.5 * (depth + 1) + 1.0)))
-    drawn = {"edges": [], "arrows": [], "missing": []}
+    drawn = {"edges": [], "arrows": [], "missing": [], "merges": []}
     for fam, root, fam_edges, pos in layouts:
         for e in fam_edges:
             colour = COLOURS.get(e.get("truth"), COLOURS[None])
@@ -99,6 +118,7 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
             drawn["edges"].append(tuple(sorted((e["a"], e["b"]))))
             if e.get("directed"):
                 drawn["arrows"].append((e["parent"], e["child"]))
+            _merge_lines(ax, e, pos, drawn)
         for m, (x, y) in pos.items():
             ax.text(x, y, short(m), ha="center", va="center", fontsize=8,
                     fontweight="bold" if m == root else "normal",
@@ -111,10 +131,12 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
             ax.text((x1 + x2) / 2, (y1 + y2) / 2 - 0.12, "missing", fontsize=6, color=COLOURS["missing"],
                     ha="center")
             drawn["missing"].append((m["parent"], m["child"]))
-    if any(e.get("truth") for e in rec.edges) or rec.missing:
+    keys = ([] if not (any(e.get("truth") for e in rec.edges) or rec.missing) else
+            ["against the known lineage: green = known edge, red = wrong or reversed, dashed orange = known edge missing"])
+    keys += ["dotted blue: a merge's other parents"] if drawn["merges"] else []
+    if keys:
         import textwrap
-        key = ("against the known lineage: green = known edge, red = wrong or reversed, "
-               "dashed orange = known edge missing")
+        key = "; ".join(keys)
         fig.text(0.01, 0.01, "\n".join(textwrap.wrap(key, max(40, int(fig.get_figwidth() * 72 / 5)))),
                  fontsize=7, color="#555555")
     what = "median matched cosine of up rows" if rec.similarity == "median_cos" else "l2 distance"

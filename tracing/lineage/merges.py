@@ -268,3 +268,23 @@ def attribute_all(rec, truth: dict | None = None, progress: bool = False) -> lis
             continue
         out.append(attribute(m, cands, base=base, parents=parents, progress=progress))
     return out
+
+
+def verdict_json(v: MergeVerdict) -> dict:
+    """One verdict as plain values (``lineage.json``'s ``merges`` entries)."""
+    return {"model": v.model, "is_merge": v.is_merge, "parents": v.parents, "weights": v.weights,
+            "reason": v.reason, "base": v.fit.base, "fit_parents": v.fit.parents, "fit_weights": v.fit.weights,
+            "unexplained": v.fit.unexplained, "single": v.fit.single, "per_block": v.fit.per_block}
+
+
+def reconstruct_with_merges(df, truth: dict | None = None, progress: bool = False, **kw):
+    """:func:`~tracing.lineage.reconstruct.reconstruct`, then merge attribution on its families, then
+    the tree again with every merge hung under its parents (never drawn as a parent). Returns the
+    reconstruction and the verdicts (merges and the models found not to be merges)."""
+    from .reconstruct import reconstruct
+    rec = reconstruct(df, truth=truth, **kw)
+    verdicts = attribute_all(rec, truth, progress=progress)
+    found = {v.model: list(v.parents) for v in verdicts if v.is_merge}
+    if found:
+        rec = reconstruct(df, truth=truth, merges=found, **kw)
+    return rec, verdicts

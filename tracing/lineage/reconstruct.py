@@ -143,24 +143,49 @@ def max_spanning_edges(members: list[str], sim: dict) -> list[tuple[str, str, fl
     return sorted((min(a, b), max(a, b), d["weight"]) for a, b, d in t.edges(data=True))
 
 
-def rooted_edges(members: list[str], sim: dict, root: str) -> list[dict]:
+def rooted_edges(members: list[str], sim: dict, root: str, merges: dict | None = None,
+                 reshaped: set | None = None) -> list[dict]:
     """Grow the tree from ``root``: models by decreasing similarity to the root, each attached to the
-    most similar model already placed. Returns ``{parent, child, similarity, runner_up, runner_up_similarity}``."""
+    most similar model already placed; models whose pair with the root is a block map (``reshaped``:
+    pruned or upscaled) come after those of the root's shape. ``merges`` (merged model → its parents) are placed last and
+    never become parents: each hangs under its most similar parent. Returns ``{parent, child,
+    similarity, runner_up, runner_up_similarity}`` (and ``merge_of`` for a merge)."""
     def s(a, b):
         return sim.get(frozenset((a, b)))
-    rest = [m for m in members if m != root]
-    rest.sort(key=lambda m: (s(root, m) is None, -(s(root, m) or 0.0), m))
+    merges = {m: ps for m, ps in (merges or {}).items() if m in members and m != root}
+    rest = [m for m in members if m != root and m not in merges]
+    # models of another shape than the root (block maps: pruned, upscaled) after those of its shape
+    rest.sort(key=lambda m: (frozenset((root, m)) in (reshaped or ()), s(root, m) is None, -(s(root, m) or 0.0), m))
     placed, out = [root], []
-    for m in rest:
-        cands = sorted(((s(m, p), p) for p in placed if s(m, p) is not None), key=lambda x: -x[0])
-        if not cands:  # no result linking it to the tree: hang it under the root, without a similarity
-            out.append({"parent": root, "child": m, "similarity": None, "runner_up": None,
-                        "runner_up_similarity": None})
-        else:
-            ru = cands[1] if len(cands) > 1 else (None, None)
-            out.append({"parent": cands[0][1], "child": m, "similarity": cands[0][0], "runner_up": ru[1],
-                        "runner_up_similarity": ru[0]})
-        placed.append(m)
+    for m in rest + sorted(merges):
+        pool = [p for p in merges.get(m, ()) if p in placed] or placed
+        cands = sorted(((s(m, p), p) for p in pool if s(m, p) is not None), key=lambda x: -x[0])
+        if not cands:  # no similarity links it to the tree: left unplaced (reconstruct says why)
+            continue
+        ru = cands[1] if len(cands) > 1 else (None, None)
+        e = {"parent": cands[0][1], "child": m, "similarity": cands[0][0], "runner_up": ru[1],
+             "runner_up_similarity": ru[0]}
+        if m in merges:
+            e["merge_of"] = list(merges[m])
+        out.append(e)
+        if m not in merges:
+            placed.append(m)
+    return out
+
+
+def spanning_edges(members: list[str], sim: dict, merges: dict | None = None) -> list[dict]:
+    """The maximum spanning tree (undirected) over the models that are not merges; each merge is
+    then joined to its most similar parent (``merge_of`` names all its parents)."""
+    merges = {m: ps for m, ps in (merges or {}).items() if m in members}
+    core = [m for m in members if m not in merges]
+    merges = {m: ps for m, ps in merges.items() if any(frozenset((m, p)) in sim for p in core)}
+    out = [{"a": a, "b": b, "similarity": s, "directed": False} for a, b, s in max_spanning_edges(core, sim)]
+    for m in sorted(merges):
+        linked = [p for p in core if frozenset((m, p)) in sim]
+        best = max([p for p in linked if p in merges[m]] or linked, key=lambda p: sim[frozenset((m, p))])
+        a, b = sorted((m, best))
+        out.append({"a": a, "b": b, "similarity": sim.get(frozenset((m, best))), "directed": False,
+                    "merge_of": list(merges[m])})
     return out
 
 
@@ -254,12 +279,15 @@ def _check_edge(e: dict, truth: dict | None) -> None:
 
 
 def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | None = None,
-                level: float | None = None, use_hub: bool = True, root_from_truth: bool = True) -> Reconstruction:
+                level: float | None = None, use_hub: bool = True, root_from_truth: bool = True,
+                merges: dict | None = None) -> Reconstruction:
     """Families, trees and their directions from a :func:`tracing.results.load_results` table.
 
     ``truth``: known lineage ``{model: parent}`` (see :func:`tracing.lineage.tree.parse_truth`); its
     names are matched to the results' names. ``root``: the root of the family that contains it.
-    ``root_from_truth=False`` scores the edges against ``truth`` without taking roots from it."""
+    ``root_from_truth=False`` scores the edges against ``truth`` without taking roots from it.
+    ``merges``: merged model → its parents (see :mod:`tracing.lineage.merges`); a merge is never
+    drawn as a parent."""
     rows = plain_rows(df, stat)
     if not rows:
         raise TracingError(f"no successful {stat} results in the table; run --stat {stat} on the model list "
@@ -275,6 +303,7 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
             raise TracingError(f"--root {root} is not one of the models in the results ({len(models)} models)")
         root = k
     sim, kind = similarity_table(df, stat)
+    reshaped = {k for k, row in rows.items() if _flag(row.get("localized"))}
     truth = align_truth(truth, models) if truth else None
     notes: list[str] = []
     g = nx.Graph()
@@ -292,14 +321,19 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
         if r is None:
             notes.append(f"no root known for the family of {fam[0]} ({len(fam)} models): its edges are undirected "
                          f"(give --root, a lineage file, or models whose cards name their base_model)")
-            for a, b, s in max_spanning_edges(fam, sim):
-                edges.append({"a": a, "b": b, "similarity": s, "directed": False})
+            edges += spanning_edges(fam, sim, merges)
         else:
-            for e in rooted_edges(fam, sim, r):
+            for e in rooted_edges(fam, sim, r, merges, reshaped):
                 a, b = sorted((e["parent"], e["child"]))
                 edges.append({"a": a, "b": b, "directed": True, **e})
         roots.append(r)
         sources.append(src)
+    placed = {m for e in edges for m in (e["a"], e["b"])}
+    for fam in fams:
+        for m in (m for m in fam if len(fam) > 1 and m not in placed):
+            notes.append(f"{m} is not placed in the tree: none of its {stat} results with its family carries a "
+                         f"similarity ({kind}); a block map (cos --localized) that matched no block has none, and "
+                         f"results of older versions lack median_cos (re-run {stat})")
     for e in edges:
         _check_edge(e, truth)
     missing = []

@@ -225,3 +225,20 @@ def align_truth(truth: dict[str, str | None], models: list[str]) -> dict[str, st
             p = truth.get(p)
         out[m] = rename.get(p) if p is not None else None
     return out
+
+
+def known_truth(lineage, folder, models: list[str]) -> tuple[dict | None, str | None]:
+    """The one rule for which known lineage applies to a results folder (the report and
+    ``python -m tracing.lineage`` both use it): ``lineage`` (a file or a mapping) when given, else the
+    folder's ``known_lineage.json`` (written by a launch of a tree), else the demo family's when every
+    model is ``demo:*``. Returns ``{model: parent}`` and where it came from (or ``(None, None)``)."""
+    folder = Path(folder)
+    if isinstance(lineage, (str, os.PathLike)):
+        return read_truth(lineage), str(lineage)
+    if isinstance(lineage, (dict, list)):
+        return parse_truth(lineage), "the given lineage"
+    if lineage is None and (folder / KNOWN_LINEAGE).is_file():
+        return read_truth(folder / KNOWN_LINEAGE), KNOWN_LINEAGE
+    if lineage is None and models and all(is_demo(m) for m in models):
+        return demo_truth(), "the demo family"
+    return None, None

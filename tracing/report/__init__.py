@@ -25,7 +25,10 @@ writes into ``DIR`` (default: the results folder itself):
     with three or more models compared by a weight statistic: families and the reconstructed tree
     (:mod:`tracing.lineage`); with a known lineage, false- and true-positive rates per statistic and
     variant with exact Clopper–Pearson 95% intervals (``rates.csv``) and the tree edges' precision
-    and recall.
+    and recall. With ``--merges`` (reads the weights) also the merges: every model fitted as a mix
+    of the models significant against it, and each merge's parents and weights per block; a merge
+    is drawn under its parents, never as a parent. ``python -m tracing.lineage`` writes its own
+    files into ``RESULTS/lineage`` and never replaces these.
 ``report.md``
     what was run (models, weight hashes, options, commit), the null hypothesis, verdicts, failures,
     figures, timings.

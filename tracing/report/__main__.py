@@ -1,4 +1,4 @@
-"""``python -m tracing.report results/<run> [--out DIR] [--lineage FILE] [--significance 0.01] [--correction holm|bh]``"""
+"""``python -m tracing.report results/<run> [--out DIR] [--lineage FILE] [--significance 0.01] [--correction holm|bh] [--merges]``"""
 from __future__ import annotations
 
 import argparse
@@ -20,13 +20,15 @@ def parse(argv=None):
                    help="level of the verdicts (default: the runs' --significance, else 0.01)")
     p.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
                    help="multiple-testing correction within each grid: holm (family-wise) or bh (false discovery rate)")
+    p.add_argument("--merges", action="store_true",
+                   help="attribute merges in the lineage section (reads the models' weights)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     path = write_report(args.folder, out=args.out, lineage=args.lineage, significance=args.significance,
-                        correction=args.correction)
+                        correction=args.correction, merges=args.merges)
     print(path)
     return 0
 

@@ -8,12 +8,11 @@ with exact Clopper–Pearson 95% intervals).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TracingError
-from ..specs import is_demo
+from ..lineage.tree import known_truth
 from .mdtable import table
 
 RATES_FILE = "rates.csv"
@@ -28,6 +27,7 @@ class LineageSection:
     rates: object = None  # pandas.DataFrame or None
     scores: dict | None = None
     truth_source: str | None = None
+    merges: list | None = None  # merge verdicts (tracing.lineage.merges.MergeVerdict) with merges=True
     written: dict[str, Path] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
@@ -45,29 +45,15 @@ def weight_stat(df) -> str | None:
     return None
 
 
-def known_truth(lineage, folder: Path, models: list[str]) -> tuple[dict | None, str | None]:
-    """Known lineage ``{model: parent}`` and where it came from: ``lineage`` (a file or a mapping), the
-    folder's ``known_lineage.json`` (written by a launch of a tree), or the demo family's."""
-    from ..lineage.tree import KNOWN_LINEAGE, demo_truth, parse_truth, read_truth
-    if isinstance(lineage, (str, os.PathLike)):
-        return read_truth(lineage), str(lineage)
-    if isinstance(lineage, (dict, list)):
-        return parse_truth(lineage), "the given lineage"
-    if lineage is None and (folder / KNOWN_LINEAGE).is_file():
-        return read_truth(folder / KNOWN_LINEAGE), KNOWN_LINEAGE
-    if lineage is None and models and all(is_demo(m) for m in models):
-        return demo_truth(), "the demo family"
-    return None, None
-
-
 def _models_of(df, stat: str) -> set[str]:
     sub = df[(df["stat"] == stat) & (df["status"] == "ok")]
     return {m for c in ("base", "ft") for m in sub[c] if isinstance(m, str)}
 
 
-def build(df, folder: Path, out: Path, lineage, level: float) -> LineageSection:
+def build(df, folder: Path, out: Path, lineage, level: float, merges: bool = False) -> LineageSection:
     """Reconstruct the lineage from the counted rows of the summary table ``df`` and write its files
-    into ``out``; an empty section (no lines) when fewer than three models have a weight statistic."""
+    into ``out``; an empty section (no lines) when fewer than three models have a weight statistic.
+    ``merges``: also attribute merges (reads the models' weights) and hang each merge under its parents."""
     from ..lineage.figure import draw_lineage
     from ..lineage.rates import edge_scores, error_rates
     from ..lineage.reconstruct import reconstruct, write_json
@@ -81,7 +67,11 @@ def build(df, folder: Path, out: Path, lineage, level: float) -> LineageSection:
     models = sorted({m for c in ("base", "ft") for m in counted[c] if isinstance(m, str)})
     truth, sec.truth_source = known_truth(lineage, folder, models)
     try:
-        sec.rec = reconstruct(counted, stat=sec.stat, truth=truth, level=level)
+        if merges:
+            from ..lineage.merges import reconstruct_with_merges
+            sec.rec, sec.merges = reconstruct_with_merges(counted, truth, stat=sec.stat, level=level)
+        else:
+            sec.rec = reconstruct(counted, stat=sec.stat, truth=truth, level=level)
     except TracingError as e:
         sec.lines = ["## Lineage", "", f"Not reconstructed: {e}", ""]
         return sec
@@ -92,6 +82,9 @@ def build(df, folder: Path, out: Path, lineage, level: float) -> LineageSection:
         sec.rates = error_rates(counted, truth, level=level)
         extra = {"edge_scores": sec.scores, "rates": sec.rates.to_dict("records")}
         sec.written[RATES_FILE] = atomic_write(out / RATES_FILE, sec.rates.to_csv(index=False))
+    if sec.merges is not None:
+        from ..lineage.merges import verdict_json
+        extra["merges"] = [verdict_json(v) for v in sec.merges]
     sec.written["lineage.json"] = write_json(sec.rec, out / "lineage.json", extra)
     draw_lineage(sec.rec, out / "lineage.png")
     sec.written["lineage.png"] = out / "lineage.png"
@@ -122,6 +115,8 @@ def markdown_lines(sec: LineageSection) -> list[str]:
         rows = []
         for e in rec.edges:
             arrow = f"`{e['parent']}` → `{e['child']}`" if e["directed"] else f"`{e['a']}` — `{e['b']}`"
+            if e.get("merge_of"):
+                arrow += " (a merge of " + ", ".join(f"`{p}`" for p in e["merge_of"]) + ")"
             rows.append([arrow, _f(e.get("similarity"), 4), e.get("truth") or ""])
         L += [table(["edge", "similarity", "against the known lineage"], rows), ""]
     L += ["![lineage](lineage.png)", ""]
@@ -138,5 +133,29 @@ def markdown_lines(sec: LineageSection) -> list[str]:
                  _interval(r["true_positives"], r["dependent_pairs"], r["tpr_lo"], r["tpr_hi"])]
                 for r in sec.rates.to_dict("records")]
         L += [table(["variant", "p-values", "level", "FPR (independent pairs)", "TPR (dependent pairs)"], rows), ""]
+    L += merge_lines(sec.merges)
     L += [f"- {n}" for n in rec.notes] + ([""] if rec.notes else [])
+    return L
+
+
+def merge_lines(verdicts) -> list[str]:
+    """The merges subsection: every model fitted as a mix of the models significant against it, with
+    the verdict, and for each merge its weights per block."""
+    if verdicts is None:
+        return []
+    L = ["### Merges", ""]
+    if not verdicts:
+        return L + ["No model is significant against two or more others: no merge to attribute.", ""]
+    L += ["Each model significant against two or more others is fitted, per block, as a mix of them "
+          "(non-negative weights; with their common ancestor B: ‖(M − B) − Σ wₖ(Pₖ − B)‖, else M ≈ Σ wₖPₖ with "
+          "Σ w = 1). A merge is drawn under its parents, never as a parent.", ""]
+    rows = [[f"`{v.model}`", "merge" if v.is_merge else "not a merge",
+             ", ".join(f"`{p}` {w:.3f}" for p, w in v.weights.items()) if v.is_merge else "—",
+             f"`{v.fit.base}`" if v.fit.base else "—", v.reason] for v in verdicts]
+    L += [table(["model", "verdict", "parents (weight)", "common ancestor B", "why"], rows), ""]
+    for v in (v for v in verdicts if v.is_merge):
+        head = ["block"] + [f"`{p}`" for p in v.fit.parents] + ["unexplained"]
+        rows = [[b["block"]] + [f"{w:.3f}" for w in b["weights"]] + [f"{b['unexplained']:.2%}"] for b in v.fit.per_block]
+        L += [f"Weights of `{v.model}` per block (`other`: embeddings, final norm and head):", "",
+              table(head, rows), ""]
     return L

@@ -114,16 +114,25 @@ def _fixed_note(r) -> list[str]:
     return [f"fixed points p {format_pvalue(fl)}" + (": partial sharing" if verdict(fl, sig) else "")]
 
 
+BLOCK_MAP_NOTE = ("A block map has no single statistic: its statistic cell is left empty. Its p-value is the "
+                  "Bonferroni bound over its L₁ × L₂ block pairs (min(1, L₁L₂ · the smallest block-pair p)); each "
+                  "block pair's Spearman r is in the record (`per_pair_statistic`), and *median cos* is the mean "
+                  "median cosine of the matched block pairs.")
+
+
 def _variant_rows(c: Context, sub, has_p: bool) -> list[list]:
     import pandas as pd
     rows = []
     for _, r in sub.iterrows():
         st = r["statistic"]
-        stat_s = f"{float(st):.4g}" if finite(st) else ""
+        block_map = flag(r.get("localized"))  # no single statistic: the cell is left empty (see the note)
+        stat_s = f"{float(st):.4g}" if finite(st) and not block_map else ""
         extras = [f"{lab} {float(r[k]):.3g}" for k, lab in (("barrier", "barrier"), ("median_cos", "median cos"))
                   if k in r and finite(r[k])]
         extras += _fixed_note(r)
-        if extras:
+        if block_map:
+            stat_s = "(" + "; ".join(["block map"] + ([", ".join(extras)] if extras else [])) + ")"
+        elif extras:
             stat_s += f" ({', '.join(extras)})"
         row = [f"`{r['base']}`", f"`{r['ft']}`", stat_s]
         if has_p:
@@ -158,6 +167,8 @@ def _variant_table(c: Context, v: str) -> list[str]:
     n_floor = int(sum(1 for x, s in zip(sub["at_floor"], sub["pvalue_str"]) if flag(x) and s))
     if has_p and n_floor:
         L += ["", f"{n_floor} p-value(s) marked (floor) are {FLOOR_NOTE}."]
+    if "localized" in sub.columns and any(flag(x) for x in sub["localized"]):
+        L += ["", BLOCK_MAP_NOTE]
     L.append("")
     return L
 

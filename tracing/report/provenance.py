@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from ..errors import TracingError
 from .mdtable import size, table
 from .verdicts import finite
 
@@ -48,12 +49,28 @@ def used_options(rec: dict) -> dict:
     return args
 
 
+def _applies(stat: str, args: dict):
+    """Which options a statistic's result depends on (its ``StatSpec``; the data options too when
+    ``--eval`` ran); ``None`` (all) for a statistic that is not registered here."""
+    from .. import stats
+    from ..stats.spec import DATA_OPTIONS
+    try:
+        names = set(stats.get(stat).option_names())
+    except TracingError:
+        return None
+    return names | set(DATA_OPTIONS) if args.get("eval") else names
+
+
 def options_section(records: dict[str, dict]) -> str:
+    """The options table: each option's value and the statistics it applies to (an option a
+    statistic does not read is not listed against it)."""
     values: dict[str, dict[str, set]] = {}
     for rec in records.values():
         stat = rec.get("stat") or "?"
-        for k, v in used_options(rec).items():
-            if k in _HIDE_OPTS:
+        args = used_options(rec)
+        reads = _applies(stat, args)
+        for k, v in args.items():
+            if k in _HIDE_OPTS or (reads is not None and k not in reads):
                 continue
             values.setdefault(k, {}).setdefault(stat, set()).add(json.dumps(v, sort_keys=True, default=str))
     rows = []

@@ -67,12 +67,14 @@ def _known_lineage_file(folder: Path) -> Path | None:
     return f if f.is_file() else None
 
 
-def write_report(folder, out=None, lineage=None, significance=None, correction: str = "holm") -> Path:
+def write_report(folder, out=None, lineage=None, significance=None, correction: str = "holm",
+                 merges: bool = False) -> Path:
     """Write the table, figures and ``report.md`` for a results folder; return the report.md path.
 
     ``lineage``: a file, a mapping (see :func:`~tracing.report.lineage.parse_lineage`) or None (the
     demo family's lineage when every model is ``demo:*``). ``significance``: the level of the
-    verdicts (default: the level the results were run with, else 0.01)."""
+    verdicts (default: the level the results were run with, else 0.01). ``merges``: attribute merges in
+    the lineage section (reads the models' weights)."""
     folder = Path(folder)
     _check_args(folder, significance, correction)
     data = read_folder(folder)
@@ -95,7 +97,7 @@ def write_report(folder, out=None, lineage=None, significance=None, correction: 
     unplaced = sum(1 for s, b in zip(df["status"], df["base"]) if s == "unreadable" and not isinstance(b, str))
     written, parquet_note = _write_tables(df, out)
     figs = write_figures(df, counted, lin, out, cname, level, unplaced)
-    section = build_lineage_section(df, folder, out, lineage, level)
+    section = build_lineage_section(df, folder, out, lineage, level, merges=merges)
     written.update(section.written)
     rel_written, rel_lines = build_relations_section(df, folder, out)
     written.update(rel_written)

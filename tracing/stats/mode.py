@@ -21,10 +21,14 @@ def _cost(s):
 
 
 def _explain(rec):
+    """The barrier at α; with ``--alphas`` the whole curve, one line per α."""
     x = rec.get("extra") or {}
     if x.get("barrier") is None:
         return []
-    return [f"loss at α={x['alpha']}: {x['loss_alpha']:.4f}, barrier {x['barrier']:.4f}"]
+    if (rec.get("args") or {}).get("alphas") and x.get("curve"):
+        return ["curve (loss and barrier along the path):"] + [
+            f"  α = {c['alpha']:g}: loss {c['loss']:.4f}, barrier {c['barrier']:.4f}" for c in x["curve"]]
+    return [f"loss at α = {x['alpha']:g}: {x['loss_alpha']:.4f}, barrier {x['barrier']:.4f}"]
 
 
 @register("mode", variant_flags=("attn", "emb"), label="loss", at_alpha=True, needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost, explain=_explain,

@@ -13,17 +13,21 @@ def plt():
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as pyplot
+    from ...glyphs import setup
+    setup()
     return pyplot
 
 
 def short_name(model: str) -> str:
-    """A compact label: ``demo:a-docs`` → ``a-docs``; a local folder → its name; hub ids unchanged."""
+    """A compact label: ``demo:a-docs`` → ``a-docs``; a local folder → its name; hub ids unchanged;
+    characters no installed font can draw transliterated (see :mod:`tracing.glyphs`)."""
+    from ...glyphs import drawable
     m = str(model)
     if is_demo(m):
-        return demo_name(m)
+        return drawable(demo_name(m))
     if m.startswith(("/", ".", "~")):
-        return Path(m.rstrip("/")).name or m
-    return m
+        return drawable(Path(m.rstrip("/")).name or m)
+    return drawable(m)
 
 
 def pair_label(a, b) -> str:
