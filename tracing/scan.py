@@ -8,7 +8,9 @@ reference of another shape is listed with the reason). Every compatible referenc
 the sampled test (``--rows K``: K units drawn from ``--seed``, the same in both models); the
 screening p-values are corrected with Holm across the references, and the references significant
 after correction are tested in full. The ranked table goes to stdout and ``DIR/scan.csv``, one
-record per test to ``DIR/<reference>_screen.p`` / ``DIR/<reference>_full.p``.
+record per test to ``DIR/<reference>_screen.p`` / ``DIR/<reference>_full.p`` (a local folder named
+by its last component and a digest of its path, as launch.py names models: ``…/qwen3/base`` and
+``…/phi3/base`` get two records).
 
 The reference list (YAML) is a list of model ids, or a mapping of family name to a list of ids.
 """
@@ -138,10 +140,25 @@ def _open(spec: str, store: Path | None = None, memory: bool = False):
     return with_store(Checkpoint(spec), store, memory=memory)
 
 
+def record_path(out: Path, reference: str, name: str) -> Path:
+    """``<out>/<reference>_<name>.p``, the reference named as launch.py names models (a local folder
+    by its name and a digest of its path); never a file holding another reference's record."""
+    from .cli_util import model_slug
+    from .results import load_record
+    path = out / f"{model_slug(reference)}_{name}.p"
+    try:
+        other = load_record(path).get("args", {}).get("base_model_id") if path.is_file() else reference
+    except Exception:  # noqa: BLE001 - an unreadable file is replaced, as a rerun would
+        other = reference
+    if other != reference:  # two ids with one file-safe name (e.g. truncated): add the id's digest
+        digest = hashlib.sha256(reference.encode()).hexdigest()[:6]
+        path = out / f"{model_slug(reference)}-{digest}_{name}.p"
+    return path
+
+
 def _test(ref_ck, cand_ck, options, out: Path | None, name: str, progress: bool) -> dict:
     from .api import run_opened
-    from .cli_util import slug
-    save = {options.stat[0]: out / f"{slug(ref_ck.label)}_{name}.p"} if out is not None else None
+    save = {options.stat[0]: record_path(out, ref_ck.label, name)} if out is not None else None
     return run_opened(ref_ck, cand_ck, options, save=save, progress=progress)[0]
 
 

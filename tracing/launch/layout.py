@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
 from ..errors import TracingError
-from .model_list import Pair, is_local_spec
+from ..cli_util import model_slug
+from .model_list import Pair
 
 RUN_LOG = "launch.json"
-
-
-def model_slug(spec: str) -> str:
-    """A file-name-safe, deterministic name for a model spec.
-
-    Hub ids keep their name (``org/name@rev`` -> ``org--name@rev``); a local folder gets its last
-    component plus a short hash of its absolute path, so two folders with the same name differ.
-    """
-    from ..cli_util import slug
-
-    spec = str(spec)
-    if spec.startswith("demo:"):
-        return slug(spec)
-    if is_local_spec(spec):
-        full = str(Path(spec).expanduser().absolute())
-        name = Path(full).name or "model"
-        return f"{slug('./' + name)}-{hashlib.sha256(full.encode()).hexdigest()[:6]}"
-    return slug(spec)
 
 
 def pair_dir(out: str | os.PathLike, pair: Pair) -> Path:
