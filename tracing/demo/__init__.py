@@ -28,8 +28,9 @@ Layout of a built family (``ensure_built()`` returns ``<root>``)::
 
 The root is ``$TRACING_DEMO_DIR`` if set, else ``~/.cache/model-tracing/demo-<VERSION>``
 (``$XDG_CACHE_HOME`` replaces ``~/.cache`` when set). A build takes about 2 minutes on two idle
-cores and happens once; concurrent callers serialise on ``<root>.lock`` and the finished tree is
-renamed into place, so a reader never sees a half-built family. Models are trained by worker
+cores and happens once; concurrent callers serialise on ``<root>/.lock``, the tree is built in
+``<root>/.building-<pid>`` and moved into place with ``COMPLETE`` last, so a reader never sees a
+half-built family and nothing is written beside the root. Models are trained by worker
 processes (``$TRACING_DEMO_WORKERS``, default min(2, cores)) with one torch thread each, so a
 rebuild gives byte-identical weight files whatever the number of cores or workers (same Python,
 torch and CPU type); only timings in ``lineage.json`` differ.
