@@ -259,8 +259,38 @@ def test_dry_run_reports_broken_paths_and_done_pairs(tmp_path, tiny_models):
     cfg = write_yaml(tmp_path / "list.yaml", {"models_1": [tiny_models["base"], tiny_models["base"]],
                                               "models_2": [tiny_models["ft"], str(tmp_path / "missing")]})
     r = run_launch(cfg, "--dry-run", "--cluster", "local", "--out", tmp_path / "out")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the plan has an error: a real run would record a failed pair
     assert "error" in r.stdout and "does not exist" in r.stdout
+
+
+def test_an_option_no_pair_can_take_stops_the_launch_before_any_job(tmp_path, tiny_models):
+    """--rows larger than every pair's MLP width: one line and exit 2, as main.py does, before any job
+    starts and without writing anything; the dry run says the same and exits 2."""
+    cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"], tiny_models["indep"]])
+    out = tmp_path / "out"
+    r = run_launch(cfg, "--stat", "cos", "--rows", "9999", "--out", out, env=no_slurm_env(tmp_path))
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (r.stdout, r.stderr)
+    assert "--rows 9999 is larger than the MLP width h=128" in lines[0] and "every pair" in lines[0]
+    assert not out.exists()
+    r = run_launch(cfg, "--stat", "cos", "--rows", "9999", "--out", out, "--dry-run", env=no_slurm_env(tmp_path))
+    assert r.returncode == 2 and "--rows 9999 is larger" in r.stdout + r.stderr
+    assert not out.exists()
+
+
+def test_dry_run_exit_code_says_whether_the_plan_has_errors(tmp_path, tiny_models):
+    """0 when every pair can run, 1 when some pair cannot (a real run would record it as failed)."""
+    good = write_yaml(tmp_path / "good.yaml", [tiny_models["base"], tiny_models["ft"]])
+    r = run_launch(good, "--dry-run", "--cluster", "local", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stdout + r.stderr
+    narrow = tmp_path / "narrow"
+    tiny_model(tiny_config(d=32), seed=4).save_pretrained(narrow)
+    mixed = write_yaml(tmp_path / "mixed.yaml", {"models_1": [tiny_models["base"], tiny_models["base"]],
+                                                 "models_2": [tiny_models["ft"], str(narrow)]})
+    r = run_launch(mixed, "--dry-run", "--cluster", "local", "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "error: " in r.stdout and "d=64 and d=32" in r.stdout
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------

@@ -127,6 +127,21 @@ class Options:
                                f"{max_positions} positions; use --block_size {max_positions} or less")
         return self.block_size
 
+    def check_pair(self, a, b, stats, ctx_len: int | None) -> int:
+        """Every check of these options against two models' shapes ``a``, ``b`` (archs: configs
+        suffice, no weight is read), made by ``main.py`` and ``launch.py`` alike before anything is
+        computed. Returns the forward passes' block size; raises :class:`TracingError` naming the fix."""
+        from .stats import get
+        if self.align and (a.L, a.d, a.h) != (b.L, b.d, b.h):
+            from .blockmap import shapes
+            raise TracingError(f"--align needs models with the same block shapes, but they differ "
+                               f"({shapes(a, b)}); drop --align (match is unchanged by permutation and rotation)")
+        for s in stats:
+            get(s).run_check(a, b, self)
+        if self.eval or any(get(s).needs_data for s in stats):
+            return self.block_size_for(ctx_len)
+        return self.block_size or self.block_size_for(ctx_len)
+
     @classmethod
     def from_dict(cls, d: dict) -> "Options":
         names = {f.name for f in fields(cls)}

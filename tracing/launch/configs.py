@@ -23,6 +23,7 @@ class ModelInfo:
     arch: object  # tracing.arch.Arch
     bytes_per_param: int  # as stored on disk (for read time)
     source: str  # "local" | "hub cache" | "demo"
+    max_positions: int | None = None  # context length (max_position_embeddings), when the config says
 
     @property
     def params(self) -> int:
@@ -88,7 +89,8 @@ def model_info(spec: str) -> ModelInfo:
     cfg, source = read_config(spec)
     arch = arch_from_config(cfg)
     dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", "")
-    return ModelInfo(spec, arch, _DTYPE_BYTES.get(dtype, 2), source)
+    ctx = cfg.get("max_position_embeddings")
+    return ModelInfo(spec, arch, _DTYPE_BYTES.get(dtype, 2), source, int(ctx) if ctx else None)
 
 
 def reference_info() -> ModelInfo:

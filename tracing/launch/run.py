@@ -59,6 +59,8 @@ class Launch:
     finished: list[Task] = field(default_factory=list)
     n_expected: int = 0
     claims: Claims = field(default_factory=Claims)
+    config_notes: list = field(default_factory=list)  # models whose config is not on this machine
+    unrunnable: str | None = None  # why no pair can run with these options (main.py's checks)
 
     @property
     def slurm(self) -> bool:
@@ -70,8 +72,11 @@ def launch(s: LaunchSettings, say: Callable = _say) -> int:
     run = read_list(s, say)
     choose_where(run)
     plan(run)
+    check_options(run)
     if s.dry_run:
         return dry_run(run)
+    if run.unrunnable:
+        raise TracingError(run.unrunnable)
     write_known_lineage(run.out, run.model_list.lineage)
     start = time.time()
     try:
@@ -132,9 +137,27 @@ def plan(run: Launch) -> None:
             f"{','.join(run.options.stat)}; results in {rel(run.out)}; {n_done} already done")
 
 
+def check_options(run: Launch) -> None:
+    """main.py's checks of the options against every pending pair's configs (no network, nothing
+    written): a pair that fails them is an error of the plan; when every pair fails, nothing can
+    run and the launch stops before any job starts."""
+    run.config_notes = size_tasks(run.tasks, run.options, **run.size_kw)
+    pending = [t for t in run.tasks if t.status != TaskState.DONE]
+    bad = [t for t in pending if t.option_problem]
+    if not pending or len(bad) < len(pending):
+        return
+    msgs = {str(t.problem) for t in bad}
+    if len(msgs) == 1:
+        run.unrunnable = f"{msgs.pop()} (every pair of {run.model_list.source})"
+    else:
+        run.unrunnable = (f"no pair of {run.model_list.source} can run with these options; {bad[0].pair.label}: "
+                          f"{bad[0].problem} (--dry-run lists all {len(bad)})")
+
+
 def dry_run(run: Launch) -> int:
-    """Print the plan: pairs, resources, result files, status; nothing is written."""
-    notes = size_tasks(run.tasks, run.options, **run.size_kw)
+    """Print the plan: pairs, resources, result files, status; nothing is written. The exit code is
+    the run's: 2 when no pair can run with these options, 1 when some pair cannot run, else 0."""
+    notes = run.config_notes
     run.say(plan_table(run.tasks))
     for t in run.tasks:
         if t.problem:
@@ -146,7 +169,10 @@ def dry_run(run: Launch) -> int:
         groups = group_by_resources([t for t in run.tasks if t.status != TaskState.DONE and not t.problem])
         n_arrays = sum(len(chunked(g, run.info.max_array_size)) for g in groups.values())
         run.say(f"would submit {n_arrays} job array(s) (MaxArraySize {run.info.max_array_size})")
-    return 0
+    if run.unrunnable:
+        run.say(f"error: {run.unrunnable}", file=sys.stderr)
+        return 2
+    return 1 if any(t.problem for t in run.tasks if t.status != TaskState.DONE) else 0
 
 
 def split_work(run: Launch) -> tuple[list[Task], list[Task], list[Task]]:
