@@ -131,3 +131,16 @@ def test_a_record_of_another_reference_is_never_replaced(tmp_path):
     assert scan.record_path(tmp_path, first, "screen") == taken  # its own record: rewritten in place
     other = scan.record_path(tmp_path, second, "screen")
     assert other != taken and other.name.endswith("_screen.p")
+
+
+def test_rows_larger_than_the_width_is_an_error_as_in_main(tmp_path, capsys):
+    """An explicit --rows beyond a reference's MLP width is one line and exit 2 (as main.py), before
+    any test runs; only the default K = 256 shrinks to the width of smaller models."""
+    out = tmp_path / "scan"
+    assert run_cli(scan.main, ["demo:a-sys", "--against", DEMO_REFS, "--rows", "99999", "--out", str(out),
+                               "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --rows 99999 is larger than the MLP width h=128"), err
+    assert not list(out.glob("*.p")) and not (out / "scan.csv").exists()
+    rows = scan.scan("demo:a-sys", scan.read_references(DEMO_REFS))  # default K: all 128 units of the demo models
+    assert {r.k for r in rows} == {128}
