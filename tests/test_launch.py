@@ -369,6 +369,46 @@ def test_plan_statuses(tmp_path, tiny_models):
     assert tasks[0].status == "failed-before" and tasks[0].todo == ["cos", "l2"]
 
 
+# Result keys written by earlier versions (the level was part of the key then): never change them.
+KEYS_AT_001 = {"cos": "9ccfca3407", "match": "a0d483bdba", "l2": "e866fdcf60"}
+KEYS_AT_005 = {"cos": "c9d2bc6654", "match": "ec42e258a7", "l2": "59d9eabb74"}
+
+
+def test_the_level_is_not_part_of_the_result_key():
+    """--significance changes only the verdict: every level finds the result of the default level,
+    whose key is the one earlier versions wrote."""
+    for stat, key in KEYS_AT_001.items():
+        assert Options(stat=[stat]).key_for(stat) == key
+        assert Options(stat=[stat], significance=0.05).key_for(stat) == key
+        assert Options(stat=[stat], significance=1e-6).key_for(stat) == key
+
+
+def test_a_result_written_at_another_level_by_an_earlier_version_is_found(tmp_path, tiny_models):
+    from tracing.results import save_record
+    pair = launch.Pair(tiny_models["base"], tiny_models["ft"])
+    old = launch.pair_dir(tmp_path, pair) / f"cos-{KEYS_AT_005['cos']}.p"
+    save_record({"stat": "cos", "status": "ok", "log10_pvalue": -3.0, "args": {"significance": 0.05}}, old)
+    (task,) = launch.make_tasks([pair], Options(stat=["cos"], significance=0.05), tmp_path)
+    assert task.status == "done" and task.paths["cos"] == old
+    (task,) = launch.make_tasks([pair], Options(stat=["cos"]), tmp_path)  # another level: the new key
+    assert task.status == "todo" and task.paths["cos"].name == f"cos-{KEYS_AT_001['cos']}.p"
+
+
+def test_a_rerun_at_another_level_reuses_every_result(tmp_path, tiny_models):
+    """The verdicts of the rerun come from the stored p-values at the new level."""
+    cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"], tiny_models["indep"]])
+    out = tmp_path / "out"
+    r = run_launch(cfg, "--stat", "cos", "--out", out, "--cluster", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("cos-*.p")}
+    r = run_launch(cfg, "--stat", "cos", "--out", out, "--cluster", "local", "--significance", "0.5")
+    assert r.returncode == 0 and "done 0, failed 0, skipped 3" in r.stdout, r.stdout + r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("cos-*.p")} == mtimes
+    import pandas as pd
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["significance"]) == {0.5}
+
+
 def test_chunking_and_grouping():
     assert [len(c) for c in launch.chunked(list(range(2500)), 1001)] == [1001, 1001, 498]
     r1 = launch.Resources(8, 4, 0, 30)

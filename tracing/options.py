@@ -13,6 +13,9 @@ DEFAULT_BLOCK_SIZE = 512
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 #: options left out of result keys while they hold this value (keys of earlier results stay valid)
 KEY_OMITTED_AT_DEFAULT = {"localized": False, "rows": None}
+#: options that change only the verdict, not the result: hashed at this value whatever they hold, so
+#: every level finds the same result (the keys earlier versions wrote at the default level)
+KEY_FIXED = {"significance": 0.01}
 
 
 @dataclass
@@ -105,14 +108,18 @@ class Options:
         d["stat"] = [stat]
         return Options(**d)
 
-    def key_for(self, stat: str) -> str:
+    def key_for(self, stat: str, with_level: bool = False) -> str:
         """A short hash of the options ``stat``'s result depends on (for result file names):
-        changing an option the statistic does not read keeps the key."""
+        changing an option the statistic does not read, or ``--significance`` (the verdict's level,
+        applied to the stored p-value), keeps the key. ``with_level``: the key earlier versions gave
+        a result computed at another level (for finding it)."""
         from .stats import DATA_OPTIONS, get
         spec = get(stat)
         names = spec.option_names() + (DATA_OPTIONS if self.eval else ())
         d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))
                                    if not (k in KEY_OMITTED_AT_DEFAULT and getattr(self, k) == KEY_OMITTED_AT_DEFAULT[k])}}
+        if not with_level:
+            d.update({k: v for k, v in KEY_FIXED.items() if k in d})
         if d.get("fold_norms") is None:  # the default (AWQ only) leaves earlier keys unchanged
             d.pop("fold_norms", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

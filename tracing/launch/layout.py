@@ -22,8 +22,14 @@ def pair_dir(out: str | os.PathLike, pair: Pair) -> Path:
 
 def result_path(out: str | os.PathLike, pair: Pair, stat: str, options) -> Path:
     """``<out>/<slug(base)>__<slug(ft)>/<stat>-<options hash>.p`` (the hash of the options this
-    statistic reads: changing another option finds the same file)."""
-    return pair_dir(out, pair) / f"{stat}-{options.key_for(stat)}.p"
+    statistic reads: changing another option, or the verdict's level, finds the same file). A result
+    an earlier version wrote under a key that held another level is found too."""
+    path = pair_dir(out, pair) / f"{stat}-{options.key_for(stat)}.p"
+    if not path.exists():
+        earlier = path.with_name(f"{stat}-{options.key_for(stat, with_level=True)}.p")
+        if earlier != path and earlier.exists():
+            return earlier
+    return path
 
 
 def default_out(config: str | os.PathLike) -> Path:

@@ -314,7 +314,7 @@ def summarise(run: Launch, start: float) -> int:
     if counts[TaskState.FAILED]:
         run.say("rerun the same command to retry the failed pairs (their errors are in the result files)")
     if run.s.report:
-        write_report_for(run.out, run.say)
+        write_report_for(run.out, run.say, run.options.significance)
     return 1 if counts[TaskState.FAILED] else 0
 
 
@@ -336,11 +336,12 @@ def resource_warnings(tasks: list[Task], slurm: bool, info: SlurmInfo | None, sa
                 f"they may run out of memory (first: {big[0].pair.label}, {big[0].resources.mem_gb} GB)")
 
 
-def write_report_for(out: Path, say: Callable) -> None:
-    """The report of the results folder; a problem with it is a warning, never a failed run."""
+def write_report_for(out: Path, say: Callable, significance: float | None = None) -> None:
+    """The report of the results folder, its verdicts at ``significance`` (from the stored p-values,
+    whatever level a result was computed at); a problem with it is a warning, never a failed run."""
     try:
         from ..report import write_report
-        write_report(out)
+        write_report(out, significance=significance)
         say(f"report: {rel(out)}")
     except Exception as e:  # noqa: BLE001 - a report problem never fails the run
         say(f"warning: could not write the report ({type(e).__name__}: {first_line(str(e))[:200]})", file=sys.stderr)
