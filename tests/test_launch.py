@@ -394,12 +394,27 @@ def test_a_result_written_at_another_level_by_an_earlier_version_is_found(tmp_pa
     assert task.status == "todo" and task.paths["cos"].name == f"cos-{KEYS_AT_001['cos']}.p"
 
 
+def readme_names_every_file_in(out: Path) -> None:
+    """The Quick start's list of what the first command writes is complete."""
+    import re
+    written = {p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert {"report.md", "summary.csv", "launch.json"} <= written
+    readme = (ROOT / "README.md").read_text()
+    listed = readme[readme.index("The first command writes"):]
+    listed = listed[:listed.index("\n\n")]
+    named = set(re.findall(r"`([^`]+)`", listed))
+    assert written <= named, sorted(written - named)
+
+
 def test_a_rerun_at_another_level_reuses_every_result(tmp_path, tiny_models):
-    """The verdicts of the rerun come from the stored p-values at the new level."""
+    """The verdicts of the rerun come from the stored p-values at the new level. (The first run, three
+    models and a weight statistic, writes the report with its lineage section: the README's Quick
+    start names every file it writes.)"""
     cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"], tiny_models["indep"]])
     out = tmp_path / "out"
     r = run_launch(cfg, "--stat", "cos", "--out", out, "--cluster", "local")
     assert r.returncode == 0, r.stdout + r.stderr
+    readme_names_every_file_in(out)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("cos-*.p")}
     r = run_launch(cfg, "--stat", "cos", "--out", out, "--cluster", "local", "--significance", "0.5")
     assert r.returncode == 0 and "done 0, failed 0, skipped 3" in r.stdout, r.stdout + r.stderr
