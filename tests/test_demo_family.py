@@ -298,7 +298,10 @@ def test_a_build_writes_nothing_beside_its_folder(tiny_concurrent):
     assert not [p.name for p in root.iterdir() if "building" in p.name or p.name.endswith(".old")]
 
 
-def test_partial_build_is_replaced_and_rebuild_is_deterministic(tiny_concurrent, tmp_path):
+def test_partial_build_is_replaced_and_rebuild_is_deterministic(tiny_concurrent, tmp_path, monkeypatch):
+    """Also across worker counts: the reference build's two workers hand models to each other through
+    their saved weights; this one trains every model in one process, parents kept in memory."""
+    monkeypatch.setenv("TRACING_DEMO_WORKERS", "1")
     ref_root, _ = tiny_concurrent
     root = tmp_path / "zoo"
     root.mkdir()

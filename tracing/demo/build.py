@@ -153,7 +153,7 @@ def _build(out: pathlib.Path, progress: bool, tiny: bool) -> None:
     """Build the whole family into the fresh directory ``out`` (everything but ``COMPLETE``).
 
     The corpus and tokenizer are made here; the models are trained by worker processes, one
-    torch thread each (a dependency chain per worker), so the weights are bit-identical whatever
+    torch thread each (the plans of ``recipes._CHAINS``), so the weights are bit-identical whatever
     the machine's core count and the caller's torch settings are left alone.
     """
     import tokenizers
@@ -256,6 +256,10 @@ def _run_workers(out: pathlib.Path, plans: list[list[str]], vocab_size: int, tin
             i, line = events.get()
             if line is None:
                 running -= 1
+                if procs[i].wait() != 0:  # the others may be waiting for its models: stop them
+                    for other in procs:
+                        if other.poll() is None:
+                            other.kill()
                 continue
             try:
                 ev = json.loads(line)
@@ -284,10 +288,9 @@ def _run_workers(out: pathlib.Path, plans: list[list[str]], vocab_size: int, tin
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for i, code_ in enumerate(codes):
-        if code_ != 0:
-            err = out / ".work" / f"error-{i}.txt"
-            msg = err.read_text(encoding="utf-8").strip() if err.exists() else f"exit status {code_}"
-            raise TracingError(f"training the demo models failed: {msg}")
+    if any(codes):
+        errors = sorted((out / ".work").glob("error-*.txt"))
+        msg = errors[0].read_text(encoding="utf-8").strip() if errors else f"exit status {max(codes, key=abs)}"
+        raise TracingError(f"training the demo models failed: {msg}")
 
 
