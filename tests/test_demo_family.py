@@ -290,7 +290,18 @@ def test_concurrent_builders_make_one_build(tiny_concurrent):
     assert not (root / ".work").exists()
 
 
-def test_partial_build_is_replaced_and_rebuild_is_deterministic(tiny_concurrent, tmp_path):
+def test_a_build_writes_nothing_beside_its_folder(tiny_concurrent):
+    """The folder named ($TRACING_DEMO_DIR or the root given) holds everything: no lock file or
+    temp folder next to it, and no temp folder left inside it."""
+    root, _ = tiny_concurrent
+    assert sorted(p.name for p in root.parent.iterdir()) == [root.name]
+    assert not [p.name for p in root.iterdir() if "building" in p.name or p.name.endswith(".old")]
+
+
+def test_partial_build_is_replaced_and_rebuild_is_deterministic(tiny_concurrent, tmp_path, monkeypatch):
+    """Also across worker counts: the reference build's two workers hand models to each other through
+    their saved weights; this one trains every model in one process, parents kept in memory."""
+    monkeypatch.setenv("TRACING_DEMO_WORKERS", "1")
     ref_root, _ = tiny_concurrent
     root = tmp_path / "zoo"
     root.mkdir()
@@ -305,6 +316,19 @@ def test_partial_build_is_replaced_and_rebuild_is_deterministic(tiny_concurrent,
     ref = json.loads((ref_root / "lineage.json").read_text())["models"]
     new = json.loads((root / "lineage.json").read_text())["models"]
     assert {n: r["final_eval_loss"] for n, r in new.items()} == {n: r["final_eval_loss"] for n, r in ref.items()}
+
+
+def test_a_crashed_first_build_is_ours_to_replace(tmp_path):
+    """What a first build killed midway leaves (its lock, its temp folder) does not make the folder
+    foreign; anything else without the demo marker does."""
+    from tracing.demo.build import BUILDING, LOCK_NAME, _check_replaceable
+    root = tmp_path / "zoo"
+    (root / f"{BUILDING}123" / "corpus").mkdir(parents=True)
+    (root / LOCK_NAME).write_text("")
+    _check_replaceable(root)
+    (root / "precious.txt").write_text("keep me")
+    with pytest.raises(TracingError):
+        _check_replaceable(root)
 
 
 def test_foreign_directory_is_never_replaced(tmp_path):

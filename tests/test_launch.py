@@ -259,8 +259,38 @@ def test_dry_run_reports_broken_paths_and_done_pairs(tmp_path, tiny_models):
     cfg = write_yaml(tmp_path / "list.yaml", {"models_1": [tiny_models["base"], tiny_models["base"]],
                                               "models_2": [tiny_models["ft"], str(tmp_path / "missing")]})
     r = run_launch(cfg, "--dry-run", "--cluster", "local", "--out", tmp_path / "out")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the plan has an error: a real run would record a failed pair
     assert "error" in r.stdout and "does not exist" in r.stdout
+
+
+def test_an_option_no_pair_can_take_stops_the_launch_before_any_job(tmp_path, tiny_models):
+    """--rows larger than every pair's MLP width: one line and exit 2, as main.py does, before any job
+    starts and without writing anything; the dry run says the same and exits 2."""
+    cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"], tiny_models["indep"]])
+    out = tmp_path / "out"
+    r = run_launch(cfg, "--stat", "cos", "--rows", "9999", "--out", out, env=no_slurm_env(tmp_path))
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (r.stdout, r.stderr)
+    assert "--rows 9999 is larger than the MLP width h=128" in lines[0] and "every pair" in lines[0]
+    assert not out.exists()
+    r = run_launch(cfg, "--stat", "cos", "--rows", "9999", "--out", out, "--dry-run", env=no_slurm_env(tmp_path))
+    assert r.returncode == 2 and "--rows 9999 is larger" in r.stdout + r.stderr
+    assert not out.exists()
+
+
+def test_dry_run_exit_code_says_whether_the_plan_has_errors(tmp_path, tiny_models):
+    """0 when every pair can run, 1 when some pair cannot (a real run would record it as failed)."""
+    good = write_yaml(tmp_path / "good.yaml", [tiny_models["base"], tiny_models["ft"]])
+    r = run_launch(good, "--dry-run", "--cluster", "local", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stdout + r.stderr
+    narrow = tmp_path / "narrow"
+    tiny_model(tiny_config(d=32), seed=4).save_pretrained(narrow)
+    mixed = write_yaml(tmp_path / "mixed.yaml", {"models_1": [tiny_models["base"], tiny_models["base"]],
+                                                 "models_2": [tiny_models["ft"], str(narrow)]})
+    r = run_launch(mixed, "--dry-run", "--cluster", "local", "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "error: " in r.stdout and "d=64 and d=32" in r.stdout
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,6 +367,61 @@ def test_plan_statuses(tmp_path, tiny_models):
     save_record(failure_record(pairs[0].base, pairs[0].ft, "cos", {}, RuntimeError("x"), 1.0), tasks[0].paths["cos"])
     tasks = launch.make_tasks(pairs, o, tmp_path)
     assert tasks[0].status == "failed-before" and tasks[0].todo == ["cos", "l2"]
+
+
+# Result keys written by earlier versions (the level was part of the key then): never change them.
+KEYS_AT_001 = {"cos": "9ccfca3407", "match": "a0d483bdba", "l2": "e866fdcf60"}
+KEYS_AT_005 = {"cos": "c9d2bc6654", "match": "ec42e258a7", "l2": "59d9eabb74"}
+
+
+def test_the_level_is_not_part_of_the_result_key():
+    """--significance changes only the verdict: every level finds the result of the default level,
+    whose key is the one earlier versions wrote."""
+    for stat, key in KEYS_AT_001.items():
+        assert Options(stat=[stat]).key_for(stat) == key
+        assert Options(stat=[stat], significance=0.05).key_for(stat) == key
+        assert Options(stat=[stat], significance=1e-6).key_for(stat) == key
+
+
+def test_a_result_written_at_another_level_by_an_earlier_version_is_found(tmp_path, tiny_models):
+    from tracing.results import save_record
+    pair = launch.Pair(tiny_models["base"], tiny_models["ft"])
+    old = launch.pair_dir(tmp_path, pair) / f"cos-{KEYS_AT_005['cos']}.p"
+    save_record({"stat": "cos", "status": "ok", "log10_pvalue": -3.0, "args": {"significance": 0.05}}, old)
+    (task,) = launch.make_tasks([pair], Options(stat=["cos"], significance=0.05), tmp_path)
+    assert task.status == "done" and task.paths["cos"] == old
+    (task,) = launch.make_tasks([pair], Options(stat=["cos"]), tmp_path)  # another level: the new key
+    assert task.status == "todo" and task.paths["cos"].name == f"cos-{KEYS_AT_001['cos']}.p"
+
+
+def readme_names_every_file_in(out: Path) -> None:
+    """The Quick start's list of what the first command writes is complete."""
+    import re
+    written = {p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert {"report.md", "summary.csv", "launch.json"} <= written
+    readme = (ROOT / "README.md").read_text()
+    listed = readme[readme.index("The first command writes"):]
+    listed = listed[:listed.index("\n\n")]
+    named = set(re.findall(r"`([^`]+)`", listed))
+    assert written <= named, sorted(written - named)
+
+
+def test_a_rerun_at_another_level_reuses_every_result(tmp_path, tiny_models):
+    """The verdicts of the rerun come from the stored p-values at the new level. (The first run, three
+    models and a weight statistic, writes the report with its lineage section: the README's Quick
+    start names every file it writes.)"""
+    cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"], tiny_models["indep"]])
+    out = tmp_path / "out"
+    r = run_launch(cfg, "--stat", "cos", "--out", out, "--cluster", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    readme_names_every_file_in(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("cos-*.p")}
+    r = run_launch(cfg, "--stat", "cos", "--out", out, "--cluster", "local", "--significance", "0.5")
+    assert r.returncode == 0 and "done 0, failed 0, skipped 3" in r.stdout, r.stdout + r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("cos-*.p")} == mtimes
+    import pandas as pd
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["significance"]) == {0.5}
 
 
 def test_chunking_and_grouping():

@@ -179,6 +179,28 @@ def test_claims_of_a_dead_launcher_are_taken_over(tmp_path):
     assert not (folder / LOCK_NAME).exists()
 
 
+def test_taking_over_a_dead_launchers_claims_leaves_no_files(tmp_path):
+    """After a killed launch's claims are taken over and the pairs finish, the pair folders hold
+    only results: no claim and no takeover lock."""
+    import json
+    import socket
+
+    from tracing.launch import Claims
+    from tracing.launch.claims import LOCK_NAME
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folders = [tmp_path / f"pair{i}" for i in range(3)]
+    mine = Claims()
+    for folder in folders:
+        folder.mkdir()
+        (folder / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "time": 0}))
+        assert mine.claim(folder) is None
+    mine.release(folders[0])
+    mine.release_all()
+    assert [sorted(p.name for p in f.iterdir()) for f in folders] == [[], [], []]
+
+
 def test_a_stale_claim_is_taken_over_by_one_launcher_only(tmp_path, monkeypatch):
     """Two launchers find the same dead launcher's claim; the late one is still judging it stale when
     the early one has already taken it over. The late one must leave the fresh claim alone (not

@@ -99,3 +99,48 @@ def test_a_model_in_memory_keeps_its_rows():
 def torch_equal(a, b) -> bool:
     import torch
     return torch.equal(a, b)
+
+
+def test_references_sharing_a_folder_name_keep_their_own_records(tmp_path):
+    """References ``…/qwen3/base``, ``…/gemma2/base``, ``…/phi3/base``: one record each, named by a
+    digest of the path (as launch.py names pair folders), each holding its own reference's test."""
+    from helpers import finetuned
+    refs, models = [], {}
+    for k, fam in enumerate(("qwen3", "gemma2", "phi3")):
+        models[fam] = tiny_model(tiny_config(L=2, d=32, h=64), seed=20 + k)
+        models[fam].save_pretrained(tmp_path / fam / "base")
+        refs.append(str(tmp_path / fam / "base"))
+    finetuned(models["gemma2"], seed=5).save_pretrained(tmp_path / "cand")
+    out = tmp_path / "scan"
+    rows = scan.scan(str(tmp_path / "cand"), refs, rows=32, out=out)
+    assert rows[0].reference == refs[1] and rows[0].verdict == "dependent"
+    screens = sorted(out.glob("*_screen.p"))
+    assert len(screens) == 3
+    tested = {load_record(p)["args"]["base_model_id"] for p in screens}
+    assert tested == {str(tmp_path / fam / "base") for fam in ("qwen3", "gemma2", "phi3")}
+    full = list(out.glob("*_full.p"))
+    assert len(full) == 1 and load_record(full[0])["args"]["base_model_id"] == refs[1]
+
+
+def test_a_record_of_another_reference_is_never_replaced(tmp_path):
+    """Two ids with one file-safe name (cut at 120 characters): the second gets its own file."""
+    from tracing.results import save_record
+    first, second = "org/" + "m" * 120 + "-1", "org/" + "m" * 120 + "-2"
+    taken = scan.record_path(tmp_path, first, "screen")
+    save_record({"args": {"base_model_id": first}, "stat": "cos"}, taken)
+    assert scan.record_path(tmp_path, first, "screen") == taken  # its own record: rewritten in place
+    other = scan.record_path(tmp_path, second, "screen")
+    assert other != taken and other.name.endswith("_screen.p")
+
+
+def test_rows_larger_than_the_width_is_an_error_as_in_main(tmp_path, capsys):
+    """An explicit --rows beyond a reference's MLP width is one line and exit 2 (as main.py), before
+    any test runs; only the default K = 256 shrinks to the width of smaller models."""
+    out = tmp_path / "scan"
+    assert run_cli(scan.main, ["demo:a-sys", "--against", DEMO_REFS, "--rows", "99999", "--out", str(out),
+                               "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --rows 99999 is larger than the MLP width h=128"), err
+    assert not list(out.glob("*.p")) and not (out / "scan.csv").exists()
+    rows = scan.scan("demo:a-sys", scan.read_references(DEMO_REFS))  # default K: all 128 units of the demo models
+    assert {r.k for r in rows} == {128}

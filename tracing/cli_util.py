@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import re
 import sys
+from pathlib import Path
 
 from .errors import TracingError
 
@@ -15,6 +17,24 @@ def slug(spec: str) -> str:
         s = s.rsplit("/", 1)[-1] or s
     s = s.replace("/", "--").replace(":", "-")
     return re.sub(r"[^\w.@\-]+", "_", s)[:120]
+
+
+def model_slug(spec: str) -> str:
+    """A file-name-safe, deterministic name for a model spec.
+
+    Hub ids keep their name (``org/name@rev`` -> ``org--name@rev``); a local folder gets its last
+    component plus a short hash of its absolute path, so two folders with the same name differ.
+    """
+    from .specs import is_demo, parse_spec
+
+    spec = str(spec)
+    if is_demo(spec):
+        return slug(spec)
+    if parse_spec(spec).kind == "local":
+        full = str(Path(spec).expanduser().absolute())
+        name = Path(full).name or "model"
+        return f"{slug('./' + name)}-{hashlib.sha256(full.encode()).hexdigest()[:6]}"
+    return slug(spec)
 
 
 def run_cli(main, argv=None) -> int:

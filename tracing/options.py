@@ -13,6 +13,9 @@ DEFAULT_BLOCK_SIZE = 512
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 #: options left out of result keys while they hold this value (keys of earlier results stay valid)
 KEY_OMITTED_AT_DEFAULT = {"localized": False, "rows": None}
+#: options that change only the verdict, not the result: hashed at this value whatever they hold, so
+#: every level finds the same result (the keys earlier versions wrote at the default level)
+KEY_FIXED = {"significance": 0.01}
 
 
 @dataclass
@@ -105,14 +108,18 @@ class Options:
         d["stat"] = [stat]
         return Options(**d)
 
-    def key_for(self, stat: str) -> str:
+    def key_for(self, stat: str, with_level: bool = False) -> str:
         """A short hash of the options ``stat``'s result depends on (for result file names):
-        changing an option the statistic does not read keeps the key."""
+        changing an option the statistic does not read, or ``--significance`` (the verdict's level,
+        applied to the stored p-value), keeps the key. ``with_level``: the key earlier versions gave
+        a result computed at another level (for finding it)."""
         from .stats import DATA_OPTIONS, get
         spec = get(stat)
         names = spec.option_names() + (DATA_OPTIONS if self.eval else ())
         d = {"stat": spec.name, **{k: getattr(self, k) for k in sorted(set(names))
                                    if not (k in KEY_OMITTED_AT_DEFAULT and getattr(self, k) == KEY_OMITTED_AT_DEFAULT[k])}}
+        if not with_level:
+            d.update({k: v for k, v in KEY_FIXED.items() if k in d})
         if d.get("fold_norms") is None:  # the default (AWQ only) leaves earlier keys unchanged
             d.pop("fold_norms", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
@@ -126,6 +133,28 @@ class Options:
             raise TracingError(f"--block_size {self.block_size} is longer than the models' context of "
                                f"{max_positions} positions; use --block_size {max_positions} or less")
         return self.block_size
+
+    def check_pair(self, a, b, stats, ctx_len: int | None) -> int:
+        """Every check of these options against two models' shapes ``a``, ``b`` (archs: configs
+        suffice, no weight is read), made by ``main.py`` and ``launch.py`` alike before anything is
+        computed. Returns the forward passes' block size; raises :class:`TracingError` naming the fix."""
+        from .stats import get, names
+        if self.align and a.has_experts != b.has_experts:  # upcycling: only statistics that align each expert
+            no = [s for s in stats if get(s).aligned and get(s).aligned_upcycling is None]
+            if no:
+                have = ", ".join(n for n in names() if get(n).aligned_upcycling is not None)
+                raise TracingError(f"--align between a dense model and a mixture of experts is available for {have} "
+                                   f"only (each expert aligned to the dense MLP on its own), not for "
+                                   f"{', '.join(no)}; drop --align or use --stat {have}")
+        elif self.align and (a.L, a.d, a.h) != (b.L, b.d, b.h):
+            from .blockmap import shapes
+            raise TracingError(f"--align needs models with the same block shapes, but they differ "
+                               f"({shapes(a, b)}); drop --align (match is unchanged by permutation and rotation)")
+        for s in stats:
+            get(s).run_check(a, b, self)
+        if self.eval or any(get(s).needs_data for s in stats):
+            return self.block_size_for(ctx_len)
+        return self.block_size or self.block_size_for(ctx_len)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Options":

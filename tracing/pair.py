@@ -80,27 +80,8 @@ class Pair:
     def check(self, stats) -> None:
         """Every requested statistic against this pair, before any is computed; resolves the block
         size (an explicit one longer than the models' context is an error when data is used)."""
-        if self.options.align and self.upcycling:
-            no = [s for s in stats if get(s).aligned and get(s).aligned_upcycling is None]
-            if no:
-                from .stats import names
-                have = ", ".join(n for n in names() if get(n).aligned_upcycling is not None)
-                raise TracingError(f"--align between a dense model and a mixture of experts is available for {have} "
-                                   f"only (each expert aligned to the dense MLP on its own), not for "
-                                   f"{', '.join(no)}; drop --align or use --stat {have}")
-        elif self.options.align and not self.same_shape:
-            from .blockmap import shapes
-            raise TracingError(f"--align needs models with the same block shapes, but they differ "
-                               f"({shapes(self.base.arch, self.ft_ckpt.arch)}); drop --align (match is unchanged "
-                               f"by permutation and rotation)")
-        for s in stats:
-            get(s).run_check(self.base.arch, self.ft_ckpt.arch, self.options)
         ctx_len = [n for n in (max_positions(self.base_ckpt), max_positions(self.ft_ckpt)) if n]
-        ctx_len = min(ctx_len) if ctx_len else None
-        if self.options.eval or any(get(s).needs_data for s in stats):
-            size = self.options.block_size_for(ctx_len)
-        else:
-            size = self.options.block_size or self.options.block_size_for(ctx_len)
+        size = self.options.check_pair(self.base.arch, self.ft_ckpt.arch, stats, min(ctx_len) if ctx_len else None)
         self.options = replace(self.options, block_size=size)
 
     @property

@@ -5,10 +5,13 @@
 For each reference, before any weight is read: identical weight files (a re-upload: no test is
 run), identical tokenizer files, and the shapes from the configs and safetensors headers (a
 reference of another shape is listed with the reason). Every compatible reference is screened with
-the sampled test (``--rows K``: K units drawn from ``--seed``, the same in both models); the
+the sampled test (``--rows K``: K units drawn from ``--seed``, the same in both models; default 256,
+or every unit of a narrower model; a given K larger than a model's width is an error); the
 screening p-values are corrected with Holm across the references, and the references significant
 after correction are tested in full. The ranked table goes to stdout and ``DIR/scan.csv``, one
-record per test to ``DIR/<reference>_screen.p`` / ``DIR/<reference>_full.p``.
+record per test to ``DIR/<reference>_screen.p`` / ``DIR/<reference>_full.p`` (a local folder named
+by its last component and a digest of its path, as launch.py names models: ``…/qwen3/base`` and
+``…/phi3/base`` get two records).
 
 The reference list (YAML) is a list of model ids, or a mapping of family name to a list of ids.
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 from .errors import TracingError
 
 SCAN_STATS = ("cos", "emb")
+DEFAULT_ROWS = 256  # K of the screen when --rows is not given (all units of a narrower model)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
@@ -138,17 +142,44 @@ def _open(spec: str, store: Path | None = None, memory: bool = False):
     return with_store(Checkpoint(spec), store, memory=memory)
 
 
+def record_path(out: Path, reference: str, name: str) -> Path:
+    """``<out>/<reference>_<name>.p``, the reference named as launch.py names models (a local folder
+    by its name and a digest of its path); never a file holding another reference's record."""
+    from .cli_util import model_slug
+    from .results import load_record
+    path = out / f"{model_slug(reference)}_{name}.p"
+    try:
+        other = load_record(path).get("args", {}).get("base_model_id") if path.is_file() else reference
+    except Exception:  # noqa: BLE001 - an unreadable file is replaced, as a rerun would
+        other = reference
+    if other != reference:  # two ids with one file-safe name (e.g. truncated): add the id's digest
+        digest = hashlib.sha256(reference.encode()).hexdigest()[:6]
+        path = out / f"{model_slug(reference)}-{digest}_{name}.p"
+    return path
+
+
 def _test(ref_ck, cand_ck, options, out: Path | None, name: str, progress: bool) -> dict:
     from .api import run_opened
-    from .cli_util import slug
-    save = {options.stat[0]: out / f"{slug(ref_ck.label)}_{name}.p"} if out is not None else None
+    save = {options.stat[0]: record_path(out, ref_ck.label, name)} if out is not None else None
     return run_opened(ref_ck, cand_ck, options, save=save, progress=progress)[0]
 
 
-def scan(candidate: str, references, stat: str = "cos", rows: int = 256, out: str | Path | None = None,
+def screen_rows(stat: str, rows: int | None, cand, ref, options) -> int:
+    """K of one reference's screen: ``rows`` as given — more than the width sampled from is an
+    error, as in main.py — else :data:`DEFAULT_ROWS`, or every unit of a narrower model."""
+    width = ref.arch.d if stat == "emb" else min(ref.arch.h, cand.arch.h)
+    if rows is None:
+        return min(DEFAULT_ROWS, width)
+    options.replace(rows=rows).check_pair(ref.arch, cand.arch, [stat], None)
+    return rows
+
+
+def scan(candidate: str, references, stat: str = "cos", rows: int | None = None, out: str | Path | None = None,
          progress: bool = False, **options) -> list[Row]:
     """Screen ``candidate`` against every reference (``[(id, family)]`` or ids); return the rows,
-    ranked: identical weights first, then by p-value (full test when run, else Holm-corrected screen)."""
+    ranked: identical weights first, then by p-value (full test when run, else Holm-corrected screen).
+    ``rows``: K sampled units (default :data:`DEFAULT_ROWS`, or all units of a narrower model); more
+    than a reference's width is a :class:`TracingError` raised before any test."""
     from . import pvalues
     from .options import Options
     from .verdict import is_dependent
@@ -163,27 +194,26 @@ def scan(candidate: str, references, stat: str = "cos", rows: int = 256, out: st
     cand = _open(candidate, store, memory=True)
     cand_hashes, cand_tok = weight_hashes(cand), tokenizer_digest(cand)
     rows_out, opened = [], {}
-    for ref_id, fam in refs:
+    for ref_id, fam in refs:  # configs, headers and hashes only: a bad --rows stops here, before any test
         row = Row(ref_id, fam)
+        rows_out.append(row)
         try:
             opened[ref_id] = ref = _open(ref_id, store)
         except TracingError as e:
             row.status, row.why, row.verdict = "unavailable", str(e), f"unavailable: {e}"
-            rows_out.append(row)
             continue
         row.status, row.why, row.tokenizer = precheck(stat, cand, ref, cand_hashes, cand_tok)
         if row.status == "screened":
-            k = min(rows, ref.arch.d if stat == "emb" else min(ref.arch.h, cand.arch.h))
-            try:
-                rec = _test(ref, cand, screen_opts.replace(rows=k), out, "screen", progress)
-                row.screen_log10_p, row.k = rec["log10_pvalue"], k
-            except TracingError as e:  # e.g. a tensor layout this statistic cannot compare
-                row.status, row.why, row.verdict = "unavailable", str(e), f"failed: {e}"
-        elif row.status == "identical":
-            row.verdict = "re-upload: identical weights"
+            row.k = screen_rows(stat, rows, cand, ref, screen_opts)
         else:
-            row.verdict = row.why
-        rows_out.append(row)
+            row.verdict = "re-upload: identical weights" if row.status == "identical" else row.why
+    for row in rows_out:
+        if row.status == "screened":
+            try:
+                rec = _test(opened[row.reference], cand, screen_opts.replace(rows=row.k), out, "screen", progress)
+                row.screen_log10_p = rec["log10_pvalue"]
+            except TracingError as e:  # e.g. a tensor layout this statistic cannot compare
+                row.status, row.why, row.verdict, row.k = "unavailable", str(e), f"failed: {e}", None
     screened = [r for r in rows_out if r.status == "screened"]
     for r, adj in zip(screened, pvalues.holm([r.screen_log10_p for r in screened])):
         r.holm_log10_p = float(adj)
@@ -227,7 +257,6 @@ def parse(argv=None):
     p.add_argument("--out", default=None, help="folder for scan.csv and one record per test (default: not saved)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_options(p)
-    p.set_defaults(rows=256)
     return p.parse_args(argv)
 
 
@@ -244,7 +273,8 @@ def main(argv=None) -> int:
     if args.out:
         check_writable(Path(args.out) / "scan.csv")
     result = scan(args.candidate, refs, stat=stat[0], rows=rows, out=args.out, progress=not args.quiet, **opts)
-    print(scrub(f"scan of {args.candidate}: {stat[0]} on K = {rows} sampled units (all units when fewer), Holm across "
+    k = f"K = {rows}" if rows is not None else f"K = {DEFAULT_ROWS} (all units when fewer)"
+    print(scrub(f"scan of {args.candidate}: {stat[0]} on {k} sampled units, Holm across "
                 f"{sum(r.status == 'screened' for r in result)} screened references, then the full test"))
     print(scrub(table(result)))
     for r in result:

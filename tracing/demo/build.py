@@ -24,13 +24,18 @@ from .tokenizer import _pack, _train_tokenizer, _wrap_tokenizer
 def ensure_built(root=None, progress: bool = True, *, tiny: bool = False) -> pathlib.Path:
     """Build the demo family at ``root`` unless a complete build is already there; return ``root``.
 
-    Safe to call from several processes at once: builders serialise on ``<root>.lock`` and the
-    tree is built in a sibling temp directory and renamed into place, ``COMPLETE`` included.
+    Safe to call from several processes at once: builders serialise on ``<root>/.lock``, the tree
+    is built in ``<root>/.building-<pid>`` and moved into place, ``COMPLETE`` last. Nothing is
+    written beside ``root``.
     A directory without ``COMPLETE`` (a crashed build) or from another recipe version is
     replaced; a non-empty directory that is not a demo family is never touched (error).
     ``tiny=True`` trains a few steps only — for tests of this machinery, never for real use.
     """
     return _ensure_built(root, progress=progress, tiny=tiny)[0]
+
+
+LOCK_NAME = ".lock"  # inside the root: serialises builders (kept, so a lock is never replaced while held)
+BUILDING = ".building-"  # inside the root: a build in progress, moved into place when complete
 
 
 def _ensure_built(root=None, progress: bool = True, tiny: bool = False) -> tuple[pathlib.Path, bool]:
@@ -42,8 +47,8 @@ def _ensure_built(root=None, progress: bool = True, tiny: bool = False) -> tuple
         return root, False
     _check_replaceable(root)
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(root.parent / (root.name + ".lock"), "a+")
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / LOCK_NAME, "a+")
     except OSError as err:
         raise TracingError(f"cannot create the demo model directory {root}: {err.strerror or err}") from None
     with lock:
@@ -54,24 +59,17 @@ def _ensure_built(root=None, progress: bool = True, tiny: bool = False) -> tuple
             if is_built(root, tiny):
                 return root, False
             _check_replaceable(root)
-            for stale in root.parent.iterdir():  # leftovers of crashed builders (we hold the lock)
-                if stale.name.startswith(f".{root.name}.") and stale.is_dir():
+            for stale in root.iterdir():  # leftovers of crashed builders (we hold the lock)
+                if stale.name.startswith(BUILDING) and stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
-            tmp = root.parent / f".{root.name}.building-{os.getpid()}"
+            tmp = root / f"{BUILDING}{os.getpid()}"
             try:
                 t0 = time.time()
                 if progress:
                     what = "tiny test " if tiny else ""
                     print(f"building the {what}demo models in {root} (once; about 2 min on 2 idle CPU cores)", file=sys.stderr, flush=True)
                 _build(tmp, progress=progress, tiny=tiny)
-                (tmp / _COMPLETE).write_text(_recipe_signature(tiny) + "\n", encoding="utf-8")
-                if root.exists():  # stale or partial: move aside atomically, then delete
-                    trash = root.parent / f".{root.name}.old-{os.getpid()}"
-                    os.rename(root, trash)
-                    os.rename(tmp, root)
-                    shutil.rmtree(trash, ignore_errors=True)
-                else:
-                    os.rename(tmp, root)
+                _move_into_place(tmp, root, tiny)
                 if progress:
                     print(f"demo models ready in {root} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
             finally:
@@ -80,6 +78,23 @@ def _ensure_built(root=None, progress: bool = True, tiny: bool = False) -> tuple
             return root, True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _move_into_place(tmp: pathlib.Path, root: pathlib.Path, tiny: bool) -> None:
+    """Replace what ``root`` holds (a crashed or older build) by the build in ``tmp``. ``COMPLETE``
+    goes first and comes back last, so no reader takes a half-moved tree for a build."""
+    (root / _COMPLETE).unlink(missing_ok=True)
+    for old in root.iterdir():
+        if old.name == LOCK_NAME or old == tmp:
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for new in tmp.iterdir():
+        os.rename(new, root / new.name)
+    (root / _COMPLETE).write_text(_recipe_signature(tiny) + "\n", encoding="utf-8")
+    tmp.rmdir()
 
 
 def _try_lock(lock) -> bool:
@@ -92,10 +107,15 @@ def _try_lock(lock) -> bool:
         return False
 
 
+def _builder_file(p: pathlib.Path) -> bool:
+    """The builders' lock, or a build in progress (all a crashed first build leaves)."""
+    return p.name == LOCK_NAME or p.name.startswith(BUILDING)
+
+
 def _check_replaceable(root: pathlib.Path) -> None:
     if root.exists() and not root.is_dir():
         raise TracingError(f"{root} exists and is not a directory; choose another demo model directory")
-    if root.is_dir() and any(root.iterdir()) and not (root / _MARKER).exists():
+    if root.is_dir() and any(not _builder_file(p) for p in root.iterdir()) and not (root / _MARKER).exists():
         hint = f" (it comes from ${ENV_DIR})" if os.environ.get(ENV_DIR) and _root(None) == root else ""
         raise TracingError(
             f"{root} is not empty and is not a demo model directory{hint}; choose a new or empty directory"
@@ -134,7 +154,7 @@ def _build(out: pathlib.Path, progress: bool, tiny: bool) -> None:
     """Build the whole family into the fresh directory ``out`` (everything but ``COMPLETE``).
 
     The corpus and tokenizer are made here; the models are trained by worker processes, one
-    torch thread each (a dependency chain per worker), so the weights are bit-identical whatever
+    torch thread each (the plans of ``recipes._CHAINS``), so the weights are bit-identical whatever
     the machine's core count and the caller's torch settings are left alone.
     """
     import tokenizers
@@ -237,6 +257,10 @@ def _run_workers(out: pathlib.Path, plans: list[list[str]], vocab_size: int, tin
             i, line = events.get()
             if line is None:
                 running -= 1
+                if procs[i].wait() != 0:  # the others may be waiting for its models: stop them
+                    for other in procs:
+                        if other.poll() is None:
+                            other.kill()
                 continue
             try:
                 ev = json.loads(line)
@@ -265,10 +289,9 @@ def _run_workers(out: pathlib.Path, plans: list[list[str]], vocab_size: int, tin
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for i, code_ in enumerate(codes):
-        if code_ != 0:
-            err = out / ".work" / f"error-{i}.txt"
-            msg = err.read_text(encoding="utf-8").strip() if err.exists() else f"exit status {code_}"
-            raise TracingError(f"training the demo models failed: {msg}")
+    if any(codes):
+        errors = sorted((out / ".work").glob("error-*.txt"))
+        msg = errors[0].read_text(encoding="utf-8").strip() if errors else f"exit status {max(codes, key=abs)}"
+        raise TracingError(f"training the demo models failed: {msg}")
 
 

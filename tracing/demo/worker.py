@@ -1,7 +1,8 @@
 """A training worker process: ``python -m tracing.demo.worker`` with the job as JSON on stdin.
 
-Trains one dependency chain of demo models with one torch thread, reporting progress as JSON
-lines on stdout; an error is written to ``<out>/.work/error-<worker>.txt``.
+Trains its list of demo models in order with one torch thread (a parent trained by another worker
+is loaded from its saved weights once they are there), reporting progress as JSON lines on stdout;
+an error is written to ``<out>/.work/error-<worker>.txt``.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def _train_chain(out: pathlib.Path, names: list[str], vocab_size: int, tiny: boo
             torch.manual_seed(r.init_seed)
             model = transformers.LlamaForCausalLM(_model_config(vocab_size))
         else:
+            if r.parent not in models:  # trained by the other worker: start from its saved weights
+                models[r.parent] = _trained_elsewhere(out, r.parent)
             model = copy.deepcopy(models[r.parent])
         start = time.time()
         _emit(event="start", name=name, steps=steps)
@@ -83,6 +86,22 @@ def _train_chain(out: pathlib.Path, names: list[str], vocab_size: int, tiny: boo
                 del models[old]
 
 
+
+
+def _trained_elsewhere(out: pathlib.Path, name: str, poll_s: float = 0.2):
+    """Model ``name`` once another worker has saved it (its record is written after the weights);
+    an error of any worker stops the wait."""
+    import torch
+    import transformers
+
+    work = out / ".work"
+    while not (work / f"{name}.json").exists():
+        failed = sorted(work.glob("error-*.txt"))
+        if failed:
+            raise RuntimeError(f"waiting for {name}: another training worker failed "
+                               f"({failed[0].read_text(encoding='utf-8').strip()})")
+        time.sleep(poll_s)
+    return transformers.LlamaForCausalLM.from_pretrained(out / name, dtype=torch.float32)
 
 
 if __name__ == "__main__":

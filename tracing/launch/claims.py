@@ -4,7 +4,8 @@ A claim is a small file ``<pair folder>/.launch.lock`` created exclusively, hold
 claiming launcher's host and process id. A launcher refreshes its claims while it runs and
 removes them when a pair ends. A claim is stale when its process is gone (same host), or when
 it has not been refreshed for :data:`STALE_S` seconds (another host). A stale claim is removed
-under a lock (``.launch.takeover``), so two launchers taking it over at once claim it once.
+under a lock (``.launch.takeover``, removed afterwards), so two launchers taking it over at once
+claim it once.
 """
 from __future__ import annotations
 
@@ -88,10 +89,15 @@ class Claims:
         """Remove a claim judged stale, judging it again under a lock: of two launchers taking over
         the same claim, the second then finds the first one's fresh claim and leaves it."""
         from ..results import file_lock
-        with file_lock(folder / TAKEOVER_NAME):
+        takeover = folder / TAKEOVER_NAME
+        with file_lock(takeover):
             holder = read_claim(path)
             if holder is not None and is_stale(path, holder):
                 path.unlink(missing_ok=True)
+            # Not left behind in the pair folder. A launcher still waiting on the unlinked file, and
+            # one locking a new file, may then both be here at once; both judge the claim again
+            # under their lock, and once the stale claim is gone all they can find is a live one.
+            takeover.unlink(missing_ok=True)
 
     def release(self, folder: Path) -> None:
         path = folder / LOCK_NAME

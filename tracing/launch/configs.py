@@ -20,6 +20,7 @@ class ModelInfo:
     arch: object  # tracing.arch.Arch
     bytes_per_param: int  # as stored on disk (for read time)
     source: str  # "local" | "hub cache" | "demo"
+    max_positions: int | None = None  # context length (max_position_embeddings), when the config says
 
     @property
     def params(self) -> int:
@@ -75,7 +76,8 @@ def model_info(spec: str) -> ModelInfo:
         raise _not_cached(s)
     backend = open_backend(resolved)  # a corrupt cached file is an error, not a missing one
     source = {"hub": "hub cache", "demo": "demo"}.get(s.kind, "local")
-    return ModelInfo(s.text, backend.arch, backend.bytes_per_param(), source)
+    ctx = getattr(backend.config(), "max_position_embeddings", None)
+    return ModelInfo(s.text, backend.arch, backend.bytes_per_param(), source, int(ctx) if ctx else None)
 
 
 def reference_info() -> ModelInfo:

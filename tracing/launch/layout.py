@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
 from ..errors import TracingError
-from ..specs import is_demo
-from .model_list import Pair, is_local_spec
+from ..cli_util import model_slug
+from .model_list import Pair
 
 RUN_LOG = "launch.json"
-
-
-def model_slug(spec: str) -> str:
-    """A file-name-safe, deterministic name for a model spec.
-
-    Hub ids keep their name (``org/name@rev`` -> ``org--name@rev``); a local folder gets its last
-    component plus a short hash of its absolute path, so two folders with the same name differ.
-    """
-    from ..cli_util import slug
-
-    spec = str(spec)
-    if is_demo(spec):
-        return slug(spec)
-    if is_local_spec(spec):
-        full = str(Path(spec).expanduser().absolute())
-        name = Path(full).name or "model"
-        return f"{slug('./' + name)}-{hashlib.sha256(full.encode()).hexdigest()[:6]}"
-    return slug(spec)
 
 
 def pair_dir(out: str | os.PathLike, pair: Pair) -> Path:
@@ -41,8 +22,14 @@ def pair_dir(out: str | os.PathLike, pair: Pair) -> Path:
 
 def result_path(out: str | os.PathLike, pair: Pair, stat: str, options) -> Path:
     """``<out>/<slug(base)>__<slug(ft)>/<stat>-<options hash>.p`` (the hash of the options this
-    statistic reads: changing another option finds the same file)."""
-    return pair_dir(out, pair) / f"{stat}-{options.key_for(stat)}.p"
+    statistic reads: changing another option, or the verdict's level, finds the same file). A result
+    an earlier version wrote under a key that held another level is found too."""
+    path = pair_dir(out, pair) / f"{stat}-{options.key_for(stat)}.p"
+    if not path.exists():
+        earlier = path.with_name(f"{stat}-{options.key_for(stat, with_level=True)}.p")
+        if earlier != path and earlier.exists():
+            return earlier
+    return path
 
 
 def default_out(config: str | os.PathLike) -> Path:

@@ -25,7 +25,7 @@ def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
     if any(is_demo(s) for s in specs):
         from .. import demo
         if not demo.is_built():
-            say("building the demo model family once (1-2 minutes) ...")
+            say("building the demo model family once (about 2 minutes on 2 idle cores, longer on busy ones) ...")
         try:
             demo.ensure_built(progress=False)
         except TracingError as e:

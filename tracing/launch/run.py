@@ -61,6 +61,8 @@ class Launch:
     finished: list[Task] = field(default_factory=list)
     n_expected: int = 0
     claims: Claims = field(default_factory=Claims)
+    config_notes: list = field(default_factory=list)  # models whose config is not on this machine
+    unrunnable: str | None = None  # why no pair can run with these options (main.py's checks)
 
     @property
     def slurm(self) -> bool:
@@ -72,8 +74,11 @@ def launch(s: LaunchSettings, say: Callable = _say) -> int:
     run = read_list(s, say)
     choose_where(run)
     plan(run)
+    check_options(run)
     if s.dry_run:
         return dry_run(run)
+    if run.unrunnable:
+        raise TracingError(run.unrunnable)
     write_known_lineage(run.out, run.model_list.lineage)
     write_known_relations(run.out, run.model_list.labels)
     start = time.time()
@@ -138,9 +143,27 @@ def plan(run: Launch) -> None:
             f"{','.join(run.options.stat)}; results in {rel(run.out)}; {n_done} already done")
 
 
+def check_options(run: Launch) -> None:
+    """main.py's checks of the options against every pending pair's configs (no network, nothing
+    written): a pair that fails them is an error of the plan; when every pair fails, nothing can
+    run and the launch stops before any job starts."""
+    run.config_notes = size_tasks(run.tasks, run.options, **run.size_kw)
+    pending = [t for t in run.tasks if t.status != TaskState.DONE]
+    bad = [t for t in pending if t.option_problem]
+    if not pending or len(bad) < len(pending):
+        return
+    msgs = {str(t.problem) for t in bad}
+    if len(msgs) == 1:
+        run.unrunnable = f"{msgs.pop()} (every pair of {run.model_list.source})"
+    else:
+        run.unrunnable = (f"no pair of {run.model_list.source} can run with these options; {bad[0].pair.label}: "
+                          f"{bad[0].problem} (--dry-run lists all {len(bad)})")
+
+
 def dry_run(run: Launch) -> int:
-    """Print the plan: pairs, resources, result files, status; nothing is written."""
-    notes = size_tasks(run.tasks, run.options, **run.size_kw)
+    """Print the plan: pairs, resources, result files, status; nothing is written. The exit code is
+    the run's: 2 when no pair can run with these options, 1 when some pair cannot run, else 0."""
+    notes = run.config_notes
     run.say(plan_table(run.tasks))
     for t in run.tasks:
         if t.problem:
@@ -163,7 +186,10 @@ def dry_run(run: Launch) -> int:
         groups = group_by_resources([t for t in run.tasks if t.status != TaskState.DONE and not t.problem])
         n_arrays = sum(len(chunked(g, run.info.max_array_size)) for g in groups.values())
         run.say(f"would submit {n_arrays} job array(s) (MaxArraySize {run.info.max_array_size})")
-    return 0
+    if run.unrunnable:
+        run.say(f"error: {run.unrunnable}", file=sys.stderr)
+        return 2
+    return 1 if any(t.problem for t in run.tasks if t.status != TaskState.DONE) else 0
 
 
 def split_work(run: Launch) -> tuple[list[Task], list[Task], list[Task]]:
@@ -312,7 +338,7 @@ def summarise(run: Launch, start: float) -> int:
         done, _ = attest_results([p for t in run.tasks for p in t.paths.values()], run.s.attest_key, run.say)
         run.say(f"attested {done} result(s) with {run.s.attest_key} (<result>.intoto.json beside each)")
     if run.s.report:
-        write_report_for(run.out, run.say)
+        write_report_for(run.out, run.say, run.options.significance)
     return 1 if counts[TaskState.FAILED] else 0
 
 
@@ -334,11 +360,12 @@ def resource_warnings(tasks: list[Task], slurm: bool, info: SlurmInfo | None, sa
                 f"they may run out of memory (first: {big[0].pair.label}, {big[0].resources.mem_gb} GB)")
 
 
-def write_report_for(out: Path, say: Callable) -> None:
-    """The report of the results folder; a problem with it is a warning, never a failed run."""
+def write_report_for(out: Path, say: Callable, significance: float | None = None) -> None:
+    """The report of the results folder, its verdicts at ``significance`` (from the stored p-values,
+    whatever level a result was computed at); a problem with it is a warning, never a failed run."""
     try:
         from ..report import write_report
-        write_report(out)
+        write_report(out, significance=significance)
         say(f"report: {rel(out)}")
     except Exception as e:  # noqa: BLE001 - a report problem never fails the run
         say(f"warning: could not write the report ({type(e).__name__}: {first_line(str(e))[:200]})", file=sys.stderr)

@@ -54,6 +54,7 @@ class Task:
     resources: Resources | None = None
     infos: tuple = (None, None)  # ModelInfo of base, ft
     problem: TracingError | None = None  # why the pair cannot run (found before running)
+    option_problem: bool = False  # the problem is an option this pair cannot take (main.py's checks)
     error: str | None = None
     time: float | None = None
     job_id: str | None = None
@@ -110,8 +111,9 @@ def make_tasks(pairs: list[Pair], options, out: Path) -> list[Task]:
 
 def size_tasks(tasks: list[Task], options, *, slurm: bool, cpus: int | None, data_gpus: int | None,
                cluster_has_gpus: bool, overrides: dict, configs: dict | None = None) -> list[ConfigUnavailable]:
-    """Read both configs of every pair (no network) and size it; returns the models whose
-    config is not on this machine (their pairs are sized as Llama-2-7B)."""
+    """Read both configs of every pair (no network), check the options against them as main.py
+    does (a pair that fails gets its ``problem``) and size it; returns the models whose config is
+    not on this machine (their pairs are sized as Llama-2-7B and checked by their job)."""
     configs = {} if configs is None else configs
 
     def info_of(spec):
@@ -130,6 +132,13 @@ def size_tasks(tasks: list[Task], options, *, slurm: bool, cpus: int | None, dat
             t.problem, t.resources = hard[0], None
             continue
         stats = t.todo or t.stats
+        if not any(x is None for x in t.infos):
+            try:  # main.py's checks of the options against the two shapes, before any job starts
+                ctx = [i.max_positions for i in t.infos if i.max_positions]
+                options.check_pair(t.infos[0].arch, t.infos[1].arch, stats, min(ctx) if ctx else None)
+            except TracingError as e:
+                t.problem, t.option_problem, t.resources = e, True, None
+                continue
         t.resources = size_pair(t.infos[0], t.infos[1], stats, options, slurm=slurm, cpus=cpus,
                                 data_gpus=data_gpus, cluster_has_gpus=cluster_has_gpus, overrides=overrides)
         opts = options.for_stat(stats[0]).to_dict()
