@@ -7,10 +7,11 @@ Every block pair (i, j) — i a block of θ₁, j a block of θ₂ — gets its 
 - ``match`` (activations, any d and h): per cell, the gate matching against the |cos| up matching of
   the units' activations over the same tokens, SPEARMAN of the pairs.
 
-The grid of log10 p (``per_pair``, θ₁ blocks as rows), the cells with p < 1e-4 (``matched``), the
-**correspondence** — for each block j of θ₂ the block i of θ₁ with the smallest p among its matched
-cells, or none — and the overall Bonferroni p-value min(1, L₁L₂ · min p_ij), valid after choosing the
-best cell.  With equal shapes the diagonal is exactly the ordinary per-layer statistic.
+The grid of log10 p (``per_pair``, θ₁ blocks as rows), the overall Bonferroni p-value
+min(1, L₁L₂ · min p_ij), valid after choosing the best cell, and — only when the pair is significant —
+the matched cells (p < 1e-4 and significant after Holm over the grid at the verdict level) and the
+**correspondence**: for each block j of θ₂ the block i of θ₁ with the smallest p among its matched
+cells, or none (:mod:`tracing.correspondence`).  With equal shapes the diagonal is exactly the ordinary per-layer statistic.
 
 Memory: ``match`` runs each model alone through the engine (models of different depths cannot run in
 lockstep); θ₁'s per-block activations are kept in float32 while they fit the budget, else spilled to a
@@ -19,7 +20,6 @@ which leaves every cosine unchanged).  Weight reads for ``cos`` stream one block
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -27,11 +27,12 @@ import tempfile
 import numpy as np
 import torch
 
+from . import correspondence as claims
 from . import pvalues
 from .errors import TracingError
 
-#: a cell is matched when its p-value is below this (log10)
-MATCHED_LOG10 = -4.0
+#: a cell is matched when its p-value is below this (log10) and it survives Holm over the grid
+MATCHED_LOG10 = claims.MATCHED_LOG10
 #: θ₁'s activations stay in memory (float32) up to this many bytes unless a budget is given
 DEFAULT_KEEP_BYTES = 2 << 30
 
@@ -69,8 +70,9 @@ def require_cos_width(a, b) -> None:
 
 
 # ---- the grid -------------------------------------------------------------------------------
-def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray):
-    """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped)."""
+def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray, significance: float):
+    """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped);
+    the correspondence is claimed at ``significance`` (:mod:`tracing.correspondence`)."""
     from .stats.base import StatResult
     L1, L2 = grid.shape
     finite = ~np.isnan(grid)
@@ -78,20 +80,16 @@ def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarra
         raise TracingError(f"{stat}: no block pair has {pvalues.MIN_PAIRS} or more matched units with nonzero "
                            f"finite values; the models cannot be compared")
     best = float(np.nanmin(grid))
-    overall = min(0.0, math.log10(L1 * L2) + best)
-    matched = finite & (grid < MATCHED_LOG10)
-    corr = []
-    for j in range(L2):
-        col = np.where(matched[:, j], grid[:, j], np.inf)
-        if np.isfinite(col).any():
-            i = int(np.argmin(col))
-            corr.append((i, j, float(grid[i, j])))
+    overall = claims.overall_log10(grid)
+    matched = claims.matched_cells(grid, significance)
+    corr = claims.correspondence(grid, significance)
     i0, j0 = np.unravel_index(int(np.nanargmin(grid)), grid.shape)
     extra = {"localized": True, "shape": [int(L1), int(L2)],
              "per_pair": [[_num(v) for v in row] for row in grid],
              "per_pair_statistic": [[_num(v) for v in row] for row in stats],
              "per_pair_n": [[int(v) for v in row] for row in n_pairs],
              "correspondence": corr, "matched": int(matched.sum()), "matched_level": 10.0 ** MATCHED_LOG10,
+             "matched_rule": claims.RULE, "correspondence_note": claims.note(grid, significance, corr),
              "combine": "bonferroni", "best_cell": [int(i0), int(j0)], "best_log10_pvalue": best}
     return StatResult(stat, float(stats[i0, j0]), float(overall), [], extra)
 
@@ -144,7 +142,7 @@ def cos_map(ctx, base, ft):
     finally:
         m.close()
     grid, stats, n = _grid_from(res, A.L, B.L, lambda r, i, j: (r[i, j].rows, r[i, j].cols), ctx.options.alternative)
-    out = summarize("cos", grid, stats, n)
+    out = summarize("cos", grid, stats, n, o.significance)
     med = [[float(np.median(res[i, j].cos)) if res[i, j].n_pairs else float("nan") for j in range(B.L)]
            for i in range(A.L)]
     out.extra["per_pair_median_cos"] = med
@@ -248,7 +246,7 @@ def match_map(ctx, base, ft):
         return x, y
 
     grid, stats, n = _grid_from(None, A.L, B.L, cell, ctx.options.alternative)
-    out = summarize("match", grid, stats, n)
+    out = summarize("match", grid, stats, n, ctx.options.significance)
     out.extra["activations_spilled"] = bool(store.spill)
     out.extra["notes"] = auto_note("match", A, B, ctx.options)
     return out
@@ -286,16 +284,11 @@ def match_cost(s):
 
 
 # ---- for people -----------------------------------------------------------------------------
-def correspondence_text(corr, L2: int) -> str:
-    """``"0→0, 2→1, none→2"``: for each block j of θ₂ its source block of θ₁."""
-    src = {int(j): int(i) for i, j, _lp in corr}
-    return ", ".join(f"{src[j] if j in src else 'none'}→{j}" for j in range(L2))
-
-
 def explain(rec: dict) -> list[str]:
     """Summary lines of a block-map record."""
     grid = rec.get("per_pair") or []
     L1, L2 = len(grid), len(grid[0]) if grid else 0
-    return [f"  block map {L1}×{L2}: {rec.get('matched', 0)} block pairs matched (p < 1e-4); overall p-value is "
-            f"the Bonferroni bound over the {L1 * L2} pairs",
-            f"  correspondence (θ₁ block → θ₂ block): {correspondence_text(rec.get('correspondence') or [], L2)}"]
+    return [f"  block map {L1}×{L2}: {rec.get('matched', 0)} block pairs matched (p < 1e-4 and significant after "
+            f"Holm over the {L1 * L2} pairs); overall p-value is the Bonferroni bound over the {L1 * L2} pairs",
+            f"  correspondence (θ₁ block → θ₂ block): "
+            f"{claims.text(rec.get('correspondence') or [], L2, rec.get('correspondence_note'))}"]

@@ -8,7 +8,7 @@ from .stats import get as get_stat
 from .verdict import FLOOR, INTERPRETATION, NULL, verdict
 
 
-BLOCK_MAP_KEYS = ("per_pair", "correspondence", "matched")
+BLOCK_MAP_KEYS = ("per_pair", "correspondence", "matched", "correspondence_note")
 
 
 def _variant(spec, res, significance: float) -> dict:
