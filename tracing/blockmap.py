@@ -35,6 +35,9 @@ from .errors import TracingError
 MATCHED_LOG10 = claims.MATCHED_LOG10
 #: θ₁'s activations stay in memory (float32) up to this many bytes unless a budget is given
 DEFAULT_KEEP_BYTES = 2 << 30
+#: sampled ``match`` map: a cell is solved when its argmax agreements reach the count that two
+#: unrelated matchings share with at most this probability (:func:`screen_threshold`)
+SCREEN_TAIL = 0.05
 
 
 # ---- when and whether ----------------------------------------------------------------------
@@ -208,47 +211,104 @@ def keep_bytes(ctx) -> int:
     return DEFAULT_KEEP_BYTES if budget is None else budget // 2
 
 
+def agreements(G1, U1, ok1, G2, U2, ok2) -> int:
+    """The screen of one cell: how many units have the same partner by the row-wise argmax of the gate
+    cosines and of the |up| cosines (keys: the side with fewer kept units; no assignment solved)."""
+    from .align import cosine_matrix
+    if not bool(ok1.any()) or not bool(ok2.any()):
+        return 0
+    G1, U1, G2, U2 = G1[:, ok1], U1[:, ok1], G2[:, ok2], U2[:, ok2]
+    dim = 1 if G1.shape[1] <= G2.shape[1] else 0
+    g = cosine_matrix(G1.T, G2.T).argmax(dim=dim)
+    u = cosine_matrix(U1.T, U2.T).abs_().argmax(dim=dim)
+    return int((g == u).sum())
+
+
+def screen_threshold(n1: int, n2: int) -> int:
+    """Agreements that send a cell to the full test: the smallest c with P(Poisson(λ) ≥ c) ≤
+    :data:`SCREEN_TAIL`, λ = min/max of the kept units (the count two unrelated matchings share by
+    chance).  A cost knob only: cells screened out get p = 1, never a smaller p-value."""
+    from scipy.stats import poisson
+    lam = min(n1, n2) / max(n1, n2, 1)
+    return max(1, int(poisson.isf(SCREEN_TAIL, lam)) + 1)
+
+
+class _Cells:
+    """The gate and up matchings of the block map's cells, solved in parallel, and their pairs."""
+
+    def __init__(self, ctx):
+        from .align import Matcher
+        self.gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+        self.up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+
+    def submit(self, key, G1, U1, ok1, G2, U2, ok2) -> None:
+        self.gate.submit(key, G1.T, G2.T, keep1=ok1, keep2=ok2)
+        self.up.submit(key, U1.T, U2.T, absolute=True, keep1=ok1, keep2=ok2)
+
+    def pairs(self) -> dict:
+        """{key: (x, y)} of every submitted cell (see :func:`tracing.stats.match.gate_up_pairs`)."""
+        from .stats.match import gate_up_pairs
+        try:
+            pg, pu = self.gate.results(), self.up.results()
+        finally:
+            self.close()
+        return {k: gate_up_pairs(pg[k], pu[k])[:2] for k in pg}
+
+    def close(self) -> None:
+        self.gate.close()
+        self.up.close()
+
+
 def match_map(ctx, base, ft):
-    """The block map of ``match``: one forward pass per model, every block pair matched."""
-    from .align import Matcher
-    from .stats.match import gate_up_pairs
-    A, B = base.arch, ft.arch
+    """The block map of ``match``: one forward pass per model, every block pair matched.  With
+    ``--rows K``: θ₁'s K sampled units (the same in every block) against every unit of θ₂, and only
+    the cells that pass the argmax screen (:func:`agreements`) solved; the others get p = 1."""
+    from .stats.base import rows_extra, sampled_rows
+    A, B, o = base.arch, ft.arch, ctx.options
+    S = None if o.rows is None else torch.from_numpy(sampled_rows(A.h, o.rows, o.seed))
     ids = ctx.data()
     engine = ctx.engine()
-    store = ActivationStore(A.L, int(ids.numel()), A.h, keep_bytes(ctx))
-    gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
-    up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+    store = ActivationStore(A.L, int(ids.numel()), A.h if S is None else len(S), keep_bytes(ctx))
+    full = _Cells(ctx)
+    agree = np.zeros((A.L, B.L), dtype=np.int64)
 
     def on_base(i, caps):
-        c = caps[0]
-        store.put(i, c.gate, c.up, kept_units(c.gate, c.up))
+        g, u = (caps[0].gate, caps[0].up) if S is None else (caps[0].gate[:, S], caps[0].up[:, S])
+        store.put(i, g, u, kept_units(g, u))
 
     def on_ft(j, caps):
         G2, U2 = caps[0].gate, caps[0].up
         ok2 = kept_units(G2, U2)
         for i in range(A.L):
             G1, U1, ok1 = store.get(i)
-            gate.submit((i, j), G1.T, G2.T, keep1=ok1, keep2=ok2)
-            up.submit((i, j), U1.T, U2.T, absolute=True, keep1=ok1, keep2=ok2)
-            del G1, U1
+            if S is not None:
+                agree[i, j] = agreements(G1, U1, ok1, G2, U2, ok2)
+                if agree[i, j] < screen_threshold(int(ok1.sum()), int(ok2.sum())):
+                    continue
+            full.submit((i, j), G1, U1, ok1, G2, U2, ok2)
 
     try:
         engine.run([base], ids, on_block=on_base, desc="match: forward θ₁")
         engine.run([ft], ids, on_block=on_ft, desc="match: forward θ₂, block map")
-        pg, pu = gate.results(), up.results()
+        pairs = full.pairs()
     finally:
-        gate.close()
-        up.close()
+        full.close()
         store.close()
-
-    def cell(_r, i, j):
-        x, y, _dropped = gate_up_pairs(pg[i, j], pu[i, j])
-        return x, y
-
-    grid, stats, n = _grid_from(None, A.L, B.L, cell, ctx.options.alternative)
-    out = summarize("match", grid, stats, n, ctx.options.significance)
+    empty = np.zeros(0, dtype=np.int64)
+    grid, stats, n = _grid_from(pairs, A.L, B.L, lambda r, i, j: r.get((i, j), (empty, empty)), o.alternative)
+    if S is not None:  # screened out: not tested, p = 1
+        out_ = np.ones((A.L, B.L), dtype=bool)
+        for key in pairs:
+            out_[key] = False
+        grid[out_] = 0.0
+    out = summarize("match", grid, stats, n, o.significance)
     out.extra["activations_spilled"] = bool(store.spill)
-    out.extra["notes"] = auto_note("match", A, B, ctx.options)
+    out.extra["notes"] = auto_note("match", A, B, o)
+    if S is not None:
+        out.extra.update(rows_extra(o, A.h), rows_of_ft="all")
+        out.extra["screen"] = {"rule": "argmax agreements of gate and |up| at or above a Poisson(λ) tail of "
+                                       f"{SCREEN_TAIL}", "tested": len(pairs), "screened_out": int(out_.sum()),
+                               "agreements": agree.tolist()}
     return out
 
 
@@ -271,15 +331,25 @@ def cos_cost(s):
 
 def match_cost(s):
     """Two separate forward passes; θ₁'s activations kept (float32, or spilled beyond the budget);
-    two matchings per block pair."""
+    two matchings per block pair (sampled: K × h₂, only for the cells that pass the argmax screen)."""
+    from .stats.cost import REF_H, solve_s
     from .stats.spec import Cost
     cells = s.a.L * s.b.L
-    acts = s.a.L * s.tokens * s.a.h * 2 * 4
+    K = getattr(s.options, "rows", None)
+    width = s.a.h if not K else min(int(K), s.a.h)
+    acts = s.a.L * s.tokens * width * 2 * 4
     opts = s.options
     keep = DEFAULT_KEEP_BYTES if getattr(opts, "mem_budget_gb", None) is None else int(opts.mem_budget_gb * (1 << 30)) // 2
     held = acts if acts <= keep else 0
-    step = 2 * (s.mm(s.a.h, s.b.h, s.tokens) + s.solve_s(min(s.a.h, s.b.h)) / s.par)
-    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + cells * step
+
+    def step(n1):  # a gate and an up matching of n1 θ₁ units against θ₂'s h units
+        return 2 * (s.mm(n1, s.b.h, s.tokens) + solve_s(REF_H) * (min(n1, s.b.h) / REF_H) ** 2
+                    * (max(n1, s.b.h) / REF_H) / s.par)
+    if K:  # every cell's two products for the screen; the matchings of the few that pass it
+        per_cell = 2 * s.mm(width, s.b.h, s.tokens) + SCREEN_TAIL * step(width)
+    else:
+        per_cell = 2 * (s.mm(s.a.h, s.b.h, s.tokens) + s.solve_s(min(s.a.h, s.b.h)) / s.par)
+    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + cells * per_cell
     return Cost(s.forward_mem("match") + held + s.solves * s.per_solve, t, True)
 
 
