@@ -61,6 +61,21 @@ def test_removed_blocks_found_through_a_permutation():
     assert ctl["correspondence"] == [] and ctl.log10_pvalue > -2
 
 
+def test_trained_models_blocks_removed(tmp_path):
+    """The trained demo family: a fine-tune of base-a with block 1 removed, its units and residual
+    dimensions permuted, is mapped block for block with 32 sampled units; base-b's copy is not."""
+    from tests.test_blockmap import DATA, derive
+    from tracing import compare, demo
+    demo.ensure_built(progress=False)
+    pruned = derive("demo:a-docs", tmp_path / "pruned", blocks=[0, 2, 3])
+    control = derive("demo:base-b", tmp_path / "control", blocks=[0, 2, 3])
+    res = compare("demo:base-a", pruned, stat="match", rows=32, permute=True, **DATA)
+    assert corr_of(res) == {0: 0, 1: 2, 2: 3} and res.verdict.startswith("dependent")
+    assert res["extra"]["screen"]["tested"] <= 6
+    ctl = compare("demo:base-a", control, stat="match", rows=32, permute=True, **DATA)
+    assert ctl["correspondence"] == [] and ctl.log10_pvalue > -2
+
+
 def test_only_the_sampled_units_are_kept(monkeypatch):
     """θ₁'s store holds K units per block (the same indices in every block); θ₂ runs once."""
     shapes, runs = [], []
