@@ -11,12 +11,18 @@ The grid of log10 p (``per_pair``, θ₁ blocks as rows), the overall Bonferroni
 min(1, L₁L₂ · min p_ij), valid after choosing the best cell, and — only when the pair is significant —
 the matched cells (p < 1e-4 and significant after Holm over the grid at the verdict level) and the
 **correspondence**: for each block j of θ₂ the block i of θ₁ with the smallest p among its matched
-cells, or none (:mod:`tracing.correspondence`).  With equal shapes the diagonal is exactly the ordinary per-layer statistic.
+cells, or none (:mod:`tracing.correspondence`).  With equal shapes the diagonal is exactly the
+ordinary per-layer statistic.
 
 Memory: ``match`` runs each model alone through the engine (models of different depths cannot run in
 lockstep); θ₁'s per-block activations are kept in float32 while they fit the budget, else spilled to a
 float16 memory-mapped file in a temporary folder (each unit's activations scaled to unit norm first,
 which leaves every cosine unchanged).  Weight reads for ``cos`` stream one block pair at a time.
+
+At real sizes (``match --rows K``): θ₁ keeps only K sampled units per block (the same indices in
+every block), θ₂ every unit, and a cell is matched (K × h₂) only when the row-wise argmax partners of
+its gate and |up| cosines agree on enough units (:func:`agreements`, :func:`screen_threshold`); the
+others get p = 1, never smaller than the full test's, so every p-value and correction stays valid.
 """
 from __future__ import annotations
 

@@ -81,7 +81,8 @@ def plot_blockmaps(items: list, path: Path) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.text(0.01, 0.005, "colour: −log10 p of the block pair (capped at 50); circles: the inferred correspondence "
-             "(for each block of θ₂, its matched source block of θ₁; significant pairs only)", fontsize=7.5, color="#333333")
+             "(for each block of θ₂, its matched source block of θ₁; significant pairs only)",
+             fontsize=7.5, color="#333333")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt().close(fig)
