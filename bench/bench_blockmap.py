@@ -120,7 +120,7 @@ def make_table(records: list[dict], L: int) -> str:
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([r["variant"], "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 5)
+            rows.append([r["variant"], "failed: " + r["error"].splitlines()[-1][:80]] + [""] * 7)
             continue
         ref = by.get(BASELINE[r["variant"]], {})
         L1, L2 = r.get("shape") or (L, L)
@@ -133,11 +133,12 @@ def make_table(records: list[dict], L: int) -> str:
             if r.get("screen"):
                 found += f" ({r['screen']['tested']} cells solved)"
         rows.append([r["variant"], str(cells), f"{r['log10_pvalue']:.4g}", found, common.fmt_s(r["wall_s"]),
-                     common.fmt_gb(r["peak_rss"]),
+                     common.fmt_s(r.get("cpu_s")), f"{r.get('load_start', 0):.1f}", common.fmt_gb(r["peak_rss"]),
                      common.fmt_ratio(r["wall_s"], ref.get("wall_s")) + " / " +
+                     common.fmt_ratio(r.get("cpu_s"), ref.get("cpu_s")) + " / " +
                      common.fmt_ratio(r["peak_rss"], ref.get("peak_rss"))])
-    return common.markdown_table(["variant", "block pairs", "log10 p", "block map", "wall s", "peak RSS GiB",
-                                  "vs baseline: wall / RSS"], rows)
+    return common.markdown_table(["variant", "block pairs", "log10 p", "block map", "wall s", "CPU s", "load",
+                                  "peak RSS GiB", "vs baseline: wall / CPU / RSS"], rows)
 
 
 if __name__ == "__main__":
