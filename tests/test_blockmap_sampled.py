@@ -56,6 +56,7 @@ def test_removed_blocks_found_through_a_permutation():
     assert all(n[i, j] == 64 for j, i in corr_of(res).items())  # claimed cells were tested on all K units
     grid = np.array(res["per_pair"])
     assert ((n == 0) == (grid == 0.0)).all() and (n == 0).sum() == ex["screen"]["screened_out"]
+    assert f"{ex['screen']['tested']} block pairs passed the screen and were tested" in res.summary()
     # independent control of the same shapes: nothing claimed
     other = blocks_of(_tiny(6, 9), [0, 2, 3, 5])
     ctl = compare_models(base, other, stat="match", tokens=IDS, rows=64, permute=True)

@@ -367,4 +367,13 @@ def explain(rec: dict) -> list[str]:
     return [f"  block map {L1}×{L2}: {rec.get('matched', 0)} block pairs matched (p < 1e-4 and significant after "
             f"Holm over the {L1 * L2} pairs); overall p-value is the Bonferroni bound over the {L1 * L2} pairs",
             f"  correspondence (θ₁ block → θ₂ block): "
-            f"{claims.text(rec.get('correspondence') or [], L2, rec.get('correspondence_note'))}"]
+            f"{claims.text(rec.get('correspondence') or [], L2, rec.get('correspondence_note'))}"] + _screen_line(rec)
+
+
+def _screen_line(rec: dict) -> list[str]:
+    ex = rec.get("extra") or {}
+    sc = ex.get("screen")
+    if not sc:
+        return []
+    return [f"  sampled: {ex.get('rows')} units of θ₁ (seed {ex.get('rows_seed')}) against every unit of θ₂; "
+            f"{sc['tested']} block pairs passed the screen and were tested, {sc['screened_out']} were not (p = 1)"]
