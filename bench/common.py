@@ -300,20 +300,42 @@ def prefix_view(src: Path, dst: Path, blocks: int) -> Path:
     cfg = json.loads((src / "config.json").read_text())
     if blocks >= cfg["num_hidden_layers"]:
         return src
+    return blocks_view(src, dst, list(range(blocks)))
+
+
+def blocks_view(src: Path, dst: Path, blocks: list[int]) -> Path:
+    """A checkpoint folder whose block j is block ``blocks[j]`` of ``src`` (pruned, reordered or
+    repeated blocks): shards that keep their names are symlinked, renamed blocks are rewritten."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    cfg = json.loads((src / "config.json").read_text())
     index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
-    keep = {}
+    keep, renamed = {}, {}
     for name, fname in index.items():
-        if name.startswith("model.layers."):
-            if int(name.split(".")[2]) >= blocks:
-                continue
-        keep[name] = fname
+        if not name.startswith("model.layers."):
+            keep[name] = fname
+            continue
+        parts = name.split(".")
+        for j in [j for j, i in enumerate(blocks) if i == int(parts[2])]:
+            new = ".".join(parts[:2] + [str(j)] + parts[3:])
+            if new == name:
+                keep[new] = fname
+            else:
+                renamed.setdefault(j, []).append((name, new, fname))
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    cfg["num_hidden_layers"] = blocks
+    cfg["num_hidden_layers"] = len(blocks)
     (dst / "config.json").write_text(json.dumps(cfg, indent=1))
     for fname in sorted(set(keep.values())):
         os.symlink(src / fname, dst / fname)
+    for j, items in renamed.items():
+        out, fname = {}, f"block-{j:05d}.safetensors"
+        for name, new, shard in items:
+            with safe_open(str(src / shard), "pt") as f:
+                out[new] = f.get_tensor(name)
+            keep[new] = fname
+        save_file(out, str(dst / fname), metadata={"format": "pt"})
     (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": keep}, indent=1))
     return dst
 

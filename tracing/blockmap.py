@@ -7,15 +7,22 @@ Every block pair (i, j) — i a block of θ₁, j a block of θ₂ — gets its 
 - ``match`` (activations, any d and h): per cell, the gate matching against the |cos| up matching of
   the units' activations over the same tokens, SPEARMAN of the pairs.
 
-The grid of log10 p (``per_pair``, θ₁ blocks as rows), the cells with p < 1e-4 (``matched``), the
-**correspondence** — for each block j of θ₂ the block i of θ₁ with the smallest p among its matched
-cells, or none — and the overall Bonferroni p-value min(1, L₁L₂ · min p_ij), valid after choosing the
-best cell.  With equal shapes the diagonal is exactly the ordinary per-layer statistic.
+The grid of log10 p (``per_pair``, θ₁ blocks as rows), the overall Bonferroni p-value
+min(1, L₁L₂ · min p_ij), valid after choosing the best cell, and — only when the pair is significant —
+the matched cells (p < 1e-4 and significant after Holm over the grid at the verdict level) and the
+**correspondence**: for each block j of θ₂ the block i of θ₁ with the smallest p among its matched
+cells, or none (:mod:`tracing.correspondence`).  With equal shapes the diagonal is exactly the
+ordinary per-layer statistic.
 
 Memory: ``match`` runs each model alone through the engine (models of different depths cannot run in
 lockstep); θ₁'s per-block activations are kept in float32 while they fit the budget, else spilled to a
 float16 memory-mapped file in a temporary folder (each unit's activations scaled to unit norm first,
 which leaves every cosine unchanged).  Weight reads for ``cos`` stream one block pair at a time.
+
+At real sizes (``match --rows K``): θ₁ keeps only K sampled units per block (the same indices in
+every block), θ₂ every unit, and a cell is matched (K × h₂) only when the row-wise argmax partners of
+its gate and |up| cosines agree on enough units (:func:`agreements`, :func:`screen_threshold`); the
+others get p = 1, never smaller than the full test's, so every p-value and correction stays valid.
 """
 from __future__ import annotations
 
@@ -27,13 +34,17 @@ import tempfile
 import numpy as np
 import torch
 
+from . import correspondence as claims
 from . import pvalues
 from .errors import TracingError
 
-#: a cell is matched when its p-value is below this (log10)
-MATCHED_LOG10 = -4.0
+#: a cell is matched when its p-value is below this (log10) and it survives Holm over the grid
+MATCHED_LOG10 = claims.MATCHED_LOG10
 #: θ₁'s activations stay in memory (float32) up to this many bytes unless a budget is given
 DEFAULT_KEEP_BYTES = 2 << 30
+#: sampled ``match`` map: a cell is solved when its argmax agreements reach the count that two
+#: unrelated matchings share with at most this probability (:func:`screen_threshold`)
+SCREEN_TAIL = 0.05
 
 
 # ---- when and whether ----------------------------------------------------------------------
@@ -69,8 +80,9 @@ def require_cos_width(a, b) -> None:
 
 
 # ---- the grid -------------------------------------------------------------------------------
-def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray):
-    """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped)."""
+def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray, significance: float):
+    """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped);
+    the correspondence is claimed at ``significance`` (:mod:`tracing.correspondence`)."""
     from .stats.base import StatResult
     L1, L2 = grid.shape
     finite = ~np.isnan(grid)
@@ -78,20 +90,16 @@ def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarra
         raise TracingError(f"{stat}: no block pair has {pvalues.MIN_PAIRS} or more matched units with nonzero "
                            f"finite values; the models cannot be compared")
     best = float(np.nanmin(grid))
-    overall = min(0.0, math.log10(L1 * L2) + best)
-    matched = finite & (grid < MATCHED_LOG10)
-    corr = []
-    for j in range(L2):
-        col = np.where(matched[:, j], grid[:, j], np.inf)
-        if np.isfinite(col).any():
-            i = int(np.argmin(col))
-            corr.append((i, j, float(grid[i, j])))
+    overall = claims.overall_log10(grid)
+    matched = claims.matched_cells(grid, significance)
+    corr = claims.correspondence(grid, significance)
     i0, j0 = np.unravel_index(int(np.nanargmin(grid)), grid.shape)
     extra = {"localized": True, "shape": [int(L1), int(L2)],
              "per_pair": [[_num(v) for v in row] for row in grid],
              "per_pair_statistic": [[_num(v) for v in row] for row in stats],
              "per_pair_n": [[int(v) for v in row] for row in n_pairs],
              "correspondence": corr, "matched": int(matched.sum()), "matched_level": 10.0 ** MATCHED_LOG10,
+             "matched_rule": claims.RULE, "correspondence_note": claims.note(grid, significance, corr),
              "combine": "bonferroni", "best_cell": [int(i0), int(j0)], "best_log10_pvalue": best}
     return StatResult(stat, float(stats[i0, j0]), float(overall), [], extra)
 
@@ -144,7 +152,7 @@ def cos_map(ctx, base, ft):
     finally:
         m.close()
     grid, stats, n = _grid_from(res, A.L, B.L, lambda r, i, j: (r[i, j].rows, r[i, j].cols), ctx.options.alternative)
-    out = summarize("cos", grid, stats, n)
+    out = summarize("cos", grid, stats, n, o.significance)
     med = [[float(np.median(res[i, j].cos)) if res[i, j].n_pairs else float("nan") for j in range(B.L)]
            for i in range(A.L)]
     out.extra["per_pair_median_cos"] = med
@@ -216,47 +224,104 @@ def keep_bytes(ctx) -> int:
     return DEFAULT_KEEP_BYTES if budget is None else budget // 2
 
 
+def agreements(G1, U1, ok1, G2, U2, ok2) -> int:
+    """The screen of one cell: how many units have the same partner by the row-wise argmax of the gate
+    cosines and of the |up| cosines (keys: the side with fewer kept units; no assignment solved)."""
+    from .align import cosine_matrix
+    if not bool(ok1.any()) or not bool(ok2.any()):
+        return 0
+    G1, U1, G2, U2 = G1[:, ok1], U1[:, ok1], G2[:, ok2], U2[:, ok2]
+    dim = 1 if G1.shape[1] <= G2.shape[1] else 0
+    g = cosine_matrix(G1.T, G2.T).argmax(dim=dim)
+    u = cosine_matrix(U1.T, U2.T).abs_().argmax(dim=dim)
+    return int((g == u).sum())
+
+
+def screen_threshold(n1: int, n2: int) -> int:
+    """Agreements that send a cell to the full test: the smallest c with P(Poisson(λ) ≥ c) ≤
+    :data:`SCREEN_TAIL`, λ = min/max of the kept units (the count two unrelated matchings share by
+    chance).  A cost knob only: cells screened out get p = 1, never a smaller p-value."""
+    from scipy.stats import poisson
+    lam = min(n1, n2) / max(n1, n2, 1)
+    return max(1, int(poisson.isf(SCREEN_TAIL, lam)) + 1)
+
+
+class _Cells:
+    """The gate and up matchings of the block map's cells, solved in parallel, and their pairs."""
+
+    def __init__(self, ctx):
+        from .align import Matcher
+        self.gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+        self.up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+
+    def submit(self, key, G1, U1, ok1, G2, U2, ok2) -> None:
+        self.gate.submit(key, G1.T, G2.T, keep1=ok1, keep2=ok2)
+        self.up.submit(key, U1.T, U2.T, absolute=True, keep1=ok1, keep2=ok2)
+
+    def pairs(self) -> dict:
+        """{key: (x, y)} of every submitted cell (see :func:`tracing.stats.match.gate_up_pairs`)."""
+        from .stats.match import gate_up_pairs
+        try:
+            pg, pu = self.gate.results(), self.up.results()
+        finally:
+            self.close()
+        return {k: gate_up_pairs(pg[k], pu[k])[:2] for k in pg}
+
+    def close(self) -> None:
+        self.gate.close()
+        self.up.close()
+
+
 def match_map(ctx, base, ft):
-    """The block map of ``match``: one forward pass per model, every block pair matched."""
-    from .align import Matcher
-    from .stats.match import gate_up_pairs
-    A, B = base.arch, ft.arch
+    """The block map of ``match``: one forward pass per model, every block pair matched.  With
+    ``--rows K``: θ₁'s K sampled units (the same in every block) against every unit of θ₂, and only
+    the cells that pass the argmax screen (:func:`agreements`) solved; the others get p = 1."""
+    from .stats.base import rows_extra, sampled_rows
+    A, B, o = base.arch, ft.arch, ctx.options
+    S = None if o.rows is None else torch.from_numpy(sampled_rows(A.h, o.rows, o.seed))
     ids = ctx.data()
     engine = ctx.engine()
-    store = ActivationStore(A.L, int(ids.numel()), A.h, keep_bytes(ctx))
-    gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
-    up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
+    store = ActivationStore(A.L, int(ids.numel()), A.h if S is None else len(S), keep_bytes(ctx))
+    full = _Cells(ctx)
+    agree = np.zeros((A.L, B.L), dtype=np.int64)
 
     def on_base(i, caps):
-        c = caps[0]
-        store.put(i, c.gate, c.up, kept_units(c.gate, c.up))
+        g, u = (caps[0].gate, caps[0].up) if S is None else (caps[0].gate[:, S], caps[0].up[:, S])
+        store.put(i, g, u, kept_units(g, u))
 
     def on_ft(j, caps):
         G2, U2 = caps[0].gate, caps[0].up
         ok2 = kept_units(G2, U2)
         for i in range(A.L):
             G1, U1, ok1 = store.get(i)
-            gate.submit((i, j), G1.T, G2.T, keep1=ok1, keep2=ok2)
-            up.submit((i, j), U1.T, U2.T, absolute=True, keep1=ok1, keep2=ok2)
-            del G1, U1
+            if S is not None:
+                agree[i, j] = agreements(G1, U1, ok1, G2, U2, ok2)
+                if agree[i, j] < screen_threshold(int(ok1.sum()), int(ok2.sum())):
+                    continue
+            full.submit((i, j), G1, U1, ok1, G2, U2, ok2)
 
     try:
         engine.run([base], ids, on_block=on_base, desc="match: forward θ₁")
         engine.run([ft], ids, on_block=on_ft, desc="match: forward θ₂, block map")
-        pg, pu = gate.results(), up.results()
+        pairs = full.pairs()
     finally:
-        gate.close()
-        up.close()
+        full.close()
         store.close()
-
-    def cell(_r, i, j):
-        x, y, _dropped = gate_up_pairs(pg[i, j], pu[i, j])
-        return x, y
-
-    grid, stats, n = _grid_from(None, A.L, B.L, cell, ctx.options.alternative)
-    out = summarize("match", grid, stats, n)
+    empty = np.zeros(0, dtype=np.int64)
+    grid, stats, n = _grid_from(pairs, A.L, B.L, lambda r, i, j: r.get((i, j), (empty, empty)), o.alternative)
+    if S is not None:  # screened out: not tested, p = 1
+        out_ = np.ones((A.L, B.L), dtype=bool)
+        for key in pairs:
+            out_[key] = False
+        grid[out_] = 0.0
+    out = summarize("match", grid, stats, n, o.significance)
     out.extra["activations_spilled"] = bool(store.spill)
-    out.extra["notes"] = auto_note("match", A, B, ctx.options)
+    out.extra["notes"] = auto_note("match", A, B, o)
+    if S is not None:
+        out.extra.update(rows_extra(o, A.h), rows_of_ft="all")
+        out.extra["screen"] = {"rule": "argmax agreements of gate and |up| at or above a Poisson(λ) tail of "
+                                       f"{SCREEN_TAIL}", "tested": len(pairs), "screened_out": int(out_.sum()),
+                               "agreements": agree.tolist()}
     return out
 
 
@@ -279,29 +344,43 @@ def cos_cost(s):
 
 def match_cost(s):
     """Two separate forward passes; θ₁'s activations kept (float32, or spilled beyond the budget);
-    two matchings per block pair."""
+    two matchings per block pair (sampled: K × h₂, only for the cells that pass the argmax screen)."""
+    from .stats.cost import REF_H, solve_s
     from .stats.spec import Cost
     cells = s.a.L * s.b.L
-    acts = s.a.L * s.tokens * s.a.h * 2 * 4
+    K = getattr(s.options, "rows", None)
+    width = s.a.h if not K else min(int(K), s.a.h)
+    acts = s.a.L * s.tokens * width * 2 * 4
     opts = s.options
     keep = DEFAULT_KEEP_BYTES if getattr(opts, "mem_budget_gb", None) is None else int(opts.mem_budget_gb * (1 << 30)) // 2
     held = acts if acts <= keep else 0
-    step = 2 * (s.mm(s.a.h, s.b.h, s.tokens) + s.solve_s(min(s.a.h, s.b.h)) / s.par)
-    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + cells * step
+
+    def step(n1):  # a gate and an up matching of n1 θ₁ units against θ₂'s h units
+        return 2 * (s.mm(n1, s.b.h, s.tokens) + solve_s(REF_H) * (min(n1, s.b.h) / REF_H) ** 2
+                    * (max(n1, s.b.h) / REF_H) / s.par)
+    if K:  # every cell's two products for the screen; the matchings of the few that pass it
+        per_cell = 2 * s.mm(width, s.b.h, s.tokens) + SCREEN_TAIL * step(width)
+    else:
+        per_cell = 2 * (s.mm(s.a.h, s.b.h, s.tokens) + s.solve_s(min(s.a.h, s.b.h)) / s.par)
+    t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + cells * per_cell
     return Cost(s.forward_mem("match") + held + s.solves * s.per_solve, t, True)
 
 
 # ---- for people -----------------------------------------------------------------------------
-def correspondence_text(corr, L2: int) -> str:
-    """``"0→0, 2→1, none→2"``: for each block j of θ₂ its source block of θ₁."""
-    src = {int(j): int(i) for i, j, _lp in corr}
-    return ", ".join(f"{src[j] if j in src else 'none'}→{j}" for j in range(L2))
-
-
 def explain(rec: dict) -> list[str]:
     """Summary lines of a block-map record."""
     grid = rec.get("per_pair") or []
     L1, L2 = len(grid), len(grid[0]) if grid else 0
-    return [f"  block map {L1}×{L2}: {rec.get('matched', 0)} block pairs matched (p < 1e-4); overall p-value is "
-            f"the Bonferroni bound over the {L1 * L2} pairs",
-            f"  correspondence (θ₁ block → θ₂ block): {correspondence_text(rec.get('correspondence') or [], L2)}"]
+    return [f"  block map {L1}×{L2}: {rec.get('matched', 0)} block pairs matched (p < 1e-4 and significant after "
+            f"Holm over the {L1 * L2} pairs); overall p-value is the Bonferroni bound over the {L1 * L2} pairs",
+            f"  correspondence (θ₁ block → θ₂ block): "
+            f"{claims.text(rec.get('correspondence') or [], L2, rec.get('correspondence_note'))}"] + _screen_line(rec)
+
+
+def _screen_line(rec: dict) -> list[str]:
+    ex = rec.get("extra") or {}
+    sc = ex.get("screen")
+    if not sc:
+        return []
+    return [f"  sampled: {ex.get('rows')} units of θ₁ (seed {ex.get('rows_seed')}) against every unit of θ₂; "
+            f"{sc['tested']} block pairs passed the screen and were tested, {sc['screened_out']} were not (p = 1)"]

@@ -233,7 +233,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="memory for parallel assignment solves (default: half of the free RAM)")
     g.add_argument("--rows", type=int, default=None,
                    help=f"{users('rows')}: sampled test on K units drawn from --seed, the same in both models "
-                        f"(reads K/h of the rows; per-layer p-value floor -log10(K!)); default: every unit")
+                        f"(reads K/h of the rows; per-layer p-value floor -log10(K!)); match's block map: K units "
+                        f"of θ₁ against every unit of θ₂, cells screened first; default: every unit")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -8,7 +8,7 @@ from .stats import get as get_stat
 from .verdict import FLOOR, INTERPRETATION, NULL, verdict
 
 
-BLOCK_MAP_KEYS = ("per_pair", "correspondence", "matched")
+BLOCK_MAP_KEYS = ("per_pair", "correspondence", "matched", "correspondence_note")
 #: where non-finite weights are looked for (an error when found): a sampled test reads some rows only
 FINITE_CHECKED = ("the tensors (rows) the statistic read; tensors and rows it did not read (e.g. gate/down for "
                   "cos, unsampled rows with --rows) were not checked")

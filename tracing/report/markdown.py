@@ -235,7 +235,7 @@ def figures_section(c: Context) -> list[str]:
         if c.figs[name] is None:
             L += [CAPTIONS[name], "", f"![{name}]({rel_link(c.out / f'{name}.png', c.out)})"]
             if name == "blockmap":
-                L += ["", *correspondence_lines(blockmap_data(c.records, c.mtime))]
+                L += ["", *correspondence_lines(blockmap_data(c.records, c.mtime, c.level))]
         else:
             L.append(f"Not drawn: {c.figs[name]}")
         L.append("")

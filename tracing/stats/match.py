@@ -4,7 +4,8 @@ Survives MLP and residual permutation, rotation, and per-unit scaling of θ₂ i
 Empirically calibrated (not exact) under independence.
 
 Models whose depth or widths differ are compared block pair by block pair (the block map,
-:mod:`tracing.blockmap`; also with ``--localized``).
+:mod:`tracing.blockmap`; also with ``--localized``); with ``--rows K`` the block map tests K sampled
+units of θ₁ (the same in every block) against every unit of θ₂, each cell screened first.
 
 Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
 gate or its up activation row (over the evaluation tokens) is zero or holds a non-finite value,
@@ -37,12 +38,22 @@ def gate_up_pairs(g, u) -> tuple:
     return x, y, {"base": g.dropped1, "ft": g.dropped2}
 
 
-def _check(a, b, _options):
+def _check(a, b, options):
     from ..arch import require_expert_width, require_gated, require_same_depth
     require_gated(a, b, "match")
     if a.has_experts or b.has_experts:
         require_same_depth(a, b, "match")  # other shapes: the block map (tracing.blockmap)
         require_expert_width(a, b, "match")
+    if getattr(options, "rows", None) is None:
+        return
+    from ..blockmap import chosen
+    from ..errors import TracingError
+    if not chosen("match", a, b, options):
+        raise TracingError("--rows with match samples θ₁'s units of the block map; add --localized "
+                           "(or drop --rows: the per-layer match reads every unit)")
+    if options.rows > a.h:
+        raise TracingError(f"--rows {options.rows} is larger than θ₁'s MLP width h={a.h}; give at most {a.h} "
+                           f"(or leave --rows out for the full block map)")
 
 
 def _cost(s):
@@ -54,7 +65,7 @@ def _cost(s):
 
 
 @register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost, localized=("L", "d", "h"),
-          reads=("localized",),
+          reads=("localized", "rows"), variant_flags=("rows",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "

@@ -61,7 +61,7 @@ def write_figures(df, records: dict[str, dict], lin, out: Path, cname: str, leve
     if pl:
         plot_per_layer(pl, out / "per_layer.png", lin, level)
         figs["per_layer"] = None
-    bm = blockmap_data(records)
+    bm = blockmap_data(records, level=level)
     figs["blockmap"] = ("no successful result with a block map (cos or match with --localized, or models of "
                         "different shapes).")
     if bm:
