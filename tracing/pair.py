@@ -59,6 +59,7 @@ class Pair:
         self._tokens: dict[str, torch.Tensor] = {}
         self._alignment = None
         self._tok_checked = False
+        self._vocab: list | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -106,8 +107,10 @@ class Pair:
         return self.options.block_size or self.options.block_size_for(None)
 
     def _tokenizer(self, src):
+        """A source's tokenizer: its ``tokenizer()`` method, or a tokenizer set on it as an attribute
+        (a tokenizer is itself callable: tell them apart by ``get_vocab``)."""
         tok = getattr(src, "tokenizer", None)
-        return tok() if callable(tok) else tok
+        return tok if tok is None or hasattr(tok, "get_vocab") else tok()
 
     def tokens(self, dataset: str) -> torch.Tensor:
         if self._given_tokens is not None:
@@ -149,12 +152,27 @@ class Pair:
     def context(self, stat: str | None, options: Options | None = None) -> Context:
         opts = options or (self.options.for_stat(stat) if stat else self.options)
         return Context(opts, self.device, self.dtype, self.progress,
-                       tokens=lambda: self.tokens(self.dataset_for(stat)))
+                       tokens=lambda: self.tokens(self.dataset_for(stat)), vocab=self.vocab)
+
+    def vocab(self):
+        """The two vocabularies mapped by token string when the tokenizers differ on the ids both
+        models have; marked ``by_id`` when they agree there and θ₂ only adds tokens; None when they
+        are the same (or a tokenizer is missing): then rows match by id."""
+        if self._vocab is None:
+            from .vocab import vocab_map
+            V1, V2 = self.base.arch.V, self.ft_ckpt.arch.V
+            tok1, tok2 = self._tokenizer(self.base_ckpt), self._tokenizer(self.ft_ckpt)
+            vm = None if tok1 is None or tok2 is None else vocab_map(tok1, V1, tok2, V2)
+            if vm is not None and tokenizers_compatible(tok1, tok2, min(V1, V2))[0]:
+                vm.by_id = True
+                vm = vm if vm.ft_only.size else None
+            self._vocab = [vm]
+        return self._vocab[0]
 
     def aligned_ft(self):
         if self._alignment is None:
             t = time.time()
-            self._alignment = align(self.base, self.ft, progress=self.progress)
+            self._alignment = align(self.base, self.ft, progress=self.progress, vocab=self.vocab())
             self.timings["align"] = time.time() - t
         return self._alignment.apply(self.ft)
 

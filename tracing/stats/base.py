@@ -71,6 +71,11 @@ class Context:
     dtype: torch.dtype = torch.float32
     progress: bool = True
     tokens: Callable[[], torch.Tensor] | None = None  # lazily built evaluation ids [N, T]
+    vocab: Callable[[], object] | None = None  # lazily: a VocabMap, or None when the ids agree
+
+    def vocab_map(self):
+        """The two vocabularies mapped by token string, or None when the token ids agree."""
+        return self.vocab() if self.vocab is not None else None
 
     def engine(self) -> Engine:
         return Engine(device=self.device, dtype=self.dtype, batch_size=self.options.batch_size,

@@ -1,0 +1,140 @@
+"""Models with another vocabulary: `emb` and the residual alignment over tokens matched by string,
+transplanted rows, and data statistics over text both tokenizers split the same way."""
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from helpers import logits, random_ids, rel_diff
+from tracing.align import align
+from tracing.api import compare_models, run_pair
+from tracing.models import from_module, load_module
+from tracing.options import Options
+from tracing.transforms import Permuted, random_permutations
+from tracing.vocab import token_key, vocab_keys, vocab_map
+from vocab_models import (SPECIALS, WORDS, extended, random_words, replaced, save, word_model, word_tokenizer)
+
+BASE_WORDS = WORDS[:128]
+
+
+def emb(base, ft, **kw):
+    return run_pair(base, ft, Options(stat=["emb"], **kw), progress=False)[0]
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vocab")
+    base = word_model(BASE_WORDS, seed=0)
+    ext, ext_words = extended(base, BASE_WORDS, 0.3, seed=1)
+    rep, rep_words = replaced(base, BASE_WORDS, 0.4, seed=2)
+    ind_words = random_words(128, seed=5)
+    return {"base": save(d / "base", base, BASE_WORDS), "base_bare": _bare(d / "bare", base),
+            "ext_spm": save(d / "ext_spm", ext, ext_words, "spm"), "ext_byte": save(d / "ext_byte", ext, ext_words),
+            "ext_bare": _bare(d / "ext_bare", ext), "rep": save(d / "rep", rep, rep_words, "spm"),
+            "ind": save(d / "ind", word_model(ind_words, seed=9), ind_words),
+            "models": {"base": base, "rep": rep}, "words": {"rep": rep_words}}
+
+
+def _bare(folder, model):
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_token_spellings_normalised():
+    assert token_key("Ġhello", True) == b" hello" and token_key("Ċ", True) == b"\n"
+    assert token_key("Ã©", True) == "é".encode()  # byte-level spelling of é's two UTF-8 bytes
+    assert token_key("\u2581hello", False) == b" hello"
+    assert token_key("<0x0A>", False) == b"\n" and token_key("<0x41>", False) == b"A"
+    keys = vocab_keys(word_tokenizer(BASE_WORDS, "spm"), 10_000)
+    assert keys == vocab_keys(word_tokenizer(BASE_WORDS, "byte"), 10_000)
+    assert keys[b"\x00special:<s>"] == 1 and b"<s>" not in keys
+
+
+def test_same_tokenizer_keeps_the_id_path_bit_for_bit(family, tmp_path):
+    ft = extended(family["models"]["base"], BASE_WORDS, 0.0, seed=3)[0]
+    with_tok, bare = save(tmp_path / "t", ft, BASE_WORDS), _bare(tmp_path / "b", ft)
+    a, b = emb(family["base"], with_tok), emb(family["base_bare"], bare)
+    assert a["log10_pvalue"] == b["log10_pvalue"] and a["extra"] == b["extra"]
+    assert "vocab" not in a["extra"]
+
+
+def test_extension_with_transplanted_rows(family):
+    """Vocabulary +30% (38 tokens), rows built by sparse combination: spelled another way (string
+    map) or appended with the same spelling (id path plus the transplant check)."""
+    by_string, by_id, bare = (emb(family["base"], family[k]) for k in ("ext_spm", "ext_byte", "ext_bare"))
+    floor = -float(np.sum(np.log10(np.arange(1, 33))))  # d = 32: a perfect match
+    for r in (by_string, by_id):
+        assert r["log10_pvalue"] == pytest.approx(floor, abs=1e-9)
+        v, t = r["extra"]["vocab"], r["extra"]["transplant"]
+        assert (v["shared_tokens"], v["base_vocab"], v["ft_vocab"], v["ft_only_tokens"]) == (131, 131, 169, 38)
+        assert v["shared_fraction_ft"] == pytest.approx(131 / 169)
+        assert t["checked"] == 38 and t["count"] == 38
+        assert set(t["tokens"]) == {" " + w for w in WORDS[128:166]}
+    assert by_string["extra"]["vocab"]["matched_by"] == "token string"
+    assert by_id["extra"]["vocab"]["matched_by"] == "token id"
+    assert by_id["log10_pvalue"] == bare["log10_pvalue"]  # the same rows as without tokenizers
+
+
+def test_replaced_vocabulary_with_40_percent_shared(family):
+    r = emb(family["base"], family["rep"])
+    v = r["extra"]["vocab"]
+    assert v["shared_tokens"] == len(SPECIALS) + round(0.4 * 128) and v["matched_by"] == "token string"
+    assert r["log10_pvalue"] < -10
+    assert r["extra"]["transplant"]["count"] == 0  # re-initialised rows, not transplanted
+    # matching by id would pair unrelated rows: the string map is what finds the relation
+    assert emb(family["base_bare"], _bare_like(family, "rep"))["log10_pvalue"] > -3
+
+
+def _bare_like(family, key):
+    from pathlib import Path
+    folder = Path(family[key]).with_name(key + "_bare")
+    if not folder.exists():
+        family["models"][key].save_pretrained(folder)
+    return str(folder)
+
+
+def test_alignment_across_vocabularies_recovers_planted_permutation(family):
+    base, rep = family["models"]["base"], family["models"]["rep"]
+    src = from_module(rep)
+    src.tokenizer = word_tokenizer(family["words"]["rep"], "spm")
+    pi_e, pi_i = random_permutations(src.arch, seed=11)
+    hidden = Permuted(src, pi_e, pi_i)
+    vm = vocab_map(word_tokenizer(BASE_WORDS), base.config.vocab_size, src.tokenizer, rep.config.vocab_size)
+    al = align(from_module(base), hidden, progress=False, vocab=vm)
+    inv = lambda p: torch.argsort(p).numpy()
+    assert np.array_equal(al.pi_e, inv(pi_e))
+    for i in range(base.config.num_hidden_layers):
+        assert np.array_equal(al.pi_i[i], inv(pi_i[i]))
+    ids = random_ids(rep.config.vocab_size)
+    assert rel_diff(logits(rep, ids), logits(load_module(al.apply(hidden)), ids)) <= 1e-5
+
+
+def _independent_pairs(n: int):
+    for k in range(n):
+        wa, wb = random_words(96, seed=100 + 2 * k), random_words(96, seed=101 + 2 * k)
+        a, b = from_module(word_model(wa, seed=1000 + k)), from_module(word_model(wb, seed=2000 + k))
+        a.tokenizer, b.tokenizer = word_tokenizer(wa), word_tokenizer(wb, "spm" if k % 2 else "byte")
+        yield a, b
+
+
+def test_independent_models_with_other_tokenizers_calibrated():
+    """32 independent pairs, different vocabularies (about 46 of 96 words shared): emb's p-values
+    are uniform and no transplant is claimed."""
+    p, overlap = [], []
+    for a, b in _independent_pairs(32):
+        r = compare_models(a, b, "emb")
+        p.append(r.pvalue)
+        overlap.append(r.extra["vocab"]["shared_tokens"])
+        assert r.extra["vocab"]["matched_by"] == "token string"
+        assert r.extra["transplant"]["count"] == 0 and r.extra["transplant"]["checked"] > 0
+    assert min(overlap) >= 20 and max(overlap) < 99
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+    assert np.mean(np.array(p) <= 0.05) <= 0.2
+
+
+def test_emb_summary_states_the_overlap_and_the_transplant(family):
+    from tracing.result import summary
+    text = summary(emb(family["base"], family["ext_spm"]))
+    assert "131 tokens both have" in text and "38 of the 38 tokens" in text and "tokenizer transplant" in text
+    text = summary(emb(family["base"], family["ind"]))
+    assert "no sign of a tokenizer transplant" in text

@@ -1,0 +1,175 @@
+"""Two vocabularies mapped by token string, and transplanted tokens.
+
+Token strings are compared as the bytes they stand for: byte-level BPE spellings (``Ġ`` for a
+space, ``Ċ`` for a newline, the whole GPT-2 byte alphabet) are decoded to their bytes,
+SentencePiece's ``▁`` becomes a space and its byte-fallback tokens ``<0x41>`` become the byte they
+name. Special tokens match only special tokens of the same text.
+
+The map depends on the two tokenizers only, never on weights, so a statistic computed over the
+shared tokens' rows keeps its exact null (the rows of θ₂ are exchangeable whatever rows are chosen by
+token string).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+SPM_SPACE = "\u2581"
+SPECIAL = b"\x00special:"
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: printable character → the byte it stands for."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def is_byte_level(tokens) -> bool:
+    """Whether a vocabulary is spelled in the byte-level alphabet (every token inside it, and the
+    space marker ``Ġ`` used)."""
+    alphabet = _byte_decoder()
+    tokens = list(tokens)
+    return any("Ġ" in t for t in tokens) and all(all(c in alphabet for c in t) for t in tokens)
+
+
+def token_key(token: str, byte_level: bool) -> bytes:
+    """The bytes a (non-special) token stands for."""
+    if byte_level:
+        dec = _byte_decoder()
+        return bytes(dec[c] for c in token)
+    if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        try:
+            return bytes([int(token[3:5], 16)])
+        except ValueError:
+            pass
+    return token.replace(SPM_SPACE, " ").encode("utf-8")
+
+
+def vocab_keys(tokenizer, rows: int) -> dict[bytes, int]:
+    """Normalised token → id, for the ids below ``rows`` (the model's embedding rows). Where two
+    tokens of one vocabulary stand for the same bytes (e.g. ``A`` and ``<0x41>``) the lower id is kept."""
+    vocab = {t: i for t, i in tokenizer.get_vocab().items() if 0 <= i < rows}
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    special |= {str(t) for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+                if getattr(t, "special", False)}
+    plain = [t for t in vocab if t not in special]
+    byte_level = is_byte_level(plain)
+    out: dict[bytes, int] = {}
+    for t, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+        k = SPECIAL + t.encode("utf-8") if t in special else token_key(t, byte_level)
+        out.setdefault(k, i)
+    return out
+
+
+@dataclass
+class VocabMap:
+    """The tokens both models have: row ``base_ids[j]`` of θ₁ and row ``ft_ids[j]`` of θ₂ are one
+    token (``keys[j]``), in θ₁'s id order. ``ft_only``: θ₂'s ids of tokens θ₁ lacks.
+    ``by_id``: the tokenizers agree on the ids both models have (θ₂ only adds tokens), so rows
+    are compared by id over the first min(V₁, V₂) ids, exactly as with identical tokenizers."""
+
+    base_ids: np.ndarray
+    ft_ids: np.ndarray
+    keys: list[bytes]
+    base_vocab: int
+    ft_vocab: int
+    ft_only: np.ndarray
+    ft_only_keys: list[bytes]
+    by_id: bool = False
+
+    @property
+    def shared(self) -> int:
+        return min(self.base_vocab, self.ft_vocab) if self.by_id else int(self.base_ids.size)
+
+    def record(self) -> dict:
+        return {"matched_by": "token id" if self.by_id else "token string", "shared_tokens": self.shared, "base_vocab": self.base_vocab,
+                "ft_vocab": self.ft_vocab, "shared_fraction_base": self.shared / max(self.base_vocab, 1),
+                "shared_fraction_ft": self.shared / max(self.ft_vocab, 1), "ft_only_tokens": int(self.ft_only.size)}
+
+    def describe(self) -> str:
+        return (f"{self.shared} tokens shared ({100 * self.shared / max(self.base_vocab, 1):.1f}% of the base's "
+                f"{self.base_vocab}, {100 * self.shared / max(self.ft_vocab, 1):.1f}% of the other's {self.ft_vocab})")
+
+
+def vocab_map(tok1, V1: int, tok2, V2: int) -> VocabMap:
+    """Map θ₁'s and θ₂'s vocabularies (their first ``V1`` / ``V2`` ids) by normalised token string."""
+    k1, k2 = vocab_keys(tok1, V1), vocab_keys(tok2, V2)
+    shared = sorted((i, k2[k], k) for k, i in k1.items() if k in k2)
+    only = sorted((i, k) for k, i in k2.items() if k not in k1)
+    return VocabMap(base_ids=np.array([s[0] for s in shared], dtype=np.int64),
+                    ft_ids=np.array([s[1] for s in shared], dtype=np.int64), keys=[s[2] for s in shared],
+                    base_vocab=V1, ft_vocab=V2, ft_only=np.array([o[0] for o in only], dtype=np.int64),
+                    ft_only_keys=[o[1] for o in only])
+
+
+def show_key(k: bytes) -> str:
+    if k.startswith(SPECIAL):
+        return k[len(SPECIAL):].decode("utf-8", "replace")
+    return k.decode("utf-8", "backslashreplace")
+
+
+def omp_residuals(D: torch.Tensor, Y: torch.Tensor, k: int) -> np.ndarray:
+    """Relative residual ‖y − D_S w‖ / ‖y‖ of orthogonal matching pursuit with ``k`` atoms, for each
+    row y of ``Y`` against the rows of ``D`` (the dictionary), in float64."""
+    D = D.double()
+    Dn = D / D.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    out = np.empty(Y.shape[0])
+    for n, y in enumerate(Y.double()):
+        r, S, ny = y.clone(), [], float(y.norm())
+        for _ in range(min(k, D.shape[0])):
+            S.append(int((Dn @ r).abs().argmax()))
+            A = D[S].T
+            w = torch.linalg.lstsq(A, y.unsqueeze(1)).solution
+            r = y - (A @ w).squeeze(1)
+            if float(r.norm()) <= 1e-12 * ny:
+                break
+        out[n] = float(r.norm()) / ny if ny > 0 else float("nan")
+    return out
+
+
+TRANSPLANT_RESIDUAL = 0.05
+MAX_LISTED = 50
+MAX_CHECKED = 512  # tokens only θ₂ has, evenly spaced over its ids, when it has more
+
+
+def transplant_check(E2: torch.Tensor, vm: VocabMap, k: int | None = None) -> dict:
+    """Which of θ₂'s own tokens have embedding rows that are sparse combinations (``k`` atoms, by
+    default min(64, d/4)) of θ₂'s rows of the shared tokens: a relative OMP residual below
+    ``TRANSPLANT_RESIDUAL``. Rows that are zero are left out."""
+    d = E2.shape[1]
+    k = k or max(1, min(64, d // 4))
+    if vm.ft_only.size == 0 or vm.shared == 0:
+        return {"checked": 0, "count": 0, "tokens": [], "atoms": k, "threshold": TRANSPLANT_RESIDUAL}
+    pick = np.unique(np.linspace(0, vm.ft_only.size - 1, min(MAX_CHECKED, vm.ft_only.size)).round().astype(int))
+    Y = E2[torch.from_numpy(vm.ft_only[pick])]
+    nz = (Y.norm(dim=1) > 0).numpy()
+    res = omp_residuals(E2[torch.from_numpy(vm.ft_ids)], Y[torch.from_numpy(nz)], k)
+    keys = [vm.ft_only_keys[j] for j, z in zip(pick, nz) if z]
+    hits = [show_key(key) for key, r in zip(keys, res) if r < TRANSPLANT_RESIDUAL]
+    return {"checked": int(nz.sum()), "ft_only": int(vm.ft_only.size), "count": len(hits), "tokens": hits[:MAX_LISTED], "atoms": k,
+            "threshold": TRANSPLANT_RESIDUAL, "median_residual": float(np.median(res)) if res.size else None}
+
+
+def transplant_meaning(t: dict) -> str:
+    if not t or not t.get("checked"):
+        return ""
+    if t["count"] == 0:
+        return (f"none of the {t['checked']} tokens only the second model has is a sparse combination of the "
+                f"shared tokens' rows (median OMP residual {t['median_residual']:.2f}): no sign of a tokenizer "
+                f"transplant")
+    shown = ", ".join(repr(s) for s in t["tokens"][:10])
+    return (f"{t['count']} of the {t['checked']} tokens only the second model has are sparse combinations "
+            f"({t['atoms']} atoms) of its shared tokens' rows (OMP residual < {t['threshold']}), e.g. {shown}: "
+            f"the signature of a tokenizer transplant (mergekit's tokensurgeon builds new rows this way), "
+            f"evidence that these rows were derived from the shared ones, not of independence")
