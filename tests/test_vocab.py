@@ -138,3 +138,81 @@ def test_emb_summary_states_the_overlap_and_the_transplant(family):
     assert "131 tokens both have" in text and "38 of the 38 tokens" in text and "tokenizer transplant" in text
     text = summary(emb(family["base"], family["ind"]))
     assert "no sign of a tokenizer transplant" in text
+
+
+# ---- data statistics across tokenizers ------------------------------------------------------
+def _text(path, words, n: int = 40, seed: int = 0, extra=()):
+    """Paragraphs of 12 words from ``words`` (and ``extra`` paragraphs from other words)."""
+    import random
+    rng = random.Random(seed)
+    paras = [" ".join(rng.choice(list(words)) for _ in range(12)) for _ in range(n)] + list(extra)
+    path.write_text("\n\n".join(paras))
+    return str(path)
+
+
+def test_vocab_order_preserves_function(family):
+    from tracing.transforms import VocabOrder
+    rep = family["models"]["rep"]
+    order = torch.randperm(rep.config.vocab_size, generator=torch.Generator().manual_seed(4))
+    view = load_module(VocabOrder(from_module(rep), order))
+    ids = random_ids(rep.config.vocab_size)
+    assert rel_diff(logits(rep, order[ids])[..., order], logits(view, ids)) <= 1e-5
+
+
+def test_data_statistics_use_identically_split_samples(family, tmp_path):
+    """Power and the record: the derivative whose vocabulary was replaced except for 40% is found
+    by match and csh over the paragraphs both tokenizers split the same way; --eval gives each
+    model's own loss on its own token ids."""
+    from tracing.data import shared_token_blocks
+    from tracing.vocab import id_keys, vocab_map
+    shared = sorted(set(BASE_WORDS) & set(family["words"]["rep"]))
+    only_base = sorted(set(BASE_WORDS) - set(family["words"]["rep"]))
+    odd = [" ".join(only_base[:12]), " ".join(WORDS[300:312])] * 3  # one tokenizer lacks them / both do
+    txt = _text(tmp_path / "t.txt", shared, extra=odd)
+    opts = dict(dataset=txt, block_size=16, num_samples=6)
+    recs = run_pair(family["base"], family["rep"], Options(stat=["match", "csh", "jsd"], eval=True, **opts),
+                    progress=False)
+    for r in recs[:2]:
+        assert r["log10_pvalue"] < -10, (r["stat"], r["log10_pvalue"])
+        assert (r["data"]["samples_qualified"], r["data"]["samples_total"]) == (40, 46)
+        assert r["data"]["vocab"]["shared_tokens"] == 54
+    assert recs[2]["extra"]["shared_vocab"] == 54
+    tok1, tok2 = word_tokenizer(BASE_WORDS), word_tokenizer(family["words"]["rep"], "spm")
+    vm = vocab_map(tok1, 131, tok2, 131)
+    ids, info = shared_token_blocks(txt, tok1=tok1, tok2=tok2, vm=vm, block_size=16, num_samples=6, seed=0)
+    base_ids, ft_ids = vm.orders()[0][ids], vm.orders()[1][ids]  # each model's own ids of the same text
+    k1, k2 = id_keys(tok1, 131), id_keys(tok2, 131)
+    assert [k1[i] for i in base_ids.flatten().tolist()] == [k2[i] for i in ft_ids.flatten().tolist()]
+    assert info == {"samples_total": 46, "samples_qualified": 40}
+    with torch.no_grad():
+        own = family["models"]["rep"](ft_ids, labels=ft_ids).loss.item()
+    assert recs[0]["ft loss"] == pytest.approx(own, rel=1e-5)
+
+
+def test_too_few_identical_samples_is_one_line_error(family, tmp_path):
+    import subprocess
+    import sys
+    txt = _text(tmp_path / "t.txt", WORDS[300:340], n=10)  # words neither model has
+    out = tmp_path / "r.p"
+    res = subprocess.run([sys.executable, "main.py", "--base_model_id", family["base"], "--ft_model_id",
+                          family["rep"], "--stat", "match", "--dataset", txt, "--block_size", "16", "--save", str(out)],
+                         capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert res.returncode == 2 and not out.exists()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "0 of 10 text samples" in lines[0]
+    assert "54 tokens shared (41.2%" in lines[0]
+
+
+def test_data_statistic_calibrated_across_tokenizers(tmp_path):
+    """32 independent pairs with different tokenizers, match over text both split the same way:
+    p-values uniform."""
+    p, qualified = [], []
+    for k, (a, b) in enumerate(_independent_pairs(32)):
+        shared = set(a.tokenizer.get_vocab()) & {"Ġ" + t[1:] for t in b.tokenizer.get_vocab()}
+        words = sorted(t[1:] for t in shared if t.startswith("Ġ"))
+        txt = _text(tmp_path / f"t{k}.txt", words, n=12, seed=k)
+        r = compare_models(a, b, "match", dataset=txt, block_size=16, num_samples=4)
+        p.append(r.pvalue)
+        qualified.append(r.record["data"]["samples_qualified"])
+    assert min(qualified) == 12
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)

@@ -92,6 +92,23 @@ class Permuted(View):
         return t
 
 
+class VocabOrder(View):
+    """The same model with its token ids relabelled: row k of the embedding and of the lm_head is
+    the inner row ``order[k]`` (a permutation of the vocabulary). Function-preserving: on ids k it
+    computes what the inner model computes on ids ``order[k]``, its logits relabelled the same way."""
+
+    def __init__(self, inner: WeightSource, order: torch.Tensor):
+        super().__init__(inner)
+        self.order = torch.as_tensor(order, dtype=torch.long)
+        if not torch.equal(torch.sort(self.order).values, torch.arange(inner.arch.V)):
+            raise ValueError("a vocabulary order must be a permutation of the model's token ids")
+        self._names = {inner.arch.embed, inner.arch.lm_head}
+
+    def get(self, name, dtype=torch.float32):
+        t = self.inner.get(name, dtype)
+        return t[self.order] if name in self._names else t
+
+
 class _FoldingView(View):
     """A view that folds norm gains into the layers reading the normalised stream (untied output)."""
 

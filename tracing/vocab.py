@@ -56,18 +56,21 @@ def token_key(token: str, byte_level: bool) -> bytes:
     return token.replace(SPM_SPACE, " ").encode("utf-8")
 
 
-def vocab_keys(tokenizer, rows: int) -> dict[bytes, int]:
-    """Normalised token → id, for the ids below ``rows`` (the model's embedding rows). Where two
-    tokens of one vocabulary stand for the same bytes (e.g. ``A`` and ``<0x41>``) the lower id is kept."""
+def id_keys(tokenizer, rows: int) -> dict[int, bytes]:
+    """Id → normalised token, for the ids below ``rows`` (the model's embedding rows)."""
     vocab = {t: i for t, i in tokenizer.get_vocab().items() if 0 <= i < rows}
     special = set(getattr(tokenizer, "all_special_tokens", []) or [])
     special |= {str(t) for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
                 if getattr(t, "special", False)}
-    plain = [t for t in vocab if t not in special]
-    byte_level = is_byte_level(plain)
+    byte_level = is_byte_level(t for t in vocab if t not in special)
+    return {i: SPECIAL + t.encode("utf-8") if t in special else token_key(t, byte_level) for t, i in vocab.items()}
+
+
+def vocab_keys(tokenizer, rows: int) -> dict[bytes, int]:
+    """Normalised token → id, for the ids below ``rows``. Where two tokens of one vocabulary stand
+    for the same bytes (e.g. ``A`` and ``<0x41>``) the lower id is kept."""
     out: dict[bytes, int] = {}
-    for t, i in sorted(vocab.items(), key=lambda kv: kv[1]):
-        k = SPECIAL + t.encode("utf-8") if t in special else token_key(t, byte_level)
+    for i, k in sorted(id_keys(tokenizer, rows).items()):
         out.setdefault(k, i)
     return out
 
@@ -96,6 +99,14 @@ class VocabMap:
         return {"matched_by": "token id" if self.by_id else "token string", "shared_tokens": self.shared, "base_vocab": self.base_vocab,
                 "ft_vocab": self.ft_vocab, "shared_fraction_base": self.shared / max(self.base_vocab, 1),
                 "shared_fraction_ft": self.shared / max(self.ft_vocab, 1), "ft_only_tokens": int(self.ft_only.size)}
+
+    def orders(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each model's vocabulary relabelled with the shared tokens first, in the same order (ids
+        ``0..shared-1`` then mean the same token in both), then its other ids in id order."""
+        def order(ids, V):
+            rest = np.setdiff1d(np.arange(V), ids)
+            return torch.from_numpy(np.concatenate([ids, rest]))
+        return order(self.base_ids, self.base_vocab), order(self.ft_ids, self.ft_vocab)
 
     def describe(self) -> str:
         return (f"{self.shared} tokens shared ({100 * self.shared / max(self.base_vocab, 1):.1f}% of the base's "
