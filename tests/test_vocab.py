@@ -170,8 +170,9 @@ def test_data_statistics_use_identically_split_samples(family, tmp_path):
     odd = [" ".join(only_base[:12]), " ".join(WORDS[300:312])] * 3  # one tokenizer lacks them / both do
     txt = _text(tmp_path / "t.txt", shared, extra=odd)
     opts = dict(dataset=txt, block_size=16, num_samples=6)
-    recs = run_pair(family["base"], family["rep"], Options(stat=["match", "csh", "jsd"], eval=True, **opts),
+    recs = run_pair(family["base"], family["rep"], Options(stat=["match", "csh", "jsd", "mode"], eval=True, **opts),
                     progress=False)
+    assert recs[3]["extra"]["loss_at_alpha0"] == pytest.approx(recs[0]["base loss"], rel=1e-5)
     for r in recs[:2]:
         assert r["log10_pvalue"] < -10, (r["stat"], r["log10_pvalue"])
         assert (r["data"]["samples_qualified"], r["data"]["samples_total"]) == (40, 46)
@@ -216,3 +217,17 @@ def test_data_statistic_calibrated_across_tokenizers(tmp_path):
         qualified.append(r.record["data"]["samples_qualified"])
     assert min(qualified) == 12
     assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+def test_mode_path_mixes_only_the_shared_tokens_rows(family):
+    from tracing.transforms import Interpolated, VocabOrder
+    base, rep = from_module(family["models"]["base"]), from_module(family["models"]["rep"])
+    vm = vocab_map(word_tokenizer(BASE_WORDS), 131, word_tokenizer(family["words"]["rep"], "spm"), 131)
+    a, b = (VocabOrder(m, o) for m, o in zip((base, rep), vm.orders()))
+    E = Interpolated(a, b, 0.5, emb=True, shared=vm.shared).get(base.arch.embed)
+    Ea, Eb = a.get(base.arch.embed), b.get(base.arch.embed)
+    assert torch.equal(E[vm.shared:], Ea[vm.shared:])
+    assert torch.allclose(E[:vm.shared], 0.5 * (Ea[:vm.shared] + Eb[:vm.shared]))
+    ids = torch.from_numpy(vm.base_ids)
+    assert torch.equal(Ea[:vm.shared], base.get(base.arch.embed)[ids])  # row j is shared token j in both
+    assert torch.equal(Eb[:vm.shared], rep.get(base.arch.embed)[torch.from_numpy(vm.ft_ids)])
