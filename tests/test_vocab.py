@@ -231,3 +231,25 @@ def test_mode_path_mixes_only_the_shared_tokens_rows(family):
     ids = torch.from_numpy(vm.base_ids)
     assert torch.equal(Ea[:vm.shared], base.get(base.arch.embed)[ids])  # row j is shared token j in both
     assert torch.equal(Eb[:vm.shared], rep.get(base.arch.embed)[torch.from_numpy(vm.ft_ids)])
+
+
+def test_power_on_replaced_and_extended_vocabularies():
+    """10 bases, each with a derivative whose vocabulary was replaced except for 40% (another
+    spelling, new id order) and one extended by 30% with transplanted rows: all significant.
+    Transplanted rows are flagged (greedy OMP may miss one in a very small d: at least 90%), and
+    nothing else is."""
+    for k in range(10):
+        words = random_words(96, seed=300 + k)
+        base = word_model(words, seed=400 + k)
+        a = from_module(base)
+        a.tokenizer = word_tokenizer(words)
+        for model, w in (replaced(base, words, 0.4, seed=500 + k), extended(base, words, 0.3, seed=600 + k)):
+            b = from_module(model)
+            b.tokenizer = word_tokenizer(w, "spm")
+            r = compare_models(a, b, "emb")
+            assert r.log10_pvalue < -4, (k, r.log10_pvalue)
+            t, new = r.extra["transplant"], len(w) - len(words)
+            if new > 0:  # the extension: its new tokens only
+                assert new >= t["count"] >= 0.9 * new and set(t["tokens"]) <= {" " + x for x in w[len(words):]}
+            else:
+                assert t["count"] == 0

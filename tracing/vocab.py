@@ -156,10 +156,10 @@ MAX_CHECKED = 512  # tokens only θ₂ has, evenly spaced over its ids, when it 
 
 def transplant_check(E2: torch.Tensor, vm: VocabMap, k: int | None = None) -> dict:
     """Which of θ₂'s own tokens have embedding rows that are sparse combinations (``k`` atoms, by
-    default min(64, d/4)) of θ₂'s rows of the shared tokens: a relative OMP residual below
+    default min(64, d/2)) of θ₂'s rows of the shared tokens: a relative OMP residual below
     ``TRANSPLANT_RESIDUAL``. Rows that are zero are left out."""
     d = E2.shape[1]
-    k = k or max(1, min(64, d // 4))
+    k = k or max(1, min(64, d // 2))
     if vm.ft_only.size == 0 or vm.shared == 0:
         return {"checked": 0, "count": 0, "tokens": [], "atoms": k, "threshold": TRANSPLANT_RESIDUAL}
     pick = np.unique(np.linspace(0, vm.ft_only.size - 1, min(MAX_CHECKED, vm.ft_only.size)).round().astype(int))
