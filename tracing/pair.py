@@ -178,7 +178,10 @@ class Pair:
         if self._vocab is None:
             from .vocab import vocab_map
             V1, V2 = self.base.arch.V, self.ft_ckpt.arch.V
-            tok1, tok2 = self._tokenizer(self.base_ckpt), self._tokenizer(self.ft_ckpt)
+            try:
+                tok1, tok2 = self._tokenizer(self.base_ckpt), self._tokenizer(self.ft_ckpt)
+            except TracingError:  # a tokenizer that cannot be loaded counts as missing: rows match by id
+                tok1 = tok2 = None
             vm = None if tok1 is None or tok2 is None else vocab_map(tok1, V1, tok2, V2)
             if vm is not None and tokenizers_compatible(tok1, tok2, min(V1, V2))[0]:
                 vm.by_id = True
