@@ -130,28 +130,33 @@ def show_key(k: bytes) -> str:
     return k.decode("utf-8", "backslashreplace")
 
 
-def omp_residuals(D: torch.Tensor, Y: torch.Tensor, k: int) -> np.ndarray:
+def omp_residuals(D: torch.Tensor, Y: torch.Tensor, k: int, chunk: int = 64) -> np.ndarray:
     """Relative residual ‖y − D_S w‖ / ‖y‖ of orthogonal matching pursuit with ``k`` atoms, for each
-    row y of ``Y`` against the rows of ``D`` (the dictionary), in float64."""
+    row y of ``Y`` against the rows of ``D`` (the dictionary); ``chunk`` rows of ``Y`` at a time, each
+    step one product with the dictionary (float32, to choose the atom) and a batched least-squares
+    fit (float64)."""
     D = D.double()
-    Dn = D / D.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    out = np.empty(Y.shape[0])
-    for n, y in enumerate(Y.double()):
-        r, S, ny = y.clone(), [], float(y.norm())
+    Dn = (D / D.norm(dim=1, keepdim=True).clamp_min(1e-300)).float()  # choosing atoms needs no float64
+    out = []
+    for Yc in Y.double().split(chunk):
+        R, S = Yc.clone(), torch.empty(Yc.shape[0], 0, dtype=torch.long)
         for _ in range(min(k, D.shape[0])):
-            S.append(int((Dn @ r).abs().argmax()))
-            A = D[S].T
-            w = torch.linalg.lstsq(A, y.unsqueeze(1)).solution
-            r = y - (A @ w).squeeze(1)
-            if float(r.norm()) <= 1e-12 * ny:
-                break
-        out[n] = float(r.norm()) / ny if ny > 0 else float("nan")
-    return out
+            C = (R.float() @ Dn.T).abs()
+            C.scatter_(1, S, -1.0)  # an atom is chosen once
+            S = torch.cat([S, C.argmax(1, keepdim=True)], 1)
+            A = D[S]  # [n, atoms, d]: least squares by the normal equations (a tiny ridge keeps them solvable)
+            G = A @ A.transpose(1, 2)
+            G = G + 1e-12 * G.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * torch.eye(G.shape[1], dtype=G.dtype)
+            w = torch.linalg.solve(G, A @ Yc.unsqueeze(2))
+            R = Yc - (A.transpose(1, 2) @ w).squeeze(2)
+        ny = Yc.norm(dim=1)
+        out.append(torch.where(ny > 0, R.norm(dim=1) / ny.clamp_min(1e-300), torch.nan))
+    return torch.cat(out).numpy() if out else np.empty(0)
 
 
 TRANSPLANT_RESIDUAL = 0.05
 MAX_LISTED = 50
-MAX_CHECKED = 512  # tokens only θ₂ has, evenly spaced over its ids, when it has more
+MAX_CHECKED = 128  # tokens only θ₂ has, evenly spaced over its ids, when it has more
 
 
 def transplant_check(E2: torch.Tensor, vm: VocabMap, k: int | None = None) -> dict:
