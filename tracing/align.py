@@ -440,24 +440,36 @@ class Alignment:
         return Permuted(ft, torch.from_numpy(self.pi_e), {i: torch.from_numpy(p) for i, p in self.pi_i.items()})
 
 
-def residual_alignment(base: WeightSource, ft: WeightSource) -> np.ndarray:
+def shared_embeddings(base: WeightSource, ft: WeightSource, vocab=None, columns=None):
+    """The two embeddings' rows of the tokens both models have: the first min(V₁, V₂) ids, or with a
+    :class:`~tracing.vocab.VocabMap` the rows of the tokens mapped by string. ``columns``: only
+    those residual dimensions (the same in both)."""
+    def rows(src, ids):
+        E = src.get(src.arch.embed) if columns is None else src.get_columns(src.arch.embed, columns)
+        return E[:ids] if isinstance(ids, int) else E[torch.from_numpy(ids)]
+    if vocab is None or vocab.by_id:
+        n = min(base.arch.V, ft.arch.V)
+        return rows(base, n), rows(ft, n)
+    return rows(base, vocab.base_ids), rows(ft, vocab.ft_ids)
+
+
+def residual_alignment(base: WeightSource, ft: WeightSource, vocab=None) -> np.ndarray:
     """π_e: MATCH the columns of the two embeddings over the shared vocabulary (step 1 of :func:`align`)."""
-    n = min(base.arch.V, ft.arch.V)
-    E1 = base.get(base.arch.embed)[:n]
-    E2 = ft.get(ft.arch.embed)[:n]
+    E1, E2 = shared_embeddings(base, ft, vocab)
     return match(E1.T, E2.T)
 
 
-def align(base: WeightSource, ft: WeightSource, progress: bool = True) -> Alignment:
+def align(base: WeightSource, ft: WeightSource, progress: bool = True, vocab=None) -> Alignment:
     """Undo an unknown residual and MLP permutation of ``ft``.
 
-    1. residual: MATCH the columns of the two embeddings over the shared vocabulary;
+    1. residual: MATCH the columns of the two embeddings over the shared vocabulary (by token
+       string when ``vocab``, a :class:`~tracing.vocab.VocabMap`, is given);
     2. per MLP (each block's, or each expert's): MATCH the rows of ``gate_proj`` only (never
        ``up_proj``: ``cos`` reads it); a non-gated MLP is matched on the columns of its down
        projection instead.
     """
     require_same_layout(base.arch, ft.arch, "alignment")
-    pi_e = residual_alignment(base, ft)
+    pi_e = residual_alignment(base, ft, vocab)
     residual = Permuted(ft, torch.from_numpy(pi_e))
     units = {u.key: u for i in range(base.arch.L) for u in base.arch.units(i)}
 

@@ -168,7 +168,7 @@ def _compute(pair: Pair, stat: str):
     spec = get_stat(stat)
     t = time.time()
     opts = pair.options.for_stat(stat)
-    result = spec.fn(pair.context(stat, opts), pair.base, pair.ft)
+    result = spec.fn(pair.context(stat, opts), *pair.lanes(stat))
     timings = dict(pair.timings, statistic=time.time() - t)
     aligned = None
     if pair.options.align and spec.aligned:
@@ -178,7 +178,7 @@ def _compute(pair: Pair, stat: str):
         if pair.upcycling:  # dense against MoE: the statistic aligns each expert to the dense MLP
             aligned = spec.aligned_upcycling(pair.context(stat, opts), pair.base, pair.ft)
         else:
-            aligned = spec.fn(pair.context(stat, opts), pair.base, pair.aligned_ft())
+            aligned = spec.fn(pair.context(stat, opts), *pair.lanes(stat, pair.aligned_ft()))
         if not spec.aligned_pvalue and spec.has_pvalue:
             aligned.log10_pvalue, aligned.exact_pvalue = None, None
             aligned.extra["note"] = ("no p-value after alignment: the permutation test's null would need every "

@@ -3,7 +3,9 @@
 Sources (``--dataset``): ``wikitext`` (the hub's dlwh/wikitext_103_detokenized test split),
 ``random`` (uniform ids below the shared vocabulary), ``generated`` (generate.py's JSON for the
 pair), ``demo`` (the demo family's held-out text), or a local ``.txt`` / ``.jsonl`` / ``.json``.
-Text is tokenised with the base model's tokenizer and packed into blocks.
+Text is tokenised with the base model's tokenizer and packed into blocks. When the two models'
+tokenizers differ, only the text samples (paragraphs) both split into the same tokens are used,
+as ids of the shared vocabulary (:func:`shared_token_blocks`).
 """
 from __future__ import annotations
 
@@ -158,3 +160,55 @@ def token_blocks(dataset: str, *, tokenizer, shared_vocab: int, block_size: int,
         raise TracingError(f"dataset {dataset} tokenises to id {int(out.max())}, past the vocabulary the two models "
                            f"share ({shared_vocab}); the tokenizers are not compatible for this text")
     return out
+
+
+def _pack(samples: list[list[int]], sep: list[int], block_size: int, num_samples: int) -> torch.Tensor:
+    ids: list[int] = []
+    for s in samples:
+        ids += s + sep
+        if len(ids) >= block_size * num_samples:
+            break
+    n = min(num_samples, len(ids) // block_size)
+    return torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
+
+
+def identical_samples(texts: list[str], tok1, tok2, vm) -> tuple[list[list[int]], int]:
+    """The paragraphs of ``texts`` that both tokenizers split into the same tokens (the same
+    normalised token strings, in the same order, none of them the unknown token), as positions in
+    ``vm``'s shared vocabulary; and the number of paragraphs examined."""
+    from .vocab import id_keys
+    k1, k2 = id_keys(tok1, vm.base_vocab), id_keys(tok2, vm.ft_vocab)
+    pos = {k: j for j, k in enumerate(vm.keys)}
+    unk = {k1.get(getattr(tok1, "unk_token_id", None)), k2.get(getattr(tok2, "unk_token_id", None))} - {None}
+    out, total = [], 0
+    for text in texts:
+        for para in (p for p in text.split("\n\n") if p.strip()):
+            total += 1
+            a = [k1.get(i) for i in tok1(para, add_special_tokens=False, verbose=False)["input_ids"]]
+            b = [k2.get(i) for i in tok2(para, add_special_tokens=False, verbose=False)["input_ids"]]
+            if a == b and all(k in pos and k not in unk for k in a):
+                out.append([pos[k] for k in a])
+    return out, total
+
+
+def shared_token_blocks(dataset: str, *, tok1, tok2, vm, block_size: int, num_samples: int, seed: int,
+                        base_spec: str = "", ft_spec: str = "",
+                        generated_dir: str | Path = "results/generated") -> tuple[torch.Tensor, dict]:
+    """``[n, block_size]`` ids of the shared vocabulary (position j is ``vm.keys[j]`` in both
+    models, see :meth:`~tracing.vocab.VocabMap.orders`), and how many samples qualified."""
+    if dataset == "random":
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randint(0, vm.shared, (num_samples, block_size), generator=g), {}
+    samples, total = identical_samples(load_texts(dataset, base_spec, ft_spec, generated_dir), tok1, tok2, vm)
+    from .vocab import SPECIAL
+    eos = getattr(tok1, "eos_token", None)
+    key = SPECIAL + eos.encode("utf-8") if eos else None
+    sep = [vm.keys.index(key)] if key in vm.keys else []
+    out = _pack(samples, sep, block_size, num_samples)
+    info = {"samples_total": total, "samples_qualified": len(samples)}
+    if out.shape[0] == 0:
+        got = sum(len(s) + len(sep) for s in samples)
+        raise TracingError(f"the tokenizers differ and only {len(samples)} of {total} text samples of {dataset} split "
+                           f"into the same tokens under both ({got} tokens, fewer than one block of {block_size}; "
+                           f"{vm.describe()}); use more text, a smaller --block_size, or --dataset random")
+    return out, info

@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from .align import align
-from .data import token_blocks, tokenizers_compatible, window_bos
+from .data import shared_token_blocks, token_blocks, tokenizers_compatible, window_bos
 from .errors import TracingError
 from .evaluate import lm_losses, perplexity
 from .models import default_device, resolve_dtype
@@ -60,7 +60,8 @@ class Pair:
         self._tokens: dict[str, torch.Tensor] = {}
         self._bos: dict[str, dict | None] = {}  # dataset → the BOS token each window starts with
         self._alignment = None
-        self._tok_checked = False
+        self._vocab: list | None = None
+        self._samples: dict[str, dict] = {}
 
     @property
     def is_demo(self) -> bool:
@@ -89,32 +90,48 @@ class Pair:
         return self.options.block_size or self.options.block_size_for(None)
 
     def _tokenizer(self, src):
+        """A source's tokenizer: its ``tokenizer()`` method, or a tokenizer set on it as an attribute
+        (a tokenizer is itself callable: tell them apart by ``get_vocab``)."""
         tok = getattr(src, "tokenizer", None)
-        return tok() if callable(tok) else tok
+        return tok if tok is None or hasattr(tok, "get_vocab") else tok()
 
     def tokens(self, dataset: str) -> torch.Tensor:
         if self._given_tokens is not None:
             return self._given_tokens
         if dataset not in self._tokens:
             t = time.time()
-            shared = min(self.base.arch.V, self.ft_ckpt.arch.V)
-            tok = self._tokenizer(self.base_ckpt)
-            if not self._tok_checked:
-                ok, why = tokenizers_compatible(tok, self._tokenizer(self.ft_ckpt), shared)
-                if not ok:
-                    raise TracingError(f"the tokenizers of {self.base_spec} and {self.ft_spec} are not compatible "
-                                       f"({why}); data statistics need the same ids for the same text — use a weight "
-                                       f"statistic (cos, emb, l2) for this pair")
-                self._tok_checked = True
             o = self.options
-            bos = window_bos(tok) if dataset != "random" else None
-            self._bos[dataset] = None if bos is None else {"token": tok.convert_ids_to_tokens(bos), "id": bos}
-            self._tokens[dataset] = token_blocks(dataset, tokenizer=tok, shared_vocab=shared,
-                                                 block_size=self.block_size, num_samples=o.num_samples, seed=o.seed,
-                                                 base_spec=self.base_spec, ft_spec=self.ft_spec,
-                                                 generated_dir=o.generated_dir)
+            where = dict(block_size=self.block_size, num_samples=o.num_samples, seed=o.seed,
+                         base_spec=self.base_spec, ft_spec=self.ft_spec, generated_dir=o.generated_dir)
+            tok, vm = self._tokenizer(self.base_ckpt), self.by_string()
+            if vm is not None:  # different tokenizers: text both split the same way, as shared-vocabulary ids
+                self._bos[dataset] = None
+                self._tokens[dataset], self._samples[dataset] = shared_token_blocks(
+                    dataset, tok1=tok, tok2=self._tokenizer(self.ft_ckpt), vm=vm, **where)
+            else:
+                bos = window_bos(tok) if dataset != "random" else None
+                self._bos[dataset] = None if bos is None else {"token": tok.convert_ids_to_tokens(bos), "id": bos}
+                self._tokens[dataset] = token_blocks(dataset, tokenizer=tok,
+                                                     shared_vocab=min(self.base.arch.V, self.ft_ckpt.arch.V), **where)
             self.timings["data"] = self.timings.get("data", 0.0) + time.time() - t
         return self._tokens[dataset]
+
+    def by_string(self):
+        """The vocabulary map when the two vocabularies are matched by token string (else None)."""
+        vm = self.vocab()
+        return vm if vm is not None and not vm.by_id else None
+
+    def lanes(self, stat: str | None, ft=None) -> tuple:
+        """The two models as a data statistic (``stat``, or --eval when None) runs them: with their
+        vocabularies relabelled shared tokens first when the tokenizers differ (the evaluation ids
+        are then shared-vocabulary ids); weight statistics get the models as they are."""
+        ft = self.ft if ft is None else ft
+        vm = self.by_string() if stat is None or get(stat).needs_data else None
+        if vm is None:
+            return self.base, ft
+        from .transforms import VocabOrder
+        o1, o2 = vm.orders()
+        return VocabOrder(self.base, o1), VocabOrder(ft, o2)
 
     def dataset_for(self, stat: str | None) -> str:
         if self._given_tokens is not None:
@@ -128,18 +145,40 @@ class Pair:
         ids = self._given_tokens if self._given_tokens is not None else self._tokens.get(ds)
         if ids is None:
             return None
-        return {"dataset": ds, "num_blocks": int(ids.shape[0]), "block_size": int(ids.shape[1]),
-                "num_samples_asked": self.options.num_samples, "bos": self._bos.get(ds)}
+        out = {"dataset": ds, "num_blocks": int(ids.shape[0]), "block_size": int(ids.shape[1]),
+               "num_samples_asked": self.options.num_samples, "bos": self._bos.get(ds)}
+        vm = self.by_string() if self._given_tokens is None else None
+        if vm is not None:  # the tokenizers differ: the text both split into the same tokens, shared-vocabulary ids
+            out.update(self._samples.get(ds, {}), vocab=vm.record())
+        return out
 
     def context(self, stat: str | None, options: Options | None = None) -> Context:
         opts = options or (self.options.for_stat(stat) if stat else self.options)
         return Context(opts, self.device, self.dtype, self.progress,
-                       tokens=lambda: self.tokens(self.dataset_for(stat)))
+                       tokens=lambda: self.tokens(self.dataset_for(stat)), vocab=self.vocab)
+
+    def vocab(self):
+        """The two vocabularies mapped by token string when the tokenizers differ on the ids both
+        models have; marked ``by_id`` when they agree there and θ₂ only adds tokens; None when they
+        are the same (or a tokenizer is missing): then rows match by id."""
+        if self._vocab is None:
+            from .vocab import vocab_map
+            V1, V2 = self.base.arch.V, self.ft_ckpt.arch.V
+            try:
+                tok1, tok2 = self._tokenizer(self.base_ckpt), self._tokenizer(self.ft_ckpt)
+            except TracingError:  # a tokenizer that cannot be loaded counts as missing: rows match by id
+                tok1 = tok2 = None
+            vm = None if tok1 is None or tok2 is None else vocab_map(tok1, V1, tok2, V2)
+            if vm is not None and tokenizers_compatible(tok1, tok2, min(V1, V2))[0]:
+                vm.by_id = True
+                vm = vm if vm.ft_only.size else None
+            self._vocab = [vm]
+        return self._vocab[0]
 
     def aligned_ft(self):
         if self._alignment is None:
             t = time.time()
-            self._alignment = align(self.base, self.ft, progress=self.progress)
+            self._alignment = align(self.base, self.ft, progress=self.progress, vocab=self.vocab())
             self.timings["align"] = time.time() - t
         return self._alignment.apply(self.ft)
 
@@ -148,10 +187,11 @@ class Pair:
         dataset = self.dataset_for(None)
         t = time.time()
         ids, engine = self.tokens(dataset), ctx.engine()
+        base, ft = self.lanes(None)
         if self.base.arch.L == self.ft_ckpt.arch.L:
-            lb, lf = lm_losses(engine, [self.base, self.ft], ids, desc="eval")
+            lb, lf = lm_losses(engine, [base, ft], ids, desc="eval")
         else:  # models of different depths cannot run in lockstep: one pass each
-            (lb,), (lf,) = (lm_losses(engine, [m], ids, desc="eval") for m in (self.base, self.ft))
+            (lb,), (lf,) = (lm_losses(engine, [m], ids, desc="eval") for m in (base, ft))
         self.timings["eval"] = time.time() - t
         return {"dataset": dataset, "base loss": lb, "ft loss": lf, "base ppl": perplexity(lb), "ft ppl": perplexity(lf),
                 "bos": self._bos.get(dataset)}

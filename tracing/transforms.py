@@ -92,6 +92,23 @@ class Permuted(View):
         return t
 
 
+class VocabOrder(View):
+    """The same model with its token ids relabelled: row k of the embedding and of the lm_head is
+    the inner row ``order[k]`` (a permutation of the vocabulary). Function-preserving: on ids k it
+    computes what the inner model computes on ids ``order[k]``, its logits relabelled the same way."""
+
+    def __init__(self, inner: WeightSource, order: torch.Tensor):
+        super().__init__(inner)
+        self.order = torch.as_tensor(order, dtype=torch.long)
+        if not torch.equal(torch.sort(self.order).values, torch.arange(inner.arch.V)):
+            raise ValueError("a vocabulary order must be a permutation of the model's token ids")
+        self._names = {inner.arch.embed, inner.arch.lm_head}
+
+    def get(self, name, dtype=torch.float32):
+        t = self.inner.get(name, dtype)
+        return t[self.order] if name in self._names else t
+
+
 class _FoldingView(View):
     """A view that folds norm gains into the layers reading the normalised stream (untied output)."""
 
@@ -177,13 +194,14 @@ def fold_norms(source: WeightSource) -> NormsFolded:
 
 class Interpolated(View):
     """The path θ(α): MLP and norms of every block are (1−α)θ₁ + αθ₂; with ``attn`` also attention,
-    with ``emb`` also embeddings, lm_head and final norm (over the shared vocabulary rows).
-    Everything else is θ₁'s."""
+    with ``emb`` also embeddings, lm_head and final norm (over the shared vocabulary rows: the first
+    min(V₁, V₂), or the first ``shared`` when given). Everything else is θ₁'s."""
 
-    def __init__(self, a: WeightSource, b: WeightSource, alpha: float, attn: bool = False, emb: bool = False):
+    def __init__(self, a: WeightSource, b: WeightSource, alpha: float, attn: bool = False, emb: bool = False,
+                 shared: int | None = None):
         super().__init__(a)
         require_same_layout(a.arch, b.arch, "interpolation")
-        self.b, self.alpha, self.attn, self.emb = b, float(alpha), attn, emb
+        self.b, self.alpha, self.attn, self.emb, self.shared = b, float(alpha), attn, emb, shared
 
     def release(self):
         self.inner.release()
@@ -203,7 +221,7 @@ class Interpolated(View):
             return x
         y = self.b.get(name, dtype)
         if role in ("embed", "lm_head"):
-            n = min(x.shape[0], y.shape[0])
+            n = min(x.shape[0], y.shape[0], self.shared or x.shape[0])
             out = x.clone()
             out[:n] = torch.lerp(x[:n], y[:n], self.alpha)
             return out

@@ -71,6 +71,18 @@ class Context:
     dtype: torch.dtype = torch.float32
     progress: bool = True
     tokens: Callable[[], torch.Tensor] | None = None  # lazily built evaluation ids [N, T]
+    vocab: Callable[[], object] | None = None  # lazily: a VocabMap, or None when the ids agree
+
+    def vocab_map(self):
+        """The two vocabularies mapped by token string, or None when the token ids agree."""
+        return self.vocab() if self.vocab is not None else None
+
+    def shared_vocab(self, base, ft) -> int:
+        """How many leading token ids mean the same token in both models as a data statistic sees
+        them: min(V₁, V₂), or the shared tokens' count when the vocabularies are matched by string
+        (the models' ids are then relabelled shared tokens first)."""
+        vm = self.vocab_map()
+        return vm.shared if vm is not None and not vm.by_id else min(base.arch.V, ft.arch.V)
 
     def engine(self) -> Engine:
         return Engine(device=self.device, dtype=self.dtype, batch_size=self.options.batch_size,

@@ -1,5 +1,9 @@
 """Embedding similarity: Spearman(MATCH(E₁ᵀ, E₂ᵀ), identity) over the shared vocabulary.
 
+The shared vocabulary is the first min(V₁, V₂) ids when the tokenizers agree on them; otherwise the
+tokens both have, mapped by token string (``tracing.vocab``), and the record gives the overlap and
+which of θ₂'s own tokens look transplanted (sparse combinations of the shared tokens' rows).
+
 Residual dimensions whose embedding column is zero, holds a non-finite value or copies an earlier
 column exactly are dropped from each side before matching; the p-value is the rank correlation of
 the matched pairs' indices.
@@ -32,12 +36,24 @@ def _cost(s):
 
 
 def _explain(rec):
-    m = (rec.get("extra") or {}).get("median_cos")
+    extra = rec.get("extra") or {}
+    m = extra.get("median_cos")
     if m is None:
         return []
-    return [f"median matched cosine {m:.4f}: near 1 the embedding columns match one to one, near 0 they are "
-            f"unrelated (a residual-permuted copy is 'not significant' by design — the test compares the "
-            f"matching with the identity order — yet its median cosine stays near 1)"]
+    out = []
+    if extra.get("vocab"):
+        from ..vocab import transplant_meaning
+        v = extra["vocab"]
+        out.append(f"the vocabularies differ: rows matched by token string over the {v['shared_tokens']} tokens both "
+                   f"have ({100 * v['shared_fraction_base']:.1f}% of the base's {v['base_vocab']}, "
+                   f"{100 * v['shared_fraction_ft']:.1f}% of the other's {v['ft_vocab']}); the p-value is exact over "
+                   f"them (null: independent initialisation, under which the other model's embedding columns are "
+                   f"exchangeable whatever rows are chosen; the shared rows are chosen and ordered by token string "
+                   f"only, never by weights)")
+        out += [t for t in [transplant_meaning(extra.get("transplant"))] if t]
+    return out + [f"median matched cosine {m:.4f}: near 1 the embedding columns match one to one, near 0 they "
+                  f"are unrelated (a residual-permuted copy is 'not significant' by design — the test compares the "
+                  f"matching with the identity order — yet its median cosine stays near 1)"]
 
 
 @register("emb", check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",), aligned=False,
@@ -51,25 +67,26 @@ def emb(ctx, base, ft):
     import numpy as np
 
     from .. import pvalues
-    from ..align import match_pairs
+    from ..align import match_pairs, shared_embeddings
     from ..errors import TracingError
     from .base import StatResult, rows_extra, sampled_rows
     if base.arch.d != ft.arch.d:
         raise TracingError(f"emb needs equal residual widths, got d={base.arch.d} and d={ft.arch.d}")
-    n = min(base.arch.V, ft.arch.V)
     o = ctx.options
-    if o.rows is None:
-        E1, E2 = base.get(base.arch.embed)[:n], ft.get(ft.arch.embed)[:n]
-    else:  # K residual dimensions, the same columns in both embeddings
-        S = sampled_rows(base.arch.d, o.rows, o.seed)
-        E1, E2 = base.get_columns(base.arch.embed, S)[:n], ft.get_columns(ft.arch.embed, S)[:n]
+    vm = ctx.vocab_map()
+    S = None if o.rows is None else sampled_rows(base.arch.d, o.rows, o.seed)  # K residual dimensions, both sides
+    E1, E2 = shared_embeddings(base, ft, vm, columns=S)
     m = match_pairs(E1.T, E2.T)
     del E1, E2
     r, lp = pvalues.spearman_pairs(m.rows, m.cols, alternative=ctx.options.alternative)
     if np.isnan(lp):
         raise TracingError(f"emb: only {m.n_pairs} embedding dimensions have nonzero finite values "
                            f"(at least {pvalues.MIN_PAIRS} needed)")
-    return StatResult("emb", float(r), float(lp), [],
-                      {"median_cos": float(np.median(m.cos)), "shared_vocab": int(n), "n_pairs": m.n_pairs,
-                       "dropped": {"base": m.dropped1, "ft": m.dropped2},
-                       **(rows_extra(o, base.arch.d) if o.rows is not None else {})})
+    extra = {"median_cos": float(np.median(m.cos)), "shared_vocab": min(base.arch.V, ft.arch.V) if vm is None
+             else vm.shared, "n_pairs": m.n_pairs, "dropped": {"base": m.dropped1, "ft": m.dropped2},
+             **(rows_extra(o, base.arch.d) if o.rows is not None else {})}
+    if vm is not None:
+        from ..vocab import transplant_check
+        extra["vocab"] = vm.record()
+        extra["transplant"] = transplant_check(ft.get(ft.arch.embed), vm)
+    return StatResult("emb", float(r), float(lp), [], extra)

@@ -25,7 +25,7 @@ def _cost(s):
                   "outputs; there is no p-value and no verdict.")
 def jsd(ctx, base, ft):
     from .base import StatResult
-    n = min(base.arch.V, ft.arch.V)
+    n = ctx.shared_vocab(base, ft)
     ids = ctx.data()
     total, count = 0.0, 0
 

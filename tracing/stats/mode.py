@@ -50,7 +50,8 @@ def mode(ctx, base, ft):
     alphas = sorted({0.0, 1.0, float(o.alpha), *[float(a) for a in (o.alphas or [])]})
     ids = ctx.data()
     c1, c2 = CachedSource(base), CachedSource(ft)
-    lanes = [Interpolated(c1, c2, a, attn=attn, emb=emb) for a in alphas]
+    n = ctx.shared_vocab(base, ft)  # embedding rows that mean the same token in both
+    lanes = [Interpolated(c1, c2, a, attn=attn, emb=emb, shared=n) for a in alphas]
     losses = dict(zip(alphas, lm_losses(ctx.engine(), lanes, ids, desc="mode: path")))
     l0, l1 = losses[0.0], losses[1.0]
     curve = [{"alpha": a, "loss": losses[a], "barrier": losses[a] - ((1 - a) * l0 + a * l1)} for a in alphas]
@@ -65,7 +66,8 @@ def mode(ctx, base, ft):
     null = []
     for start in range(0, T, MAX_LANES):
         ts = range(start, min(T, start + MAX_LANES))
-        perm_lanes = [Interpolated(c1, _PermutedDraw(c2, draws, t), o.alpha, attn=attn, emb=emb) for t in ts]
+        perm_lanes = [Interpolated(c1, _PermutedDraw(c2, draws, t), o.alpha, attn=attn, emb=emb, shared=n)
+                      for t in ts]
         null += lm_losses(ctx.engine(), perm_lanes, ids, desc=f"mode: permutations {start + 1}-{ts[-1] + 1}/{T}")
     p, lp = pvalues.permtest(obs, null)
     extra["null"] = null
