@@ -1,0 +1,190 @@
+"""Screening one candidate against every reference of an index.
+
+The candidate's sampled rows are read once (the same rows, projection and blocks as every entry of
+its shape); each compatible reference is tested with the sampled ``cos`` test on the stored
+sketches (MATCH per block, SPEARMAN, Fisher over blocks) and the p-values are corrected with Holm
+across the references. Two statements come out:
+
+- **dependent after Holm**: the probability that this set holds a reference independent of the
+  candidate is at most α (exact: the sampled test is exact under the null, and Holm controls the
+  family-wise error);
+- **cannot be ruled out**: references this screen has no power against, each with its reason
+  (another shape, a damaged entry, a candidate whose units look permuted against it).
+
+Every other reference is "not significant": the screen found no evidence, which does not prove
+independence. ``robust=True`` adds a second tier for references of the same architecture
+(``cos --align`` or ``match`` against the reference's weights), Holm across that tier.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import TracingError
+from .entry import SKETCH_FILE, features, shape_problem
+from .layout import Settings, read_manifest
+
+PERMUTED_LEVEL = 1e-6  # Bonferroni level of the "units look permuted" flag (random directions)
+HEADER = ["reference", "family", "K", "screened log10 p", "Holm log10 p", "robust log10 p", "robust Holm log10 p",
+          "verdict", "reason"]
+NOT_AVAILABLE = "cannot rule out: reference weights not available for the robust tier"
+
+
+@dataclass
+class Line:
+    """One reference's line of ``scan.csv``."""
+
+    reference: str
+    family: str | None = None
+    k: int | None = None
+    screen_log10_p: float | None = None
+    holm_log10_p: float | None = None
+    robust_log10_p: float | None = None
+    robust_holm_log10_p: float | None = None
+    verdict: str = ""
+    reason: str = ""
+    model_type: str | None = None
+    flagged: str = ""  # why the candidate's units look permuted against this reference
+
+    def cells(self) -> list:
+        f = (lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}")
+        return [self.reference, self.family or "", "" if self.k is None else self.k, f(self.screen_log10_p),
+                f(self.holm_log10_p), f(self.robust_log10_p), f(self.robust_holm_log10_p), self.verdict, self.reason]
+
+    def sort_key(self):
+        order = {"dependent": 0, "cannot": 1, "not": 2}.get(self.verdict.split(" ")[0], 3)
+        p = self.robust_holm_log10_p if self.verdict.endswith("(robust tier)") else self.holm_log10_p
+        return order, p if p is not None and not math.isnan(p) else math.inf, self.reference
+
+
+def _permuted_p(C: torch.Tensor, n: int, tests: int) -> float:
+    """Bonferroni bound of the largest |cos| in ``C`` among ``tests`` cosines of independent random
+    directions in n dimensions (cos² ~ Beta(1/2, (n−1)/2))."""
+    from scipy.stats import beta
+    c = float(C.abs().max()) if C.numel() else 0.0
+    return min(1.0, tests * float(beta.sf(min(c * c, 1.0), 0.5, (n - 1) / 2)))
+
+
+def compare(ref: dict, cand: dict, blocks: list[int], alternative: str = "greater") -> tuple[float, float]:
+    """``(log10 p, flag p)`` of one reference's sketches against the candidate's: the sampled cos test
+    over the blocks, and the bound that the largest |cos| between any two sampled rows comes from
+    independent random directions (small: the candidate's units meet the reference's elsewhere)."""
+    from .. import pvalues
+    from ..align import match_pairs
+    lps, Cmax, n = [], [], None
+    for b in blocks:
+        R, X = ref[f"sketch.{b}"].float(), cand[f"sketch.{b}"].float()
+        res = match_pairs(R, X)
+        lps.append(pvalues.spearman_pairs(res.rows, res.cols, alternative=alternative)[1])
+        Cmax.append((R @ X.T).abs().max().reshape(1))
+        n = R.shape[1]
+    _, lp = pvalues.fisher(lps)
+    k = ref[f"sketch.{blocks[0]}"].shape[0]
+    return float(lp), _permuted_p(torch.cat(Cmax), n, k * k * len(blocks))
+
+
+def _emb_flag(ref_rows: dict, cand: dict) -> float:
+    A, B = ref_rows["emb"].float(), cand["emb"].float()
+    A, B = A - A.mean(0), B - B.mean(0)
+    A, B = A / A.norm(dim=0).clamp_min(1e-30), B / B.norm(dim=0).clamp_min(1e-30)
+    return _permuted_p(A.T @ B, A.shape[0], A.shape[1] * B.shape[1])
+
+
+def screen(candidate: str, root, robust: str | None = None, significance: float = 0.01,
+           progress: bool = False) -> list[Line]:
+    """Every reference of the index at ``root`` against ``candidate``; ``robust``: None, "cos" (cos
+    --align) or "match" for the second tier. Lines ranked: dependent, cannot rule out, the rest."""
+    from .. import pvalues
+    from ..models import Checkpoint
+    from ..rowstore import with_store
+    from ..verdict import is_dependent
+    from .store import entries
+    s = read_manifest(root)
+    good, bad = entries(root, s)
+    lines = [Line(k, verdict="cannot rule out", reason=why) for k, why in bad]
+    cand = with_store(Checkpoint(candidate), None, memory=True)
+    a = cand.arch
+    problem = shape_problem(a)
+    feats = None if problem else features(cand, s)
+    screened = []
+    for e in good:
+        sh, line = e.shape, Line(e.meta["model"], e.meta.get("family"), model_type=e.shape["model_type"])
+        lines.append(line)
+        mine = (a.d, a.h, a.L)
+        if problem or (sh["d"], sh["h"], sh["L"]) != mine:
+            line.verdict = "cannot rule out"
+            line.reason = problem or (f"other shape (d, h, L = {sh['d']}, {sh['h']}, {sh['L']} vs {mine[0]}, {mine[1]}, "
+                                      f"{mine[2]}): the screen compares equal shapes; test this pair with "
+                                      f"`main.py --stat match --localized`")
+            continue
+        try:
+            lp, flag = compare(e.tensors(SKETCH_FILE), feats, e.meta["blocks"])
+            if flag >= PERMUTED_LEVEL and lp > math.log10(significance):
+                flag = _emb_flag(e.tensors(), feats)
+                line.flagged = "" if flag >= PERMUTED_LEVEL else "residual stream"
+            else:
+                line.flagged = "" if flag >= PERMUTED_LEVEL else "MLP units"
+        except TracingError as err:
+            line.verdict, line.reason = "cannot rule out", str(err)
+            continue
+        line.screen_log10_p, line.k = lp, int(feats[f"sketch.{e.meta['blocks'][0]}"].shape[0])
+        screened.append(line)
+    for line, adj in zip(screened, pvalues.holm([x.screen_log10_p for x in screened])):
+        line.holm_log10_p = float(adj)
+        if is_dependent(adj, significance):
+            line.verdict = "dependent after Holm"
+        elif line.flagged:
+            line.verdict = "cannot rule out"
+            line.reason = (f"the candidate's sampled rows meet this reference's at other positions ({line.flagged} look "
+                           f"permuted): the sampled screen has no power against a permuted copy; run --robust")
+        else:
+            line.verdict = "not significant"
+    if robust:
+        _robust_tier(cand, [x for x in screened if not x.verdict.startswith("dependent") and x.model_type == a.model_type],
+                     robust, significance, progress)
+    return sorted(lines, key=Line.sort_key)
+
+
+def _robust_tier(cand, lines: list[Line], stat: str, significance: float, progress: bool) -> None:
+    """``cos --align`` or ``match`` against each reference's own weights; Holm across the tier."""
+    from .. import pvalues
+    from ..api import run_opened
+    from ..models import Checkpoint
+    from ..options import Options
+    from ..verdict import is_dependent
+    opts = Options(stat=[stat], align=stat == "cos", significance=significance)
+    tested = []
+    for line in lines:
+        try:
+            ref = Checkpoint(line.reference)
+        except TracingError:
+            line.verdict, line.reason = "cannot rule out", NOT_AVAILABLE
+            continue
+        rec = run_opened(ref, cand, opts, progress=progress)[0]
+        v = rec.get("aligned") if stat == "cos" else rec
+        line.robust_log10_p = float(v["log10_pvalue"])
+        tested.append(line)
+    for line, adj in zip(tested, pvalues.holm([x.robust_log10_p for x in tested])):
+        line.robust_holm_log10_p = float(adj)
+        if is_dependent(adj, significance):
+            line.verdict, line.reason = "dependent after Holm (robust tier)", f"{stat}{' --align' if stat == 'cos' else ''}"
+        elif line.verdict == "cannot rule out":
+            line.verdict, line.reason = "not significant", f"not significant in the robust tier ({stat})"
+
+
+def summary(lines: list[Line], significance: float, robust: str | None) -> list[str]:
+    """The two guarantees, in words."""
+    dep = [x.reference for x in lines if x.verdict.startswith("dependent")]
+    cannot = [x for x in lines if x.verdict == "cannot rule out"]
+    rest = sum(x.verdict == "not significant" for x in lines)
+    tiers = " (in each tier)" if robust else ""
+    out = [f"dependent after Holm at α = {significance:g}{tiers}: {', '.join(dep) if dep else 'none'} "
+           f"(the probability that this set holds a reference independent of the candidate is at most {significance:g})",
+           f"cannot be ruled out ({len(cannot)}; the screen has no power against them):"]
+    out += [f"  {x.reference}: {x.reason}" for x in cannot] or ["  none"]
+    out.append(f"not significant: {rest} reference(s) (no evidence of dependence; this does not prove independence)")
+    out.append("null: the candidate and the reference were trained from independent random initialisations")
+    return out
