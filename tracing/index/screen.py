@@ -18,6 +18,7 @@ independence. ``robust=True`` adds a second tier for references of the same arch
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,9 +94,10 @@ def _emb_flag(ref_rows: dict, cand: dict) -> float:
     return _permuted_p(A.T @ B, A.shape[0], A.shape[1] * B.shape[1])
 
 
-def screen(candidate: str, root, robust: str | None = None, significance: float = 0.01,
+def screen(candidate, root, robust: str | None = None, significance: float = 0.01,
            progress: bool = False) -> list[Line]:
-    """Every reference of the index at ``root`` against ``candidate``; ``robust``: None, "cos" (cos
+    """Every reference of the index at ``root`` against ``candidate`` (an id or folder, or an opened
+    weight source); ``robust``: None, "cos" (cos
     --align) or "match" for the second tier. Lines ranked: dependent, cannot rule out, the rest."""
     from .. import pvalues
     from ..models import Checkpoint
@@ -105,7 +107,8 @@ def screen(candidate: str, root, robust: str | None = None, significance: float 
     s = read_manifest(root)
     good, bad = entries(root, s)
     lines = [Line(k, verdict="cannot rule out", reason=why) for k, why in bad]
-    cand = with_store(Checkpoint(candidate), None, memory=True)
+    opened = Checkpoint(candidate) if isinstance(candidate, (str, os.PathLike)) else candidate
+    cand = with_store(opened, None, memory=True)
     a = cand.arch
     problem = shape_problem(a)
     feats = None if problem else features(cand, s)
