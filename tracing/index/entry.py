@@ -2,8 +2,9 @@
 
 ``rows.safetensors`` holds, for each indexed block b: ``up.b``, the K sampled up_proj rows as
 stored in the checkpoint (losslessly in bf16/f16 when that round-trips, else float32);
-``sketch.b``, those rows times the index's fixed projection, normalised, in float16 (what the
-screen matches on); and ``emb``, the K sampled embedding columns over the first tokens.
+``emb``, the K sampled embedding columns over the first tokens. ``sketch.safetensors`` holds what
+the screen reads: ``sketch.b``, block b's rows times the index's fixed projection, normalised, in
+float16, and ``sketch.emb``, the embedding columns centred and normalised.
 ``entry.json`` holds the model id, family, hub commit, config / tokenizer / weight-file digests,
 the shape, the blocks and the SHA-256 of ``rows.safetensors``, and a checksum of itself.
 """
@@ -19,7 +20,7 @@ from ..errors import TracingError
 from .layout import Settings, block_subset, canonical, entry_dir, projection, row_index, sha256_bytes
 
 ROWS_FILE = "rows.safetensors"  # up.b (sampled up_proj rows) and emb (sampled embedding columns)
-SKETCH_FILE = "sketch.safetensors"  # sketch.b: what the screen reads (small, checked on every scan)
+SKETCH_FILE = "sketch.safetensors"  # sketch.*: what the screen reads (small, checked on every scan)
 ENTRY_FILE = "entry.json"
 
 
@@ -57,6 +58,7 @@ def features(src, s: Settings) -> dict[str, torch.Tensor]:
     cols = row_index(a.d, s)
     emb = src.get_columns(a.embed, cols, torch.float32)[: s.emb_tokens]
     out["emb"] = _compact(emb).contiguous()
+    out["sketch.emb"] = sketch((emb - emb.mean(0)).T, None).contiguous()  # centred unit columns, as rows
     return out
 
 

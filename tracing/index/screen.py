@@ -61,37 +61,59 @@ class Line:
         return order, p if p is not None and not math.isnan(p) else math.inf, self.reference
 
 
-def _permuted_p(C: torch.Tensor, n: int, tests: int) -> float:
-    """Bonferroni bound of the largest |cos| in ``C`` among ``tests`` cosines of independent random
+def _permuted_p(c: float, n: int, tests: int) -> float:
+    """Bonferroni bound of a largest |cos| ``c`` among ``tests`` cosines of independent random
     directions in n dimensions (cos² ~ Beta(1/2, (n−1)/2))."""
     from scipy.stats import beta
-    c = float(C.abs().max()) if C.numel() else 0.0
     return min(1.0, tests * float(beta.sf(min(c * c, 1.0), 0.5, (n - 1) / 2)))
 
 
-def compare(ref: dict, cand: dict, blocks: list[int], alternative: str = "greater") -> tuple[float, float]:
-    """``(log10 p, flag p)`` of one reference's sketches against the candidate's: the sampled cos test
-    over the blocks, and the bound that the largest |cos| between any two sampled rows comes from
-    independent random directions (small: the candidate's units meet the reference's elsewhere)."""
-    from .. import pvalues
+def _pairs(R: np.ndarray, X: np.ndarray, C: np.ndarray) -> tuple:
+    """MATCH of two sets of unit-norm rows with cosine matrix ``C``: the row-wise argmax when it is
+    a permutation (then it is the optimum), else the assignment; with a zero (degenerate) row, the
+    toolkit's general matcher, which drops it."""
+    from scipy.optimize import linear_sum_assignment
+
     from ..align import match_pairs
-    lps, Cmax, n = [], [], None
-    for b in blocks:
-        R, X = ref[f"sketch.{b}"].float(), cand[f"sketch.{b}"].float()
-        res = match_pairs(R, X)
-        lps.append(pvalues.spearman_pairs(res.rows, res.cols, alternative=alternative)[1])
-        Cmax.append((R @ X.T).abs().max().reshape(1))
-        n = R.shape[1]
-    _, lp = pvalues.fisher(lps)
-    k = ref[f"sketch.{blocks[0]}"].shape[0]
-    return float(lp), _permuted_p(torch.cat(Cmax), n, k * k * len(blocks))
+    if not (R.any(1).all() and X.any(1).all()):
+        res = match_pairs(torch.from_numpy(R), torch.from_numpy(X))
+        return res.rows, res.cols
+    am = C.argmax(1)
+    if np.unique(am).size == am.size:
+        return np.arange(am.size), am
+    np.negative(C, out=C)
+    return linear_sum_assignment(C)
 
 
-def _emb_flag(ref_rows: dict, cand: dict) -> float:
-    A, B = ref_rows["emb"].float(), cand["emb"].float()
-    A, B = A - A.mean(0), B - B.mean(0)
-    A, B = A / A.norm(dim=0).clamp_min(1e-30), B / B.norm(dim=0).clamp_min(1e-30)
-    return _permuted_p(A.T @ B, A.shape[0], A.shape[1] * B.shape[1])
+def compare(refs: list[dict], cand: dict, blocks: list[int], alternative: str = "greater") -> list[tuple]:
+    """``(log10 p, flag p)`` of each reference's sketches against the candidate's: the sampled cos
+    test over the blocks, and the bound that the largest |cos| between any two sampled rows comes
+    from independent random directions (small: the candidate's units meet the reference's at other
+    positions). The cosines of one block are one matrix product over all references."""
+    from .. import pvalues
+    lps = np.zeros((len(refs), len(blocks)))
+    cmax = np.zeros(len(refs))
+    for j, b in enumerate(blocks):
+        X = cand[f"sketch.{b}"].float()
+        stack = torch.stack([r[f"sketch.{b}"] for r in refs]).float()
+        C_all = torch.matmul(stack, X.T).numpy()  # unit rows: the cosines, [references, K, K]
+        np.maximum(cmax, np.abs(C_all).max(axis=(1, 2)), out=cmax)
+        Xn = X.numpy()
+        for i in range(len(refs)):
+            lps[i, j] = pvalues.spearman_pairs(*_pairs(stack[i].numpy(), Xn, C_all[i]), alternative=alternative)[1]
+    k, n = cand[f"sketch.{blocks[0]}"].shape
+    return [(float(pvalues.fisher(lps[i])[1]), _permuted_p(float(cmax[i]), n, k * k * len(blocks)))
+            for i in range(len(refs))]
+
+
+def _emb_flags(refs: list[dict], cand: dict) -> np.ndarray:
+    """Per reference, the bound of :func:`_permuted_p` for the largest |cos| between the candidate's
+    sampled embedding columns (centred) and the reference's: small when the candidate's residual
+    stream meets the reference's at other positions."""
+    X = cand["sketch.emb"].float()
+    cmax = np.abs(torch.matmul(torch.stack([r["sketch.emb"] for r in refs]).float(), X.T).numpy()).max(axis=(1, 2))
+    k, n = X.shape
+    return np.array([_permuted_p(float(c), n, k * k) for c in cmax])
 
 
 def screen(candidate, root, robust: str | None = None, significance: float = 0.01,
@@ -112,7 +134,7 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
     a = cand.arch
     problem = shape_problem(a)
     feats = None if problem else features(cand, s)
-    screened = []
+    screened, loaded = [], []
     for e in good:
         sh, line = e.shape, Line(e.meta["model"], e.meta.get("family"), model_type=e.shape["model_type"])
         lines.append(line)
@@ -124,17 +146,17 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
                                       f"`main.py --stat match --localized`")
             continue
         try:
-            lp, flag = compare(e.tensors(SKETCH_FILE), feats, e.meta["blocks"])
-            if flag >= PERMUTED_LEVEL and lp > math.log10(significance):
-                flag = _emb_flag(e.tensors(), feats)
-                line.flagged = "" if flag >= PERMUTED_LEVEL else "residual stream"
-            else:
-                line.flagged = "" if flag >= PERMUTED_LEVEL else "MLP units"
+            loaded.append((e, line, e.tensors(SKETCH_FILE)))
         except TracingError as err:
             line.verdict, line.reason = "cannot rule out", str(err)
-            continue
-        line.screen_log10_p, line.k = lp, int(feats[f"sketch.{e.meta['blocks'][0]}"].shape[0])
-        screened.append(line)
+    if loaded:
+        blocks, sketches = loaded[0][0].meta["blocks"], [t for *_, t in loaded]
+        emb = _emb_flags(sketches, feats)
+        for (e, line, _), (lp, flag), flag_emb in zip(loaded, compare(sketches, feats, blocks), emb):
+            line.screen_log10_p, line.k = lp, int(feats[f"sketch.{blocks[0]}"].shape[0])
+            line.flagged = ", ".join(what for what, p in (("MLP units", flag), ("residual stream", flag_emb))
+                                     if p < PERMUTED_LEVEL)
+            screened.append(line)
     for line, adj in zip(screened, pvalues.holm([x.screen_log10_p for x in screened])):
         line.holm_log10_p = float(adj)
         if is_dependent(adj, significance):
