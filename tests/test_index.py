@@ -154,9 +154,6 @@ class SyntheticSource:
     def get_rows(self, name, index, dtype=torch.float32):
         return self._rows(name, len(index), self.arch.d).to(dtype)
 
-    def get_columns(self, name, index, dtype=torch.float32):
-        return self._rows(name, self.arch.V, len(index)).to(dtype)
-
 
 def _index_cmd(*args):
     return [sys.executable, "-m", "tracing.index", *map(str, args)]

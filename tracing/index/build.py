@@ -24,6 +24,12 @@ class Outcome:
     seconds: float = 0.0
     bytes_read: int = 0
     host: str = field(default_factory=lambda: os.uname().nodename)
+    job_id: str | None = field(default_factory=lambda: _job_id())
+
+
+def _job_id() -> str | None:
+    from ..launch.job import job_id
+    return job_id()
 
 
 class EntryJob(Checkpointable):

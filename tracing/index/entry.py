@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import TracingError
@@ -55,8 +56,8 @@ def features(src, s: Settings) -> dict[str, torch.Tensor]:
         up = src.get_rows(a.units(b)[0].up, S, torch.float32)
         out[f"up.{b}"] = _compact(up).contiguous()
         out[f"sketch.{b}"] = sketch(up, P).contiguous()
-    cols = row_index(a.d, s)
-    emb = src.get_columns(a.embed, cols, torch.float32)[: s.emb_tokens]
+    cols = row_index(a.d, s)  # read as the first tokens' rows (contiguous), then the sampled columns
+    emb = src.get_rows(a.embed, np.arange(min(a.V, s.emb_tokens)), torch.float32)[:, torch.from_numpy(cols)]
     out["emb"] = _compact(emb).contiguous()
     out["sketch.emb"] = sketch((emb - emb.mean(0)).T, None).contiguous()  # centred unit columns, as rows
     return out
@@ -86,7 +87,7 @@ def write_entry(root: Path, key: str, meta: dict, tensors: dict[str, torch.Tenso
         blob = save({k: v for k, v in tensors.items() if keep(k)})
         atomic_write(folder / name, blob)
         files[name] = {"sha256": sha256_bytes(blob), "bytes": len(blob)}
-    blocks = sorted(int(k.split(".")[1]) for k in tensors if k.startswith("up."))
+    blocks = sorted(int(k.split(".")[1]) for k in tensors if k.startswith("sketch.") and k[7:].isdigit())
     body = {**meta, "key": key, "settings": s.manifest(), "blocks": blocks, "files": files}
     body["checksum"] = sha256_bytes(canonical(body))
     atomic_write(folder / ENTRY_FILE, json.dumps(body, indent=1))
