@@ -35,6 +35,7 @@ import common  # noqa: E402
 SHAPE = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, vocab_size=32000,
              num_attention_heads=32, num_key_value_heads=32)
 RELATIVE = 7  # the reference the candidate descends from
+BLOCKS = (0, 4, 9, 13, 18, 22, 27, 31)  # block_subset(32, 8)
 
 
 class Synthetic:
@@ -60,6 +61,18 @@ class Synthetic:
         return self._rows(name, len(index), self.arch.d)
 
 
+def drawn_features(i: int, s) -> dict:
+    """An independent reference's entry tensors drawn directly: unit sketch rows (what projecting
+    independent Gaussian rows gives) and the sampled embedding columns; no up rows."""
+    import torch
+    from tracing.index.entry import sketch
+    g = torch.Generator().manual_seed(1_000_003 * i + 17)
+    out = {f"sketch.{b}": sketch(torch.randn(s.rows, s.sketch, generator=g), None) for b in BLOCKS}
+    emb = (0.02 * torch.randn(s.emb_tokens, s.rows, generator=g)).to(torch.bfloat16)
+    out["emb"], out["sketch.emb"] = emb, sketch((emb.float() - emb.float().mean(0)).T, None).contiguous()
+    return out
+
+
 def make_index(root: Path, n: int) -> Path:
     """N synthetic references written by the index's writer (kept between runs)."""
     from tracing.index.entry import features, shape_of, write_entry
@@ -72,7 +85,10 @@ def make_index(root: Path, n: int) -> Path:
         if (idx / "entries" / key / "entry.json").is_file():
             continue
         src = Synthetic(i)
-        feats = {k: v for k, v in features(src, s).items() if not k.startswith("up.")}
+        if i == RELATIVE:
+            feats = {k: v for k, v in features(src, s).items() if not k.startswith("up.")}
+        else:
+            feats = drawn_features(i, s)
         meta = {"model": f"synthetic/ref{i:04d}", "family": "synthetic", "shape": shape_of(src.arch),
                 "weight_files": [], "commit": None}
         write_entry(idx, key, meta, feats, s)

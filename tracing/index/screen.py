@@ -159,7 +159,10 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
             screened.append(line)
     for line, adj in zip(screened, pvalues.holm([x.screen_log10_p for x in screened])):
         line.holm_log10_p = float(adj)
-        if is_dependent(adj, significance):
+        if math.isnan(line.screen_log10_p):
+            line.verdict = "cannot rule out"
+            line.reason = "no block has enough nonzero sampled rows for the test; test this pair in full with main.py"
+        elif is_dependent(adj, significance):
             line.verdict = "dependent after Holm"
         elif line.flagged:
             line.verdict = "cannot rule out"
@@ -188,7 +191,11 @@ def _robust_tier(cand, lines: list[Line], stat: str, significance: float, progre
         except TracingError:
             line.verdict, line.reason = "cannot rule out", NOT_AVAILABLE
             continue
-        rec = run_opened(ref, cand, opts, progress=progress)[0]
+        try:
+            rec = run_opened(ref, cand, opts, progress=progress)[0]
+        except TracingError as e:
+            line.verdict, line.reason = "cannot rule out", f"robust tier failed: {e}"
+            continue
         v = rec.get("aligned") if stat == "cos" else rec
         line.robust_log10_p = float(v["log10_pvalue"])
         tested.append(line)

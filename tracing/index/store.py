@@ -17,7 +17,7 @@ def entries(root: Path, s: Settings | None = None) -> tuple[list[Entry], list[tu
     good, bad = [], []
     folder = root / ENTRIES
     for d in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if not d.is_dir() or not (d / ENTRY_FILE).exists() and not any(d.iterdir()):
+        if not d.is_dir() or d.name.startswith(".") or not (d / ENTRY_FILE).exists() and not any(d.iterdir()):
             continue
         try:
             good.append(read_entry(d, s))
