@@ -66,10 +66,12 @@ def drawn_features(i: int, s) -> dict:
     independent Gaussian rows gives) and the sampled embedding columns; no up rows."""
     import torch
     from tracing.index.entry import sketch
+    from tracing.index.layout import projection
     g = torch.Generator().manual_seed(1_000_003 * i + 17)
     out = {f"sketch.{b}": sketch(torch.randn(s.rows, s.sketch, generator=g), None) for b in BLOCKS}
     emb = (0.02 * torch.randn(s.emb_tokens, s.rows, generator=g)).to(torch.bfloat16)
-    out["emb"], out["sketch.emb"] = emb, sketch((emb.float() - emb.float().mean(0)).T, None).contiguous()
+    P = projection(s.emb_tokens, s)
+    out["emb"], out["sketch.emb"] = emb, sketch((emb.float() - emb.float().mean(0)).T, P).contiguous()
     return out
 
 

@@ -4,7 +4,8 @@
 stored in the checkpoint (losslessly in bf16/f16 when that round-trips, else float32);
 ``emb``, the K sampled embedding columns over the first tokens. ``sketch.safetensors`` holds what
 the screen reads: ``sketch.b``, block b's rows times the index's fixed projection, normalised, in
-float16, and ``sketch.emb``, the embedding columns centred and normalised.
+float16, and ``sketch.emb``, the embedding columns centred, projected the same way over the tokens
+and normalised.
 ``entry.json`` holds the model id, family, hub commit, config / tokenizer / weight-file digests,
 the shape, the blocks and the SHA-256 of ``rows.safetensors``, and a checksum of itself.
 """
@@ -59,7 +60,8 @@ def features(src, s: Settings) -> dict[str, torch.Tensor]:
     cols = row_index(a.d, s)  # read as the first tokens' rows (contiguous), then the sampled columns
     emb = src.get_rows(a.embed, np.arange(min(a.V, s.emb_tokens)), torch.float32)[:, torch.from_numpy(cols)]
     out["emb"] = _compact(emb).contiguous()
-    out["sketch.emb"] = sketch((emb - emb.mean(0)).T, None).contiguous()  # centred unit columns, as rows
+    # the columns centred, projected over the tokens (fixed, from the seed) and normalised, as rows
+    out["sketch.emb"] = sketch((emb - emb.mean(0)).T, projection(emb.shape[0], s)).contiguous()
     return out
 
 

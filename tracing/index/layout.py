@@ -32,8 +32,8 @@ PROJECTION_STREAM = 0x1D3E  # keeps the sketch's projection apart from the row d
 class Settings:
     """What every entry of one index shares. At the defaults a 7B-shaped reference (d = 4096,
     h = 11008, V = 32000) takes 8 blocks × 128 rows × 4096 bf16 (8 MiB), their 256-wide sketch
-    (0.5 MiB), 128 embedding columns over the first 2048 tokens (0.5 MiB) and their sketch (0.5 MiB):
-    about 9.5 MiB."""
+    (0.5 MiB), 128 embedding columns over the first 2048 tokens (0.5 MiB) and their 256-wide sketch
+    (64 KiB): about 9.1 MiB."""
 
     seed: int = 0
     rows: int = 128  # K: up_proj rows sampled per block (and embedding columns)

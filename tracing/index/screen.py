@@ -89,21 +89,38 @@ def compare(refs: list[dict], cand: dict, blocks: list[int], alternative: str = 
     """``(log10 p, flag p)`` of each reference's sketches against the candidate's: the sampled cos
     test over the blocks, and the bound that the largest |cos| between any two sampled rows comes
     from independent random directions (small: the candidate's units meet the reference's at other
-    positions). The cosines of one block are one matrix product over all references."""
+    positions). The cosines of one block are one matrix product over all references; the
+    assignments run in threads (scipy releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .. import pvalues
     lps = np.zeros((len(refs), len(blocks)))
     cmax = np.zeros(len(refs))
-    for j, b in enumerate(blocks):
-        X = cand[f"sketch.{b}"].float()
-        stack = torch.stack([r[f"sketch.{b}"] for r in refs]).float()
-        C_all = torch.matmul(stack, X.T).numpy()  # unit rows: the cosines, [references, K, K]
-        np.maximum(cmax, np.abs(C_all).max(axis=(1, 2)), out=cmax)
-        Xn = X.numpy()
-        for i in range(len(refs)):
-            lps[i, j] = pvalues.spearman_pairs(*_pairs(stack[i].numpy(), Xn, C_all[i]), alternative=alternative)[1]
+    workers = max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+    chunks = np.array_split(np.arange(len(refs)), workers)
+    with ThreadPoolExecutor(workers) as pool:
+        for j, b in enumerate(blocks):
+            X = cand[f"sketch.{b}"].float()
+            stack = _stack([r[f"sketch.{b}"] for r in refs])
+            C_all = torch.matmul(stack, X.T).numpy()  # unit rows: the cosines, [references, K, K]
+            np.maximum(cmax, np.abs(C_all).max(axis=(1, 2)), out=cmax)
+            Xn, S = X.numpy(), stack.numpy()
+
+            def run(idx, j=j, Xn=Xn, S=S, C_all=C_all):
+                for i in idx:
+                    lps[i, j] = pvalues.spearman_pairs(*_pairs(S[i], Xn, C_all[i]), alternative=alternative)[1]
+            list(pool.map(run, chunks))
     k, n = cand[f"sketch.{blocks[0]}"].shape
     return [(float(pvalues.fisher(lps[i])[1]), _permuted_p(float(cmax[i]), n, k * k * len(blocks)))
             for i in range(len(refs))]
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    """float32 stack of equally shaped tensors, converted one at a time (no float16 copy of the whole)."""
+    out = torch.empty((len(ts), *ts[0].shape), dtype=torch.float32)
+    for i, t in enumerate(ts):
+        out[i].copy_(t)
+    return out
 
 
 def _emb_flags(refs: list[dict], cand: dict) -> np.ndarray:
@@ -111,7 +128,7 @@ def _emb_flags(refs: list[dict], cand: dict) -> np.ndarray:
     sampled embedding columns (centred) and the reference's: small when the candidate's residual
     stream meets the reference's at other positions."""
     X = cand["sketch.emb"].float()
-    cmax = np.abs(torch.matmul(torch.stack([r["sketch.emb"] for r in refs]).float(), X.T).numpy()).max(axis=(1, 2))
+    cmax = np.abs(torch.matmul(_stack([r["sketch.emb"] for r in refs]), X.T).numpy()).max(axis=(1, 2))
     k, n = X.shape
     return np.array([_permuted_p(float(c), n, k * k) for c in cmax])
 
