@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument("--refs", default="10,1000")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR / "index")
+    p.add_argument("--cleanup", action="store_true", help="delete the synthetic checkpoint and indexes at the end")
     a = p.parse_args()
     if a.variant == "screen":
         return common.emit(screen_child(a))
@@ -193,6 +194,9 @@ def main() -> None:
     table = make_table(records)
     print(table)
     common.save_results(common.ROOT / "bench" / "results", "bench_index", records, common.machine_line() + "\n\n" + table)
+    if a.cleanup:
+        import shutil
+        shutil.rmtree(a.workdir, ignore_errors=True)
 
 
 def make_table(records: list[dict]) -> str:
