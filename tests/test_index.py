@@ -56,6 +56,26 @@ def test_calibration_family_wise_false_positives(refs):
     assert kstest(pvals, "uniform").pvalue > 0.01
 
 
+def test_projected_sketch_calibrated_and_powerful(refs, tmp_path):
+    """With d above the sketch width the rows are matched through the fixed random projection: the
+    screen stays exact (60 unrelated candidates: screened p-values uniform, family-wise false
+    positives within Clopper–Pearson) and a fine-tune is still found."""
+    idx = tmp_path / "projected"
+    s = Settings(rows=64, sketch=16)
+    build([(p, "tiny") for p in refs["paths"]], idx, s, workers=0)
+    hits, pvals = 0, []
+    for i in range(60):
+        lines = screen(from_module(tiny_model(tiny_config(**CFG), seed=7000 + i)), idx)
+        hits += any(x.verdict.startswith("dependent") for x in lines)
+        pvals += [10 ** x.screen_log10_p for x in lines]
+    assert binomtest(hits, 60).proportion_ci(0.95, method="exact").low <= 0.01
+    assert kstest(pvals, "uniform").pvalue > 0.01
+    child = from_module(finetuned(tiny_model(tiny_config(**CFG), seed=104), seed=9, noise=0.05))
+    lines = {x.reference: x for x in screen(child, idx)}
+    assert lines[refs["paths"][4]].verdict == "dependent after Holm"
+    assert sum(x.verdict.startswith("dependent") for x in lines.values()) == 1
+
+
 def test_planted_relative_is_dependent_after_holm(refs, tmp_path, capsys):
     child = tmp_path / "child"
     finetuned(tiny_model(tiny_config(**CFG), seed=103), seed=9, noise=0.05).save_pretrained(child)
