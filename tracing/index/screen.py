@@ -235,5 +235,8 @@ def summary(lines: list[Line], significance: float, robust: str | None) -> list[
            f"cannot be ruled out ({len(cannot)}; the screen has no power against them):"]
     out += [f"  {x.reference}: {x.reason}" for x in cannot] or ["  none"]
     out.append(f"not significant: {rest} reference(s) (no evidence of dependence; this does not prove independence)")
+    if dep:
+        out.append("test the dependent references in full (or with more rows): main.py --base_model_id REFERENCE "
+                   "--ft_model_id CANDIDATE --stat cos")
     out.append("null: the candidate and the reference were trained from independent random initialisations")
     return out
