@@ -1,6 +1,7 @@
 """One model against many references: "is this upload a renamed Llama, Qwen or Mistral?"
 
     python -m tracing.scan CANDIDATE --against config/references.yaml [--rows 256] [--out DIR]
+    python -m tracing.scan CANDIDATE --index DIR [--robust [cos|match]] [--out OUT]
 
 For each reference, before any weight is read: identical weight files (a re-upload: no test is
 run), identical tokenizer files, and the shapes from the configs and safetensors headers (a
@@ -14,6 +15,9 @@ by its last component and a digest of its path, as launch.py names models: ``…
 ``…/phi3/base`` get two records).
 
 The reference list (YAML) is a list of model ids, or a mapping of family name to a list of ids.
+
+With ``--index DIR`` (built by ``python -m tracing.index``) no reference is read: the candidate's
+sampled rows are tested against every compatible entry (:mod:`tracing.index.screen`).
 """
 from __future__ import annotations
 
@@ -231,14 +235,18 @@ def scan(candidate: str, references, stat: str = "cos", rows: int | None = None,
 
 
 def write_csv(rows: list[Row], path: Path) -> Path:
+    return _write_rows(HEADER, [r.cells() for r in rows], path)
+
+
+def _write_rows(header: list, rows: list, path: Path) -> Path:
     import csv
     import io
 
     from .results import atomic_write
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(HEADER)
-    w.writerows(r.cells() for r in rows)
+    w.writerow(header)
+    w.writerows(rows)
     return atomic_write(path, buf.getvalue())
 
 
@@ -253,7 +261,12 @@ def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m tracing.scan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidate", help="the model to screen: hub id[@revision], local folder, or demo:<name>")
-    p.add_argument("--against", required=True, help="YAML list of reference models (e.g. config/references.yaml)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--against", help="YAML list of reference models (e.g. config/references.yaml)")
+    src.add_argument("--index", help="a reference index built with `python -m tracing.index build`")
+    p.add_argument("--robust", nargs="?", const="cos", choices=("cos", "match"), default=None,
+                   help="with --index: a second tier against same-architecture references' weights, for "
+                        "candidates whose units were permuted (cos --align, or match)")
     p.add_argument("--out", default=None, help="folder for scan.csv and one record per test (default: not saved)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_options(p)
@@ -264,6 +277,8 @@ def main(argv=None) -> int:
     from .options import options_from_args
     from .results import check_writable, scrub
     args = parse(argv)
+    if args.index:
+        return _index_main(args)
     refs = read_references(args.against)
     opts = options_from_args(args).to_dict()
     stat = opts.pop("stat")
@@ -281,6 +296,27 @@ def main(argv=None) -> int:
         if r.status == "identical":
             print(scrub(f"{r.reference}: {r.why}"))
     if args.out:
+        print(scrub(f"saved {Path(args.out) / 'scan.csv'}"))
+    return 0
+
+
+def _index_main(args) -> int:
+    from .index import screen as _  # noqa: F401  (the package; the module is below)
+    index_screen = sys.modules["tracing.index.screen"]
+    from .results import check_writable, scrub
+    if args.out:
+        check_writable(Path(args.out) / "scan.csv")
+    lines = index_screen.screen(args.candidate, args.index, robust=args.robust, significance=args.significance,
+                                progress=not args.quiet)
+    print(scrub(f"scan of {args.candidate} against the index {args.index}: sampled cos, Holm across "
+                f"{sum(x.screen_log10_p is not None for x in lines)} screened references"))
+    cells = [index_screen.HEADER] + [x.cells() for x in lines]
+    widths = [max(len(str(c[i])) for c in cells) for i in range(len(index_screen.HEADER))]
+    print(scrub("\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)))
+    for line in index_screen.summary(lines, args.significance, args.robust):
+        print(scrub(line))
+    if args.out:
+        _write_rows(index_screen.HEADER, [x.cells() for x in lines], Path(args.out) / "scan.csv")
         print(scrub(f"saved {Path(args.out) / 'scan.csv'}"))
     return 0
 

@@ -1,0 +1,6 @@
+import sys
+
+from ..cli_util import run_cli
+from .cli import main
+
+sys.exit(run_cli(main))

@@ -1,0 +1,166 @@
+"""Building an index: one job per reference through the launch machinery (worker processes on
+this machine, or Slurm job arrays), resumable (an entry already built for the same weights is not
+rebuilt), a failed reference recorded under ``DIR/failed`` and retried by the next build."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from submitit.helpers import Checkpointable
+
+from ..errors import TracingError
+from .layout import FAILED, Settings, entry_dir, open_or_create
+
+
+@dataclass
+class Outcome:
+    model: str
+    family: str | None
+    status: str  # built | skipped | failed
+    error: str = ""
+    seconds: float = 0.0
+    bytes_read: int = 0
+    host: str = field(default_factory=lambda: os.uname().nodename)
+    job_id: str | None = field(default_factory=lambda: _job_id())
+
+
+def _job_id() -> str | None:
+    from ..launch.job import job_id
+    return job_id()
+
+
+class EntryJob(Checkpointable):
+    """Index one reference: open it, read its sampled rows, write its entry (or its failure record).
+    Pickled with nothing but ids, paths and the settings; a preempted Slurm job requeues itself."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def __call__(self, spec: str, family: str | None, root: str, settings: dict) -> dict:
+        from ..cli_util import slug
+        from ..launch.console import first_line
+        from ..results import atomic_write
+        if self.threads:
+            from ..launch.job import limit_threads
+            limit_threads(self.threads)
+        start, s, key = time.time(), Settings(**settings), slug(spec)
+        fail = Path(root) / FAILED / f"{key}.json"
+        try:
+            out = build_entry(spec, family, Path(root), s)
+        except Exception as e:  # noqa: BLE001 - every failure is recorded, never raised
+            err = f"{type(e).__name__}: {first_line(str(e)) or type(e).__name__}" if not isinstance(e, TracingError) \
+                else first_line(str(e))
+            fail.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(fail, json.dumps({"model": spec, "family": family, "error": err, "time": time.time()}))
+            return asdict(Outcome(spec, family, "failed", err, time.time() - start))
+        fail.unlink(missing_ok=True)
+        out.seconds = time.time() - start
+        return asdict(out)
+
+
+def build_entry(spec: str, family: str | None, root: Path, s: Settings) -> Outcome:
+    """The entry of ``spec`` (skipped when one exists for the same weight files)."""
+    from ..cli_util import slug
+    from ..models import Checkpoint
+    from .entry import describe, features, read_entry, write_entry
+    ck = Checkpoint(spec)
+    meta = describe(ck, family)
+    key = slug(spec)
+    try:
+        have = read_entry(entry_dir(root, key), s)
+        if have.meta.get("weight_files") == meta["weight_files"] and have.meta.get("family") == family:
+            for f in have.meta["files"]:
+                have.tensors(f)  # rows intact too
+            return Outcome(spec, family, "skipped")
+    except TracingError:
+        pass
+    counter = _ReadCounter(ck)
+    tensors = features(counter, s)
+    write_entry(root, key, meta, tensors, s)
+    ck.release()
+    return Outcome(spec, family, "built", bytes_read=counter.bytes)
+
+
+class _ReadCounter:
+    """A weight source that counts the bytes of the rows and columns read through it."""
+
+    def __init__(self, inner):
+        self.inner, self.bytes = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get_rows(self, name, index, dtype):
+        t = self.inner.get_rows(name, index, dtype)
+        self.bytes += _stored_bytes(t)
+        return t
+
+    def get_columns(self, name, index, dtype):
+        t = self.inner.get_columns(name, index, dtype)
+        self.bytes += _stored_bytes(t)
+        return t
+
+
+def _stored_bytes(t) -> int:
+    """Bytes of ``t`` in the narrowest dtype that holds it exactly (the checkpoint's, for bf16/f16 weights)."""
+    from ..rowstore import _compact
+    return t.numel() * _compact(t).element_size()
+
+
+def build(refs: list[tuple[str, str | None]], root: str | os.PathLike, s: Settings, cluster: str = "auto",
+          workers: int = 1, on_done=None, partition: str | None = None) -> list[dict]:
+    """Index every reference ``[(id, family)]`` into ``root``: inline when ``workers`` is 0, else one
+    job per reference in worker processes or on Slurm. Returns one outcome dict per reference."""
+    from ..launch import choose_cluster
+    root = Path(root)
+    open_or_create(root, s)
+    args = [(spec, fam, str(root), asdict(s)) for spec, fam in refs]
+    if workers == 0:
+        out = [EntryJob()(*a) for a in args]
+        for o in out:
+            on_done and on_done(o)
+        return out
+    if choose_cluster(cluster).kind == "slurm":
+        return _run_slurm(args, root, on_done, partition)
+    return _run_local(args, workers, on_done)
+
+
+def _run_local(args: list[tuple], workers: int, on_done) -> list[dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from ..launch.local import _worker_init
+    out: dict[int, dict] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(1, os.getpid())) as pool:
+        futs = {pool.submit(EntryJob(threads=1), *a): i for i, a in enumerate(args)}
+        for f in as_completed(futs):
+            i = futs[f]
+            try:
+                out[i] = f.result()
+            except Exception as e:  # noqa: BLE001 - a dead worker fails its reference only
+                out[i] = asdict(Outcome(args[i][0], args[i][1], "failed", f"worker died: {type(e).__name__}"))
+            on_done and on_done(out[i])
+    return [out[i] for i in range(len(args))]
+
+
+def _run_slurm(args: list[tuple], root: Path, on_done, partition: str | None) -> list[dict]:
+    from ..launch.probe import slurm_info
+    from ..launch.sizing import Resources
+    from ..launch.slurm import _executor, chunked
+    res = Resources(mem_gb=8, cpus=1, gpus=0, timeout_min=60, partition=partition)
+    out = []
+    for chunk in chunked(args, slurm_info(partition).max_array_size):
+        ex = _executor(root / ".index-jobs", res, "tracing-index", None)
+        jobs = ex.map_array(EntryJob(threads=1), *[list(col) for col in zip(*chunk)])
+        for a, j in zip(chunk, jobs):
+            try:
+                o = j.result()
+            except Exception as e:  # noqa: BLE001 - a lost job fails its reference only
+                o = asdict(Outcome(a[0], a[1], "failed", f"job {j.job_id} ended abnormally: {str(e)[:200]}"))
+            out.append(o)
+            on_done and on_done(o)
+    return out
