@@ -39,7 +39,7 @@ def save_paths(save: str | os.PathLike | dict | None, stats: list[str]) -> dict[
 
 
 def run_pair(base: str, ft: str, options: Options | None = None, save=None, progress: bool = True,
-             rows_store: str | os.PathLike | None = None, **kwargs) -> list[dict]:
+             rows_store: str | os.PathLike | None = None, download: bool = False, **kwargs) -> list[dict]:
     """Compute every statistic of ``options.stat`` for one pair of models given by id or folder;
     write and return the records (plain dicts; wrap one in :class:`Result` for attribute access).
 
@@ -49,6 +49,10 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
 
     ``rows_store``: a folder where sampled rows (``--rows``) are kept per model and read from by
     later pairs (:mod:`tracing.rowstore`); results are identical with or without it.
+
+    A sampled test (``options.rows``) of a hub model that is not in the local cache reads only the
+    sampled rows by HTTP range requests (:mod:`tracing.sources.remote`); ``download`` fetches the
+    whole model first instead.
     """
     start = time.time()
     options = options or Options(**kwargs)
@@ -56,7 +60,8 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
     for p in paths.values():
         check_writable(p)
     t = time.time()
-    b, f = Checkpoint(str(base)), Checkpoint(str(ft))
+    remote = options.rows is not None and not download
+    b, f = Checkpoint(str(base), remote=remote), Checkpoint(str(ft), remote=remote)
     if rows_store is not None and options.rows is not None:
         from .rowstore import with_store
         b, f = with_store(b, rows_store), with_store(f, rows_store)
