@@ -102,7 +102,8 @@ def test_record_provenance_and_store(hub, folders, tmp_path):
     from hub_server import sha256
     for f in m["files"]:
         assert f["sha256"] == sha256(folders["base"] / f["file"]) and f["sha256_source"] == "hub"
-        assert f["read"] == "range-read; digest from the hub, not re-hashed" and 0 < f["bytes_read"] < f["size"]
+        assert f["read"] == "range-read; digest from the hub, not re-hashed"
+        assert header(folders["base"] / f["file"])[0] < f["bytes_read"] < 0.1 * f["size"]  # headers + rows
     before = dict(hub.served)
     again = run_pair("org/base", "org/ft", stat="cos", rows=K, progress=False, rows_store=store)[0]
     assert again["log10_pvalue"] == rec["log10_pvalue"]
@@ -194,6 +195,12 @@ def _main(hub, tmp_path, *args):
 
 
 def test_main_reads_ranges_or_downloads(hub, folders, tmp_path):
+    r = _main(hub, tmp_path, "--rows", str(K), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == ["org/base", "org/ft"]
+    assert all("range reads of" in line for line in r.stdout.splitlines())
+    heads = {f"org/{n}/{f.name}": header(f)[0] for n in ("base", "ft") for f in folders[n].glob("*.safetensors")}
+    assert {k: v for k, v in hub.served.items() if k in heads} == heads  # headers only
     r = _main(hub, tmp_path, "--rows", str(K), "--save", str(tmp_path / "r.p"))
     assert r.returncode == 0, r.stderr
     sizes = {f"org/{n}/{f.name}": f.stat().st_size for n in ("base", "ft") for f in folders[n].glob("*.safetensors")}
@@ -208,3 +215,19 @@ def test_main_fault_is_one_line_exit_2(hub, tmp_path):
     r = _main(hub, tmp_path, "--rows", str(K), "--save", str(tmp_path / "r.p"))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.p").exists()
+
+
+def test_dry_run_prints_the_exact_cost(hub, folders, tmp_path):
+    from tracing.options import Options
+    from tracing.sources.cost import dry_run_lines
+    o = Options(stat=["cos"], rows=K)
+    lines = dry_run_lines("org/base", str(folders["ft"]), o)
+    assert "range reads of" in lines[0] and "no network" in lines[1]
+    before = dict(hub.served)
+    from tracing.api import run_pair
+    rec = run_pair("org/base", str(folders["ft"]), o, progress=False)[0]
+    read = sum(f["bytes_read"] for f in rec["models"]["base"]["files"])
+    from tracing.sources.cost import _size
+    assert f"range reads of {_size(read)}" in lines[0]  # headers (read at opening) + the rows' requests
+    assert hub.served["org/base/model.safetensors"] - before["org/base/model.safetensors"] == read  # what was sent
+    assert "download" in dry_run_lines("org/base", "org/ft", o, download=True)[0]

@@ -130,6 +130,19 @@ def _source(m, config, label: str):
     raise TypeError(f"{label}: expected a transformers model, a state dict with its config, or a weight source")
 
 
+def _with_bytes_read(pair: Pair, models: dict) -> dict:
+    """``models`` with the bytes read so far from each weight file of a model read by range
+    requests (:mod:`tracing.sources.remote`)."""
+    import copy
+    out = copy.deepcopy(models)
+    for side, src in (("base", pair.base_ckpt), ("ft", pair.ft_ckpt)):
+        counts = getattr(getattr(getattr(src, "backend", None), "hub", None), "bytes_read", None)
+        for f in out.get(side, {}).get("files") or [] if counts is not None else []:
+            if "bytes_read" in f:
+                f["bytes_read"] = counts.get(f["file"], 0)
+    return out
+
+
 def _run(pair: Pair, models: dict, paths: dict, start: float) -> list[dict]:
     with use_device(pair.device):  # the options' device for every tensor product of this pair
         return _run_on_device(pair, models, paths, start)
@@ -148,7 +161,8 @@ def _run_on_device(pair: Pair, models: dict, paths: dict, start: float) -> list[
     for stat in options.stat:
         before = _store_counts(pair)
         result, aligned, timings = _compute(pair, stat)
-        rec = make_record(pair, stat, result, aligned, evals, prov, models, timings, time.time() - start,
+        rec = make_record(pair, stat, result, aligned, evals, prov, _with_bytes_read(pair, models), timings,
+                          time.time() - start,
                           paths.get(stat), list(notes))
         used = {side: {k: n - before[side][k] for k, n in c.items()} for side, c in _store_counts(pair).items()}
         if any(sum(c.values()) for c in used.values()):

@@ -113,14 +113,23 @@ class RemoteBackend(FolderBackend):
             return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
         return t
 
-    def _read_rows(self, file: str, stored: str, idx: np.ndarray) -> torch.Tensor | None:
-        """Rows ``idx`` (sorted, distinct) of a stored tensor in its stored dtype, by range requests."""
+    def _requests(self, file: str, stored: str, idx: np.ndarray):
+        """``(plan, spans, requests)`` of rows ``idx`` of a stored tensor: the row layout
+        (:func:`tracing.rows.row_plan`, None when the reader does not handle it), the byte span of
+        each run of rows, and the requests that read them (runs at most a row apart merged)."""
         plan = row_plan(*self.header(file), stored, idx)
         if plan is None:
-            return None
-        dtype, row_shape, row_bytes, base = plan
+            return None, [], []
+        row_bytes, base = plan[2], plan[3]
         spans = [(base + first * row_bytes, n * row_bytes) for _, first, n in runs(idx)]
-        requests = coalesce(spans, gap=row_bytes)
+        return plan, spans, coalesce(spans, gap=row_bytes)
+
+    def _read_rows(self, file: str, stored: str, idx: np.ndarray) -> torch.Tensor | None:
+        """Rows ``idx`` (sorted, distinct) of a stored tensor in its stored dtype, by range requests."""
+        plan, spans, requests = self._requests(file, stored, idx)
+        if plan is None:
+            return None
+        dtype, row_shape, row_bytes, _ = plan
         chunks = self.hub.read_many(file, [(s, n) for s, n, _ in requests])
         out = bytearray(idx.size * row_bytes)
         pos = 0
@@ -130,6 +139,28 @@ class RemoteBackend(FolderBackend):
                 out[pos:pos + n] = chunk[s - start: s - start + n]
                 pos += n
         return rows_tensor(out, idx.size, dtype, row_shape)
+
+    def planned_bytes(self, name: str, index=None) -> int:
+        """Bytes that :meth:`get_rows` (``index`` given) or :meth:`get` of ``name`` will transfer."""
+        found = self._find(name)
+        if found is None:
+            return 0
+        stored, part, f = found
+        offset = row_offset(part)
+        whole = np.arange(self._shapes[stored][0] if self._shapes[stored] else 0)
+        idx = whole if index is None or offset is None else np.asarray([int(i) + offset for i in index])
+        plan, _, requests = self._requests(f.name, stored, idx)
+        if plan is None:  # read whole (and then failing): the tensor's bytes
+            return 0
+        return sum(n for _, n, _ in requests)
+
+    def header_bytes(self) -> int:
+        """Bytes of the weight files' headers (read when the model was opened)."""
+        return sum(self.header(f.name)[0] for f in self.weight_files())
+
+    def total_bytes(self) -> int:
+        """Bytes of the weight files on the hub (what a download costs)."""
+        return sum(self.sizes.get(f.name, 0) for f in self.weight_files())
 
     # files and provenance --------------------------------------------------------------------
     def file_records(self) -> list[dict]:
