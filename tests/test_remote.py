@@ -231,3 +231,13 @@ def test_dry_run_prints_the_exact_cost(hub, folders, tmp_path):
     assert f"range reads of {_size(read)}" in lines[0]  # headers (read at opening) + the rows' requests
     assert hub.served["org/base/model.safetensors"] - before["org/base/model.safetensors"] == read  # what was sent
     assert "download" in dry_run_lines("org/base", "org/ft", o, download=True)[0]
+
+
+def test_scan_reads_ranges_and_equals_local(hub, folders, tmp_path):
+    from tracing.scan import scan
+    got = scan("org/ft", ["org/base", "org/indep"], rows=K, out=tmp_path / "hub")
+    ref = scan(str(folders["ft"]), [str(folders["base"]), str(folders["indep"])], rows=K, out=tmp_path / "loc")
+    assert [(r.status, r.screen_log10_p, r.full_log10_p) for r in got] == \
+        [(r.status, r.screen_log10_p, r.full_log10_p) for r in ref]
+    assert got[0].reference == "org/base" and got[0].verdict == ref[0].verdict
+    assert got[0].full_log10_p is not None  # the hit's full test read whole tensors by range requests
