@@ -241,3 +241,25 @@ def test_scan_reads_ranges_and_equals_local(hub, folders, tmp_path):
         [(r.status, r.screen_log10_p, r.full_log10_p) for r in ref]
     assert got[0].reference == "org/base" and got[0].verdict == ref[0].verdict
     assert got[0].full_log10_p is not None  # the hit's full test read whole tensors by range requests
+
+
+def test_launch_reads_ranges(hub, folders, tmp_path):
+    """A sampled grid of hub models: prefetch fetches config files only, every pair reads rows by
+    range requests, the row store reads each model's rows once."""
+    import yaml
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text(yaml.safe_dump(["org/base", "org/ft", "org/indep"]))
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, str(ROOT / "launch.py"), str(cfg), "--stat", "cos", "--rows", str(K),
+                        "--cluster", "local", "--max_workers", "1", "--out", str(tmp_path / "out"), "--no-report"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from tracing.results import load_record
+    recs = [load_record(f) for f in (tmp_path / "out").rglob("*.p")]
+    assert len(recs) == 3 and all(rec["log10_pvalue"] is not None for rec in recs)
+    assert sum(c["read"] for rec in recs for c in rec["rows_store"].values()) == 3 * 2  # each model's rows once
+    for n in ("base", "ft", "indep"):
+        for f in folders[n].glob("*.safetensors"):
+            served = hub.served[f"org/{n}/{f.name}"]
+            assert served < 0.1 * f.stat().st_size, (n, f.name, served)

@@ -214,7 +214,7 @@ def _still_on_slurm(run: Launch, todo: list[Task]) -> list[Task]:
 def prepare(run: Launch, todo: list[Task]) -> list[Task]:
     """Fetch the models, size the pairs; the pairs that cannot run are recorded as failed."""
     if run.s.prefetch and todo:
-        errors = prefetch(todo, run.say)
+        errors = prefetch(todo, run.say, remote=run.options.rows is not None)
         for t in todo:
             bad = [errors[m] for m in (t.pair.base, t.pair.ft) if m in errors]
             if bad:
