@@ -4,7 +4,7 @@ huggingface_hub's HTTP session.
 Each request asks the hub's ``resolve/<commit>/<file>`` URL for one byte range. Redirects are
 followed by hand so the token (``Authorization``) goes to the hub's own host only, never to a
 redirect target elsewhere. The hub's digest of the file (its LFS SHA-256, the ``X-Linked-Etag`` /
-``ETag`` of its answers) is checked on every answer: a file that changed under the same revision
+``ETag`` of the hub's answers) is checked on every answer from the hub's host: a file that changed under the same revision
 is refused. A dropped connection, a timeout or a 5xx is retried with backoff (a bounded number of
 times), then the read fails with one line naming the file and the byte range; a 416, an answer
 that ignores the range or a short body fail at once. Neither the token nor a URL with one ever
@@ -103,15 +103,17 @@ class HubFiles:
         from huggingface_hub.utils import build_hf_headers, get_session
         hub = _origin(self.base)
         url, want = self.url(file), f"bytes={start}-{start + length - 1}"
-        token = os.environ.get("HF_TOKEN") or False  # read now, never kept
+        token = os.environ.get("HF_TOKEN") or None  # read now, never kept (None: huggingface_hub's login)
         for _ in range(MAX_REDIRECTS + 1):
-            headers = build_hf_headers(token=token if _origin(url) == hub else False)
+            at_hub = _origin(url) == hub
+            headers = build_hf_headers(token=token if at_hub else False)
             headers["Range"] = want
             headers["Accept-Encoding"] = "identity"
             try:
                 with get_session().stream("GET", url, headers=headers, follow_redirects=False,
                                           timeout=timeout()) as r:
-                    self._check_digest(file, r.headers, where)
+                    if at_hub:  # the hub's digest; a CDN's ETag may be another hash
+                        self._check_digest(file, r.headers)
                     if r.status_code in (301, 302, 303, 307, 308) and r.headers.get("location"):
                         url = urljoin(url, r.headers["location"])
                         continue
@@ -125,7 +127,7 @@ class HubFiles:
             return body
         raise TracingError(f"too many redirects reading {where}")
 
-    def _check_digest(self, file: str, headers, where: str) -> None:
+    def _check_digest(self, file: str, headers) -> None:
         got, want = _digest(headers), self.sha256.get(file)
         if got and want and got != want:
             raise TracingError(f"refused: {self.label}: {file} changed on the hub under commit {self.commit} "
