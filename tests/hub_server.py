@@ -24,7 +24,10 @@ from urllib.parse import unquote, urlsplit
 
 
 class HubServer:
-    def __init__(self, host: str = "127.0.0.1", stall: float = 3.0):
+    def __init__(self, host: str = "127.0.0.1", stall: float = 3.0, rate: float | None = None):
+        """``rate``: a bandwidth cap in bytes per second shared by all connections (None: none)."""
+        self.rate, self._next_free = rate, 0.0
+        self._digests: dict[tuple, str] = {}
         self.repos: dict[str, tuple[Path, str]] = {}  # repo id -> (folder, commit)
         self.faults: list = []
         self.served: dict[str, int] = {}  # "<repo>/<file>" -> body bytes sent
@@ -49,6 +52,27 @@ class HubServer:
         with self._lock:
             self.served[key] = self.served.get(key, 0) + n
 
+    def digest(self, f: Path) -> str:
+        """SHA-256 of a file, computed once per (path, size, mtime)."""
+        st = f.stat()
+        key = (str(f), st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 24):
+                    h.update(block)
+            self._digests[key] = h.hexdigest()
+        return self._digests[key]
+
+    def pace(self, n: int):
+        """Sleep so that the bytes sent by all connections stay under ``rate``."""
+        if not self.rate:
+            return
+        with self._lock:
+            start = max(time.monotonic(), self._next_free)
+            self._next_free = start + n / self.rate
+        time.sleep(max(0.0, self._next_free - time.monotonic()))
+
     def fault(self, path, method, rng):
         for f in list(self.faults):
             action = f(path, method, rng)
@@ -59,6 +83,10 @@ class HubServer:
 
 def sha256(f: Path) -> str:
     return hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def _git_oid(f: Path) -> str:
+    return hashlib.sha1(f.read_bytes()).hexdigest() if f.stat().st_size < (1 << 20) else "0" * 40
 
 
 def _is_lfs(name: str) -> bool:
@@ -105,8 +133,7 @@ def _handler(server: HubServer):
             folder = server.repos[repo][0]
             for f in sorted(p for p in folder.rglob("*") if p.is_file()):
                 name = f.relative_to(folder).as_posix()
-                yield name, f.stat().st_size, hashlib.sha1(f.read_bytes()).hexdigest(), \
-                    (sha256(f) if _is_lfs(name) else None)
+                yield name, f.stat().st_size, _git_oid(f), (server.digest(f) if _is_lfs(name) else None)
 
         def _info(self, repo):
             if repo not in server.repos:
@@ -137,15 +164,15 @@ def _handler(server: HubServer):
             f = folder / name
             if not f.is_file():
                 return self._send(404, {"X-Error-Code": "EntryNotFound"}, b"")
-            data = f.read_bytes()
-            etag = sha256(f) if _is_lfs(name) else hashlib.sha1(data).hexdigest()
+            size = f.stat().st_size
+            etag = server.digest(f) if _is_lfs(name) else _git_oid(f)
             rng = self.headers.get("Range")
             action = server.fault(f"{repo}/{name}", self.command, rng)
             if isinstance(action, tuple) and action[0] == "etag":
                 etag = action[1]
             headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
             if _is_lfs(name):
-                headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": len(data)})
+                headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": size})
             if isinstance(action, tuple) and action[0] == "redirect":
                 return self._send(302, {**headers, "Location": action[1]})
             if action == "500":
@@ -153,31 +180,46 @@ def _handler(server: HubServer):
             if action in ("401", "403"):
                 return self._send(int(action), {"X-Error-Code": "GatedRepo"}, b"")
             if action == "416":
-                return self._send(416, {"Content-Range": f"bytes */{len(data)}"})
+                return self._send(416, {"Content-Range": f"bytes */{size}"})
             if action == "stall":
                 time.sleep(server.stall)
                 self.close_connection = True
                 return
-            status, part = 200, data
+            status, a, b = 200, 0, size - 1
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
             if m:
                 a = int(m.group(1))
-                b = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
-                status, part = 206, data[a:b + 1]
-                headers["Content-Range"] = f"bytes {a}-{b}/{len(data)}"
-            headers["Content-Length"] = len(part)
+                b = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+                status = 206
+                headers["Content-Range"] = f"bytes {a}-{b}/{size}"
+            n = b - a + 1
+            headers["Content-Length"] = n
             if action == "drop":
                 self.close_connection = True
-                part = part[: len(part) // 2]
+                n //= 2
             elif action == "short":
-                part = part[:-1]
-                headers["Content-Length"] = len(part)
+                n -= 1
+                headers["Content-Length"] = n
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, str(v))
             self.end_headers()
             if body:
-                self.wfile.write(part)
-                server.count(f"{repo}/{name}", len(part))
+                self._body(f, a, n, f"{repo}/{name}")
+
+        def _body(self, f: Path, a: int, n: int, key: str):
+            with open(f, "rb") as fh:
+                fh.seek(a)
+                while n > 0:
+                    chunk = fh.read(min(n, 1 << 20))
+                    if not chunk:
+                        break
+                    server.pace(len(chunk))
+                    try:
+                        self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    server.count(key, len(chunk))
+                    n -= len(chunk)
 
     return Handler
