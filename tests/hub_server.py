@@ -34,7 +34,8 @@ class HubServer:
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers)
         self.stall = stall
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, 0), _handler(self))
+        self.httpd = ThreadingHTTPServer((host, 0), _Handler)
+        self.httpd.hub = self
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -93,133 +94,132 @@ def _is_lfs(name: str) -> bool:
     return name.endswith((".safetensors", ".gguf", ".bin"))
 
 
-def _handler(server: HubServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    """One request; ``self.server.hub`` is the :class:`HubServer`."""
+    protocol_version = "HTTP/1.1"
 
-        def log_message(self, *args):
-            pass
+    def log_message(self, *args):
+        pass
 
-        def do_HEAD(self):
-            self._serve(body=False)
+    def do_HEAD(self):
+        self._serve(body=False)
 
-        def do_GET(self):
-            self._serve(body=True)
+    def do_GET(self):
+        self._serve(body=True)
 
-        def _serve(self, body: bool):
-            server.requests.append((self.command, self.path, dict(self.headers)))
-            path = unquote(urlsplit(self.path).path)
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
-            if m:
-                return self._tree(m.group(1))
-            m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
-            if m:
-                return self._info(m.group(1))
-            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-            if m and m.group(1) in server.repos:
-                return self._file(m.group(1), m.group(3), body)
-            self._send(404, {}, b'{"error": "not found"}')
+    def _serve(self, body: bool):
+        self.server.hub.requests.append((self.command, self.path, dict(self.headers)))
+        path = unquote(urlsplit(self.path).path)
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
+        if m:
+            return self._tree(m.group(1))
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
+        if m:
+            return self._info(m.group(1))
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if m and m.group(1) in self.server.hub.repos:
+            return self._file(m.group(1), m.group(3), body)
+        self._send(404, {}, b'{"error": "not found"}')
 
-        def _send(self, status, headers, data=b"", body=True):
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, str(v))
-            self.send_header("Content-Length", str(len(data)) if "Content-Length" not in headers else headers["Content-Length"])
-            self.end_headers()
-            if body and data:
-                self.wfile.write(data)
+    def _send(self, status, headers, data=b"", body=True):
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, str(v))
+        self.send_header("Content-Length", str(len(data)) if "Content-Length" not in headers else headers["Content-Length"])
+        self.end_headers()
+        if body and data:
+            self.wfile.write(data)
 
-        def _files(self, repo):
-            folder = server.repos[repo][0]
-            for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-                name = f.relative_to(folder).as_posix()
-                yield name, f.stat().st_size, _git_oid(f), (server.digest(f) if _is_lfs(name) else None)
+    def _files(self, repo):
+        folder = self.server.hub.repos[repo][0]
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            name = f.relative_to(folder).as_posix()
+            yield name, f.stat().st_size, _git_oid(f), (self.server.hub.digest(f) if _is_lfs(name) else None)
 
-        def _info(self, repo):
-            if repo not in server.repos:
-                return self._send(404, {"X-Error-Code": "RepoNotFound"}, b'{"error": "Repository not found"}')
-            siblings = []
-            for name, size, oid, lfs in self._files(repo):
-                entry = {"rfilename": name, "size": size, "blobId": oid}
-                if lfs:
-                    entry["lfs"] = {"sha256": lfs, "size": size, "pointerSize": 130}
-                siblings.append(entry)
-            data = json.dumps({"id": repo, "modelId": repo, "sha": server.repos[repo][1], "private": False,
-                               "siblings": siblings}).encode()
-            self._send(200, {"Content-Type": "application/json"}, data)
+    def _info(self, repo):
+        if repo not in self.server.hub.repos:
+            return self._send(404, {"X-Error-Code": "RepoNotFound"}, b'{"error": "Repository not found"}')
+        siblings = []
+        for name, size, oid, lfs in self._files(repo):
+            entry = {"rfilename": name, "size": size, "blobId": oid}
+            if lfs:
+                entry["lfs"] = {"sha256": lfs, "size": size, "pointerSize": 130}
+            siblings.append(entry)
+        data = json.dumps({"id": repo, "modelId": repo, "sha": self.server.hub.repos[repo][1], "private": False,
+                           "siblings": siblings}).encode()
+        self._send(200, {"Content-Type": "application/json"}, data)
 
-        def _tree(self, repo):
-            if repo not in server.repos:
-                return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"")
-            out = []
-            for name, size, oid, lfs in self._files(repo):
-                entry = {"type": "file", "oid": oid, "size": size, "path": name}
-                if lfs:
-                    entry["lfs"] = {"oid": lfs, "size": size, "pointerSize": 130}
-                out.append(entry)
-            self._send(200, {"Content-Type": "application/json"}, json.dumps(out).encode())
+    def _tree(self, repo):
+        if repo not in self.server.hub.repos:
+            return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"")
+        out = []
+        for name, size, oid, lfs in self._files(repo):
+            entry = {"type": "file", "oid": oid, "size": size, "path": name}
+            if lfs:
+                entry["lfs"] = {"oid": lfs, "size": size, "pointerSize": 130}
+            out.append(entry)
+        self._send(200, {"Content-Type": "application/json"}, json.dumps(out).encode())
 
-        def _file(self, repo, name, body):
-            folder, commit = server.repos[repo]
-            f = folder / name
-            if not f.is_file():
-                return self._send(404, {"X-Error-Code": "EntryNotFound"}, b"")
-            size = f.stat().st_size
-            etag = server.digest(f) if _is_lfs(name) else _git_oid(f)
-            rng = self.headers.get("Range")
-            action = server.fault(f"{repo}/{name}", self.command, rng)
-            if isinstance(action, tuple) and action[0] == "etag":
-                etag = action[1]
-            headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-            if _is_lfs(name):
-                headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": size})
-            if isinstance(action, tuple) and action[0] == "redirect":
-                return self._send(302, {**headers, "Location": action[1]})
-            if action == "500":
-                return self._send(500, {}, b"boom")
-            if action in ("401", "403"):
-                return self._send(int(action), {"X-Error-Code": "GatedRepo"}, b"")
-            if action == "416":
-                return self._send(416, {"Content-Range": f"bytes */{size}"})
-            if action == "stall":
-                time.sleep(server.stall)
-                self.close_connection = True
-                return
-            status, a, b = 200, 0, size - 1
-            m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
-            if m:
-                a = int(m.group(1))
-                b = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
-                status = 206
-                headers["Content-Range"] = f"bytes {a}-{b}/{size}"
-            n = b - a + 1
+    def _file(self, repo, name, body):
+        folder, commit = self.server.hub.repos[repo]
+        f = folder / name
+        if not f.is_file():
+            return self._send(404, {"X-Error-Code": "EntryNotFound"}, b"")
+        size = f.stat().st_size
+        etag = self.server.hub.digest(f) if _is_lfs(name) else _git_oid(f)
+        rng = self.headers.get("Range")
+        action = self.server.hub.fault(f"{repo}/{name}", self.command, rng)
+        if isinstance(action, tuple) and action[0] == "etag":
+            etag = action[1]
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        if _is_lfs(name):
+            headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": size})
+        if isinstance(action, tuple) and action[0] == "redirect":
+            return self._send(302, {**headers, "Location": action[1]})
+        if action == "500":
+            return self._send(500, {}, b"boom")
+        if action in ("401", "403"):
+            return self._send(int(action), {"X-Error-Code": "GatedRepo"}, b"")
+        if action == "416":
+            return self._send(416, {"Content-Range": f"bytes */{size}"})
+        if action == "stall":
+            time.sleep(self.server.hub.stall)
+            self.close_connection = True
+            return
+        status, a, b = 200, 0, size - 1
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+        if m:
+            a = int(m.group(1))
+            b = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+            status = 206
+            headers["Content-Range"] = f"bytes {a}-{b}/{size}"
+        n = b - a + 1
+        headers["Content-Length"] = n
+        if action == "drop":
+            self.close_connection = True
+            n //= 2
+        elif action == "short":
+            n -= 1
             headers["Content-Length"] = n
-            if action == "drop":
-                self.close_connection = True
-                n //= 2
-            elif action == "short":
-                n -= 1
-                headers["Content-Length"] = n
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, str(v))
-            self.end_headers()
-            if body:
-                self._body(f, a, n, f"{repo}/{name}")
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        if body:
+            self._body(f, a, n, f"{repo}/{name}")
 
-        def _body(self, f: Path, a: int, n: int, key: str):
-            with open(f, "rb") as fh:
-                fh.seek(a)
-                while n > 0:
-                    chunk = fh.read(min(n, 1 << 20))
-                    if not chunk:
-                        break
-                    server.pace(len(chunk))
-                    try:
-                        self.wfile.write(chunk)
-                    except (BrokenPipeError, ConnectionResetError):
-                        return
-                    server.count(key, len(chunk))
-                    n -= len(chunk)
+    def _body(self, f: Path, a: int, n: int, key: str):
+        with open(f, "rb") as fh:
+            fh.seek(a)
+            while n > 0:
+                chunk = fh.read(min(n, 1 << 20))
+                if not chunk:
+                    break
+                self.server.hub.pace(len(chunk))
+                try:
+                    self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                self.server.hub.count(key, len(chunk))
+                n -= len(chunk)
 
-    return Handler
