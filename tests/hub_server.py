@@ -97,6 +97,7 @@ def _is_lfs(name: str) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     """One request; ``self.server.hub`` is the :class:`HubServer`."""
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
 
     def log_message(self, *args):
         pass

@@ -263,3 +263,21 @@ def test_launch_reads_ranges(hub, folders, tmp_path):
         for f in folders[n].glob("*.safetensors"):
             served = hub.served[f"org/{n}/{f.name}"]
             assert served < 0.1 * f.stat().st_size, (n, f.name, served)
+
+
+def test_launch_dry_run_says_what_sampled_tests_read(hub, tmp_path):
+    """Configs in the cache (fetched for range reads), weights not: the dry run estimates from the config."""
+    import yaml
+    from huggingface_hub import constants, snapshot_download
+    for n in ("base", "ft"):
+        snapshot_download(f"org/{n}", endpoint=hub.url, allow_patterns=["*.json"])  # configs, no weights
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text(yaml.safe_dump(["org/base", "org/ft"]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": constants.HF_HUB_CACHE}
+    r = subprocess.run([sys.executable, str(ROOT / "launch.py"), str(cfg), "--stat", "cos", "--rows", str(K),
+                        "--cluster", "local", "--dry-run", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [line for line in r.stdout.splitlines() if "a sampled test reads" in line]
+    rows = 2 * K * 64 * 2  # L · K · d · 2 bytes
+    assert len(lines) == 2 and all(f"≈ {rows / 1000:.1f} kB of" in line for line in lines), r.stdout

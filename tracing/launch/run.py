@@ -152,6 +152,7 @@ def dry_run(run: Launch) -> int:
     else:
         for n in notes:
             run.say(f"note: {n}")
+    _say_read_costs(run)
     labels = run.model_list.labels
     if labels:
         from collections import Counter
@@ -164,6 +165,19 @@ def dry_run(run: Launch) -> int:
         n_arrays = sum(len(chunked(g, run.info.max_array_size)) for g in groups.values())
         run.say(f"would submit {n_arrays} job array(s) (MaxArraySize {run.info.max_array_size})")
     return 0
+
+
+def _say_read_costs(run: Launch) -> None:
+    """A sampled test's bytes per hub model (from the configs; nothing is read)."""
+    from ..sources.cost import estimate_line
+    seen = set()
+    for t in run.tasks:
+        for info in t.infos or ():
+            if info is not None and info.spec not in seen:
+                seen.add(info.spec)
+                line = estimate_line(info, run.options)
+                if line:
+                    run.say(line)
 
 
 def split_work(run: Launch) -> tuple[list[Task], list[Task], list[Task]]:

@@ -51,3 +51,16 @@ def dry_run_lines(base: str, ft: str, options, download: bool = False) -> list[s
         lines.append(f"{r.spec}: range reads of {_size(n)} of {_size(total)} ({100 * n / max(total, 1):.2f}%; "
                      f"{at}, headers included)")
     return lines
+
+
+def estimate_line(info, options) -> str | None:
+    """For a launch's dry run (configs only, no network): what a sampled test (``cos --rows K``)
+    reads of a hub model, against its whole size; None for other tests and local models."""
+    if options.rows is None or info is None or info.source not in ("hub cache",) or "cos" not in options.stat:
+        return None
+    a, bpp = info.arch, info.bytes_per_param
+    rows = a.L * min(options.rows, a.h) * a.d * bpp
+    emb = a.V * a.d * bpp if "emb" in options.stat else 0
+    total = info.params * bpp
+    return (f"{info.spec}: a sampled test reads ≈ {_size(rows + emb)} of ≈ {_size(total)} when its weights are not "
+            f"in the local cache (range requests; `main.py --dry-run` gives the exact bytes)")
