@@ -4,7 +4,8 @@ A model id is ``demo:<name>``, a local folder or GGUF file, or a Hugging Face hu
 ``org/name[@revision]`` (the revision a branch, tag, commit or ``refs/pr/N``).  A folder or hub
 repository holding several GGUF files names one with a ``:<file>.gguf`` suffix
 (``org/name:model-Q4_K_M.gguf``, ``org/name@rev:model-Q8_0.gguf``, ``./folder:model.gguf``). Hub models are downloaded once into the
-Hugging Face cache; ``HF_TOKEN`` is read at download time and never stored.
+Hugging Face cache, or, for a sampled test, only their config files (the weights are then read by
+range requests, :mod:`tracing.sources.remote`); ``HF_TOKEN`` is read at download time and never stored.
 """
 from __future__ import annotations
 
