@@ -83,6 +83,9 @@ def test_rows_equal_local_read_within_budget(hub, folders, name):
         budget = start + 2 * K * row_bytes * ups  # header + rows (merged runs at most double them)
         assert served[f.name] <= budget, (f.name, served[f.name], budget)
     assert sum(served.values()) < 0.1 * sum(f.stat().st_size for f in files)
+    runs = np.array([0, 1, 2, 4, 7, 8, 100, 101, 103, 511])  # adjacent, a row apart (merged), apart, the last
+    t = "model.layers.1.mlp.up_proj.weight"
+    assert torch.equal(remote.get_rows(t, runs), local.get_rows(t, runs))
 
 
 def test_named_tensor_equal_local(hub, folders):
