@@ -284,3 +284,11 @@ def test_launch_dry_run_says_what_sampled_tests_read(hub, tmp_path):
     lines = [line for line in r.stdout.splitlines() if "a sampled test reads" in line]
     rows = 2 * K * 64 * 2  # L · K · d · 2 bytes
     assert len(lines) == 2 and all(f"≈ {rows / 1000:.1f} kB of" in line for line in lines), r.stdout
+
+
+def test_offline_after_opening_is_one_line(hub, monkeypatch):
+    from huggingface_hub import constants
+    ckpt = Checkpoint("org/base", remote=True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TracingError, match="HF_HUB_OFFLINE=0"):
+        ckpt.get_rows("model.layers.0.mlp.up_proj.weight", sample())

@@ -121,6 +121,9 @@ class HubFiles:
                     body = b"".join(r.iter_bytes())
             except httpx.TransportError as e:  # dropped connection, timeout, refused connection
                 raise _Retry(type(e).__name__) from None
+            except (httpx.HTTPError, OSError) as e:  # e.g. HF_HUB_OFFLINE turned on meanwhile
+                raise TracingError(f"cannot read {where} from the hub ({type(e).__name__}); fetch the whole "
+                                   f"model first with --download, or set HF_HUB_OFFLINE=0") from None
             if len(body) != length:
                 raise TracingError(f"the hub sent {len(body)} of the {length} bytes asked for {where}; "
                                    f"run again, or fetch the whole model first with --download")
