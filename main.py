@@ -19,6 +19,12 @@ def parse(argv=None):
                    help="also write a signed in-toto statement of the result (other statistics get _<stat> "
                         "appended; needs --key; python -m tracing.verify checks it)")
     p.add_argument("--key", default=None, help="EC P-256 private key (PEM) that signs --attest")
+    p.add_argument("--download", action="store_true",
+                   help="download hub models whole even for a sampled test (--rows), which otherwise reads only "
+                        "the sampled rows of a model not in the local cache by HTTP range requests")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="print the bytes each model will cost (range reads, download, or none when local) and stop; "
+                        "reads hub models' config files and weight headers only")
     add_options(p)
     return p.parse_args(argv)
 
@@ -29,8 +35,14 @@ def main(argv=None):
     from tracing.options import options_from_args
     from tracing.results import scrub
     options = options_from_args(args)
+    if args.dry_run:
+        from tracing.sources.cost import dry_run_lines
+        for line in dry_run_lines(args.base_model_id, args.ft_model_id, options, download=args.download):
+            print(scrub(line))
+        return 0
     attest_to = _attest_paths(args, options)
-    records = run_pair(args.base_model_id, args.ft_model_id, options, save=args.save, progress=not args.quiet)
+    records = run_pair(args.base_model_id, args.ft_model_id, options, save=args.save, progress=not args.quiet,
+                       download=args.download)
     for rec in records:
         print(scrub(summary(rec)))
         if rec["args"].get("save"):

@@ -39,7 +39,7 @@ def save_paths(save: str | os.PathLike | dict | None, stats: list[str]) -> dict[
 
 
 def run_pair(base: str, ft: str, options: Options | None = None, save=None, progress: bool = True,
-             rows_store: str | os.PathLike | None = None, **kwargs) -> list[dict]:
+             rows_store: str | os.PathLike | None = None, download: bool = False, **kwargs) -> list[dict]:
     """Compute every statistic of ``options.stat`` for one pair of models given by id or folder;
     write and return the records (plain dicts; wrap one in :class:`Result` for attribute access).
 
@@ -49,6 +49,10 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
 
     ``rows_store``: a folder where sampled rows (``--rows``) are kept per model and read from by
     later pairs (:mod:`tracing.rowstore`); results are identical with or without it.
+
+    A sampled test (``options.rows``) of a hub model that is not in the local cache reads only the
+    sampled rows by HTTP range requests (:mod:`tracing.sources.remote`); ``download`` fetches the
+    whole model first instead.
     """
     start = time.time()
     options = options or Options(**kwargs)
@@ -56,7 +60,8 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
     for p in paths.values():
         check_writable(p)
     t = time.time()
-    b, f = Checkpoint(str(base)), Checkpoint(str(ft))
+    remote = options.rows is not None and not download
+    b, f = Checkpoint(str(base), remote=remote), Checkpoint(str(ft), remote=remote)
     if rows_store is not None and options.rows is not None:
         from .rowstore import with_store
         b, f = with_store(b, rows_store), with_store(f, rows_store)
@@ -125,6 +130,19 @@ def _source(m, config, label: str):
     raise TypeError(f"{label}: expected a transformers model, a state dict with its config, or a weight source")
 
 
+def _with_bytes_read(pair: Pair, models: dict) -> dict:
+    """``models`` with the bytes read so far from each weight file of a model read by range
+    requests (:mod:`tracing.sources.remote`)."""
+    import copy
+    out = copy.deepcopy(models)
+    for side, src in (("base", pair.base_ckpt), ("ft", pair.ft_ckpt)):
+        counts = getattr(getattr(getattr(src, "backend", None), "hub", None), "bytes_read", None)
+        for f in out.get(side, {}).get("files") or [] if counts is not None else []:
+            if "bytes_read" in f:
+                f["bytes_read"] = counts.get(f["file"], 0)
+    return out
+
+
 def _run(pair: Pair, models: dict, paths: dict, start: float) -> list[dict]:
     with use_device(pair.device):  # the options' device for every tensor product of this pair
         return _run_on_device(pair, models, paths, start)
@@ -143,7 +161,8 @@ def _run_on_device(pair: Pair, models: dict, paths: dict, start: float) -> list[
     for stat in options.stat:
         before = _store_counts(pair)
         result, aligned, timings = _compute(pair, stat)
-        rec = make_record(pair, stat, result, aligned, evals, prov, models, timings, time.time() - start,
+        rec = make_record(pair, stat, result, aligned, evals, prov, _with_bytes_read(pair, models), timings,
+                          time.time() - start,
                           paths.get(stat), list(notes))
         used = {side: {k: n - before[side][k] for k, n in c.items()} for side, c in _store_counts(pair).items()}
         if any(sum(c.values()) for c in used.values()):

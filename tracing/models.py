@@ -142,9 +142,11 @@ class Checkpoint(WeightSource):
     """A model on disk: config, tokenizer and lazily read tensors, whatever its weight format (the
     format's backend, :func:`tracing.sources.open_backend`, reads them)."""
 
-    def __init__(self, spec: str | os.PathLike, resolved: Resolved | None = None):
+    def __init__(self, spec: str | os.PathLike, resolved: Resolved | None = None, remote: bool = False):
+        """``remote``: a hub model not in the local cache is read by range requests (only what the
+        statistics ask for) rather than downloaded (:func:`tracing.specs.resolve`)."""
         from .sources import open_backend
-        self.resolved = resolved or resolve(str(spec))
+        self.resolved = resolved or resolve(str(spec), remote=remote)
         self.path = self.resolved.path
         self.label = self.resolved.spec
         self._config = None
@@ -205,8 +207,8 @@ class Checkpoint(WeightSource):
     # provenance --------------------------------------------------------------------------
     def provenance(self, hash_files: bool = True) -> dict:
         """Exactly which weights these are: id, resolved commit or path, each file's size and SHA-256."""
-        files = []
-        for f in self.weight_files():
+        files = self.backend.file_records() if hasattr(self.backend, "file_records") else []
+        for f in [] if files else self.weight_files():
             entry = {"file": f.name, "size": f.stat().st_size}
             sha = self.resolved.hub_sha256.get(f.name) or _sha_from_hub_cache(f)
             if sha:

@@ -54,11 +54,11 @@ def runs(index: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(s), int(index[s]), int(e - s)) for s, e in zip(starts, ends)]
 
 
-def read_rows(path: str | os.PathLike, name: str, index) -> torch.Tensor | None:
-    """Rows ``index`` (sorted, distinct) of tensor ``name`` in its stored dtype; None when the
-    tensor's dtype or layout is not one this reader handles (the caller then reads it whole)."""
+def row_plan(start: int, head: dict, name: str, index) -> tuple | None:
+    """How rows ``index`` (sorted, distinct) of tensor ``name`` lie in a safetensors file with data
+    section at ``start`` and JSON header ``head``: ``(dtype, row shape, bytes per row, byte offset of
+    row 0)``; None when the dtype or layout is not one the row readers handle."""
     idx = np.asarray(index, dtype=np.int64)
-    start, head = header(path)
     meta = head.get(name)
     if not meta or meta.get("dtype") not in DTYPES or len(meta.get("shape", ())) < 1:
         return None
@@ -67,9 +67,26 @@ def read_rows(path: str | os.PathLike, name: str, index) -> torch.Tensor | None:
     dtype = DTYPES[meta["dtype"]]
     shape = list(meta["shape"])
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+    return dtype, shape[1:], row_bytes, start + int(meta["data_offsets"][0])
+
+
+def rows_tensor(buf, n: int, dtype: torch.dtype, row_shape: list) -> torch.Tensor:
+    """``n`` rows read into ``buf`` (a bytearray) as a tensor of the stored dtype."""
+    if not buf:
+        return torch.empty([0, *row_shape], dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape([n, *row_shape])
+
+
+def read_rows(path: str | os.PathLike, name: str, index) -> torch.Tensor | None:
+    """Rows ``index`` (sorted, distinct) of tensor ``name`` in its stored dtype; None when the
+    tensor's dtype or layout is not one this reader handles (the caller then reads it whole)."""
+    idx = np.asarray(index, dtype=np.int64)
+    plan = row_plan(*header(path), name, idx)
+    if plan is None:
+        return None
+    dtype, row_shape, row_bytes, base = plan
     out = bytearray(idx.size * row_bytes)
     view = memoryview(out)
-    base = start + int(meta["data_offsets"][0])
     fd = os.open(Path(path), os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
@@ -81,6 +98,4 @@ def read_rows(path: str | os.PathLike, name: str, index) -> torch.Tensor | None:
                 raise OSError(f"{path}: short read of tensor {name}")
     finally:
         os.close(fd)
-    if not out:
-        return torch.empty([0, *shape[1:]], dtype=dtype)
-    return torch.frombuffer(out, dtype=dtype).reshape([idx.size, *shape[1:]])
+    return rows_tensor(out, idx.size, dtype, row_shape)

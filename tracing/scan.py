@@ -140,10 +140,11 @@ def precheck(stat: str, cand, ref, cand_hashes, cand_tok) -> tuple[str, str, str
 # ------------------------------------------------------------------------------------------
 def _open(spec: str, store: Path | None = None, memory: bool = False):
     """A checkpoint whose sampled rows are read once: kept in ``store`` (beside the results, for
-    this and later scans), else in memory when ``memory`` (the candidate, tested against every reference)."""
+    this and later scans), else in memory when ``memory`` (the candidate, tested against every reference).
+    A hub model not in the local cache is read by range requests (:mod:`tracing.sources.remote`)."""
     from .models import Checkpoint
     from .rowstore import with_store
-    return with_store(Checkpoint(spec), store, memory=memory)
+    return with_store(Checkpoint(spec, remote=True), store, memory=memory)
 
 
 def record_path(out: Path, reference: str, name: str) -> Path:

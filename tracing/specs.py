@@ -4,13 +4,16 @@ A model id is ``demo:<name>``, a local folder or GGUF file, or a Hugging Face hu
 ``org/name[@revision]`` (the revision a branch, tag, commit or ``refs/pr/N``).  A folder or hub
 repository holding several GGUF files names one with a ``:<file>.gguf`` suffix
 (``org/name:model-Q4_K_M.gguf``, ``org/name@rev:model-Q8_0.gguf``, ``./folder:model.gguf``). Hub models are downloaded once into the
-Hugging Face cache; ``HF_TOKEN`` is read at download time and never stored.
+Hugging Face cache, or, for a sampled test, only their config files (the weights are then read by
+range requests, :mod:`tracing.sources.remote`); ``HF_TOKEN`` is read at download time and never stored.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +32,8 @@ class Resolved:
     commit: str | None = None
     hub_sha256: dict[str, str] = field(default_factory=dict)  # file -> LFS sha256 recorded by the hub
     file: str | None = None  # the GGUF file chosen with a ``:<file>.gguf`` suffix
+    remote: bool = False  # weights read from the hub by range requests (``path`` holds the config only)
+    hub_sizes: dict[str, int] = field(default_factory=dict)  # file -> size the hub reports
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,11 @@ def parse_spec(spec: str | os.PathLike) -> Spec:
     return Spec(text=text, kind="local", path=path)
 
 
-def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
-    """Turn a model spec into a local folder, downloading from the hub when needed."""
+def resolve(spec: str, local_files_only: bool | None = None, remote: bool = False) -> Resolved:
+    """Turn a model spec into a local folder, downloading from the hub when needed. With ``remote``
+    a hub model whose safetensors weights are not all in the local cache is not downloaded: only its
+    config and index files are, and its weights are read by range requests
+    (:mod:`tracing.sources.remote`)."""
     s = parse_spec(spec)
     if s.kind == "demo":
         from . import demo
@@ -123,11 +131,13 @@ def resolve(spec: str, local_files_only: bool | None = None) -> Resolved:
                                f"config.json and weights) or .gguf file, a hub id like org/name[@revision], "
                                f"or demo:<name>")
         return Resolved(spec=s.text, path=s.path.resolve(), file=s.file)
-    return _resolve_hub(s, local_files_only)
+    return _resolve_hub(s, local_files_only, remote)
 
 
-def _resolve_hub(s: Spec, local_files_only: bool | None) -> Resolved:
+def _resolve_hub(s: Spec, local_files_only: bool | None, remote: bool = False) -> Resolved:
     from huggingface_hub import HfApi, snapshot_download
+
+    from .sources.hubhttp import endpoint
     from huggingface_hub.utils import HfHubHTTPError
 
     spec, repo_id, revision = s.text, s.repo_id, s.revision
@@ -135,10 +145,13 @@ def _resolve_hub(s: Spec, local_files_only: bool | None) -> Resolved:
     env_offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     offline = local_files_only or env_offline
     hub_sha: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    ranged = False
     patterns = META_PATTERNS + ["*.safetensors"]
     try:
         if not offline:
-            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, token=token)
+            info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision, files_metadata=True,
+                                                         token=token)
             files = [f.rfilename for f in info.siblings or []]
             if s.file is not None:
                 patterns = META_PATTERNS + [s.file]
@@ -151,8 +164,17 @@ def _resolve_hub(s: Spec, local_files_only: bool | None) -> Resolved:
             for f in info.siblings or []:
                 if getattr(f, "lfs", None) is not None and getattr(f.lfs, "sha256", None):
                     hub_sha[f.rfilename] = f.lfs.sha256
+                if getattr(f, "size", None) is not None:
+                    sizes[f.rfilename] = int(f.size)
             revision = info.sha or revision
-            path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token)
+            ranged = remote and s.file is None and _read_by_ranges(repo_id, revision, files)
+            with _quiet(ranged):  # the config files of a range-read model: small, no progress bar
+                path = snapshot_download(repo_id, revision=revision, token=token, endpoint=endpoint(),
+                                         allow_patterns=META_PATTERNS if ranged else patterns)
+            if ranged and _quantized(Path(path)):  # a quantized format's reader needs its files: downloaded
+                ranged = False
+                path = snapshot_download(repo_id, revision=revision, token=token, endpoint=endpoint(),
+                                         allow_patterns=patterns)
         else:
             path = snapshot_download(repo_id, revision=revision, local_files_only=True,
                                      allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS) + [s.file or "*.gguf"])
@@ -174,4 +196,36 @@ def _resolve_hub(s: Spec, local_files_only: bool | None) -> Resolved:
     path = Path(path)
     commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else revision
     return Resolved(spec=spec, path=path, repo_id=repo_id, revision=revision, commit=commit, hub_sha256=hub_sha,
-                    file=s.file)
+                    file=s.file, remote=ranged, hub_sizes=sizes)
+
+
+@contextmanager
+def _quiet(on: bool):
+    """huggingface_hub's progress bars off (when ``on``) for the duration."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    was = are_progress_bars_disabled()
+    if on:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if on and not was:
+            enable_progress_bars()
+
+
+def _quantized(folder: Path) -> bool:
+    """Does the folder's config.json name a ``quantization_config`` (FP8, GPTQ, …)?"""
+    try:
+        return bool(json.loads((folder / "config.json").read_text()).get("quantization_config"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_by_ranges(repo_id: str, commit: str | None, files: list[str]) -> bool:
+    """Are a hub model's weights safetensors files not all in the local cache (so read by range
+    requests)? A model already in the cache is read from there, without network."""
+    from huggingface_hub import try_to_load_from_cache
+    weights = [f for f in files if f.endswith(".safetensors") and "/" not in f]
+    if not weights or commit is None:
+        return False
+    return not all(isinstance(try_to_load_from_cache(repo_id, f, revision=commit), str) for f in weights)

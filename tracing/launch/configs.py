@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import TracingError
 
@@ -55,6 +56,19 @@ def _cached_config(snapshot, file: str | None) -> bool:
     return (snapshot / "config.json").is_file() or any(snapshot.glob("*.gguf"))
 
 
+def _cached_config_only(spec):
+    """The cached config.json of a hub model whose weights are not cached (a model read by range
+    requests), as a resolved folder holding it; else :class:`ConfigUnavailable`."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from ..specs import Resolved
+    if spec.file is None:
+        f = try_to_load_from_cache(spec.repo_id, "config.json", revision=spec.revision)
+        if isinstance(f, str):
+            return Resolved(spec=spec.text, path=Path(f).parent, repo_id=spec.repo_id, revision=spec.revision)
+    raise _not_cached(spec)
+
+
 def model_info(spec: str) -> ModelInfo:
     """Shape and stored precision of a model, read without touching the network through its weight
     format's backend (:func:`tracing.sources.open_backend`): a local folder or GGUF file, the
@@ -69,9 +83,9 @@ def model_info(spec: str) -> ModelInfo:
     try:
         resolved = resolve(s.text, local_files_only=True)
     except TracingError:
-        if s.kind == "hub":
-            raise _not_cached(s) from None
-        raise
+        if s.kind != "hub":
+            raise
+        resolved = _cached_config_only(s)  # fetched for range reads: config files, no weights
     if s.kind == "hub" and not _cached_config(resolved.path, s.file):
         raise _not_cached(s)
     backend = open_backend(resolved)  # a corrupt cached file is an error, not a missing one

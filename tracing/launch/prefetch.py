@@ -11,9 +11,11 @@ from .console import say as _say
 from .model_list import is_local_spec
 
 
-def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
+def prefetch(tasks: list, say: Callable = _say, remote: bool = False) -> dict[str, str]:
     """Download every distinct hub model once into the shared cache and build the demo family;
-    returns ``{spec: error}`` for the models that could not be fetched."""
+    returns ``{spec: error}`` for the models that could not be fetched. With ``remote`` (a sampled
+    test) a hub model not in the cache gets its config files only: the jobs read its sampled rows by
+    range requests."""
     from ..models import resolve
 
     specs: list[str] = []
@@ -35,9 +37,10 @@ def prefetch(tasks: list, say: Callable = _say) -> dict[str, str]:
     hub = [s for s in specs if not is_demo(s) and not Path(s).expanduser().is_dir()
            and not is_local_spec(s)]
     for i, s in enumerate(hub, 1):
-        say(f"fetching {s} ({i}/{len(hub)}) into the Hugging Face cache ...")
+        what = "the config files of" if remote else ""
+        say(f"fetching {what + ' ' if what else ''}{s} ({i}/{len(hub)}) into the Hugging Face cache ...")
         try:
-            resolve(s)
+            resolve(s, remote=remote)
         except TracingError as e:
             errors[s] = str(e)
             say(f"  cannot fetch {s}: {e}")

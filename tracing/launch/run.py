@@ -175,6 +175,7 @@ def dry_run(run: Launch) -> int:
     else:
         for n in notes:
             run.say(f"note: {n}")
+    _say_read_costs(run)
     labels = run.model_list.labels
     if labels:
         from collections import Counter
@@ -190,6 +191,19 @@ def dry_run(run: Launch) -> int:
         run.say(f"error: {run.unrunnable}", file=sys.stderr)
         return 2
     return 1 if any(t.problem for t in run.tasks if t.status != TaskState.DONE) else 0
+
+
+def _say_read_costs(run: Launch) -> None:
+    """A sampled test's bytes per hub model (from the configs; nothing is read)."""
+    from ..sources.cost import estimate_line
+    seen = set()
+    for t in run.tasks:
+        for info in t.infos or ():
+            if info is not None and info.spec not in seen:
+                seen.add(info.spec)
+                line = estimate_line(info, run.options)
+                if line:
+                    run.say(line)
 
 
 def split_work(run: Launch) -> tuple[list[Task], list[Task], list[Task]]:
@@ -240,7 +254,7 @@ def _still_on_slurm(run: Launch, todo: list[Task]) -> list[Task]:
 def prepare(run: Launch, todo: list[Task]) -> list[Task]:
     """Fetch the models, size the pairs; the pairs that cannot run are recorded as failed."""
     if run.s.prefetch and todo:
-        errors = prefetch(todo, run.say)
+        errors = prefetch(todo, run.say, remote=run.options.rows is not None)
         for t in todo:
             bad = [errors[m] for m in (t.pair.base, t.pair.ft) if m in errors]
             if bad:
