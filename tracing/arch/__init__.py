@@ -20,29 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TracingError
+from . import families as _families  # noqa: F401  (registers the supported families)
+from .family import FAMILIES, Family, register
 from .layout import TensorRef, block_refs, global_refs
+from .moe_shapes import get as _get, size as _size
 
 # Legacy Llama names (kept for callers that only handle Llama-family checkpoints).
 EMBED = "model.embed_tokens.weight"
 FINAL_NORM = "model.norm.weight"
 LM_HEAD = "lm_head.weight"
 
-#: model_type -> (family layout, norm layout, gain offset, qk norm, rotation exact)
-FAMILIES = {
-    "llama": ("llama", "llama", 0.0, None, True),
-    "mistral": ("llama", "llama", 0.0, None, True),
-    "qwen2": ("llama", "llama", 0.0, None, True),
-    "qwen3": ("llama", "llama", 0.0, "head", True),
-    "gemma": ("llama", "llama", 1.0, None, True),
-    "gemma2": ("llama", "gemma2", 1.0, None, False),
-    "gemma3_text": ("llama", "gemma2", 1.0, "head", False),
-    "phi3": ("phi3", "llama", 0.0, None, True),
-    "olmo2": ("llama", "olmo2", 0.0, "full", False),
-    "gpt_neox": ("gpt_neox", "llama", 0.0, None, False),
-    "mixtral": ("mixtral", "llama", 0.0, None, True),
-    "qwen2_moe": ("qwen_moe", "llama", 0.0, None, True),
-    "qwen3_moe": ("qwen_moe", "llama", 0.0, "head", True),
-}
 SUPPORTED = tuple(FAMILIES)
 
 ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm"})
@@ -102,29 +89,35 @@ class Arch:
 
     # ---- family facts ------------------------------------------------------------------
     @property
+    def fam(self) -> Family:
+        """The family record of this checkpoint's model_type."""
+        return FAMILIES[self.model_type]
+
+    @property
     def family(self) -> str:
-        return FAMILIES[self.model_type][0]
+        """The layout group (checkpoints of one group name their tensors alike)."""
+        return self.fam.group
 
     @property
     def norm_layout(self) -> str:
-        return FAMILIES[self.model_type][1]
+        return self.fam.norms
 
     @property
     def gain_offset(self) -> float:
         """Norms compute x̂·(offset + w): 1 for Gemma's (1 + w), else 0."""
-        return FAMILIES[self.model_type][2]
+        return self.fam.gain_offset
 
     @property
     def qk_norm(self) -> str | None:
-        return FAMILIES[self.model_type][3]
+        return self.fam.qk_norm
 
     @property
     def norm_bias(self) -> bool:
-        return self.family == "gpt_neox"
+        return self.fam.norm_bias
 
     @property
     def gated(self) -> bool:
-        return self.family != "gpt_neox"
+        return self.fam.gated
 
     @property
     def has_experts(self) -> bool:
@@ -135,27 +128,23 @@ class Arch:
 
     @property
     def layers_prefix(self) -> str:
-        return "gpt_neox.layers" if self.family == "gpt_neox" else "model.layers"
+        return self.fam.layers_prefix
 
     @property
     def embed(self) -> str:
-        return "gpt_neox.embed_in.weight" if self.family == "gpt_neox" else EMBED
+        return self.fam.embed
 
     @property
     def final_norm(self) -> str:
-        return "gpt_neox.final_layer_norm.weight" if self.family == "gpt_neox" else FINAL_NORM
+        return self.fam.final_norm
 
     @property
     def embed_scale(self) -> float:
-        return self.d ** 0.5 if self.model_type.startswith("gemma") else 1.0
+        return self.d ** 0.5 if self.fam.embed_scaled else 1.0
 
     def rotation_problem(self) -> str | None:
         """Why a residual rotation is not function-preserving here, or None when it is exact."""
-        if FAMILIES[self.model_type][4]:
-            return None
-        if self.family == "gpt_neox":
-            return "LayerNorm subtracts the mean, which a rotation of the residual stream does not commute with"
-        return "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
+        return self.fam.rotation_problem
 
     # ---- names -------------------------------------------------------------------------
     def block_refs(self, i: int) -> list[TensorRef]:
@@ -255,37 +244,6 @@ def _index(a: Arch) -> dict[str, TensorRef]:
     return out
 
 
-def _get(config: Any, key: str, default=None):
-    return getattr(config, key, default) if not isinstance(config, dict) else config.get(key, default)
-
-
-def _size(config: Any, key: str, where: str, required: bool = True) -> int | None:
-    """A positive integer size from the config, or a one-line error naming the key and the file."""
-    value = _get(config, key)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        found = "it is missing" if value is None else f"found {value!r}"
-        raise TracingError(f"{where} needs a positive integer {key} ({found}); "
-                           f"use the config.json that came with the weights")
-    return value
-
-
-def _moe_shape(config, model_type: str, L: int, where: str) -> dict:
-    E = int(_get(config, "num_local_experts") or _get(config, "num_experts") or 0)
-    if model_type == "mixtral":
-        return dict(n_experts=E, h_expert=_size(config, "intermediate_size", where),
-                    moe_blocks=(True,) * L if E else ())
-    if model_type in ("qwen2_moe", "qwen3_moe"):
-        only = set(_get(config, "mlp_only_layers") or [])
-        step = _size(config, "decoder_sparse_step", where, required=False) or 1
-        blocks = tuple(E > 0 and i not in only and (i + 1) % step == 0 for i in range(L))
-        shared = int(_get(config, "shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
-        return dict(n_experts=E, h_expert=_size(config, "moe_intermediate_size", where) if E else 0,
-                    moe_blocks=blocks, h_shared=shared)
-    return {}
-
-
 def arch_from_config(config: Any, where: str = "the model config") -> Arch:
     """Build an :class:`Arch` from a transformers config object or a config.json dict
     (``where`` names the config in error messages, e.g. its file)."""
@@ -294,33 +252,23 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
         raise TracingError(
             f"unsupported architecture {model_type!r}: model-tracing supports {', '.join(sorted(FAMILIES))} "
             f"checkpoints (see docs/architectures.md)")
+    fam = FAMILIES[model_type]
     d = _size(config, "hidden_size", where)
     n_heads = _size(config, "num_attention_heads", where)
-    n_kv = _size(config, "num_key_value_heads", where, required=False) or n_heads
+    n_kv = (_size(config, fam.kv_heads_key, where, required=False) if fam.kv_heads_key else None) or n_heads
     head_dim = _size(config, "head_dim", where, required=False) or d // n_heads
-    attention_bias = bool(_get(config, "attention_bias", model_type == "gpt_neox"))
-    if model_type == "qwen2":
-        qkv_bias, o_bias = True, False
-    elif model_type == "qwen2_moe":
-        qkv_bias, o_bias = bool(_get(config, "qkv_bias", True)), False
-    elif model_type in ("phi3", "mixtral"):
-        qkv_bias = o_bias = False
-    else:
-        qkv_bias = o_bias = attention_bias
-    if model_type == "gpt_neox":
-        n_kv = n_heads
     tied = _get(config, "tie_word_embeddings")
     if tied is None:
-        tied = model_type.startswith("gemma")
+        tied = fam.tied_default
     L = _size(config, "num_hidden_layers", where)
     cap = _get(config, "final_logit_softcapping")
+    moe = fam.moe_shape(config, fam, L, where) if fam.moe_shape else {}
     return Arch(
         model_type=model_type, d=d, h=_size(config, "intermediate_size", where), L=L,
         V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
-        qkv_bias=qkv_bias, o_bias=o_bias,
-        mlp_bias=bool(_get(config, "mlp_bias", False)) and model_type == "llama",
-        final_softcap=float(cap) if cap else None, **_moe_shape(config, model_type, L, where),
+        qkv_bias=fam.bias("qkv_bias", config, _get), o_bias=fam.bias("o_bias", config, _get),
+        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, **moe,
     )
 
 
@@ -358,7 +306,7 @@ def require_gated(a: Arch, b: Arch, what: str) -> None:
                                f"non-gated MLP; use csh")
 
 
-__all__ = ["Arch", "TensorRef", "Unit", "arch_from_config", "require_same_blocks", "require_same_layout",
+__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "require_same_blocks", "require_same_layout",
            "require_same_depth", "require_gated",
            "SUPPORTED", "FAMILIES", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
            "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]

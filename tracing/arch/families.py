@@ -1,0 +1,43 @@
+"""The supported families, one :class:`~tracing.arch.family.Family` record per ``model_type``.
+
+Adding a family: describe it here (or in a module of its own when it brings its own layout
+functions) and register it with one line.  See docs/architectures.md, "Adding a family".
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .family import Family, register
+from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_mlp_refs, mlp_fused_gate_up,
+                     mlp_neox, moe_refs)
+from .moe_shapes import mixtral_shape, qwen_moe_shape
+
+POST_NORMS = "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
+LAYERNORM = "LayerNorm subtracts the mean, which a rotation of the residual stream does not commute with"
+
+#: a Llama-shaped family: split q/k/v/o, a gated MLP, pre-norms
+LLAMA = Family("llama", attention=attention_refs, mlp=dense_mlp_refs, moe=moe_refs, mlp_bias=("mlp_bias", False))
+_BASE = replace(LLAMA, mlp_bias=False)
+
+register(LLAMA)
+register(replace(_BASE, model_type="mistral"))
+register(replace(_BASE, model_type="qwen2", qkv_bias=True, o_bias=False))
+register(replace(_BASE, model_type="qwen3", qk_norm="head"))
+register(replace(_BASE, model_type="gemma", gain_offset=1.0, tied_default=True, embed_scaled=True))
+register(replace(_BASE, model_type="gemma2", norms="gemma2", gain_offset=1.0, tied_default=True,
+                 embed_scaled=True, rotation_problem=POST_NORMS))
+register(replace(_BASE, model_type="gemma3_text", norms="gemma2", gain_offset=1.0, qk_norm="head",
+                 tied_default=True, embed_scaled=True, rotation_problem=POST_NORMS))
+register(replace(_BASE, model_type="phi3", group="phi3", attention=attention_fused_qkv, mlp=mlp_fused_gate_up,
+                 qkv_bias=False, o_bias=False))
+register(replace(_BASE, model_type="olmo2", norms="olmo2", qk_norm="full", rotation_problem=POST_NORMS))
+register(replace(_BASE, model_type="gpt_neox", group="gpt_neox", attention=attention_neox, mlp=mlp_neox,
+                 norm_bias=True, gated=False, rotation_problem=LAYERNORM,
+                 qkv_bias=("attention_bias", True), o_bias=("attention_bias", True), kv_heads_key=None,
+                 layers_prefix="gpt_neox.layers", embed="gpt_neox.embed_in.weight",
+                 final_norm="gpt_neox.final_layer_norm.weight", lm_head_stores=("lm_head.weight", "embed_out.weight")))
+register(replace(_BASE, model_type="mixtral", group="mixtral", qkv_bias=False, o_bias=False, moe_shape=mixtral_shape,
+                 expert_prefix="block_sparse_moe.", expert_files=("w1", "w3", "w2")))
+register(replace(_BASE, model_type="qwen2_moe", group="qwen_moe", qkv_bias=("qkv_bias", True), o_bias=False,
+                 moe_shape=qwen_moe_shape, shared_expert_key="shared_expert_intermediate_size"))
+register(replace(_BASE, model_type="qwen3_moe", group="qwen_moe", qk_norm="head", moe_shape=qwen_moe_shape))

@@ -1,0 +1,76 @@
+"""The description of one architecture family: a :class:`Family` record per ``model_type``.
+
+A family says, as data, how its checkpoints name and lay out their tensors and which transforms
+are exact for it.  The layout functions it names (attention, dense MLP, mixture of experts) live
+in :mod:`tracing.arch.layout` or, for a family with its own layout, in a module of its own; the
+records themselves are registered in :mod:`tracing.arch.families`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+#: a bias flag: a constant, or ``(config key, default)`` read from the config
+BiasRule = bool | tuple[str, bool]
+
+FAMILIES: dict[str, "Family"] = {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything the adapter needs to know about one ``model_type`` (no sizes: those come from
+    each checkpoint's config)."""
+
+    model_type: str
+    #: checkpoints of one layout group name their tensors alike (pairing tensors by name needs it)
+    group: str = "llama"
+    #: norm layout: ``llama`` (pre-norms), ``gemma2`` (pre- and post-norms), ``olmo2`` (post-norms)
+    norms: str = "llama"
+    #: norms compute x̂·(offset + w): 1 for Gemma's (1 + w)
+    gain_offset: float = 0.0
+    #: q/k norms: None, ``head`` (over head_dim) or ``full`` (over the projected width)
+    qk_norm: str | None = None
+    #: why a residual rotation is not function-preserving, or None when it is exact after folding
+    rotation_problem: str | None = None
+    #: norms carry a bias (LayerNorm)
+    norm_bias: bool = False
+    #: the MLP has a gate (``match`` needs one)
+    gated: bool = True
+    qkv_bias: BiasRule = ("attention_bias", False)
+    o_bias: BiasRule = ("attention_bias", False)
+    mlp_bias: BiasRule = False
+    #: config key of the number of key/value heads (None: as many as query heads)
+    kv_heads_key: str | None = "num_key_value_heads"
+    #: ``tie_word_embeddings`` when the config does not say
+    tied_default: bool = False
+    #: embeddings are multiplied by √d (Gemma)
+    embed_scaled: bool = False
+    layers_prefix: str = "model.layers"
+    embed: str = "model.embed_tokens.weight"
+    final_norm: str = "model.norm.weight"
+    #: names an untied output projection may be stored under, tried in order
+    lm_head_stores: tuple[str, ...] = ("lm_head.weight",)
+    #: layout functions ``(arch, block prefix, block) -> [TensorRef]`` (set in families.py)
+    attention: Callable | None = None
+    mlp: Callable | None = None
+    moe: Callable | None = None
+    #: ``(config, family, L, where) -> dict`` of the Arch's expert fields, or None (dense)
+    moe_shape: Callable | None = None
+    #: config key of the shared expert's width (None: no shared expert)
+    shared_expert_key: str | None = None
+    #: where a block's experts live on disk, and the file names of gate, up and down
+    expert_prefix: str = "mlp."
+    expert_files: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+
+    def bias(self, rule: str, config: Any, get: Callable) -> bool:
+        value = getattr(self, rule)
+        if isinstance(value, tuple):
+            key, default = value
+            return bool(get(config, key, default))
+        return bool(value)
+
+
+def register(family: Family) -> Family:
+    """Make ``family`` known to the adapter (one line per family in families.py)."""
+    FAMILIES[family.model_type] = family
+    return family
