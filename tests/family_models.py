@@ -8,7 +8,8 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
-FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE
+FRONTIER = ("deepseek_v3",)  # mixtures of experts with dense first blocks, MLA, ...
+FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
 POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
 GATED = tuple(f for f in FAMILIES if f != "gpt_neox")
 
@@ -26,8 +27,14 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "qwen2_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
                           shared_expert_intermediate_size=h),
         "qwen3_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2),
+        # MLA with latents of rank 16, a dense first block, then experts and one shared expert
+        "deepseek_v3": dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
+                            n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+                            num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
+                            qk_nope_head_dim=8, v_head_dim=8, head_dim=None, L=max(L, 3)),
     }.get(family, {})
     common.update(extra)
+    common["num_hidden_layers"] = common.pop("L", L)
     common.update(kw)
     common = {k: v for k, v in common.items() if v is not None}
     return AutoConfig.for_model(family, **common)
@@ -35,7 +42,13 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
 
 def family_model(config, seed: int = 0, std: float = 0.08):
     """A random model with non-trivial norm gains and biases (Gemma's gains ``1 + w`` around w = 0)."""
-    return tiny_model(config, seed, std, norm_center=0.0 if config.model_type.startswith("gemma") else 1.0)
+    model = tiny_model(config, seed, std, norm_center=0.0 if config.model_type.startswith("gemma") else 1.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # a router's correction bias is a buffer: make it non-trivial too
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+    return model
 
 
 def noisy(model, seed: int = 1, noise: float = 0.05):

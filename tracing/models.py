@@ -175,7 +175,13 @@ class Checkpoint(WeightSource):
             self._config = self.quantized.config()
         if self._config is None:
             from transformers import AutoConfig
-            self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
+            try:
+                self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
+            except Exception as e:  # transformers' own validation of the config's values
+                cause = e.__cause__ or e
+                detail = (str(cause).strip().splitlines() or [type(cause).__name__])[-1].strip()
+                raise TracingError(f"{self.label}: transformers refuses its config.json ({detail}); "
+                                   f"use the config.json that came with the weights") from None
         return self._config
 
     # tensors -----------------------------------------------------------------------------

@@ -6,8 +6,9 @@ on-disk name of a tensor, or ``<fused name>#<role>`` for a role's rows of a fuse
 (Phi-3 ``qkv_proj`` / ``gate_up_proj``, GPT-NeoX ``query_key_value``).  Shapes come from the
 config; nothing is hard-coded to one size.
 
-Roles: attention ``q k v o`` (+ ``_bias``), ``q_norm k_norm``; MLP ``gate up down`` (+ ``_bias``);
-mixture of experts ``router``, ``expert_gate expert_up expert_down`` (one per expert),
+Roles: attention ``q k v o`` (+ ``_bias``), ``q_norm k_norm``; multi-head latent attention
+``q_a kv_a`` (read the residual stream), ``q_a_norm kv_a_norm`` (on the latents), ``q_b kv_b``; MLP ``gate up down`` (+ ``_bias``);
+mixture of experts ``router``, ``router_bias`` (per expert), ``expert_gate expert_up expert_down`` (one per expert),
 ``shared_gate shared_up shared_down shared_router``; norms ``in_norm`` (read by attention),
 ``post_norm`` (read by the MLP), ``attn_out_norm`` / ``mlp_out_norm`` (post-norms on a
 sublayer's output), ``*_bias`` of LayerNorms; ``embed``, ``final_norm``, ``lm_head``.
@@ -32,14 +33,15 @@ LM_HEAD = "lm_head.weight"
 
 SUPPORTED = tuple(FAMILIES)
 
-ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm"})
-MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router",
+ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm",
+                        "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b"})
+MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router", "router_bias",
                        "expert_gate", "expert_up", "expert_down",
                        "shared_gate", "shared_up", "shared_down", "shared_router"})
 NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
                         "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias"})
 #: columns index the residual stream
-READ_RESIDUAL = frozenset({"q", "k", "v", "gate", "up", "embed", "lm_head", "router", "expert_gate",
+READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "gate", "up", "embed", "lm_head", "router", "expert_gate",
                            "expert_up", "shared_gate", "shared_up", "shared_router"})
 #: rows index the residual stream
 WRITE_RESIDUAL = frozenset({"o", "down", "expert_down", "shared_down"})
@@ -49,7 +51,7 @@ RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bia
 UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "shared_gate", "shared_up"})
 UNIT_COLS = frozenset({"down", "expert_down", "shared_down"})
 #: which norm each reader of the residual stream reads through (for folding gains)
-READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "gate": "post_norm", "up": "post_norm",
+READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "q_a": "in_norm", "kv_a": "in_norm", "gate": "post_norm", "up": "post_norm",
                  "router": "post_norm", "expert_gate": "post_norm", "expert_up": "post_norm",
                  "shared_gate": "post_norm", "shared_up": "post_norm", "shared_router": "post_norm"}
 
@@ -86,6 +88,11 @@ class Arch:
     h_shared: int = 0
     moe_blocks: tuple = ()
     final_softcap: float | None = None
+    dims: tuple = ()  # further sizes of the family's layout, as sorted (key, value) pairs
+
+    def dim(self, key: str) -> int:
+        """A further size of the family's layout (e.g. MLA's latent ranks)."""
+        return dict(self.dims)[key]
 
     # ---- family facts ------------------------------------------------------------------
     @property
@@ -253,6 +260,7 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
             f"unsupported architecture {model_type!r}: model-tracing supports {', '.join(sorted(FAMILIES))} "
             f"checkpoints (see docs/architectures.md)")
     fam = FAMILIES[model_type]
+    _check_layer_types(config, fam, where)
     d = _size(config, "hidden_size", where)
     n_heads = _size(config, "num_attention_heads", where)
     n_kv = (_size(config, fam.kv_heads_key, where, required=False) if fam.kv_heads_key else None) or n_heads
@@ -263,13 +271,22 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
     L = _size(config, "num_hidden_layers", where)
     cap = _get(config, "final_logit_softcapping")
     moe = fam.moe_shape(config, fam, L, where) if fam.moe_shape else {}
+    dims = tuple(sorted(fam.dims(config, where).items())) if fam.dims else ()
     return Arch(
         model_type=model_type, d=d, h=_size(config, "intermediate_size", where), L=L,
         V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
         qkv_bias=fam.bias("qkv_bias", config, _get), o_bias=fam.bias("o_bias", config, _get),
-        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, **moe,
+        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, **moe,
     )
+
+
+def _check_layer_types(config: Any, fam: Family, where: str) -> None:
+    """Every entry of ``layer_types`` is a kind of block this family has."""
+    for t in _get(config, "layer_types") or ():
+        if t not in fam.layer_types:
+            raise TracingError(f"{where} names a layer type {t!r} that {fam.model_type} models do not have (they have "
+                               f"{', '.join(sorted(fam.layer_types))}); use the config.json that came with the weights")
 
 
 def require_same_blocks(a: Arch, b: Arch, what: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from .family import Family, register
 from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_mlp_refs, mlp_fused_gate_up,
                      mlp_neox, moe_refs)
+from .deepseek import attention_mla, deepseek_moe_shape, mla_dims
 from .moe_shapes import mixtral_shape, qwen_moe_shape
 
 POST_NORMS = "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
@@ -41,3 +42,8 @@ register(replace(_BASE, model_type="mixtral", group="mixtral", qkv_bias=False, o
 register(replace(_BASE, model_type="qwen2_moe", group="qwen_moe", qkv_bias=("qkv_bias", True), o_bias=False,
                  moe_shape=qwen_moe_shape, shared_expert_key="shared_expert_intermediate_size"))
 register(replace(_BASE, model_type="qwen3_moe", group="qwen_moe", qk_norm="head", moe_shape=qwen_moe_shape))
+
+DEEPSEEK_V3 = replace(_BASE, model_type="deepseek_v3", group="deepseek", attention=attention_mla, dims=mla_dims,
+                      qkv_bias=False, o_bias=False, moe_shape=deepseek_moe_shape, shared_prefix="mlp.shared_experts.",
+                      shared_gate=None, router_bias="mlp.gate.e_score_correction_bias")
+register(DEEPSEEK_V3)

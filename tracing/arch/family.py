@@ -58,9 +58,18 @@ class Family:
     moe_shape: Callable | None = None
     #: config key of the shared expert's width (None: no shared expert)
     shared_expert_key: str | None = None
+    #: the ``layer_types`` a config of this family may name (hybrids list theirs)
+    layer_types: frozenset = frozenset({"full_attention", "sliding_attention"})
+    #: ``(config, where) -> dict`` of further sizes a layout function reads with ``arch.dim(key)``
+    dims: Callable | None = None
     #: where a block's experts live on disk, and the file names of gate, up and down
     expert_prefix: str = "mlp."
     expert_files: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    #: the shared expert's prefix in a block, and its gate (None: no gate)
+    shared_prefix: str = "mlp.shared_expert."
+    shared_gate: str | None = "mlp.shared_expert_gate.weight"
+    #: the router's per-expert bias (e.g. DeepSeek's correction bias), relative to the block, or None
+    router_bias: str | None = None
 
     def bias(self, rule: str, config: Any, get: Callable) -> bool:
         value = getattr(self, rule)

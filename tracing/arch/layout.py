@@ -150,10 +150,13 @@ def moe_refs(a, p: str, i: int) -> list[TensorRef]:
                                       ("expert_down", files[2], (d, h), (dn, (e,)))):
             name = f"{disk}experts.{e}.{f}.weight"
             out.append(TensorRef(name, role, i, shape, [(name, None), fused], unit=(i, e)))
+    if a.fam.router_bias:
+        out.append(TensorRef(f"{p}{a.fam.router_bias}", "router_bias", i, (E,)))
     if a.h_shared:
-        out += dense_mlp_refs(a, p, i, a.h_shared, prefix="mlp.shared_expert.",
+        out += dense_mlp_refs(a, p, i, a.h_shared, prefix=a.fam.shared_prefix,
                               roles=("shared_gate", "shared_up", "shared_down"), unit=(i, "shared"))
-        out.append(TensorRef(f"{p}mlp.shared_expert_gate.weight", "shared_router", i, (1, d)))
+        if a.fam.shared_gate:
+            out.append(TensorRef(f"{p}{a.fam.shared_gate}", "shared_router", i, (1, d)))
     return out
 
 

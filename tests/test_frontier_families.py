@@ -1,0 +1,138 @@
+"""Frontier mixtures of experts (DeepSeek-V3, which Kimi K2 / K2.5 declare): calibration of the
+experts grid, the hard negative (same architecture, independent training), the block map of
+models of mixed block kinds, and bad input."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from safetensors.torch import load_file, save_file
+
+from family_models import family_config, family_model, noisy, random_ids
+from tracing.models import Checkpoint, from_module
+from tracing.options import Options
+from tracing.stats import get as get_stat
+from tracing.stats.base import Context
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATED = ("deepseek_v3",)
+
+
+def run_stat(name, base, ft, tokens=None, **opts):
+    return get_stat(name).fn(Context(Options(stat=[name], **opts), progress=False, tokens=tokens), base, ft)
+
+
+@pytest.mark.parametrize("family", CALIBRATED)
+def test_experts_grid_calibrated(family):
+    """The overall p of the experts grid (experts matched per block, shared with shared, dense with
+    dense) is uniform over independent pairs."""
+    p = []
+    for k in range(30):
+        c = family_config(family, d=32, h=32, E=3)
+        a, b = (from_module(family_model(c, seed=900 + 2 * k + s)) for s in (0, 1))
+        res = run_stat("cos", a, b)
+        assert res.extra["experts"] and res.extra["num_pairs"] > 0
+        p.append(10 ** res.log10_pvalue)
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+def test_same_architecture_is_not_derivation():
+    """Two DeepSeek-V3 models of identical configs, initialised independently (Kimi K2 against
+    DeepSeek-V3 in miniature): no statistic calls them dependent; a noisy copy is."""
+    c = family_config("deepseek_v3")
+    a, b = from_module(family_model(c, seed=31)), from_module(family_model(c, seed=32))
+    tokens = lambda: random_ids(c.vocab_size, n=4, T=32, seed=9)
+    for stat in ("cos", "emb", "match"):
+        assert run_stat(stat, a, b, tokens=tokens).log10_pvalue > math.log10(0.01), stat
+    assert run_stat("cos", a, from_module(noisy(family_model(c, seed=31)))).log10_pvalue < -6
+
+
+def _drop_first_block(model):
+    """The model without its first (dense) block: every later block moves up by one."""
+    cfg = family_config("deepseek_v3", L=model.config.num_hidden_layers - 1)
+    cfg.num_hidden_layers, cfg.first_k_dense_replace = model.config.num_hidden_layers - 1, 0
+    out = family_model(cfg, seed=0)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if ".layers." in k:
+            i = int(k.split(".layers.")[1].split(".")[0])
+            if i == 0:
+                continue
+            k = k.replace(f".layers.{i}.", f".layers.{i - 1}.", 1)
+        sd[k] = v
+    out.load_state_dict(sd)
+    return out
+
+
+def test_block_map_of_a_copy_without_its_dense_block(tmp_path):
+    """DeepSeek-shaped (one dense block, then three MoE blocks) against a noisy copy whose dense block
+    was removed: the block map pairs blocks by kind and finds block j of the copy in block j + 1."""
+    c = family_config("deepseek_v3", L=4)
+    base = family_model(c, seed=41)
+    base.save_pretrained(tmp_path / "base")
+    _drop_first_block(noisy(base, seed=42)).save_pretrained(tmp_path / "pruned")
+    _drop_first_block(family_model(c, seed=43)).save_pretrained(tmp_path / "other")
+    res = run_stat("cos", Checkpoint(tmp_path / "base"), Checkpoint(tmp_path / "pruned"))
+    assert res.extra["localized"] and res.extra["shape"] == [4, 3]
+    assert [(i, j) for i, j, _ in res.extra["correspondence"]] == [(1, 0), (2, 1), (3, 2)]
+    assert np.isnan(np.array(res.extra["per_pair"], dtype=float)[0]).all()  # the dense block has no MoE partner
+    assert res.log10_pvalue < -6
+    indep = run_stat("cos", Checkpoint(tmp_path / "base"), Checkpoint(tmp_path / "other"))
+    assert indep.log10_pvalue > math.log10(0.01) and indep.extra["correspondence"] == []
+
+
+# ---- bad input through main.py ---------------------------------------------------------------
+def main(*args):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def _edit(folder, tensors=None, config=None):
+    """Rewrite a saved model's weights (``tensors(state) -> state``) or config (``config(dict)``)."""
+    if tensors:
+        f = folder / "model.safetensors"
+        save_file(tensors(load_file(f)), f, metadata={"format": "pt"})
+    if config:
+        cfg = json.loads((folder / "config.json").read_text())
+        config(cfg)
+        (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _without_expert(state, e=3):
+    return {k: v for k, v in state.items() if f".experts.{e}." not in k}
+
+
+def _wide_router(state):
+    return {k: (torch.cat([v, v[:1]]) if k.endswith("mlp.gate.weight") else v) for k, v in state.items()}
+
+
+def _layer_type(name):
+    def edit(cfg):
+        cfg["layer_types"] = [name] + ["full_attention"] * (cfg["num_hidden_layers"] - 1)
+    return edit
+
+
+@pytest.mark.parametrize("family, edit, needle", [
+    ("deepseek_v3", dict(tensors=_without_expert), "experts.3.up_proj.weight not found"),
+    ("deepseek_v3", dict(tensors=_wide_router), "mlp.gate.weight"),
+    ("gemma3_text", dict(config=_layer_type("mystery_attention")), "mystery_attention"),  # unknown to transformers
+    ("gemma3_text", dict(config=_layer_type("linear_attention")), "'linear_attention' that gemma3_text"),
+])
+def test_bad_input_is_one_line(tmp_path, family, edit, needle):
+    c = family_config(family)
+    family_model(c, seed=51).save_pretrained(tmp_path / "a")
+    family_model(c, seed=52).save_pretrained(tmp_path / "b")
+    _edit(tmp_path / "b", **edit)
+    out = tmp_path / "never.p"
+    r = main("--base_model_id", tmp_path / "a", "--ft_model_id", tmp_path / "b", "--stat", "cos", "--save", out,
+             "--quiet")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("error:") and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
