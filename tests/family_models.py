@@ -8,7 +8,7 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
-FRONTIER = ("deepseek_v3",)  # mixtures of experts with dense first blocks, MLA, ...
+FRONTIER = ("deepseek_v3", "deepseek_v32")  # mixtures of experts with dense first blocks, MLA, ...
 FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
 POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
 GATED = tuple(f for f in FAMILIES if f != "gpt_neox")
@@ -18,6 +18,11 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
     common = dict(vocab_size=V, hidden_size=d, intermediate_size=h, num_hidden_layers=L,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=d // 4, max_position_embeddings=128,
                   pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    # MLA with latents of rank 16, a dense first block, then experts and one shared expert
+    deepseek = dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2, n_shared_experts=1,
+                    first_k_dense_replace=1, n_group=1, topk_group=1, num_key_value_heads=4, q_lora_rank=16,
+                    kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, head_dim=None,
+                    L=max(L, 3))
     extra = {
         "gemma2": dict(sliding_window=8, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
         "gemma3_text": dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"][:L] + ["full_attention"] * max(0, L - 2)),
@@ -27,11 +32,8 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "qwen2_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
                           shared_expert_intermediate_size=h),
         "qwen3_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2),
-        # MLA with latents of rank 16, a dense first block, then experts and one shared expert
-        "deepseek_v3": dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
-                            n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
-                            num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4,
-                            qk_nope_head_dim=8, v_head_dim=8, head_dim=None, L=max(L, 3)),
+        "deepseek_v3": deepseek,
+        "deepseek_v32": dict(deepseek, index_head_dim=8, index_n_heads=2, index_topk=4),  # + the indexer
     }.get(family, {})
     common.update(extra)
     common["num_hidden_layers"] = common.pop("L", L)

@@ -136,3 +136,57 @@ def test_bad_input_is_one_line(tmp_path, family, edit, needle):
     assert r.stderr.startswith("error:") and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not out.exists()
+
+
+# ---- vision-language wrappers ------------------------------------------------------------------
+def _kimi_k25(text_cfg, seed):
+    """A tiny Kimi K2.5 (a DeepSeek-V3 language model behind a vision tower), its language model
+    initialised as ``family_model`` would, and that language model alone."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    cfg = AutoConfig.for_model("kimi_k25", text_config=text_cfg.to_dict(), projection_hidden_size=32,
+                               vision_config=dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                                  intermediate_size=64), tie_word_embeddings=False)
+    text = family_model(text_cfg, seed=seed)
+    vlm = AutoModelForImageTextToText.from_config(cfg).eval()
+    sd = vlm.state_dict()
+    for k, v in text.state_dict().items():
+        sd[k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k] = v
+    vlm.load_state_dict(sd)
+    return vlm, text
+
+
+def _save_hub_layout(vlm, folder):
+    """Saved as the published checkpoints name it: ``language_model.model.*``, ``language_model.lm_head``."""
+    folder.mkdir()
+    vlm.config.save_pretrained(folder)
+    sd = {k.replace("model.language_model.", "language_model.model.", 1).replace("lm_head.", "language_model.lm_head.", 1): v
+          for k, v in vlm.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in sd.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_vision_language_wrapper_reads_its_language_model(tmp_path):
+    from tracing.engine import Engine
+    from tracing.transforms import permute
+    text_cfg = family_config("deepseek_v3")
+    vlm, text = _kimi_k25(text_cfg, seed=61)
+    _save_hub_layout(vlm, tmp_path / "kimi")
+    noisy(text, seed=62).save_pretrained(tmp_path / "text_ft")
+    ck = Checkpoint(tmp_path / "kimi")
+    assert ck.arch.wrapper == "kimi_k25" and ck.arch.model_type == "deepseek_v3"
+    ids = random_ids(text_cfg.vocab_size)
+    with torch.no_grad():
+        ref = vlm(input_ids=ids).logits.float()
+    out = []
+    Engine(progress=False).run([ck, permute(ck, seed=3), from_module(vlm)], ids,
+                               on_logits=lambda _b, lg, _i: out.append(lg))
+    for k in range(3):  # the hub layout, permuted, and transformers' in-memory layout
+        got = torch.cat([o[k] for o in out])
+        assert (got - ref).abs().max() / ref.abs().max() <= 1e-5
+    rec = tmp_path / "r.p"
+    r = main("--base_model_id", tmp_path / "text_ft", "--ft_model_id", tmp_path / "kimi", "--stat", "cos",
+             "--save", rec, "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pickle
+    res = pickle.loads(rec.read_bytes())
+    assert res["log10_pvalue"] < -6
+    assert any("kimi_k25" in n and "vision tower is ignored" in n for n in res["notes"]), res["notes"]

@@ -98,9 +98,11 @@ class Engine:
                               for kind, name in (("gate", u.gate), ("up", u.up)) if name is not None}
         return layer.eval(), proj
 
-    def _masks(self, config, x: torch.Tensor, pos: torch.Tensor) -> dict:
+    def _masks(self, config, x: torch.Tensor, pos: torch.Tensor, explicit: bool = False) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
         kw = dict(config=config, inputs_embeds=x, attention_mask=None, position_ids=pos, **_no_cache_kwargs())
+        if explicit:  # the layer reads the mask itself (DeepSeek-V3.2's indexer): never the is_causal shortcut
+            kw["allow_is_causal_skip"] = False
         masks = {"full_attention": create_causal_mask(**kw)}
         if any(self._layer_type(config, i) == "sliding_attention" for i in range(config.num_hidden_layers)):
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
@@ -208,8 +210,10 @@ class Engine:
             for b in batches:
                 x = hidden[b]
                 if x.shape[0] not in masks:
-                    masks[x.shape[0]] = self._masks(skel.config, x, pos)
-                out = layer(x, attention_mask=masks[x.shape[0]][kind], position_ids=pos,
+                    masks[x.shape[0]] = self._masks(skel.config, x, pos, lane.arch.fam.explicit_mask)
+                # block kinds other than sliding windows (e.g. DeepSeek-V3.2's indexed attention) are causal
+                mask = masks[x.shape[0]].get(kind, masks[x.shape[0]]["full_attention"])
+                out = layer(x, attention_mask=mask, position_ids=pos,
                             position_embeddings=pos_emb[kind])
                 hidden[b] = out[0] if isinstance(out, tuple) else out
         finally:

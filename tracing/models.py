@@ -457,6 +457,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 def config_for(config, arch: Arch):
     """A copy of ``config`` matching ``arch`` (a rotated view is untied)."""
+    if arch.wrapper:  # a vision-language wrapper: the language model's config
+        from .arch import FAMILIES
+        config = getattr(config, FAMILIES[arch.wrapper].text_of)
     cfg = copy.deepcopy(config)
     if not arch.tied and getattr(cfg, "tie_word_embeddings", False):
         cfg.tie_word_embeddings = False

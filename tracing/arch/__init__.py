@@ -7,7 +7,9 @@ on-disk name of a tensor, or ``<fused name>#<role>`` for a role's rows of a fuse
 config; nothing is hard-coded to one size.
 
 Roles: attention ``q k v o`` (+ ``_bias``), ``q_norm k_norm``; multi-head latent attention
-``q_a kv_a`` (read the residual stream), ``q_a_norm kv_a_norm`` (on the latents), ``q_b kv_b``; MLP ``gate up down`` (+ ``_bias``);
+``q_a kv_a`` (read the residual stream), ``q_a_norm kv_a_norm`` (on the latents), ``q_b kv_b``, the
+DeepSeek-V3.2 indexer's ``indexer_k indexer_weights`` (read the residual stream), ``indexer_q_b``
+(reads the q latent), ``indexer_k_norm indexer_k_norm_shift``; MLP ``gate up down`` (+ ``_bias``);
 mixture of experts ``router``, ``router_bias`` (per expert), ``expert_gate expert_up expert_down`` (one per expert),
 ``shared_gate shared_up shared_down shared_router``; norms ``in_norm`` (read by attention),
 ``post_norm`` (read by the MLP), ``attn_out_norm`` / ``mlp_out_norm`` (post-norms on a
@@ -23,7 +25,7 @@ from typing import Any
 from ..errors import TracingError
 from . import families as _families  # noqa: F401  (registers the supported families)
 from .family import FAMILIES, Family, register
-from .layout import TensorRef, block_refs, global_refs
+from .layout import TensorRef, block_refs, global_refs, wrapped_refs
 from .moe_shapes import get as _get, size as _size
 
 # Legacy Llama names (kept for callers that only handle Llama-family checkpoints).
@@ -34,14 +36,15 @@ LM_HEAD = "lm_head.weight"
 SUPPORTED = tuple(FAMILIES)
 
 ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm",
-                        "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b"})
+                        "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "indexer_q_b", "indexer_k",
+                        "indexer_k_norm", "indexer_k_norm_shift", "indexer_weights"})
 MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router", "router_bias",
                        "expert_gate", "expert_up", "expert_down",
                        "shared_gate", "shared_up", "shared_down", "shared_router"})
 NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
                         "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias"})
 #: columns index the residual stream
-READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "gate", "up", "embed", "lm_head", "router", "expert_gate",
+READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "indexer_k", "indexer_weights", "gate", "up", "embed", "lm_head", "router", "expert_gate",
                            "expert_up", "shared_gate", "shared_up", "shared_router"})
 #: rows index the residual stream
 WRITE_RESIDUAL = frozenset({"o", "down", "expert_down", "shared_down"})
@@ -51,7 +54,8 @@ RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bia
 UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "shared_gate", "shared_up"})
 UNIT_COLS = frozenset({"down", "expert_down", "shared_down"})
 #: which norm each reader of the residual stream reads through (for folding gains)
-READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "q_a": "in_norm", "kv_a": "in_norm", "gate": "post_norm", "up": "post_norm",
+READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "q_a": "in_norm", "kv_a": "in_norm",
+                 "indexer_k": "in_norm", "indexer_weights": "in_norm", "gate": "post_norm", "up": "post_norm",
                  "router": "post_norm", "expert_gate": "post_norm", "expert_up": "post_norm",
                  "shared_gate": "post_norm", "shared_up": "post_norm", "shared_router": "post_norm"}
 
@@ -89,6 +93,7 @@ class Arch:
     moe_blocks: tuple = ()
     final_softcap: float | None = None
     dims: tuple = ()  # further sizes of the family's layout, as sorted (key, value) pairs
+    wrapper: str | None = None  # the vision-language wrapper whose language model this is
 
     def dim(self, key: str) -> int:
         """A further size of the family's layout (e.g. MLA's latent ranks)."""
@@ -199,7 +204,7 @@ class Arch:
 
     def names(self) -> list[str]:
         """Every distinct tensor, in model order (a tied lm_head is not listed twice)."""
-        g = global_refs(self)
+        g = _global_refs(self)
         out = [g[0].name]
         for i in range(self.L):
             out += [r.name for r in self.block_refs(i)]
@@ -240,12 +245,18 @@ def _numel(shape) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _block_refs(a: Arch, i: int) -> list[TensorRef]:
-    return block_refs(a, i)
+    refs = block_refs(a, i)
+    return wrapped_refs(refs, FAMILIES[a.wrapper]) if a.wrapper else refs
+
+
+def _global_refs(a: Arch) -> list[TensorRef]:
+    refs = global_refs(a)
+    return wrapped_refs(refs, FAMILIES[a.wrapper]) if a.wrapper else refs
 
 
 @functools.lru_cache(maxsize=64)
 def _index(a: Arch) -> dict[str, TensorRef]:
-    out = {r.name: r for r in global_refs(a)}
+    out = {r.name: r for r in _global_refs(a)}
     for i in range(a.L):
         out.update({r.name: r for r in a.block_refs(i)})
     return out
@@ -260,6 +271,14 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
             f"unsupported architecture {model_type!r}: model-tracing supports {', '.join(sorted(FAMILIES))} "
             f"checkpoints (see docs/architectures.md)")
     fam = FAMILIES[model_type]
+    if fam.text_of:  # a vision-language wrapper: its language model
+        text = _get(config, fam.text_of)
+        if text is None:
+            raise TracingError(f"{where} is a {model_type} config without its {fam.text_of}; "
+                               f"use the config.json that came with the weights")
+        arch = arch_from_config(text, where)
+        tied = _get(config, "tie_word_embeddings")  # the wrapper's own flag decides, when it has one
+        return dataclasses.replace(arch, wrapper=model_type, tied=arch.tied if tied is None else bool(tied))
     _check_layer_types(config, fam, where)
     d = _size(config, "hidden_size", where)
     n_heads = _size(config, "num_attention_heads", where)

@@ -40,6 +40,24 @@ def attention_mla(a, p: str, i: int) -> list[TensorRef]:
                   TensorRef(f"{s}o_proj.weight", "o", i, (d, H * v))]
 
 
+def indexer_dims(config: Any, where: str) -> dict:
+    """MLA's sizes and those of DeepSeek-V3.2's sparse-attention indexer."""
+    return {**mla_dims(config, where), "index_head_dim": size(config, "index_head_dim", where),
+            "index_n_heads": size(config, "index_n_heads", where)}
+
+
+def attention_mla_indexed(a, p: str, i: int) -> list[TensorRef]:
+    """DeepSeek-V3.2: MLA plus the indexer, whose ``wk`` and ``weights_proj`` read the residual
+    stream, ``wq_b`` reads the q latent and ``k_norm`` (a LayerNorm) acts over its head dimension."""
+    s, hd, n = f"{p}self_attn.indexer.", a.dim("index_head_dim"), a.dim("index_n_heads")
+    return attention_mla(a, p, i) + [
+        TensorRef(f"{s}wq_b.weight", "indexer_q_b", i, (n * hd, a.dim("q_lora_rank"))),
+        TensorRef(f"{s}wk.weight", "indexer_k", i, (hd, a.d)),
+        TensorRef(f"{s}k_norm.weight", "indexer_k_norm", i, (hd,)),
+        TensorRef(f"{s}k_norm.bias", "indexer_k_norm_shift", i, (hd,)),
+        TensorRef(f"{s}weights_proj.weight", "indexer_weights", i, (n, a.d))]
+
+
 def deepseek_moe_shape(config: Any, fam, L: int, where: str) -> dict:
     """Blocks from ``first_k_dense_replace`` on hold ``n_routed_experts`` experts and
     ``n_shared_experts`` shared experts fused into one MLP (as transformers builds it)."""

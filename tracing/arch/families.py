@@ -8,9 +8,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .family import Family, register
+
+#: where transformers (``model.language_model.``) and the original checkpoints
+#: (``language_model.model.``) keep a vision-language model's language model
+LANGUAGE_MODEL = (("model.", "model.language_model."), ("model.", "language_model.model."),
+                  ("lm_head.", "language_model.lm_head."))
 from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_mlp_refs, mlp_fused_gate_up,
                      mlp_neox, moe_refs)
-from .deepseek import attention_mla, deepseek_moe_shape, mla_dims
+from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, indexer_dims, mla_dims
 from .moe_shapes import mixtral_shape, qwen_moe_shape
 
 POST_NORMS = "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
@@ -47,3 +52,6 @@ DEEPSEEK_V3 = replace(_BASE, model_type="deepseek_v3", group="deepseek", attenti
                       qkv_bias=False, o_bias=False, moe_shape=deepseek_moe_shape, shared_prefix="mlp.shared_experts.",
                       shared_gate=None, router_bias="mlp.gate.e_score_correction_bias")
 register(DEEPSEEK_V3)
+register(replace(DEEPSEEK_V3, model_type="deepseek_v32", attention=attention_mla_indexed, dims=indexer_dims,
+                 layer_types=frozenset({"indexed_attention", "full_attention"}), explicit_mask=True))
+register(Family("kimi_k25", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Kimi K2.5: a DeepSeek-V3 text model

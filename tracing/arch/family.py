@@ -60,6 +60,8 @@ class Family:
     shared_expert_key: str | None = None
     #: the ``layer_types`` a config of this family may name (hybrids list theirs)
     layer_types: frozenset = frozenset({"full_attention", "sliding_attention"})
+    #: its layers read the attention mask themselves (a causal mask is always built, never skipped)
+    explicit_mask: bool = False
     #: ``(config, where) -> dict`` of further sizes a layout function reads with ``arch.dim(key)``
     dims: Callable | None = None
     #: where a block's experts live on disk, and the file names of gate, up and down
@@ -70,6 +72,12 @@ class Family:
     shared_gate: str | None = "mlp.shared_expert_gate.weight"
     #: the router's per-expert bias (e.g. DeepSeek's correction bias), relative to the block, or None
     router_bias: str | None = None
+
+    #: a vision-language wrapper: the config key of its language model's config (the family read)
+    text_of: str | None = None
+    #: a wrapper's prefixes of the language model's tensors, on disk and in transformers' modules:
+    #: ``(text model prefix, wrapped prefix)`` pairs, tried in order
+    wrapped: tuple[tuple[str, str], ...] = ()
 
     def bias(self, rule: str, config: Any, get: Callable) -> bool:
         value = getattr(self, rule)

@@ -175,3 +175,17 @@ def global_refs(a) -> list[TensorRef]:
     stores = [(name, None) for name in a.fam.lm_head_stores]
     out.append(TensorRef("lm_head.weight", "lm_head", None, (V, d), stores, module=("lm_head.weight", None)))
     return out
+
+
+def wrapped_refs(refs: list[TensorRef], wrapper) -> list[TensorRef]:
+    """The language model's references inside a vision-language wrapper: each stored name is also
+    looked for under the wrapper's prefixes (``model.language_model.``, ``language_model.model.``);
+    the module location stays the text model's."""
+    out = []
+    for r in refs:
+        stores = list(r.stores)
+        for stored, index in r.stores:
+            stores += [(wrapped + stored[len(text):], index) for text, wrapped in wrapper.wrapped
+                       if stored.startswith(text)]
+        out.append(TensorRef(r.name, r.role, r.block, r.shape, stores, r.module, r.unit))
+    return out
