@@ -8,7 +8,8 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
-FRONTIER = ("deepseek_v3", "deepseek_v32")  # mixtures of experts with dense first blocks, MLA, ...
+FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next")
+FRONTIER = FRONTIER_MOE + ("qwen3_5_text",)  # mixtures of experts with dense first blocks, MLA, ...
 FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
 POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
 GATED = tuple(f for f in FAMILIES if f != "gpt_neox")
@@ -23,6 +24,11 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
                     first_k_dense_replace=1, n_group=1, topk_group=1, num_key_value_heads=4, q_lora_rank=16,
                     kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, head_dim=None,
                     L=max(L, 3))
+    # Gated DeltaNet linear attention, then gated full attention
+    hybrid = dict(linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                  linear_num_value_heads=4, layer_types=(["linear_attention", "full_attention"] * L)[:L])
+    qwen_moe = dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
+                    shared_expert_intermediate_size=h // 2)
     extra = {
         "gemma2": dict(sliding_window=8, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
         "gemma3_text": dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"][:L] + ["full_attention"] * max(0, L - 2)),
@@ -34,6 +40,9 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "qwen3_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2),
         "deepseek_v3": deepseek,
         "deepseek_v32": dict(deepseek, index_head_dim=8, index_n_heads=2, index_topk=4),  # + the indexer
+        "qwen3_5_text": hybrid,
+        "qwen3_5_moe_text": dict(hybrid, **qwen_moe),
+        "qwen3_next": dict(hybrid, **qwen_moe),
     }.get(family, {})
     common.update(extra)
     common["num_hidden_layers"] = common.pop("L", L)

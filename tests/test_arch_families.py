@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 import torch
 
-from family_models import (DENSE, FAMILIES, FRONTIER, GATED, MOE, POST_NORM, family_config, family_model, logits, noisy,
+from family_models import (DENSE, FAMILIES, FRONTIER, FRONTIER_MOE, GATED, MOE, POST_NORM, family_config, family_model, logits, noisy,
                            random_ids, rel_diff, save_trio)
 from tracing.align import align
 from tracing.engine import Engine
@@ -135,7 +135,7 @@ def test_fused_role_views_read_from_disk(saved):
     assert torch.equal(ck.get(ck.arch.block_name(0, "k")), fused[:, 1].reshape(-1, ck.arch.d))
 
 
-@pytest.mark.parametrize("family", MOE + FRONTIER)
+@pytest.mark.parametrize("family", MOE + FRONTIER_MOE)
 def test_experts_on_disk_and_in_memory(saved, family):
     """save_pretrained writes one tensor per expert; the module stacks them; both read the same."""
     model, paths = saved(family)
@@ -232,7 +232,7 @@ def _permute_experts(model, seed):
     return out, sigmas
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "deepseek_v3", "qwen3_5_moe_text"])
 def test_expert_matching_recovers_expert_permutation(tmp_path, family):
     cfg = family_config(family, E=6)
     base = family_model(cfg, seed=8)
@@ -381,7 +381,7 @@ def test_launch_over_mixed_families_records_what_cannot_be_compared(saved, tmp_p
         assert "\n" not in x["error"] and "architecture" in x["error"], x["error"]
 
 
-@pytest.mark.parametrize("family", MOE + FRONTIER)
+@pytest.mark.parametrize("family", MOE + FRONTIER_MOE)
 def test_l2_null_permutes_every_experts_units(saved, family):
     """The l2 permutation test draws a permutation of each expert's units (not only of the residual
     stream): the null copies are the function-preserving permutations of the whole model."""

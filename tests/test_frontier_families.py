@@ -21,7 +21,7 @@ from tracing.stats import get as get_stat
 from tracing.stats.base import Context
 
 ROOT = Path(__file__).resolve().parent.parent
-CALIBRATED = ("deepseek_v3",)
+CALIBRATED = ("deepseek_v3", "qwen3_5_moe_text")
 
 
 def run_stat(name, base, ft, tokens=None, **opts):
@@ -123,6 +123,7 @@ def _layer_type(name):
     ("deepseek_v3", dict(tensors=_wide_router), "mlp.gate.weight"),
     ("gemma3_text", dict(config=_layer_type("mystery_attention")), "mystery_attention"),  # unknown to transformers
     ("gemma3_text", dict(config=_layer_type("linear_attention")), "'linear_attention' that gemma3_text"),
+    ("qwen3_5_moe_text", dict(config=_layer_type("sliding_attention")), "'sliding_attention' that qwen3_5_moe_text"),
 ])
 def test_bad_input_is_one_line(tmp_path, family, edit, needle):
     c = family_config(family)
@@ -139,13 +140,23 @@ def test_bad_input_is_one_line(tmp_path, family, edit, needle):
 
 
 # ---- vision-language wrappers ------------------------------------------------------------------
-def _kimi_k25(text_cfg, seed):
-    """A tiny Kimi K2.5 (a DeepSeek-V3 language model behind a vision tower), its language model
-    initialised as ``family_model`` would, and that language model alone."""
+#: wrapper -> (its language model's family, a tiny vision tower, the published names of the language model)
+WRAPPERS = {
+    "kimi_k25": ("deepseek_v3", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64),
+                 ("language_model.model.", "language_model.lm_head.")),
+    "qwen3_5_moe": ("qwen3_5_moe_text", dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64,
+                                             out_hidden_size=32), ("model.language_model.", "lm_head.")),
+}
+
+
+def _wrapped(wrapper, seed):
+    """A tiny vision-language model whose language model is initialised as ``family_model`` would,
+    and that language model alone."""
     from transformers import AutoConfig, AutoModelForImageTextToText
-    cfg = AutoConfig.for_model("kimi_k25", text_config=text_cfg.to_dict(), projection_hidden_size=32,
-                               vision_config=dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                                  intermediate_size=64), tie_word_embeddings=False)
+    family, vision, _ = WRAPPERS[wrapper]
+    text_cfg = family_config(family)
+    cfg = AutoConfig.for_model(wrapper, text_config=text_cfg.to_dict(), vision_config=vision,
+                               tie_word_embeddings=False, **({"projection_hidden_size": 32} if wrapper == "kimi_k25" else {}))
     text = family_model(text_cfg, seed=seed)
     vlm = AutoModelForImageTextToText.from_config(cfg).eval()
     sd = vlm.state_dict()
@@ -155,38 +166,39 @@ def _kimi_k25(text_cfg, seed):
     return vlm, text
 
 
-def _save_hub_layout(vlm, folder):
-    """Saved as the published checkpoints name it: ``language_model.model.*``, ``language_model.lm_head``."""
+def _save_hub_layout(vlm, wrapper, folder):
+    """Saved as the published checkpoints name the language model's tensors."""
+    _, _, (model, head) = WRAPPERS[wrapper]
     folder.mkdir()
     vlm.config.save_pretrained(folder)
-    sd = {k.replace("model.language_model.", "language_model.model.", 1).replace("lm_head.", "language_model.lm_head.", 1): v
+    sd = {k.replace("model.language_model.", model, 1).replace("lm_head.", head, 1): v.contiguous()
           for k, v in vlm.state_dict().items()}
-    save_file({k: v.contiguous() for k, v in sd.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-def test_vision_language_wrapper_reads_its_language_model(tmp_path):
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_vision_language_wrapper_reads_its_language_model(tmp_path, wrapper):
     from tracing.engine import Engine
     from tracing.transforms import permute
-    text_cfg = family_config("deepseek_v3")
-    vlm, text = _kimi_k25(text_cfg, seed=61)
-    _save_hub_layout(vlm, tmp_path / "kimi")
+    vlm, text = _wrapped(wrapper, seed=61)
+    _save_hub_layout(vlm, wrapper, tmp_path / "vlm")
     noisy(text, seed=62).save_pretrained(tmp_path / "text_ft")
-    ck = Checkpoint(tmp_path / "kimi")
-    assert ck.arch.wrapper == "kimi_k25" and ck.arch.model_type == "deepseek_v3"
-    ids = random_ids(text_cfg.vocab_size)
+    ck = Checkpoint(tmp_path / "vlm")
+    assert ck.arch.wrapper == wrapper and ck.arch.model_type == WRAPPERS[wrapper][0]
+    ids = random_ids(text.config.vocab_size)
     with torch.no_grad():
         ref = vlm(input_ids=ids).logits.float()
     out = []
     Engine(progress=False).run([ck, permute(ck, seed=3), from_module(vlm)], ids,
                                on_logits=lambda _b, lg, _i: out.append(lg))
-    for k in range(3):  # the hub layout, permuted, and transformers' in-memory layout
+    for k in range(3):  # the published layout, permuted, and transformers' in-memory layout
         got = torch.cat([o[k] for o in out])
         assert (got - ref).abs().max() / ref.abs().max() <= 1e-5
     rec = tmp_path / "r.p"
-    r = main("--base_model_id", tmp_path / "text_ft", "--ft_model_id", tmp_path / "kimi", "--stat", "cos",
+    r = main("--base_model_id", tmp_path / "text_ft", "--ft_model_id", tmp_path / "vlm", "--stat", "cos",
              "--save", rec, "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     import pickle
     res = pickle.loads(rec.read_bytes())
     assert res["log10_pvalue"] < -6
-    assert any("kimi_k25" in n and "vision tower is ignored" in n for n in res["notes"]), res["notes"]
+    assert any(wrapper in n and "vision tower is ignored" in n for n in res["notes"]), res["notes"]

@@ -211,8 +211,9 @@ class Engine:
                 x = hidden[b]
                 if x.shape[0] not in masks:
                     masks[x.shape[0]] = self._masks(skel.config, x, pos, lane.arch.fam.explicit_mask)
-                # block kinds other than sliding windows (e.g. DeepSeek-V3.2's indexed attention) are causal
-                mask = masks[x.shape[0]].get(kind, masks[x.shape[0]]["full_attention"])
+                # linear attention (recurrent) takes no mask; other block kinds than sliding windows
+                # (e.g. DeepSeek-V3.2's indexed attention) are causal
+                mask = None if kind == "linear_attention" else masks[x.shape[0]].get(kind, masks[x.shape[0]]["full_attention"])
                 out = layer(x, attention_mask=mask, position_ids=pos,
                             position_embeddings=pos_emb[kind])
                 hidden[b] = out[0] if isinstance(out, tuple) else out

@@ -9,7 +9,9 @@ config; nothing is hard-coded to one size.
 Roles: attention ``q k v o`` (+ ``_bias``), ``q_norm k_norm``; multi-head latent attention
 ``q_a kv_a`` (read the residual stream), ``q_a_norm kv_a_norm`` (on the latents), ``q_b kv_b``, the
 DeepSeek-V3.2 indexer's ``indexer_k indexer_weights`` (read the residual stream), ``indexer_q_b``
-(reads the q latent), ``indexer_k_norm indexer_k_norm_shift``; MLP ``gate up down`` (+ ``_bias``);
+(reads the q latent), ``indexer_k_norm indexer_k_norm_shift``; linear attention (Gated DeltaNet)
+``lin_qkv lin_z lin_b lin_a`` / ``lin_qkvz lin_ba`` (read the residual stream), ``lin_out`` (writes
+it), ``lin_conv lin_A_log lin_dt_bias lin_norm`` (internal); MLP ``gate up down`` (+ ``_bias``);
 mixture of experts ``router``, ``router_bias`` (per expert), ``expert_gate expert_up expert_down`` (one per expert),
 ``shared_gate shared_up shared_down shared_router``; norms ``in_norm`` (read by attention),
 ``post_norm`` (read by the MLP), ``attn_out_norm`` / ``mlp_out_norm`` (post-norms on a
@@ -35,19 +37,23 @@ LM_HEAD = "lm_head.weight"
 
 SUPPORTED = tuple(FAMILIES)
 
+#: the input projections of a linear-attention block (they read the residual stream)
+LINEAR_READERS = ("lin_qkv", "lin_z", "lin_b", "lin_a", "lin_qkvz", "lin_ba")
 ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm",
                         "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "indexer_q_b", "indexer_k",
-                        "indexer_k_norm", "indexer_k_norm_shift", "indexer_weights"})
+                        "indexer_k_norm", "indexer_k_norm_shift", "indexer_weights",
+                        "lin_conv", "lin_A_log", "lin_dt_bias", "lin_norm", "lin_out", *LINEAR_READERS})
 MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router", "router_bias",
                        "expert_gate", "expert_up", "expert_down",
                        "shared_gate", "shared_up", "shared_down", "shared_router"})
 NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
                         "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias"})
 #: columns index the residual stream
-READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "indexer_k", "indexer_weights", "gate", "up", "embed", "lm_head", "router", "expert_gate",
-                           "expert_up", "shared_gate", "shared_up", "shared_router"})
+READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "indexer_k", "indexer_weights", "gate", "up", "embed",
+                           "lm_head", "router", "expert_gate", "expert_up", "shared_gate", "shared_up",
+                           "shared_router", *LINEAR_READERS})
 #: rows index the residual stream
-WRITE_RESIDUAL = frozenset({"o", "down", "expert_down", "shared_down"})
+WRITE_RESIDUAL = frozenset({"o", "lin_out", "down", "expert_down", "shared_down"})
 #: vectors over the residual stream
 RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias"}
 #: rows (resp. columns) index the hidden units of an MLP or expert
@@ -55,7 +61,8 @@ UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "exp
 UNIT_COLS = frozenset({"down", "expert_down", "shared_down"})
 #: which norm each reader of the residual stream reads through (for folding gains)
 READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "q_a": "in_norm", "kv_a": "in_norm",
-                 "indexer_k": "in_norm", "indexer_weights": "in_norm", "gate": "post_norm", "up": "post_norm",
+                 "indexer_k": "in_norm", "indexer_weights": "in_norm", **{r: "in_norm" for r in LINEAR_READERS},
+                 "gate": "post_norm", "up": "post_norm",
                  "router": "post_norm", "expert_gate": "post_norm", "expert_up": "post_norm",
                  "shared_gate": "post_norm", "shared_up": "post_norm", "shared_router": "post_norm"}
 
@@ -94,6 +101,7 @@ class Arch:
     final_softcap: float | None = None
     dims: tuple = ()  # further sizes of the family's layout, as sorted (key, value) pairs
     wrapper: str | None = None  # the vision-language wrapper whose language model this is
+    layer_types: tuple = ()  # a hybrid's kind of each block (linear or full attention)
 
     def dim(self, key: str) -> int:
         """A further size of the family's layout (e.g. MLA's latent ranks)."""
@@ -291,12 +299,17 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
     cap = _get(config, "final_logit_softcapping")
     moe = fam.moe_shape(config, fam, L, where) if fam.moe_shape else {}
     dims = tuple(sorted(fam.dims(config, where).items())) if fam.dims else ()
+    hybrid = "linear_attention" in fam.layer_types
+    layer_types = tuple(_get(config, "layer_types") or ()) if hybrid else ()
+    if hybrid and len(layer_types) != L:
+        raise TracingError(f"{where} needs layer_types with one entry per block ({L}), found {len(layer_types)}; "
+                           f"use the config.json that came with the weights")
     return Arch(
         model_type=model_type, d=d, h=_size(config, "intermediate_size", where), L=L,
         V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
         qkv_bias=fam.bias("qkv_bias", config, _get), o_bias=fam.bias("o_bias", config, _get),
-        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, **moe,
+        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, layer_types=layer_types, **moe,
     )
 
 

@@ -17,6 +17,7 @@ from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_
                      mlp_neox, moe_refs)
 from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, indexer_dims, mla_dims
 from .moe_shapes import mixtral_shape, qwen_moe_shape
+from .qwen_hybrid import attention_qwen3_5, attention_qwen3_next, linear_dims
 
 POST_NORMS = "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
 LAYERNORM = "LayerNorm subtracts the mean, which a rotation of the residual stream does not commute with"
@@ -55,3 +56,14 @@ register(DEEPSEEK_V3)
 register(replace(DEEPSEEK_V3, model_type="deepseek_v32", attention=attention_mla_indexed, dims=indexer_dims,
                  layer_types=frozenset({"indexed_attention", "full_attention"}), explicit_mask=True))
 register(Family("kimi_k25", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Kimi K2.5: a DeepSeek-V3 text model
+
+HYBRID = frozenset({"linear_attention", "full_attention"})
+QWEN3_5 = replace(_BASE, model_type="qwen3_5_text", group="qwen3_5", attention=attention_qwen3_5, dims=linear_dims,
+                  layer_types=HYBRID, gain_offset=1.0, qk_norm="head", q_gated=True)
+QWEN3_5_MOE = replace(QWEN3_5, model_type="qwen3_5_moe_text", moe_shape=qwen_moe_shape,
+                      shared_expert_key="shared_expert_intermediate_size")
+register(QWEN3_5)
+register(QWEN3_5_MOE)
+register(replace(QWEN3_5_MOE, model_type="qwen3_next", group="qwen3_next", attention=attention_qwen3_next))
+register(Family("qwen3_5", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Qwen3.5 vision-language
+register(Family("qwen3_5_moe", text_of="text_config", wrapped=LANGUAGE_MODEL))

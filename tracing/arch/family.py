@@ -60,6 +60,8 @@ class Family:
     shared_expert_key: str | None = None
     #: the ``layer_types`` a config of this family may name (hybrids list theirs)
     layer_types: frozenset = frozenset({"full_attention", "sliding_attention"})
+    #: q_proj also holds a per-head output gate (twice the rows)
+    q_gated: bool = False
     #: its layers read the attention mask themselves (a causal mask is always built, never skipped)
     explicit_mask: bool = False
     #: ``(config, where) -> dict`` of further sizes a layout function reads with ``arch.dim(key)``

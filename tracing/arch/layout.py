@@ -68,7 +68,8 @@ def attention_refs(a, p: str, i: int) -> list[TensorRef]:
     """q/k/v/o (and biases, q/k norms) of block i, one tensor each; ``p`` is the block prefix."""
     d, qo, kvo = a.d, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
     out: list[TensorRef] = []
-    for role, rows in (("q", qo), ("k", kvo), ("v", kvo)):
+    # a per-head output gate stacked into q_proj (Qwen3-Next, Qwen3.5) doubles its rows
+    for role, rows in (("q", qo * (2 if a.fam.q_gated else 1)), ("k", kvo), ("v", kvo)):
         out.append(TensorRef(f"{p}self_attn.{role}_proj.weight", role, i, (rows, d)))
     out.append(TensorRef(f"{p}self_attn.o_proj.weight", "o", i, (d, qo)))
     if a.qkv_bias:
