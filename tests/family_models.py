@@ -8,7 +8,7 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
-FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next")
+FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss")
 FRONTIER = FRONTIER_MOE + ("qwen3_5_text",)  # mixtures of experts with dense first blocks, MLA, ...
 FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
 POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
@@ -43,6 +43,9 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "qwen3_5_text": hybrid,
         "qwen3_5_moe_text": dict(hybrid, **qwen_moe),
         "qwen3_next": dict(hybrid, **qwen_moe),
+        # fused interleaved experts with biases, attention sinks, alternating sliding windows
+        "gpt_oss": dict(num_local_experts=E, num_experts_per_tok=2, intermediate_size=h // 2, sliding_window=8,
+                        layer_types=(["sliding_attention", "full_attention"] * L)[:L]),
     }.get(family, {})
     common.update(extra)
     common["num_hidden_layers"] = common.pop("L", L)

@@ -135,7 +135,7 @@ def test_fused_role_views_read_from_disk(saved):
     assert torch.equal(ck.get(ck.arch.block_name(0, "k")), fused[:, 1].reshape(-1, ck.arch.d))
 
 
-@pytest.mark.parametrize("family", MOE + FRONTIER_MOE)
+@pytest.mark.parametrize("family", MOE + tuple(f for f in FRONTIER_MOE if f != "gpt_oss"))  # gpt-oss: fused on disk
 def test_experts_on_disk_and_in_memory(saved, family):
     """save_pretrained writes one tensor per expert; the module stacks them; both read the same."""
     model, paths = saved(family)

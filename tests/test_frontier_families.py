@@ -21,7 +21,7 @@ from tracing.stats import get as get_stat
 from tracing.stats.base import Context
 
 ROOT = Path(__file__).resolve().parent.parent
-CALIBRATED = ("deepseek_v3", "qwen3_5_moe_text")
+CALIBRATED = ("deepseek_v3", "qwen3_5_moe_text", "gpt_oss")
 
 
 def run_stat(name, base, ft, tokens=None, **opts):
@@ -51,6 +51,25 @@ def test_same_architecture_is_not_derivation():
     for stat in ("cos", "emb", "match"):
         assert run_stat(stat, a, b, tokens=tokens).log10_pvalue > math.log10(0.01), stat
     assert run_stat("cos", a, from_module(noisy(family_model(c, seed=31)))).log10_pvalue < -6
+
+
+def test_gpt_oss_fused_interleaved_experts(tmp_path):
+    """gpt-oss stores experts fused and transposed, gate and up interleaved: each role's view (and
+    its bias) is the right slice, from disk and from memory alike."""
+    c = family_config("gpt_oss")
+    model = family_model(c, seed=71)
+    model.save_pretrained(tmp_path / "m")
+    ck, mem = Checkpoint(tmp_path / "m"), from_module(model)
+    a = ck.arch
+    experts = model.model.layers[1].mlp.experts
+    gu, gub = experts.gate_up_proj.detach(), experts.gate_up_proj_bias.detach()
+    for e in range(a.n_experts):
+        for role, want in (("expert_gate", gu[e][:, 0::2].T), ("expert_up", gu[e][:, 1::2].T),
+                           ("expert_down", experts.down_proj[e].detach().T), ("expert_gate_bias", gub[e, 0::2]),
+                           ("expert_up_bias", gub[e, 1::2]), ("expert_down_bias", experts.down_proj_bias[e].detach())):
+            name = next(r.name for r in a.block_refs(1) if r.role == role and r.name.endswith(f".{e}"))
+            assert torch.equal(ck.get(name), want) and torch.equal(mem.get(name), want), (role, e)
+    assert a.block_name(1, "sinks") and a.block_name(1, "router_bias")
 
 
 def _drop_first_block(model):

@@ -243,5 +243,7 @@ def _globals(arch):
 def _forward_config(lane: WeightSource):
     cfg = config_for(lane.config, lane.arch)
     # soft-capped attention scores exist only in the eager implementation
-    cfg._attn_implementation = "eager" if getattr(cfg, "attn_logit_softcapping", None) else "sdpa"
+    # (as are gpt-oss's attention sinks)
+    eager = getattr(cfg, "attn_logit_softcapping", None) or lane.arch.fam.eager
+    cfg._attn_implementation = "eager" if eager else "sdpa"
     return cfg

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .arch import LM_HEAD, Arch, TensorRef, arch_from_config
+from .arch.layout import Transposed, select
 from .errors import TracingError
 
 from .specs import Resolved, Spec, parse_spec, resolve  # noqa: F401 - model ids; re-exported here
@@ -73,9 +74,6 @@ def logical_ref(arch: Arch, name: str, label: str) -> TensorRef:
         raise TracingError(f"{label}: {name} is not a tensor of a {arch.model_type} checkpoint") from None
 
 
-def select(t: torch.Tensor, index) -> torch.Tensor:
-    """A role's part of a stored tensor (``index`` from :class:`~tracing.arch.TensorRef`)."""
-    return t if index is None else t[index]
 
 
 def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -220,7 +218,7 @@ class Checkpoint(WeightSource):
                 continue
             found = tuple(self._shapes[stored])
             try:  # the role's part of a fused tensor, computed on the meta device
-                got = found if index is None else tuple(torch.empty(found, device="meta")[index].shape)
+                got = found if index is None else tuple(select(torch.empty(found, device="meta"), index).shape)
             except (IndexError, RuntimeError):
                 got = None
             if got != tuple(ref.shape):
@@ -268,7 +266,7 @@ class Checkpoint(WeightSource):
         if f.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
-                if index is not None and all(isinstance(x, (int, slice)) for x in index):
+                if index is not None and not isinstance(index, Transposed) and all(isinstance(x, (int, slice)) for x in index):
                     t = h.get_slice(stored)[index]  # only the role's rows are read
                 else:
                     t = select(h.get_tensor(stored), index)

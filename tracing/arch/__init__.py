@@ -12,7 +12,8 @@ DeepSeek-V3.2 indexer's ``indexer_k indexer_weights`` (read the residual stream)
 (reads the q latent), ``indexer_k_norm indexer_k_norm_shift``; linear attention (Gated DeltaNet)
 ``lin_qkv lin_z lin_b lin_a`` / ``lin_qkvz lin_ba`` (read the residual stream), ``lin_out`` (writes
 it), ``lin_conv lin_A_log lin_dt_bias lin_norm`` (internal); MLP ``gate up down`` (+ ``_bias``);
-mixture of experts ``router``, ``router_bias`` (per expert), ``expert_gate expert_up expert_down`` (one per expert),
+mixture of experts ``router``, ``router_bias`` (per expert), ``expert_gate expert_up expert_down`` (one per expert,
+with ``_bias`` for gpt-oss), attention ``sinks`` (per head),
 ``shared_gate shared_up shared_down shared_router``; norms ``in_norm`` (read by attention),
 ``post_norm`` (read by the MLP), ``attn_out_norm`` / ``mlp_out_norm`` (post-norms on a
 sublayer's output), ``*_bias`` of LayerNorms; ``embed``, ``final_norm``, ``lm_head``.
@@ -42,10 +43,10 @@ LINEAR_READERS = ("lin_qkv", "lin_z", "lin_b", "lin_a", "lin_qkvz", "lin_ba")
 ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm",
                         "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "indexer_q_b", "indexer_k",
                         "indexer_k_norm", "indexer_k_norm_shift", "indexer_weights",
-                        "lin_conv", "lin_A_log", "lin_dt_bias", "lin_norm", "lin_out", *LINEAR_READERS})
+                        "lin_conv", "lin_A_log", "lin_dt_bias", "lin_norm", "lin_out", "sinks", *LINEAR_READERS})
 MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router", "router_bias",
-                       "expert_gate", "expert_up", "expert_down",
-                       "shared_gate", "shared_up", "shared_down", "shared_router"})
+                       "expert_gate", "expert_up", "expert_down", "expert_gate_bias", "expert_up_bias",
+                       "expert_down_bias", "shared_gate", "shared_up", "shared_down", "shared_router"})
 NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
                         "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias"})
 #: columns index the residual stream
@@ -55,9 +56,10 @@ READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "indexer_k", "indexer_w
 #: rows index the residual stream
 WRITE_RESIDUAL = frozenset({"o", "lin_out", "down", "expert_down", "shared_down"})
 #: vectors over the residual stream
-RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias"}
+RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias", "expert_down_bias"}
 #: rows (resp. columns) index the hidden units of an MLP or expert
-UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "shared_gate", "shared_up"})
+UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "expert_gate_bias",
+                       "expert_up_bias", "shared_gate", "shared_up"})
 UNIT_COLS = frozenset({"down", "expert_down", "shared_down"})
 #: which norm each reader of the residual stream reads through (for folding gains)
 READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "q_a": "in_norm", "kv_a": "in_norm",

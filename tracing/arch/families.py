@@ -17,6 +17,7 @@ from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_
                      mlp_neox, moe_refs)
 from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, indexer_dims, mla_dims
 from .moe_shapes import mixtral_shape, qwen_moe_shape
+from .gpt_oss import attention_sinks, gpt_oss_moe, gpt_oss_shape
 from .qwen_hybrid import attention_qwen3_5, attention_qwen3_next, linear_dims
 
 POST_NORMS = "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
@@ -67,3 +68,5 @@ register(QWEN3_5_MOE)
 register(replace(QWEN3_5_MOE, model_type="qwen3_next", group="qwen3_next", attention=attention_qwen3_next))
 register(Family("qwen3_5", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Qwen3.5 vision-language
 register(Family("qwen3_5_moe", text_of="text_config", wrapped=LANGUAGE_MODEL))
+register(replace(_BASE, model_type="gpt_oss", group="gpt_oss", attention=attention_sinks, moe=gpt_oss_moe,
+                 moe_shape=gpt_oss_shape, qkv_bias=True, o_bias=True, eager=True))

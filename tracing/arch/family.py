@@ -62,6 +62,8 @@ class Family:
     layer_types: frozenset = frozenset({"full_attention", "sliding_attention"})
     #: q_proj also holds a per-head output gate (twice the rows)
     q_gated: bool = False
+    #: run forward passes with transformers' eager attention (no sdpa path, e.g. attention sinks)
+    eager: bool = False
     #: its layers read the attention mask themselves (a causal mask is always built, never skipped)
     explicit_mask: bool = False
     #: ``(config, where) -> dict`` of further sizes a layout function reads with ``arch.dim(key)``

@@ -14,6 +14,20 @@ import torch
 Index = tuple | None  # a tuple of ints/slices, or (LongTensor,) for scattered rows
 
 
+class Transposed(tuple):
+    """An index whose part is stored transposed: the role's rows are the part's columns
+    (gpt-oss stores its experts as [E, in, out])."""
+
+
+def select(t: torch.Tensor, index: Index) -> torch.Tensor:
+    """A role's part of a stored tensor (``index`` of a :class:`TensorRef` store)."""
+    if index is None:
+        return t
+    if isinstance(index, Transposed):
+        return t[tuple(index)].T
+    return t[index]
+
+
 @dataclass
 class TensorRef:
     name: str  # logical name (the on-disk name of an unfused tensor)
