@@ -8,7 +8,7 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
-FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss")
+FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss", "olmoe", "glm4_moe")
 FRONTIER = FRONTIER_MOE + ("qwen3_5_text",)  # mixtures of experts with dense first blocks, MLA, ...
 FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
 POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
@@ -44,6 +44,11 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "qwen3_5_moe_text": dict(hybrid, **qwen_moe),
         "qwen3_next": dict(hybrid, **qwen_moe),
         # fused interleaved experts with biases, attention sinks, alternating sliding windows
+        "olmoe": dict(num_experts=E, num_experts_per_tok=2, intermediate_size=h // 2),
+        # DeepSeek-style experts (dense first block, shared expert, correction bias), q/k norms, qkv biases
+        "glm4_moe": dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2, n_shared_experts=1,
+                         first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True, attention_bias=True,
+                         L=max(L, 3)),
         "gpt_oss": dict(num_local_experts=E, num_experts_per_tok=2, intermediate_size=h // 2, sliding_window=8,
                         layer_types=(["sliding_attention", "full_attention"] * L)[:L]),
     }.get(family, {})

@@ -104,6 +104,7 @@ class Arch:
     dims: tuple = ()  # further sizes of the family's layout, as sorted (key, value) pairs
     wrapper: str | None = None  # the vision-language wrapper whose language model this is
     layer_types: tuple = ()  # a hybrid's kind of each block (linear or full attention)
+    qk_norm: str | None = None  # q/k norms: None, "head" (over head_dim) or "full" (over the projected width)
 
     def dim(self, key: str) -> int:
         """A further size of the family's layout (e.g. MLA's latent ranks)."""
@@ -128,10 +129,6 @@ class Arch:
     def gain_offset(self) -> float:
         """Norms compute x̂·(offset + w): 1 for Gemma's (1 + w), else 0."""
         return self.fam.gain_offset
-
-    @property
-    def qk_norm(self) -> str | None:
-        return self.fam.qk_norm
 
     @property
     def norm_bias(self) -> bool:
@@ -311,7 +308,8 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
         V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
         qkv_bias=fam.bias("qkv_bias", config, _get), o_bias=fam.bias("o_bias", config, _get),
-        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, layer_types=layer_types, **moe,
+        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, layer_types=layer_types, qk_norm=fam.qk_norm_of(config, _get),
+        **moe,
     )
 
 

@@ -70,3 +70,7 @@ register(Family("qwen3_5", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Qw
 register(Family("qwen3_5_moe", text_of="text_config", wrapped=LANGUAGE_MODEL))
 register(replace(_BASE, model_type="gpt_oss", group="gpt_oss", attention=attention_sinks, moe=gpt_oss_moe,
                  moe_shape=gpt_oss_shape, qkv_bias=True, o_bias=True, eager=True))
+register(replace(_BASE, model_type="olmoe", group="olmoe", qk_norm="full", moe_shape=mixtral_shape))
+register(replace(_BASE, model_type="glm4_moe", group="glm4_moe", qk_norm=("use_qk_norm", "head"), o_bias=False,
+                 moe_shape=deepseek_moe_shape, shared_prefix="mlp.shared_experts.", shared_gate=None,
+                 router_bias="mlp.gate.e_score_correction_bias"))

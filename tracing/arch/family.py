@@ -28,8 +28,9 @@ class Family:
     norms: str = "llama"
     #: norms compute x̂·(offset + w): 1 for Gemma's (1 + w)
     gain_offset: float = 0.0
-    #: q/k norms: None, ``head`` (over head_dim) or ``full`` (over the projected width)
-    qk_norm: str | None = None
+    #: q/k norms: None, ``head`` (over head_dim) or ``full`` (over the projected width), or
+    #: ``(config key, kind)`` when the config switches them on (GLM-4.5's ``use_qk_norm``)
+    qk_norm: str | tuple[str, str] | None = None
     #: why a residual rotation is not function-preserving, or None when it is exact after folding
     rotation_problem: str | None = None
     #: norms carry a bias (LayerNorm)
@@ -82,6 +83,12 @@ class Family:
     #: a wrapper's prefixes of the language model's tensors, on disk and in transformers' modules:
     #: ``(text model prefix, wrapped prefix)`` pairs, tried in order
     wrapped: tuple[tuple[str, str], ...] = ()
+
+    def qk_norm_of(self, config: Any, get: Callable) -> str | None:
+        if isinstance(self.qk_norm, tuple):
+            key, kind = self.qk_norm
+            return kind if get(config, key, False) else None
+        return self.qk_norm
 
     def bias(self, rule: str, config: Any, get: Callable) -> bool:
         value = getattr(self, rule)
