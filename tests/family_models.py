@@ -8,7 +8,7 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
-FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss", "olmoe", "glm4_moe")
+FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss", "olmoe", "glm4_moe", "minimax_m2")
 FRONTIER = FRONTIER_MOE + ("qwen3_5_text",)  # mixtures of experts with dense first blocks, MLA, ...
 FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
 POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
@@ -45,6 +45,7 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "qwen3_next": dict(hybrid, **qwen_moe),
         # fused interleaved experts with biases, attention sinks, alternating sliding windows
         "olmoe": dict(num_experts=E, num_experts_per_tok=2, intermediate_size=h // 2),
+        "minimax_m2": dict(num_local_experts=E, num_experts_per_tok=2, intermediate_size=h // 2),
         # DeepSeek-style experts (dense first block, shared expert, correction bias), q/k norms, qkv biases
         "glm4_moe": dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2, n_shared_experts=1,
                          first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True, attention_bias=True,

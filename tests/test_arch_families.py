@@ -143,9 +143,10 @@ def test_experts_on_disk_and_in_memory(saved, family):
     with safe_open(paths["base"] / "model.safetensors", framework="pt") as f:
         keys = set(f.keys())
     ck, mem = Checkpoint(paths["base"]), from_module(model)
-    moe_prefix = "block_sparse_moe" if family == "mixtral" else "mlp"
+    mixtral_names = family in ("mixtral", "minimax_m2")
+    moe_prefix = "block_sparse_moe" if mixtral_names else "mlp"
     i = ck.arch.moe_blocks.index(True)  # DeepSeek's first block is dense
-    assert f"model.layers.{i}.{moe_prefix}.experts.3.{'w3' if family == 'mixtral' else 'up_proj'}.weight" in keys
+    assert f"model.layers.{i}.{moe_prefix}.experts.3.{'w3' if mixtral_names else 'up_proj'}.weight" in keys
     assert not any("gate_up_proj" in k for k in keys)
     for name in ck.arch.names():
         assert torch.equal(ck.get(name), mem.get(name)), name

@@ -52,7 +52,7 @@ register(replace(_BASE, model_type="qwen3_moe", group="qwen_moe", qk_norm="head"
 
 DEEPSEEK_V3 = replace(_BASE, model_type="deepseek_v3", group="deepseek", attention=attention_mla, dims=mla_dims,
                       qkv_bias=False, o_bias=False, moe_shape=deepseek_moe_shape, shared_prefix="mlp.shared_experts.",
-                      shared_gate=None, router_bias="mlp.gate.e_score_correction_bias")
+                      shared_gate=None, router_bias="gate.e_score_correction_bias")
 register(DEEPSEEK_V3)
 register(replace(DEEPSEEK_V3, model_type="deepseek_v32", attention=attention_mla_indexed, dims=indexer_dims,
                  layer_types=frozenset({"indexed_attention", "full_attention"}), explicit_mask=True))
@@ -73,4 +73,6 @@ register(replace(_BASE, model_type="gpt_oss", group="gpt_oss", attention=attenti
 register(replace(_BASE, model_type="olmoe", group="olmoe", qk_norm="full", moe_shape=mixtral_shape))
 register(replace(_BASE, model_type="glm4_moe", group="glm4_moe", qk_norm=("use_qk_norm", "head"), o_bias=False,
                  moe_shape=deepseek_moe_shape, shared_prefix="mlp.shared_experts.", shared_gate=None,
-                 router_bias="mlp.gate.e_score_correction_bias"))
+                 router_bias="gate.e_score_correction_bias"))
+register(replace(_BASE, model_type="minimax_m2", group="minimax_m2", qk_norm="full", moe_shape=mixtral_shape,
+                 expert_prefix="block_sparse_moe.", expert_files=("w1", "w3", "w2"), router_bias="e_score_correction_bias"))

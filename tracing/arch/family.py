@@ -75,7 +75,7 @@ class Family:
     #: the shared expert's prefix in a block, and its gate (None: no gate)
     shared_prefix: str = "mlp.shared_expert."
     shared_gate: str | None = "mlp.shared_expert_gate.weight"
-    #: the router's per-expert bias (e.g. DeepSeek's correction bias), relative to the block, or None
+    #: the router's per-expert bias (e.g. DeepSeek's correction bias), relative to the experts' prefix, or None
     router_bias: str | None = None
 
     #: a vision-language wrapper: the config key of its language model's config (the family read)

@@ -165,8 +165,9 @@ def moe_refs(a, p: str, i: int) -> list[TensorRef]:
                                       ("expert_down", files[2], (d, h), (dn, (e,)))):
             name = f"{disk}experts.{e}.{f}.weight"
             out.append(TensorRef(name, role, i, shape, [(name, None), fused], unit=(i, e)))
-    if a.fam.router_bias:
-        out.append(TensorRef(f"{p}{a.fam.router_bias}", "router_bias", i, (E,)))
+    if a.fam.router_bias:  # relative to the experts' prefix (on disk, then in transformers' modules)
+        rb = [(f"{disk}{a.fam.router_bias}", None)] + ([(f"{mem}{a.fam.router_bias}", None)] if disk != mem else [])
+        out.append(TensorRef(rb[0][0], "router_bias", i, (E,), rb))
     if a.h_shared:
         out += dense_mlp_refs(a, p, i, a.h_shared, prefix=a.fam.shared_prefix,
                               roles=("shared_gate", "shared_up", "shared_down"), unit=(i, "shared"))
