@@ -14,8 +14,8 @@ import pytest
 import scipy.stats
 import torch
 
-from family_models import (DENSE, FAMILIES, FRONTIER, FRONTIER_MOE, GATED, MOE, POST_NORM, family_config, family_model, logits, noisy,
-                           random_ids, rel_diff, save_trio)
+from family_models import (DENSE, FAMILIES, FRONTIER, FRONTIER_MOE, GATED, MOE, POST_NORM, STACKED_ON_DISK,
+                           family_config, family_model, logits, noisy, random_ids, rel_diff, save_trio)
 from tracing.align import align
 from tracing.engine import Engine
 from tracing.errors import TracingError
@@ -135,7 +135,7 @@ def test_fused_role_views_read_from_disk(saved):
     assert torch.equal(ck.get(ck.arch.block_name(0, "k")), fused[:, 1].reshape(-1, ck.arch.d))
 
 
-@pytest.mark.parametrize("family", MOE + tuple(f for f in FRONTIER_MOE if f != "gpt_oss"))  # gpt-oss: fused on disk
+@pytest.mark.parametrize("family", MOE + tuple(f for f in FRONTIER_MOE if f not in STACKED_ON_DISK))
 def test_experts_on_disk_and_in_memory(saved, family):
     """save_pretrained writes one tensor per expert; the module stacks them; both read the same."""
     model, paths = saved(family)

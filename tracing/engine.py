@@ -104,8 +104,12 @@ class Engine:
         if explicit:  # the layer reads the mask itself (DeepSeek-V3.2's indexer): never the is_causal shortcut
             kw["allow_is_causal_skip"] = False
         masks = {"full_attention": create_causal_mask(**kw)}
-        if any(self._layer_type(config, i) == "sliding_attention" for i in range(config.num_hidden_layers)):
+        kinds = {self._layer_type(config, i) for i in range(config.num_hidden_layers)}
+        if "sliding_attention" in kinds:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+        if "chunked_attention" in kinds:  # Llama 4
+            from transformers.masking_utils import create_chunked_causal_mask
+            masks["chunked_attention"] = create_chunked_causal_mask(**kw)
         return masks
 
     @staticmethod
@@ -203,7 +207,7 @@ class Engine:
         inputs: list[torch.Tensor] = []
         handle = None
         if capture:
-            handle = layer.mlp.register_forward_pre_hook(
+            handle = getattr(layer, lane.arch.fam.mlp_module).register_forward_pre_hook(
                 lambda _m, args: inputs.append(args[0].reshape(-1, args[0].shape[-1])))
         kind = self._layer_type(skel.config, i)
         try:

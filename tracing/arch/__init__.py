@@ -304,7 +304,7 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
         raise TracingError(f"{where} needs layer_types with one entry per block ({L}), found {len(layer_types)}; "
                            f"use the config.json that came with the weights")
     return Arch(
-        model_type=model_type, d=d, h=_size(config, "intermediate_size", where), L=L,
+        model_type=model_type, d=d, h=_size(config, fam.dense_width, where), L=L,
         V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
         qkv_bias=fam.bias("qkv_bias", config, _get), o_bias=fam.bias("o_bias", config, _get),

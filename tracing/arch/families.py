@@ -18,6 +18,7 @@ from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_
 from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, indexer_dims, mla_dims
 from .moe_shapes import mixtral_shape, qwen_moe_shape
 from .gpt_oss import attention_sinks, gpt_oss_moe, gpt_oss_shape
+from .llama4 import llama4_mlp, llama4_moe, llama4_shape
 from .qwen_hybrid import attention_qwen3_5, attention_qwen3_next, linear_dims
 
 POST_NORMS = "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
@@ -76,3 +77,6 @@ register(replace(_BASE, model_type="glm4_moe", group="glm4_moe", qk_norm=("use_q
                  router_bias="gate.e_score_correction_bias"))
 register(replace(_BASE, model_type="minimax_m2", group="minimax_m2", qk_norm="full", moe_shape=mixtral_shape,
                  expert_prefix="block_sparse_moe.", expert_files=("w1", "w3", "w2"), router_bias="e_score_correction_bias"))
+register(replace(_BASE, model_type="llama4_text", group="llama4", mlp=llama4_mlp, moe=llama4_moe, moe_shape=llama4_shape,
+                 dense_width="intermediate_size_mlp", mlp_module="feed_forward",
+                 layer_types=frozenset({"chunked_attention", "full_attention"})))

@@ -61,6 +61,10 @@ class Family:
     shared_expert_key: str | None = None
     #: the ``layer_types`` a config of this family may name (hybrids list theirs)
     layer_types: frozenset = frozenset({"full_attention", "sliding_attention"})
+    #: config key of the dense MLP's width
+    dense_width: str = "intermediate_size"
+    #: the attribute of a decoder layer holding its MLP (activation captures hook its input)
+    mlp_module: str = "mlp"
     #: q_proj also holds a per-head output gate (twice the rows)
     q_gated: bool = False
     #: run forward passes with transformers' eager attention (no sdpa path, e.g. attention sinks)
