@@ -9,7 +9,7 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss", "olmoe", "glm4_moe", "minimax_m2",
-                "llama4_text")
+                "llama4_text", "ernie4_5_moe")
 STACKED_ON_DISK = ("gpt_oss", "llama4_text")  # experts stored stacked, as transformers holds them
 FRONTIER = FRONTIER_MOE + ("qwen3_5_text",)  # mixtures of experts with dense first blocks, MLA, ...
 FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
@@ -49,6 +49,8 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         # a dense block, then an MoE block (interleaved); chunked attention shorter than the test sequences
         "llama4_text": dict(num_local_experts=E, num_experts_per_tok=1, intermediate_size=h // 2, intermediate_size_mlp=h,
                             interleave_moe_layer_step=2, attention_chunk_size=8),
+        "ernie4_5_moe": dict(moe_num_experts=E, moe_num_shared_experts=1, moe_intermediate_size=h // 2,
+                             moe_layer_start_index=1, num_experts_per_tok=2, L=max(L, 3)),
         "olmoe": dict(num_experts=E, num_experts_per_tok=2, intermediate_size=h // 2),
         "minimax_m2": dict(num_local_experts=E, num_experts_per_tok=2, intermediate_size=h // 2),
         # DeepSeek-style experts (dense first block, shared expert, correction bias), q/k norms, qkv biases

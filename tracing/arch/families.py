@@ -17,6 +17,7 @@ from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_
                      mlp_neox, moe_refs)
 from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, indexer_dims, mla_dims
 from .moe_shapes import mixtral_shape, qwen_moe_shape
+from .ernie import ernie_moe, ernie_shape
 from .gpt_oss import attention_sinks, gpt_oss_moe, gpt_oss_shape
 from .llama4 import llama4_mlp, llama4_moe, llama4_shape
 from .qwen_hybrid import attention_qwen3_5, attention_qwen3_next, linear_dims
@@ -80,3 +81,5 @@ register(replace(_BASE, model_type="minimax_m2", group="minimax_m2", qk_norm="fu
 register(replace(_BASE, model_type="llama4_text", group="llama4", mlp=llama4_mlp, moe=llama4_moe, moe_shape=llama4_shape,
                  dense_width="intermediate_size_mlp", mlp_module="feed_forward",
                  layer_types=frozenset({"chunked_attention", "full_attention"})))
+register(replace(_BASE, model_type="ernie4_5_moe", group="ernie4_5_moe", moe=ernie_moe, moe_shape=ernie_shape,
+                 qkv_bias=False, o_bias=False, shared_prefix="mlp.shared_experts.", shared_gate=None))
