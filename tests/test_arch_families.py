@@ -233,7 +233,7 @@ def _permute_experts(model, seed):
     return out, sigmas
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "deepseek_v3", "qwen3_5_moe_text"])
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "deepseek_v3", "qwen3_5_moe_text", "glm4_moe"])
 def test_expert_matching_recovers_expert_permutation(tmp_path, family):
     cfg = family_config(family, E=6)
     base = family_model(cfg, seed=8)
