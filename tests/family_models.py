@@ -8,7 +8,11 @@ from helpers import finetuned, logits, rel_diff, tiny_model  # noqa: F401  (re-e
 
 DENSE = ("qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox")
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
-FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE
+FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss", "olmoe", "glm4_moe", "minimax_m2",
+                "llama4_text", "ernie4_5_moe")
+STACKED_ON_DISK = ("gpt_oss", "llama4_text")  # experts stored stacked, as transformers holds them
+FRONTIER = FRONTIER_MOE + ("qwen3_5_text",)  # mixtures of experts with dense first blocks, MLA, ...
+FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
 POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
 GATED = tuple(f for f in FAMILIES if f != "gpt_neox")
 
@@ -17,6 +21,16 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
     common = dict(vocab_size=V, hidden_size=d, intermediate_size=h, num_hidden_layers=L,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=d // 4, max_position_embeddings=128,
                   pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    # MLA with latents of rank 16, a dense first block, then experts and one shared expert
+    deepseek = dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2, n_shared_experts=1,
+                    first_k_dense_replace=1, n_group=1, topk_group=1, num_key_value_heads=4, q_lora_rank=16,
+                    kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, head_dim=None,
+                    L=max(L, 3))
+    # Gated DeltaNet linear attention, then gated full attention
+    hybrid = dict(linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                  linear_num_value_heads=4, layer_types=(["linear_attention", "full_attention"] * L)[:L])
+    qwen_moe = dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
+                    shared_expert_intermediate_size=h // 2)
     extra = {
         "gemma2": dict(sliding_window=8, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
         "gemma3_text": dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"][:L] + ["full_attention"] * max(0, L - 2)),
@@ -26,8 +40,28 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "qwen2_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2,
                           shared_expert_intermediate_size=h),
         "qwen3_moe": dict(num_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2),
+        "deepseek_v3": deepseek,
+        "deepseek_v32": dict(deepseek, index_head_dim=8, index_n_heads=2, index_topk=4),  # + the indexer
+        "qwen3_5_text": hybrid,
+        "qwen3_5_moe_text": dict(hybrid, **qwen_moe),
+        "qwen3_next": dict(hybrid, **qwen_moe),
+        # fused interleaved experts with biases, attention sinks, alternating sliding windows
+        # a dense block, then an MoE block (interleaved); chunked attention shorter than the test sequences
+        "llama4_text": dict(num_local_experts=E, num_experts_per_tok=1, intermediate_size=h // 2, intermediate_size_mlp=h,
+                            interleave_moe_layer_step=2, attention_chunk_size=8),
+        "ernie4_5_moe": dict(moe_num_experts=E, moe_num_shared_experts=1, moe_intermediate_size=h // 2,
+                             moe_layer_start_index=1, num_experts_per_tok=2, L=max(L, 3)),
+        "olmoe": dict(num_experts=E, num_experts_per_tok=2, intermediate_size=h // 2),
+        "minimax_m2": dict(num_local_experts=E, num_experts_per_tok=2, intermediate_size=h // 2),
+        # DeepSeek-style experts (dense first block, shared expert, correction bias), q/k norms, qkv biases
+        "glm4_moe": dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2, n_shared_experts=1,
+                         first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True, attention_bias=True,
+                         L=max(L, 3)),
+        "gpt_oss": dict(num_local_experts=E, num_experts_per_tok=2, intermediate_size=h // 2, sliding_window=8,
+                        layer_types=(["sliding_attention", "full_attention"] * L)[:L]),
     }.get(family, {})
     common.update(extra)
+    common["num_hidden_layers"] = common.pop("L", L)
     common.update(kw)
     common = {k: v for k, v in common.items() if v is not None}
     return AutoConfig.for_model(family, **common)
@@ -35,7 +69,13 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
 
 def family_model(config, seed: int = 0, std: float = 0.08):
     """A random model with non-trivial norm gains and biases (Gemma's gains ``1 + w`` around w = 0)."""
-    return tiny_model(config, seed, std, norm_center=0.0 if config.model_type.startswith("gemma") else 1.0)
+    model = tiny_model(config, seed, std, norm_center=0.0 if config.model_type.startswith("gemma") else 1.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # a router's correction bias is a buffer: make it non-trivial too
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+    return model
 
 
 def noisy(model, seed: int = 1, noise: float = 0.05):

@@ -14,8 +14,8 @@ import pytest
 import scipy.stats
 import torch
 
-from family_models import (DENSE, FAMILIES, GATED, MOE, POST_NORM, family_config, family_model, logits, noisy,
-                           random_ids, rel_diff, save_trio, upcycle)
+from family_models import (DENSE, FAMILIES, FRONTIER, FRONTIER_MOE, GATED, MOE, POST_NORM, STACKED_ON_DISK,
+                           family_config, family_model, logits, noisy, random_ids, rel_diff, save_trio, upcycle)
 from tracing.align import align
 from tracing.engine import Engine
 from tracing.errors import TracingError
@@ -27,7 +27,7 @@ from tracing.transforms import Permuted, permute, random_permutations, rotate, t
 
 TOL = 1e-5
 ROOT = Path(__file__).resolve().parent.parent
-NEW = DENSE + MOE
+NEW = DENSE + MOE + FRONTIER
 
 
 def run_stat(name, base, ft, tokens=None, **opts):
@@ -135,7 +135,7 @@ def test_fused_role_views_read_from_disk(saved):
     assert torch.equal(ck.get(ck.arch.block_name(0, "k")), fused[:, 1].reshape(-1, ck.arch.d))
 
 
-@pytest.mark.parametrize("family", MOE)
+@pytest.mark.parametrize("family", MOE + tuple(f for f in FRONTIER_MOE if f not in STACKED_ON_DISK))
 def test_experts_on_disk_and_in_memory(saved, family):
     """save_pretrained writes one tensor per expert; the module stacks them; both read the same."""
     model, paths = saved(family)
@@ -143,8 +143,10 @@ def test_experts_on_disk_and_in_memory(saved, family):
     with safe_open(paths["base"] / "model.safetensors", framework="pt") as f:
         keys = set(f.keys())
     ck, mem = Checkpoint(paths["base"]), from_module(model)
-    moe_prefix = "block_sparse_moe" if family == "mixtral" else "mlp"
-    assert f"model.layers.0.{moe_prefix}.experts.3.{'w3' if family == 'mixtral' else 'up_proj'}.weight" in keys
+    mixtral_names = family in ("mixtral", "minimax_m2")
+    moe_prefix = "block_sparse_moe" if mixtral_names else "mlp"
+    i = ck.arch.moe_blocks.index(True)  # DeepSeek's first block is dense
+    assert f"model.layers.{i}.{moe_prefix}.experts.3.{'w3' if mixtral_names else 'up_proj'}.weight" in keys
     assert not any("gate_up_proj" in k for k in keys)
     for name in ck.arch.names():
         assert torch.equal(ck.get(name), mem.get(name)), name
@@ -193,15 +195,20 @@ def _permute_experts(model, seed):
     sigmas = []
     with torch.no_grad():
         for layer in out.model.layers:
+            if not hasattr(layer.mlp, "experts"):  # a dense block
+                sigmas.append(None)
+                continue
             s = torch.randperm(layer.mlp.experts.gate_up_proj.shape[0], generator=g)
             layer.mlp.experts.gate_up_proj.copy_(layer.mlp.experts.gate_up_proj[s])
             layer.mlp.experts.down_proj.copy_(layer.mlp.experts.down_proj[s])
             layer.mlp.gate.weight.copy_(layer.mlp.gate.weight[s])
+            if hasattr(layer.mlp.gate, "e_score_correction_bias"):  # DeepSeek: the correction bias follows
+                layer.mlp.gate.e_score_correction_bias.copy_(layer.mlp.gate.e_score_correction_bias[s])
             sigmas.append(s)
     return out, sigmas
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "deepseek_v3", "qwen3_5_moe_text", "glm4_moe"])
 def test_expert_matching_recovers_expert_permutation(tmp_path, family):
     cfg = family_config(family, E=6)
     base = family_model(cfg, seed=8)
@@ -212,10 +219,12 @@ def test_expert_matching_recovers_expert_permutation(tmp_path, family):
     ft.save_pretrained(tmp_path / "b")
     res = run_stat("cos", Checkpoint(tmp_path / "a"), Checkpoint(tmp_path / "b"))
     for i, s in enumerate(sigmas):
-        assert res.extra["expert_matching"][str(i)] == torch.argsort(s).tolist()
+        if s is not None:
+            assert res.extra["expert_matching"][str(i)] == torch.argsort(s).tolist()
     assert all(row["log10_pvalue"] < -6 for row in res.per_layer)
-    n_shared = 1 if family == "qwen2_moe" else 0
-    assert len(res.per_layer) == cfg.num_hidden_layers * (6 + n_shared)
+    n_shared = 0 if family == "mixtral" else 1
+    moe = sum(s is not None for s in sigmas)
+    assert len(res.per_layer) == moe * (6 + n_shared) + (len(sigmas) - moe)
 
 
 # ---- errors through main.py ---------------------------------------------------------------
@@ -348,7 +357,7 @@ def test_launch_over_mixed_families_records_what_cannot_be_compared(saved, tmp_p
         assert "\n" not in x["error"] and "architecture" in x["error"], x["error"]
 
 
-@pytest.mark.parametrize("family", MOE)
+@pytest.mark.parametrize("family", MOE + FRONTIER_MOE)
 def test_l2_null_permutes_every_experts_units(saved, family):
     """The l2 permutation test draws a permutation of each expert's units (not only of the residual
     stream): the null copies are the function-preserving permutations of the whole model."""

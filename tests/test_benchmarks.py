@@ -221,12 +221,12 @@ def test_rates_per_relation_full_and_sampled(labelled_run):
     assert (folder / KNOWN_RELATIONS).is_file()
     report = write_report(folder).read_text()
     rates = pd.read_csv(folder / RATES_FILE)
-    assert set(rates["mode"]) == {"full", "sampled (K=32)"} and set(rates["variant"]) == {"cos", "cos --rows"}
+    assert set(rates["reading"]) == {"full", "sampled (K=32)"} and set(rates["variant"]) == {"cos", "cos --rows"}
     assert sorted(rates["level"].unique()) == sorted(LEVELS)
     rel_of = {(p["base"], p["ft"]): p["relation"] for p in labels["pairs"]}
     df = load_results(folder)
     for r in rates.to_dict("records"):
-        mode = "full" if r["mode"] == "full" else "sampled"
+        mode = "full" if r["reading"] == "full" else "sampled"
         rows = df[[m == mode for m in ("sampled" if isinstance(x, (int, float)) and not math.isnan(x) else "full"
                                        for x in df["rows"])]]
         members = [x for x in rows.to_dict("records")
@@ -289,7 +289,7 @@ def test_a_rerun_replaces_the_older_result_of_a_pair():
                        {**row, "variant": "cos --rows", "rows": 64, "superseded": True, "log10_pvalue": -1.0},
                        {**row, "variant": "cos --rows", "rows": 256, "superseded": False}])
     rates = relation_rates(df, labels)
-    fin = rates[(rates["relation"] == "finetune") & (rates["level"] == 1e-2)].set_index("mode")
+    fin = rates[(rates["relation"] == "finetune") & (rates["level"] == 1e-2)].set_index("reading")
     assert fin.loc["full", ["pairs", "called", "failed"]].tolist() == [1, 1, 0]
     assert fin.loc["sampled (K=64)", ["pairs", "called"]].tolist() == [1, 0]
     assert fin.loc["sampled (K=256)", ["pairs", "called"]].tolist() == [1, 1]

@@ -210,11 +210,13 @@ def _pair_notes(pair: Pair, models: dict) -> list[str]:
     def weights(m):
         return sorted((f.get("file"), f.get("sha256")) for f in m.get("files", [])) or None
 
+    notes = [f"{ck.label}: the language model of a {ck.arch.wrapper} checkpoint ({ck.arch.model_type}) was read; "
+             f"its vision tower is ignored" for ck in (pair.base_ckpt, pair.ft_ckpt) if ck.arch.wrapper]
     a, b = weights(models["base"]), weights(models["ft"])
     same = (a is not None and a == b) or pair.base_ckpt is pair.ft_ckpt
     if not same:
-        return []
+        return notes
     o = pair.options
     if o.permute or o.rotate:
-        return ["the fine-tuned model is the base itself, transformed by --permute/--rotate"]
-    return ["the base and the fine-tuned model are the same weights: every p-value sits at its floor"]
+        return notes + ["the fine-tuned model is the base itself, transformed by --permute/--rotate"]
+    return notes + ["the base and the fine-tuned model are the same weights: every p-value sits at its floor"]

@@ -98,12 +98,18 @@ class Engine:
                               for kind, name in (("gate", u.gate), ("up", u.up)) if name is not None}
         return layer.eval(), proj
 
-    def _masks(self, config, x: torch.Tensor, pos: torch.Tensor) -> dict:
+    def _masks(self, config, x: torch.Tensor, pos: torch.Tensor, explicit: bool = False) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
         kw = dict(config=config, inputs_embeds=x, attention_mask=None, position_ids=pos, **_no_cache_kwargs())
+        if explicit:  # the layer reads the mask itself (DeepSeek-V3.2's indexer): never the is_causal shortcut
+            kw["allow_is_causal_skip"] = False
         masks = {"full_attention": create_causal_mask(**kw)}
-        if any(self._layer_type(config, i) == "sliding_attention" for i in range(config.num_hidden_layers)):
+        kinds = {self._layer_type(config, i) for i in range(config.num_hidden_layers)}
+        if "sliding_attention" in kinds:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+        if "chunked_attention" in kinds:  # Llama 4
+            from transformers.masking_utils import create_chunked_causal_mask
+            masks["chunked_attention"] = create_chunked_causal_mask(**kw)
         return masks
 
     @staticmethod
@@ -201,15 +207,18 @@ class Engine:
         inputs: list[torch.Tensor] = []
         handle = None
         if capture:
-            handle = layer.mlp.register_forward_pre_hook(
+            handle = getattr(layer, lane.arch.fam.mlp_module).register_forward_pre_hook(
                 lambda _m, args: inputs.append(args[0].reshape(-1, args[0].shape[-1])))
         kind = self._layer_type(skel.config, i)
         try:
             for b in batches:
                 x = hidden[b]
                 if x.shape[0] not in masks:
-                    masks[x.shape[0]] = self._masks(skel.config, x, pos)
-                out = layer(x, attention_mask=masks[x.shape[0]][kind], position_ids=pos,
+                    masks[x.shape[0]] = self._masks(skel.config, x, pos, lane.arch.fam.explicit_mask)
+                # linear attention (recurrent) takes no mask; other block kinds than sliding windows
+                # (e.g. DeepSeek-V3.2's indexed attention) are causal
+                mask = None if kind == "linear_attention" else masks[x.shape[0]].get(kind, masks[x.shape[0]]["full_attention"])
+                out = layer(x, attention_mask=mask, position_ids=pos,
                             position_embeddings=pos_emb[kind])
                 hidden[b] = out[0] if isinstance(out, tuple) else out
         finally:
@@ -238,5 +247,7 @@ def _globals(arch):
 def _forward_config(lane: WeightSource):
     cfg = config_for(lane.config, lane.arch)
     # soft-capped attention scores exist only in the eager implementation
-    cfg._attn_implementation = "eager" if getattr(cfg, "attn_logit_softcapping", None) else "sdpa"
+    # (as are gpt-oss's attention sinks)
+    eager = getattr(cfg, "attn_logit_softcapping", None) or lane.arch.fam.eager
+    cfg._attn_implementation = "eager" if eager else "sdpa"
     return cfg

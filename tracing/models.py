@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .arch import LM_HEAD, Arch, TensorRef, arch_from_config
+from .arch.layout import select
 from .errors import TracingError
 from .machine import default_device  # noqa: F401 - re-exported (generation, pair)
 
@@ -73,9 +74,6 @@ def logical_ref(arch: Arch, name: str, label: str) -> TensorRef:
         raise TracingError(f"{label}: {name} is not a tensor of a {arch.model_type} checkpoint") from None
 
 
-def select(t: torch.Tensor, index) -> torch.Tensor:
-    """A role's part of a stored tensor (``index`` from :class:`~tracing.arch.TensorRef`)."""
-    return t if index is None else t[index]
 
 
 def require_finite(label: str, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -285,6 +283,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 def config_for(config, arch: Arch):
     """A copy of ``config`` matching ``arch`` (a rotated view is untied)."""
+    if arch.wrapper:  # a vision-language wrapper: the language model's config
+        from .arch import FAMILIES
+        config = getattr(config, FAMILIES[arch.wrapper].text_of)
     cfg = copy.deepcopy(config)
     if not arch.tied and getattr(cfg, "tie_word_embeddings", False):
         cfg.tie_word_embeddings = False

@@ -139,7 +139,7 @@ class Rotated(_FoldingView):
         R = self.R.to(work)
         if role in NORM_ROLES or role == "final_norm":  # gain 1 (Gemma stores it as w = 0)
             return torch.full((self.arch.d,), 1.0 - self.arch.gain_offset, dtype=dtype)
-        if role in ("o_bias", "down_bias"):
+        if role in ("o_bias", "down_bias", "expert_down_bias"):
             return (self.inner.get(name, work) @ R).to(dtype)
         if role in WRITE_RESIDUAL:
             return (R.T @ self.inner.get(name, work)).to(dtype)

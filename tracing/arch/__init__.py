@@ -6,8 +6,14 @@ on-disk name of a tensor, or ``<fused name>#<role>`` for a role's rows of a fuse
 (Phi-3 ``qkv_proj`` / ``gate_up_proj``, GPT-NeoX ``query_key_value``).  Shapes come from the
 config; nothing is hard-coded to one size.
 
-Roles: attention ``q k v o`` (+ ``_bias``), ``q_norm k_norm``; MLP ``gate up down`` (+ ``_bias``);
-mixture of experts ``router``, ``expert_gate expert_up expert_down`` (one per expert),
+Roles: attention ``q k v o`` (+ ``_bias``), ``q_norm k_norm``; multi-head latent attention
+``q_a kv_a`` (read the residual stream), ``q_a_norm kv_a_norm`` (on the latents), ``q_b kv_b``, the
+DeepSeek-V3.2 indexer's ``indexer_k indexer_weights`` (read the residual stream), ``indexer_q_b``
+(reads the q latent), ``indexer_k_norm indexer_k_norm_shift``; linear attention (Gated DeltaNet)
+``lin_qkv lin_z lin_b lin_a`` / ``lin_qkvz lin_ba`` (read the residual stream), ``lin_out`` (writes
+it), ``lin_conv lin_A_log lin_dt_bias lin_norm`` (internal); MLP ``gate up down`` (+ ``_bias``);
+mixture of experts ``router``, ``router_bias`` (per expert), ``expert_gate expert_up expert_down`` (one per expert,
+with ``_bias`` for gpt-oss), attention ``sinks`` (per head),
 ``shared_gate shared_up shared_down shared_router``; norms ``in_norm`` (read by attention),
 ``post_norm`` (read by the MLP), ``attn_out_norm`` / ``mlp_out_norm`` (post-norms on a
 sublayer's output), ``*_bias`` of LayerNorms; ``embed``, ``final_norm``, ``lm_head``.
@@ -20,49 +26,45 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TracingError
-from .layout import TensorRef, block_refs, global_refs
+from . import families as _families  # noqa: F401  (registers the supported families)
+from .family import FAMILIES, Family, register
+from .layout import TensorRef, block_refs, global_refs, wrapped_refs
+from .moe_shapes import get as _get, size as _size
 
 # Legacy Llama names (kept for callers that only handle Llama-family checkpoints).
 EMBED = "model.embed_tokens.weight"
 FINAL_NORM = "model.norm.weight"
 LM_HEAD = "lm_head.weight"
 
-#: model_type -> (family layout, norm layout, gain offset, qk norm, rotation exact)
-FAMILIES = {
-    "llama": ("llama", "llama", 0.0, None, True),
-    "mistral": ("llama", "llama", 0.0, None, True),
-    "qwen2": ("llama", "llama", 0.0, None, True),
-    "qwen3": ("llama", "llama", 0.0, "head", True),
-    "gemma": ("llama", "llama", 1.0, None, True),
-    "gemma2": ("llama", "gemma2", 1.0, None, False),
-    "gemma3_text": ("llama", "gemma2", 1.0, "head", False),
-    "phi3": ("phi3", "llama", 0.0, None, True),
-    "olmo2": ("llama", "olmo2", 0.0, "full", False),
-    "gpt_neox": ("gpt_neox", "llama", 0.0, None, False),
-    "mixtral": ("mixtral", "llama", 0.0, None, True),
-    "qwen2_moe": ("qwen_moe", "llama", 0.0, None, True),
-    "qwen3_moe": ("qwen_moe", "llama", 0.0, "head", True),
-}
 SUPPORTED = tuple(FAMILIES)
 
-ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm"})
-MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router",
-                       "expert_gate", "expert_up", "expert_down",
-                       "shared_gate", "shared_up", "shared_down", "shared_router"})
+#: the input projections of a linear-attention block (they read the residual stream)
+LINEAR_READERS = ("lin_qkv", "lin_z", "lin_b", "lin_a", "lin_qkvz", "lin_ba")
+ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm",
+                        "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "indexer_q_b", "indexer_k",
+                        "indexer_k_norm", "indexer_k_norm_shift", "indexer_weights",
+                        "lin_conv", "lin_A_log", "lin_dt_bias", "lin_norm", "lin_out", "sinks", *LINEAR_READERS})
+MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router", "router_bias",
+                       "expert_gate", "expert_up", "expert_down", "expert_gate_bias", "expert_up_bias",
+                       "expert_down_bias", "shared_gate", "shared_up", "shared_down", "shared_router"})
 NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
                         "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias"})
 #: columns index the residual stream
-READ_RESIDUAL = frozenset({"q", "k", "v", "gate", "up", "embed", "lm_head", "router", "expert_gate",
-                           "expert_up", "shared_gate", "shared_up", "shared_router"})
+READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "indexer_k", "indexer_weights", "gate", "up", "embed",
+                           "lm_head", "router", "expert_gate", "expert_up", "shared_gate", "shared_up",
+                           "shared_router", *LINEAR_READERS})
 #: rows index the residual stream
-WRITE_RESIDUAL = frozenset({"o", "down", "expert_down", "shared_down"})
+WRITE_RESIDUAL = frozenset({"o", "lin_out", "down", "expert_down", "shared_down"})
 #: vectors over the residual stream
-RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias"}
+RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias", "expert_down_bias"}
 #: rows (resp. columns) index the hidden units of an MLP or expert
-UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "shared_gate", "shared_up"})
+UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "expert_gate_bias",
+                       "expert_up_bias", "shared_gate", "shared_up"})
 UNIT_COLS = frozenset({"down", "expert_down", "shared_down"})
 #: which norm each reader of the residual stream reads through (for folding gains)
-READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "gate": "post_norm", "up": "post_norm",
+READS_THROUGH = {"q": "in_norm", "k": "in_norm", "v": "in_norm", "q_a": "in_norm", "kv_a": "in_norm",
+                 "indexer_k": "in_norm", "indexer_weights": "in_norm", **{r: "in_norm" for r in LINEAR_READERS},
+                 "gate": "post_norm", "up": "post_norm",
                  "router": "post_norm", "expert_gate": "post_norm", "expert_up": "post_norm",
                  "shared_gate": "post_norm", "shared_up": "post_norm", "shared_router": "post_norm"}
 
@@ -99,32 +101,42 @@ class Arch:
     h_shared: int = 0
     moe_blocks: tuple = ()
     final_softcap: float | None = None
+    dims: tuple = ()  # further sizes of the family's layout, as sorted (key, value) pairs
+    wrapper: str | None = None  # the vision-language wrapper whose language model this is
+    layer_types: tuple = ()  # a hybrid's kind of each block (linear or full attention)
+    qk_norm: str | None = None  # q/k norms: None, "head" (over head_dim) or "full" (over the projected width)
+
+    def dim(self, key: str) -> int:
+        """A further size of the family's layout (e.g. MLA's latent ranks)."""
+        return dict(self.dims)[key]
 
     # ---- family facts ------------------------------------------------------------------
     @property
+    def fam(self) -> Family:
+        """The family record of this checkpoint's model_type."""
+        return FAMILIES[self.model_type]
+
+    @property
     def family(self) -> str:
-        return FAMILIES[self.model_type][0]
+        """The layout group (checkpoints of one group name their tensors alike)."""
+        return self.fam.group
 
     @property
     def norm_layout(self) -> str:
-        return FAMILIES[self.model_type][1]
+        return self.fam.norms
 
     @property
     def gain_offset(self) -> float:
         """Norms compute x̂·(offset + w): 1 for Gemma's (1 + w), else 0."""
-        return FAMILIES[self.model_type][2]
-
-    @property
-    def qk_norm(self) -> str | None:
-        return FAMILIES[self.model_type][3]
+        return self.fam.gain_offset
 
     @property
     def norm_bias(self) -> bool:
-        return self.family == "gpt_neox"
+        return self.fam.norm_bias
 
     @property
     def gated(self) -> bool:
-        return self.family != "gpt_neox"
+        return self.fam.gated
 
     @property
     def has_experts(self) -> bool:
@@ -135,27 +147,23 @@ class Arch:
 
     @property
     def layers_prefix(self) -> str:
-        return "gpt_neox.layers" if self.family == "gpt_neox" else "model.layers"
+        return self.fam.layers_prefix
 
     @property
     def embed(self) -> str:
-        return "gpt_neox.embed_in.weight" if self.family == "gpt_neox" else EMBED
+        return self.fam.embed
 
     @property
     def final_norm(self) -> str:
-        return "gpt_neox.final_layer_norm.weight" if self.family == "gpt_neox" else FINAL_NORM
+        return self.fam.final_norm
 
     @property
     def embed_scale(self) -> float:
-        return self.d ** 0.5 if self.model_type.startswith("gemma") else 1.0
+        return self.d ** 0.5 if self.fam.embed_scaled else 1.0
 
     def rotation_problem(self) -> str | None:
         """Why a residual rotation is not function-preserving here, or None when it is exact."""
-        if FAMILIES[self.model_type][4]:
-            return None
-        if self.family == "gpt_neox":
-            return "LayerNorm subtracts the mean, which a rotation of the residual stream does not commute with"
-        return "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
+        return self.fam.rotation_problem
 
     # ---- names -------------------------------------------------------------------------
     def block_refs(self, i: int) -> list[TensorRef]:
@@ -203,7 +211,7 @@ class Arch:
 
     def names(self) -> list[str]:
         """Every distinct tensor, in model order (a tied lm_head is not listed twice)."""
-        g = global_refs(self)
+        g = _global_refs(self)
         out = [g[0].name]
         for i in range(self.L):
             out += [r.name for r in self.block_refs(i)]
@@ -244,46 +252,21 @@ def _numel(shape) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _block_refs(a: Arch, i: int) -> list[TensorRef]:
-    return block_refs(a, i)
+    refs = block_refs(a, i)
+    return wrapped_refs(refs, FAMILIES[a.wrapper]) if a.wrapper else refs
+
+
+def _global_refs(a: Arch) -> list[TensorRef]:
+    refs = global_refs(a)
+    return wrapped_refs(refs, FAMILIES[a.wrapper]) if a.wrapper else refs
 
 
 @functools.lru_cache(maxsize=64)
 def _index(a: Arch) -> dict[str, TensorRef]:
-    out = {r.name: r for r in global_refs(a)}
+    out = {r.name: r for r in _global_refs(a)}
     for i in range(a.L):
         out.update({r.name: r for r in a.block_refs(i)})
     return out
-
-
-def _get(config: Any, key: str, default=None):
-    return getattr(config, key, default) if not isinstance(config, dict) else config.get(key, default)
-
-
-def _size(config: Any, key: str, where: str, required: bool = True) -> int | None:
-    """A positive integer size from the config, or a one-line error naming the key and the file."""
-    value = _get(config, key)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        found = "it is missing" if value is None else f"found {value!r}"
-        raise TracingError(f"{where} needs a positive integer {key} ({found}); "
-                           f"use the config.json that came with the weights")
-    return value
-
-
-def _moe_shape(config, model_type: str, L: int, where: str) -> dict:
-    E = int(_get(config, "num_local_experts") or _get(config, "num_experts") or 0)
-    if model_type == "mixtral":
-        return dict(n_experts=E, h_expert=_size(config, "intermediate_size", where),
-                    moe_blocks=(True,) * L if E else ())
-    if model_type in ("qwen2_moe", "qwen3_moe"):
-        only = set(_get(config, "mlp_only_layers") or [])
-        step = _size(config, "decoder_sparse_step", where, required=False) or 1
-        blocks = tuple(E > 0 and i not in only and (i + 1) % step == 0 for i in range(L))
-        shared = int(_get(config, "shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
-        return dict(n_experts=E, h_expert=_size(config, "moe_intermediate_size", where) if E else 0,
-                    moe_blocks=blocks, h_shared=shared)
-    return {}
 
 
 def arch_from_config(config: Any, where: str = "the model config") -> Arch:
@@ -294,34 +277,48 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
         raise TracingError(
             f"unsupported architecture {model_type!r}: model-tracing supports {', '.join(sorted(FAMILIES))} "
             f"checkpoints (see docs/architectures.md)")
+    fam = FAMILIES[model_type]
+    if fam.text_of:  # a vision-language wrapper: its language model
+        text = _get(config, fam.text_of)
+        if text is None:
+            raise TracingError(f"{where} is a {model_type} config without its {fam.text_of}; "
+                               f"use the config.json that came with the weights")
+        arch = arch_from_config(text, where)
+        tied = _get(config, "tie_word_embeddings")  # the wrapper's own flag decides, when it has one
+        return dataclasses.replace(arch, wrapper=model_type, tied=arch.tied if tied is None else bool(tied))
+    _check_layer_types(config, fam, where)
     d = _size(config, "hidden_size", where)
     n_heads = _size(config, "num_attention_heads", where)
-    n_kv = _size(config, "num_key_value_heads", where, required=False) or n_heads
+    n_kv = (_size(config, fam.kv_heads_key, where, required=False) if fam.kv_heads_key else None) or n_heads
     head_dim = _size(config, "head_dim", where, required=False) or d // n_heads
-    attention_bias = bool(_get(config, "attention_bias", model_type == "gpt_neox"))
-    if model_type == "qwen2":
-        qkv_bias, o_bias = True, False
-    elif model_type == "qwen2_moe":
-        qkv_bias, o_bias = bool(_get(config, "qkv_bias", True)), False
-    elif model_type in ("phi3", "mixtral"):
-        qkv_bias = o_bias = False
-    else:
-        qkv_bias = o_bias = attention_bias
-    if model_type == "gpt_neox":
-        n_kv = n_heads
     tied = _get(config, "tie_word_embeddings")
     if tied is None:
-        tied = model_type.startswith("gemma")
+        tied = fam.tied_default
     L = _size(config, "num_hidden_layers", where)
     cap = _get(config, "final_logit_softcapping")
+    moe = fam.moe_shape(config, fam, L, where) if fam.moe_shape else {}
+    dims = tuple(sorted(fam.dims(config, where).items())) if fam.dims else ()
+    hybrid = "linear_attention" in fam.layer_types
+    layer_types = tuple(_get(config, "layer_types") or ()) if hybrid else ()
+    if hybrid and len(layer_types) != L:
+        raise TracingError(f"{where} needs layer_types with one entry per block ({L}), found {len(layer_types)}; "
+                           f"use the config.json that came with the weights")
     return Arch(
-        model_type=model_type, d=d, h=_size(config, "intermediate_size", where), L=L,
+        model_type=model_type, d=d, h=_size(config, fam.dense_width, where), L=L,
         V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
-        qkv_bias=qkv_bias, o_bias=o_bias,
-        mlp_bias=bool(_get(config, "mlp_bias", False)) and model_type == "llama",
-        final_softcap=float(cap) if cap else None, **_moe_shape(config, model_type, L, where),
+        qkv_bias=fam.bias("qkv_bias", config, _get), o_bias=fam.bias("o_bias", config, _get),
+        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, layer_types=layer_types, qk_norm=fam.qk_norm_of(config, _get),
+        **moe,
     )
+
+
+def _check_layer_types(config: Any, fam: Family, where: str) -> None:
+    """Every entry of ``layer_types`` is a kind of block this family has."""
+    for t in _get(config, "layer_types") or ():
+        if t not in fam.layer_types:
+            raise TracingError(f"{where} names a layer type {t!r} that {fam.model_type} models do not have (they have "
+                               f"{', '.join(sorted(fam.layer_types))}); use the config.json that came with the weights")
 
 
 def require_same_blocks(a: Arch, b: Arch, what: str) -> None:
@@ -372,7 +369,7 @@ def require_expert_width(a: Arch, b: Arch, what: str) -> None:
                            f"each expert's units to the dense units whatever their order")
 
 
-__all__ = ["Arch", "TensorRef", "Unit", "arch_from_config", "require_same_blocks", "require_same_layout",
+__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "require_same_blocks", "require_same_layout",
            "require_same_depth", "require_gated", "require_expert_width",
            "SUPPORTED", "FAMILIES", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
            "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]

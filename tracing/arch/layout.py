@@ -14,6 +14,20 @@ import torch
 Index = tuple | None  # a tuple of ints/slices, or (LongTensor,) for scattered rows
 
 
+class Transposed(tuple):
+    """An index whose part is stored transposed: the role's rows are the part's columns
+    (gpt-oss stores its experts as [E, in, out])."""
+
+
+def select(t: torch.Tensor, index: Index) -> torch.Tensor:
+    """A role's part of a stored tensor (``index`` of a :class:`TensorRef` store)."""
+    if index is None:
+        return t
+    if isinstance(index, Transposed):
+        return t[tuple(index)].T
+    return t[index]
+
+
 @dataclass
 class TensorRef:
     name: str  # logical name (the on-disk name of an unfused tensor)
@@ -35,33 +49,41 @@ def _rows(a: int, b: int) -> tuple:
     return (slice(a, b),)
 
 
+def attention_fused_qkv(a, p: str, i: int) -> list[TensorRef]:
+    """Phi-3: q, k, v rows stacked in one ``qkv_proj``."""
+    d, qo, kvo = a.d, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+    fused = f"{p}self_attn.qkv_proj.weight"
+    out = [TensorRef(f"{fused}#{role}", role, i, (hi - lo, d), [(fused, _rows(lo, hi))])
+           for role, lo, hi in (("q", 0, qo), ("k", qo, qo + kvo), ("v", qo + kvo, qo + 2 * kvo))]
+    out.append(TensorRef(f"{p}self_attn.o_proj.weight", "o", i, (d, qo)))
+    return out
+
+
+def attention_neox(a, p: str, i: int) -> list[TensorRef]:
+    """GPT-NeoX: q, k, v interleaved per head in one ``query_key_value`` (weight and bias)."""
+    d, hd, n = a.d, a.head_dim, a.n_heads
+    out: list[TensorRef] = []
+    base = torch.arange(n)[:, None] * 3 * hd
+    for k, role in enumerate(("q", "k", "v")):
+        rows = (base + k * hd + torch.arange(hd)[None]).reshape(-1)
+        for suffix, shape in (("weight", (n * hd, d)), ("bias", (n * hd,))):
+            if suffix == "bias" and not a.qkv_bias:
+                continue
+            fused = f"{p}attention.query_key_value.{suffix}"
+            r = role if suffix == "weight" else f"{role}_bias"
+            out.append(TensorRef(f"{fused}#{role}", r, i, shape, [(fused, (rows,))]))
+    out.append(TensorRef(f"{p}attention.dense.weight", "o", i, (d, n * hd)))
+    if a.o_bias:
+        out.append(TensorRef(f"{p}attention.dense.bias", "o_bias", i, (d,)))
+    return out
+
+
 def attention_refs(a, p: str, i: int) -> list[TensorRef]:
-    """q/k/v/o (and biases, q/k norms) of block i; ``p`` is the block prefix."""
-    fam = a.family
+    """q/k/v/o (and biases, q/k norms) of block i, one tensor each; ``p`` is the block prefix."""
     d, qo, kvo = a.d, a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
     out: list[TensorRef] = []
-    if fam == "phi3":
-        fused = f"{p}self_attn.qkv_proj.weight"
-        for role, lo, hi in (("q", 0, qo), ("k", qo, qo + kvo), ("v", qo + kvo, qo + 2 * kvo)):
-            out.append(TensorRef(f"{fused}#{role}", role, i, (hi - lo, d), [(fused, _rows(lo, hi))]))
-        out.append(TensorRef(f"{p}self_attn.o_proj.weight", "o", i, (d, qo)))
-        return out
-    if fam == "gpt_neox":
-        hd, n = a.head_dim, a.n_heads
-        base = torch.arange(n)[:, None] * 3 * hd
-        for k, role in enumerate(("q", "k", "v")):
-            rows = (base + k * hd + torch.arange(hd)[None]).reshape(-1)
-            for suffix, shape in (("weight", (n * hd, d)), ("bias", (n * hd,))):
-                if suffix == "bias" and not a.qkv_bias:
-                    continue
-                fused = f"{p}attention.query_key_value.{suffix}"
-                r = role if suffix == "weight" else f"{role}_bias"
-                out.append(TensorRef(f"{fused}#{role}", r, i, shape, [(fused, (rows,))]))
-        out.append(TensorRef(f"{p}attention.dense.weight", "o", i, (d, qo)))
-        if a.o_bias:
-            out.append(TensorRef(f"{p}attention.dense.bias", "o_bias", i, (d,)))
-        return out
-    for role, rows in (("q", qo), ("k", kvo), ("v", kvo)):
+    # a per-head output gate stacked into q_proj (Qwen3-Next, Qwen3.5) doubles its rows
+    for role, rows in (("q", qo * (2 if a.fam.q_gated else 1)), ("k", kvo), ("v", kvo)):
         out.append(TensorRef(f"{p}self_attn.{role}_proj.weight", role, i, (rows, d)))
     out.append(TensorRef(f"{p}self_attn.o_proj.weight", "o", i, (d, qo)))
     if a.qkv_bias:
@@ -96,21 +118,29 @@ def norm_refs(a, p: str, i: int) -> list[TensorRef]:
     return out
 
 
+def mlp_fused_gate_up(a, p: str, i: int, h: int) -> list[TensorRef]:
+    """Phi-3: gate rows then up rows in one ``gate_up_proj``."""
+    fused = f"{p}mlp.gate_up_proj.weight"
+    return [TensorRef(f"{fused}#gate", "gate", i, (h, a.d), [(fused, _rows(0, h))], unit=i),
+            TensorRef(f"{fused}#up", "up", i, (h, a.d), [(fused, _rows(h, 2 * h))], unit=i),
+            TensorRef(f"{p}mlp.down_proj.weight", "down", i, (a.d, h), unit=i)]
+
+
+def mlp_neox(a, p: str, i: int, h: int) -> list[TensorRef]:
+    """GPT-NeoX: a non-gated MLP with biases."""
+    d = a.d
+    return [TensorRef(f"{p}mlp.dense_h_to_4h.weight", "up", i, (h, d), unit=i),
+            TensorRef(f"{p}mlp.dense_h_to_4h.bias", "up_bias", i, (h,), unit=i),
+            TensorRef(f"{p}mlp.dense_4h_to_h.weight", "down", i, (d, h), unit=i),
+            TensorRef(f"{p}mlp.dense_4h_to_h.bias", "down_bias", i, (d,))]
+
+
 def dense_mlp_refs(a, p: str, i: int, h: int, prefix: str = "mlp.", roles=("gate", "up", "down"),
                    unit=None) -> list[TensorRef]:
+    """A gated MLP stored as separate gate/up/down projections (a dense MLP or a shared expert)."""
     d = a.d
     unit = i if unit is None else unit
     g, u, dn = roles
-    if a.family == "phi3":
-        fused = f"{p}mlp.gate_up_proj.weight"
-        return [TensorRef(f"{fused}#gate", g, i, (h, d), [(fused, _rows(0, h))], unit=unit),
-                TensorRef(f"{fused}#up", u, i, (h, d), [(fused, _rows(h, 2 * h))], unit=unit),
-                TensorRef(f"{p}mlp.down_proj.weight", dn, i, (d, h), unit=unit)]
-    if a.family == "gpt_neox":
-        return [TensorRef(f"{p}mlp.dense_h_to_4h.weight", u, i, (h, d), unit=unit),
-                TensorRef(f"{p}mlp.dense_h_to_4h.bias", f"{u}_bias", i, (h,), unit=unit),
-                TensorRef(f"{p}mlp.dense_4h_to_h.weight", dn, i, (d, h), unit=unit),
-                TensorRef(f"{p}mlp.dense_4h_to_h.bias", f"{dn}_bias", i, (d,))]
     out = [TensorRef(f"{p}{prefix}gate_proj.weight", g, i, (h, d), unit=unit),
            TensorRef(f"{p}{prefix}up_proj.weight", u, i, (h, d), unit=unit),
            TensorRef(f"{p}{prefix}down_proj.weight", dn, i, (d, h), unit=unit)]
@@ -125,11 +155,9 @@ def moe_refs(a, p: str, i: int) -> list[TensorRef]:
     """Router, routed experts (on disk one tensor per expert; in transformers' modules stacked
     as ``experts.gate_up_proj`` [E, 2h, d] and ``experts.down_proj`` [E, d, h]) and shared expert."""
     d, h, E = a.d, a.h_expert, a.n_experts
-    mixtral = a.family == "mixtral"
-    disk = f"{p}block_sparse_moe." if mixtral else f"{p}mlp."
-    mem = f"{p}mlp."
+    disk, mem = f"{p}{a.fam.expert_prefix}", f"{p}mlp."
     out = [TensorRef(f"{disk}gate.weight", "router", i, (E, d), [(f"{disk}gate.weight", None), (f"{mem}gate.weight", None)])]
-    files = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    files = a.fam.expert_files
     gu, dn = f"{mem}experts.gate_up_proj", f"{mem}experts.down_proj"
     for e in range(E):
         for role, f, shape, fused in (("expert_gate", files[0], (h, d), (gu, (e, slice(0, h)))),
@@ -137,17 +165,22 @@ def moe_refs(a, p: str, i: int) -> list[TensorRef]:
                                       ("expert_down", files[2], (d, h), (dn, (e,)))):
             name = f"{disk}experts.{e}.{f}.weight"
             out.append(TensorRef(name, role, i, shape, [(name, None), fused], unit=(i, e)))
+    if a.fam.router_bias:  # relative to the experts' prefix (on disk, then in transformers' modules)
+        rb = [(f"{disk}{a.fam.router_bias}", None)] + ([(f"{mem}{a.fam.router_bias}", None)] if disk != mem else [])
+        out.append(TensorRef(rb[0][0], "router_bias", i, (E,), rb))
     if a.h_shared:
-        out += dense_mlp_refs(a, p, i, a.h_shared, prefix="mlp.shared_expert.",
+        out += dense_mlp_refs(a, p, i, a.h_shared, prefix=a.fam.shared_prefix,
                               roles=("shared_gate", "shared_up", "shared_down"), unit=(i, "shared"))
-        out.append(TensorRef(f"{p}mlp.shared_expert_gate.weight", "shared_router", i, (1, d)))
+        if a.fam.shared_gate:
+            out.append(TensorRef(f"{p}{a.fam.shared_gate}", "shared_router", i, (1, d)))
     return out
 
 
 def block_refs(a, i: int) -> list[TensorRef]:
     p = f"{a.layers_prefix}.{i}."
-    mlp = moe_refs(a, p, i) if a.is_moe_block(i) else dense_mlp_refs(a, p, i, a.h)
-    return attention_refs(a, p, i) + mlp + norm_refs(a, p, i)
+    fam = a.fam
+    mlp = fam.moe(a, p, i) if a.is_moe_block(i) else fam.mlp(a, p, i, a.h)
+    return fam.attention(a, p, i) + mlp + norm_refs(a, p, i)
 
 
 def global_refs(a) -> list[TensorRef]:
@@ -155,6 +188,20 @@ def global_refs(a) -> list[TensorRef]:
     out = [TensorRef(a.embed, "embed", None, (V, d)), TensorRef(a.final_norm, "final_norm", None, (d,))]
     if a.norm_bias:
         out.append(TensorRef(a.final_norm.replace(".weight", ".bias"), "final_norm_bias", None, (d,)))
-    stores = [("lm_head.weight", None)] + ([("embed_out.weight", None)] if a.family == "gpt_neox" else [])
+    stores = [(name, None) for name in a.fam.lm_head_stores]
     out.append(TensorRef("lm_head.weight", "lm_head", None, (V, d), stores, module=("lm_head.weight", None)))
+    return out
+
+
+def wrapped_refs(refs: list[TensorRef], wrapper) -> list[TensorRef]:
+    """The language model's references inside a vision-language wrapper: each stored name is also
+    looked for under the wrapper's prefixes (``model.language_model.``, ``language_model.model.``);
+    the module location stays the text model's."""
+    out = []
+    for r in refs:
+        stores = list(r.stores)
+        for stored, index in r.stores:
+            stores += [(wrapped + stored[len(text):], index) for text, wrapped in wrapper.wrapped
+                       if stored.startswith(text)]
+        out.append(TensorRef(r.name, r.role, r.block, r.shape, stores, r.module, r.unit))
     return out

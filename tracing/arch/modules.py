@@ -5,6 +5,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from .layout import Transposed
+
 
 def module_state(arch, names: Iterable[str], read: Callable[[str], torch.Tensor],
                  shapes: dict[str, torch.Size], strip: str = "") -> dict[str, torch.Tensor]:
@@ -25,7 +27,10 @@ def module_state(arch, names: Iterable[str], read: Callable[[str], torch.Tensor]
             continue
         if key not in out:
             out[key] = torch.empty(shapes[key], dtype=t.dtype, device=t.device)
-        out[key][index] = t
+        if isinstance(index, Transposed):
+            out[key][tuple(index)] = t.T
+        else:
+            out[key][index] = t
     if arch.tied and "lm_head.weight" in shapes and not strip:
         out["lm_head.weight"] = out[arch.ref(arch.embed).module[0]]
     return out

@@ -136,8 +136,8 @@ def _labelled_rows(df, labels: dict) -> list[dict]:
         p = index.get((r.get("base"), r.get("ft")))
         if p is None or r.get("variant") in (None, "?"):
             continue
-        r = {**r, "relation": p["relation"], "dependent": p["dependent"], "mode": _mode(r.get("rows"))}
-        key = (p["base"], p["ft"], r["variant"], r["mode"])
+        r = {**r, "relation": p["relation"], "dependent": p["dependent"], "reading": _mode(r.get("rows"))}
+        key = (p["base"], p["ft"], r["variant"], r["reading"])
         if key not in keep or _flag(keep[key].get("superseded")) or not _flag(r.get("superseded")):
             keep[key] = r
     return list(keep.values())
@@ -156,7 +156,7 @@ def relation_rates(df, labels: dict, levels=LEVELS, confidence: float = 0.95):
     rows = _labelled_rows(df, labels)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["variant"], r["mode"]), []).append(r)
+        groups.setdefault((r["variant"], r["reading"]), []).append(r)
     out = []
     for (variant, mode), rs in sorted(groups.items()):
         by_rel: dict[str, list[dict]] = {}
@@ -171,7 +171,7 @@ def relation_rates(df, labels: dict, levels=LEVELS, confidence: float = 0.95):
             for level in levels:
                 k = sum(bool(is_dependent(float(r["log10_pvalue"]), level)) for r in ok)
                 lo, hi = clopper_pearson(k, len(ok), confidence)
-                out.append({"variant": variant, "mode": mode, "relation": rel, "dependent": dep,
+                out.append({"variant": variant, "reading": mode, "relation": rel, "dependent": dep,
                             "kind": "TPR" if dep else "FPR", "level": level, "pairs": len(ok), "called": k,
                             "rate": k / len(ok) if ok else float("nan"), "lo": lo, "hi": hi,
                             "failed": len(members) - len(ok), "confidence": confidence})

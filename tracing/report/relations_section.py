@@ -37,8 +37,8 @@ def build(df, folder: Path, out: Path, labels: dict | None = None) -> tuple[dict
     if rates.empty:
         return written, L + ["No result of a labelled pair yet.", ""]
     recs = rates.to_dict("records")
-    for (variant, mode) in dict.fromkeys((r["variant"], r["mode"]) for r in recs):
-        sub = [r for r in recs if r["variant"] == variant and r["mode"] == mode]
+    for (variant, mode) in dict.fromkeys((r["variant"], r["reading"]) for r in recs):
+        sub = [r for r in recs if r["variant"] == variant and r["reading"] == mode]
         rows = []
         for rel in dict.fromkeys(r["relation"] for r in sub):
             cells = {r["level"]: r for r in sub if r["relation"] == rel}

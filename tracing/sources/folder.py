@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..arch import arch_from_config
+from ..arch.layout import Transposed, select
 from ..errors import TracingError
 from .base import Backend, stored_bytes
 
@@ -54,7 +55,13 @@ class FolderBackend(Backend):
     def config(self):
         if self._config is None:
             from transformers import AutoConfig
-            self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
+            try:
+                self._config = AutoConfig.from_pretrained(self.path, trust_remote_code=False)
+            except Exception as e:  # transformers' own validation of the config's values
+                cause = e.__cause__ or e
+                detail = (str(cause).strip().splitlines() or [type(cause).__name__])[-1].strip()
+                raise TracingError(f"{self.label}: transformers refuses its config.json ({detail}); "
+                                   f"use the config.json that came with the weights") from None
         return self._config
 
     def bytes_per_param(self) -> int:
@@ -103,7 +110,7 @@ class FolderBackend(Backend):
                 continue
             found = tuple(self._shapes[stored])
             try:  # the role's part of a fused tensor, computed on the meta device
-                got = found if part is None else tuple(torch.empty(found, device="meta")[part].shape)
+                got = found if part is None else tuple(select(torch.empty(found, device="meta"), part).shape)
             except (IndexError, RuntimeError):
                 got = None
             if got != tuple(ref.shape):
@@ -137,7 +144,7 @@ class FolderBackend(Backend):
         return self._find(name) is not None
 
     def get(self, name, dtype=torch.float32):
-        from ..models import logical_ref, select
+        from ..models import logical_ref
         found = self._find(name)
         if found is None:
             ref = logical_ref(self.arch, name, self.label)
@@ -147,7 +154,8 @@ class FolderBackend(Backend):
         if f.suffix == ".safetensors":
             from safetensors import safe_open
             with safe_open(f, framework="pt") as h:  # opened per tensor, closed at once
-                if index is not None and all(isinstance(x, (int, slice)) for x in index):
+                if index is not None and not isinstance(index, Transposed) and all(isinstance(x, (int, slice))
+                                                                                   for x in index):
                     return h.get_slice(stored)[index]  # only the role's rows are read
                 return select(h.get_tensor(stored), index)
         return select(self._load_bin(f)[stored], index)

@@ -11,7 +11,8 @@ Each layer also records the median cosine of its matched up rows (``median_cos``
 ``extra["median_cos"]`` is the mean of those over layers.
 
 When either model has mixture-of-experts blocks, every pair of MLPs chosen by
-:mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead.
+:mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead;
+when their depths differ, every block pair of the same kind (:mod:`tracing.expert_map`).
 
 With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models
 and every block) are read and matched K × K, block by block or in every cell of the block map; the
@@ -26,16 +27,16 @@ from .spec import Cost
 
 
 def _check(a, b, options):
-    if a.has_experts or b.has_experts:
+    if options.align and a.has_experts != b.has_experts:  # aligned upcycling: expert by expert, block by block
         from ..arch import require_same_depth
-        require_same_depth(a, b, "cos")
-        if options.align and a.has_experts != b.has_experts and not (a.gated and b.gated):
+        require_same_depth(a, b, "cos --align")
+        if not (a.gated and b.gated):
             from ..errors import TracingError
             raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
                                "gate rows, but one model has a non-gated MLP; drop --align")
-    else:  # depth and MLP width may differ (block map, rectangular matching), not d
-        from ..blockmap import require_cos_width
-        require_cos_width(a, b)
+    # depth and MLP width may differ (block map, rectangular matching), not d
+    from ..blockmap import require_cos_width
+    require_cos_width(a, b)
     if options.rows is None:
         return
     from ..errors import TracingError
@@ -92,6 +93,9 @@ def cos(ctx, base, ft):
     from .fixed import fixed_summary
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
+        if base.arch.L != ft.arch.L or ctx.options.localized:
+            from ..expert_map import cos_expert_map
+            return cos_expert_map(ctx, base, ft)
         return _cos_experts(ctx, base, ft)
     if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
         return blockmap.cos_map(ctx, base, ft)

@@ -1,0 +1,223 @@
+"""Frontier mixtures of experts (DeepSeek-V3, which Kimi K2 / K2.5 declare): calibration of the
+experts grid, the hard negative (same architecture, independent training), the block map of
+models of mixed block kinds, and bad input."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from safetensors.torch import load_file, save_file
+
+from family_models import family_config, family_model, noisy, random_ids
+from tracing.models import Checkpoint, from_module
+from tracing.options import Options
+from tracing.stats import get as get_stat
+from tracing.stats.base import Context
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATED = ("deepseek_v3", "qwen3_5_moe_text", "gpt_oss")
+
+
+def run_stat(name, base, ft, tokens=None, **opts):
+    return get_stat(name).fn(Context(Options(stat=[name], **opts), progress=False, tokens=tokens), base, ft)
+
+
+@pytest.mark.parametrize("family", CALIBRATED)
+def test_experts_grid_calibrated(family):
+    """The overall p of the experts grid (experts matched per block, shared with shared, dense with
+    dense) is uniform over independent pairs."""
+    p = []
+    for k in range(30):
+        c = family_config(family, d=32, h=32, E=3)
+        a, b = (from_module(family_model(c, seed=900 + 2 * k + s)) for s in (0, 1))
+        res = run_stat("cos", a, b)
+        assert res.extra["experts"] and res.extra["num_pairs"] > 0
+        p.append(10 ** res.log10_pvalue)
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+def test_same_architecture_is_not_derivation():
+    """Two DeepSeek-V3 models of identical configs, initialised independently (Kimi K2 against
+    DeepSeek-V3 in miniature): no statistic calls them dependent; a noisy copy is."""
+    c = family_config("deepseek_v3")
+    a, b = from_module(family_model(c, seed=31)), from_module(family_model(c, seed=32))
+    tokens = lambda: random_ids(c.vocab_size, n=4, T=32, seed=9)
+    for stat in ("cos", "emb", "match"):
+        assert run_stat(stat, a, b, tokens=tokens).log10_pvalue > math.log10(0.01), stat
+    assert run_stat("cos", a, from_module(noisy(family_model(c, seed=31)))).log10_pvalue < -6
+
+
+def test_gpt_oss_fused_interleaved_experts(tmp_path):
+    """gpt-oss stores experts fused and transposed, gate and up interleaved: each role's view (and
+    its bias) is the right slice, from disk and from memory alike."""
+    c = family_config("gpt_oss")
+    model = family_model(c, seed=71)
+    model.save_pretrained(tmp_path / "m")
+    ck, mem = Checkpoint(tmp_path / "m"), from_module(model)
+    a = ck.arch
+    experts = model.model.layers[1].mlp.experts
+    gu, gub = experts.gate_up_proj.detach(), experts.gate_up_proj_bias.detach()
+    for e in range(a.n_experts):
+        for role, want in (("expert_gate", gu[e][:, 0::2].T), ("expert_up", gu[e][:, 1::2].T),
+                           ("expert_down", experts.down_proj[e].detach().T), ("expert_gate_bias", gub[e, 0::2]),
+                           ("expert_up_bias", gub[e, 1::2]), ("expert_down_bias", experts.down_proj_bias[e].detach())):
+            name = next(r.name for r in a.block_refs(1) if r.role == role and r.name.endswith(f".{e}"))
+            assert torch.equal(ck.get(name), want) and torch.equal(mem.get(name), want), (role, e)
+    assert a.block_name(1, "sinks") and a.block_name(1, "router_bias")
+
+
+def _drop_first_block(model):
+    """The model without its first (dense) block: every later block moves up by one."""
+    cfg = family_config("deepseek_v3", L=model.config.num_hidden_layers - 1)
+    cfg.num_hidden_layers, cfg.first_k_dense_replace = model.config.num_hidden_layers - 1, 0
+    out = family_model(cfg, seed=0)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if ".layers." in k:
+            i = int(k.split(".layers.")[1].split(".")[0])
+            if i == 0:
+                continue
+            k = k.replace(f".layers.{i}.", f".layers.{i - 1}.", 1)
+        sd[k] = v
+    out.load_state_dict(sd)
+    return out
+
+
+def test_block_map_of_a_copy_without_its_dense_block(tmp_path):
+    """DeepSeek-shaped (one dense block, then three MoE blocks) against a noisy copy whose dense block
+    was removed: the block map pairs blocks by kind and finds block j of the copy in block j + 1."""
+    c = family_config("deepseek_v3", L=4)
+    base = family_model(c, seed=41)
+    base.save_pretrained(tmp_path / "base")
+    _drop_first_block(noisy(base, seed=42)).save_pretrained(tmp_path / "pruned")
+    _drop_first_block(family_model(c, seed=43)).save_pretrained(tmp_path / "other")
+    res = run_stat("cos", Checkpoint(tmp_path / "base"), Checkpoint(tmp_path / "pruned"))
+    assert res.extra["localized"] and res.extra["shape"] == [4, 3]
+    assert [(i, j) for i, j, _ in res.extra["correspondence"]] == [(1, 0), (2, 1), (3, 2)]
+    assert np.isnan(np.array(res.extra["per_pair"], dtype=float)[0]).all()  # the dense block has no MoE partner
+    assert res.log10_pvalue < -6
+    indep = run_stat("cos", Checkpoint(tmp_path / "base"), Checkpoint(tmp_path / "other"))
+    assert indep.log10_pvalue > math.log10(0.01) and indep.extra["correspondence"] == []
+
+
+# ---- bad input through main.py ---------------------------------------------------------------
+def main(*args):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def _edit(folder, tensors=None, config=None):
+    """Rewrite a saved model's weights (``tensors(state) -> state``) or config (``config(dict)``)."""
+    if tensors:
+        f = folder / "model.safetensors"
+        save_file(tensors(load_file(f)), f, metadata={"format": "pt"})
+    if config:
+        cfg = json.loads((folder / "config.json").read_text())
+        config(cfg)
+        (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _without_expert(state, e=3):
+    return {k: v for k, v in state.items() if f".experts.{e}." not in k}
+
+
+def _wide_router(state):
+    return {k: (torch.cat([v, v[:1]]) if k.endswith("mlp.gate.weight") else v) for k, v in state.items()}
+
+
+def _layer_type(name):
+    def edit(cfg):
+        cfg["layer_types"] = [name] + ["full_attention"] * (cfg["num_hidden_layers"] - 1)
+    return edit
+
+
+@pytest.mark.parametrize("family, edit, needle", [
+    ("deepseek_v3", dict(tensors=_without_expert), "experts.3.up_proj.weight not found"),
+    ("deepseek_v3", dict(tensors=_wide_router), "mlp.gate.weight"),
+    ("gemma3_text", dict(config=_layer_type("mystery_attention")), "mystery_attention"),  # unknown to transformers
+    ("gemma3_text", dict(config=_layer_type("linear_attention")), "'linear_attention' that gemma3_text"),
+    ("qwen3_5_moe_text", dict(config=_layer_type("sliding_attention")), "'sliding_attention' that qwen3_5_moe_text"),
+])
+def test_bad_input_is_one_line(tmp_path, family, edit, needle):
+    c = family_config(family)
+    family_model(c, seed=51).save_pretrained(tmp_path / "a")
+    family_model(c, seed=52).save_pretrained(tmp_path / "b")
+    _edit(tmp_path / "b", **edit)
+    out = tmp_path / "never.p"
+    r = main("--base_model_id", tmp_path / "a", "--ft_model_id", tmp_path / "b", "--stat", "cos", "--save", out,
+             "--quiet")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("error:") and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+# ---- vision-language wrappers ------------------------------------------------------------------
+#: wrapper -> (its language model's family, a tiny vision tower, the published names of the language model)
+WRAPPERS = {
+    "kimi_k25": ("deepseek_v3", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64),
+                 ("language_model.model.", "language_model.lm_head.")),
+    "qwen3_5_moe": ("qwen3_5_moe_text", dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64,
+                                             out_hidden_size=32), ("model.language_model.", "lm_head.")),
+}
+
+
+def _wrapped(wrapper, seed):
+    """A tiny vision-language model whose language model is initialised as ``family_model`` would,
+    and that language model alone."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    family, vision, _ = WRAPPERS[wrapper]
+    text_cfg = family_config(family)
+    cfg = AutoConfig.for_model(wrapper, text_config=text_cfg.to_dict(), vision_config=vision,
+                               tie_word_embeddings=False, **({"projection_hidden_size": 32} if wrapper == "kimi_k25" else {}))
+    text = family_model(text_cfg, seed=seed)
+    vlm = AutoModelForImageTextToText.from_config(cfg).eval()
+    sd = vlm.state_dict()
+    for k, v in text.state_dict().items():
+        sd[k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k] = v
+    vlm.load_state_dict(sd)
+    return vlm, text
+
+
+def _save_hub_layout(vlm, wrapper, folder):
+    """Saved as the published checkpoints name the language model's tensors."""
+    _, _, (model, head) = WRAPPERS[wrapper]
+    folder.mkdir()
+    vlm.config.save_pretrained(folder)
+    sd = {k.replace("model.language_model.", model, 1).replace("lm_head.", head, 1): v.contiguous()
+          for k, v in vlm.state_dict().items()}
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_vision_language_wrapper_reads_its_language_model(tmp_path, wrapper):
+    from tracing.engine import Engine
+    from tracing.transforms import permute
+    vlm, text = _wrapped(wrapper, seed=61)
+    _save_hub_layout(vlm, wrapper, tmp_path / "vlm")
+    noisy(text, seed=62).save_pretrained(tmp_path / "text_ft")
+    ck = Checkpoint(tmp_path / "vlm")
+    assert ck.arch.wrapper == wrapper and ck.arch.model_type == WRAPPERS[wrapper][0]
+    ids = random_ids(text.config.vocab_size)
+    with torch.no_grad():
+        ref = vlm(input_ids=ids).logits.float()
+    out = []
+    Engine(progress=False).run([ck, permute(ck, seed=3), from_module(vlm)], ids,
+                               on_logits=lambda _b, lg, _i: out.append(lg))
+    for k in range(3):  # the published layout, permuted, and transformers' in-memory layout
+        got = torch.cat([o[k] for o in out])
+        assert (got - ref).abs().max() / ref.abs().max() <= 1e-5
+    rec = tmp_path / "r.p"
+    r = main("--base_model_id", tmp_path / "text_ft", "--ft_model_id", tmp_path / "vlm", "--stat", "cos",
+             "--save", rec, "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pickle
+    res = pickle.loads(rec.read_bytes())
+    assert res["log10_pvalue"] < -6
+    assert any(wrapper in n and "vision tower is ignored" in n for n in res["notes"]), res["notes"]
