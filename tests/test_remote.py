@@ -304,3 +304,24 @@ def test_a_quantized_hub_model_is_read_by_its_format_not_by_ranges(hub, folders,
     assert not remote.resolved.remote and remote.backend.format == local.backend.format == "fp8"
     idx, t = sample(), "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(remote.get_rows(t, idx), local.get_rows(t, idx))
+
+
+def test_an_index_entry_of_a_hub_model_reads_only_its_rows(hub, folders, tmp_path):
+    """python -m tracing.index build on a hub model downloads nothing whole: the entry's rows come by
+    range requests (under 10% of every weight file) and equal those of an entry of the local folder."""
+    from tracing.index.build import build_entry
+    from tracing.index.entry import read_entry
+    from tracing.index.layout import Settings, open_or_create
+    s = Settings(rows=16, emb_tokens=64)
+    remote_root, local_root = tmp_path / "idx-hub", tmp_path / "idx-local"
+    for root in (remote_root, local_root):
+        open_or_create(root, s)
+    assert build_entry("org/base", "tiny", remote_root, s).status == "built"
+    assert build_entry(str(folders["base"]), "tiny", local_root, s).status == "built"
+    for f, n in weight_bytes(hub, "org/base").items():
+        assert n < 0.1 * (folders["base"] / f).stat().st_size
+    a = read_entry(next(p for p in remote_root.rglob("entry.json")).parent, s)
+    b = read_entry(next(p for p in local_root.rglob("entry.json")).parent, s)
+    for f in a.meta["files"]:
+        ta, tb = a.tensors(f), b.tensors(f)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -66,7 +66,7 @@ def build_entry(spec: str, family: str | None, root: Path, s: Settings) -> Outco
     from ..cli_util import slug
     from ..models import Checkpoint
     from .entry import describe, features, read_entry, write_entry
-    ck = Checkpoint(spec)
+    ck = Checkpoint(spec, remote=True)  # a hub model not in the cache: only the rows it needs, by range requests
     meta = describe(ck, family)
     key = slug(spec)
     try:

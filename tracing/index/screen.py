@@ -146,7 +146,7 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
     s = read_manifest(root)
     good, bad = entries(root, s)
     lines = [Line(k, verdict="cannot rule out", reason=why) for k, why in bad]
-    opened = Checkpoint(candidate) if isinstance(candidate, (str, os.PathLike)) else candidate
+    opened = Checkpoint(candidate, remote=True) if isinstance(candidate, (str, os.PathLike)) else candidate
     cand = with_store(opened, None, memory=True)
     a = cand.arch
     problem = shape_problem(a)
