@@ -21,12 +21,6 @@ PROBES = ["The quick brown fox jumps over the lazy dog.", "def f(x):\n    return
           "Über naïve café — 東京 1234567890 !?", "   leading spaces\tand\ttabs\n\nnew lines"]
 
 
-def default_dataset(stat: str, is_demo: bool) -> str:
-    """The statistic's declared default data set, else the demo corpus for demo models or wikitext."""
-    from .stats import get
-    return get(stat).default_dataset or ("demo" if is_demo else "wikitext")
-
-
 def tokenizers_compatible(tok1, tok2, shared: int) -> tuple[bool, str]:
     """Whether both tokenizers map the same strings to the same ids on the ids both models share
     (their vocabularies agree below ``shared`` and a few probe strings split identically)."""

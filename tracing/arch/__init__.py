@@ -181,16 +181,6 @@ class Arch:
                 return r.name
         raise KeyError(f"block {i} of {self.model_type} has no {role}" + (f" of expert {expert}" if expert is not None else ""))
 
-    def block_roles(self, i: int = 0) -> list[str]:
-        return list(dict.fromkeys(r.role for r in self.block_refs(i)))
-
-    def block_names(self, i: int) -> dict[str, str]:
-        """role -> name of a block without experts (expert roles keep their first name)."""
-        out: dict[str, str] = {}
-        for r in self.block_refs(i):
-            out.setdefault(r.role, r.name)
-        return out
-
     def units(self, i: int) -> list[Unit]:
         """The MLPs of block i: one dense MLP, or every routed expert (and the shared expert)."""
         by_unit: dict = {}
@@ -222,9 +212,6 @@ class Arch:
         """(role, block index or None) of a tensor name; raises KeyError for unknown names."""
         r = self.ref(name)
         return r.role, r.block
-
-    def unit_of(self, name: str):
-        return self.ref(name).unit
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.ref(name).shape

@@ -52,9 +52,6 @@ class Reconstruction:
     def family_of(self, model: str) -> int:
         return next(i for i, f in enumerate(self.families) if model in f)
 
-    def undirected_edges(self) -> set[frozenset]:
-        return {frozenset((e["a"], e["b"])) for e in self.edges}
-
     def to_json(self) -> dict:
         out = asdict(self)
         out["families"] = [{"models": f, "root": r, "root_source": s}

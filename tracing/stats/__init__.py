@@ -19,7 +19,7 @@ import os
 import pkgutil
 
 from ..errors import TracingError
-from .spec import COMMON_OPTIONS, DATA_OPTIONS, NEUTRAL_OPTIONS, Cost, StatSpec
+from .spec import COMMON_OPTIONS, DATA_OPTIONS, Cost, StatSpec
 
 REGISTRY: dict[str, StatSpec] = {}
 ALIASES: dict[str, str] = {}

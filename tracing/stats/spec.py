@@ -11,8 +11,6 @@ from typing import Callable
 
 from ..errors import TracingError
 
-#: options that never change a result (where and how fast it runs)
-NEUTRAL_OPTIONS = ("device", "mem_budget_gb")
 #: options every statistic's result depends on (``fold_norms`` changes the weights every statistic reads;
 #: ``significance`` only the verdict: result keys hash it at its default, see ``tracing.options.KEY_FIXED``)
 COMMON_OPTIONS = ("permute", "rotate", "align", "seed", "eval", "significance", "alternative", "fold_norms")
