@@ -6,7 +6,6 @@ cast, saturating at ±448); the cell is widened by a relative 2^-20 for the divi
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -20,15 +19,10 @@ DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16
 
 
 def fp8_config(folder: Path) -> dict | None:
-    """``quantization_config`` of an FP8 block-scaled folder, else None."""
-    f = Path(folder) / "config.json"
-    if not f.is_file():
-        return None
-    try:
-        q = json.loads(f.read_text()).get("quantization_config")
-    except (ValueError, AttributeError):
-        return None
-    return q if isinstance(q, dict) and str(q.get("quant_method", "")).lower() == "fp8" else None
+    """``quantization_config`` of an FP8 folder, else None (read as the weight sources read it)."""
+    from ..sources import quantization_config
+    q = quantization_config(Path(folder))
+    return q if q is not None and str(q["quant_method"]).lower() == "fp8" else None
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
