@@ -13,12 +13,14 @@ from scipy.stats import binomtest, kstest
 
 from helpers import finetuned, tiny_config, tiny_model
 from tracing import scan
+from tracing.api import compare
 from tracing.cli_util import run_cli
 from tracing.index import Settings, screen
 from tracing.index import cli as index_cli
 from tracing.index.build import build
 from tracing.index.entry import ROWS_FILE, SKETCH_FILE
 from tracing.models import from_module
+from tracing.results import load_record
 from tracing.transforms import permute, transform_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,12 +87,54 @@ def test_planted_relative_is_dependent_after_holm(refs, tmp_path, capsys):
     with open(out / "scan.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["reference", "family", "K", "screened log10 p", "Holm log10 p", "robust log10 p",
-                             "robust Holm log10 p", "verdict", "reason"]
+                             "robust Holm log10 p", "verdict", "reason", "follow-up", "follow-up log10 p",
+                             "follow-up verdict"]
     assert len(rows) == N_REFS and rows[0]["reference"] == refs["paths"][3]
     assert rows[0]["verdict"] == "dependent after Holm" and float(rows[0]["Holm log10 p"]) < -20
     assert all(r["verdict"] != "dependent after Holm" for r in rows[1:])
     assert f"dependent after Holm at α = 0.01: {refs['paths'][3]} (the probability" in printed
     assert "cannot be ruled out (0;" in printed
+    # the follow-up (default: the full cos test on the reference's weights), its record beside scan.csv
+    full = compare(refs["paths"][3], str(child), stat="cos")
+    assert rows[0]["follow-up"] == "full" and rows[0]["follow-up verdict"] == "dependent"
+    assert float(rows[0]["follow-up log10 p"]) == pytest.approx(full.log10_pvalue, rel=1e-3)
+    assert all(r["follow-up"] == "" and r["follow-up log10 p"] == "" for r in rows[1:])
+    (rec,) = out.glob("*_full.p")
+    assert load_record(rec)["log10_pvalue"] == full.log10_pvalue
+    assert f"follow-up (full cos on the reference's weights) of {refs['paths'][3]}: dependent" in printed
+
+
+def test_follow_up_with_more_rows_and_none(refs, tmp_path, capsys):
+    """``--follow-up rows:K`` runs the sampled test with K rows on the reference's weights (the same
+    value as main.py --rows K); ``none`` runs nothing and says how to; bad values are one line."""
+    child = tmp_path / "child"
+    finetuned(tiny_model(tiny_config(**CFG), seed=102), seed=9, noise=0.05).save_pretrained(child)
+    lines = {x.reference: x for x in screen(str(child), refs["index"], follow_up="rows:48")}
+    rel = lines[refs["paths"][2]]
+    want = compare(refs["paths"][2], str(child), stat="cos", rows=48)
+    assert rel.follow_up == "rows:48" and rel.follow_up_log10_p == want.log10_pvalue
+    assert rel.follow_up_verdict == "dependent"
+    assert all(not x.follow_up for k, x in lines.items() if k != refs["paths"][2])
+    assert run_cli(scan.main, [str(child), "--index", str(refs["index"]), "--follow-up", "none", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "follow-up (" not in printed and "--follow-up full" in printed
+    assert run_cli(scan.main, [str(child), "--index", str(refs["index"]), "--follow-up", "rows:x"]) == 2
+    err = capsys.readouterr()
+    assert "--follow-up 'rows:x' is not understood; give full, none or rows:K" in err.out + err.err
+
+
+def test_follow_up_of_a_reference_whose_weights_are_gone(refs, tmp_path):
+    """The screen's verdict stands; the follow-up line says it could not run and why."""
+    import shutil
+    moved = tmp_path / "ref1"
+    shutil.copytree(refs["paths"][1], moved)
+    idx = tmp_path / "index"
+    build([(str(moved), "tiny")], idx, Settings(rows=64), workers=0)
+    shutil.rmtree(moved)
+    child = from_module(finetuned(tiny_model(tiny_config(**CFG), seed=101), seed=9, noise=0.05))
+    (line,) = screen(child, idx, follow_up="full")
+    assert line.verdict == "dependent after Holm" and line.follow_up == "full"
+    assert line.follow_up_log10_p is None and line.follow_up_verdict.startswith("not run: ")
 
 
 @pytest.fixture(scope="module")
