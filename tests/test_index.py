@@ -250,6 +250,39 @@ def test_local_workers_build_what_one_process_builds_and_rerun_skips(refs, tmp_p
     assert capsys.readouterr().out.count("skipped ") == 2
 
 
+def test_index_jobs_sized_from_each_reference_config(refs, tmp_path, capsys):
+    """Each reference's job is sized from its own config, as launch.py sizes a pair: a local folder
+    is hashed whole (its files' bytes count), a hub model reads only its rows; memory and time grow
+    with the shape; the local executor runs the jobs under a memory limit smaller than one job."""
+    from tracing.index.sizing import entry_cost, resources, size_entry
+    from tracing.launch.configs import ModelInfo, model_info, reference_info
+    from tracing.arch import arch_from_config
+    s = Settings(rows=64)
+    info = model_info(refs["paths"][0])
+    files = sum(f.stat().st_size for f in Path(refs["paths"][0]).glob("*.safetensors"))
+    cost = entry_cost(info, s)
+    assert info.params * info.bytes_per_param <= files < info.params * info.bytes_per_param + 1 << 16
+    assert cost.bytes_hashed == info.params * info.bytes_per_param
+    assert cost.bytes_read == (2 * 64 * CFG["d"] + CFG["V"] * CFG["d"]) * info.bytes_per_param
+    big = arch_from_config({"model_type": "llama", "hidden_size": 16384, "intermediate_size": 53248,
+                            "num_hidden_layers": 126, "vocab_size": 128256, "num_attention_heads": 128,
+                            "num_key_value_heads": 8})
+    local, hub = ModelInfo("405b", big, 2, "local"), ModelInfo("405b", big, 2, "hub cache")
+    r7, r405, r405hub = (resources(entry_cost(i, Settings())) for i in (reference_info(), local, hub))
+    assert r405.mem_gb > r7.mem_gb and r405.timeout_min > r405hub.timeout_min == r7.timeout_min == 30
+    assert entry_cost(hub, Settings()).bytes_read == (8 * 128 + 2048) * 16384 * 2  # rows + embedding, bf16
+    idx = tmp_path / "index"
+    out = build([(p, "tiny") for p in refs["paths"][:2]], idx, s, cluster="local", workers=2, mem_limit_gb=1)
+    for o, p in zip(out, refs["paths"][:2]):
+        res, note = size_entry(p, s)
+        assert o["status"] == "built" and note == "sized from its config"
+        assert (o["mem_gb"], o["timeout_min"], o["cpus"], o["sizing"]) == (res.mem_gb, res.timeout_min, 1, note)
+    assert run_cli(index_cli.main, ["add", refs["paths"][0], "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    res, _ = size_entry(refs["paths"][0], s)
+    assert f"{res.mem_gb} GB, 1 CPU, {res.timeout_min} min (sized from its config)" in capsys.readouterr().out
+    assert not (tmp_path / "dry").exists()
+
+
 def test_failed_reference_is_recorded_and_retried(refs, tmp_path, capsys):
     import shutil
     idx, late = tmp_path / "index", tmp_path / "late"
