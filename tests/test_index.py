@@ -364,3 +364,17 @@ def test_other_shape_and_bad_input(refs, tmp_path, capsys):
     assert len(err) == 2 and all(x.startswith("error: ") for x in err)
     assert "not a reference index" in err[0] and "missing.yaml does not exist" in err[1]
     assert not (tmp_path / "i").exists()
+
+
+def test_mixture_of_experts_refused_with_the_reason_and_what_to_run(refs, tmp_path):
+    """An MoE reference is recorded as failed with one line naming the experts grid; an MoE
+    candidate is listed as "cannot rule out" against every reference, with the same reason."""
+    from family_models import family_config, family_model
+    moe = tmp_path / "moe"
+    family_model(family_config("mixtral", d=32, h=64, L=2, V=96), seed=1).save_pretrained(moe)
+    (o,) = build([(str(moe), "moe")], tmp_path / "index", Settings(rows=64), workers=0)
+    assert o["status"] == "failed" and "\n" not in o["error"]
+    for text in (o["error"], *(x.reason for x in screen(str(moe), refs["index"]))):
+        assert "mixture-of-experts blocks" in text and "reordering of the experts" in text
+        assert "--stat cos" in text
+    assert all(x.verdict == "cannot rule out" for x in screen(str(moe), refs["index"]))
