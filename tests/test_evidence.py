@@ -287,3 +287,14 @@ def test_merge_attribution_goes_into_the_statement_and_the_card(setup, tmp_path)
     assert payload(st)["predicate"]["merge"]["weights"] == [0.6, 0.4]
     assert "base_model:\n- base\n- org/other\nbase_model_relation: merge" in card.read_text()
     assert cli(verify_cli, st, "--key", setup["key"][1], "--no-recompute") == 0
+
+
+def test_keyless_sigstore_says_plainly_it_cannot_work_offline(setup, tmp_path, capsys):
+    """Keyless signing cannot be exercised offline: the CLI says so in one line (no browser login
+    is awaited without a terminal), exits 2 and writes no statement."""
+    out = tmp_path / "bundle.json"
+    capsys.readouterr()
+    assert cli(attest_cli, setup["result"], "--sigstore", "--out", out) == 2
+    line = one_line(capsys, "error: keyless signing with Sigstore")
+    assert "cannot work offline" in line and "--key PRIVATE.pem" in line
+    assert not out.exists()

@@ -22,7 +22,8 @@ def parse(argv=None):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--key", help="EC P-256 private key, PEM (offline signing)")
     g.add_argument("--sigstore", action="store_true",
-                   help="keyless signing with Sigstore (needs network and an OIDC identity; writes a Sigstore bundle)")
+                   help="keyless signing with Sigstore (writes a Sigstore bundle); needs network access to the "
+                        "public Sigstore services and an OIDC identity: it cannot work offline")
     p.add_argument("--out", default=None, help="statement file (default: RESULT with .intoto.json)")
     p.add_argument("--rates", default=None, metavar="CSV",
                    help="embed the measured error-rate table the verdict's calibration refers to "
