@@ -233,6 +233,10 @@ def scan(candidate: str, references, stat: str = "cos", rows: int | None = None,
             r.verdict = "not significant"
     rows_out.sort(key=Row.sort_key)
     if out is not None:
+        from .evidence.family import FAMILY_FILE, family_doc, write_family
+        members = [(r.reference, candidate, r.screen_log10_p) for r in screened if not math.isnan(r.screen_log10_p)]
+        write_family(out / FAMILY_FILE, family_doc("scan", f"the {stat} screen of {candidate} against {len(members)} "
+                                                           f"references", members, full_opts.significance))
         write_csv(rows_out, out / "scan.csv")
     return rows_out
 
