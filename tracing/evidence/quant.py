@@ -180,5 +180,7 @@ def summarise(tensors: list[TensorCheck], fmt: str) -> dict:
                   if unchecked_codes else ""))
     return {"format": fmt, "verdict": verdict, "altered": altered, "summary": summary, "caveat": CAVEAT,
             "tolerance": "code cells widened by 2 x the float16 rounding of the scale and minimum, in code units "
-                         "(2^-11 relative, 2^-25 absolute for subnormals)",
+                         "(2^-11 relative, 2^-25 absolute for subnormals); K-quants: 2^-18 (|u| + |offset/step| + 1) "
+                         "under the stored sub-block scales; GPTQ: every code within 4 steps of the source, at "
+                         "least 90 % within one step",
             "tensors": [asdict(t) for t in tensors]}
