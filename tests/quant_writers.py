@@ -102,7 +102,7 @@ def _add_tokenizer(w, folder: Path) -> None:
 def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None,
                with_tokenizer: bool = True, state: dict | None = None, config: dict | None = None) -> Path:
     """``folder`` (config.json + safetensors [+ tokenizer.json]) as a GGUF file of type ``qtype``
-    (F32, F16, Q8_0, Q4_0, …); norms and biases stay F32, ``output.weight`` gets ``output_qtype``.
+    (F32, F16, Q8_0, Q4_0, …, the K-quants Q2_K..Q6_K through :func:`kquantize`); norms and biases stay F32, ``output.weight`` gets ``output_qtype``.
     As llama.cpp's converter: Llama and Mistral are written as the ``llama`` architecture with Q/K
     rows permuted into its rotary layout, Gemma's norm gains as 1 + w, GPT-NeoX's fused
     ``query_key_value`` regrouped (all q, all k, all v); other families as they are."""
@@ -175,7 +175,7 @@ def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None
             w.add_tensor(name, a.astype(np.float16))
         else:
             q = gguf.GGMLQuantizationType[kind]
-            w.add_tensor(name, quantize(a, q), raw_dtype=q)
+            w.add_tensor(name, kquantize(a, kind) if kind in KQUANTS else quantize(a, q), raw_dtype=q)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -244,10 +244,42 @@ def _save_quantized(folder: Path, out: Path, tensors: dict, qcfg: dict) -> Path:
     return out
 
 
+def gptq_groups(w: torch.Tensor, order: torch.Tensor, group_size: int, bits: int = 4, seed: int = 0):
+    """GPTQ's error feedback: columns quantized in ``order``, each rounding error spread over the
+    columns not yet quantized through the inverse Hessian of correlated random inputs; a group's
+    scale and zero from its (updated) weights when the group starts. Returns the codes [out, in],
+    scales and zeros [groups, out] as :func:`quantize_groups`."""
+    top = (1 << bits) - 1
+    rng = np.random.default_rng(seed)
+    W = w.double().numpy()[:, order.numpy()].copy()
+    n_out, n_in = W.shape
+    X = rng.standard_normal((4 * n_in, n_in)) @ (0.3 * rng.standard_normal((n_in, n_in)) + np.eye(n_in))
+    H = X.T @ X
+    H += 0.01 * np.mean(np.diag(H)) * np.eye(n_in)
+    U = np.linalg.cholesky(np.linalg.inv(H)).T
+    q = np.zeros(W.shape, np.int32)
+    scales = np.empty((n_in // group_size, n_out), np.float32)
+    zeros = np.empty((n_in // group_size, n_out), np.int32)
+    for j in range(n_in):
+        g = j // group_size
+        if j % group_size == 0:
+            blk = W[:, j:j + group_size]
+            lo, hi = np.minimum(blk.min(1), 0), np.maximum(blk.max(1), 0)
+            scales[g] = np.maximum((hi - lo) / top, 1e-8).astype(np.float16).astype(np.float32)
+            zeros[g] = np.clip(np.round(-lo / scales[g]), 0, top)
+        q[:, j] = np.clip(np.round(W[:, j] / scales[g]) + zeros[g], 0, top)
+        err = (W[:, j] - (q[:, j] - zeros[g]) * scales[g].astype(np.float64)) / U[j, j]
+        W[:, j + 1:] -= np.outer(err, U[j, j + 1:])
+    out = np.empty_like(q)
+    out[:, order.numpy()] = q
+    return torch.from_numpy(out), torch.from_numpy(scales).half(), torch.from_numpy(zeros)
+
+
 def write_gptq(folder, out, group_size: int = 32, bits: int = 4, act_order: bool = True, seed: int = 0,
-               drop: str | None = None) -> Path:
+               drop: str | None = None, feedback: bool = False) -> Path:
     """AutoGPTQ layout; with ``act_order`` the input columns are assigned to groups in a random
-    order (as desc_act does), so ``g_idx`` matters.  ``drop`` leaves out one part (e.g. "scales")."""
+    order (as desc_act does), so ``g_idx`` matters.  ``drop`` leaves out one part (e.g. "scales");
+    ``feedback``: GPTQ's error feedback (:func:`gptq_groups`), else plain rounding per group."""
     folder, out = Path(folder), Path(out)
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -260,7 +292,10 @@ def write_gptq(folder, out, group_size: int = 32, bits: int = 4, act_order: bool
         order = torch.randperm(n_in, generator=gen) if act_order else torch.arange(n_in)
         g_idx = torch.empty(n_in, dtype=torch.int32)
         g_idx[order] = (torch.arange(n_in) // group_size).to(torch.int32)
-        q, scales, zeros = quantize_groups(t, g_idx, n_in // group_size, bits)
+        if feedback:
+            q, scales, zeros = gptq_groups(t, order, group_size, bits, seed)
+        else:
+            q, scales, zeros = quantize_groups(t, g_idx, n_in // group_size, bits)
         tensors[f"{mod}.qweight"] = pack(q.T, bits, 0)  # [in/pack, out]
         tensors[f"{mod}.qzeros"] = pack(zeros - 1, bits, 1) if bits == 4 else pack((zeros - 1) % (1 << bits), bits, 1)
         tensors[f"{mod}.scales"] = scales
@@ -475,3 +510,100 @@ def write_bnb(folder, out, quant: str = "nf4", nested: bool = True, blocksize: i
         return write_linear(folder, out, quantize, qcfg, drop=drop)
     finally:
         torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------
+# GGUF K-quants (gguf-py dequantizes them but cannot quantize them): codes constructed as
+# llama.cpp derives them once its scales are chosen — nearest rounding of each value under the
+# stored sub-block scale (and minimum), clamped to the code range
+# ------------------------------------------------------------------------------------------
+#: type -> (code bits, values per sub-block, asymmetric (scale and min), scale range)
+KQUANTS = {"Q2_K": (2, 16, True, 15), "Q3_K": (3, 16, False, 32), "Q4_K": (4, 32, True, 63),
+           "Q5_K": (5, 32, True, 63), "Q6_K": (6, 16, False, 128)}
+
+
+def _f16(a):
+    return np.asarray(a, np.float32).astype(np.float16)
+
+
+def _kquant_codes(xs: np.ndarray, qtype: str):
+    """Super-block scales (float16), integer sub-block scales / mins and raw codes 0..2^bits-1 of
+    ``xs`` [blocks, sub-blocks, values]."""
+    bits, _, asym, smax = KQUANTS[qtype]
+    top = (1 << bits) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if asym:
+            mn = np.minimum(xs.min(-1), 0)
+            scale, m = (xs.max(-1) - mn) / top, -mn
+            d, dmin = _f16(scale.max(-1) / smax), _f16(m.max(-1) / smax)
+            sc = np.where(d[:, None] > 0, np.clip(np.rint(scale / d[:, None].astype(np.float32)), 0, smax), 0)
+            mm = np.where(dmin[:, None] > 0, np.clip(np.rint(m / dmin[:, None].astype(np.float32)), 0, smax), 0)
+            D = (d.astype(np.float32)[:, None] * sc.astype(np.float32))[..., None]
+            DM = (dmin.astype(np.float32)[:, None] * mm.astype(np.float32))[..., None]
+            codes = np.where(D > 0, np.clip(np.rint((xs + DM) / np.where(D > 0, D, 1)), 0, top), 0)
+            return d, dmin, sc.astype(np.int64), mm.astype(np.int64), codes.astype(np.uint8)
+        half = (top + 1) // 2
+        v = np.take_along_axis(xs, np.abs(xs).argmax(-1)[..., None], -1)[..., 0]
+        scale = v / -half  # the largest |x| maps to the lowest code
+        big = np.take_along_axis(scale, np.abs(scale).argmax(-1)[:, None], -1)[:, 0]
+        d = _f16(big / -smax)
+        sc = np.where(d[:, None] != 0, np.clip(np.rint(scale / d[:, None].astype(np.float32)), -smax, smax - 1), 0)
+        D = (d.astype(np.float32)[:, None] * sc.astype(np.float32))[..., None]
+        q = np.where(D != 0, np.clip(np.rint(xs / np.where(D != 0, D, 1)), -half, half - 1), 0)
+        return d, None, sc.astype(np.int64), None, (q + half).astype(np.uint8)
+
+
+def _pack_bits(codes: np.ndarray, groups: int, bits: int, width: int) -> np.ndarray:
+    """Codes [blocks, 256] into bytes as gguf-py unpacks them: element (g, s, l) of
+    codes.reshape(groups, 8 // bits or shifts, width) sits in byte g*width + l at bit s*bits."""
+    n = codes.shape[0]
+    shifts = 8 // bits
+    c = codes.reshape(n, groups, shifts, width).astype(np.uint16)
+    out = np.zeros((n, groups, width), np.uint16)
+    for s in range(shifts):
+        out |= (c[:, :, s, :] & ((1 << bits) - 1)) << (s * bits)
+    return out.reshape(n, groups * width).astype(np.uint8)
+
+
+def _pack_k4_scales(sc: np.ndarray, mm: np.ndarray) -> np.ndarray:
+    """Eight 6-bit scales and mins into Q4_K/Q5_K's 12 bytes (the inverse of gguf-py's get_scale_min)."""
+    b = np.zeros((sc.shape[0], 12), np.uint16)
+    for j in range(4):
+        b[:, j] = sc[:, j] | ((sc[:, j + 4] >> 4) << 6)
+        b[:, 4 + j] = mm[:, j] | ((mm[:, j + 4] >> 4) << 6)
+        b[:, 8 + j] = (sc[:, j + 4] & 0xF) | ((mm[:, j + 4] & 0xF) << 4)
+    return b.astype(np.uint8)
+
+
+def _pack_q3_scales(raw: np.ndarray) -> np.ndarray:
+    raw = raw.astype(np.uint16)
+    b = np.zeros((raw.shape[0], 12), np.uint16)
+    for j in range(16):
+        b[:, j % 8] |= (raw[:, j] & 0xF) << (4 * (j // 8))
+        b[:, 8 + j % 4] |= ((raw[:, j] >> 4) & 3) << (2 * (j // 4))
+    return b.astype(np.uint8)
+
+
+def kquantize(a: np.ndarray, qtype: str) -> np.ndarray:
+    """``a`` [..., n] (n a multiple of 256) as GGUF ``qtype`` blocks (uint8), readable by gguf-py."""
+    bits, sub, _, _ = KQUANTS[qtype]
+    xs = np.ascontiguousarray(a, np.float32).reshape(-1, 256 // sub, sub)
+    n = xs.shape[0]
+    d, dmin, sc, mm, codes = _kquant_codes(xs, qtype)
+    codes = codes.reshape(n, 256)
+    f16 = (lambda v: v.reshape(n, 1).view(np.uint8))
+    if qtype == "Q2_K":
+        parts = [(sc | (mm << 4)).astype(np.uint8), _pack_bits(codes, 2, 2, 32), f16(d), f16(dmin)]
+    elif qtype == "Q3_K":
+        hmask = _pack_bits(codes >> 2, 1, 1, 32)
+        parts = [hmask, _pack_bits(codes & 3, 2, 2, 32), _pack_q3_scales(sc + 32), f16(d)]
+    elif qtype == "Q4_K":
+        parts = [f16(d), f16(dmin), _pack_k4_scales(sc, mm), _pack_bits(codes, 4, 4, 32)]
+    elif qtype == "Q5_K":
+        parts = [f16(d), f16(dmin), _pack_k4_scales(sc, mm), _pack_bits(codes >> 4, 1, 1, 32),
+                 _pack_bits(codes & 15, 4, 4, 32)]
+    else:  # Q6_K
+        parts = [_pack_bits(codes & 15, 2, 4, 64), _pack_bits(codes >> 4, 2, 2, 32),
+                 sc.astype(np.int8).view(np.uint8), f16(d)]
+    blocks = np.concatenate(parts, axis=1)
+    return blocks.reshape(*a.shape[:-1], a.shape[-1] // 256 * blocks.shape[1])

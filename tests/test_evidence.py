@@ -287,3 +287,75 @@ def test_merge_attribution_goes_into_the_statement_and_the_card(setup, tmp_path)
     assert payload(st)["predicate"]["merge"]["weights"] == [0.6, 0.4]
     assert "base_model:\n- base\n- org/other\nbase_model_relation: merge" in card.read_text()
     assert cli(verify_cli, st, "--key", setup["key"][1], "--no-recompute") == 0
+
+
+def test_keyless_sigstore_says_plainly_it_cannot_work_offline(setup, tmp_path, capsys):
+    """Keyless signing cannot be exercised offline: the CLI says so in one line (no browser login
+    is awaited without a terminal), exits 2 and writes no statement."""
+    out = tmp_path / "bundle.json"
+    capsys.readouterr()
+    assert cli(attest_cli, setup["result"], "--sigstore", "--out", out) == 2
+    line = one_line(capsys, "error: keyless signing with Sigstore")
+    assert "cannot work offline" in line and "--key PRIVATE.pem" in line
+    assert not out.exists()
+
+
+def test_holm_family_of_a_scan_carried_into_the_statement_and_checked(setup, tmp_path, capsys):
+    """A scan's screen record is attested with the Holm family it was adjusted over (found beside it):
+    method, size, members, its adjusted log10 p and verdict; verify checks them; a statement whose
+    adjusted value does not follow from its members is not verified, naming the correction."""
+    from tracing import scan
+    from tracing.evidence.make import make_statement
+    from tracing.evidence.statement import load_signer, sign
+    from tracing.pvalues import holm
+    out = tmp_path / "scan"
+    rows = scan.scan(setup["ft"], [setup["base"], setup["indep"]], rows=64, out=out)
+    family = json.loads((out / "holm-family.json").read_text())
+    assert family["method"] == "holm" and len(family["members"]) == 2
+    (screen,) = [f for f in out.glob("*_screen.p") if load_record(f)["args"]["base_model_id"] == setup["base"]]
+    stmt_file = tmp_path / "screen.json"
+    assert cli(attest_cli, screen, "--key", setup["key"][0], "--out", stmt_file) == 0
+    corr = payload(stmt_file)["predicate"]["correction"]
+    rec = load_record(screen)
+    lps = [m["log10_pvalue"] for m in corr["members"]]
+    assert corr["method"] == "holm" and corr["size"] == 2 and corr["kind"] == "scan"
+    assert lps[corr["member"]] == rec["log10_pvalue"]
+    assert corr["adjusted_log10_pvalue"] == float(holm(lps)[corr["member"]])
+    assert corr["adjusted_log10_pvalue"] == [r.holm_log10_p for r in rows if r.reference == setup["base"]][0]
+    assert corr["verdict_after_correction"] == "dependent" and corr["within_pair"]["method"] == "none"
+    capsys.readouterr()
+    assert cli(verify_cli, stmt_file, "--key", setup["key"][1]) == 0
+    one_line(capsys, "verified")
+    stmt = make_statement(rec, family=family)
+    stmt["predicate"]["correction"]["adjusted_log10_pvalue"] = rec["log10_pvalue"]  # the correction left out
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(sign(stmt, load_signer(setup["key"][0]))))
+    assert cli(verify_cli, forged, "--key", setup["key"][1], "--no-recompute") == 1
+    assert "not verified: correction: Holm-adjusted log10 p attested" in capsys.readouterr().out
+
+
+def test_holm_family_of_a_grid_and_a_result_outside_it(setup, tmp_path, capsys):
+    """``--family DIR``: the grid of the result's statistic in a results folder (raw results, one per
+    pair); a family that does not hold the result is refused in one line, no statement written."""
+    from tracing.pvalues import holm
+    grid = tmp_path / "grid"
+    for a, b in (("base", "ft"), ("base", "indep"), ("ft", "indep")):
+        run_pair(setup[a], setup[b], stat=["cos"], save=grid / f"{a}-{b}.p", progress=False)
+    out = tmp_path / "grid.json"
+    assert cli(attest_cli, grid / "base-ft.p", "--key", setup["key"][0], "--out", out, "--family", grid) == 0
+    corr = payload(out)["predicate"]["correction"]
+    assert corr["kind"] == "grid" and corr["size"] == 3
+    assert corr["adjusted_log10_pvalue"] == float(holm([m["log10_pvalue"] for m in corr["members"]])[corr["member"]])
+    capsys.readouterr()
+    assert cli(verify_cli, out, "--key", setup["key"][1], "--no-recompute") == 0
+    one_line(capsys, "verified")
+    other = tmp_path / "other.json"
+    assert cli(attest_cli, setup["result"], "--key", setup["key"][0], "--out", other, "--family",
+               grid / "base-ft.p") == 2
+    assert "is not a Holm family" in one_line(capsys, "error: ")
+    from tracing.evidence.family import family_doc, write_family
+    elsewhere = write_family(tmp_path / "holm-family.json", family_doc("scan", "another scan",
+                                                                        [(setup["base"], setup["ft"], -3.0)], 0.01))
+    assert cli(attest_cli, setup["result"], "--key", setup["key"][0], "--out", other, "--family", elsewhere) == 2
+    assert "is not a member of the family another scan" in one_line(capsys, "error: ")
+    assert not other.exists()

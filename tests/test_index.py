@@ -13,12 +13,14 @@ from scipy.stats import binomtest, kstest
 
 from helpers import finetuned, tiny_config, tiny_model
 from tracing import scan
+from tracing.api import compare
 from tracing.cli_util import run_cli
 from tracing.index import Settings, screen
 from tracing.index import cli as index_cli
 from tracing.index.build import build
 from tracing.index.entry import ROWS_FILE, SKETCH_FILE
 from tracing.models import from_module
+from tracing.results import load_record
 from tracing.transforms import permute, transform_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,12 +87,54 @@ def test_planted_relative_is_dependent_after_holm(refs, tmp_path, capsys):
     with open(out / "scan.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["reference", "family", "K", "screened log10 p", "Holm log10 p", "robust log10 p",
-                             "robust Holm log10 p", "verdict", "reason"]
+                             "robust Holm log10 p", "verdict", "reason", "follow-up", "follow-up log10 p",
+                             "follow-up verdict"]
     assert len(rows) == N_REFS and rows[0]["reference"] == refs["paths"][3]
     assert rows[0]["verdict"] == "dependent after Holm" and float(rows[0]["Holm log10 p"]) < -20
     assert all(r["verdict"] != "dependent after Holm" for r in rows[1:])
     assert f"dependent after Holm at α = 0.01: {refs['paths'][3]} (the probability" in printed
     assert "cannot be ruled out (0;" in printed
+    # the follow-up (default: the full cos test on the reference's weights), its record beside scan.csv
+    full = compare(refs["paths"][3], str(child), stat="cos")
+    assert rows[0]["follow-up"] == "full" and rows[0]["follow-up verdict"] == "dependent"
+    assert float(rows[0]["follow-up log10 p"]) == pytest.approx(full.log10_pvalue, rel=1e-3)
+    assert all(r["follow-up"] == "" and r["follow-up log10 p"] == "" for r in rows[1:])
+    (rec,) = out.glob("*_full.p")
+    assert load_record(rec)["log10_pvalue"] == full.log10_pvalue
+    assert f"follow-up (full cos on the reference's weights) of {refs['paths'][3]}: dependent" in printed
+
+
+def test_follow_up_with_more_rows_and_none(refs, tmp_path, capsys):
+    """``--follow-up rows:K`` runs the sampled test with K rows on the reference's weights (the same
+    value as main.py --rows K); ``none`` runs nothing and says how to; bad values are one line."""
+    child = tmp_path / "child"
+    finetuned(tiny_model(tiny_config(**CFG), seed=102), seed=9, noise=0.05).save_pretrained(child)
+    lines = {x.reference: x for x in screen(str(child), refs["index"], follow_up="rows:48")}
+    rel = lines[refs["paths"][2]]
+    want = compare(refs["paths"][2], str(child), stat="cos", rows=48)
+    assert rel.follow_up == "rows:48" and rel.follow_up_log10_p == want.log10_pvalue
+    assert rel.follow_up_verdict == "dependent"
+    assert all(not x.follow_up for k, x in lines.items() if k != refs["paths"][2])
+    assert run_cli(scan.main, [str(child), "--index", str(refs["index"]), "--follow-up", "none", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "follow-up (" not in printed and "--follow-up full" in printed
+    assert run_cli(scan.main, [str(child), "--index", str(refs["index"]), "--follow-up", "rows:x"]) == 2
+    err = capsys.readouterr()
+    assert "--follow-up 'rows:x' is not understood; give full, none or rows:K" in err.out + err.err
+
+
+def test_follow_up_of_a_reference_whose_weights_are_gone(refs, tmp_path):
+    """The screen's verdict stands; the follow-up line says it could not run and why."""
+    import shutil
+    moved = tmp_path / "ref1"
+    shutil.copytree(refs["paths"][1], moved)
+    idx = tmp_path / "index"
+    build([(str(moved), "tiny")], idx, Settings(rows=64), workers=0)
+    shutil.rmtree(moved)
+    child = from_module(finetuned(tiny_model(tiny_config(**CFG), seed=101), seed=9, noise=0.05))
+    (line,) = screen(child, idx, follow_up="full")
+    assert line.verdict == "dependent after Holm" and line.follow_up == "full"
+    assert line.follow_up_log10_p is None and line.follow_up_verdict.startswith("not run: ")
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +250,39 @@ def test_local_workers_build_what_one_process_builds_and_rerun_skips(refs, tmp_p
     assert capsys.readouterr().out.count("skipped ") == 2
 
 
+def test_index_jobs_sized_from_each_reference_config(refs, tmp_path, capsys):
+    """Each reference's job is sized from its own config, as launch.py sizes a pair: a local folder
+    is hashed whole (its files' bytes count), a hub model reads only its rows; memory and time grow
+    with the shape; the local executor runs the jobs under a memory limit smaller than one job."""
+    from tracing.index.sizing import entry_cost, resources, size_entry
+    from tracing.launch.configs import ModelInfo, model_info, reference_info
+    from tracing.arch import arch_from_config
+    s = Settings(rows=64)
+    info = model_info(refs["paths"][0])
+    files = sum(f.stat().st_size for f in Path(refs["paths"][0]).glob("*.safetensors"))
+    cost = entry_cost(info, s)
+    assert info.params * info.bytes_per_param <= files < info.params * info.bytes_per_param + 1 << 16
+    assert cost.bytes_hashed == info.params * info.bytes_per_param
+    assert cost.bytes_read == (2 * 64 * CFG["d"] + CFG["V"] * CFG["d"]) * info.bytes_per_param
+    big = arch_from_config({"model_type": "llama", "hidden_size": 16384, "intermediate_size": 53248,
+                            "num_hidden_layers": 126, "vocab_size": 128256, "num_attention_heads": 128,
+                            "num_key_value_heads": 8})
+    local, hub = ModelInfo("405b", big, 2, "local"), ModelInfo("405b", big, 2, "hub cache")
+    r7, r405, r405hub = (resources(entry_cost(i, Settings())) for i in (reference_info(), local, hub))
+    assert r405.mem_gb > r7.mem_gb and r405.timeout_min > r405hub.timeout_min == r7.timeout_min == 30
+    assert entry_cost(hub, Settings()).bytes_read == (8 * 128 + 2048) * 16384 * 2  # rows + embedding, bf16
+    idx = tmp_path / "index"
+    out = build([(p, "tiny") for p in refs["paths"][:2]], idx, s, cluster="local", workers=2, mem_limit_gb=1)
+    for o, p in zip(out, refs["paths"][:2]):
+        res, note = size_entry(p, s)
+        assert o["status"] == "built" and note == "sized from its config"
+        assert (o["mem_gb"], o["timeout_min"], o["cpus"], o["sizing"]) == (res.mem_gb, res.timeout_min, 1, note)
+    assert run_cli(index_cli.main, ["add", refs["paths"][0], "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    res, _ = size_entry(refs["paths"][0], s)
+    assert f"{res.mem_gb} GB, 1 CPU, {res.timeout_min} min (sized from its config)" in capsys.readouterr().out
+    assert not (tmp_path / "dry").exists()
+
+
 def test_failed_reference_is_recorded_and_retried(refs, tmp_path, capsys):
     import shutil
     idx, late = tmp_path / "index", tmp_path / "late"
@@ -287,3 +364,17 @@ def test_other_shape_and_bad_input(refs, tmp_path, capsys):
     assert len(err) == 2 and all(x.startswith("error: ") for x in err)
     assert "not a reference index" in err[0] and "missing.yaml does not exist" in err[1]
     assert not (tmp_path / "i").exists()
+
+
+def test_mixture_of_experts_refused_with_the_reason_and_what_to_run(refs, tmp_path):
+    """An MoE reference is recorded as failed with one line naming the experts grid; an MoE
+    candidate is listed as "cannot rule out" against every reference, with the same reason."""
+    from family_models import family_config, family_model
+    moe = tmp_path / "moe"
+    family_model(family_config("mixtral", d=32, h=64, L=2, V=96), seed=1).save_pretrained(moe)
+    (o,) = build([(str(moe), "moe")], tmp_path / "index", Settings(rows=64), workers=0)
+    assert o["status"] == "failed" and "\n" not in o["error"]
+    for text in (o["error"], *(x.reason for x in screen(str(moe), refs["index"]))):
+        assert "mixture-of-experts blocks" in text and "reordering of the experts" in text
+        assert "--stat cos" in text
+    assert all(x.verdict == "cannot rule out" for x in screen(str(moe), refs["index"]))

@@ -1,6 +1,7 @@
 """Quantization faithfulness: faithful GGUF / AWQ / FP8 quantizations pass, a quantized fine-tune
-checked against its base is "altered" (naming the tensors), one changed weight is found, GPTQ and
-K-quants are "not applicable"; the model-card relation follows the check."""
+checked against its base is "altered" (naming the tensors), one changed weight is found; K-quants
+get the cell check under their stored scales, GPTQ a stated wider cell for its error feedback; the
+model-card relation follows the check."""
 import json
 
 import numpy as np
@@ -85,8 +86,73 @@ def test_awq_with_scale_migration_and_gptq(models):
     res = quantcheck(models["base"], str(write_awq(models["ft"], root / "ft-awq")))
     assert res["verdict"] == "altered" and "model.layers.0.mlp.down_proj.weight" in res["altered"]
     res = quantcheck(models["base"], str(write_gptq(models["base"], root / "base-gptq")))
-    assert res["verdict"] == "not applicable" and "cannot be checked" in res["summary"]
-    assert res["altered"] == []
+    assert res["verdict"] == "faithful" and res["altered"] == []
+
+
+def test_gptq_with_error_feedback_stated_tolerance(models):
+    """Real GPTQ error feedback moves some codes beyond one step of the source: its stated cell
+    (every code within 4 steps, at least 90 % within one step) passes it; a GPTQ file of another
+    model is altered; a fine-tune's quantized layers stay within the tolerance (a change smaller
+    than a step is not seen), its unquantized tensors show the change."""
+    root = models["root"]
+    res = quantcheck(models["base"], str(write_gptq(models["base"], root / "base-gptq-fb", feedback=True)))
+    layers = [t for t in res["tensors"] if t["qtype"] == "GPTQ int4"]
+    assert res["verdict"] == "faithful" and layers
+    assert min(t["in_cell"] for t in layers) < 1.0  # error feedback: not every code in the half-step cell
+    assert all("at most 4 allowed" in t["note"] and "at least 0.9 required" in t["note"] for t in layers)
+    res = quantcheck(models["base"], str(write_gptq(models["indep"], root / "indep-gptq-fb", feedback=True)))
+    assert res["verdict"] == "altered" and all(t["status"] == "altered" for t in res["tensors"] if "GPTQ" in t["qtype"])
+    res = quantcheck(models["base"], str(write_gptq(models["ft"], root / "ft-gptq-fb", feedback=True)))
+    assert res["verdict"] == "altered"
+    assert all(t["status"] == "faithful" for t in res["tensors"] if "GPTQ" in t["qtype"])
+    assert "model.layers.0.input_layernorm.weight" in res["altered"]
+
+
+KQUANT_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+
+@pytest.mark.parametrize("qtype", KQUANT_TYPES)
+def test_kquant_cells_never_flag_faithful_codes_and_find_small_changes(qtype):
+    """K-quant codes nearest-rounded under the stored scales (as llama.cpp derives them once its
+    scales are chosen), over 30 seeds of heavy-tailed tensors with zero and constant sub-blocks: every
+    code in its cell; a tenth of a step of noise on the source is always found."""
+    import gguf
+    from quant_writers import kquantize
+    from tracing.evidence.quant_kquant import LAYOUT, kquant_check, kquant_planes
+    t, bits = gguf.GGMLQuantizationType[qtype], LAYOUT[qtype][0]
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        x = (rng.standard_t(3, size=(4, 512)) * 10.0 ** rng.uniform(-4, 1)).astype(np.float32)
+        x[0, :32], x[1, :32] = 0.0, 0.5
+        deq, offset, step = kquant_planes(kquantize(x, qtype), t)
+        assert np.array_equal(deq, gguf.dequantize(kquantize(x, qtype), t).ravel())
+        eq, cell, within, _ = kquant_check(x, deq, offset, step, bits)
+        assert cell == 1.0 and within == 1.0 and eq > 0.99, (seed, eq, cell)
+        y = x + (0.1 * np.abs(step).mean() * rng.standard_normal(x.shape)).astype(np.float32)
+        assert kquant_check(y, deq, offset, step, bits)[1] < 1.0, seed
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A base and its fine-tune whose every matrix has rows of a multiple of 256 (K-quant blocks)."""
+    from helpers import finetuned, tiny_config, tiny_model
+    root = tmp_path_factory.mktemp("kquant")
+    base = tiny_model(tiny_config(d=256, h=512, L=2, V=256), seed=0)
+    base.save_pretrained(root / "base")
+    finetuned(base, seed=1).save_pretrained(root / "ft")
+    return root
+
+
+@pytest.mark.parametrize("qtype", ("Q2_K", "Q4_K", "Q6_K"))
+def test_gguf_kquant_faithful_and_quantized_finetune_altered(wide, qtype):
+    good = write_gguf(wide / "base", wide / f"base-{qtype}.gguf", qtype)
+    res = quantcheck(str(wide / "base"), str(good))
+    assert res["verdict"] == "faithful", res["summary"]
+    kq = [t for t in res["tensors"] if t["qtype"] == qtype]
+    assert len(kq) == 16 and all(t["in_cell"] == 1.0 and "within one step" in t["note"] for t in kq)
+    res = quantcheck(str(wide / "base"), str(write_gguf(wide / "ft", wide / f"ft-{qtype}.gguf", qtype)))
+    assert res["verdict"] == "altered"
+    assert "model.layers.0.mlp.up_proj.weight" in res["altered"]
 
 
 def test_cli_exit_codes_and_bad_input(models, tmp_path, capsys):

@@ -22,7 +22,8 @@ def parse(argv=None):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--key", help="EC P-256 private key, PEM (offline signing)")
     g.add_argument("--sigstore", action="store_true",
-                   help="keyless signing with Sigstore (needs network and an OIDC identity; writes a Sigstore bundle)")
+                   help="keyless signing with Sigstore (writes a Sigstore bundle); needs network access to the "
+                        "public Sigstore services and an OIDC identity: it cannot work offline")
     p.add_argument("--out", default=None, help="statement file (default: RESULT with .intoto.json)")
     p.add_argument("--rates", default=None, metavar="CSV",
                    help="embed the measured error-rate table the verdict's calibration refers to "
@@ -30,6 +31,9 @@ def parse(argv=None):
     p.add_argument("--lineage", default=None, metavar="JSON",
                    help="lineage.json of python -m tracing.lineage --merges: the derived model's merge "
                         "attribution (parents, weights) goes into the statement and the model card")
+    p.add_argument("--family", default=None, metavar="FILE|DIR",
+                   help="the Holm family the verdict was adjusted over: holm-family.json of a scan, or the results "
+                        "folder of a grid (default: holm-family.json beside RESULT when it lists this result)")
     p.add_argument("--cyclonedx", default=None, metavar="FILE",
                    help="also write a CycloneDX 1.6 component of the derived model pointing at the statement")
     p.add_argument("--model-card", default=None, metavar="FILE", dest="model_card",
@@ -37,9 +41,25 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def _family(result: str | Path, rec: dict, family: str | Path | None) -> dict | None:
+    """The Holm family given, else the one beside the result when it lists this result."""
+    from .evidence.family import beside, correction, read_family
+    if family is not None:
+        return read_family(family, rec)
+    found = beside(result)
+    if found is None:
+        return None
+    doc = read_family(found, rec)
+    try:
+        correction(doc, rec, {})
+    except TracingError:  # e.g. a scan's full test beside its screens: not a member
+        return None
+    return doc
+
+
 def attest_file(result: str | Path, key: str | Path | None, out: str | Path | None = None,
                 keyless: bool = False, rates: str | Path | None = None,
-                lineage: str | Path | None = None) -> tuple[Path, dict]:
+                lineage: str | Path | None = None, family: str | Path | None = None) -> tuple[Path, dict]:
     """Attest one result pickle; returns (statement path, statement)."""
     from .evidence.make import attest, read_rates, statement_path
     from .results import load_record
@@ -51,14 +71,18 @@ def attest_file(result: str | Path, key: str | Path | None, out: str | Path | No
         raise TracingError(f"{result} does not exist; give a result pickle written by main.py") from None
     except Exception as e:  # a pickle that does not load: truncated or not a result
         raise TracingError(f"{result} is not a readable result pickle ({type(e).__name__})") from None
-    return out, attest(rec, key, out, keyless, table, lineage)
+    return out, attest(rec, key, out, keyless, table, lineage, _family(result, rec, family))
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    out, stmt = attest_file(args.result, args.key, args.out, args.sigstore, args.rates, args.lineage)
+    out, stmt = attest_file(args.result, args.key, args.out, args.sigstore, args.rates, args.lineage, args.family)
     print(f"attested {stmt['predicate']['statistic']['name']}: "
           + " vs ".join(f"{s['name']} (sha256 {s['digest']['sha256'][:16]}…)" for s in stmt["subject"]))
+    corr = stmt["predicate"]["correction"]
+    if corr.get("method") == "holm":
+        print(f"  Holm over {corr['family']}: adjusted log10 p {corr['adjusted_log10_pvalue']:.4g}, "
+              f"{corr['verdict_after_correction']} at {corr['level']:g}")
     print(f"  wrote {out}")
     if args.cyclonedx or args.model_card:
         from .evidence.exports import quant_for, write_exports

@@ -1,7 +1,7 @@
 """One model against many references: "is this upload a renamed Llama, Qwen or Mistral?"
 
     python -m tracing.scan CANDIDATE --against config/references.yaml [--rows 256] [--out DIR]
-    python -m tracing.scan CANDIDATE --index DIR [--robust [cos|match]] [--out OUT]
+    python -m tracing.scan CANDIDATE --index DIR [--robust [cos|match]] [--follow-up full|rows:K|none] [--out OUT]
 
 For each reference, before any weight is read: identical weight files (a re-upload: no test is
 run), identical tokenizer files, and the shapes from the configs and safetensors headers (a
@@ -17,7 +17,9 @@ by its last component and a digest of its path, as launch.py names models: ``…
 The reference list (YAML) is a list of model ids, or a mapping of family name to a list of ids.
 
 With ``--index DIR`` (built by ``python -m tracing.index``) no reference is read: the candidate's
-sampled rows are tested against every compatible entry (:mod:`tracing.index.screen`).
+sampled rows are tested against every compatible entry (:mod:`tracing.index.screen`); the references
+dependent after Holm are then tested on their own weights, in full by default (``--follow-up``,
+:mod:`tracing.index.followup`), with the result in the ``follow-up`` columns of ``scan.csv``.
 """
 from __future__ import annotations
 
@@ -231,6 +233,10 @@ def scan(candidate: str, references, stat: str = "cos", rows: int | None = None,
             r.verdict = "not significant"
     rows_out.sort(key=Row.sort_key)
     if out is not None:
+        from .evidence.family import FAMILY_FILE, family_doc, write_family
+        members = [(r.reference, candidate, r.screen_log10_p) for r in screened if not math.isnan(r.screen_log10_p)]
+        write_family(out / FAMILY_FILE, family_doc("scan", f"the {stat} screen of {candidate} against {len(members)} "
+                                                           f"references", members, full_opts.significance))
         write_csv(rows_out, out / "scan.csv")
     return rows_out
 
@@ -268,6 +274,9 @@ def parse(argv=None):
     p.add_argument("--robust", nargs="?", const="cos", choices=("cos", "match"), default=None,
                    help="with --index: a second tier against same-architecture references' weights, for "
                         "candidates whose units were permuted (cos --align, or match)")
+    p.add_argument("--follow-up", default="full", dest="follow_up", metavar="{full,rows:K,none}",
+                   help="with --index: test the references dependent after Holm again on their weights, in full "
+                        "(default), with K sampled rows (rows:K), or not (none)")
     p.add_argument("--out", default=None, help="folder for scan.csv and one record per test (default: not saved)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_options(p)
@@ -303,14 +312,17 @@ def main(argv=None) -> int:
 
 def _index_main(args) -> int:
     from .index import screen as _  # noqa: F401  (the package; the module is below)
+    from .index.followup import parse_follow_up
     index_screen = sys.modules["tracing.index.screen"]
     from .results import check_writable, scrub
+    how = parse_follow_up(args.follow_up)
     if args.out:
         check_writable(Path(args.out) / "scan.csv")
     lines = index_screen.screen(args.candidate, args.index, robust=args.robust, significance=args.significance,
-                                progress=not args.quiet)
+                                progress=not args.quiet, follow_up=how, out=args.out)
+    then = f", then the {how.name} cos test of each reference dependent after Holm" if how.enabled else ""
     print(scrub(f"scan of {args.candidate} against the index {args.index}: sampled cos, Holm across "
-                f"{sum(x.screen_log10_p is not None for x in lines)} screened references"))
+                f"{sum(x.screen_log10_p is not None for x in lines)} screened references{then}"))
     cells = [index_screen.HEADER] + [x.cells() for x in lines]
     widths = [max(len(str(c[i])) for c in cells) for i in range(len(index_screen.HEADER))]
     print(scrub("\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)))

@@ -19,7 +19,7 @@ def parse(argv=None):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--key", help="the signer's EC P-256 public key, PEM")
     g.add_argument("--identity", help="for a Sigstore bundle (attest --sigstore): the signer's identity "
-                                      "(e-mail or workflow URI); needs network")
+                                      "(e-mail or workflow URI); needs network access: it cannot work offline")
     p.add_argument("--issuer", default=None, help="with --identity: the OIDC issuer that must have vouched for it")
     p.add_argument("--base", default=None, help="the base model (folder, file, hub id); default: from the statement")
     p.add_argument("--ft", default=None, help="the derived model; default: from the statement")

@@ -89,9 +89,10 @@ def verify(path: str | Path, key: str | Path | None, base: str | None = None, ft
     pred = stmt.get("predicate") or {}
     if not isinstance(pred.get("values"), dict) or pred.get("values_sha256") != digest(pred["values"]):
         raise NotVerified("the predicate's values do not match its own values_sha256")
+    from .family import check as check_family
+    fails = check_family(pred.get("correction"), (pred.get("values") or {}).get("log10_pvalue"))
     subs = _subjects(stmt)
     specs = {r: model_spec(subs[r], g) for r, g in zip(ROLES, (base, ft))}
-    fails = []
     for role in ROLES:
         fails += check_digest(role, subs[role], specs[role])
     if recompute_values:

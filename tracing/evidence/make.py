@@ -63,12 +63,17 @@ def read_merge(path: str | Path, model: str) -> dict | None:
     return {k: found.get(k) for k in ("parents", "weights", "base", "reason", "per_block")}
 
 
-def make_statement(rec: dict, rates: list[dict] | None = None, merge: dict | None = None) -> dict:
+def make_statement(rec: dict, rates: list[dict] | None = None, merge: dict | None = None,
+                   family: dict | None = None) -> dict:
     """The statement of ``rec``; ``rates``: the measured error-rate table its calibration refers to;
-    ``merge``: the derived model's merge attribution (:func:`read_merge`)."""
+    ``merge``: the derived model's merge attribution (:func:`read_merge`); ``family``: the Holm
+    family its verdict was adjusted over (:mod:`.family`)."""
     from ..results import scrub
+    from .family import correction
     from .predicate import plain
     pred = build(rec)
+    if family is not None:
+        pred["correction"] = plain(correction(family, rec, pred["correction"]))
     if rates is not None:
         pred["calibration"]["measured_error_rates"] = plain(rates)
     if merge is not None:
@@ -77,7 +82,7 @@ def make_statement(rec: dict, rates: list[dict] | None = None, merge: dict | Non
 
 
 def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = False,
-           rates: list[dict] | None = None, lineage: str | Path | None = None) -> dict:
+           rates: list[dict] | None = None, lineage: str | Path | None = None, family: dict | None = None) -> dict:
     """Sign ``rec``'s statement with the EC P-256 private key ``key`` (or, ``keyless``, with Sigstore:
     :mod:`tracing.evidence.keyless`); write the envelope (or bundle) to ``out`` atomically; return
     the statement."""
@@ -87,7 +92,7 @@ def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = F
     check_writable(out)
     signer = None if keyless else load_signer(key)
     merge = read_merge(lineage, str(rec.get("ft_model_id"))) if lineage else None
-    stmt = make_statement(rec, rates, merge)
+    stmt = make_statement(rec, rates, merge, family)
     if keyless:
         from .keyless import sign_keyless
         atomic_write(out, sign_keyless(stmt))

@@ -10,10 +10,11 @@ in its cell — exactly, not statistically — so one code outside its cell mark
 
 Checked exactly: GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (and F32/F16/BF16 tensors against the source cast
 to that type, within one unit in the last place), FP8 e4m3 with block scales, AWQ (after undoing its
-scale migration out of the norms). Not applicable: GGUF K-quants and i-quants (codes from a scale
-search per super-block), GPTQ (codes from error feedback, not nearest rounding: the fraction equal
-and the fraction within one step are reported, no verdict). The check catches a quantizer that
-altered the weights; it cannot catch a full-precision source crafted to misbehave once quantized.
+scale migration out of the norms), GGUF K-quants Q2_K..Q6_K (scales from a search, codes by nearest
+rounding under the stored scales: :mod:`.quant_kquant`). GPTQ: a wider stated cell for its error feedback (:mod:`.quant_packed`).
+Not applicable: GGUF i-quants (codes are points of a lattice codebook). The check catches a
+quantizer that altered the weights; it cannot catch a full-precision source crafted to misbehave
+once quantized.
 """
 from __future__ import annotations
 
@@ -104,6 +105,8 @@ def gguf_planes(raw: np.ndarray, ggml_type) -> list[np.ndarray]:
 
 
 def check_gguf(src, q) -> list[TensorCheck]:
+    from .quant_kquant import LAYOUT as KQUANT_LAYOUT
+    from .quant_kquant import kquant_check, kquant_planes
     out = []
     for name in q.arch.names():
         qtype, planes = q.quantized.stored_planes(name, gguf_planes)
@@ -115,9 +118,14 @@ def check_gguf(src, q) -> list[TensorCheck]:
             lo, hi, _ = GGUF_RTN[qtype]
             eq, cell = rtn_check(x, *(p.numpy() for p in planes), lo, hi)
             note = ""
+        elif qtype in KQUANT_LAYOUT:
+            _, planes = q.quantized.stored_planes(name, kquant_planes)
+            eq, cell, step, none = kquant_check(x, *(p.numpy() for p in planes), KQUANT_LAYOUT[qtype][0])
+            note = (f"cells under the stored sub-block scales; {step:.4f} within one step"
+                    + (f"; {none} values in zero-scale sub-blocks (no codes)" if none else ""))
         else:
             eq = cell = None
-            note = f"{qtype} codes come from a scale search, not nearest rounding under stored scales"
+            note = f"{qtype} codes are points of a lattice codebook, not rounded values; no cell to check"
         out.append(TensorCheck(name, qtype, x.size, eq, cell, verdict_of(cell), note))
     return out
 
@@ -172,5 +180,7 @@ def summarise(tensors: list[TensorCheck], fmt: str) -> dict:
                   if unchecked_codes else ""))
     return {"format": fmt, "verdict": verdict, "altered": altered, "summary": summary, "caveat": CAVEAT,
             "tolerance": "code cells widened by 2 x the float16 rounding of the scale and minimum, in code units "
-                         "(2^-11 relative, 2^-25 absolute for subnormals)",
+                         "(2^-11 relative, 2^-25 absolute for subnormals); K-quants: 2^-18 (|u| + |offset/step| + 1) "
+                         "under the stored sub-block scales; GPTQ: every code within 4 steps of the source, at "
+                         "least 90 % within one step",
             "tensors": [asdict(t) for t in tensors]}

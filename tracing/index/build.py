@@ -110,10 +110,26 @@ def _stored_bytes(t) -> int:
     return t.numel() * _compact(t).element_size()
 
 
+def plan(refs: list[tuple[str, str | None]], s: Settings, partition: str | None = None,
+         overrides: dict | None = None) -> list[tuple]:
+    """``[(Resources, note)]``: each reference's job sized from its own config (:mod:`.sizing`)."""
+    from .sizing import size_entry
+    return [size_entry(spec, s, partition, overrides) for spec, _ in refs]
+
+
+def _sized(o: dict, sized: tuple) -> dict:
+    res, note = sized
+    o.update(mem_gb=res.mem_gb, cpus=res.cpus, timeout_min=res.timeout_min, sizing=note)
+    return o
+
+
 def build(refs: list[tuple[str, str | None]], root: str | os.PathLike, s: Settings, cluster: str = "auto",
-          workers: int = 1, on_done=None, partition: str | None = None) -> list[dict]:
+          workers: int = 1, on_done=None, partition: str | None = None, overrides: dict | None = None,
+          mem_limit_gb: float | None = None) -> list[dict]:
     """Index every reference ``[(id, family)]`` into ``root``: inline when ``workers`` is 0, else one
-    job per reference in worker processes or on Slurm. Returns one outcome dict per reference."""
+    job per reference, sized from its config (:func:`plan`), in worker processes (no more at once
+    than fit in ``mem_limit_gb``, default this machine's memory) or on Slurm (one job array per
+    group of equal resources). Returns one outcome dict per reference (with the job's resources)."""
     from ..launch import choose_cluster
     root = Path(root)
     open_or_create(root, s)
@@ -123,44 +139,58 @@ def build(refs: list[tuple[str, str | None]], root: str | os.PathLike, s: Settin
         for o in out:
             on_done and on_done(o)
         return out
+    sized = plan(refs, s, partition, overrides)
     if choose_cluster(cluster).kind == "slurm":
-        return _run_slurm(args, root, on_done, partition)
-    return _run_local(args, workers, on_done)
+        return _run_slurm(args, sized, root, on_done)
+    return _run_local(args, sized, workers, on_done, mem_limit_gb)
 
 
-def _run_local(args: list[tuple], workers: int, on_done) -> list[dict]:
+def _run_local(args: list[tuple], sized: list[tuple], workers: int, on_done, mem_limit_gb: float | None) -> list[dict]:
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from ..launch.local import _worker_init
+    from ..launch.probe import local_mem_gb
+    limit = local_mem_gb() if mem_limit_gb is None else mem_limit_gb
     out: dict[int, dict] = {}
+    queue, running = list(range(len(args))), {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(1, os.getpid())) as pool:
-        futs = {pool.submit(EntryJob(threads=1), *a): i for i, a in enumerate(args)}
-        for f in as_completed(futs):
-            i = futs[f]
-            try:
-                out[i] = f.result()
-            except Exception as e:  # noqa: BLE001 - a dead worker fails its reference only
-                out[i] = asdict(Outcome(args[i][0], args[i][1], "failed", f"worker died: {type(e).__name__}"))
-            on_done and on_done(out[i])
+        while queue or running:
+            used = sum(sized[i][0].mem_gb for i in running.values())
+            while queue and len(running) < workers and (not running or used + sized[queue[0]][0].mem_gb <= limit):
+                i = queue.pop(0)
+                running[pool.submit(EntryJob(threads=1), *args[i])] = i
+                used += sized[i][0].mem_gb
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in done:
+                i = running.pop(f)
+                try:
+                    out[i] = f.result()
+                except Exception as e:  # noqa: BLE001 - a dead worker fails its reference only
+                    out[i] = asdict(Outcome(args[i][0], args[i][1], "failed", f"worker died: {type(e).__name__}"))
+                _sized(out[i], sized[i])
+                on_done and on_done(out[i])
     return [out[i] for i in range(len(args))]
 
 
-def _run_slurm(args: list[tuple], root: Path, on_done, partition: str | None) -> list[dict]:
+def _run_slurm(args: list[tuple], sized: list[tuple], root: Path, on_done) -> list[dict]:
     from ..launch.probe import slurm_info
-    from ..launch.sizing import Resources
     from ..launch.slurm import _executor, chunked
-    res = Resources(mem_gb=8, cpus=1, gpus=0, timeout_min=60, partition=partition)
-    out = []
-    for chunk in chunked(args, slurm_info(partition).max_array_size):
-        ex = _executor(root / ".index-jobs", res, "tracing-index", None)
-        jobs = ex.map_array(EntryJob(threads=1), *[list(col) for col in zip(*chunk)])
-        for a, j in zip(chunk, jobs):
-            try:
-                o = j.result()
-            except Exception as e:  # noqa: BLE001 - a lost job fails its reference only
-                o = asdict(Outcome(a[0], a[1], "failed", f"job {j.job_id} ended abnormally: {str(e)[:200]}"))
-            out.append(o)
-            on_done and on_done(o)
-    return out
+    groups: dict[tuple, list[int]] = {}
+    for i, (res, _) in enumerate(sized):
+        groups.setdefault(res.group_key(), []).append(i)
+    out: dict[int, dict] = {}
+    for idx in groups.values():
+        res = sized[idx[0]][0]
+        for chunk in chunked(idx, slurm_info(res.partition).max_array_size):
+            ex = _executor(root / ".index-jobs", res, "tracing-index", None)
+            jobs = ex.map_array(EntryJob(threads=res.cpus), *[list(col) for col in zip(*[args[i] for i in chunk])])
+            for i, j in zip(chunk, jobs):
+                try:
+                    o = j.result()
+                except Exception as e:  # noqa: BLE001 - a lost job fails its reference only
+                    o = asdict(Outcome(args[i][0], args[i][1], "failed", f"job {j.job_id} ended abnormally: {str(e)[:200]}"))
+                out[i] = _sized(o, sized[i])
+                on_done and on_done(o)
+    return [out[i] for i in range(len(args))]

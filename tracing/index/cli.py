@@ -1,6 +1,7 @@
 """python -m tracing.index: build and look after a reference index.
 
-    python -m tracing.index build LIST.yaml --rows 128 --out DIR     one job per reference (local workers or Slurm)
+    python -m tracing.index build LIST.yaml --rows 128 --out DIR     one job per reference (local workers or Slurm),
+                                                                     sized from its config (--dry-run prints the jobs)
     python -m tracing.index add MODEL [MODEL ...] --out DIR [--family F]
     python -m tracing.index remove MODEL [MODEL ...] --out DIR
     python -m tracing.index list DIR
@@ -38,6 +39,8 @@ def parse(argv=None):
         q.add_argument("--cluster", default="auto", choices=("auto", "slurm", "local"))
         q.add_argument("--partition", default=None, help="Slurm partition")
         q.add_argument("--workers", type=int, default=1, help="local worker processes (0: in this process)")
+        q.add_argument("--dry-run", action="store_true", dest="dry_run",
+                       help="print each reference's job (memory, time limit, sized from which config) and stop")
     for name in ("remove",):
         q = sub.add_parser(name)
         q.add_argument("models", nargs="+")
@@ -63,6 +66,11 @@ def _build(args) -> int:
     from .build import build
     refs = read_references(args.models[0]) if args.command == "build" else [(m, args.family) for m in args.models]
     s = _settings(args)
+    if args.dry_run:
+        from .build import plan
+        for (spec, _), (res, note) in zip(refs, plan(refs, s, args.partition)):
+            print(scrub(f"{spec}: {res.mem_gb} GB, {res.cpus} CPU, {res.timeout_min} min ({note})"))
+        return 0
 
     def done(o):
         extra = f": {o['error']}" if o["error"] else (f" ({o['bytes_read'] / 2**20:.1f} MiB read, {o['seconds']:.1f} s)"

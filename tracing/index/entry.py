@@ -31,9 +31,19 @@ def shape_of(arch) -> dict:
 
 
 def shape_problem(arch) -> str | None:
-    """Why a model cannot be indexed or screened (None when it can)."""
+    """Why a model cannot be indexed or screened (None when it can).
+
+    Mixture-of-experts models are refused on purpose. Rows of a fixed subset of experts, compared
+    expert by expert, would keep the test exact (the rows are chosen without looking at the
+    weights), but reordering the experts together with the router's rows leaves the function
+    unchanged and moves every sampled expert onto another one: such a copy would come out "not
+    significant" rather than "cannot rule out", and an upcycled model (every expert a copy of a
+    dense MLP) would not be screened against its dense ancestor at all. The experts grid of
+    ``main.py --stat cos`` matches experts first and covers both."""
     if getattr(arch, "has_experts", False):
-        return "mixture-of-experts blocks: the index holds dense MLP rows; test this pair in full with `main.py --stat cos`"
+        return ("mixture-of-experts blocks: the index holds dense MLP rows, and experts compared by position have no "
+                "power against a reordering of the experts; test this pair with the experts grid, "
+                "`main.py --base_model_id REFERENCE --ft_model_id CANDIDATE --stat cos`")
     return None
 
 

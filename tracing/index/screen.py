@@ -20,17 +20,19 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import TracingError
 from .entry import SKETCH_FILE, features, shape_problem
+from .followup import FOLLOW_UP_HEADER, FollowUp, parse_follow_up, reference_spec, run_follow_up
 from .layout import Settings, read_manifest
 
 PERMUTED_LEVEL = 1e-6  # Bonferroni level of the "units look permuted" flag (random directions)
 HEADER = ["reference", "family", "K", "screened log10 p", "Holm log10 p", "robust log10 p", "robust Holm log10 p",
-          "verdict", "reason"]
+          "verdict", "reason", *FOLLOW_UP_HEADER]
 NOT_AVAILABLE = "cannot rule out: reference weights not available for the robust tier"
 
 
@@ -49,11 +51,15 @@ class Line:
     reason: str = ""
     model_type: str | None = None
     flagged: str = ""  # why the candidate's units look permuted against this reference
+    follow_up: str = ""  # the test run on the reference's weights after the screen (full, rows:K)
+    follow_up_log10_p: float | None = None
+    follow_up_verdict: str = ""
 
     def cells(self) -> list:
         f = (lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}")
         return [self.reference, self.family or "", "" if self.k is None else self.k, f(self.screen_log10_p),
-                f(self.holm_log10_p), f(self.robust_log10_p), f(self.robust_holm_log10_p), self.verdict, self.reason]
+                f(self.holm_log10_p), f(self.robust_log10_p), f(self.robust_holm_log10_p), self.verdict, self.reason,
+                self.follow_up, f(self.follow_up_log10_p), self.follow_up_verdict]
 
     def sort_key(self):
         order = {"dependent": 0, "cannot": 1, "not": 2}.get(self.verdict.split(" ")[0], 3)
@@ -134,16 +140,19 @@ def _emb_flags(refs: list[dict], cand: dict) -> np.ndarray:
 
 
 def screen(candidate, root, robust: str | None = None, significance: float = 0.01,
-           progress: bool = False) -> list[Line]:
+           progress: bool = False, follow_up: FollowUp | str | None = None, out=None) -> list[Line]:
     """Every reference of the index at ``root`` against ``candidate`` (an id or folder, or an opened
     weight source); ``robust``: None, "cos" (cos
-    --align) or "match" for the second tier. Lines ranked: dependent, cannot rule out, the rest."""
+    --align) or "match" for the second tier; ``follow_up``: ``full`` / ``rows:K`` tests the references
+    dependent after Holm again on their weights (:mod:`.followup`; records into ``out`` when given),
+    None or ``none`` does not. Lines ranked: dependent, cannot rule out, the rest."""
     from .. import pvalues
     from ..models import Checkpoint
     from ..rowstore import with_store
     from ..verdict import is_dependent
     from .store import entries
     s = read_manifest(root)
+    how = parse_follow_up(follow_up) if isinstance(follow_up, str) else (follow_up or FollowUp(enabled=False))
     good, bad = entries(root, s)
     lines = [Line(k, verdict="cannot rule out", reason=why) for k, why in bad]
     opened = Checkpoint(candidate, remote=True) if isinstance(candidate, (str, os.PathLike)) else candidate
@@ -187,6 +196,8 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
                            f"permuted): the sampled screen has no power against a permuted copy; run --robust")
         else:
             line.verdict = "not significant"
+    run_follow_up(cand, screened, {e.meta["model"]: reference_spec(e.meta) for e in good}, how, significance,
+                  None if out is None else Path(out), progress)
     if robust:
         _robust_tier(cand, [x for x in screened if not x.verdict.startswith("dependent") and x.model_type == a.model_type],
                      robust, significance, progress)
@@ -235,8 +246,12 @@ def summary(lines: list[Line], significance: float, robust: str | None) -> list[
            f"cannot be ruled out ({len(cannot)}; the screen has no power against them):"]
     out += [f"  {x.reference}: {x.reason}" for x in cannot] or ["  none"]
     out.append(f"not significant: {rest} reference(s) (no evidence of dependence; this does not prove independence)")
-    if dep:
-        out.append("test the dependent references in full (or with more rows): main.py --base_model_id REFERENCE "
-                   "--ft_model_id CANDIDATE --stat cos")
+    followed = [x for x in lines if x.follow_up]
+    for x in followed:
+        p = "" if x.follow_up_log10_p is None else f", log10 p = {x.follow_up_log10_p:.4g}"
+        out.append(f"follow-up ({x.follow_up} cos on the reference's weights) of {x.reference}: {x.follow_up_verdict}{p}")
+    if dep and not followed and any(x.verdict == "dependent after Holm" for x in lines):
+        out.append("test the dependent references in full (or with more rows): --follow-up full, or main.py "
+                   "--base_model_id REFERENCE --ft_model_id CANDIDATE --stat cos")
     out.append("null: the candidate and the reference were trained from independent random initialisations")
     return out

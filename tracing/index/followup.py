@@ -1,0 +1,85 @@
+"""The follow-up of an index screen: every reference found dependent after Holm is tested again
+against its own weights, in full (``full``, the default) or with more sampled rows (``rows:K``),
+as a scan with ``--against`` does; ``none`` skips it.
+
+The screen's guarantee (the set dependent after Holm holds an independent reference with
+probability at most α) does not depend on the follow-up; the follow-up adds the full test's
+p-value and verdict to each of those references (``follow-up`` columns of ``scan.csv``) and, with
+``--out``, its record. References found by the robust tier were already tested on their weights
+and get no second test.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TracingError
+
+FOLLOW_UP_HEADER = ["follow-up", "follow-up log10 p", "follow-up verdict"]
+DEFAULT = "full"
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What the follow-up runs: the full ``cos`` test (rows None) or ``cos --rows K``."""
+
+    rows: int | None = None
+    enabled: bool = True
+
+    @property
+    def name(self) -> str:
+        return "none" if not self.enabled else ("full" if self.rows is None else f"rows:{self.rows}")
+
+    @property
+    def record_name(self) -> str:
+        return "full" if self.rows is None else f"rows{self.rows}"
+
+
+def parse_follow_up(text: str) -> FollowUp:
+    """``full``, ``none`` or ``rows:K`` (K a positive integer)."""
+    t = str(text).strip().lower()
+    if t in ("full", "none"):
+        return FollowUp(enabled=t == "full")
+    if t.startswith("rows:") and t[5:].isdigit() and int(t[5:]) > 0:
+        return FollowUp(rows=int(t[5:]))
+    raise TracingError(f"--follow-up {text!r} is not understood; give full, none or rows:K (e.g. rows:1024)")
+
+
+def reference_spec(meta: dict) -> str:
+    """The reference as indexed: a hub id pinned to the commit the entry was read at."""
+    spec, commit = str(meta["model"]), meta.get("commit")
+    from ..specs import parse_spec
+    if commit and "@" not in spec and parse_spec(spec).kind == "hub":
+        return f"{spec}@{commit}"
+    return spec
+
+
+def run_follow_up(cand, lines: list, specs: dict[str, str], how: FollowUp, significance: float,
+                  out: Path | None = None, progress: bool = False) -> None:
+    """Test each line dependent after Holm (screen tier) again with ``how``; fills the lines'
+    ``follow_up*`` fields. A reference whose weights cannot be read says so in its line."""
+    from ..api import run_opened
+    from ..models import Checkpoint
+    from ..options import Options
+    from ..scan import record_path
+    from ..verdict import is_dependent
+    if not how.enabled:
+        return
+    opts = Options(stat=["cos"], rows=how.rows, significance=significance)
+    for line in lines:
+        if line.verdict != "dependent after Holm":
+            continue
+        line.follow_up = how.name
+        try:
+            ref = Checkpoint(specs[line.reference], remote=how.rows is not None)
+            if how.rows is not None:
+                opts.check_pair(ref.arch, cand.arch, ["cos"], None)
+            save = {"cos": record_path(out, line.reference, how.record_name)} if out is not None else None
+            rec = run_opened(ref, cand, opts, save=save, progress=progress)[0]
+        except TracingError as e:
+            line.follow_up_verdict = f"not run: {e}"
+            continue
+        line.follow_up_log10_p = float(rec["log10_pvalue"])
+        dep = not math.isnan(line.follow_up_log10_p) and is_dependent(line.follow_up_log10_p, significance)
+        line.follow_up_verdict = "dependent" if dep else "screen significant, follow-up not significant"
