@@ -1,8 +1,8 @@
 """Llama-70B-shaped blocks (d=8192, h=28672, 64 heads, 8 KV heads): peak memory of `cos` and of a
 streamed forward pass, on checkpoints holding only ``--blocks`` blocks and a small vocabulary.
 
-    python bench/bench_70b_block.py                      # 2 blocks, V=1024
-    python bench/bench_70b_block.py --blocks 1 --variants cos-streaming --pairs indep
+    python -m bench.bench_70b_block                      # 2 blocks, V=1024
+    python -m bench.bench_70b_block --blocks 1 --variants cos-streaming --pairs indep
 
 Variants (one process each):
   cos-streaming   tracing.compare(base, other, stat="cos")  (pairs: ft = θ₁ + noise, indep)
@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import GB, Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import GB, Timer, emit  # noqa: E402
 
 SHAPE_70B = dict(d=8192, h=28672, heads=64, kv_heads=8)
 
@@ -37,10 +36,10 @@ def variant(name: str, paths: list[Path], tokens: int, sample: bool) -> dict:
         sampler.__enter__()
     try:
         if name == "cos-streaming":
-            import bench_cos
+            from bench import bench_cos
             out = bench_cos.variant_streaming(paths[0], paths[1])
         elif name == "cos-floor":
-            import bench_cos
+            from bench import bench_cos
             out = bench_cos.variant_floor(paths[0], paths[1])
         else:
             import transformers.masking_utils  # noqa: F401

@@ -1,7 +1,7 @@
 """The assignment step of MATCH alone, from a float32 cosine matrix C (n × n) to the permutation.
 
-    python bench/bench_assignment.py                         # n = 4096, 11008, 28672
-    python bench/bench_assignment.py --sizes 4096,11008 --kinds indep --layers 2
+    python -m bench.bench_assignment                         # n = 4096, 11008, 28672
+    python -m bench.bench_assignment --sizes 4096,11008 --kinds indep --layers 2
 
 Cost matrices: C = cos(rows of W₁, rows of W₂) with W ~ N(0, 1) of shape n × d (d = 4096, or
 8192 for n > 16384): ``ft`` has W₂ = W₁ + 0.1·N(0, 1) (fine-tune-like: the row argmax is the
@@ -30,9 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import GB, Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import GB, Timer, emit  # noqa: E402
 
 
 def width_for(n: int) -> int:

@@ -1,7 +1,7 @@
 """The block map of ``match`` (every block pair of two models) against the ordinary per-layer ``match``.
 
-    python bench/bench_blockmap.py                       # d=1024, h=2816, 16 blocks, V=32000 (bench_eval's shape)
-    python bench/bench_blockmap.py --samples 2 --block-size 512 --blocks 8
+    python -m bench.bench_blockmap                       # d=1024, h=2816, 16 blocks, V=32000 (bench_eval's shape)
+    python -m bench.bench_blockmap --samples 2 --block-size 512 --blocks 8
 
 Two bf16 checkpoints of the same shape (a base and a fine-tune-like copy) are written once; both
 variants read the same ``--samples`` × ``--block-size`` random token ids (default 4 × 512 = 2,048),
@@ -18,8 +18,8 @@ each in its own process:
                        a 30 × 20 block map (chosen automatically for the different depths)
   smol-pruned          the same pair, full ``match`` block map (every unit, every cell)
 
-    python bench/bench_blockmap.py --variants cos-localized,cos-localized-rows
-    python bench/bench_blockmap.py --variants localized-rows,smol-pruned-rows
+    python -m bench.bench_blockmap --variants cos-localized,cos-localized-rows
+    python -m bench.bench_blockmap --variants localized-rows,smol-pruned-rows
 """
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import Timer, emit  # noqa: E402
 
 SHAPE = dict(d=1024, h=2816, V=32000, heads=16)
 SMOL = dict(d=576, h=1536, V=49152, heads=9, kv_heads=3, L=30)

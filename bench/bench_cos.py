@@ -3,8 +3,8 @@
 Driver (default): writes three bf16 checkpoints (base, fine-tune-like, independent; one shard per
 block), then runs every variant × pair in its own process and prints a markdown table.
 
-    python bench/bench_cos.py                      # 32 blocks; naive only on the first 8 blocks
-    python bench/bench_cos.py --blocks 4 --naive-blocks 4 --pairs ft
+    python -m bench.bench_cos                      # 32 blocks; naive only on the first 8 blocks
+    python -m bench.bench_cos --blocks 4 --naive-blocks 4 --pairs ft
 
 Variants (one process each):
   streaming  tracing.compare(base, other, stat="cos"): per-tensor reads, bounded-parallel matching
@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import GB, Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import GB, Timer, emit  # noqa: E402
 
 SHAPE_7B = dict(d=4096, h=11008, V=32000, heads=32)
 

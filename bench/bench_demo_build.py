@@ -1,8 +1,8 @@
 """The demo family's build: wall time, CPU time, and a digest of every built file.
 
-    python bench/bench_demo_build.py                                   # this checkout, 2 workers
-    python bench/bench_demo_build.py --src old=/tmp/old-checkout --src new=.   # two versions, one run
-    python bench/bench_demo_build.py --workers 1,2
+    python -m bench.bench_demo_build                                   # this checkout, 2 workers
+    python -m bench.bench_demo_build --src old=/tmp/old-checkout --src new=.   # two versions, one run
+    python -m bench.bench_demo_build --workers 1,2
 
 Each variant builds the family from scratch into its own temporary ``$TRACING_DEMO_DIR`` in its own
 process (the code imported from ``--src``). CPU time counts the builder and its training workers; on
@@ -23,9 +23,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from common import (DEFAULT_WORKDIR, ROOT, Timer, emit, fmt_ratio, fmt_s, log_path, machine_line,  # noqa: E402
+from bench.common import (DEFAULT_WORKDIR, ROOT, Timer, emit, fmt_ratio, fmt_s, log_path, machine_line,  # noqa: E402
                     markdown_table, run_child, save_results)
 
 NAME = "bench_demo_build"
@@ -40,7 +39,7 @@ def tree_digest(root: Path) -> str:
 
 
 def child(src: str, workers: int) -> None:
-    sys.path.insert(0, src)
+    sys.path.insert(0, src)  # the checkout being measured (--src): its tracing package, not this one's
     os.environ["TRACING_DEMO_WORKERS"] = str(workers)
     from tracing.demo.build import ensure_built
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:

@@ -1,7 +1,7 @@
 """Language-model loss of a mid-size synthetic Llama: block-streamed engine vs the full model.
 
-    python bench/bench_eval.py                           # d=1024, h=2816, 16 blocks, V=32000
-    python bench/bench_eval.py --samples 4 --block-size 256
+    python -m bench.bench_eval                           # d=1024, h=2816, 16 blocks, V=32000
+    python -m bench.bench_eval --samples 4 --block-size 256
 
 Two bf16 checkpoints (base and a fine-tune-like copy) are written once; the loss is the mean
 next-token cross-entropy on uniform random token ids (``--samples`` × ``--block-size``), computed
@@ -20,9 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import Timer, emit  # noqa: E402
 
 SHAPE = dict(d=1024, h=2816, V=32000, heads=16)
 

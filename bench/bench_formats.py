@@ -15,8 +15,8 @@ after one untimed pass (files in the page cache: the cost measured is the reader
 the median of ``--repeat`` passes.  The ratio column divides by the bf16 read of the same shape and
 test in the same run.
 
-    python bench/bench_formats.py                # DeepSeek-V3 FP8 and gpt-oss-120B MXFP4, 4 experts
-    python bench/bench_formats.py --experts 2 --repeat 3
+    python -m bench.bench_formats                # DeepSeek-V3 FP8 and gpt-oss-120B MXFP4, 4 experts
+    python -m bench.bench_formats --experts 2 --repeat 3
 """
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import module_name, Timer, emit  # noqa: E402
 
 #: name -> (residual width d, expert width, format)
 SHAPES = {"deepseek-v3": (7168, 2048, "fp8"), "gpt-oss-120b": (2880, 2880, "mxfp4")}
@@ -60,8 +59,7 @@ def write_bf16(folder: Path, cfg, seed: int = 0) -> None:
 
 
 def write_quantized(src: Path, out: Path, fmt: str) -> None:
-    sys.path.insert(0, str(common.ROOT / "tests"))
-    from quant_writers import write_fp8, write_mxfp4
+    from tests.quant_writers import write_fp8, write_mxfp4
     if fmt == "fp8":
         write_fp8(src, out, block=(128, 128))
     else:
@@ -125,7 +123,7 @@ def main(argv=None):
                 write_bf16(folders["bf16"], config(d, h, a.experts))
             if not (folders[fmt] / "model.safetensors").is_file():
                 print(f"writing {folders[fmt]} ...", file=sys.stderr, flush=True)
-                subprocess.run([sys.executable, __file__, "--write", str(folders["bf16"]), str(folders[fmt]), fmt],
+                subprocess.run([sys.executable, "-m", module_name(__file__), "--write", str(folders["bf16"]), str(folders[fmt]), fmt],
                                cwd=common.ROOT, check=True)
             for test in ("full", "rows"):
                 for kind, folder in folders.items():

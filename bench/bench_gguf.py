@@ -11,8 +11,8 @@ it out (names, rotary Q/K row permutation; output.weight Q8_0), then runs
 each in full and sampled (``--rows``, default 0 and 1024: only K rows of each up projection; in the
 GGUF file only those rows are dequantized).
 
-    python bench/bench_gguf.py                 # 4 blocks, full and K = 1024
-    python bench/bench_gguf.py --blocks 2 --rows 0
+    python -m bench.bench_gguf                 # 4 blocks, full and K = 1024
+    python -m bench.bench_gguf --blocks 2 --rows 0
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import GB, Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import module_name, GB, Timer, emit  # noqa: E402
 
 SHAPE_7B = dict(d=4096, h=11008, V=32000, heads=32)
 
@@ -43,8 +42,7 @@ def variant(base: Path, other: Path, rows: int = 0) -> dict:
 
 def write_gguf_child(src: Path, out: Path, qtype: str) -> None:
     """Runs in its own process: the writer holds the quantized tensors until it writes them."""
-    sys.path.insert(0, str(common.ROOT / "tests"))
-    from quant_writers import write_gguf
+    from tests.quant_writers import write_gguf
     write_gguf(src, out, qtype, output_qtype="Q8_0", with_tokenizer=False)
 
 
@@ -83,7 +81,7 @@ def main(argv=None):
     if not gguf.is_file():
         print(f"writing {gguf} ...", file=sys.stderr, flush=True)
         tmp = gguf.with_name(gguf.name + ".part")
-        subprocess.run([sys.executable, __file__, "--write-gguf", str(paths["ft"]), str(tmp), a.qtype],
+        subprocess.run([sys.executable, "-m", module_name(__file__), "--write-gguf", str(paths["ft"]), str(tmp), a.qtype],
                        cwd=common.ROOT, check=True)
         tmp.rename(gguf)
     print(f"  ready in {time.time() - t0:.0f} s", file=sys.stderr)

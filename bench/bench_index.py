@@ -1,7 +1,7 @@
 """The reference index at 7B shape: building one entry, and screening a candidate against 1,000.
 
-    python bench/bench_index.py                     # build + screen against 10 and 1,000 references
-    python bench/bench_index.py --refs 10,1000 --no-build
+    python -m bench.bench_index                     # build + screen against 10 and 1,000 references
+    python -m bench.bench_index --refs 10,1000 --no-build
 
 Variants, each in its own process:
 
@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common  # noqa: E402
 
 SHAPE = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, vocab_size=32000,
              num_attention_heads=32, num_key_value_heads=32)

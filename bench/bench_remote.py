@@ -14,8 +14,8 @@ variant as ``main.py --stat cos`` in a fresh process with an empty Hugging Face 
 wall time. The last columns extrapolate the sampled reads to whole models by the byte count each
 model costs (headers and K rows of every up_proj: L·K·d·2 bytes) at the same cap.
 
-    python bench/bench_remote.py                    # 4 blocks, 100 MB/s
-    python bench/bench_remote.py --blocks 2 --rate 50
+    python -m bench.bench_remote                    # 4 blocks, 100 MB/s
+    python -m bench.bench_remote --blocks 2 --rate 50
 """
 from __future__ import annotations
 
@@ -27,12 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import ROOT  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "tests"))
-from hub_server import HubServer  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import ROOT  # noqa: E402
+from tests.hub_server import HubServer  # noqa: E402
 
 MB = 1_000_000
 SHAPES = {"7B (32 blocks)": dict(L=32, d=4096, h=11008, total=13.5e9),

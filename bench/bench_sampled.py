@@ -5,10 +5,10 @@ Driver (default): writes (or reuses) the bf16 checkpoints of bench_cos.py (base,
 independent; one shard per block) and of bench_70b_block.py, then runs every variant × pair in its
 own process and prints a markdown table.
 
-    python bench/bench_sampled.py                            # K=256, 1024 on 8 and 32 blocks; full on 8 (and 32: ft)
-    python bench/bench_sampled.py --full-blocks 8            # the full baseline on 8 blocks only
-    python bench/bench_sampled.py --blocks 4 --rows 64,256 --no-70b
-    python bench/bench_sampled.py --grid-only                # only the grid runs (store of sampled rows)
+    python -m bench.bench_sampled                            # K=256, 1024 on 8 and 32 blocks; full on 8 (and 32: ft)
+    python -m bench.bench_sampled --full-blocks 8            # the full baseline on 8 blocks only
+    python -m bench.bench_sampled --blocks 4 --rows 64,256 --no-70b
+    python -m bench.bench_sampled --grid-only                # only the grid runs (store of sampled rows)
 
 Every variant is ``tracing.compare(base, other, stat="cos"[, rows=K])`` in a fresh process. The
 weight files' SHA-256 (the records' provenance) are computed once, before the timed runs, into a
@@ -36,9 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import GB, Timer, emit  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import GB, Timer, emit  # noqa: E402
 
 SHAPE_7B = dict(d=4096, h=11008, V=32000, heads=32)
 SHAPE_70B = dict(d=8192, h=28672, V=1024, heads=64, kv_heads=8)

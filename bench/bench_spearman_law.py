@@ -4,15 +4,15 @@ the toolkit's p-value and for the plain Student-t tail it replaced.
 m ≤ 18 is computed exactly from the shipped counts; larger m by Monte Carlo (``--draws`` uniform
 permutations per m), with the exact 95% interval of the ratio.  A ratio above 1 is anti-conservative.
 
-    python bench/bench_spearman_law.py                       # ≈ 5 min on one core
-    python bench/bench_spearman_law.py --m 24,64 --draws 1e6
+    python -m bench.bench_spearman_law                       # ≈ 5 min on one core
+    python -m bench.bench_spearman_law --m 24,64 --draws 1e6
 
 End to end, ``--blockmap N``: the sampled block map (``cos --rows 16``) of N independent pairs of
 24- and 32-block random models (d = 16, h = 32), overall Bonferroni p ≤ 0.05, with the exact 95%
 interval of the rejection rate; ``--law t`` runs the same with the plain t tail (≈ 1.4 s a pair):
 
-    python bench/bench_spearman_law.py --blockmap 300
-    python bench/bench_spearman_law.py --blockmap 300 --law t
+    python -m bench.bench_spearman_law --blockmap 300
+    python -m bench.bench_spearman_law --blockmap 300 --law t
 """
 from __future__ import annotations
 
@@ -27,10 +27,8 @@ import numpy as np
 from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_line, markdown_table, save_results  # noqa: E402
+from bench.common import machine_line, markdown_table, save_results  # noqa: E402
 from tracing import spearman_law as law  # noqa: E402
 
 ALPHAS = (0.05, 0.01, 1e-3, 1e-4, 1.3e-5, 1e-5, 1e-6)

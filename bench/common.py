@@ -2,7 +2,7 @@
 and synthetic Llama checkpoints written with ``safetensors.torch.save_file``.
 
 Every variant runs in its own Python process (a process's peak RSS never goes down), started by
-the driver as ``python bench/<script>.py --variant ...``; the child prints one JSON line prefixed
+the driver as ``python -m bench.<script> --variant ...`` from the repository root; the child prints one JSON line prefixed
 with ``BENCH_JSON`` and the driver collects the lines into a markdown table.
 """
 from __future__ import annotations
@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,12 +92,18 @@ def emit(record: dict) -> None:
 # ------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------
+def module_name(script: str | Path) -> str:
+    """``python -m bench.bench_cos`` -> ``bench.bench_cos``: benchmarks run as modules from the repository root
+    (``python -m bench.bench_cos``), so ``tracing`` and ``bench`` import without editing ``sys.path``."""
+    return f"bench.{Path(script).stem}"
+
+
 def run_child(script: str | Path, args: list[str], log=None, timeout: float | None = None,
               hash_cache: Path | None = None) -> dict:
     """Run ``python script args`` in a fresh process; return its ``BENCH_JSON`` record.
     ``hash_cache``: a SHA-256 cache shared by the children (weight files hashed once, beforehand)."""
     import tempfile
-    cmd = [sys.executable, str(script), *args]
+    cmd = [sys.executable, "-m", module_name(script), *args]
     print("  $ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     # by default a fresh, private SHA-256 cache per child: every run hashes its local weight files for
     # the result's provenance, as a first run on a local folder does (and the user's cache is untouched)
@@ -281,7 +285,7 @@ def ensure_family(root: Path, cfg, names=("base", "ft", "indep"), noise: float =
     (on Linux a child's ``ru_maxrss`` can inherit the parent's peak across fork + exec)."""
     paths = {n: root / n for n in names}
     args = json.dumps({"root": str(root), "config": cfg.to_dict(), "names": list(names), "noise": noise})
-    proc = subprocess.run([sys.executable, __file__, "write-family", args], cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", module_name(__file__), "write-family", args], cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"writing the synthetic checkpoints under {root} failed")
     return paths
@@ -379,7 +383,7 @@ def eval_shape_parser(doc: str, variants, samples: int):
     bench_eval): model shape, data size, which variants, where to work; ``--variant``/``--paths`` for
     the child process that measures one variant."""
     import argparse
-    from bench_eval import SHAPE
+    from bench.bench_eval import SHAPE
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d", type=int, default=SHAPE["d"])
     ap.add_argument("--h", type=int, default=SHAPE["h"])

@@ -5,9 +5,9 @@
 # Extra arguments (e.g. --cleanup, which deletes each benchmark's synthetic files at its end) go to every script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python bench/bench_cos.py "$@"
-python bench/bench_70b_block.py "$@"
-python bench/bench_assignment.py "$@"
-python bench/bench_eval.py "$@"
-python bench/bench_gguf.py "$@"
-python bench/bench_index.py "$@"
+python -m bench.bench_cos "$@"
+python -m bench.bench_70b_block "$@"
+python -m bench.bench_assignment "$@"
+python -m bench.bench_eval "$@"
+python -m bench.bench_gguf "$@"
+python -m bench.bench_index "$@"

@@ -8,8 +8,7 @@ from submitit.helpers import Checkpointable
 
 from .console import first_line
 
-# Test hook: a job sleeps this many seconds before computing, on its first start only
-# (so a test has time to requeue it). Never set it for real work.
+# Tests only: a job sleeps this many seconds before computing, on its first start only (DelayedPairJob).
 TEST_SLEEP_ENV = "TRACING_TEST_SLEEP_S"
 
 
@@ -32,10 +31,6 @@ class PairJob(Checkpointable):
         if self.threads:
             limit_threads(self.threads)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        sleep_s = float(os.environ.get(TEST_SLEEP_ENV) or 0)
-        if sleep_s > 0 and restarts == 0:
-            print(f"{TEST_SLEEP_ENV}: sleeping {sleep_s:g} s before computing", flush=True)
-            time.sleep(sleep_s)
         from ..results import is_done
 
         error = self._compute(base, ft, options, {s: p for s, p in save.items() if not is_done(p)}, start)
@@ -64,6 +59,25 @@ class PairJob(Checkpointable):
                     save_record(failure_record(base, ft, s, opts.for_stat(s).to_dict(), e, time.time() - start), p)
             return f"{type(e).__name__}: {first_line(str(e)) or type(e).__name__}"
         return None
+
+
+class DelayedPairJob(PairJob):
+    """A :class:`PairJob` that first sleeps ``TRACING_TEST_SLEEP_S`` seconds, on its first start only, so that a
+    test has time to cancel, requeue or preempt it. Chosen by :func:`pair_job` when that variable is set; never
+    set it for real work."""
+
+    def __call__(self, base: str, ft: str, options: dict, save: dict) -> dict:
+        sleep_s = float(os.environ.get(TEST_SLEEP_ENV) or 0)
+        if sleep_s > 0 and int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:
+            print(f"{TEST_SLEEP_ENV}: sleeping {sleep_s:g} s before computing", flush=True)
+            time.sleep(sleep_s)
+        return super().__call__(base, ft, options, save)
+
+
+def pair_job(threads: int | None = None, rows_store: str | None = None) -> PairJob:
+    """The job object the launcher submits (the delayed one only when the test variable is set)."""
+    cls = DelayedPairJob if os.environ.get(TEST_SLEEP_ENV) else PairJob
+    return cls(threads=threads, rows_store=rows_store)
 
 
 def job_id() -> str | None:

@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from .console import first_line
-from .job import PairJob, limit_threads
+from .job import PairJob, limit_threads, pair_job
 from .probe import local_mem_gb
 from .tasks import Task, TaskState, apply_summary, mark_failed
 
@@ -106,7 +106,7 @@ def run_local(tasks: list[Task], max_workers: int, threads: int, on_done: Callab
     mem_limit_gb = local_mem_gb() if mem_limit_gb is None else mem_limit_gb
     queue = list(tasks)
     ctx = mp.get_context("spawn")  # fork after torch is imported is unsafe
-    job = PairJob(threads=threads, rows_store=rows_store)
+    job = pair_job(threads=threads, rows_store=rows_store)
     while queue:
         pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=ctx, initializer=_worker_init,
                                    initargs=(threads, os.getpid()))

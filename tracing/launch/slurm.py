@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .console import first_line, say
-from .job import PairJob
+from .job import pair_job
 from .probe import SlurmInfo, active_slurm_jobs
 from .tasks import Task, TaskState, apply_summary, mark_failed
 
@@ -53,7 +53,7 @@ def _submit(chunk: list[Task], executor, res, on_done, rows_store: str | None = 
     """Submit one array; on a refusal every task of the chunk is recorded as failed."""
     try:
         return executor.map_array(
-            PairJob(threads=res.cpus, rows_store=rows_store), [t.pair.base for t in chunk],
+            pair_job(threads=res.cpus, rows_store=rows_store), [t.pair.base for t in chunk],
             [t.pair.ft for t in chunk],
             [t.options for t in chunk], [t.save_targets() for t in chunk])
     except Exception as e:  # noqa: BLE001 - e.g. sbatch rejects the request
