@@ -171,9 +171,11 @@ class Engine:
         batches = [slice(b, min(b + self.batch_size, N)) for b in range(0, N, self.batch_size)]
         pos = torch.arange(T, device=self.device)[None]
 
-        hidden = []
-        for lane in lanes:
+        hidden, extras = [], []
+        for k, lane in enumerate(lanes):
             hidden.append(self._embed(lane, ids))
+            make = lane.arch.fam.layer_inputs  # further inputs of every block (Gemma 4's per-layer embeddings)
+            extras.append(make(lane, skels[k], ids, hidden[-1], self.dtype) if make else None)
             lane.release()
         pos_emb = [self._position_embeddings(sk, hidden[k][:1], pos) for k, sk in enumerate(skels)]
         masks = [{} for _ in lanes]
@@ -181,7 +183,7 @@ class Engine:
         try:
             for i in range(L):
                 captures = [self._block(lane, i, skels[k], hidden[k], batches, pos, pos_emb[k], masks[k],
-                                        capture=on_block is not None) for k, lane in enumerate(lanes)]
+                                        capture=on_block is not None, extra=extras[k]) for k, lane in enumerate(lanes)]
                 if on_block is not None:
                     self._live += 1
                     self.max_live_blocks = max(self.max_live_blocks, self._live)
@@ -201,7 +203,8 @@ class Engine:
         for b in batches:
             on_logits(b, [head(hidden[k][b]) for k, head in enumerate(heads)], ids[b])
 
-    def _block(self, lane, i, skel, hidden, batches, pos, pos_emb, masks, capture: bool) -> Capture | None:
+    def _block(self, lane, i, skel, hidden, batches, pos, pos_emb, masks, capture: bool,
+               extra=None) -> Capture | None:
         """Push one lane's hidden states through block i in place; its MLP activations if asked."""
         layer, proj = self._layer(lane, i, skel)
         inputs: list[torch.Tensor] = []
@@ -219,7 +222,7 @@ class Engine:
                 # (e.g. DeepSeek-V3.2's indexed attention) are causal
                 mask = None if kind == "linear_attention" else masks[x.shape[0]].get(kind, masks[x.shape[0]]["full_attention"])
                 out = layer(x, attention_mask=mask, position_ids=pos,
-                            position_embeddings=pos_emb[kind])
+                            position_embeddings=pos_emb[kind], **(extra(i, b) if extra else {}))
                 hidden[b] = out[0] if isinstance(out, tuple) else out
         finally:
             if handle is not None:

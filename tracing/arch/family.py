@@ -73,6 +73,13 @@ class Family:
     explicit_mask: bool = False
     #: ``(config, where) -> dict`` of further sizes a layout function reads with ``arch.dim(key)``
     dims: Callable | None = None
+    #: further tensors of a block ``(arch, block prefix, block) -> [TensorRef]`` and of the model
+    #: ``(arch) -> [TensorRef]`` (Gemma 4's per-layer embeddings and block scalars)
+    block_extra: Callable | None = None
+    global_extra: Callable | None = None
+    #: what a block's forward call takes besides hidden states, mask and positions:
+    #: ``(lane, skeleton, ids, embedded input, dtype) -> ((block, batch slice) -> keyword arguments)``
+    layer_inputs: Callable | None = None
     #: where a block's experts live on disk, and the file names of gate, up and down
     expert_prefix: str = "mlp."
     expert_files: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
