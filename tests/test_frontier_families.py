@@ -165,7 +165,14 @@ WRAPPERS = {
                  ("language_model.model.", "language_model.lm_head.")),
     "qwen3_5_moe": ("qwen3_5_moe_text", dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64,
                                              out_hidden_size=32), ("model.language_model.", "lm_head.")),
+    "llama4": ("llama4_text", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                   vision_output_dim=32, projector_input_dim=32, projector_output_dim=32,
+                                   image_size=28, patch_size=14), ("language_model.model.", "language_model.lm_head.")),
+    "gemma4": ("gemma4_text", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+                                   head_dim=16, intermediate_size=64), ("model.language_model.", "lm_head.")),
 }
+#: where transformers' vision-language modules hold the language model (text model prefix, lm_head)
+IN_MEMORY = (("model.language_model.", "lm_head."), ("language_model.model.", "language_model.lm_head."))
 
 
 def _wrapped(wrapper, seed):
@@ -179,8 +186,9 @@ def _wrapped(wrapper, seed):
     text = family_model(text_cfg, seed=seed)
     vlm = AutoModelForImageTextToText.from_config(cfg).eval()
     sd = vlm.state_dict()
+    model, head = next(m for m in IN_MEMORY if f"{m[0]}embed_tokens.weight" in sd)
     for k, v in text.state_dict().items():
-        sd[k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k] = v
+        sd[model + k[len("model."):] if k.startswith("model.") else k.replace("lm_head.", head, 1)] = v
     vlm.load_state_dict(sd)
     return vlm, text
 
@@ -190,7 +198,8 @@ def _save_hub_layout(vlm, wrapper, folder):
     _, _, (model, head) = WRAPPERS[wrapper]
     folder.mkdir()
     vlm.config.save_pretrained(folder)
-    sd = {k.replace("model.language_model.", model, 1).replace("lm_head.", head, 1): v.contiguous()
+    mem_model, mem_head = next(m for m in IN_MEMORY if any(k.startswith(m[0]) for k in vlm.state_dict()))
+    sd = {k.replace(mem_model, model, 1).replace(mem_head, head, 1): v.contiguous()
           for k, v in vlm.state_dict().items()}
     save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
 
