@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 from safetensors.torch import load_file, save_file
 
-from family_models import family_config, family_model, noisy, random_ids
+from family_models import family_config, family_model, noisy, random_ids, save_trio
 from tracing.models import Checkpoint, from_module
 from tracing.options import Options
 from tracing.stats import get as get_stat
@@ -143,6 +143,8 @@ def _layer_type(name):
     ("gemma3_text", dict(config=_layer_type("mystery_attention")), "mystery_attention"),  # unknown to transformers
     ("gemma3_text", dict(config=_layer_type("linear_attention")), "'linear_attention' that gemma3_text"),
     ("qwen3_5_moe_text", dict(config=_layer_type("sliding_attention")), "'sliding_attention' that qwen3_5_moe_text"),
+    ("gemma4_text", dict(config=lambda cfg: cfg.update(enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                                       moe_intermediate_size=16)), "enable_moe_block"),
 ])
 def test_bad_input_is_one_line(tmp_path, family, edit, needle):
     c = family_config(family)
@@ -230,3 +232,14 @@ def test_vision_language_wrapper_reads_its_language_model(tmp_path, wrapper):
     res = pickle.loads(rec.read_bytes())
     assert res["log10_pvalue"] < -6
     assert any(wrapper in n and "vision tower is ignored" in n for n in res["notes"]), res["notes"]
+
+
+def test_gemma4_embedding_distance_and_activation_statistics(tmp_path):
+    """Gemma 4 (per-layer embeddings, shared keys and values, double-width MLPs): emb, l2 and csh find
+    the noisy copy and not the independent model."""
+    base, paths = save_trio(tmp_path, "gemma4_text")
+    tokens = lambda: random_ids(base.config.vocab_size, n=4, T=32, seed=9)
+    a = Checkpoint(paths["base"])
+    for stat, level in (("emb", -6), ("l2", math.log10(0.02)), ("csh", -6)):
+        assert run_stat(stat, a, Checkpoint(paths["ft"]), tokens=tokens).log10_pvalue < level, stat
+        assert run_stat(stat, a, Checkpoint(paths["indep"]), tokens=tokens).log10_pvalue > math.log10(0.01), stat
