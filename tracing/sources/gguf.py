@@ -11,9 +11,12 @@ tensor equals its Hugging Face counterpart up to quantization error:
   rotary layout;
 - ``gemma``, ``gemma2``, ``gemma3``: every norm gain is stored as 1 + w;
 - ``gptneox``: ``query_key_value`` is regrouped from per-head (q, k, v) to all q, all k, all v;
-- mixtures of experts (``llama`` with experts for Mixtral, ``qwen2moe``, ``qwen3moe``): each block's
-  experts are stacked in one tensor per projection (``ffn_gate_exps``, ``ffn_up_exps``,
-  ``ffn_down_exps``), read once and handed out expert by expert.
+- mixtures of experts (``llama`` with experts for Mixtral, ``qwen2moe``, ``qwen3moe``, ``deepseek2``):
+  each block's experts are stacked in one tensor per projection (``ffn_gate_exps``, ``ffn_up_exps``,
+  ``ffn_down_exps``), read once and handed out expert by expert; a router's correction bias
+  (``e_score_correction_bias``) is ``exp_probs_b.bias``;
+- ``deepseek2`` (DeepSeek-V3, Kimi K2): multi-head latent attention's ``kv_b_proj`` is split per head
+  into ``attn_k_b`` (the key rows, transposed) and ``attn_v_b``; both are read and put back together.
 
 Config and tokenizer come from the folder when it has them (``./folder:file.gguf``), else from the
 file's metadata through transformers' GGUF support (the architectures it reads, see
@@ -36,7 +39,7 @@ from . import QuantizedBackend
 #: the GGUF architecture llama.cpp writes for each model_type the adapter knows
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
-             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}
 #: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
                   "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -51,6 +54,8 @@ _EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<w>\w+)\.weight")
 PERMUTED_ARCHS = {"llama"}
 #: GGUF architectures whose converter stores norm gains as 1 + w
 SHIFTED_NORM_ARCHS = {"gemma", "gemma2", "gemma3"}
+#: GGUF architectures whose converter splits MLA's kv_b_proj into attn_k_b (transposed) and attn_v_b
+SPLIT_KV_B_ARCHS = {"deepseek2"}
 CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks (bounded temporary memory)
 BAR_ELEMENTS = 1 << 26  # and the largest (embeddings, heads) show a progress bar on a terminal
 
@@ -148,6 +153,10 @@ def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
             m, expert = _EXPERT.fullmatch(stored), None
             if m:
                 base, suffix, expert = f"{m['pre']}.{m['w']}", "weight", int(m["e"])
+            elif stored.endswith("e_score_correction_bias"):  # the converter names it ...e_score_correction.bias
+                base, suffix = stored[:-len("_bias")], "bias"
+            elif gguf_arch in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
+                base, suffix = stored[:-len(".weight")].replace("kv_b_proj", "k_b_proj"), "weight"  # + attn_v_b
             else:
                 base, _, suffix = stored.rpartition(".")
                 if suffix not in ("weight", "bias"):
@@ -306,6 +315,8 @@ class GGUFBackend(QuantizedBackend):
             return "norm"
         if g == "gptneox" and ".query_key_value." in stored:
             return "neox_qkv"
+        if g in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
+            return "kv_b"
         return None
 
     def _read(self, stored: str, keep: bool = False) -> torch.Tensor:
@@ -332,7 +343,20 @@ class GGUFBackend(QuantizedBackend):
             return w - 1
         if change == "neox_qkv":
             return regroup_neox_qkv(w, a.n_heads)
+        if change == "kv_b":
+            return self._joined_kv_b(stored, w)
         return w
+
+    def _joined_kv_b(self, stored: str, k_b: torch.Tensor) -> torch.Tensor:
+        """MLA's kv_b_proj [H·(nope + v), r] from the converter's attn_k_b [H, r, nope] and attn_v_b [H, v, r]."""
+        t, _ = self._stored[stored]
+        v_name = t.name.replace("attn_k_b", "attn_v_b")
+        v_t = next((x for x in self.reader.tensors if x.name == v_name), None)
+        if v_t is None:
+            raise TracingError(f"{self.file}: {t.name} has no {v_name} beside it; is this a complete "
+                               f"{self.arch.model_type} GGUF file?")
+        v_b = torch.from_numpy(self._dequantize(v_t))
+        return torch.cat([k_b.transpose(1, 2), v_b], dim=1).reshape(-1, k_b.shape[1])
 
     def stored_planes(self, name: str, planes) -> tuple[str, list[torch.Tensor]]:
         """``(GGML type name, arrays)``: ``planes(raw blocks, ggml type) -> [n-element float arrays]``

@@ -1,0 +1,95 @@
+"""GGUF files of the frontier families laid out as llama.cpp's converter writes them (gguf-py's
+name table, experts stacked per projection, the router's correction bias as ``exp_probs_b.bias``,
+DeepSeek's MLA ``kv_b_proj`` split into ``attn_k_b`` (transposed) and ``attn_v_b``), read back
+through the GGUF backend: every tensor as saved, cos finds the copy and not the independent model;
+a family whose GGUF layout is not read is refused in one line."""
+import json
+import math
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from family_models import family_config, family_model, save_trio
+from quant_writers import gguf_namer, stack_experts
+from tracing.errors import TracingError
+from tracing.models import Checkpoint
+from tracing.options import Options
+from tracing.stats import get as get_stat
+from tracing.stats.base import Context
+
+#: model_type -> the GGUF architecture llama.cpp's converter writes
+CONVERTED = {"deepseek_v3": "deepseek2", "qwen3_moe": "qwen3moe"}
+
+
+def _split_kv_b(hf: str, t: torch.Tensor, cfg: dict) -> dict:
+    """The converter's DeepseekV2Model: kv_b_proj [H·(nope + v), r] -> k_b [H, r, nope] and v_b [H, v, r]."""
+    H, nope, v = cfg["num_attention_heads"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]
+    k_b, v_b = torch.split(t.view(H, nope + v, t.shape[-1]), [nope, v], dim=1)
+    return {hf.replace("kv_b_proj", "k_b_proj"): k_b.transpose(1, 2), hf.replace("kv_b_proj", "v_b_proj"): v_b}
+
+
+def write_converted(folder, out_dir, arch: str):
+    """``folder`` (a saved float model) as a float32 GGUF laid out as the converter lays out ``arch``,
+    with the model's config.json beside it."""
+    cfg = json.loads((folder / "config.json").read_text())
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(f))
+    out_dir.mkdir(parents=True)
+    w = gguf.GGUFWriter(str(out_dir / "model.gguf"), arch)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_embedding_length(cfg["hidden_size"])
+    name = gguf_namer(arch, cfg["num_hidden_layers"])
+    for hf, t in stack_experts(state).items():
+        hf = hf.replace("e_score_correction_bias", "e_score_correction.bias")
+        parts = _split_kv_b(hf, t, cfg) if hf.endswith("kv_b_proj.weight") else {hf: t}
+        for key, part in parts.items():
+            w.add_tensor(name(key), np.ascontiguousarray(part.float().numpy()))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    shutil.copy(folder / "config.json", out_dir / "config.json")
+    return out_dir
+
+
+def run_cos(a, b):
+    return get_stat("cos").fn(Context(Options(stat=["cos"]), progress=False), a, b)
+
+
+@pytest.mark.parametrize("family", list(CONVERTED))
+def test_converted_gguf_reads_every_tensor(tmp_path, family):
+    _, paths = save_trio(tmp_path / "hf", family)
+    ggufs = {tag: Checkpoint(write_converted(paths[tag], tmp_path / f"gguf-{tag}", CONVERTED[family]))
+             for tag in ("base", "ft")}
+    ref, g = Checkpoint(paths["base"]), ggufs["base"]
+    assert g.backend.format == "gguf"
+    names = ref.arch.names()
+    assert any("kv_b_proj" in n for n in names) == (family == "deepseek_v3")
+    for n in names:
+        assert torch.equal(g.get(n), ref.get(n)), n
+    assert run_cos(ref, ggufs["ft"]).log10_pvalue < -6
+    assert run_cos(Checkpoint(paths["indep"]), g).log10_pvalue > math.log10(0.01)
+
+
+def test_gguf_of_an_unread_layout_is_refused(tmp_path):
+    """gpt-oss GGUF files (experts de-interleaved and transposed by the converter) are not read yet:
+    one line naming the way out."""
+    model = family_model(family_config("gpt_oss"), seed=3)
+    model.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "g"
+    out.mkdir()
+    w = gguf.GGUFWriter(str(out / "model.gguf"), "gpt-oss")
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    shutil.copy(tmp_path / "hf" / "config.json", out / "config.json")
+    with pytest.raises(TracingError, match="GGUF files of gpt_oss models are not supported") as e:
+        Checkpoint(out)
+    assert "\n" not in str(e.value) and "safetensors" in str(e.value)
