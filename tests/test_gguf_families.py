@@ -22,7 +22,8 @@ from tracing.stats import get as get_stat
 from tracing.stats.base import Context
 
 #: model_type -> the GGUF architecture llama.cpp's converter writes
-CONVERTED = {"deepseek_v3": "deepseek2", "qwen3_moe": "qwen3moe"}
+CONVERTED = {"deepseek_v3": "deepseek2", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "glm4_moe": "glm4moe",
+             "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe"}
 
 
 def _split_kv_b(hf: str, t: torch.Tensor, cfg: dict) -> dict:

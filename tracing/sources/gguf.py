@@ -11,7 +11,8 @@ tensor equals its Hugging Face counterpart up to quantization error:
   rotary layout;
 - ``gemma``, ``gemma2``, ``gemma3``: every norm gain is stored as 1 + w;
 - ``gptneox``: ``query_key_value`` is regrouped from per-head (q, k, v) to all q, all k, all v;
-- mixtures of experts (``llama`` with experts for Mixtral, ``qwen2moe``, ``qwen3moe``, ``deepseek2``):
+- mixtures of experts (``llama`` with experts for Mixtral, ``qwen2moe``, ``qwen3moe``, ``deepseek2``,
+  ``olmoe``, ``glm4moe``, ``minimax-m2``, ``ernie4_5-moe``):
   each block's experts are stacked in one tensor per projection (``ffn_gate_exps``, ``ffn_up_exps``,
   ``ffn_down_exps``), read once and handed out expert by expert; a router's correction bias
   (``e_score_correction_bias``) is ``exp_probs_b.bias``;
@@ -39,7 +40,8 @@ from . import QuantizedBackend
 #: the GGUF architecture llama.cpp writes for each model_type the adapter knows
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
-             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
+             "olmoe": "olmoe", "glm4_moe": "glm4moe", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe"}
 #: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
                   "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
