@@ -23,7 +23,7 @@ from tracing.stats.base import Context
 
 #: model_type -> the GGUF architecture llama.cpp's converter writes
 CONVERTED = {"deepseek_v3": "deepseek2", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "glm4_moe": "glm4moe",
-             "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe"}
+             "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe", "gpt_oss": "gpt-oss"}
 
 
 def _split_kv_b(hf: str, t: torch.Tensor, cfg: dict) -> dict:
@@ -31,6 +31,24 @@ def _split_kv_b(hf: str, t: torch.Tensor, cfg: dict) -> dict:
     H, nope, v = cfg["num_attention_heads"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]
     k_b, v_b = torch.split(t.view(H, nope + v, t.shape[-1]), [nope, v], dim=1)
     return {hf.replace("kv_b_proj", "k_b_proj"): k_b.transpose(1, 2), hf.replace("kv_b_proj", "v_b_proj"): v_b}
+
+
+def _split_gpt_oss(hf: str, t: torch.Tensor) -> dict:
+    """The converter's GptOssModel (float experts): gate_up_proj [E, d, 2h] transposed and split into
+    gate (even rows) and up (odd rows), down_proj transposed, biases split alike; sinks get .weight."""
+    if hf.endswith(".sinks"):
+        return {f"{hf}.weight": t}
+    if hf.endswith("experts.down_proj"):
+        return {f"{hf}.weight": t.transpose(-1, -2)}
+    if hf.endswith("experts.down_proj_bias"):
+        return {hf.replace("down_proj_bias", "down_proj.bias"): t}
+    if hf.endswith("experts.gate_up_proj"):
+        t = t.transpose(-1, -2)
+        return {hf.replace("gate_up_proj", "gate_proj.weight"): t[:, ::2], hf.replace("gate_up_proj", "up_proj.weight"): t[:, 1::2]}
+    if hf.endswith("experts.gate_up_proj_bias"):
+        return {hf.replace("gate_up_proj_bias", "gate_proj.bias"): t[..., ::2],
+                hf.replace("gate_up_proj_bias", "up_proj.bias"): t[..., 1::2]}
+    return {hf: t}
 
 
 def write_converted(folder, out_dir, arch: str):
@@ -47,7 +65,8 @@ def write_converted(folder, out_dir, arch: str):
     name = gguf_namer(arch, cfg["num_hidden_layers"])
     for hf, t in stack_experts(state).items():
         hf = hf.replace("e_score_correction_bias", "e_score_correction.bias")
-        parts = _split_kv_b(hf, t, cfg) if hf.endswith("kv_b_proj.weight") else {hf: t}
+        parts = (_split_kv_b(hf, t, cfg) if hf.endswith("kv_b_proj.weight") else
+                 _split_gpt_oss(hf, t) if arch == "gpt-oss" else {hf: t})
         for key, part in parts.items():
             w.add_tensor(name(key), np.ascontiguousarray(part.float().numpy()))
     w.write_header_to_file()
@@ -78,19 +97,19 @@ def test_converted_gguf_reads_every_tensor(tmp_path, family):
 
 
 def test_gguf_of_an_unread_layout_is_refused(tmp_path):
-    """gpt-oss GGUF files (experts de-interleaved and transposed by the converter) are not read yet:
-    one line naming the way out."""
-    model = family_model(family_config("gpt_oss"), seed=3)
+    """Qwen3-Next GGUF files (the converter rewrites the linear attention's decay, among others) are not
+    read yet: one line naming the way out."""
+    model = family_model(family_config("qwen3_next"), seed=3)
     model.save_pretrained(tmp_path / "hf")
     out = tmp_path / "g"
     out.mkdir()
-    w = gguf.GGUFWriter(str(out / "model.gguf"), "gpt-oss")
+    w = gguf.GGUFWriter(str(out / "model.gguf"), "qwen3next")
     w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     shutil.copy(tmp_path / "hf" / "config.json", out / "config.json")
-    with pytest.raises(TracingError, match="GGUF files of gpt_oss models are not supported") as e:
+    with pytest.raises(TracingError, match="GGUF files of qwen3_next models are not supported") as e:
         Checkpoint(out)
     assert "\n" not in str(e.value) and "safetensors" in str(e.value)

@@ -16,6 +16,9 @@ tensor equals its Hugging Face counterpart up to quantization error:
   each block's experts are stacked in one tensor per projection (``ffn_gate_exps``, ``ffn_up_exps``,
   ``ffn_down_exps``), read once and handed out expert by expert; a router's correction bias
   (``e_score_correction_bias``) is ``exp_probs_b.bias``;
+- ``gpt-oss``: the experts' fused, transposed ``gate_up_proj`` (gate and up interleaved) and
+  ``down_proj`` are written as ``ffn_gate_exps``, ``ffn_up_exps``, ``ffn_down_exps`` [E, out, in] with
+  their biases; each expert's role is read from them; the attention sinks are ``attn_sinks.weight``;
 - ``deepseek2`` (DeepSeek-V3, Kimi K2): multi-head latent attention's ``kv_b_proj`` is split per head
   into ``attn_k_b`` (the key rows, transposed) and ``attn_v_b``; both are read and put back together.
 
@@ -41,7 +44,8 @@ from . import QuantizedBackend
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
-             "olmoe": "olmoe", "glm4_moe": "glm4moe", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe"}
+             "olmoe": "olmoe", "glm4_moe": "glm4moe", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe",
+             "gpt_oss": "gpt-oss"}
 #: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
                   "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -58,6 +62,10 @@ PERMUTED_ARCHS = {"llama"}
 SHIFTED_NORM_ARCHS = {"gemma", "gemma2", "gemma3"}
 #: GGUF architectures whose converter splits MLA's kv_b_proj into attn_k_b (transposed) and attn_v_b
 SPLIT_KV_B_ARCHS = {"deepseek2"}
+#: GGUF architectures whose converter splits fused, transposed experts (gpt-oss's interleaved
+#: ``gate_up_proj`` [E, d, 2h]) into one stacked tensor per projection, as [E, out, in]
+SPLIT_EXPERT_ARCHS = {"gpt-oss"}
+_SPLIT_EXPERT = re.compile(r"(?P<pre>.*\.experts)\.\w+#expert_(?P<w>gate|up|down)(?P<bias>_bias)?\.(?P<e>\d+)")
 CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks (bounded temporary memory)
 BAR_ELEMENTS = 1 << 26  # and the largest (embeddings, heads) show a progress bar on a terminal
 
@@ -151,12 +159,20 @@ def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
     table = get_tensor_name_map(key, arch.L)
     out = {}
     for name in arch.names():
+        split = _SPLIT_EXPERT.fullmatch(name) if gguf_arch in SPLIT_EXPERT_ARCHS else None
+        if split:  # a role of a fused expert tensor is one expert of the converter's per-projection tensor
+            g = table.get_name(f"{split['pre']}.{split['w']}_proj")
+            if g is not None:
+                out[name] = (g + (".bias" if split["bias"] else ".weight"), int(split["e"]))
+            continue
         for stored, _ in arch.ref(name).stores[:1]:  # the on-disk layout
             m, expert = _EXPERT.fullmatch(stored), None
             if m:
                 base, suffix, expert = f"{m['pre']}.{m['w']}", "weight", int(m["e"])
             elif stored.endswith("e_score_correction_bias"):  # the converter names it ...e_score_correction.bias
                 base, suffix = stored[:-len("_bias")], "bias"
+            elif stored.endswith(".sinks"):  # gpt-oss: the converter appends .weight
+                base, suffix = stored, "weight"
             elif gguf_arch in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
                 base, suffix = stored[:-len(".weight")].replace("kv_b_proj", "k_b_proj"), "weight"  # + attn_v_b
             else:
@@ -258,7 +274,7 @@ class GGUFBackend(QuantizedBackend):
     def has(self, name, stored: dict | None = None):
         stored = self._stored if stored is None else stored
         try:
-            return any(s in stored for s, _ in self._ref(name).stores)
+            return name in stored or any(s in stored for s, _ in self._ref(name).stores)
         except TracingError:
             return False
 
@@ -272,7 +288,7 @@ class GGUFBackend(QuantizedBackend):
     def _find(self, name):
         """``(ref, stored name, index, GGUF tensor, expert)`` of a logical tensor."""
         ref = self._ref(name)
-        found = next(((s, i) for s, i in ref.stores if s in self._stored), None)
+        found = (name, None) if name in self._stored else next(((s, i) for s, i in ref.stores if s in self._stored), None)
         if found is None:
             raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
         stored, index = found
