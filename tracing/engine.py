@@ -208,10 +208,13 @@ class Engine:
         """Push one lane's hidden states through block i in place; its MLP activations if asked."""
         layer, proj = self._layer(lane, i, skel)
         inputs: list[torch.Tensor] = []
-        handle = None
+        expert_inputs: list[torch.Tensor] = []  # when the experts read another input (Gemma 4)
+        handles = []
         if capture:
-            handle = getattr(layer, lane.arch.fam.mlp_module).register_forward_pre_hook(
-                lambda _m, args: inputs.append(args[0].reshape(-1, args[0].shape[-1])))
+            hooks = [(lane.arch.fam.mlp_module, inputs), (lane.arch.fam.experts_module, expert_inputs)]
+            handles = [getattr(layer, name).register_forward_pre_hook(
+                lambda _m, args, into=into: into.append(args[0].reshape(-1, args[0].shape[-1])))
+                for name, into in hooks if name and hasattr(layer, name)]
         kind = self._layer_type(skel.config, i)
         try:
             for b in batches:
@@ -225,17 +228,19 @@ class Engine:
                             position_embeddings=pos_emb[kind], **(extra(i, b) if extra else {}))
                 hidden[b] = out[0] if isinstance(out, tuple) else out
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         del layer
         lane.release()
         if not capture:
             return None
         x = torch.cat(inputs)
-        del inputs
+        x_experts = torch.cat(expert_inputs) if expert_inputs else x
+        del inputs, expert_inputs
         caps = {}
         for expert, p in proj.items():
-            acts = {kind: F.linear(x, W, bias).float() for kind, (W, bias) in p.items()}
+            xe = x if expert in (None, "shared") else x_experts
+            acts = {kind: F.linear(xe, W, bias).float() for kind, (W, bias) in p.items()}
             caps[expert] = Capture(gate=acts.get("gate"), up=acts.get("up"))
         if list(caps) == [None]:
             return caps[None]

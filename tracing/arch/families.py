@@ -19,7 +19,8 @@ from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, 
 from .moe_shapes import mixtral_shape, qwen_moe_shape
 from .ernie import ernie_moe, ernie_shape
 from .gpt_oss import attention_sinks, gpt_oss_moe, gpt_oss_shape
-from .gemma4 import attention_gemma4, block_extra, gemma4_dims, global_extra, layer_inputs, mlp_gemma4
+from .gemma4 import (attention_gemma4, block_extra, gemma4_dims, gemma4_moe, gemma4_moe_shape, global_extra, layer_inputs,
+                     mlp_gemma4)
 from .llama4 import llama4_mlp, llama4_moe, llama4_shape
 from .qwen_hybrid import attention_qwen3_5, attention_qwen3_next, linear_dims
 
@@ -88,5 +89,6 @@ register(Family("llama4", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Lla
 # Gemma 4: post-norms x̂·w (no 1 + w), per-block head sizes, shared keys and values, per-layer embeddings
 register(replace(_BASE, model_type="gemma4_text", group="gemma4", norms="gemma2", tied_default=True, embed_scaled=True,
                  rotation_problem=POST_NORMS, attention=attention_gemma4, mlp=mlp_gemma4, dims=gemma4_dims,
+                 moe=gemma4_moe, moe_shape=gemma4_moe_shape, experts_module="experts",
                  block_extra=block_extra, global_extra=global_extra, layer_inputs=layer_inputs))
 register(Family("gemma4", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Gemma 4 vision-language

@@ -65,6 +65,8 @@ class Family:
     dense_width: str = "intermediate_size"
     #: the attribute of a decoder layer holding its MLP (activation captures hook its input)
     mlp_module: str = "mlp"
+    #: the attribute holding the routed experts when they read another input than the MLP (Gemma 4)
+    experts_module: str | None = None
     #: q_proj also holds a per-head output gate (twice the rows)
     q_gated: bool = False
     #: run forward passes with transformers' eager attention (no sdpa path, e.g. attention sinks)

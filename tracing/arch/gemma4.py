@@ -16,7 +16,8 @@ What differs per block, from the config:
   block an input of width p; the block gates it with ``per_layer_input_gate`` [p, d] (reads the
   residual stream) and writes it back through ``per_layer_projection`` [d, p] and the post-norm
   ``post_per_layer_input_norm``;
-- ``layer_scalar`` [1] multiplies the block's output.
+- ``layer_scalar`` [1] multiplies the block's output;
+- with ``enable_moe_block``, routed experts beside the dense MLP in every block (see :func:`gemma4_moe`).
 
 Checkpoints name these tensors alike on the hub and in transformers' modules (``model.language_model.*``
 inside the vision-language model ``gemma4``).
@@ -28,7 +29,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import TracingError
 from .layout import TensorRef, dense_mlp_refs
 from .moe_shapes import get, size
 
@@ -63,10 +63,6 @@ def _overrides(config: Any, i: int, full: bool) -> dict:
 def gemma4_dims(config: Any, where: str) -> dict:
     """Per block: (head_dim, key/value heads, shares keys and values, keys are values, MLP width);
     the per-layer embeddings' width p and vocabulary."""
-    if get(config, "enable_moe_block", False):
-        raise TracingError(f"{where}: Gemma 4 mixture-of-experts checkpoints (enable_moe_block: a dense MLP and "
-                           f"experts side by side in every block) are not supported yet; compare dense Gemma 4 "
-                           f"checkpoints")
     L, h = size(config, "num_hidden_layers", where), size(config, "intermediate_size", where)
     hd, kv = size(config, "head_dim", where), size(config, "num_key_value_heads", where)
     first_shared = L - int(get(config, "num_kv_shared_layers", 0) or 0)
@@ -98,6 +94,38 @@ def attention_gemma4(a, p: str, i: int) -> list[TensorRef]:
 
 def mlp_gemma4(a, p: str, i: int, h: int) -> list[TensorRef]:
     return dense_mlp_refs(a, p, i, a.dim("layers")[i][4])
+
+
+def gemma4_moe_shape(config: Any, fam, L: int, where: str) -> dict:
+    """With ``enable_moe_block`` every block holds ``num_experts`` routed experts beside its dense MLP,
+    which is always active: it is the block's shared expert."""
+    if not get(config, "enable_moe_block", False):
+        return {}
+    return dict(n_experts=size(config, "num_experts", where), h_expert=size(config, "moe_intermediate_size", where),
+                moe_blocks=(True,) * L, h_shared=size(config, "intermediate_size", where))
+
+
+def gemma4_moe(a, p: str, i: int) -> list[TensorRef]:
+    """A Gemma 4 mixture-of-experts block: the dense MLP (as the shared expert, reading
+    ``pre_feedforward_layernorm``), the router (``router.proj`` with its gain ``router.scale`` over
+    the residual stream and ``per_expert_scale``), the experts stacked as in transformers
+    (``experts.gate_up_proj`` [E, 2h, d], gate rows first; ``experts.down_proj`` [E, d, h]) reading
+    ``pre_feedforward_layernorm_2``, and the post-norms of both outputs."""
+    d, h, E = a.d, a.h_expert, a.n_experts
+    out = dense_mlp_refs(a, p, i, a.dim("layers")[i][4], roles=("shared_gate", "shared_up", "shared_down"),
+                         unit=(i, "shared"))
+    out += [TensorRef(f"{p}router.proj.weight", "router", i, (E, d)),
+            TensorRef(f"{p}router.scale", "router_scale", i, (d,)),
+            TensorRef(f"{p}router.per_expert_scale", "router_expert_scale", i, (E,))]
+    gu, dn = f"{p}experts.gate_up_proj", f"{p}experts.down_proj"
+    for e in range(E):
+        for role, stored, index, shape in (("expert_gate", gu, (e, slice(0, h)), (h, d)),
+                                           ("expert_up", gu, (e, slice(h, 2 * h)), (h, d)),
+                                           ("expert_down", dn, (e,), (d, h))):
+            out.append(TensorRef(f"{stored}#{role}.{e}", role, i, shape, [(stored, index)], unit=(i, e)))
+    return out + [TensorRef(f"{p}{name}.weight", role, i, (d,)) for name, role in (
+        ("post_feedforward_layernorm_1", "mlp_out_norm_1"), ("pre_feedforward_layernorm_2", "experts_in_norm"),
+        ("post_feedforward_layernorm_2", "experts_out_norm"))]
 
 
 def block_extra(a, p: str, i: int) -> list[TensorRef]:
