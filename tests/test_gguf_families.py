@@ -1,6 +1,7 @@
 """GGUF files of the frontier families laid out as llama.cpp's converter writes them (gguf-py's
 name table, experts stacked per projection, the router's correction bias as ``exp_probs_b.bias``,
-DeepSeek's MLA ``kv_b_proj`` split into ``attn_k_b`` (transposed) and ``attn_v_b``), read back
+DeepSeek's MLA ``kv_b_proj`` split into ``attn_k_b`` (transposed) and ``attn_v_b``, gpt-oss's and Llama 4's
+fused experts split per projection), read back
 through the GGUF backend: every tensor as saved, cos finds the copy and not the independent model;
 a family whose GGUF layout is not read is refused in one line."""
 import json
@@ -23,7 +24,7 @@ from tracing.stats.base import Context
 
 #: model_type -> the GGUF architecture llama.cpp's converter writes
 CONVERTED = {"deepseek_v3": "deepseek2", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "glm4_moe": "glm4moe",
-             "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe", "gpt_oss": "gpt-oss"}
+             "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe", "gpt_oss": "gpt-oss", "llama4_text": "llama4"}
 
 
 def _split_kv_b(hf: str, t: torch.Tensor, cfg: dict) -> dict:
@@ -51,6 +52,17 @@ def _split_gpt_oss(hf: str, t: torch.Tensor) -> dict:
     return {hf: t}
 
 
+def _split_llama4(hf: str, t: torch.Tensor) -> dict:
+    """The converter's Llama4Model: gate_up_proj [E, d, 2h] transposed and split in halves (gate, up),
+    down_proj transposed."""
+    if hf.endswith("experts.gate_up_proj"):
+        gate, up = t.transpose(-1, -2).split(t.shape[-1] // 2, dim=-2)
+        return {hf.replace("gate_up_proj", "gate_proj.weight"): gate, hf.replace("gate_up_proj", "up_proj.weight"): up}
+    if hf.endswith("experts.down_proj"):
+        return {f"{hf}.weight": t.transpose(-1, -2)}
+    return {hf: t}
+
+
 def write_converted(folder, out_dir, arch: str):
     """``folder`` (a saved float model) as a float32 GGUF laid out as the converter lays out ``arch``,
     with the model's config.json beside it."""
@@ -66,7 +78,7 @@ def write_converted(folder, out_dir, arch: str):
     for hf, t in stack_experts(state).items():
         hf = hf.replace("e_score_correction_bias", "e_score_correction.bias")
         parts = (_split_kv_b(hf, t, cfg) if hf.endswith("kv_b_proj.weight") else
-                 _split_gpt_oss(hf, t) if arch == "gpt-oss" else {hf: t})
+                 _split_gpt_oss(hf, t) if arch == "gpt-oss" else _split_llama4(hf, t) if arch == "llama4" else {hf: t})
         for key, part in parts.items():
             w.add_tensor(name(key), np.ascontiguousarray(part.float().numpy()))
     w.write_header_to_file()

@@ -19,6 +19,8 @@ tensor equals its Hugging Face counterpart up to quantization error:
 - ``gpt-oss``: the experts' fused, transposed ``gate_up_proj`` (gate and up interleaved) and
   ``down_proj`` are written as ``ffn_gate_exps``, ``ffn_up_exps``, ``ffn_down_exps`` [E, out, in] with
   their biases; each expert's role is read from them; the attention sinks are ``attn_sinks.weight``;
+- ``llama4``: the same for Llama 4's stacked experts (gate and up in halves); Q and K rows are not
+  permuted for this architecture;
 - ``deepseek2`` (DeepSeek-V3, Kimi K2): multi-head latent attention's ``kv_b_proj`` is split per head
   into ``attn_k_b`` (the key rows, transposed) and ``attn_v_b``; both are read and put back together.
 
@@ -45,7 +47,7 @@ GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "q
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
              "olmoe": "olmoe", "glm4_moe": "glm4moe", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe",
-             "gpt_oss": "gpt-oss"}
+             "gpt_oss": "gpt-oss", "llama4_text": "llama4"}
 #: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
                   "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -62,9 +64,9 @@ PERMUTED_ARCHS = {"llama"}
 SHIFTED_NORM_ARCHS = {"gemma", "gemma2", "gemma3"}
 #: GGUF architectures whose converter splits MLA's kv_b_proj into attn_k_b (transposed) and attn_v_b
 SPLIT_KV_B_ARCHS = {"deepseek2"}
-#: GGUF architectures whose converter splits fused, transposed experts (gpt-oss's interleaved
-#: ``gate_up_proj`` [E, d, 2h]) into one stacked tensor per projection, as [E, out, in]
-SPLIT_EXPERT_ARCHS = {"gpt-oss"}
+#: GGUF architectures whose converter splits fused, transposed experts (``gate_up_proj`` [E, d, 2h]:
+#: gpt-oss's gate and up interleaved, Llama 4's in halves) into one stacked tensor per projection, as [E, out, in]
+SPLIT_EXPERT_ARCHS = {"gpt-oss", "llama4"}
 _SPLIT_EXPERT = re.compile(r"(?P<pre>.*\.experts)\.\w+#expert_(?P<w>gate|up|down)(?P<bias>_bias)?\.(?P<e>\d+)")
 CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks (bounded temporary memory)
 BAR_ELEMENTS = 1 << 26  # and the largest (embeddings, heads) show a progress bar on a terminal
