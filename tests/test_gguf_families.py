@@ -1,7 +1,7 @@
 """GGUF files of the frontier families laid out as llama.cpp's converter writes them (gguf-py's
 name table, experts stacked per projection, the router's correction bias as ``exp_probs_b.bias``,
 DeepSeek's MLA ``kv_b_proj`` split into ``attn_k_b`` (transposed) and ``attn_v_b``, gpt-oss's and Llama 4's
-fused experts split per projection), read back
+fused experts split per projection, Gemma 4's renamed scales), read back
 through the GGUF backend: every tensor as saved, cos finds the copy and not the independent model;
 a family whose GGUF layout is not read is refused in one line."""
 import json
@@ -24,7 +24,11 @@ from tracing.stats.base import Context
 
 #: model_type -> the GGUF architecture llama.cpp's converter writes
 CONVERTED = {"deepseek_v3": "deepseek2", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "glm4_moe": "glm4moe",
-             "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe", "gpt_oss": "gpt-oss", "llama4_text": "llama4"}
+             "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe", "gpt_oss": "gpt-oss", "llama4_text": "llama4",
+             "gemma4_text": "gemma4"}
+#: (family, config) pairs tested: every family above, and Gemma 4 with experts beside its dense MLPs
+CASES = [(f, {}) for f in CONVERTED] + [("gemma4_text", dict(h=32, enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                                             moe_intermediate_size=16))]
 
 
 def _split_kv_b(hf: str, t: torch.Tensor, cfg: dict) -> dict:
@@ -63,6 +67,19 @@ def _split_llama4(hf: str, t: torch.Tensor) -> dict:
     return {hf: t}
 
 
+def _gemma4_names(hf: str, t: torch.Tensor) -> dict:
+    """The converter's Gemma4Model: .weight appended to the block scalar and the stacked experts, the
+    router's gain and per-expert scale stored as ffn_gate_inp.scale and ffn_down_exps.scale."""
+    if hf.endswith("router.scale"):
+        return {hf.replace("router.scale", "router.proj.scale"): t}
+    if hf.endswith("router.per_expert_scale"):
+        return {hf.replace("router.per_expert_scale", "experts.down_proj.scale"): t}
+    return {hf + ".weight" if hf.endswith(("layer_scalar", "experts.gate_up_proj", "experts.down_proj")) else hf: t}
+
+
+CONVERTERS = {"gpt-oss": _split_gpt_oss, "llama4": _split_llama4, "gemma4": _gemma4_names}
+
+
 def write_converted(folder, out_dir, arch: str):
     """``folder`` (a saved float model) as a float32 GGUF laid out as the converter lays out ``arch``,
     with the model's config.json beside it."""
@@ -78,7 +95,7 @@ def write_converted(folder, out_dir, arch: str):
     for hf, t in stack_experts(state).items():
         hf = hf.replace("e_score_correction_bias", "e_score_correction.bias")
         parts = (_split_kv_b(hf, t, cfg) if hf.endswith("kv_b_proj.weight") else
-                 _split_gpt_oss(hf, t) if arch == "gpt-oss" else _split_llama4(hf, t) if arch == "llama4" else {hf: t})
+                 CONVERTERS[arch](hf, t) if arch in CONVERTERS else {hf: t})
         for key, part in parts.items():
             w.add_tensor(name(key), np.ascontiguousarray(part.float().numpy()))
     w.write_header_to_file()
@@ -93,9 +110,9 @@ def run_cos(a, b):
     return get_stat("cos").fn(Context(Options(stat=["cos"]), progress=False), a, b)
 
 
-@pytest.mark.parametrize("family", list(CONVERTED))
-def test_converted_gguf_reads_every_tensor(tmp_path, family):
-    _, paths = save_trio(tmp_path / "hf", family)
+@pytest.mark.parametrize("family, config", CASES, ids=[f + ("_moe" if c else "") for f, c in CASES])
+def test_converted_gguf_reads_every_tensor(tmp_path, family, config):
+    _, paths = save_trio(tmp_path / "hf", family, **config)
     ggufs = {tag: Checkpoint(write_converted(paths[tag], tmp_path / f"gguf-{tag}", CONVERTED[family]))
              for tag in ("base", "ft")}
     ref, g = Checkpoint(paths["base"]), ggufs["base"]

@@ -21,6 +21,9 @@ tensor equals its Hugging Face counterpart up to quantization error:
   their biases; each expert's role is read from them; the attention sinks are ``attn_sinks.weight``;
 - ``llama4``: the same for Llama 4's stacked experts (gate and up in halves); Q and K rows are not
   permuted for this architecture;
+- ``gemma4``: names only (norm gains are stored as they are, x̂·w): ``layer_scalar`` and the stacked
+  experts get ``.weight``, the router's gain is ``ffn_gate_inp.scale`` and its per-expert scale
+  ``ffn_down_exps.scale``;
 - ``deepseek2`` (DeepSeek-V3, Kimi K2): multi-head latent attention's ``kv_b_proj`` is split per head
   into ``attn_k_b`` (the key rows, transposed) and ``attn_v_b``; both are read and put back together.
 
@@ -47,7 +50,7 @@ GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "q
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
              "olmoe": "olmoe", "glm4_moe": "glm4moe", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe",
-             "gpt_oss": "gpt-oss", "llama4_text": "llama4"}
+             "gpt_oss": "gpt-oss", "llama4_text": "llama4", "gemma4_text": "gemma4"}
 #: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
                   "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -64,6 +67,11 @@ PERMUTED_ARCHS = {"llama"}
 SHIFTED_NORM_ARCHS = {"gemma", "gemma2", "gemma3"}
 #: GGUF architectures whose converter splits MLA's kv_b_proj into attn_k_b (transposed) and attn_v_b
 SPLIT_KV_B_ARCHS = {"deepseek2"}
+#: GGUF architectures whose converter appends .weight to every parameter without a suffix
+WEIGHT_SUFFIXED_ARCHS = {"gemma4"}
+#: per-tensor scales the converter stores beside another tensor: checkpoint name tail -> (tensor, suffix)
+SCALE_RENAMES = {"gemma4": {"router.scale": ("router.proj", "scale"),
+                            "router.per_expert_scale": ("experts.down_proj", "scale")}}
 #: GGUF architectures whose converter splits fused, transposed experts (``gate_up_proj`` [E, d, 2h]:
 #: gpt-oss's gate and up interleaved, Llama 4's in halves) into one stacked tensor per projection, as [E, out, in]
 SPLIT_EXPERT_ARCHS = {"gpt-oss", "llama4"}
@@ -152,6 +160,26 @@ def regroup_neox_qkv(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(3, n_head, w.shape[0] // 3 // n_head, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
 
 
+def _stored_base(gguf_arch: str, stored: str) -> tuple[str, str, int | None]:
+    """``(name the table maps, suffix, expert or None)`` of a stored checkpoint tensor, as the
+    converter renames it before looking it up."""
+    m = _EXPERT.fullmatch(stored)
+    if m:
+        return f"{m['pre']}.{m['w']}", "weight", int(m["e"])
+    if stored.endswith("e_score_correction_bias"):  # the converter names it ...e_score_correction.bias
+        return stored[:-len("_bias")], "bias", None
+    if gguf_arch in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
+        return stored[:-len(".weight")].replace("kv_b_proj", "k_b_proj"), "weight", None  # + attn_v_b
+    for tail, (renamed, suffix) in SCALE_RENAMES.get(gguf_arch, {}).items():
+        if stored.endswith(tail):
+            return stored[:-len(tail)] + renamed, suffix, None
+    base, _, suffix = stored.rpartition(".")
+    if suffix in ("weight", "bias"):
+        return base, suffix, None
+    # a parameter without a .weight suffix (gpt-oss's sinks, Gemma 4's layer_scalar and stacked experts)
+    return stored, "weight" if stored.endswith(".sinks") or gguf_arch in WEIGHT_SUFFIXED_ARCHS else "", None
+
+
 def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
     """``{checkpoint tensor name: (GGUF tensor name, expert or None)}`` for every stored tensor of
     ``arch`` (gguf-py's TensorNameMap, the table llama.cpp's converter names tensors with; the experts
@@ -168,19 +196,7 @@ def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
                 out[name] = (g + (".bias" if split["bias"] else ".weight"), int(split["e"]))
             continue
         for stored, _ in arch.ref(name).stores[:1]:  # the on-disk layout
-            m, expert = _EXPERT.fullmatch(stored), None
-            if m:
-                base, suffix, expert = f"{m['pre']}.{m['w']}", "weight", int(m["e"])
-            elif stored.endswith("e_score_correction_bias"):  # the converter names it ...e_score_correction.bias
-                base, suffix = stored[:-len("_bias")], "bias"
-            elif stored.endswith(".sinks"):  # gpt-oss: the converter appends .weight
-                base, suffix = stored, "weight"
-            elif gguf_arch in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
-                base, suffix = stored[:-len(".weight")].replace("kv_b_proj", "k_b_proj"), "weight"  # + attn_v_b
-            else:
-                base, _, suffix = stored.rpartition(".")
-                if suffix not in ("weight", "bias"):
-                    base, suffix = stored, ""
+            base, suffix, expert = _stored_base(gguf_arch, stored)
             g = table.get_name(base)
             if g is not None:
                 out[stored] = (g + (f".{suffix}" if suffix else ""), expert)
