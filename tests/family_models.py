@@ -11,9 +11,9 @@ MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 FRONTIER_MOE = ("deepseek_v3", "deepseek_v32", "qwen3_5_moe_text", "qwen3_next", "gpt_oss", "olmoe", "glm4_moe", "minimax_m2",
                 "llama4_text", "ernie4_5_moe")
 STACKED_ON_DISK = ("gpt_oss", "llama4_text")  # experts stored stacked, as transformers holds them
-FRONTIER = FRONTIER_MOE + ("qwen3_5_text",)  # mixtures of experts with dense first blocks, MLA, ...
+FRONTIER = FRONTIER_MOE + ("qwen3_5_text", "gemma4_text")  # mixtures of experts with dense first blocks, MLA, ...
 FAMILIES = ("llama", "mistral", "qwen2") + DENSE + MOE + FRONTIER
-POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox")  # rotation is not exact
+POST_NORM = ("gemma2", "gemma3_text", "olmo2", "gpt_neox", "gemma4_text")  # rotation is not exact
 GATED = tuple(f for f in FAMILIES if f != "gpt_neox")
 
 
@@ -57,6 +57,13 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
         "glm4_moe": dict(n_routed_experts=E, num_experts_per_tok=2, moe_intermediate_size=h // 2, n_shared_experts=1,
                          first_k_dense_replace=1, n_group=1, topk_group=1, use_qk_norm=True, attention_bias=True,
                          L=max(L, 3)),
+        # sliding and global blocks of different head sizes, values = keys in global blocks, the last two
+        # blocks sharing keys and values (with double-width MLPs), per-layer embeddings of width 8
+        "gemma4_text": dict(L=max(L, 4), layer_types=["sliding_attention", "full_attention"] * (max(L, 4) // 2),
+                            sliding_window=8, global_head_dim=16, num_global_key_value_heads=1,
+                            attention_k_eq_v=True, num_kv_shared_layers=2, use_double_wide_mlp=True,
+                            hidden_size_per_layer_input=8, vocab_size_per_layer_input=V,
+                            final_logit_softcapping=30.0),
         "gpt_oss": dict(num_local_experts=E, num_experts_per_tok=2, intermediate_size=h // 2, sliding_window=8,
                         layer_types=(["sliding_attention", "full_attention"] * L)[:L]),
     }.get(family, {})
@@ -69,12 +76,15 @@ def family_config(family: str, d: int = 32, h: int = 64, L: int = 2, V: int = 96
 
 def family_model(config, seed: int = 0, std: float = 0.08):
     """A random model with non-trivial norm gains and biases (Gemma's gains ``1 + w`` around w = 0)."""
-    model = tiny_model(config, seed, std, norm_center=0.0 if config.model_type.startswith("gemma") else 1.0)
+    one_plus_w = config.model_type in ("gemma", "gemma2", "gemma3_text")  # Gemma 4's gains are plain w
+    model = tiny_model(config, seed, std, norm_center=0.0 if one_plus_w else 1.0)
     g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # a router's correction bias is a buffer: make it non-trivial too
+    with torch.no_grad():  # a router's correction bias and Gemma 4's block scalars are buffers: non-trivial too
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(0.1 * torch.randn(b.shape, generator=g))
+            elif name.endswith("layer_scalar"):
+                b.copy_(0.7 + 0.6 * torch.rand(b.shape, generator=g))
     return model
 
 

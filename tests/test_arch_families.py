@@ -164,7 +164,7 @@ def _independent_cos(family, n, **cfg):
     return out
 
 
-@pytest.mark.parametrize("family", ["gemma2", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["gemma2", "qwen3_moe", "gemma4_text"])
 def test_cos_calibrated(family):
     p = _independent_cos(family, 30, L=2, E=3)
     assert scipy.stats.kstest(p, "uniform").pvalue > 0.01

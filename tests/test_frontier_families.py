@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 from safetensors.torch import load_file, save_file
 
-from family_models import family_config, family_model, noisy, random_ids
+from family_models import family_config, family_model, noisy, random_ids, save_trio
 from tracing.models import Checkpoint, from_module
 from tracing.options import Options
 from tracing.stats import get as get_stat
@@ -143,6 +143,8 @@ def _layer_type(name):
     ("gemma3_text", dict(config=_layer_type("mystery_attention")), "mystery_attention"),  # unknown to transformers
     ("gemma3_text", dict(config=_layer_type("linear_attention")), "'linear_attention' that gemma3_text"),
     ("qwen3_5_moe_text", dict(config=_layer_type("sliding_attention")), "'sliding_attention' that qwen3_5_moe_text"),
+    ("gemma4_text", dict(config=lambda cfg: cfg.update(enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                                       moe_intermediate_size=16)), "experts.gate_up_proj not found"),
 ])
 def test_bad_input_is_one_line(tmp_path, family, edit, needle):
     c = family_config(family)
@@ -165,7 +167,14 @@ WRAPPERS = {
                  ("language_model.model.", "language_model.lm_head.")),
     "qwen3_5_moe": ("qwen3_5_moe_text", dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64,
                                              out_hidden_size=32), ("model.language_model.", "lm_head.")),
+    "llama4": ("llama4_text", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                   vision_output_dim=32, projector_input_dim=32, projector_output_dim=32,
+                                   image_size=28, patch_size=14), ("language_model.model.", "language_model.lm_head.")),
+    "gemma4": ("gemma4_text", dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+                                   head_dim=16, intermediate_size=64), ("model.language_model.", "lm_head.")),
 }
+#: where transformers' vision-language modules hold the language model (text model prefix, lm_head)
+IN_MEMORY = (("model.language_model.", "lm_head."), ("language_model.model.", "language_model.lm_head."))
 
 
 def _wrapped(wrapper, seed):
@@ -179,8 +188,9 @@ def _wrapped(wrapper, seed):
     text = family_model(text_cfg, seed=seed)
     vlm = AutoModelForImageTextToText.from_config(cfg).eval()
     sd = vlm.state_dict()
+    model, head = next(m for m in IN_MEMORY if f"{m[0]}embed_tokens.weight" in sd)
     for k, v in text.state_dict().items():
-        sd[k.replace("model.", "model.language_model.", 1) if k.startswith("model.") else k] = v
+        sd[model + k[len("model."):] if k.startswith("model.") else k.replace("lm_head.", head, 1)] = v
     vlm.load_state_dict(sd)
     return vlm, text
 
@@ -190,7 +200,8 @@ def _save_hub_layout(vlm, wrapper, folder):
     _, _, (model, head) = WRAPPERS[wrapper]
     folder.mkdir()
     vlm.config.save_pretrained(folder)
-    sd = {k.replace("model.language_model.", model, 1).replace("lm_head.", head, 1): v.contiguous()
+    mem_model, mem_head = next(m for m in IN_MEMORY if any(k.startswith(m[0]) for k in vlm.state_dict()))
+    sd = {k.replace(mem_model, model, 1).replace(mem_head, head, 1): v.contiguous()
           for k, v in vlm.state_dict().items()}
     save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
 
@@ -221,3 +232,63 @@ def test_vision_language_wrapper_reads_its_language_model(tmp_path, wrapper):
     res = pickle.loads(rec.read_bytes())
     assert res["log10_pvalue"] < -6
     assert any(wrapper in n and "vision tower is ignored" in n for n in res["notes"]), res["notes"]
+
+
+def test_gemma4_embedding_distance_and_activation_statistics(tmp_path):
+    """Gemma 4 (per-layer embeddings, shared keys and values, double-width MLPs): emb, l2 and csh find
+    the noisy copy and not the independent model."""
+    base, paths = save_trio(tmp_path, "gemma4_text")
+    tokens = lambda: random_ids(base.config.vocab_size, n=4, T=32, seed=9)
+    a = Checkpoint(paths["base"])
+    for stat, level in (("emb", -6), ("l2", math.log10(0.02)), ("csh", -6)):
+        assert run_stat(stat, a, Checkpoint(paths["ft"]), tokens=tokens).log10_pvalue < level, stat
+        assert run_stat(stat, a, Checkpoint(paths["indep"]), tokens=tokens).log10_pvalue > math.log10(0.01), stat
+
+
+# ---- Gemma 4 mixtures of experts (enable_moe_block: routed experts beside the dense MLP) ----------------
+GEMMA4_MOE = dict(h=32, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16)
+
+
+def test_gemma4_experts_permutation_alignment_and_power(tmp_path):
+    """The dense MLP is the block's shared expert; the experts read their own norm. --permute preserves
+    the logits (transformers and the block engine), --align recovers planted permutations, cos and match
+    find the noisy copy expert by expert and not the independent model."""
+    from tracing.align import align
+    from tracing.engine import Engine
+    from tracing.transforms import Permuted, permute, random_permutations, transform_module
+    from family_models import logits, rel_diff
+    base, paths = save_trio(tmp_path, "gemma4_text", **GEMMA4_MOE)
+    ck, ids = Checkpoint(paths["base"]), random_ids(base.config.vocab_size)
+    ref = logits(base, ids)
+    assert rel_diff(ref, logits(transform_module(base, lambda s: permute(s, seed=5)), ids)) <= 1e-5
+    out = []
+    Engine(progress=False).run([permute(ck, seed=3)], ids, on_logits=lambda _b, lg, _i: out.append(lg))
+    assert rel_diff(ref, torch.cat([o[0] for o in out])) <= 1e-5
+    ft = Checkpoint(paths["ft"])
+    pi_e, pi_i = random_permutations(ft.arch, seed=11)
+    assert any(k[1] == "shared" for k in pi_i) and any(k[1] == 3 for k in pi_i)
+    al = align(ck, Permuted(ft, pi_e, pi_i), progress=False)
+    assert np.array_equal(al.pi_e, torch.argsort(pi_e).numpy())
+    assert all(np.array_equal(al.pi_i[k], torch.argsort(p).numpy()) for k, p in pi_i.items())
+    tokens = lambda: random_ids(base.config.vocab_size, n=4, T=32, seed=9)
+    for stat, view in (("cos", lambda c: c), ("match", lambda c: permute(c, seed=3))):
+        dep = run_stat(stat, ck, view(Checkpoint(paths["ft"])), tokens=tokens)
+        assert dep.extra["experts"] and dep.log10_pvalue < -6, stat
+        assert run_stat(stat, ck, view(Checkpoint(paths["indep"])), tokens=tokens).log10_pvalue > math.log10(0.01), stat
+
+
+def test_gemma4_experts_grid_calibrated():
+    p = []
+    for k in range(30):
+        c = family_config("gemma4_text", d=32, E=3, **GEMMA4_MOE)
+        a, b = (from_module(family_model(c, seed=700 + 2 * k + s)) for s in (0, 1))
+        p.append(10 ** run_stat("cos", a, b).log10_pvalue)
+    assert scipy.stats.kstest(p, "uniform").pvalue > 0.01, sorted(p)
+
+
+def test_gemma4_experts_refuse_norm_folding():
+    from tracing.errors import TracingError
+    from tracing.transforms import fold_norms
+    model = from_module(family_model(family_config("gemma4_text", **GEMMA4_MOE), seed=1))
+    with pytest.raises(TracingError, match="read norms of their own"):
+        fold_norms(model)

@@ -171,9 +171,11 @@ class Engine:
         batches = [slice(b, min(b + self.batch_size, N)) for b in range(0, N, self.batch_size)]
         pos = torch.arange(T, device=self.device)[None]
 
-        hidden = []
-        for lane in lanes:
+        hidden, extras = [], []
+        for k, lane in enumerate(lanes):
             hidden.append(self._embed(lane, ids))
+            make = lane.arch.fam.layer_inputs  # further inputs of every block (Gemma 4's per-layer embeddings)
+            extras.append(make(lane, skels[k], ids, hidden[-1], self.dtype) if make else None)
             lane.release()
         pos_emb = [self._position_embeddings(sk, hidden[k][:1], pos) for k, sk in enumerate(skels)]
         masks = [{} for _ in lanes]
@@ -181,7 +183,7 @@ class Engine:
         try:
             for i in range(L):
                 captures = [self._block(lane, i, skels[k], hidden[k], batches, pos, pos_emb[k], masks[k],
-                                        capture=on_block is not None) for k, lane in enumerate(lanes)]
+                                        capture=on_block is not None, extra=extras[k]) for k, lane in enumerate(lanes)]
                 if on_block is not None:
                     self._live += 1
                     self.max_live_blocks = max(self.max_live_blocks, self._live)
@@ -201,14 +203,18 @@ class Engine:
         for b in batches:
             on_logits(b, [head(hidden[k][b]) for k, head in enumerate(heads)], ids[b])
 
-    def _block(self, lane, i, skel, hidden, batches, pos, pos_emb, masks, capture: bool) -> Capture | None:
+    def _block(self, lane, i, skel, hidden, batches, pos, pos_emb, masks, capture: bool,
+               extra=None) -> Capture | None:
         """Push one lane's hidden states through block i in place; its MLP activations if asked."""
         layer, proj = self._layer(lane, i, skel)
         inputs: list[torch.Tensor] = []
-        handle = None
+        expert_inputs: list[torch.Tensor] = []  # when the experts read another input (Gemma 4)
+        handles = []
         if capture:
-            handle = getattr(layer, lane.arch.fam.mlp_module).register_forward_pre_hook(
-                lambda _m, args: inputs.append(args[0].reshape(-1, args[0].shape[-1])))
+            hooks = [(lane.arch.fam.mlp_module, inputs), (lane.arch.fam.experts_module, expert_inputs)]
+            handles = [getattr(layer, name).register_forward_pre_hook(
+                lambda _m, args, into=into: into.append(args[0].reshape(-1, args[0].shape[-1])))
+                for name, into in hooks if name and hasattr(layer, name)]
         kind = self._layer_type(skel.config, i)
         try:
             for b in batches:
@@ -219,20 +225,22 @@ class Engine:
                 # (e.g. DeepSeek-V3.2's indexed attention) are causal
                 mask = None if kind == "linear_attention" else masks[x.shape[0]].get(kind, masks[x.shape[0]]["full_attention"])
                 out = layer(x, attention_mask=mask, position_ids=pos,
-                            position_embeddings=pos_emb[kind])
+                            position_embeddings=pos_emb[kind], **(extra(i, b) if extra else {}))
                 hidden[b] = out[0] if isinstance(out, tuple) else out
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         del layer
         lane.release()
         if not capture:
             return None
         x = torch.cat(inputs)
-        del inputs
+        x_experts = torch.cat(expert_inputs) if expert_inputs else x
+        del inputs, expert_inputs
         caps = {}
         for expert, p in proj.items():
-            acts = {kind: F.linear(x, W, bias).float() for kind, (W, bias) in p.items()}
+            xe = x if expert in (None, "shared") else x_experts
+            acts = {kind: F.linear(xe, W, bias).float() for kind, (W, bias) in p.items()}
             caps[expert] = Capture(gate=acts.get("gate"), up=acts.get("up"))
         if list(caps) == [None]:
             return caps[None]

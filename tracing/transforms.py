@@ -168,6 +168,9 @@ class NormsFolded(_FoldingView):
         if inner.arch.norm_bias:
             raise TracingError(f"--fold_norms is not function-preserving for {inner.arch.model_type}: its "
                                f"LayerNorms add a bias after the gain; run without --fold_norms")
+        if any(r.role == "experts_in_norm" for r in inner.arch.block_refs(0)):
+            raise TracingError(f"--fold_norms is not function-preserving for {inner.arch.model_type} mixtures of "
+                               f"experts: the experts and the router read norms of their own; run without --fold_norms")
         self.arch = inner.arch.untied()
 
     def get(self, name, dtype=torch.float32):

@@ -16,7 +16,11 @@ mixture of experts ``router``, ``router_bias`` (per expert), ``expert_gate exper
 with ``_bias`` for gpt-oss), attention ``sinks`` (per head),
 ``shared_gate shared_up shared_down shared_router``; norms ``in_norm`` (read by attention),
 ``post_norm`` (read by the MLP), ``attn_out_norm`` / ``mlp_out_norm`` (post-norms on a
-sublayer's output), ``*_bias`` of LayerNorms; ``embed``, ``final_norm``, ``lm_head``.
+sublayer's output), ``*_bias`` of LayerNorms; ``embed``, ``final_norm``, ``lm_head``; Gemma 4's per-layer
+embeddings ``ple_embed``, ``ple_proj`` (reads the embedded input), ``ple_norm`` and per block ``ple_gate``
+(reads the residual stream), ``ple_out`` (writes it), ``ple_out_norm`` (its post-norm), ``layer_scalar``, and in
+its mixture-of-experts blocks ``router_scale`` (a gain over the residual stream), ``router_expert_scale``,
+``experts_in_norm`` (the experts' own input norm), ``mlp_out_norm_1`` / ``experts_out_norm`` (post-norms).
 """
 from __future__ import annotations
 
@@ -46,17 +50,19 @@ ATTN_ROLES = frozenset({"q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bia
                         "lin_conv", "lin_A_log", "lin_dt_bias", "lin_norm", "lin_out", "sinks", *LINEAR_READERS})
 MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias", "router", "router_bias",
                        "expert_gate", "expert_up", "expert_down", "expert_gate_bias", "expert_up_bias",
-                       "expert_down_bias", "shared_gate", "shared_up", "shared_down", "shared_router"})
+                       "expert_down_bias", "shared_gate", "shared_up", "shared_down", "shared_router",
+                       "ple_gate", "ple_out", "router_scale", "router_expert_scale"})
 NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
-                        "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias"})
+                        "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias", "ple_out_norm",
+                        "mlp_out_norm_1", "experts_in_norm", "experts_out_norm"})
 #: columns index the residual stream
 READ_RESIDUAL = frozenset({"q", "k", "v", "q_a", "kv_a", "indexer_k", "indexer_weights", "gate", "up", "embed",
                            "lm_head", "router", "expert_gate", "expert_up", "shared_gate", "shared_up",
-                           "shared_router", *LINEAR_READERS})
+                           "shared_router", "ple_gate", "ple_proj", *LINEAR_READERS})
 #: rows index the residual stream
-WRITE_RESIDUAL = frozenset({"o", "lin_out", "down", "expert_down", "shared_down"})
+WRITE_RESIDUAL = frozenset({"o", "lin_out", "down", "expert_down", "shared_down", "ple_out"})
 #: vectors over the residual stream
-RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias", "expert_down_bias"}
+RES_VECTORS = NORM_ROLES | {"final_norm", "final_norm_bias", "o_bias", "down_bias", "expert_down_bias", "router_scale"}
 #: rows (resp. columns) index the hidden units of an MLP or expert
 UNIT_ROWS = frozenset({"gate", "up", "gate_bias", "up_bias", "expert_gate", "expert_up", "expert_gate_bias",
                        "expert_up_bias", "shared_gate", "shared_up"})

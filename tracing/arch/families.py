@@ -19,6 +19,8 @@ from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, 
 from .moe_shapes import mixtral_shape, qwen_moe_shape
 from .ernie import ernie_moe, ernie_shape
 from .gpt_oss import attention_sinks, gpt_oss_moe, gpt_oss_shape
+from .gemma4 import (attention_gemma4, block_extra, gemma4_dims, gemma4_moe, gemma4_moe_shape, global_extra, layer_inputs,
+                     mlp_gemma4)
 from .llama4 import llama4_mlp, llama4_moe, llama4_shape
 from .qwen_hybrid import attention_qwen3_5, attention_qwen3_next, linear_dims
 
@@ -83,3 +85,10 @@ register(replace(_BASE, model_type="llama4_text", group="llama4", mlp=llama4_mlp
                  layer_types=frozenset({"chunked_attention", "full_attention"})))
 register(replace(_BASE, model_type="ernie4_5_moe", group="ernie4_5_moe", moe=ernie_moe, moe_shape=ernie_shape,
                  qkv_bias=False, o_bias=False, shared_prefix="mlp.shared_experts.", shared_gate=None))
+register(Family("llama4", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Llama 4 vision-language
+# Gemma 4: post-norms x̂·w (no 1 + w), per-block head sizes, shared keys and values, per-layer embeddings
+register(replace(_BASE, model_type="gemma4_text", group="gemma4", norms="gemma2", tied_default=True, embed_scaled=True,
+                 rotation_problem=POST_NORMS, attention=attention_gemma4, mlp=mlp_gemma4, dims=gemma4_dims,
+                 moe=gemma4_moe, moe_shape=gemma4_moe_shape, experts_module="experts",
+                 block_extra=block_extra, global_extra=global_extra, layer_inputs=layer_inputs))
+register(Family("gemma4", text_of="text_config", wrapped=LANGUAGE_MODEL))  # Gemma 4 vision-language

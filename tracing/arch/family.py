@@ -65,6 +65,8 @@ class Family:
     dense_width: str = "intermediate_size"
     #: the attribute of a decoder layer holding its MLP (activation captures hook its input)
     mlp_module: str = "mlp"
+    #: the attribute holding the routed experts when they read another input than the MLP (Gemma 4)
+    experts_module: str | None = None
     #: q_proj also holds a per-head output gate (twice the rows)
     q_gated: bool = False
     #: run forward passes with transformers' eager attention (no sdpa path, e.g. attention sinks)
@@ -73,6 +75,13 @@ class Family:
     explicit_mask: bool = False
     #: ``(config, where) -> dict`` of further sizes a layout function reads with ``arch.dim(key)``
     dims: Callable | None = None
+    #: further tensors of a block ``(arch, block prefix, block) -> [TensorRef]`` and of the model
+    #: ``(arch) -> [TensorRef]`` (Gemma 4's per-layer embeddings and block scalars)
+    block_extra: Callable | None = None
+    global_extra: Callable | None = None
+    #: what a block's forward call takes besides hidden states, mask and positions:
+    #: ``(lane, skeleton, ids, embedded input, dtype) -> ((block, batch slice) -> keyword arguments)``
+    layer_inputs: Callable | None = None
     #: where a block's experts live on disk, and the file names of gate, up and down
     expert_prefix: str = "mlp."
     expert_files: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")

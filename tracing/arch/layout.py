@@ -180,7 +180,7 @@ def block_refs(a, i: int) -> list[TensorRef]:
     p = f"{a.layers_prefix}.{i}."
     fam = a.fam
     mlp = fam.moe(a, p, i) if a.is_moe_block(i) else fam.mlp(a, p, i, a.h)
-    return fam.attention(a, p, i) + mlp + norm_refs(a, p, i)
+    return fam.attention(a, p, i) + mlp + norm_refs(a, p, i) + (fam.block_extra(a, p, i) if fam.block_extra else [])
 
 
 def global_refs(a) -> list[TensorRef]:
@@ -190,7 +190,7 @@ def global_refs(a) -> list[TensorRef]:
         out.append(TensorRef(a.final_norm.replace(".weight", ".bias"), "final_norm_bias", None, (d,)))
     stores = [(name, None) for name in a.fam.lm_head_stores]
     out.append(TensorRef("lm_head.weight", "lm_head", None, (V, d), stores, module=("lm_head.weight", None)))
-    return out
+    return out + (a.fam.global_extra(a) if a.fam.global_extra else [])
 
 
 def wrapped_refs(refs: list[TensorRef], wrapper) -> list[TensorRef]:

@@ -7,8 +7,16 @@ from ..errors import TracingError
 
 
 def get(config: Any, key: str, default=None):
-    """A config value from a transformers config object or a config.json dict."""
-    return getattr(config, key, default) if not isinstance(config, dict) else config.get(key, default)
+    """A config value from a transformers config object or a config.json dict (a value that varies per
+    block, e.g. Gemma 4's ``head_dim``, is the config's global one, as config.json holds it)."""
+    if isinstance(config, dict):
+        return config.get(key, default)
+    try:
+        return getattr(config, key, default)
+    except Exception as e:  # transformers refuses a global read of a per-layer attribute
+        if type(e).__name__ != "AmbiguousGlobalPerLayerAttributeError":
+            raise
+        return config.to_dict().get(key, default)
 
 
 def size(config: Any, key: str, where: str, required: bool = True) -> int | None:

@@ -11,9 +11,21 @@ tensor equals its Hugging Face counterpart up to quantization error:
   rotary layout;
 - ``gemma``, ``gemma2``, ``gemma3``: every norm gain is stored as 1 + w;
 - ``gptneox``: ``query_key_value`` is regrouped from per-head (q, k, v) to all q, all k, all v;
-- mixtures of experts (``llama`` with experts for Mixtral, ``qwen2moe``, ``qwen3moe``): each block's
-  experts are stacked in one tensor per projection (``ffn_gate_exps``, ``ffn_up_exps``,
-  ``ffn_down_exps``), read once and handed out expert by expert.
+- mixtures of experts (``llama`` with experts for Mixtral, ``qwen2moe``, ``qwen3moe``, ``deepseek2``,
+  ``olmoe``, ``glm4moe``, ``minimax-m2``, ``ernie4_5-moe``):
+  each block's experts are stacked in one tensor per projection (``ffn_gate_exps``, ``ffn_up_exps``,
+  ``ffn_down_exps``), read once and handed out expert by expert; a router's correction bias
+  (``e_score_correction_bias``) is ``exp_probs_b.bias``;
+- ``gpt-oss``: the experts' fused, transposed ``gate_up_proj`` (gate and up interleaved) and
+  ``down_proj`` are written as ``ffn_gate_exps``, ``ffn_up_exps``, ``ffn_down_exps`` [E, out, in] with
+  their biases; each expert's role is read from them; the attention sinks are ``attn_sinks.weight``;
+- ``llama4``: the same for Llama 4's stacked experts (gate and up in halves); Q and K rows are not
+  permuted for this architecture;
+- ``gemma4``: names only (norm gains are stored as they are, x̂·w): ``layer_scalar`` and the stacked
+  experts get ``.weight``, the router's gain is ``ffn_gate_inp.scale`` and its per-expert scale
+  ``ffn_down_exps.scale``;
+- ``deepseek2`` (DeepSeek-V3, Kimi K2): multi-head latent attention's ``kv_b_proj`` is split per head
+  into ``attn_k_b`` (the key rows, transposed) and ``attn_v_b``; both are read and put back together.
 
 Config and tokenizer come from the folder when it has them (``./folder:file.gguf``), else from the
 file's metadata through transformers' GGUF support (the architectures it reads, see
@@ -36,7 +48,9 @@ from . import QuantizedBackend
 #: the GGUF architecture llama.cpp writes for each model_type the adapter knows
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
-             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
+             "olmoe": "olmoe", "glm4_moe": "glm4moe", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe",
+             "gpt_oss": "gpt-oss", "llama4_text": "llama4", "gemma4_text": "gemma4"}
 #: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
                   "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -51,6 +65,17 @@ _EXPERT = re.compile(r"(?P<pre>.*\.experts)\.(?P<e>\d+)\.(?P<w>\w+)\.weight")
 PERMUTED_ARCHS = {"llama"}
 #: GGUF architectures whose converter stores norm gains as 1 + w
 SHIFTED_NORM_ARCHS = {"gemma", "gemma2", "gemma3"}
+#: GGUF architectures whose converter splits MLA's kv_b_proj into attn_k_b (transposed) and attn_v_b
+SPLIT_KV_B_ARCHS = {"deepseek2"}
+#: GGUF architectures whose converter appends .weight to every parameter without a suffix
+WEIGHT_SUFFIXED_ARCHS = {"gemma4"}
+#: per-tensor scales the converter stores beside another tensor: checkpoint name tail -> (tensor, suffix)
+SCALE_RENAMES = {"gemma4": {"router.scale": ("router.proj", "scale"),
+                            "router.per_expert_scale": ("experts.down_proj", "scale")}}
+#: GGUF architectures whose converter splits fused, transposed experts (``gate_up_proj`` [E, d, 2h]:
+#: gpt-oss's gate and up interleaved, Llama 4's in halves) into one stacked tensor per projection, as [E, out, in]
+SPLIT_EXPERT_ARCHS = {"gpt-oss", "llama4"}
+_SPLIT_EXPERT = re.compile(r"(?P<pre>.*\.experts)\.\w+#expert_(?P<w>gate|up|down)(?P<bias>_bias)?\.(?P<e>\d+)")
 CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks (bounded temporary memory)
 BAR_ELEMENTS = 1 << 26  # and the largest (embeddings, heads) show a progress bar on a terminal
 
@@ -135,6 +160,26 @@ def regroup_neox_qkv(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(3, n_head, w.shape[0] // 3 // n_head, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
 
 
+def _stored_base(gguf_arch: str, stored: str) -> tuple[str, str, int | None]:
+    """``(name the table maps, suffix, expert or None)`` of a stored checkpoint tensor, as the
+    converter renames it before looking it up."""
+    m = _EXPERT.fullmatch(stored)
+    if m:
+        return f"{m['pre']}.{m['w']}", "weight", int(m["e"])
+    if stored.endswith("e_score_correction_bias"):  # the converter names it ...e_score_correction.bias
+        return stored[:-len("_bias")], "bias", None
+    if gguf_arch in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
+        return stored[:-len(".weight")].replace("kv_b_proj", "k_b_proj"), "weight", None  # + attn_v_b
+    for tail, (renamed, suffix) in SCALE_RENAMES.get(gguf_arch, {}).items():
+        if stored.endswith(tail):
+            return stored[:-len(tail)] + renamed, suffix, None
+    base, _, suffix = stored.rpartition(".")
+    if suffix in ("weight", "bias"):
+        return base, suffix, None
+    # a parameter without a .weight suffix (gpt-oss's sinks, Gemma 4's layer_scalar and stacked experts)
+    return stored, "weight" if stored.endswith(".sinks") or gguf_arch in WEIGHT_SUFFIXED_ARCHS else "", None
+
+
 def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
     """``{checkpoint tensor name: (GGUF tensor name, expert or None)}`` for every stored tensor of
     ``arch`` (gguf-py's TensorNameMap, the table llama.cpp's converter names tensors with; the experts
@@ -144,14 +189,14 @@ def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
     table = get_tensor_name_map(key, arch.L)
     out = {}
     for name in arch.names():
+        split = _SPLIT_EXPERT.fullmatch(name) if gguf_arch in SPLIT_EXPERT_ARCHS else None
+        if split:  # a role of a fused expert tensor is one expert of the converter's per-projection tensor
+            g = table.get_name(f"{split['pre']}.{split['w']}_proj")
+            if g is not None:
+                out[name] = (g + (".bias" if split["bias"] else ".weight"), int(split["e"]))
+            continue
         for stored, _ in arch.ref(name).stores[:1]:  # the on-disk layout
-            m, expert = _EXPERT.fullmatch(stored), None
-            if m:
-                base, suffix, expert = f"{m['pre']}.{m['w']}", "weight", int(m["e"])
-            else:
-                base, _, suffix = stored.rpartition(".")
-                if suffix not in ("weight", "bias"):
-                    base, suffix = stored, ""
+            base, suffix, expert = _stored_base(gguf_arch, stored)
             g = table.get_name(base)
             if g is not None:
                 out[stored] = (g + (f".{suffix}" if suffix else ""), expert)
@@ -247,7 +292,7 @@ class GGUFBackend(QuantizedBackend):
     def has(self, name, stored: dict | None = None):
         stored = self._stored if stored is None else stored
         try:
-            return any(s in stored for s, _ in self._ref(name).stores)
+            return name in stored or any(s in stored for s, _ in self._ref(name).stores)
         except TracingError:
             return False
 
@@ -261,7 +306,7 @@ class GGUFBackend(QuantizedBackend):
     def _find(self, name):
         """``(ref, stored name, index, GGUF tensor, expert)`` of a logical tensor."""
         ref = self._ref(name)
-        found = next(((s, i) for s, i in ref.stores if s in self._stored), None)
+        found = (name, None) if name in self._stored else next(((s, i) for s, i in ref.stores if s in self._stored), None)
         if found is None:
             raise TracingError(f"{self.label}: tensor {name} not found in {self.file.name}")
         stored, index = found
@@ -306,6 +351,8 @@ class GGUFBackend(QuantizedBackend):
             return "norm"
         if g == "gptneox" and ".query_key_value." in stored:
             return "neox_qkv"
+        if g in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
+            return "kv_b"
         return None
 
     def _read(self, stored: str, keep: bool = False) -> torch.Tensor:
@@ -332,7 +379,20 @@ class GGUFBackend(QuantizedBackend):
             return w - 1
         if change == "neox_qkv":
             return regroup_neox_qkv(w, a.n_heads)
+        if change == "kv_b":
+            return self._joined_kv_b(stored, w)
         return w
+
+    def _joined_kv_b(self, stored: str, k_b: torch.Tensor) -> torch.Tensor:
+        """MLA's kv_b_proj [H·(nope + v), r] from the converter's attn_k_b [H, r, nope] and attn_v_b [H, v, r]."""
+        t, _ = self._stored[stored]
+        v_name = t.name.replace("attn_k_b", "attn_v_b")
+        v_t = next((x for x in self.reader.tensors if x.name == v_name), None)
+        if v_t is None:
+            raise TracingError(f"{self.file}: {t.name} has no {v_name} beside it; is this a complete "
+                               f"{self.arch.model_type} GGUF file?")
+        v_b = torch.from_numpy(self._dequantize(v_t))
+        return torch.cat([k_b.transpose(1, 2), v_b], dim=1).reshape(-1, k_b.shape[1])
 
     def stored_planes(self, name: str, planes) -> tuple[str, list[torch.Tensor]]:
         """``(GGML type name, arrays)``: ``planes(raw blocks, ggml type) -> [n-element float arrays]``
