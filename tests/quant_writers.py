@@ -475,3 +475,28 @@ def write_bnb(folder, out, quant: str = "nf4", nested: bool = True, blocksize: i
         return write_linear(folder, out, quantize, qcfg, drop=drop)
     finally:
         torch.set_num_threads(threads)
+
+
+#: what gpt-oss's MXFP4 release keeps in bfloat16 (its quantization_config)
+GPT_OSS_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+
+
+def write_mxfp4_gpt_oss(folder, out, drop: str | None = None) -> Path:
+    """A gpt-oss folder as openai/gpt-oss-* ships it: each block's stacked experts
+    ``mlp.experts.gate_up_proj`` [E, d, 2h] and ``down_proj`` [E, h, d] stored transposed as MXFP4
+    ``…_blocks`` [E, out, in/32, 16] / ``…_scales`` [E, out, in/32] (groups of 32 along the input);
+    expert biases, attention, router, embeddings and head in bfloat16."""
+    def quantize(name, t):
+        if not re.search(r"\.mlp\.experts\.(gate_up_proj|down_proj)$", name):
+            return {name: t.bfloat16()}
+        blocks, scales = mxfp4_quantize(t.transpose(1, 2))
+        return {name + "_blocks": blocks, name + "_scales": scales}
+
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        tensors.update(quantize(name, t))
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    return _save_quantized(folder, out, tensors, {"quant_method": "mxfp4",
+                                                   "modules_to_not_convert": GPT_OSS_NOT_CONVERTED})

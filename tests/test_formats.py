@@ -162,9 +162,9 @@ class ReadLog:
             self.whole.append(key)
             return read(backend, key)
 
-        def logged_rows(backend, key, rows):
+        def logged_rows(backend, key, rows, lead=1):
             self.rows.append((key, len(rows)))
-            return read_rows(backend, key, rows)
+            return read_rows(backend, key, rows, lead)
         monkeypatch.setattr(LayeredBackend, "read", logged_read)
         monkeypatch.setattr(LayeredBackend, "read_rows", logged_rows)
 

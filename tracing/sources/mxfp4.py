@@ -7,18 +7,22 @@ expert tensors ``…experts.gate_up_proj`` / ``…experts.down_proj``) is stored
   32 values per group along the last (input) dimension;
 - ``<name>_scales`` uint8 [..., rows, G]: one E8M0 exponent per group, the scale 2^(s − 127).
 
-Dequantized, row r of the tensor is row r of the blocks: ``[..., rows, G · 32]``.  gpt-oss's expert
-tensors are stored transposed to their in-memory layout (blocks [E, 2h, d/32, 16] for
-``gate_up_proj`` [E, d, 2h], whose last axis interleaves gate and up), so their rows are the
-experts' units.
+Dequantized, row r of the tensor is row r of the blocks: ``[..., rows, G · 32]``, groups along the
+input.  gpt-oss's expert tensors are stored transposed to their in-memory layout (blocks
+[E, 2h, d/32, 16] for ``gate_up_proj`` [E, d, 2h], whose last axis interleaves gate and up; blocks
+[E, d, h/32, 16] for ``down_proj`` [E, h, d]), so the blocks' rows are the experts' units: a
+tensor the model reads as columns of a stacked float tensor is transposed back when read whole,
+and a sampled row of one expert reads that expert's row of blocks and of scales only.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
 import torch
 
+from ..arch.layout import Transposed, select
 from .layered import Layer, LayeredBackend, bad_part, in_chunks
 
 #: the 16 E2M1 values by code (bit 3 is the sign)
@@ -90,11 +94,50 @@ class MXFP4Backend(LayeredBackend):
             raise bad_part(self.folder, scales, f"({s.dtype} {tuple(s.shape)}) does not fit {blocks} "
                            f"({b.dtype} {tuple(b.shape)}); MXFP4 needs uint8 blocks [..., G, 16] and uint8 scales "
                            f"[..., G]")
-        return Layer("mxfp4 e2m1 e8m0/32", {"blocks": blocks, "scales": scales})
+        return Layer("mxfp4 e2m1 e8m0/32", {"blocks": blocks, "scales": scales},
+                     {"transposed": stored in self._transposed(), "lead": len(b.shape) - 2})
+
+    def _transposed(self) -> set[str]:
+        """Stored tensors the model reads as columns (gpt-oss's stacked experts, [E, in, out] in
+        float): their MXFP4 blocks hold the rows, [E, out, in/32, 16]."""
+        if getattr(self, "_columns", None) is None:
+            self._columns = {stored for n in self.arch.names() for stored, index in self.arch.ref(n).stores
+                             if isinstance(index, Transposed)}
+        return self._columns
 
     def dequantize(self, layer, rows):
+        """The whole tensor in its float layout, or rows ``rows`` of its blocks (counted over every
+        axis but the groups')."""
         blocks, scales = layer.parts["blocks"], layer.parts["scales"]
         if rows is None:
-            return dequantize_mxfp4(self.read(blocks), self.read(scales))
-        rows = np.asarray(rows)
-        return dequantize_mxfp4(self.read_rows(blocks, rows), self.read_rows(scales, rows))
+            w = dequantize_mxfp4(self.read(blocks), self.read(scales))
+            return w.transpose(-1, -2) if layer.info["transposed"] else w
+        rows, lead = np.asarray(rows), layer.info["lead"]
+        return dequantize_mxfp4(self.read_rows(blocks, rows, lead), self.read_rows(scales, rows, lead))
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows of one expert of a stacked tensor stored transposed: those rows of its blocks and
+        scales only (other tensors as every layered format reads them)."""
+        found = self._stored(name)
+        if found is None or found[2] is None or not found[2].info["transposed"] or (
+                self._last is not None and self._last[0] == found[0]):
+            return super().get_rows(name, index, dtype)
+        stored, part, lay = found
+        flat = stored_rows(self.meta(lay.parts["blocks"]).shape, part)
+        if flat is None:
+            return super().get_rows(name, index, dtype)
+        need, pos = np.unique(flat[np.asarray(index, dtype=np.int64)], return_inverse=True)
+        return self.dequantize(lay, need)[torch.from_numpy(pos.reshape(-1))].to(dtype)
+
+
+def stored_rows(blocks_shape: tuple, part) -> np.ndarray | None:
+    """Row i of the part ``part`` (a :class:`Transposed` index into the float layout [..., in, out])
+    of a tensor whose blocks are [..., out, G, 16]: its row in the blocks, counted over every axis
+    but the last two; None when the part does not take whole input columns."""
+    *lead, out, g, _ = blocks_shape
+    n_in = g * 32
+    ids = torch.arange(math.prod(lead) * out).reshape(*lead, 1, out).expand(*lead, n_in, out)
+    rows = select(ids, part)  # [part rows, in]: the same blocks row along each of its rows
+    if rows.ndim != 2 or rows.shape[1] != n_in or not bool((rows == rows[:, :1]).all()):
+        return None
+    return rows[:, 0].numpy()
