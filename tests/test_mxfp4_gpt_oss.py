@@ -120,3 +120,17 @@ def test_expert_rows_read_alone(gpt_oss, monkeypatch):
     assert all(n == 7 for _, n in log.rows), log.rows
     assert all(k.endswith(("_blocks", "_scales")) for k, _ in log.rows)
     assert math.prod(ck.quantized.meta(log.rows[0][0]).shape[:2]) > 7
+
+
+def test_an_expert_read_whole_decodes_that_expert_only(gpt_oss, monkeypatch):
+    """Reading every expert's gate, up and down in turn decodes each expert's rows of blocks once
+    (gate and up share them), never a whole stack."""
+    ck = Checkpoint(str(gpt_oss["mx-ft"]))
+    E, h, d = ck.arch.n_experts, ck.arch.h_expert, ck.arch.d
+    log = ReadLog(monkeypatch)
+    for u in ck.arch.units(0):
+        for n in (u.gate, u.up, u.down):
+            ck.get(n)
+    assert log.whole == []
+    spans = [n for k, n in log.rows if k.endswith("_blocks")]
+    assert spans == [2 * h, d] * E, spans

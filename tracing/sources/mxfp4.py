@@ -115,17 +115,42 @@ class MXFP4Backend(LayeredBackend):
         rows, lead = np.asarray(rows), layer.info["lead"]
         return dequantize_mxfp4(self.read_rows(blocks, rows, lead), self.read_rows(scales, rows, lead))
 
-    def get_rows(self, name, index, dtype=torch.float32):
-        """Rows of one expert of a stacked tensor stored transposed: those rows of its blocks and
-        scales only (other tensors as every layered format reads them)."""
+    def _part_rows(self, name: str):
+        """``(stored name, layer, rows of its blocks)`` of a part of a stacked tensor stored
+        transposed (one expert's gate, up or down), None for any other tensor."""
         found = self._stored(name)
-        if found is None or found[2] is None or not found[2].info["transposed"] or (
-                self._last is not None and self._last[0] == found[0]):
-            return super().get_rows(name, index, dtype)
+        if found is None or found[2] is None or not found[2].info["transposed"]:
+            return None
         stored, part, lay = found
         flat = stored_rows(self.meta(lay.parts["blocks"]).shape, part)
-        if flat is None:
+        return None if flat is None else (stored, lay, flat)
+
+    def get(self, name, dtype=torch.float32):
+        """One expert's part of a stacked tensor: the span of blocks rows it lies in is decoded (one
+        expert's, kept for its next part: gate and up share their rows), never the whole stack."""
+        found = self._part_rows(name)
+        if found is None:
+            return super().get(name, dtype)
+        stored, lay, flat = found
+        out = self.meta(lay.parts["blocks"]).shape[-3]  # rows of one expert
+        lo, hi = int(flat.min()) // out * out, (int(flat.max()) // out + 1) * out
+        if self._last is None or self._last[0] != (stored, lo, hi):
+            self._last = None
+            self._last = ((stored, lo, hi), self.dequantize(lay, np.arange(lo, hi)))
+        w = self._last[1][torch.from_numpy(flat - lo)]
+        shape = tuple(self.arch.ref(name).shape)
+        if tuple(w.shape) != shape:
+            raise bad_part(self.folder, lay.parts["blocks"], f"gives shape {tuple(w.shape)} for {name}, but the "
+                           f"config expects {shape}", "use the config.json that came with these weights")
+        return w.to(dtype)
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows of one expert's part of a stacked tensor stored transposed: those rows of its blocks
+        and scales only (other tensors as every layered format reads them)."""
+        found = self._part_rows(name)
+        if found is None:
             return super().get_rows(name, index, dtype)
+        stored, lay, flat = found
         need, pos = np.unique(flat[np.asarray(index, dtype=np.int64)], return_inverse=True)
         return self.dequantize(lay, need)[torch.from_numpy(pos.reshape(-1))].to(dtype)
 
