@@ -82,6 +82,11 @@ class MXFP4Backend(LayeredBackend):
     method = "mxfp4"
     undoes = "W = E2M1 codes × 2^(E8M0 scale − 127) per group of 32 input values"
 
+    def __init__(self, folder, qcfg, label):
+        self._columns: set[str] | None = None
+        self._part_cache: dict[str, np.ndarray | None] = {}  # logical name -> its rows of blocks
+        super().__init__(folder, qcfg, label)
+
     def layer(self, stored):
         blocks, scales = parts_of(stored)
         if not self.has_key(blocks):
@@ -100,7 +105,7 @@ class MXFP4Backend(LayeredBackend):
     def _transposed(self) -> set[str]:
         """Stored tensors the model reads as columns (gpt-oss's stacked experts, [E, in, out] in
         float): their MXFP4 blocks hold the rows, [E, out, in/32, 16]."""
-        if getattr(self, "_columns", None) is None:
+        if self._columns is None:
             self._columns = {stored for n in self.arch.names() for stored, index in self.arch.ref(n).stores
                              if isinstance(index, Transposed)}
         return self._columns
@@ -122,7 +127,9 @@ class MXFP4Backend(LayeredBackend):
         if found is None or found[2] is None or not found[2].info["transposed"]:
             return None
         stored, part, lay = found
-        flat = stored_rows(self.meta(lay.parts["blocks"]).shape, part)
+        if name not in self._part_cache:
+            self._part_cache[name] = stored_rows(self.meta(lay.parts["blocks"]).shape, part)
+        flat = self._part_cache[name]
         return None if flat is None else (stored, lay, flat)
 
     def get(self, name, dtype=torch.float32):
@@ -159,10 +166,9 @@ def stored_rows(blocks_shape: tuple, part) -> np.ndarray | None:
     """Row i of the part ``part`` (a :class:`Transposed` index into the float layout [..., in, out])
     of a tensor whose blocks are [..., out, G, 16]: its row in the blocks, counted over every axis
     but the last two; None when the part does not take whole input columns."""
-    *lead, out, g, _ = blocks_shape
-    n_in = g * 32
-    ids = torch.arange(math.prod(lead) * out).reshape(*lead, 1, out).expand(*lead, n_in, out)
-    rows = select(ids, part)  # [part rows, in]: the same blocks row along each of its rows
-    if rows.ndim != 2 or rows.shape[1] != n_in or not bool((rows == rows[:, :1]).all()):
+    *lead, out, _, _ = blocks_shape
+    ids = torch.arange(math.prod(lead) * out).reshape(*lead, 1, out).expand(*lead, 2, out)  # two input columns
+    rows = select(ids, part)  # [part rows, 2]: the same blocks row in both columns of a part's row
+    if rows.ndim != 2 or rows.shape[1] != 2 or not bool((rows[:, 0] == rows[:, 1]).all()):
         return None
-    return rows[:, 0].numpy()
+    return rows[:, 0].contiguous().numpy()
