@@ -5,7 +5,7 @@ likewise), everything else in bfloat16.
 A tiny gpt-oss (non-square expert matrices, so that a transposition cannot pass unnoticed) is
 written in that layout: every tensor is within MXFP4's rounding of its bfloat16 source and equal to
 what transformers' own MXFP4 loader dequantizes; the dequantized model computes what transformers'
-dequantized model computes; planted permutations are recovered; ``cos`` is significant on a
+dequantized model computes; planted permutations are recovered; ``cos`` and ``match`` are significant on a
 quantized fine-tune against its float base, not against an independent model, and uniform over 30
 independent pairs; a sampled row of an expert reads only that expert's rows of codes and scales."""
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from family_models import random_ids, save_trio
 from quant_writers import write_mxfp4_gpt_oss
 from test_formats import SIG, ReadLog, _mxfp4_bound
+from test_frontier_families import run_stat
 from test_quantized_families import calibration_ks, cos
 from tracing.align import align
 from tracing.models import Checkpoint
@@ -94,9 +95,12 @@ def test_planted_permutation_recovered_and_power(gpt_oss):
     assert np.array_equal(al.pi_e, torch.argsort(pi_e).numpy())
     for key, p in pi_i.items():
         assert np.array_equal(al.pi_i[key], torch.argsort(p).numpy()), key
-    base = Checkpoint(str(gpt_oss["base"]))
+    base, indep_q = Checkpoint(str(gpt_oss["base"])), Checkpoint(str(gpt_oss["mx-indep"]))
     assert cos(base, ft_q).log10_pvalue < -6
-    assert cos(base, Checkpoint(str(gpt_oss["mx-indep"]))).log10_pvalue > SIG
+    assert cos(base, indep_q).log10_pvalue > SIG
+    tokens = lambda: random_ids(base.arch.V, n=4, T=32, seed=9)  # noqa: E731
+    assert run_stat("match", base, ft_q, tokens=tokens).log10_pvalue < -6  # the forward pass of the dequantized model
+    assert run_stat("match", base, indep_q, tokens=tokens).log10_pvalue > SIG
 
 
 def test_cos_calibrated_on_independent_pairs(tmp_path):
