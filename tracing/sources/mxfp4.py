@@ -144,7 +144,7 @@ class MXFP4Backend(LayeredBackend):
         if self._last is None or self._last[0] != (stored, lo, hi):
             self._last = None
             self._last = ((stored, lo, hi), self.dequantize(lay, np.arange(lo, hi)))
-        w = self._last[1][torch.from_numpy(flat - lo)]
+        w = _take(self._last[1], flat - lo)
         shape = tuple(self.arch.ref(name).shape)
         if tuple(w.shape) != shape:
             raise bad_part(self.folder, lay.parts["blocks"], f"gives shape {tuple(w.shape)} for {name}, but the "
@@ -160,6 +160,15 @@ class MXFP4Backend(LayeredBackend):
         stored, lay, flat = found
         need, pos = np.unique(flat[np.asarray(index, dtype=np.int64)], return_inverse=True)
         return self.dequantize(lay, need)[torch.from_numpy(pos.reshape(-1))].to(dtype)
+
+
+def _take(t: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Rows ``rows`` of ``t``: a strided view when they are evenly spaced (an expert's gate or up
+    rows, every other row), else a copy."""
+    step = int(rows[1] - rows[0]) if len(rows) > 1 else 1
+    if step > 0 and np.array_equal(rows, rows[0] + step * np.arange(len(rows))):
+        return t[int(rows[0]):int(rows[-1]) + 1:step]
+    return t[torch.from_numpy(rows)]
 
 
 def stored_rows(blocks_shape: tuple, part) -> np.ndarray | None:
