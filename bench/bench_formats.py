@@ -15,7 +15,11 @@ after one untimed pass (files in the page cache: the cost measured is the reader
 the median of ``--repeat`` passes.  The ratio column divides by the bf16 read of the same shape and
 test in the same run.
 
-    python bench/bench_formats.py                # DeepSeek-V3 FP8 and gpt-oss-120B MXFP4, 4 experts
+``gpt-oss-120b-stacked`` is gpt-oss's own layout: a gpt-oss block whose experts are stacked in
+``experts.gate_up_proj`` / ``down_proj`` (bf16), and the same in MXFP4 as the release ships it
+(tests/quant_writers.py ``write_mxfp4_gpt_oss``: blocks stored transposed, [E, out, in/32, 16]).
+
+    python bench/bench_formats.py                # DeepSeek-V3 FP8, gpt-oss-120B MXFP4 (both layouts), 4 experts
     python bench/bench_formats.py --experts 2 --repeat 3
 """
 from __future__ import annotations
