@@ -15,7 +15,11 @@ after one untimed pass (files in the page cache: the cost measured is the reader
 the median of ``--repeat`` passes.  The ratio column divides by the bf16 read of the same shape and
 test in the same run.
 
-    python -m bench.bench_formats                # DeepSeek-V3 FP8 and gpt-oss-120B MXFP4, 4 experts
+``gpt-oss-120b-stacked`` is gpt-oss's own layout: a gpt-oss block whose experts are stacked in
+``experts.gate_up_proj`` / ``down_proj`` (bf16), and the same in MXFP4 as the release ships it
+(tests/quant_writers.py ``write_mxfp4_gpt_oss``: blocks stored transposed, [E, out, in/32, 16]).
+
+    python -m bench.bench_formats                # DeepSeek-V3 FP8, gpt-oss-120B MXFP4 (both layouts), 4 experts
     python -m bench.bench_formats --experts 2 --repeat 3
 """
 from __future__ import annotations
@@ -30,12 +34,19 @@ from pathlib import Path
 from bench import common  # noqa: E402
 from bench.common import module_name, Timer, emit  # noqa: E402
 
-#: name -> (residual width d, expert width, format)
-SHAPES = {"deepseek-v3": (7168, 2048, "fp8"), "gpt-oss-120b": (2880, 2880, "mxfp4")}
+#: name -> (residual width d, expert width, format); "-stacked": gpt-oss's own layout (every expert of
+#: a block in one ``experts.gate_up_proj`` / ``down_proj``, MXFP4 blocks stored transposed)
+SHAPES = {"deepseek-v3": (7168, 2048, "fp8"), "gpt-oss-120b": (2880, 2880, "mxfp4"),
+          "gpt-oss-120b-stacked": (2880, 2880, "mxfp4-gpt-oss")}
 
 
-def config(d: int, h: int, experts: int):
+def config(d: int, h: int, experts: int, fmt: str = ""):
     from transformers import AutoConfig
+    if fmt == "mxfp4-gpt-oss":
+        return AutoConfig.for_model("gpt_oss", hidden_size=d, intermediate_size=h, num_local_experts=experts,
+                                    num_experts_per_tok=2, num_hidden_layers=1, vocab_size=256, num_attention_heads=4,
+                                    num_key_value_heads=1, head_dim=64, layer_types=["full_attention"],
+                                    tie_word_embeddings=False)
     return AutoConfig.for_model("qwen3_moe", hidden_size=d, moe_intermediate_size=h, intermediate_size=h,
                                 num_experts=experts, num_experts_per_tok=2, num_hidden_layers=1, vocab_size=256,
                                 num_attention_heads=2, num_key_value_heads=1, head_dim=64, tie_word_embeddings=False)
@@ -46,22 +57,28 @@ def write_bf16(folder: Path, cfg, seed: int = 0) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from transformers import AutoModelForCausalLM
+
     from tracing.arch import arch_from_config
     arch = arch_from_config(cfg)
     g = torch.Generator().manual_seed(seed)
-    state = {}
-    for name in arch.names():
-        shape = tuple(arch.ref(name).shape)
-        state[arch.ref(name).stores[0][0]] = (0.02 * torch.randn(shape, generator=g)).bfloat16()
+    if arch.model_type == "gpt_oss":  # stacked experts: the shapes of transformers' modules (its disk layout)
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(cfg).state_dict().items()}
+    else:
+        shapes = {arch.ref(name).stores[0][0]: tuple(arch.ref(name).shape) for name in arch.names()}
+    state = {k: (0.02 * torch.randn(shape, generator=g)).bfloat16() for k, shape in shapes.items()}
     folder.mkdir(parents=True, exist_ok=True)
     cfg.to_json_file(folder / "config.json")
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def write_quantized(src: Path, out: Path, fmt: str) -> None:
-    from tests.quant_writers import write_fp8, write_mxfp4
+    from tests.quant_writers import write_fp8, write_mxfp4, write_mxfp4_gpt_oss
     if fmt == "fp8":
         write_fp8(src, out, block=(128, 128))
+    elif fmt == "mxfp4-gpt-oss":
+        write_mxfp4_gpt_oss(src, out)
     else:
         write_mxfp4(src, out)
 
@@ -120,7 +137,7 @@ def main(argv=None):
             root = a.workdir / f"formats-{shape}-E{a.experts}"
             folders = {"bf16": root / "bf16", fmt: root / fmt}
             if not (folders["bf16"] / "model.safetensors").is_file():
-                write_bf16(folders["bf16"], config(d, h, a.experts))
+                write_bf16(folders["bf16"], config(d, h, a.experts, fmt))
             if not (folders[fmt] / "model.safetensors").is_file():
                 print(f"writing {folders[fmt]} ...", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, "-m", module_name(__file__), "--write", str(folders["bf16"]), str(folders[fmt]), fmt],

@@ -461,9 +461,11 @@ def ct_observe(w: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
     return g.amin((1, 3)), g.amax((1, 3))
 
 
-def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None = None, **weights) -> Path:
+def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None = None, before=None,
+                     **weights) -> Path:
     """Every block linear layer (routers excluded) compressed by compressed-tensors' own compressor
-    for ``fmt`` with the weight arguments ``weights`` (num_bits, type, symmetric, strategy, …)."""
+    for ``fmt`` with the weight arguments ``weights`` (num_bits, type, symmetric, strategy, …), after
+    ``before(weight)`` when given."""
     from compressed_tensors.compressors import (FloatQuantizationCompressor, IntQuantizationCompressor,
                                                 NaiveQuantizationCompressor, PackedQuantizationCompressor)
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
@@ -474,6 +476,7 @@ def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None 
     scheme = QuantizationScheme(targets=["Linear"], weights=args)
 
     def quantize(name, t):
+        t = before(t.float()) if before else t
         scale, zero = calculate_qparams(*ct_observe(t.float(), args), args)
         parts = compressor.compress({"weight": t.float(), "weight_scale": scale, "weight_zero_point": zero}, scheme)
         return {f"{name[: -len('.weight')]}.{k}": v for k, v in parts.items()}
@@ -607,3 +610,91 @@ def kquantize(a: np.ndarray, qtype: str) -> np.ndarray:
                  sc.astype(np.int8).view(np.uint8), f16(d)]
     blocks = np.concatenate(parts, axis=1)
     return blocks.reshape(*a.shape[:-1], a.shape[-1] // 256 * blocks.shape[1])
+#: what gpt-oss's MXFP4 release keeps in bfloat16 (its quantization_config)
+GPT_OSS_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+
+
+def write_mxfp4_gpt_oss(folder, out, drop: str | None = None) -> Path:
+    """A gpt-oss folder as openai/gpt-oss-* ships it: each block's stacked experts
+    ``mlp.experts.gate_up_proj`` [E, d, 2h] and ``down_proj`` [E, h, d] stored transposed as MXFP4
+    ``…_blocks`` [E, out, in/32, 16] / ``…_scales`` [E, out, in/32] (groups of 32 along the input);
+    expert biases, attention, router, embeddings and head in bfloat16."""
+    def quantize(name, t):
+        if not re.search(r"\.mlp\.experts\.(gate_up_proj|down_proj)$", name):
+            return {name: t.bfloat16()}
+        blocks, scales = mxfp4_quantize(t.transpose(1, 2))
+        return {name + "_blocks": blocks, name + "_scales": scales}
+
+    folder, out = Path(folder), Path(out)
+    tensors = {}
+    for name, t in _state(folder).items():
+        tensors.update(quantize(name, t))
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    return _save_quantized(folder, out, tensors, {"quant_method": "mxfp4",
+                                                   "modules_to_not_convert": GPT_OSS_NOT_CONVERTED})
+
+
+# ------------------------------------------------------------------------------------------
+# compressed-tensors sparse bitmasks (the package's sparse compressors, which it no longer ships,
+# written out; checked against their output in tests/data/ct_sparse.safetensors)
+# ------------------------------------------------------------------------------------------
+def mask_24(t: torch.Tensor) -> torch.Tensor:
+    """compressed-tensors' ``get_24_bytemasks``: the two largest magnitudes of every 4 values (float8
+    codes compared as their int8 bytes, as the package does)."""
+    v = t.view(torch.int8) if t.dtype == torch.float8_e4m3fn else t
+    top = v.reshape(-1, 4).abs().topk(2, dim=1).indices
+    return torch.zeros(v.numel() // 4, 4, dtype=torch.bool).scatter_(1, top, True).reshape(t.shape)
+
+
+def sparse_compress(t: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
+    """``shape`` / ``compressed`` / ``bitmask`` (/ ``row_offsets``) of a 2-D tensor, as compressed-tensors'
+    ``Sparse24BitMaskTensor`` (``sparse-24-bitmask``) or ``BitmaskTensor`` (``sparse-bitmask``) write it."""
+    r, c = t.shape
+    mask = mask_24(t) if fmt == "sparse-24-bitmask" else t != 0
+    raw = t.view(torch.int8) if t.dtype == torch.float8_e4m3fn else t
+    values = raw[mask].view(t.dtype)
+    out = {"bitmask": torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))}
+    if fmt == "sparse-24-bitmask":
+        return {"shape": torch.tensor([r, c]).reshape(-1, 1), "compressed": values.reshape(r, c // 2), **out}
+    counts = mask.sum(-1)
+    return {"shape": torch.tensor([r, c]), "compressed": values, **out, "row_offsets": torch.cumsum(counts, 0) - counts}
+
+
+def prune(t: torch.Tensor, fmt: str) -> torch.Tensor:
+    """2:4 magnitude pruning (``sparse-24-bitmask``), or of the smaller half of each row."""
+    if fmt == "sparse-24-bitmask":
+        return t * mask_24(t)
+    return t * (t.abs() >= t.abs().median(-1, keepdim=True).values)
+
+
+def write_sparse(folder, out, sparsity: str = "sparse-24-bitmask", fmt: str | None = None, drop: str | None = None,
+                 **weights) -> Path:
+    """Every block linear layer (routers excluded) pruned (:func:`prune`), quantized by compressed-tensors'
+    own compressor for ``fmt`` with the weight arguments ``weights`` when ``fmt`` is given (else kept in
+    bfloat16), and its weight (or codes) stored sparse in ``sparsity``, as llm-compressor saves a
+    sparse model; ``drop`` leaves out the stored tensors whose names end with it."""
+    qcfg = {"quant_method": "compressed-tensors", "quantization_status": "compressed",
+            "sparsity_config": {"format": sparsity, "targets": ["Linear"], "ignore": ["lm_head"],
+                                "sparsity_structure": "2:4" if sparsity == "sparse-24-bitmask" else "unstructured"}}
+    if fmt:
+        ref = Path(out).with_name(Path(out).name + ".dense")
+        quantized = write_compressed(folder, ref, fmt, before=lambda t: prune(t, sparsity), **weights)
+        qcfg.update({k: v for k, v in json.loads((quantized / "config.json").read_text())["quantization_config"].items()
+                     if k != "quantization_status"})
+        state, folder = _state(quantized), quantized
+    else:
+        state = {k: prune(v, sparsity).bfloat16() if _is_linear(k, v) else v for k, v in _state(folder).items()}
+    tensors = {}
+    for name, t in state.items():
+        mod = name[: -len(".weight")]
+        if name.endswith(".weight") and ".layers." in name and t.ndim == 2 and not name.endswith(ROUTERS):
+            tensors.update({f"{mod}.{k}": v for k, v in sparse_compress(t, sparsity).items()})
+        else:
+            tensors[name] = t
+    if drop:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(drop)}
+    out = _save_quantized(folder, Path(out), tensors, qcfg)
+    if fmt:
+        shutil.rmtree(folder)
+    return out

@@ -162,9 +162,9 @@ class ReadLog:
             self.whole.append(key)
             return read(backend, key)
 
-        def logged_rows(backend, key, rows):
+        def logged_rows(backend, key, rows, lead=1):
             self.rows.append((key, len(rows)))
-            return read_rows(backend, key, rows)
+            return read_rows(backend, key, rows, lead)
         monkeypatch.setattr(LayeredBackend, "read", logged_read)
         monkeypatch.setattr(LayeredBackend, "read_rows", logged_rows)
 
@@ -454,7 +454,7 @@ def test_truncated_weights_are_a_one_line_error(fam, tmp_path):
 @pytest.mark.parametrize("edit, says", [
     (lambda q: q["config_groups"]["group_0"].update(format="marlin-24"), "format 'marlin-24' (group group_0)"),
     (lambda q: q.update(format="nvfp4-pack-quantized"), "format 'nvfp4-pack-quantized'"),
-    (lambda q: q.update(sparsity_config={"format": "sparse-24-bitmask"}), "sparsity format 'sparse-24-bitmask'")])
+    (lambda q: q.update(sparsity_config={"format": "sparse-16-bitmask"}), "sparsity format 'sparse-16-bitmask'")])
 def test_unknown_compressed_tensors_format_is_a_one_line_error(fam, tmp_path, edit, says):
     _needs_writer("ct-int4-group")
     line = _error(_broken(fam, tmp_path, "ct-int4-group", lambda d: _edit_config(d, edit)))

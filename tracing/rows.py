@@ -9,6 +9,7 @@ in most of the tensor around sorted row accesses.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -54,18 +55,20 @@ def runs(index: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(s), int(index[s]), int(e - s)) for s, e in zip(starts, ends)]
 
 
-def row_plan(start: int, head: dict, name: str, index) -> tuple | None:
+def row_plan(start: int, head: dict, name: str, index, lead: int = 1) -> tuple | None:
     """How rows ``index`` (sorted, distinct) of tensor ``name`` lie in a safetensors file with data
     section at ``start`` and JSON header ``head``: ``(dtype, row shape, bytes per row, byte offset of
-    row 0)``; None when the dtype or layout is not one the row readers handle."""
+    row 0)``; None when the dtype or layout is not one the row readers handle.  The rows are counted
+    over the first ``lead`` axes taken together (``lead=2``: row e·n + r of a stacked [E, n, ...]
+    tensor is row r of its part e)."""
     idx = np.asarray(index, dtype=np.int64)
     meta = head.get(name)
-    if not meta or meta.get("dtype") not in DTYPES or len(meta.get("shape", ())) < 1:
+    if not meta or meta.get("dtype") not in DTYPES or len(meta.get("shape", ())) < lead:
         return None
-    if idx.size and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= meta["shape"][0]):
+    shape = [math.prod(meta["shape"][:lead]), *meta["shape"][lead:]]
+    if idx.size and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= shape[0]):
         return None
     dtype = DTYPES[meta["dtype"]]
-    shape = list(meta["shape"])
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
     return dtype, shape[1:], row_bytes, start + int(meta["data_offsets"][0])
 
@@ -77,11 +80,12 @@ def rows_tensor(buf, n: int, dtype: torch.dtype, row_shape: list) -> torch.Tenso
     return torch.frombuffer(buf, dtype=dtype).reshape([n, *row_shape])
 
 
-def read_rows(path: str | os.PathLike, name: str, index) -> torch.Tensor | None:
-    """Rows ``index`` (sorted, distinct) of tensor ``name`` in its stored dtype; None when the
-    tensor's dtype or layout is not one this reader handles (the caller then reads it whole)."""
+def read_rows(path: str | os.PathLike, name: str, index, lead: int = 1) -> torch.Tensor | None:
+    """Rows ``index`` (sorted, distinct; over the first ``lead`` axes, see :func:`row_plan`) of
+    tensor ``name`` in its stored dtype; None when the tensor's dtype or layout is not one this
+    reader handles (the caller then reads it whole)."""
     idx = np.asarray(index, dtype=np.int64)
-    plan = row_plan(*header(path), name, idx)
+    plan = row_plan(*header(path), name, idx, lead)
     if plan is None:
         return None
     dtype, row_shape, row_bytes, base = plan

@@ -11,6 +11,8 @@ its ``targets`` (``Linear`` or ``re:<pattern>`` of module names) which layers it
   output dimension; ``weight_g_idx`` when the input columns were grouped out of order (act-order).
 - ``int-quantized``, ``naive-quantized``, ``float-quantized``: ``<module>.weight`` holds the codes
   (int8, or float8_e4m3fn) next to ``weight_scale`` and, when asymmetric, ``weight_zero_point``.
+- ``sparsity_config.format`` ``sparse-24-bitmask`` / ``sparse-bitmask``: the weight (or the codes
+  of the quantization format it wraps) is stored sparse, as :mod:`tracing.sources.sparse` reads it.
 
 W = (q − zero) · scale, the scale and zero of each element's tensor / row / group / block.  The
 arithmetic here is written out and tested against the package's own decompressors.
@@ -30,6 +32,8 @@ import torch
 
 from ..errors import TracingError
 from .layered import Layer, LayeredBackend, bad_part
+from .sparse import FORMATS as SPARSE, PARTS as SPARSE_PARTS, UNSTRUCTURED
+from .sparse import row_counts, scatter, unpack_bitmask, value_positions
 
 PACKED, CODES = "pack-quantized", ("int-quantized", "naive-quantized", "float-quantized")
 STRATEGIES = ("tensor", "channel", "group", "block")
@@ -94,9 +98,11 @@ class CompressedTensorsBackend(LayeredBackend):
         self.groups = qcfg.get("config_groups") or {}
         where = f"{folder}/config.json"
         sparsity = (qcfg.get("sparsity_config") or {}).get("format")
-        if sparsity not in (None, "dense"):
-            raise TracingError(f"{where}: compressed-tensors sparsity format {sparsity!r} is not read yet; "
-                               f"decompress the model with compressed-tensors (ModelCompressor) and use that copy")
+        if sparsity not in (None, "dense", *SPARSE):
+            raise TracingError(f"{where}: compressed-tensors sparsity format {sparsity!r} is not supported "
+                               f"(supported: {', '.join(SPARSE)}); decompress the model with compressed-tensors "
+                               f"(ModelCompressor) and use that copy")
+        self.sparsity = sparsity if sparsity in SPARSE else None
         if qcfg.get("format") not in (None, "mixed-precision", "dense", PACKED, *CODES):
             raise TracingError(f"{where}: compressed-tensors format {qcfg.get('format')!r} is not supported "
                                f"(supported: {', '.join((PACKED, *CODES))}); use a checkpoint in one of these "
@@ -119,15 +125,22 @@ class CompressedTensorsBackend(LayeredBackend):
         self.moves_norm_scales = bool(found)
         if found:
             self.undoes += f"; {found[0]} scales moved between norms and layers (norm gains folded)"
+        if self.sparsity:
+            self.undoes += (f"; {self.sparsity}: the kept values put back in place"
+                            f"{' (2 of every 4)' if self.sparsity != UNSTRUCTURED else ''}, zeros elsewhere")
 
     def layer(self, stored):
         if not stored.endswith(".weight"):
             return None
         mod = stored[: -len(".weight")]
-        packed = self.has_key(f"{mod}.weight_packed")
-        if not packed and not (self.has_key(stored) and self.meta(stored).dtype in ("I8", "F8_E4M3", "F8_E5M2")):
-            return None
-        codes = f"{mod}.weight_packed" if packed else stored
+        sparse = self._sparse(mod)
+        packed = sparse is None and self.has_key(f"{mod}.weight_packed")
+        codes = sparse["q"] if sparse else f"{mod}.weight_packed" if packed else stored
+        if not packed and not (self.has_key(codes) and self.meta(codes).dtype in ("I8", "F8_E4M3", "F8_E5M2")):
+            if sparse is None:
+                return None  # stored as it is
+            return Layer(f"{self._sparse_kind()} {self.meta(codes).dtype}", sparse,
+                         {"args": None, "shape": self._sparse_shape(sparse), "packed": False})
         scheme = _scheme_for(self.groups, mod)
         if scheme is None or not scheme.get("weights"):
             raise bad_part(self.folder, codes, "is quantized but no config_groups entry of quantization_config "
@@ -140,15 +153,71 @@ class CompressedTensorsBackend(LayeredBackend):
                 raise bad_part(self.folder, codes, f"has no {key} beside it", "the download is incomplete — "
                                "download it again")
         args = scheme["weights"]
-        parts = {"q": codes, "scale": need[0]}
+        parts = {**(sparse or {}), "q": codes, "scale": need[0]}
         if f"{mod}.weight_zero_point" in need:
             parts["zero"] = f"{mod}.weight_zero_point"
         if self.has_key(f"{mod}.weight_g_idx"):
             parts["g_idx"] = f"{mod}.weight_g_idx"
-        shape = tuple(int(x) for x in self.read(need[1]).tolist()) if packed else self.meta(stored).shape
-        lay = Layer(self._kind(args, packed), parts, {"args": args, "shape": shape, "packed": packed})
+        shape = (tuple(int(x) for x in self.read(need[1]).tolist()) if packed
+                 else self._sparse_shape(sparse) if sparse else self.meta(stored).shape)
+        kind = self._kind(args, packed)
+        lay = Layer(f"{self._sparse_kind()} {kind}" if sparse else kind, parts,
+                    {"args": args, "shape": shape, "packed": packed})
         self._check_scale(lay)
         return lay
+
+    # sparse layers -----------------------------------------------------------------------
+    def _sparse(self, mod: str) -> dict | None:
+        """The sparse parts of layer ``mod`` (``q``: its kept values), None when it is not stored sparse."""
+        parts = {"q" if p == "compressed" else p: f"{mod}.{p}" for p in SPARSE_PARTS}
+        if not self.has_key(parts["q"]) or not self.has_key(parts["bitmask"]):
+            return None
+        if self.sparsity is None:
+            raise bad_part(self.folder, parts["q"], "is stored sparse but quantization_config has no "
+                           "sparsity_config format", "use the config.json that came with these weights")
+        if self.sparsity == UNSTRUCTURED:
+            parts["row_offsets"] = f"{mod}.row_offsets"
+        for key in parts.values():
+            if not self.has_key(key):
+                raise bad_part(self.folder, parts["q"], f"has no {key} beside it", "the download is incomplete — "
+                               "download it again")
+        return parts
+
+    def _sparse_kind(self) -> str:
+        return "sparse" if self.sparsity == UNSTRUCTURED else "2:4 sparse"
+
+    def _sparse_shape(self, parts: dict) -> tuple[int, int]:
+        """The dense shape, checked against the bitmask's, the values' and the row offsets' shapes."""
+        shape = tuple(int(x) for x in self.read(parts["shape"]).reshape(-1).tolist())
+        r, c = shape if len(shape) == 2 else (0, 0)
+        want = {"bitmask": (r, -(-c // 8)), "q": (r, c // 2) if self.sparsity != UNSTRUCTURED else None,
+                "row_offsets": (r,)}
+        for part, w in want.items():
+            got = tuple(self.meta(parts[part]).shape) if part in parts else w
+            if len(shape) != 2 or (w is not None and got != w):
+                raise bad_part(self.folder, parts[part], f"has shape {got}, which does not fit the dense shape "
+                               f"{list(shape)} of {parts['shape']} in {self.sparsity}",
+                               "the checkpoint is inconsistent — download it again")
+        return shape
+
+    def _sparse_values(self, lay: Layer, rows) -> torch.Tensor:
+        """The dense codes (or weights) of a sparse layer, or rows ``rows`` of them: only those rows
+        of the bitmask and only their values are read."""
+        p, (r, c) = lay.parts, lay.info["shape"]
+        if rows is None:
+            mask, values = unpack_bitmask(self.read(p["bitmask"]), c), self.read(p["q"])
+        else:
+            rows = np.asarray(rows)
+            mask = unpack_bitmask(self.read_rows(p["bitmask"], rows), c)
+            if "row_offsets" in p:
+                at = value_positions(self.read_rows(p["row_offsets"], rows).numpy(), row_counts(mask))
+                values = self.read_rows(p["q"], at)
+            else:
+                values = self.read_rows(p["q"], rows)
+        if int(mask.sum()) != values.numel():
+            raise bad_part(self.folder, p["bitmask"], f"marks {int(mask.sum())} values kept but {p['q']} holds "
+                           f"{values.numel()} for them", "the checkpoint is inconsistent — download it again")
+        return scatter(values, mask)
 
     @staticmethod
     def _kind(args: dict, packed: bool) -> str:
@@ -173,6 +242,8 @@ class CompressedTensorsBackend(LayeredBackend):
 
     def _codes(self, lay: Layer, rows) -> torch.Tensor:
         key, (r, c) = lay.parts["q"], lay.info["shape"]
+        if "bitmask" in lay.parts:
+            return self._sparse_values(lay, rows)
         t = self.read(key) if rows is None else self.read_rows(key, rows)
         return unpack_int32(t, lay.info["args"]["num_bits"], c) if lay.info["packed"] else t
 
@@ -194,6 +265,8 @@ class CompressedTensorsBackend(LayeredBackend):
 
     def dequantize(self, layer, rows):
         a = layer.info["args"]
+        if a is None:  # sparse, not quantized
+            return self._codes(layer, rows).to(torch.float32)
         s = a["strategy"]
         q = self._codes(layer, rows)
         kw = {"group_size": a.get("group_size"), "block": tuple(a.get("block_structure") or (1, 1))}

@@ -127,15 +127,20 @@ class LayeredBackend(QuantizedBackend):
         with safe_open(self._meta[key].file, framework="pt") as h:
             return h.get_tensor(key)
 
-    def read_rows(self, key: str, rows: np.ndarray) -> torch.Tensor:
-        """Rows ``rows`` (sorted, distinct) of one stored tensor, and nothing else of it."""
+    def read_rows(self, key: str, rows: np.ndarray, lead: int = 1) -> torch.Tensor:
+        """Rows ``rows`` (sorted, distinct) of one stored tensor, and nothing else of it; with
+        ``lead`` > 1 the rows are counted over its first ``lead`` axes together (a stacked tensor's
+        row e·n + r is row r of its part e)."""
         from ..rows import read_rows
         rows = np.asarray(rows, dtype=np.int64)
-        t = read_rows(self._meta[key].file, key, rows)
+        t = read_rows(self._meta[key].file, key, rows, lead)
         if t is None:
             from safetensors import safe_open
             with safe_open(self._meta[key].file, framework="pt") as h:
-                t = h.get_slice(key)[rows.tolist()]
+                if lead > 1:
+                    t = h.get_tensor(key).flatten(0, lead - 1)[torch.from_numpy(rows)]
+                else:
+                    t = h.get_slice(key)[rows.tolist()]
         return t
 
     def weight_files(self):

@@ -7,18 +7,22 @@ expert tensors ``…experts.gate_up_proj`` / ``…experts.down_proj``) is stored
   32 values per group along the last (input) dimension;
 - ``<name>_scales`` uint8 [..., rows, G]: one E8M0 exponent per group, the scale 2^(s − 127).
 
-Dequantized, row r of the tensor is row r of the blocks: ``[..., rows, G · 32]``.  gpt-oss's expert
-tensors are stored transposed to their in-memory layout (blocks [E, 2h, d/32, 16] for
-``gate_up_proj`` [E, d, 2h], whose last axis interleaves gate and up), so their rows are the
-experts' units.
+Dequantized, row r of the tensor is row r of the blocks: ``[..., rows, G · 32]``, groups along the
+input.  gpt-oss's expert tensors are stored transposed to their in-memory layout (blocks
+[E, 2h, d/32, 16] for ``gate_up_proj`` [E, d, 2h], whose last axis interleaves gate and up; blocks
+[E, d, h/32, 16] for ``down_proj`` [E, h, d]), so the blocks' rows are the experts' units: a
+tensor the model reads as columns of a stacked float tensor is transposed back when read whole,
+and a sampled row of one expert reads that expert's row of blocks and of scales only.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
 import torch
 
+from ..arch.layout import Transposed, select
 from .layered import Layer, LayeredBackend, bad_part, in_chunks
 
 #: the 16 E2M1 values by code (bit 3 is the sign)
@@ -78,6 +82,11 @@ class MXFP4Backend(LayeredBackend):
     method = "mxfp4"
     undoes = "W = E2M1 codes × 2^(E8M0 scale − 127) per group of 32 input values"
 
+    def __init__(self, folder, qcfg, label):
+        self._columns: set[str] | None = None
+        self._part_cache: dict[str, np.ndarray | None] = {}  # logical name -> its rows of blocks
+        super().__init__(folder, qcfg, label)
+
     def layer(self, stored):
         blocks, scales = parts_of(stored)
         if not self.has_key(blocks):
@@ -90,11 +99,85 @@ class MXFP4Backend(LayeredBackend):
             raise bad_part(self.folder, scales, f"({s.dtype} {tuple(s.shape)}) does not fit {blocks} "
                            f"({b.dtype} {tuple(b.shape)}); MXFP4 needs uint8 blocks [..., G, 16] and uint8 scales "
                            f"[..., G]")
-        return Layer("mxfp4 e2m1 e8m0/32", {"blocks": blocks, "scales": scales})
+        return Layer("mxfp4 e2m1 e8m0/32", {"blocks": blocks, "scales": scales},
+                     {"transposed": stored in self._transposed(), "lead": len(b.shape) - 2})
+
+    def _transposed(self) -> set[str]:
+        """Stored tensors the model reads as columns (gpt-oss's stacked experts, [E, in, out] in
+        float): their MXFP4 blocks hold the rows, [E, out, in/32, 16]."""
+        if self._columns is None:
+            self._columns = {stored for n in self.arch.names() for stored, index in self.arch.ref(n).stores
+                             if isinstance(index, Transposed)}
+        return self._columns
 
     def dequantize(self, layer, rows):
+        """The whole tensor in its float layout, or rows ``rows`` of its blocks (counted over every
+        axis but the groups')."""
         blocks, scales = layer.parts["blocks"], layer.parts["scales"]
         if rows is None:
-            return dequantize_mxfp4(self.read(blocks), self.read(scales))
-        rows = np.asarray(rows)
-        return dequantize_mxfp4(self.read_rows(blocks, rows), self.read_rows(scales, rows))
+            w = dequantize_mxfp4(self.read(blocks), self.read(scales))
+            return w.transpose(-1, -2) if layer.info["transposed"] else w
+        rows, lead = np.asarray(rows), layer.info["lead"]
+        return dequantize_mxfp4(self.read_rows(blocks, rows, lead), self.read_rows(scales, rows, lead))
+
+    def _part_rows(self, name: str):
+        """``(stored name, layer, rows of its blocks)`` of a part of a stacked tensor stored
+        transposed (one expert's gate, up or down), None for any other tensor."""
+        found = self._stored(name)
+        if found is None or found[2] is None or not found[2].info["transposed"]:
+            return None
+        stored, part, lay = found
+        if name not in self._part_cache:
+            self._part_cache[name] = stored_rows(self.meta(lay.parts["blocks"]).shape, part)
+        flat = self._part_cache[name]
+        return None if flat is None else (stored, lay, flat)
+
+    def get(self, name, dtype=torch.float32):
+        """One expert's part of a stacked tensor: the span of blocks rows it lies in is decoded (one
+        expert's, kept for its next part: gate and up share their rows), never the whole stack."""
+        found = self._part_rows(name)
+        if found is None:
+            return super().get(name, dtype)
+        stored, lay, flat = found
+        out = self.meta(lay.parts["blocks"]).shape[-3]  # rows of one expert
+        lo, hi = int(flat.min()) // out * out, (int(flat.max()) // out + 1) * out
+        if self._last is None or self._last[0] != (stored, lo, hi):
+            self._last = None
+            self._last = ((stored, lo, hi), self.dequantize(lay, np.arange(lo, hi)))
+        w = _take(self._last[1], flat - lo)
+        shape = tuple(self.arch.ref(name).shape)
+        if tuple(w.shape) != shape:
+            raise bad_part(self.folder, lay.parts["blocks"], f"gives shape {tuple(w.shape)} for {name}, but the "
+                           f"config expects {shape}", "use the config.json that came with these weights")
+        return w.to(dtype)
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows of one expert's part of a stacked tensor stored transposed: those rows of its blocks
+        and scales only (other tensors as every layered format reads them)."""
+        found = self._part_rows(name)
+        if found is None:
+            return super().get_rows(name, index, dtype)
+        stored, lay, flat = found
+        need, pos = np.unique(flat[np.asarray(index, dtype=np.int64)], return_inverse=True)
+        return self.dequantize(lay, need)[torch.from_numpy(pos.reshape(-1))].to(dtype)
+
+
+def _take(t: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Rows ``rows`` of ``t``: a strided view when they are evenly spaced (an expert's gate or up
+    rows, every other row), else a copy."""
+    step = int(rows[1] - rows[0]) if len(rows) > 1 else 1
+    if step > 0 and np.array_equal(rows, rows[0] + step * np.arange(len(rows))):
+        return t[int(rows[0]):int(rows[-1]) + 1:step]
+    return t[torch.from_numpy(rows)]
+
+
+def stored_rows(blocks_shape: tuple, part) -> np.ndarray | None:
+    """Row i of the part ``part`` (a :class:`Transposed` index into the float layout [..., in, out])
+    of a tensor whose blocks are [..., out, G, 16]: its row in the blocks, counted over every axis
+    but the last two; None when the part does not take whole input columns."""
+    *lead, out, _, _ = blocks_shape
+    ids = torch.arange(math.prod(lead) * out).reshape(*lead, 1, out).expand(*lead, 2, out)  # two input columns
+    rows = select(ids, part)  # [part rows, 2]: the same blocks row in both columns of a part's row
+    if rows.ndim != 2 or rows.shape[1] != 2 or not bool((rows[:, 0] == rows[:, 1]).all()):
+        return None
+    return rows[:, 0].contiguous().numpy()
