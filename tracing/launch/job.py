@@ -22,10 +22,12 @@ class PairJob(Checkpointable):
     record for each statistic not done, so the launcher (and a rerun) see it.
     """
 
-    def __init__(self, threads: int | None = None, progress: bool = False, rows_store: str | None = None):
+    def __init__(self, threads: int | None = None, progress: bool = False, rows_store: str | None = None,
+                 download: bool = False):
         self.threads = threads
         self.progress = progress
         self.rows_store = rows_store  # sampled rows kept per model (tracing.rowstore), beside the results
+        self.download = download  # hub models downloaded whole, even for a sampled test
 
     def __call__(self, base: str, ft: str, options: dict, save: dict) -> dict:
         start = time.time()
@@ -57,7 +59,7 @@ class PairJob(Checkpointable):
         try:
             from ..api import run_pair
             run_pair(base, ft, opts, save=todo, progress=self.progress,
-                     rows_store=getattr(self, "rows_store", None))
+                     rows_store=getattr(self, "rows_store", None), download=getattr(self, "download", False))
         except Exception as e:  # noqa: BLE001 - every failure is recorded, never raised
             for s, p in todo.items():
                 if not is_done(p):
