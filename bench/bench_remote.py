@@ -166,7 +166,7 @@ def run_variant(server: HubServer, rows: int, download: bool, repo: str = "bench
 def extrapolate(shape: str, rows: int, rate: float) -> str:
     s = SHAPES[shape]
     n = 2 * s["L"] * rows * s["d"] * 2  # both models, bf16 rows
-    return (f"{s['L']} blocks: {n / MB:.0f} MB ≈ {common.fmt_s(n / rate)} (download {2 * s['total'] / MB / 1000:.0f} GB "
+    return (f"{s['L']} blocks: {n / MB:.0f} MB ≈ {common.fmt_s(n / rate)} s (download {2 * s['total'] / MB / 1000:.0f} GB "
             f"≈ {2 * s['total'] / rate / 60:.0f} min)")
 
 

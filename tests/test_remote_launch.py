@@ -26,8 +26,7 @@ def _launch(cfg, tmp_path, env, *args):
 def _tensor_bytes(folder) -> int:
     total = 0
     for f in folder.glob("*.safetensors"):
-        start, head = header(f)
-        total += f.stat().st_size - start
+        total += f.stat().st_size - header(f)[0]
     return total
 
 
