@@ -294,14 +294,14 @@ def test_offline_after_opening_is_one_line(hub, monkeypatch):
         ckpt.get_rows("model.layers.0.mlp.up_proj.weight", sample())
 
 
-def test_a_quantized_hub_model_is_read_by_its_format_not_by_ranges(hub, folders, tmp_path):
-    """An FP8 folder on the hub (float8 codes + scales): range reads would hand out the codes as
-    weights, so it is downloaded and read by its format's backend, equal to the local folder."""
+def test_a_quantized_hub_model_is_read_by_its_format_by_ranges(hub, folders, tmp_path):
+    """An FP8 folder on the hub (float8 codes + scales) is read by its format's reader, its bytes by
+    range requests (tests/test_remote_quantized.py: every format), equal to the local folder."""
     from quant_writers import write_fp8
     fp8 = write_fp8(folders["base"], tmp_path / "base-fp8")
     hub.add("org/base-fp8", fp8)
     remote, local = Checkpoint("org/base-fp8", remote=True), Checkpoint(fp8)
-    assert not remote.resolved.remote and remote.backend.format == local.backend.format == "fp8"
+    assert remote.resolved.remote and remote.backend.format == local.backend.format == "fp8"
     idx, t = sample(), "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(remote.get_rows(t, idx), local.get_rows(t, idx))
 

@@ -10,7 +10,6 @@ range requests, :mod:`tracing.sources.remote`); ``HF_TOKEN`` is read at download
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from pathlib import Path
 from .errors import TracingError
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
-META_PATTERNS = ["*.json", "*.model", "tokenizer*", "*.tiktoken", "*.txt"]
+META_PATTERNS = ["*.json", "*.model", "tokenizer*", "*.tiktoken", "*.txt", "recipe.yaml"]
 
 
 @dataclass
@@ -171,10 +170,6 @@ def _resolve_hub(s: Spec, local_files_only: bool | None, remote: bool = False) -
             with _quiet(ranged):  # the config files of a range-read model: small, no progress bar
                 path = snapshot_download(repo_id, revision=revision, token=token, endpoint=endpoint(),
                                          allow_patterns=META_PATTERNS if ranged else patterns)
-            if ranged and _quantized(Path(path)):  # a quantized format's reader needs its files: downloaded
-                ranged = False
-                path = snapshot_download(repo_id, revision=revision, token=token, endpoint=endpoint(),
-                                         allow_patterns=patterns)
         else:
             path = snapshot_download(repo_id, revision=revision, local_files_only=True,
                                      allow_patterns=META_PATTERNS + list(WEIGHT_PATTERNS) + [s.file or "*.gguf"])
@@ -211,14 +206,6 @@ def _quiet(on: bool):
     finally:
         if on and not was:
             enable_progress_bars()
-
-
-def _quantized(folder: Path) -> bool:
-    """Does the folder's config.json name a ``quantization_config`` (FP8, GPTQ, …)?"""
-    try:
-        return bool(json.loads((folder / "config.json").read_text()).get("quantization_config"))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _read_by_ranges(repo_id: str, commit: str | None, files: list[str]) -> bool:

@@ -29,6 +29,9 @@ def parse(argv=None):
     g.add_argument("--gpus", type=int, default=None,
                    help="GPUs per pair (default: 1 for forward-pass statistics on a Slurm cluster with GPUs, else 0)")
     g.add_argument("--cpus", type=int, default=None, help="CPUs per pair on Slurm (default: 4)")
+    g.add_argument("--download", action="store_true",
+                   help="download hub models whole even for a sampled test (--rows), which otherwise reads only "
+                        "the sampled rows of a model not in the local cache by HTTP range requests")
     g.add_argument("--no-prefetch", "--no_prefetch", dest="prefetch", action="store_false",
                    help="do not download hub models before submitting (each job fetches its own)")
     g.add_argument("--no-report", "--no_report", dest="report", action="store_false",
@@ -61,5 +64,5 @@ def main(argv=None):
         cluster=args.cluster, partition=args.partition, array_parallelism=args.array_parallelism,
         max_workers=args.max_workers, dry_run=args.dry_run, out=args.out, timeout_min=args.timeout_min,
         mem_gb=args.mem_gb, gpus=args.gpus, cpus=args.cpus, prefetch=args.prefetch, report=args.report,
-        attest_key=args.attest_key)
+        attest_key=args.attest_key, download=args.download)
     return launch(settings)

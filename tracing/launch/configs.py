@@ -22,6 +22,7 @@ class ModelInfo:
     bytes_per_param: int  # as stored on disk (for read time)
     source: str  # "local" | "hub cache" | "demo"
     max_positions: int | None = None  # context length (max_position_embeddings), when the config says
+    weights_cached: bool = True  # False: a hub model whose config is cached but not its weights
 
     @property
     def params(self) -> int:
@@ -91,7 +92,22 @@ def model_info(spec: str) -> ModelInfo:
     backend = open_backend(resolved)  # a corrupt cached file is an error, not a missing one
     source = {"hub": "hub cache", "demo": "demo"}.get(s.kind, "local")
     ctx = getattr(backend.config(), "max_position_embeddings", None)
-    return ModelInfo(s.text, backend.arch, backend.bytes_per_param(), source, int(ctx) if ctx else None)
+    return ModelInfo(s.text, backend.arch, backend.bytes_per_param(), source, int(ctx) if ctx else None,
+                     weights_cached=s.kind != "hub" or _weights_cached(resolved.path, s.file))
+
+
+def _weights_cached(folder: Path, file: str | None) -> bool:
+    """Does a hub cache snapshot hold the model's weights (every file its index lists)?"""
+    import json
+    if file is not None:
+        return (folder / file).is_file()
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return all((folder / f).is_file() for f in set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.gguf")) or any(folder.glob("pytorch_model*.bin"))
 
 
 def reference_info() -> ModelInfo:

@@ -79,15 +79,18 @@ def _plan_status(t) -> str:
     return str(t.status)
 
 
-def plan_table(tasks: list) -> str:
-    """One row per pair: statistics, parameter counts, resources, result files and status."""
+def plan_table(tasks: list, network: list[str] | None = None) -> str:
+    """One row per pair: statistics, parameter counts, resources, bytes fetched from the hub
+    (``network``, one cell per pair, when given), result files and status."""
     rows = []
-    for t in tasks:
+    for i, t in enumerate(tasks):
         r = t.resources
         rows.append([t.pair.label, ",".join(t.stats), f"{fmt_params(t.infos[0])} / {fmt_params(t.infos[1])}",
                      r.mem_gb if r else "-", r.gpus if r else "-", r.cpus if r else "-",
-                     fmt_minutes(r.timeout_min if r else None), _results_cell(t), _plan_status(t)])
-    text = table(rows, ["pair", "stat", "params", "mem_gb", "gpus", "cpus", "time", "result", "status"])
+                     fmt_minutes(r.timeout_min if r else None)] + ([network[i]] if network else [])
+                    + [_results_cell(t), _plan_status(t)])
+    text = table(rows, ["pair", "stat", "params", "mem_gb", "gpus", "cpus", "time"] + (["network"] if network else [])
+                 + ["result", "status"])
     if any(None in t.infos and not t.problem for t in tasks):
         text += "\n* a config is not on this machine: resources assume a Llama-2-7B-sized model (see the notes)"
     return text

@@ -21,10 +21,12 @@ class PairJob(Checkpointable):
     record for each statistic not done, so the launcher (and a rerun) see it.
     """
 
-    def __init__(self, threads: int | None = None, progress: bool = False, rows_store: str | None = None):
+    def __init__(self, threads: int | None = None, progress: bool = False, rows_store: str | None = None,
+                 download: bool = False):
         self.threads = threads
         self.progress = progress
         self.rows_store = rows_store  # sampled rows kept per model (tracing.rowstore), beside the results
+        self.download = download  # hub models downloaded whole, even for a sampled test
 
     def __call__(self, base: str, ft: str, options: dict, save: dict) -> dict:
         start = time.time()
@@ -52,7 +54,7 @@ class PairJob(Checkpointable):
         try:
             from ..api import run_pair
             run_pair(base, ft, opts, save=todo, progress=self.progress,
-                     rows_store=getattr(self, "rows_store", None))
+                     rows_store=getattr(self, "rows_store", None), download=getattr(self, "download", False))
         except Exception as e:  # noqa: BLE001 - every failure is recorded, never raised
             for s, p in todo.items():
                 if not is_done(p):
@@ -74,10 +76,11 @@ class DelayedPairJob(PairJob):
         return super().__call__(base, ft, options, save)
 
 
-def pair_job(threads: int | None = None, rows_store: str | None = None) -> PairJob:
-    """The job object the launcher submits (the delayed one only when the test variable is set)."""
+def pair_job(**kwargs) -> PairJob:
+    """The job object the launcher submits, ``PairJob(**kwargs)`` (the delayed one only when the test variable
+    is set)."""
     cls = DelayedPairJob if os.environ.get(TEST_SLEEP_ENV) else PairJob
-    return cls(threads=threads, rows_store=rows_store)
+    return cls(**kwargs)
 
 
 def job_id() -> str | None:

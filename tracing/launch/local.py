@@ -97,7 +97,7 @@ def _run_pool(pool, queue: list[Task], job: PairJob, max_workers: int, mem_limit
 
 
 def run_local(tasks: list[Task], max_workers: int, threads: int, on_done: Callable[[Task], None] | None = None,
-              mem_limit_gb: float | None = None, rows_store: str | None = None) -> None:
+              mem_limit_gb: float | None = None, rows_store: str | None = None, download: bool = False) -> None:
     """At most ``max_workers`` pairs at a time (and no more than fits in memory), each in a
     spawned worker process limited to ``threads`` torch threads."""
     import multiprocessing as mp
@@ -106,7 +106,7 @@ def run_local(tasks: list[Task], max_workers: int, threads: int, on_done: Callab
     mem_limit_gb = local_mem_gb() if mem_limit_gb is None else mem_limit_gb
     queue = list(tasks)
     ctx = mp.get_context("spawn")  # fork after torch is imported is unsafe
-    job = pair_job(threads=threads, rows_store=rows_store)
+    job = pair_job(threads=threads, rows_store=rows_store, download=download)
     while queue:
         pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=ctx, initializer=_worker_init,
                                    initargs=(threads, os.getpid()))

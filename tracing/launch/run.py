@@ -41,6 +41,7 @@ class LaunchSettings:
     prefetch: bool = True
     report: bool = True
     attest_key: str | None = None  # sign each result (tracing.evidence) after the jobs
+    download: bool = False  # hub models downloaded whole even for a sampled test (no range requests)
 
 
 @dataclass
@@ -164,7 +165,10 @@ def dry_run(run: Launch) -> int:
     """Print the plan: pairs, resources, result files, status; nothing is written. The exit code is
     the run's: 2 when no pair can run with these options, 1 when some pair cannot run, else 0."""
     notes = run.config_notes
-    run.say(plan_table(run.tasks))
+    from ..sources.cost import pair_cost
+    network = [pair_cost(t.infos, run.options, run.s.download) if t.status != TaskState.DONE else "-"
+               for t in run.tasks]
+    run.say(plan_table(run.tasks, network if any(c not in ("none", "-") for c in network) else None))
     for t in run.tasks:
         if t.problem:
             run.say(f"error: {t.pair.label}: {t.problem}")
@@ -195,15 +199,18 @@ def dry_run(run: Launch) -> int:
 
 def _say_read_costs(run: Launch) -> None:
     """A sampled test's bytes per hub model (from the configs; nothing is read)."""
-    from ..sources.cost import estimate_line
+    from ..sources.cost import estimate_line, total_cost_line
     seen = set()
     for t in run.tasks:
         for info in t.infos or ():
-            if info is not None and info.spec not in seen:
+            if info is not None and info.spec not in seen and not run.s.download:
                 seen.add(info.spec)
                 line = estimate_line(info, run.options)
                 if line:
                     run.say(line)
+    line = total_cost_line([t for t in run.tasks if t.status != TaskState.DONE], run.options, run.s.download)
+    if line:
+        run.say(line)
 
 
 def split_work(run: Launch) -> tuple[list[Task], list[Task], list[Task]]:
@@ -254,7 +261,7 @@ def _still_on_slurm(run: Launch, todo: list[Task]) -> list[Task]:
 def prepare(run: Launch, todo: list[Task]) -> list[Task]:
     """Fetch the models, size the pairs; the pairs that cannot run are recorded as failed."""
     if run.s.prefetch and todo:
-        errors = prefetch(todo, run.say, remote=run.options.rows is not None)
+        errors = prefetch(todo, run.say, remote=run.options.rows is not None and not run.s.download)
         for t in todo:
             bad = [errors[m] for m in (t.pair.base, t.pair.ft) if m in errors]
             if bad:
@@ -310,11 +317,12 @@ def execute(run: Launch, runnable: list[Task]) -> None:
 
         run_slurm(runnable, run.out, array_parallelism=s.array_parallelism, info=run.info,
                   job_name=f"tracing-{run.out.name}"[:64], rows_store=store, on_submit=on_submit,
-                  on_done=lambda t: _on_done(run, t))
+                  on_done=lambda t: _on_done(run, t), download=s.download)
     else:
         threads = max(1, local_cores() // run.max_workers)
         run.say(f"running {len(runnable)} pair(s) here, at most {run.max_workers} at a time, {threads} thread(s) each")
-        run_local(runnable, run.max_workers, threads, on_done=lambda t: _on_done(run, t), rows_store=store)
+        run_local(runnable, run.max_workers, threads, on_done=lambda t: _on_done(run, t), rows_store=store,
+                  download=s.download)
 
 
 def wait_for_others(run: Launch, foreign: list[Task], elsewhere: list[Task], runnable: list[Task]) -> None:

@@ -49,11 +49,11 @@ def _executor(out: Path, res, job_name: str, array_parallelism: int | None):
     return executor
 
 
-def _submit(chunk: list[Task], executor, res, on_done, rows_store: str | None = None) -> list:
+def _submit(chunk: list[Task], executor, res, on_done, rows_store: str | None = None, download: bool = False) -> list:
     """Submit one array; on a refusal every task of the chunk is recorded as failed."""
     try:
         return executor.map_array(
-            pair_job(threads=res.cpus, rows_store=rows_store), [t.pair.base for t in chunk],
+            pair_job(threads=res.cpus, rows_store=rows_store, download=download), [t.pair.base for t in chunk],
             [t.pair.ft for t in chunk],
             [t.options for t in chunk], [t.save_targets() for t in chunk])
     except Exception as e:  # noqa: BLE001 - e.g. sbatch rejects the request
@@ -100,7 +100,7 @@ def _wait_jobs(pending: dict, on_done, poll_s: float) -> None:
 
 
 def run_slurm(tasks: list[Task], out: Path, *, array_parallelism: int | None, info: SlurmInfo,
-              job_name: str, rows_store: str | None = None,
+              job_name: str, rows_store: str | None = None, download: bool = False,
               on_submit: Callable[[list[Task], str], None] | None = None,
               on_done: Callable[[Task], None] | None = None, poll_s: float = 1.0) -> None:
     """Submit the tasks as job arrays (one per group of identical resources, chunked under
@@ -109,7 +109,8 @@ def run_slurm(tasks: list[Task], out: Path, *, array_parallelism: int | None, in
     for group in group_by_resources(tasks).values():
         res = group[0].resources
         for chunk in chunked(group, info.max_array_size):
-            jobs = _submit(chunk, _executor(out, res, job_name, array_parallelism), res, on_done, rows_store)
+            jobs = _submit(chunk, _executor(out, res, job_name, array_parallelism), res, on_done, rows_store,
+                           download)
             if not jobs:
                 continue
             for t, j in zip(chunk, jobs):

@@ -46,6 +46,10 @@ def parse(argv=None):
     p.add_argument("--significance", type=float, default=None,
                    help="level after Holm's correction (default: the runs' --significance, else 0.01)")
     p.add_argument("--merges", action="store_true", help="attribute merges (reads the models' weights)")
+    p.add_argument("--merge-tensors", "--merge_tensors", dest="merge_tensors", default=None, metavar="GROUPS",
+                   help="fit merges on these tensors only: a comma-separated list of groups (norms, routers, shared, "
+                        "embed, experts, mlp, attention) or roles; hub models not in the local cache are then read "
+                        "by range requests, only those tensors (default: all tensors, models downloaded)")
     p.add_argument("--no-hub", action="store_true", help="do not read base_model from cached model cards")
     return p.parse_args(argv)
 
@@ -79,8 +83,9 @@ def main(argv=None) -> int:
     kw = dict(stat=args.stat, root=args.root, level=args.significance, use_hub=not args.no_hub)
     extra = {}
     if args.merges:
-        from .merges import reconstruct_with_merges, verdict_json
-        rec, verdicts = reconstruct_with_merges(df, truth, progress=True, **kw)
+        from .merges import parse_tensors, reconstruct_with_merges, verdict_json
+        rec, verdicts = reconstruct_with_merges(df, truth, progress=True, tensors=parse_tensors(args.merge_tensors),
+                                                **kw)
         extra["merges"] = [verdict_json(v) for v in verdicts]
     else:
         rec = reconstruct(df, truth=truth, **kw)

@@ -23,6 +23,11 @@ hypothesis M = P_j + δ with the nearest candidate P_j (B included). M is called
 4. when the lineage is known: no parent is an ancestor of another (a model between an ancestor
    and its descendant lies on one lineage).
 
+The fit may be restricted to some tensors (``tensors``: groups of roles such as ``norms``,
+``routers``, ``shared``; :data:`TENSOR_GROUPS`): a merge check of a frontier mixture of experts then
+reads a few MB per tensor instead of the whole model, and a hub model not in the local cache is
+read by range requests (only those tensors; :mod:`tracing.sources.remote`).
+
 Limits: a task-arithmetic merge with full weights (M = B + τ₁ + τ₂) is called a fine-tune of
 one parent by rule 3, and a fine-tune on data like another model's fine-tuning data can look
 like a merge of the two; the weights are reported either way.
@@ -43,6 +48,46 @@ MAX_RATIO = 0.6
 MAX_TOTAL = 1.25
 CHUNK = 1 << 22  # elements per float64 slice of a tensor
 
+_GROUPS = {
+    "norms": lambda role: "norm" in role,
+    "routers": lambda role: role.startswith("router") or role == "shared_router",
+    "shared": lambda role: role.startswith("shared_"),
+    "embed": lambda role: role in ("embed", "lm_head"),
+    "experts": lambda role: role.startswith("expert_"),
+    "mlp": lambda role: role.split("_")[0] in ("gate", "up", "down"),
+}
+#: groups of tensor roles a merge fit may be restricted to (any role name may be given too); the
+#: attention group is every role of a block in no other group
+TENSOR_GROUPS = {**_GROUPS, "attention": lambda role: not any(f(role) for f in _GROUPS.values())}
+
+
+def parse_tensors(text: str | None) -> list[str] | None:
+    """``"norms,routers"`` -> ``["norms", "routers"]`` (None or ``"all"``: every tensor)."""
+    if text is None or str(text).strip() in ("", "all"):
+        return None
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def selected_names(arch, tensors: list[str] | None, label: str = "model") -> list[str]:
+    """The tensors of ``arch`` whose role is in one of the groups (or is one of the roles) ``tensors``."""
+    names = arch.names()
+    if tensors is None:
+        return names
+    roles = {arch.role_of(n)[0] for n in names}
+    unknown = [t for t in tensors if t not in TENSOR_GROUPS and t not in roles]
+    if unknown:
+        raise TracingError(f"merge attribution: {unknown[0]!r} is neither a tensor group "
+                           f"({', '.join(TENSOR_GROUPS)}) nor a role of {label}'s tensors "
+                           f"({', '.join(sorted(roles))}); give a comma-separated list of these")
+
+    def wanted(role):
+        return any(role == t or (t in TENSOR_GROUPS and TENSOR_GROUPS[t](role)) for t in tensors)
+    out = [n for n in names if wanted(arch.role_of(n)[0])]
+    if not out:
+        raise TracingError(f"merge attribution: {label} has no tensor in {', '.join(tensors)}; choose other "
+                           f"groups (its roles: {', '.join(sorted(roles))})")
+    return out
+
 
 @dataclass
 class MergeFit:
@@ -56,6 +101,7 @@ class MergeFit:
     single: float
     single_parent: str
     per_block: list[dict] = field(default_factory=list)
+    tensors: list[str] | None = None  # the groups of tensors fitted (None: all)
 
 
 @dataclass
@@ -68,11 +114,13 @@ class MergeVerdict:
     fit: MergeFit
 
 
-def _open(spec):
+def _open(spec, remote: bool = False):
+    """A weight source and its label; ``remote``: a hub model not in the local cache is read by
+    range requests (only the tensors fitted) instead of downloaded."""
     if hasattr(spec, "get") and hasattr(spec, "arch"):
         return spec, getattr(spec, "label", "model")
     from ..models import Checkpoint
-    ck = Checkpoint(str(spec))
+    ck = Checkpoint(str(spec), remote=remote)
     return ck, str(spec)
 
 
@@ -135,7 +183,7 @@ def _solve(acc: _Acc, with_base: bool) -> tuple[np.ndarray, float, float, int]:
     return w, _residual(acc, w) / ref, max(singles[j], 0.0) / ref, j
 
 
-def _stream(model, parents, base, progress: bool) -> tuple[dict, list]:
+def _stream(model, parents, base, progress: bool, tensors: list[str] | None = None) -> tuple[dict, list]:
     """Per-block accumulators, streaming one tensor (of every model) at a time."""
     from tqdm.auto import tqdm
     M, mlabel = model
@@ -144,7 +192,7 @@ def _stream(model, parents, base, progress: bool) -> tuple[dict, list]:
         require_same_blocks(arch, src.arch, "merge attribution")
     k = len(parents)
     accs: dict = {}
-    names = arch.names()
+    names = selected_names(arch, tensors, mlabel)
     for name in tqdm(names, desc=f"merge fit {mlabel}", disable=not progress, leave=False):
         role, block = arch.role_of(name)
         ts = [M.get(name)] + [p.get(name) for p, _ in parents] + ([base[0].get(name)] if base else [])
@@ -169,15 +217,17 @@ def _stream(model, parents, base, progress: bool) -> tuple[dict, list]:
     return accs, names
 
 
-def fit_merge(model, parents, base=None, progress: bool = False) -> MergeFit:
+def fit_merge(model, parents, base=None, progress: bool = False, tensors: list[str] | None = None) -> MergeFit:
     """Mixing weights of ``parents`` in ``model`` (specs such as ``demo:a-docs`` / folders, or weight
-    sources with ``.arch`` and ``.get``), per block and overall; ``base``: their common ancestor, if known."""
+    sources with ``.arch`` and ``.get``), per block and overall; ``base``: their common ancestor, if known;
+    ``tensors``: the groups of tensors fitted (:data:`TENSOR_GROUPS`; None: all)."""
     if len(parents) < 1:
         raise TracingError("merge attribution needs at least one candidate parent")
-    m = _open(model)
-    ps = [_open(p) for p in parents]
-    b = _open(base) if base is not None else None
-    accs, _ = _stream(m, ps, b, progress)
+    remote = tensors is not None
+    m = _open(model, remote)
+    ps = [_open(p, remote) for p in parents]
+    b = _open(base, remote) if base is not None else None
+    accs, _ = _stream(m, ps, b, progress, tensors)
     total = _Acc(len(ps))
     per_block = []
     for key in sorted(accs, key=lambda x: (isinstance(x, str), x if not isinstance(x, str) else 0)):
@@ -187,7 +237,7 @@ def fit_merge(model, parents, base=None, progress: bool = False) -> MergeFit:
     w, un, single, j = _solve(total, b is not None)
     names = [p[1] for p in ps] + ([b[1]] if b else [])
     return MergeFit(m[1], [p[1] for p in ps], b[1] if b else None, [float(x) for x in w], float(un),
-                    float(single), names[j], per_block)
+                    float(single), names[j], per_block, tensors)
 
 
 def judge(fit: MergeFit, parents: dict | None = None, min_weight: float = MIN_WEIGHT, max_ratio: float = MAX_RATIO,
@@ -224,12 +274,14 @@ def judge(fit: MergeFit, parents: dict | None = None, min_weight: float = MIN_WE
 
 
 def attribute(model, candidates, base=None, parents: dict | None = None, progress: bool = False,
-              min_weight: float = MIN_WEIGHT, max_ratio: float = MAX_RATIO) -> MergeVerdict:
+              min_weight: float = MIN_WEIGHT, max_ratio: float = MAX_RATIO,
+              tensors: list[str] | None = None) -> MergeVerdict:
     """Fit ``model`` on ``candidates`` (``base`` left out of them) and judge whether it is a merge."""
     cands = [c for c in candidates if c != model and c != base]
     if not cands:
         raise TracingError(f"no candidate parent for {model} (other than its base)")
-    return judge(fit_merge(model, cands, base=base, progress=progress), parents, min_weight, max_ratio)
+    return judge(fit_merge(model, cands, base=base, progress=progress, tensors=tensors), parents, min_weight,
+                 max_ratio)
 
 
 def lowest_common_ancestor(models: list[str], parents: dict) -> str | None:
@@ -250,7 +302,8 @@ def merge_candidates(rec, model: str, parents: dict) -> list[str]:
     return sorted(m for m in sig if not is_ancestor(model, m, parents, strict=True))
 
 
-def attribute_all(rec, truth: dict | None = None, progress: bool = False) -> list[MergeVerdict]:
+def attribute_all(rec, truth: dict | None = None, progress: bool = False,
+                  tensors: list[str] | None = None) -> list[MergeVerdict]:
     """Every model significant against at least two others, fitted on those (without its descendants);
     B is the candidates' lowest common ancestor in the known lineage (else the reconstructed tree)."""
     from .tree import align_truth
@@ -266,7 +319,7 @@ def attribute_all(rec, truth: dict | None = None, progress: bool = False) -> lis
             base = None
         if len([c for c in cands if c != base]) < 1:
             continue
-        out.append(attribute(m, cands, base=base, parents=parents, progress=progress))
+        out.append(attribute(m, cands, base=base, parents=parents, progress=progress, tensors=tensors))
     return out
 
 
@@ -274,16 +327,19 @@ def verdict_json(v: MergeVerdict) -> dict:
     """One verdict as plain values (``lineage.json``'s ``merges`` entries)."""
     return {"model": v.model, "is_merge": v.is_merge, "parents": v.parents, "weights": v.weights,
             "reason": v.reason, "base": v.fit.base, "fit_parents": v.fit.parents, "fit_weights": v.fit.weights,
-            "unexplained": v.fit.unexplained, "single": v.fit.single, "per_block": v.fit.per_block}
+            "unexplained": v.fit.unexplained, "single": v.fit.single, "per_block": v.fit.per_block,
+            "tensors": v.fit.tensors or "all"}
 
 
-def reconstruct_with_merges(df, truth: dict | None = None, progress: bool = False, **kw):
+def reconstruct_with_merges(df, truth: dict | None = None, progress: bool = False,
+                            tensors: list[str] | None = None, **kw):
     """:func:`~tracing.lineage.reconstruct.reconstruct`, then merge attribution on its families, then
     the tree again with every merge hung under its parents (never drawn as a parent). Returns the
-    reconstruction and the verdicts (merges and the models found not to be merges)."""
+    reconstruction and the verdicts (merges and the models found not to be merges); ``tensors``: the
+    groups of tensors the fits read (None: all)."""
     from .reconstruct import reconstruct
     rec = reconstruct(df, truth=truth, **kw)
-    verdicts = attribute_all(rec, truth, progress=progress)
+    verdicts = attribute_all(rec, truth, progress=progress, tensors=tensors)
     found = {v.model: list(v.parents) for v in verdicts if v.is_merge}
     if found:
         rec = reconstruct(df, truth=truth, merges=found, **kw)

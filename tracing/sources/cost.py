@@ -53,14 +53,67 @@ def dry_run_lines(base: str, ft: str, options, download: bool = False) -> list[s
     return lines
 
 
+def _sampled_bytes(info, options) -> int:
+    """≈ bytes a sampled test reads of a model (from its config): K rows of every up_proj, and the
+    embedding when ``emb`` is asked for."""
+    a, bpp = info.arch, info.bytes_per_param
+    rows = a.L * min(options.rows, a.h) * a.d * bpp
+    return rows + (a.V * a.d * bpp if "emb" in options.stat else 0)
+
+
 def estimate_line(info, options) -> str | None:
     """For a launch's dry run (configs only, no network): what a sampled test (``cos --rows K``)
     reads of a hub model, against its whole size; None for other tests and local models."""
     if options.rows is None or info is None or info.source not in ("hub cache",) or "cos" not in options.stat:
         return None
-    a, bpp = info.arch, info.bytes_per_param
-    rows = a.L * min(options.rows, a.h) * a.d * bpp
-    emb = a.V * a.d * bpp if "emb" in options.stat else 0
-    total = info.params * bpp
-    return (f"{info.spec}: a sampled test reads ≈ {_size(rows + emb)} of ≈ {_size(total)} when its weights are not "
-            f"in the local cache (range requests; `main.py --dry-run` gives the exact bytes)")
+    total = info.params * info.bytes_per_param
+    return (f"{info.spec}: a sampled test reads ≈ {_size(_sampled_bytes(info, options))} of ≈ {_size(total)} when its "
+            f"weights are not in the local cache (range requests; `main.py --dry-run` gives the exact bytes)")
+
+
+#: statistics whose sampled variant (``--rows``) reads only rows (and, for ``emb``, the embedding)
+SAMPLED_READS = ("cos", "match", "fixed", "emb")
+
+
+def model_cost(info, options, download: bool = False) -> tuple[int | None, str]:
+    """``(≈ bytes, how)`` a model will cost on the network, from its config (no network): nothing for
+    a local model or one whose weights are in the Hugging Face cache, its weights for a download,
+    its sampled rows for range reads; ``(None, why)`` when its config is not on this machine."""
+    if info is None:
+        return None, "config not on this machine"
+    if info.source != "hub cache" or info.weights_cached:
+        return 0, "local"
+    total = info.params * info.bytes_per_param
+    if download or options.rows is None:
+        return total, "download"
+    if any(s not in SAMPLED_READS for s in options.stat):  # a statistic of whole tensors, by range requests
+        return total, "range reads"
+    return _sampled_bytes(info, options), "range reads"
+
+
+def pair_cost(infos, options, download: bool = False) -> str:
+    """The network cell of a pair in a launch's plan: ≈ bytes of both models (``none`` when both
+    are local or cached; ``+ ?`` for a model whose config is not on this machine)."""
+    costs = [model_cost(info, options, download) for info in infos or (None, None)]
+    if all(n == 0 for n, _ in costs):
+        return "none"
+    known = sum(n for n, _ in costs if n)
+    if not known:
+        return "?"
+    return f"≈ {_size(known)}" + (" + ?" if any(n is None for n, _ in costs) else "")
+
+
+def total_cost_line(tasks, options, download: bool = False) -> str | None:
+    """For a launch's dry run: the network cost of all pairs with each model read once (a download
+    is cached; sampled rows are kept in the launch's row store); None when nothing is fetched."""
+    once = {}
+    for t in tasks:
+        for spec, info in zip((t.pair.base, t.pair.ft), t.infos or (None, None)):
+            once[spec] = model_cost(info, options, download)
+    if all(n == 0 for n, _ in once.values()):
+        return None
+    how = "downloads" if download or options.rows is None else "range reads"
+    unknown = [s for s, (n, _) in once.items() if n is None]
+    return (f"network: ≈ {_size(sum(n for n, _ in once.values() if n))} in all, each model once ({how} of the hub "
+            f"models not in the local cache, from their configs; `main.py --dry-run` gives a pair's exact bytes)"
+            + (f"; more for {len(unknown)} model(s) whose config is not on this machine" if unknown else ""))

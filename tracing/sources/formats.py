@@ -20,12 +20,20 @@ def supported() -> list[str]:
     return sorted({"gptq", "awq", *FORMATS})
 
 
-def open_format(folder: Path, qcfg: dict, label: str):
-    """The backend of a folder quantized with ``qcfg["quant_method"]``."""
+def format_class(folder: Path, qcfg: dict) -> type:
+    """The backend class of a folder quantized with ``qcfg["quant_method"]`` (GPTQ and AWQ included)."""
     method = str(qcfg.get("quant_method")).lower()
+    if method in ("gptq", "awq"):
+        from .gptq import PackedInt4Backend
+        return PackedInt4Backend
     if method not in FORMATS:
         raise TracingError(f"{folder / 'config.json'}: quant_method {qcfg.get('quant_method')!r} is not supported "
                            f"(supported: {', '.join(supported())}); use a checkpoint in one of these formats "
                            f"or a float (dequantized) copy")
     module, cls = FORMATS[method]
-    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)(folder, qcfg, label)
+    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+
+
+def open_format(folder: Path, qcfg: dict, label: str):
+    """The backend of a folder quantized with ``qcfg["quant_method"]``."""
+    return format_class(folder, qcfg)(folder, qcfg, label)

@@ -89,18 +89,22 @@ class RemoteBackend(FolderBackend):
 
     # tensors ---------------------------------------------------------------------------------
     def get(self, name, dtype=torch.float32):
-        """A whole tensor (a role of a fused tensor: the stored tensor, then its part)."""
+        """A whole tensor, or a role's part of one: only the rows of a fused tensor it holds, or the one
+        expert of a stacked tensor it belongs to."""
         from ..models import select
         found = self._find(name)
         if found is None:
             return super().get(name, dtype)  # the folder backend's error
         stored, part, f = found
-        rows = self._shapes[stored][0] if self._shapes[stored] else 0
-        t = self._read_rows(f.name, stored, np.arange(rows))
+        shape = self._shapes[stored]
+        rows, rest = first_axis(part, shape)
+        t = self._read_rows(f.name, stored, rows)
         if t is None:
             raise TracingError(f"{self.label}: tensor {stored} has a dtype the range reader does not handle; "
                                f"fetch the model with --download")
-        return select(t.reshape(self._shapes[stored]), part)
+        if rest is False:  # the whole tensor
+            return select(t.reshape(shape), part)
+        return t if rest is None else select(t[0], rest)
 
     def get_rows(self, name, index, dtype=torch.float32):
         found = self._find(name)
@@ -147,8 +151,10 @@ class RemoteBackend(FolderBackend):
             return 0
         stored, part, f = found
         offset = row_offset(part)
-        whole = np.arange(self._shapes[stored][0] if self._shapes[stored] else 0)
-        idx = whole if index is None or offset is None else np.asarray([int(i) + offset for i in index])
+        if index is None or offset is None:
+            idx = first_axis(part if index is None else None, self._shapes[stored])[0]
+        else:
+            idx = np.asarray([int(i) + offset for i in index])
         plan, _, requests = self._requests(f.name, stored, idx)
         if plan is None:  # read whole (and then failing): the tensor's bytes
             return 0
@@ -175,3 +181,25 @@ class RemoteBackend(FolderBackend):
             entry["bytes_read"] = self.hub.bytes_read.get(f.name, 0)
             out.append(entry)
         return out
+
+
+def first_axis(part, shape) -> tuple[np.ndarray, object]:
+    """Which rows (first-axis entries) of a stored tensor of ``shape`` a role's ``part`` needs, and
+    what is left to select: ``(rows, False)`` all of them (then ``part`` applies to the whole),
+    ``(rows, None)`` a block of rows that is the part itself (a role of a fused tensor), or
+    ``([e], rest)`` one entry of a stacked tensor (an expert) and the index ``rest`` within it."""
+    from ..arch.layout import Transposed
+    n = shape[0] if shape else 0
+    if part is not None and not isinstance(part, Transposed) and row_offset(part) is not None:
+        s = part[0] if isinstance(part, tuple) else part
+        start, stop = s.start or 0, n if s.stop is None else min(s.stop, n)
+        return np.arange(start, stop), None
+    items = tuple(part) if isinstance(part, tuple) else ()
+    if items and isinstance(items[0], int) and len(shape) > 1:
+        rest = items[1:]
+        if isinstance(part, Transposed):
+            rest = Transposed(rest)
+        elif not rest:
+            rest = (slice(None),)
+        return np.asarray([items[0] % n]), rest
+    return np.arange(n), False
