@@ -132,3 +132,25 @@ def test_sampled_indices_are_sorted_distinct(hub, quantized):
     remote, local = Checkpoint("org/q-fp8", remote=True), Checkpoint(quantized["fp8"])
     idx = np.array([0, 1, 15, 16, 17, 40, 255, 256, 511])
     assert torch.equal(remote.get_rows(UP[1], idx), local.get_rows(UP[1], idx))
+
+
+def test_gpt_oss_stacked_mxfp4_expert_rows_by_ranges(hub, tmp_path):
+    """gpt-oss's release layout (every expert of a block stacked in one MXFP4 tensor): a sampled row of one
+    expert is read from the hub as that expert's rows of blocks and scales, equal to the local read."""
+    from family_models import save_trio
+    from quant_writers import write_mxfp4_gpt_oss
+    _, paths = save_trio(tmp_path, "gpt_oss", d=32, h=128)
+    local = write_mxfp4_gpt_oss(paths["ft"], tmp_path / "mx-ft")
+    hub.add("org/gpt-oss-mx", local)
+    remote, here = Checkpoint("org/gpt-oss-mx", remote=True), Checkpoint(str(local))
+    assert remote.resolved.remote and not any(remote.path.glob("*.safetensors"))
+    names = [n for n in here.names() if "#expert_" in n and "_bias#" not in n]
+    assert names
+    hub.served.clear()
+    for n in names:
+        idx = np.sort(np.random.default_rng(3).choice(here.arch.ref(n).shape[0], 5, replace=False))
+        assert torch.equal(remote.get_rows(n, idx), here.get_rows(n, idx)), n
+    sent = sum(weight_bytes(hub, "org/gpt-oss-mx").values())
+    stacked = sum(_nbytes(m) for f in local.glob("*.safetensors") for k, m in header(f)[1].items()
+                  if k.endswith(("_blocks", "_scales")))
+    assert 0 < sent < stacked / 4, (sent, stacked)

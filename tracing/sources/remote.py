@@ -117,20 +117,21 @@ class RemoteBackend(FolderBackend):
             return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
         return t
 
-    def _requests(self, file: str, stored: str, idx: np.ndarray):
-        """``(plan, spans, requests)`` of rows ``idx`` of a stored tensor: the row layout
-        (:func:`tracing.rows.row_plan`, None when the reader does not handle it), the byte span of
-        each run of rows, and the requests that read them (runs at most a row apart merged)."""
-        plan = row_plan(*self.header(file), stored, idx)
+    def _requests(self, file: str, stored: str, idx: np.ndarray, lead: int = 1):
+        """``(plan, spans, requests)`` of rows ``idx`` of a stored tensor (counted over its first ``lead``
+        axes): the row layout (:func:`tracing.rows.row_plan`, None when the reader does not handle it), the
+        byte span of each run of rows, and the requests that read them (runs at most a row apart merged)."""
+        plan = row_plan(*self.header(file), stored, idx, lead)
         if plan is None:
             return None, [], []
         row_bytes, base = plan[2], plan[3]
         spans = [(base + first * row_bytes, n * row_bytes) for _, first, n in runs(idx)]
         return plan, spans, coalesce(spans, gap=row_bytes)
 
-    def _read_rows(self, file: str, stored: str, idx: np.ndarray) -> torch.Tensor | None:
-        """Rows ``idx`` (sorted, distinct) of a stored tensor in its stored dtype, by range requests."""
-        plan, spans, requests = self._requests(file, stored, idx)
+    def _read_rows(self, file: str, stored: str, idx: np.ndarray, lead: int = 1) -> torch.Tensor | None:
+        """Rows ``idx`` (sorted, distinct; over the first ``lead`` axes) of a stored tensor in its stored dtype,
+        by range requests."""
+        plan, spans, requests = self._requests(file, stored, idx, lead)
         if plan is None:
             return None
         dtype, row_shape, row_bytes, _ = plan

@@ -77,18 +77,23 @@ class RangeReads:
 
     _read = read  # GPTQ / AWQ
 
-    def read_rows(self, key: str, rows) -> torch.Tensor:
-        """Rows ``rows`` (sorted, distinct) of one stored tensor, and nothing else of it."""
+    def read_rows(self, key: str, rows, lead: int = 1) -> torch.Tensor:
+        """Rows ``rows`` (sorted, distinct; counted over the first ``lead`` axes, as
+        :meth:`LayeredBackend.read_rows`) of one stored tensor, and nothing else of it."""
         rows = np.asarray(rows, dtype=np.int64)
         file = self._stored_meta(key)[0]
         if self._planning is not None:
-            plan, _, requests = self.files._requests(file, key, rows)
+            plan, _, requests = self.files._requests(file, key, rows, lead)
             if plan is None:
-                return self.read(key)[torch.as_tensor(rows)]
+                return self._whole_rows(key, rows, lead)
             self._planning["bytes"] += sum(n for _, n, _ in requests)
             return torch.zeros([rows.size, *plan[1]], dtype=plan[0])
-        t = self.files._read_rows(file, key, rows)
-        return self.read(key)[torch.as_tensor(rows)] if t is None else t
+        t = self.files._read_rows(file, key, rows, lead)
+        return self._whole_rows(key, rows, lead) if t is None else t
+
+    def _whole_rows(self, key: str, rows: np.ndarray, lead: int) -> torch.Tensor:
+        t = self.read(key)
+        return (t.flatten(0, lead - 1) if lead > 1 else t)[torch.as_tensor(rows)]
 
     def tensor_types(self):
         if not hasattr(self, "_meta"):  # GPTQ / AWQ: the packed layers by their qweight
