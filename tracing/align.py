@@ -480,8 +480,7 @@ def align(base: WeightSource, ft: WeightSource, progress: bool = True, vocab=Non
     def rows(src, u):
         return src.get(u.gate) if u.gate is not None else src.get(u.down).T
 
-    pi_x = {i: _expert_order([rows(base, u) for u in _routed(base.arch, i)],
-                             [rows(residual, u) for u in _routed(base.arch, i)])
+    pi_x = {i: _expert_order(base.arch.units(i), lambda u: rows(base, u), lambda u: rows(residual, u))
             for i in range(base.arch.L) if base.arch.is_moe_block(i)}
     residual = Permuted(ft, torch.from_numpy(pi_e), pi_x={i: torch.from_numpy(p) for i, p in pi_x.items()})
     pi_i = match_layers(list(units), lambda key: (rows(base, units[key]), rows(residual, units[key])),
@@ -489,12 +488,10 @@ def align(base: WeightSource, ft: WeightSource, progress: bool = True, vocab=Non
     return Alignment(pi_e=pi_e, pi_i=pi_i, pi_x=pi_x)
 
 
-def _routed(arch, i: int) -> list:
-    return [u for u in arch.units(i) if u.expert is not None and u.expert != "shared"]
-
-
-def _expert_order(A: list, B: list) -> np.ndarray:
-    """θ₂'s expert for each of θ₁'s: the assignment maximising the summed mean best cosine of rows."""
-    from .experts import expert_similarity
+def _expert_order(units, rows_a, rows_b) -> np.ndarray:
+    """θ₂'s expert for each of θ₁'s routed experts: the assignment maximising the summed mean best
+    cosine of their rows (``rows_a(unit)``, ``rows_b(unit)``)."""
+    from .experts import _routed, expert_similarity
+    A, B = [rows_a(u) for u in _routed(units)], [rows_b(u) for u in _routed(units)]
     S = np.array([[expert_similarity(a, b) for b in B] for a in A])
     return linear_sum_assignment(-S)[1].astype(np.int64)
