@@ -161,6 +161,8 @@ def extrapolate(name: str, sampled: dict, full: list[dict], rows: int) -> dict:
     out = {"shape": name, "blocks": s["blocks"], "moe_blocks": s["moe_blocks"]}
     dense = s["blocks"] - s["moe_blocks"]
     out["sampled_model_s"] = s["moe_blocks"] * sampled["wall_s"] + dense * DENSE_BLOCK_S
+    out["sampled_model_cpu_s"] = s["moe_blocks"] * sampled["cpu_s"] + dense * DENSE_BLOCK_S
+    out["threads"] = sampled.get("threads")
     per_model = s["moe_blocks"] * (s["E"] + s["shared"]) * rows * s["d"] + dense * rows * s["d"]
     out["sampled_fraction_read"] = per_model / s["params"]
     out["sampled_block_gb_read"] = sampled["bytes_read"] / GB
@@ -180,41 +182,49 @@ def main(argv=None):
     ap.add_argument("--full-experts", default="8,16", help="expert counts the full grid is measured at")
     ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR / "moe_block")
     ap.add_argument("--cleanup", action="store_true", help="delete the synthetic checkpoints at the end")
+    ap.add_argument("--threads", default="2",
+                    help="torch threads of the sampled variant, comma-separated for several runs (default 2)")
     ap.add_argument("--variant", choices=("sampled", "full"), help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs=2, type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.variant:
-        emit(variant(*a.paths, a.rows if a.variant == "sampled" else None))
+        import torch
+        torch.set_num_threads(int(a.threads))
+        emit({**variant(*a.paths, a.rows if a.variant == "sampled" else None), "threads": int(a.threads)})
         return
     records, rows_out, extra = [], [], []
     log = open(common.log_path(a.workdir, "bench_moe_block"), "a")
     for name in a.shapes.split(","):
         s = SHAPES[name]
         paths = write_pair(a.workdir / name, name)
-        runs = [("sampled", s["E"], paths)]
-        for E in map(int, a.full_experts.split(",")):
-            runs.append(("full", E, {n: view(p, a.workdir / f"{name}-E{E}" / n, s, E) for n, p in paths.items()}))
+        runs = [("sampled", s["E"], paths, n) for n in a.threads.split(",")]
+        for E in filter(None, a.full_experts.split(",")):
+            runs.append(("full", int(E), {n: view(p, a.workdir / f"{name}-E{E}" / n, s, int(E))
+                                          for n, p in paths.items()}, "2"))
         got = {"full": []}
-        for kind, E, ps in runs:
+        for kind, E, ps, threads in runs:
             for p in paths.values():
                 _evict(p)
-            rec = common.run_child(__file__, ["--variant", kind, "--rows", str(a.rows), "--paths",
-                                              str(ps["base"]), str(ps["ft"])], log=log)
+            rec = common.run_child(__file__, ["--variant", kind, "--rows", str(a.rows), "--threads", threads,
+                                              "--paths", str(ps["base"]), str(ps["ft"])], log=log)
             rec.update(shape=name, kind=kind)
             records.append(rec)
             got["full"].append(rec) if kind == "full" else got.setdefault("sampled", rec)
-            rows_out.append([name, kind if kind == "full" else f"--rows {a.rows}", E,
+            rows_out.append([name, (kind if kind == "full" else f"--rows {a.rows}") + f", {threads} thr.", E,
                              common.fmt_s(rec.get("wall_s")), common.fmt_s(rec.get("cpu_s")),
+                             f"{rec.get('load_start', 0):.0f}–{rec.get('load_end', 0):.0f}",
                              common.fmt_gb(rec.get("peak_rss")), common.fmt_gb(rec.get("bytes_read")),
                              rec.get("matching_ok", rec.get("error", "")[:60])])
-        if "error" not in got["sampled"]:
+        if "error" not in got.get("sampled", {"error": 1}):
             extra.append(extrapolate(name, got["sampled"], got["full"], a.rows))
-    table = common.markdown_table(["shape", "variant", "experts", "wall s", "CPU s", "peak RSS GB", "read GB",
-                                   "experts paired right"], rows_out)
-    model_rows = [[e["shape"], e["blocks"], common.fmt_s(e["sampled_model_s"]),
+    table = common.markdown_table(["shape", "variant", "experts", "wall s", "CPU s", "load", "peak RSS GB",
+                                   "read GB", "experts paired right"], rows_out)
+    model_rows = [[e["shape"], e["blocks"], e["threads"], common.fmt_s(e["sampled_model_s"]),
+                   common.fmt_s(e["sampled_model_cpu_s"]),
                    f"{100 * e['sampled_fraction_read']:.1f}%",
                    common.fmt_s(e.get("full_model_s")) if e.get("full_model_s") else "—"] for e in extra]
-    table += "\n\n" + common.markdown_table(["shape", "blocks", f"--rows {a.rows}: whole model, s",
+    table += "\n\n" + common.markdown_table(["shape", "blocks", "threads", f"--rows {a.rows}: whole model, wall s",
+                                             "CPU s",
                                              "weights read", "full: whole model, s (extrapolated)"], model_rows)
     table = f"{common.machine_line()}\n\n{table}"
     print(table)
