@@ -149,3 +149,14 @@ def test_align_recovers_the_expert_order(family):
     for rows in (None, 8):
         res = run_stat("cos", a, moved, rows=rows)
         assert all(res.extra["expert_matching"][str(i)] == torch.argsort(p).tolist() for i, p in moved.pi_x.items())
+
+
+def test_permuted_expert_rows_match_the_full_view():
+    """Sampled rows of a view whose experts were reordered are the rows of the full view."""
+    from tracing.stats.base import sampled_rows
+    c = family_config("deepseek_v3", E=4)
+    view = permute(from_module(family_model(c, seed=81)), seed=9)
+    idx = sampled_rows(32, 12, seed=2)
+    for u in view.arch.units(1):
+        for name in (u.up, u.gate):
+            assert torch.equal(view.get_rows(name, idx), view.get(name)[torch.from_numpy(idx)]), name
