@@ -264,9 +264,12 @@ def test_activation_stats_on_experts(saved, stat):
     model, paths = saved("qwen2_moe")
     tokens = lambda: random_ids(model.config.vocab_size, n=4, T=32, seed=9)
     base, ft = Checkpoint(paths["base"]), Checkpoint(paths["ft"])
-    res = run_stat(stat, base, permute(ft, seed=2) if stat == "match" else ft, tokens=tokens)
+    view = permute(ft, seed=2) if stat == "match" else Permuted(ft)
+    res = run_stat(stat, base, view, tokens=tokens)
     assert res.log10_pvalue < -6
-    assert all(row["partner"] == row["expert"] for row in res.per_layer)
+    # θ₁'s expert e is in the slot of θ₂ where --permute moved it (the shared expert stays)
+    slot = {(i, int(e)): int(s) for i, p in view.pi_x.items() for s, e in enumerate(p)}
+    assert all(row["partner"] == slot.get((row["layer"], row["expert"]), row["expert"]) for row in res.per_layer)
     assert np.all(np.array(res.extra["experts"], dtype=float) < -2)
     indep = run_stat(stat, base, Checkpoint(paths["indep"]), tokens=tokens)
     assert indep.log10_pvalue > math.log10(0.01)

@@ -435,9 +435,11 @@ def _assignment(res: MatchResult) -> np.ndarray:
 class Alignment:
     pi_e: np.ndarray
     pi_i: dict[int, np.ndarray]
+    pi_x: dict[int, np.ndarray] | None = None  # per MoE block, θ₂'s expert in each of θ₁'s expert slots
 
     def apply(self, ft: WeightSource) -> Permuted:
-        return Permuted(ft, torch.from_numpy(self.pi_e), {i: torch.from_numpy(p) for i, p in self.pi_i.items()})
+        return Permuted(ft, torch.from_numpy(self.pi_e), {i: torch.from_numpy(p) for i, p in self.pi_i.items()},
+                        {i: torch.from_numpy(p) for i, p in (self.pi_x or {}).items()})
 
 
 def shared_embeddings(base: WeightSource, ft: WeightSource, vocab=None, columns=None):
@@ -464,20 +466,32 @@ def align(base: WeightSource, ft: WeightSource, progress: bool = True, vocab=Non
 
     1. residual: MATCH the columns of the two embeddings over the shared vocabulary (by token
        string when ``vocab``, a :class:`~tracing.vocab.VocabMap`, is given);
-    2. per MLP (each block's, or each expert's): MATCH the rows of ``gate_proj`` only (never
-       ``up_proj``: ``cos`` reads it); a non-gated MLP is matched on the columns of its down
-       projection instead.
+    2. per mixture-of-experts block, the order of θ₂'s routed experts: Hungarian assignment on the
+       mean best cosine of their gate rows (as the experts grid pairs experts, on gate rows);
+    3. per MLP (each block's, or each expert's with its partner): MATCH the rows of ``gate_proj``
+       only (never ``up_proj``: ``cos`` reads it); a non-gated MLP is matched on the columns of its
+       down projection instead.
     """
     require_same_layout(base.arch, ft.arch, "alignment")
     pi_e = residual_alignment(base, ft, vocab)
     residual = Permuted(ft, torch.from_numpy(pi_e))
     units = {u.key: u for i in range(base.arch.L) for u in base.arch.units(i)}
 
-    def load(key):
-        u = units[key]
-        if u.gate is not None:
-            return base.get(u.gate), residual.get(u.gate)
-        return base.get(u.down).T, residual.get(u.down).T
+    def rows(src, u):
+        return src.get(u.gate) if u.gate is not None else src.get(u.down).T
 
-    pi_i = match_layers(list(units), load, desc="align MLP" if progress else None)
-    return Alignment(pi_e=pi_e, pi_i=pi_i)
+    pi_x = {i: _expert_order(base.arch.units(i), lambda u: rows(base, u), lambda u: rows(residual, u))
+            for i in range(base.arch.L) if base.arch.is_moe_block(i)}
+    residual = Permuted(ft, torch.from_numpy(pi_e), pi_x={i: torch.from_numpy(p) for i, p in pi_x.items()})
+    pi_i = match_layers(list(units), lambda key: (rows(base, units[key]), rows(residual, units[key])),
+                        desc="align MLP" if progress else None)
+    return Alignment(pi_e=pi_e, pi_i=pi_i, pi_x=pi_x)
+
+
+def _expert_order(units, rows_a, rows_b) -> np.ndarray:
+    """θ₂'s expert for each of θ₁'s routed experts: the assignment maximising the summed mean best
+    cosine of their rows (``rows_a(unit)``, ``rows_b(unit)``)."""
+    from .experts import _routed, expert_similarity
+    A, B = [rows_a(u) for u in _routed(units)], [rows_b(u) for u in _routed(units)]
+    S = np.array([[expert_similarity(a, b) for b in B] for a in A])
+    return linear_sum_assignment(-S)[1].astype(np.int64)

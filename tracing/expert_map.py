@@ -20,6 +20,31 @@ from .experts import block_pairs, expert_similarity
 
 def cos_expert_map(ctx, base, ft):
     a, b = base.arch, ft.arch
+    if ctx.options.rows is not None:  # K sampled rows of every MLP
+        from .stats.experts_sampled import sampled_cells
+        cells, matched = sampled_cells(ctx, base, ft)
+    else:
+        cells, matched = _cells(ctx, base, ft)
+    alt = ctx.options.alternative
+    grid, stats = np.full((a.L, b.L), np.nan), np.full((a.L, b.L), np.nan)
+    n = np.zeros((a.L, b.L), dtype=np.int64)
+    for (i, j), pairs in cells.items():
+        tests = [pvalues.spearman_pairs(matched[(i, j), k].rows, matched[(i, j), k].cols, alternative=alt)
+                 for k in range(len(pairs))]
+        grid[i, j] = pvalues.fisher([lp for _, lp in tests])[1]
+        stats[i, j] = float(np.nanmean([r for r, _ in tests])) if tests else np.nan
+        n[i, j] = len(pairs)
+    res = summarize("cos", grid, stats, n, ctx.options.significance)
+    res.extra["cells"] = "blocks of the same kind; a cell is Fisher's combination over its expert pairs"
+    if ctx.options.rows is not None:
+        from .stats.experts_sampled import sampled_extra
+        res.extra.update(sampled_extra(ctx.options, [p for pairs in cells.values() for p in pairs]))
+    return res
+
+
+def _cells(ctx, base, ft) -> tuple[dict, dict]:
+    """Every cell's unit pairs (experts paired on all their up rows) and their MATCH results."""
+    a, b = base.arch, ft.arch
     cells: dict = {}  # (i, j) -> unit pairs of the cell
     for i in range(a.L):
         for j in range(b.L):
@@ -32,15 +57,4 @@ def cos_expert_map(ctx, base, ft):
                                               ft.get(cells[key[0]][key[1]].b.up)),
                            mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
                            desc="cos: block map of experts" if ctx.progress else None)
-    alt = ctx.options.alternative
-    grid, stats = np.full((a.L, b.L), np.nan), np.full((a.L, b.L), np.nan)
-    n = np.zeros((a.L, b.L), dtype=np.int64)
-    for (i, j), pairs in cells.items():
-        tests = [pvalues.spearman_pairs(matched[(i, j), k].rows, matched[(i, j), k].cols, alternative=alt)
-                 for k in range(len(pairs))]
-        grid[i, j] = pvalues.fisher([lp for _, lp in tests])[1]
-        stats[i, j] = float(np.nanmean([r for r, _ in tests])) if tests else np.nan
-        n[i, j] = len(pairs)
-    res = summarize("cos", grid, stats, n, ctx.options.significance)
-    res.extra["cells"] = "blocks of the same kind; a cell is Fisher's combination over its expert pairs"
-    return res
+    return cells, matched

@@ -7,6 +7,10 @@ views compose (``Permuted(Rotated(ckpt))``).  Conventions: permuting by ``p`` me
 
 - MLP permutation (one per MLP: per block, or per expert of a mixture-of-experts block, over its
   hidden units): rows of gate/up (and their biases), columns of down.
+- Expert order (per mixture-of-experts block, over its routed experts): expert slot e holds the
+  inner expert ``p[e]`` (all its tensors and biases), the router's rows and per-expert bias follow;
+  shared experts are untouched. With grouped routing (DeepSeek-V3's ``n_group``) a drawn order
+  moves whole groups and experts within their group, which keeps the function.
 - Residual permutation (one for the model, over d): columns of embed, every reader of the stream
   (q/k/v, gate/up, routers, lm_head); rows of every writer (o/down); every norm gain and bias.
 - Rotation by an orthogonal R (d×d): norm gains folded into the layers that read the normalised
@@ -18,7 +22,8 @@ from __future__ import annotations
 import torch
 
 from .arch import (ATTN_ROLES, EMBED, MLP_ROLES, NORM_ROLES, READ_RESIDUAL, READS_THROUGH, RES_VECTORS,
-                   UNIT_COLS, UNIT_ROWS, WRITE_RESIDUAL, require_same_layout)
+                   UNIT_COLS, UNIT_ROWS, WRITE_RESIDUAL, expert_slots, require_same_layout)
+from .arch.moe_shapes import expert_groups
 from .errors import TracingError
 from .models import DictSource, WeightSource, config_for, from_module, load_module
 
@@ -48,18 +53,36 @@ def _key(k):
 
 
 class Permuted(View):
-    """Residual permutation ``pi_e`` (or None) and per-block MLP permutations ``pi_i[i]``."""
+    """Residual permutation ``pi_e`` (or None), per-block MLP permutations ``pi_i[i]`` (per expert:
+    ``pi_i[(i, e)]``, over the units of the expert in slot e) and per-block expert orders ``pi_x[i]``."""
 
     def __init__(self, inner: WeightSource, pi_e: torch.Tensor | None = None,
-                 pi_i: dict[int, torch.Tensor] | list | None = None):
+                 pi_i: dict[int, torch.Tensor] | list | None = None, pi_x: dict | None = None):
         super().__init__(inner)
         self.pi_e = None if pi_e is None else torch.as_tensor(pi_e, dtype=torch.long)
         if isinstance(pi_i, (list, tuple)):
             pi_i = dict(enumerate(pi_i))
         self.pi_i = {_key(k): torch.as_tensor(v, dtype=torch.long) for k, v in (pi_i or {}).items()}
+        self.pi_x = {int(k): torch.as_tensor(v, dtype=torch.long) for k, v in (pi_x or {}).items()}
+
+    def _source(self, ref) -> str:
+        """The inner tensor a tensor of the view is read from (another expert's when experts move)."""
+        p = self.pi_x.get(ref.block) if self.pi_x and ref.block is not None else None
+        if p is None:
+            return ref.name
+        slot = expert_slots(self.arch, ref.block).get(ref.name)
+        return ref.name if slot is None else expert_slots(self.arch, ref.block)[slot[0], int(p[slot[1]])]
 
     def get(self, name, dtype=torch.float32):
-        return self.apply(name, self.inner.get(name, dtype))
+        ref = self.arch.ref(name)
+        return self.apply(name, self._experts_moved(ref, self.inner.get(self._source(ref), dtype)))
+
+    def _experts_moved(self, ref, t: torch.Tensor) -> torch.Tensor:
+        """A router's rows (or per-expert bias) in the view's expert order."""
+        p = self.pi_x.get(ref.block) if ref.role in ("router", "router_bias") else None
+        if p is None:
+            return t
+        return t[..., p] if ref.role == "router_bias" else t[p]
 
     def get_rows(self, name, index, dtype=torch.float32):
         """Rows of a permuted MLP reader (gate/up) come from the inner rows they were moved from."""
@@ -70,7 +93,7 @@ class Permuted(View):
         p = self.pi_i.get(ref.unit) if ref.unit is not None else None
         src = index if p is None else p[index]
         order = torch.argsort(src)  # read in file order, then put back
-        t = self.inner.get_rows(name, src[order], dtype)[torch.argsort(order)]
+        t = self.inner.get_rows(self._source(ref), src[order], dtype)[torch.argsort(order)]
         return t if self.pi_e is None or ref.role not in READ_RESIDUAL else t[:, self.pi_e]
 
     def apply(self, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -243,10 +266,25 @@ def generator(seed: int) -> torch.Generator:
 def random_permutations(arch, seed: int) -> tuple[torch.Tensor, dict]:
     """One residual permutation and an independent permutation of every MLP's hidden units
     (keyed by block for a dense MLP, by (block, expert) for an expert)."""
+    return _draws(arch, seed)[:2]
+
+
+def _draws(arch, seed: int, groups: int = 1) -> tuple[torch.Tensor, dict, dict]:
+    """:func:`random_permutations` and then, from the same generator, every MoE block's expert order
+    (whole groups of ``n_experts / groups`` consecutive experts moved, and experts within them)."""
     g = generator(seed)
     pi_e = torch.randperm(arch.d, generator=g)
     pi_i = {u.key: torch.randperm(u.width, generator=g) for i in range(arch.L) for u in arch.units(i)}
-    return pi_e, pi_i
+    E = arch.n_experts
+    if not E or E % groups:
+        return pi_e, pi_i, {}
+    size = E // groups
+    pi_x = {}
+    for i in range(arch.L):
+        if arch.is_moe_block(i):
+            slots = torch.randperm(groups, generator=g)
+            pi_x[i] = torch.cat([int(q) * size + torch.randperm(size, generator=g) for q in slots])
+    return pi_e, pi_i, pi_x
 
 
 def random_rotation(d: int, seed: int) -> torch.Tensor:
@@ -257,9 +295,12 @@ def random_rotation(d: int, seed: int) -> torch.Tensor:
     return q.to(torch.float32)
 
 
-def permute(source: WeightSource, seed: int, mlp: bool = True, residual: bool = True) -> Permuted:
-    pi_e, pi_i = random_permutations(source.arch, seed)
-    return Permuted(source, pi_e if residual else None, pi_i if mlp else None)
+def permute(source: WeightSource, seed: int, mlp: bool = True, residual: bool = True,
+            experts: bool = True) -> Permuted:
+    """A random function-preserving permutation of ``source``: residual stream, every MLP's units
+    and (``experts``) the order of every MoE block's routed experts."""
+    pi_e, pi_i, pi_x = _draws(source.arch, seed, expert_groups(source.config) if experts else 1)
+    return Permuted(source, pi_e if residual else None, pi_i if mlp else None, pi_x if experts else None)
 
 
 def rotate(source: WeightSource, seed: int) -> Rotated:

@@ -314,6 +314,19 @@ def _check_layer_types(config: Any, fam: Family, where: str) -> None:
                                f"{', '.join(sorted(fam.layer_types))}); use the config.json that came with the weights")
 
 
+@functools.lru_cache(maxsize=256)
+def expert_slots(a: Arch, i: int) -> dict:
+    """Block i's per-expert tensors both ways: name -> (role, expert) and (role, expert) -> name
+    (a family lists each role's experts in expert order)."""
+    out: dict = {}
+    seen: dict = {}
+    for r in a.block_refs(i):
+        if r.role.startswith("expert_"):
+            e = seen[r.role] = seen.get(r.role, -1) + 1
+            out[r.name], out[r.role, e] = (r.role, e), r.name
+    return out
+
+
 def require_same_blocks(a: Arch, b: Arch, what: str) -> None:
     """Raise a clear error when an operation needs equal block shapes and they differ."""
     diffs = [f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in ("L", "d", "h") if getattr(a, k) != getattr(b, k)]
@@ -362,7 +375,7 @@ def require_expert_width(a: Arch, b: Arch, what: str) -> None:
                            f"each expert's units to the dense units whatever their order")
 
 
-__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "require_same_blocks", "require_same_layout",
+__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "expert_slots", "require_same_blocks", "require_same_layout",
            "require_same_depth", "require_gated", "require_expert_width",
            "SUPPORTED", "FAMILIES", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
            "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]

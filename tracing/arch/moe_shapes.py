@@ -50,3 +50,11 @@ def qwen_moe_shape(config: Any, fam, L: int, where: str) -> dict:
     shared = int(get(config, fam.shared_expert_key) or 0) if fam.shared_expert_key else 0
     return dict(n_experts=E, h_expert=size(config, "moe_intermediate_size", where) if E else 0,
                 moe_blocks=blocks, h_shared=shared)
+
+
+def expert_groups(config: Any) -> int:
+    """How many groups grouped routing splits the experts into (DeepSeek-V3's ``n_group``: the
+    router first picks groups of consecutive experts); 1 without grouped routing."""
+    text = get(config, "text_config")
+    n = get(config, "n_group") or (get(text, "n_group") if text is not None else None)
+    return int(n or 1)

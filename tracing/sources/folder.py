@@ -157,6 +157,8 @@ class FolderBackend(Backend):
                 if index is not None and not isinstance(index, Transposed) and all(isinstance(x, (int, slice))
                                                                                    for x in index):
                     return h.get_slice(stored)[index]  # only the role's rows are read
+                if isinstance(index, Transposed) and index and isinstance(index[0], int):
+                    return select(h.get_slice(stored)[index[0]], Transposed(index[1:]))  # one expert of a stack
                 return select(h.get_tensor(stored), index)
         return select(self._load_bin(f)[stored], index)
 

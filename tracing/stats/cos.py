@@ -17,7 +17,8 @@ when their depths differ, every block pair of the same kind (:mod:`tracing.exper
 With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models
 and every block) are read and matched K × K, block by block or in every cell of the block map; the
 null law is unchanged (θ₂'s units are exchangeable within any fixed subset) and the per-layer floor
-is −log10(K!).
+is −log10(K!).  With mixtures of experts, K rows of every expert (and shared expert) are read and
+the experts are paired on them (:mod:`tracing.stats.experts_sampled`).
 """
 import numpy as np
 
@@ -30,6 +31,10 @@ def _check(a, b, options):
     if options.align and a.has_experts != b.has_experts:  # aligned upcycling: expert by expert, block by block
         from ..arch import require_same_depth
         require_same_depth(a, b, "cos --align")
+        if options.rows is not None:
+            from ..errors import TracingError
+            raise TracingError("cos --align between a dense model and a mixture of experts matches every unit of "
+                               "each expert to the dense units; drop --rows")
         if not (a.gated and b.gated):
             from ..errors import TracingError
             raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
@@ -40,9 +45,13 @@ def _check(a, b, options):
     if options.rows is None:
         return
     from ..errors import TracingError
-    if a.has_experts or b.has_experts:
-        raise TracingError("--rows is not available for mixture-of-experts models (their experts are paired "
-                           "first); drop --rows")
+    if a.has_experts or b.has_experts:  # K rows of every expert, shared expert and dense MLP
+        from .experts_sampled import narrowest
+        h = min(narrowest(a), narrowest(b))
+        if options.rows > h:
+            raise TracingError(f"--rows {options.rows} is larger than the narrowest MLP or expert (width {h}); "
+                               f"give at most {h} (or leave --rows out for the full test)")
+        return
     h = min(a.h, b.h)
     if options.rows > h:
         raise TracingError(f"--rows {options.rows} is larger than the MLP width h={h}; give at most {h} "
@@ -54,6 +63,9 @@ def _cost(s):
     if chosen("cos", s.a, s.b, s.options):
         return cos_cost(s)
     K = getattr(s.options, "rows", None)
+    if K and (s.a.has_experts or s.b.has_experts):
+        from .experts_sampled import sampled_cost
+        return sampled_cost(s)
     if not K:
         return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
     K = min(int(K), s.h)  # K rows of each up_proj: read K·d values, a K×K product and solve per block
@@ -143,6 +155,9 @@ def _cos_experts(ctx, base, ft):
     from ..errors import TracingError
     from ..experts import block_pairs, expert_result, expert_similarity, grid_columns
     from .base import pairs_of
+    if ctx.options.rows is not None:  # K sampled rows of every expert
+        from .experts_sampled import sampled_experts
+        return sampled_experts(ctx, base, ft)
     a, b = base.arch, ft.arch
     pairs, partners = [], {}
     for i in range(a.L):

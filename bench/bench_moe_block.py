@@ -1,0 +1,237 @@
+"""`cos` on one mixture-of-experts block pair of frontier shape, full and sampled (``--rows K``),
+extrapolated to the whole models.
+
+Shapes (one MoE block; only the tensors `cos` reads are written: every routed expert's
+``up_proj`` and the shared expert's, bf16, in shards of 16 experts):
+
+- ``deepseek``: DeepSeek-V3 / Kimi K2 (d = 7168, 256 routed experts of width 2048, one shared
+  expert of width 2048; 61 blocks of which the first 3 are dense with h = 18432; 671B parameters);
+- ``qwen``: Qwen3.5-397B-A17B (d = 4096, 512 routed experts of width 1024, a shared expert of
+  width 1024; 60 blocks, all MoE; 397B parameters).
+
+    python -m bench.bench_moe_block                              # both shapes: sampled K=256, full on fewer experts
+    python -m bench.bench_moe_block --shapes deepseek --rows 256 --full-experts 8,16
+
+Variants, each in its own process (started cold: the weight files are dropped from the page cache
+first), on the pair (base, ft = base + noise):
+
+- ``sampled``: ``cos --rows K`` over all the block's experts (K rows of each expert's up_proj and of
+  the shared expert's, experts paired on them);
+- ``full``: ``cos`` over the first E experts only (``--full-experts``): the full grid pairs experts
+  on the best cosine of every pair of their rows, E²·h²·d operations, so at 256 experts one block
+  takes hours; it is measured at two expert counts and extrapolated as a·E + b·E² to all experts.
+
+Each child runs the statistic itself (``tracing.stats`` ``cos`` on two ``Checkpoint`` folders; the
+records' provenance hashing is not timed) and reports wall and CPU time, peak RSS (``VmHWM``) and
+the bytes it read from storage (``/proc/self/io``). The whole-model figures: the MoE blocks × the
+block's time, plus each dense block as a dense sampled test (K rows of 18432, measured separately
+by bench_sampled.py at ≈ 1 s per block pair; counted as such), and the fraction of the model's
+weights read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import common  # noqa: E402
+from bench.common import GB, Timer, emit  # noqa: E402
+
+SHAPES = {
+    "deepseek": dict(model_type="deepseek_v3", d=7168, E=256, w=2048, shared=1, blocks=61, moe_blocks=58,
+                     dense_h=18432, params=671e9),
+    "qwen": dict(model_type="qwen3_5_moe_text", d=4096, E=512, w=1024, shared=1, blocks=60, moe_blocks=60,
+                 dense_h=0, params=397e9),
+}
+SHARD = 16  # experts per file
+DENSE_BLOCK_S = 1.0  # a dense block pair's sampled test (K rows of h = 18432), see bench_sampled.py
+
+
+def config(shape: dict, E: int) -> dict:
+    """A config.json of one MoE block with E routed experts."""
+    d, w = shape["d"], shape["w"]
+    common_keys = dict(hidden_size=d, num_hidden_layers=1, vocab_size=1024, num_attention_heads=64,
+                       num_key_value_heads=8, max_position_embeddings=4096, torch_dtype="bfloat16",
+                       tie_word_embeddings=False)
+    if shape["model_type"] == "deepseek_v3":
+        return dict(common_keys, model_type="deepseek_v3", intermediate_size=shape["dense_h"], n_routed_experts=E,
+                    moe_intermediate_size=w, n_shared_experts=shape["shared"], first_k_dense_replace=0,
+                    num_experts_per_tok=8, n_group=1, topk_group=1, q_lora_rank=1536, kv_lora_rank=512,
+                    qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, num_key_value_heads=64,
+                    num_attention_heads=128)
+    return dict(common_keys, model_type="qwen3_5_moe_text", intermediate_size=w, num_experts=E,
+                moe_intermediate_size=w, shared_expert_intermediate_size=w * shape["shared"], num_experts_per_tok=10,
+                head_dim=256, num_attention_heads=32, num_key_value_heads=2, layer_types=["full_attention"],
+                linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128,
+                linear_num_key_heads=16, linear_num_value_heads=64)
+
+
+def _names(shape: dict, E: int) -> tuple[list[str], str]:
+    p = "model.layers.0.mlp."
+    shared = f"{p}shared_experts.up_proj.weight" if shape["model_type"] == "deepseek_v3" else \
+        f"{p}shared_expert.up_proj.weight"
+    return [f"{p}experts.{e}.up_proj.weight" for e in range(E)], shared
+
+
+def write_pair(root: Path, name: str, noise: float = 0.1, std: float = 0.02) -> dict[str, Path]:
+    """``root/base`` and ``root/ft`` (= base + noise·std·N(0, 1)), reused when already written."""
+    import torch
+    from safetensors.torch import save_file
+    shape = SHAPES[name]
+    paths = {n: root / n for n in ("base", "ft")}
+    if all((p / "model.safetensors.index.json").is_file() for p in paths.values()):
+        return paths
+    experts, shared = _names(shape, shape["E"])
+    tensors = experts + [shared]
+    g, gn = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    maps = {n: {} for n in paths}
+    t0 = time.time()
+    for p in paths.values():
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "config.json").write_text(json.dumps(config(shape, shape["E"])))
+    shards = [tensors[k:k + SHARD] for k in range(0, len(tensors), SHARD)]
+    for k, names in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        base = {t: torch.randn(shape["w"], shape["d"], generator=g).mul_(std) for t in names}
+        for n, p in paths.items():
+            out = base if n == "base" else {t: v + std * noise * torch.randn(v.shape, generator=gn)
+                                            for t, v in base.items()}
+            save_file({t: v.to(torch.bfloat16) for t, v in out.items()}, p / fname, metadata={"format": "pt"})
+            maps[n].update({t: fname for t in names})
+        print(f"  wrote shard {k + 1}/{len(shards)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    for n, p in paths.items():
+        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+    return paths
+
+
+def view(src: Path, dst: Path, shape: dict, E: int) -> Path:
+    """A folder holding the first E experts of ``src`` (links to its shards, a config naming E)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    experts, shared = _names(shape, E)
+    keep = {t: f for t, f in index["weight_map"].items() if t in set(experts) | {shared}}
+    for f in set(keep.values()):
+        if not (dst / f).exists():
+            os.symlink(src / f, dst / f)
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": keep}))
+    (dst / "config.json").write_text(json.dumps(config(shape, E)))
+    return dst
+
+
+def _io_read_bytes() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return -1
+
+
+def variant(base: Path, other: Path, rows: int | None) -> dict:
+    from tracing.models import Checkpoint
+    from tracing.options import Options
+    from tracing.stats import get as get_stat
+    from tracing.stats.base import Context
+    a, b = Checkpoint(base), Checkpoint(other)
+    io0 = _io_read_bytes()
+    with Timer() as t:
+        res = get_stat("cos").fn(Context(Options(stat=["cos"], rows=rows), progress=False), a, b)
+    return {**t.fields(), "bytes_read": _io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
+            "pairs": res.extra["num_pairs"], "experts": a.arch.n_experts, "rows": rows,
+            "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
+
+
+def _evict(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.suffix == ".safetensors":
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def extrapolate(name: str, sampled: dict, full: list[dict], rows: int) -> dict:
+    """Whole-model time and bytes read from one block pair's measurements."""
+    import numpy as np
+    s = SHAPES[name]
+    out = {"shape": name, "blocks": s["blocks"], "moe_blocks": s["moe_blocks"]}
+    dense = s["blocks"] - s["moe_blocks"]
+    out["sampled_model_s"] = s["moe_blocks"] * sampled["wall_s"] + dense * DENSE_BLOCK_S
+    out["sampled_model_cpu_s"] = s["moe_blocks"] * sampled["cpu_s"] + dense * DENSE_BLOCK_S
+    out["threads"] = sampled.get("threads")
+    per_model = s["moe_blocks"] * (s["E"] + s["shared"]) * rows * s["d"] + dense * rows * s["d"]
+    out["sampled_fraction_read"] = per_model / s["params"]
+    out["sampled_block_gb_read"] = sampled["bytes_read"] / GB
+    ok = [r for r in full if "error" not in r]
+    if len(ok) >= 2:  # wall = a·E + b·E² through the measured points (least squares)
+        E = np.array([r["experts"] for r in ok], dtype=float)
+        coef, *_ = np.linalg.lstsq(np.stack([E, E ** 2], 1), np.array([r["wall_s"] for r in ok]), rcond=None)
+        out["full_block_s"] = float(coef @ [s["E"], s["E"] ** 2])
+        out["full_model_s"] = s["moe_blocks"] * out["full_block_s"]
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="deepseek,qwen")
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--full-experts", default="8,16", help="expert counts the full grid is measured at")
+    ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR / "moe_block")
+    ap.add_argument("--cleanup", action="store_true", help="delete the synthetic checkpoints at the end")
+    ap.add_argument("--threads", default="2",
+                    help="torch threads of the sampled variant, comma-separated for several runs (default 2)")
+    ap.add_argument("--variant", choices=("sampled", "full"), help=argparse.SUPPRESS)
+    ap.add_argument("--paths", nargs=2, type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.variant:
+        import torch
+        torch.set_num_threads(int(a.threads))
+        emit({**variant(*a.paths, a.rows if a.variant == "sampled" else None), "threads": int(a.threads)})
+        return
+    records, rows_out, extra = [], [], []
+    log = open(common.log_path(a.workdir, "bench_moe_block"), "a")
+    for name in a.shapes.split(","):
+        s = SHAPES[name]
+        paths = write_pair(a.workdir / name, name)
+        runs = [("sampled", s["E"], paths, n) for n in a.threads.split(",")]
+        for E in filter(None, a.full_experts.split(",")):
+            runs.append(("full", int(E), {n: view(p, a.workdir / f"{name}-E{E}" / n, s, int(E))
+                                          for n, p in paths.items()}, "2"))
+        got = {"full": []}
+        for kind, E, ps, threads in runs:
+            for p in paths.values():
+                _evict(p)
+            rec = common.run_child(__file__, ["--variant", kind, "--rows", str(a.rows), "--threads", threads,
+                                              "--paths", str(ps["base"]), str(ps["ft"])], log=log)
+            rec.update(shape=name, kind=kind)
+            records.append(rec)
+            got["full"].append(rec) if kind == "full" else got.setdefault("sampled", rec)
+            rows_out.append([name, (kind if kind == "full" else f"--rows {a.rows}") + f", {threads} thr.", E,
+                             common.fmt_s(rec.get("wall_s")), common.fmt_s(rec.get("cpu_s")),
+                             f"{rec.get('load_start', 0):.0f}–{rec.get('load_end', 0):.0f}",
+                             common.fmt_gb(rec.get("peak_rss")), common.fmt_gb(rec.get("bytes_read")),
+                             rec.get("matching_ok", rec.get("error", "")[:60])])
+        if "error" not in got.get("sampled", {"error": 1}):
+            extra.append(extrapolate(name, got["sampled"], got["full"], a.rows))
+    table = common.markdown_table(["shape", "variant", "experts", "wall s", "CPU s", "load", "peak RSS GB",
+                                   "read GB", "experts paired right"], rows_out)
+    model_rows = [[e["shape"], e["blocks"], e["threads"], common.fmt_s(e["sampled_model_s"]),
+                   common.fmt_s(e["sampled_model_cpu_s"]),
+                   f"{100 * e['sampled_fraction_read']:.1f}%",
+                   common.fmt_s(e.get("full_model_s")) if e.get("full_model_s") else "—"] for e in extra]
+    table += "\n\n" + common.markdown_table(["shape", "blocks", "threads", f"--rows {a.rows}: whole model, wall s",
+                                             "CPU s",
+                                             "weights read", "full: whole model, s (extrapolated)"], model_rows)
+    table = f"{common.machine_line()}\n\n{table}"
+    print(table)
+    common.save_results(common.ROOT / "bench" / "results", "bench_moe_block", records + extra, table)
+    if a.cleanup:
+        import shutil
+        shutil.rmtree(a.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

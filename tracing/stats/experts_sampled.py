@@ -1,0 +1,170 @@
+"""The sampled experts grid: ``cos --rows K`` when either model has mixture-of-experts blocks.
+
+Every MLP of a block (each routed expert, the shared expert, a dense MLP) contributes the same K
+sampled rows of its up-projection: the unit indices S drawn from the seed alone, as for a dense
+``--rows`` test (:func:`tracing.stats.base.sampled_rows`), from the width of the MLPs paired (the
+narrower of the two when they differ). Only those rows are read, expert by expert.
+
+Experts are paired as in the full grid (:func:`tracing.experts.block_pairs`: Hungarian assignment
+per block, shared expert with shared expert, every expert against a dense MLP), on an expert-level
+similarity computed from the sampled rows alone: the cosine between the two experts' centroids
+(the mean of their K sampled rows), each model's centroids centred on their mean over the block's
+experts. It takes E·K·d operations per model and block, where the full grid's best-row cosine
+would take E²·K²·d. It is invariant to any reordering of θ₂'s sampled rows within an expert, so
+under independence each pair's K matched rows still give an exact Spearman test; the null law and
+the per-pair floor −log10(K!) are those of the dense sampled test.
+
+Models of the same depth are paired block by block (one block's rows in memory at a time); else
+every block pair of the same kind is a cell of the block map (:mod:`tracing.expert_map`), with
+each model's sampled rows read once.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..rowstore import _compact
+
+#: extra keys of a sampled experts result
+WIDTHS_KEY = "rows_of_units"
+
+
+class SampledUnits:
+    """One model's sampled up rows, per MLP (read once, kept losslessly in the smallest dtype that
+    holds them: bfloat16 for most checkpoints)."""
+
+    def __init__(self, src, K: int, seed: int):
+        self.src, self.K, self.seed = src, int(K), int(seed)
+        self._rows: dict = {}
+        self._S: dict = {}
+
+    def indices(self, n: int) -> np.ndarray:
+        """The sampled unit indices of an MLP of width n (the same in both models and every block)."""
+        from .base import sampled_rows
+        if n not in self._S:
+            self._S[n] = sampled_rows(n, self.K, self.seed)
+        return self._S[n]
+
+    def rows(self, unit, n: int) -> torch.Tensor:
+        """The K sampled up rows (float32) of ``unit``, drawn from width ``n``."""
+        key = (unit.key, n)
+        if key not in self._rows:
+            self._rows[key] = _compact(self.src.get_rows(unit.up, self.indices(n)).float())
+        return self._rows[key].float()
+
+    def drop(self) -> None:
+        self._rows.clear()
+
+
+def _centred_centroids(side: SampledUnits, units) -> torch.Tensor:
+    """Unit-norm centroids of the routed experts' sampled rows, centred on their mean (float64)."""
+    C = torch.stack([side.rows(u, u.width).double().mean(0) for u in units])
+    if len(units) > 1:
+        C = C - C.mean(0, keepdim=True)
+    return C / C.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def centroid_similarity(sa: SampledUnits, sb: SampledUnits, units_a, units_b):
+    """``similarity(ua, ub)`` for :func:`~tracing.experts.block_pairs`: the cosine of the two
+    experts' centred centroids (computed for all pairs of routed experts at once)."""
+    from ..experts import _routed
+    ra, rb = _routed(units_a), _routed(units_b)
+    if not ra or not rb:
+        return None
+    S = (_centred_centroids(sa, ra) @ _centred_centroids(sb, rb).T).numpy()
+    pos_a = {u.key: k for k, u in enumerate(ra)}
+    pos_b = {u.key: k for k, u in enumerate(rb)}
+    return lambda ua, ub: float(S[pos_a[ua.key], pos_b[ub.key]])
+
+
+def pair_width(pair) -> int:
+    """The width the pair's rows are drawn from: the narrower MLP's."""
+    return min(pair.a.width, pair.b.width)
+
+
+def match_block(ctx, sa: SampledUnits, sb: SampledUnits, pairs: list, first: int = 0) -> dict:
+    """MATCH of the sampled up rows of each unit pair: ``{first + k: MatchResult}``."""
+    from ..align import match_layers
+    return match_layers(range(first, first + len(pairs)),
+                        lambda k: (sa.rows(pairs[k - first].a, pair_width(pairs[k - first])),
+                                   sb.rows(pairs[k - first].b, pair_width(pairs[k - first]))),
+                        mem_budget_bytes=ctx.mem_budget_bytes, pairs=True)
+
+
+def sampled_experts(ctx, base, ft):
+    """The experts grid of two models of the same depth on K sampled rows per MLP."""
+    from ..errors import TracingError
+    from ..experts import block_pairs, expert_result, grid_columns
+    from .base import pairs_of
+    from .cos import _median_cos
+    a, b, o = base.arch, ft.arch, ctx.options
+    sa, sb = SampledUnits(base, o.rows, o.seed), SampledUnits(ft, o.rows, o.seed)
+    pairs, partners, matched = [], {}, {}
+    for i in _blocks(ctx, a.L, "cos: sampled experts"):
+        ua, ub = a.units(i), b.units(i)
+        block, partners[i] = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub), any_width=True)
+        matched.update(match_block(ctx, sa, sb, block, len(pairs)))
+        pairs += block
+        sa.drop()
+        sb.drop()
+    if not pairs:
+        raise TracingError("cos found no two experts of equal width to pair (the two models' experts differ in "
+                           "width); compare each model with a dense model, or the experts' shared ancestor")
+    res = expert_result("cos", pairs, {k: pairs_of(m) for k, m in matched.items()}, partners, a.L,
+                        grid_columns(a, b), ctx)
+    _median_cos(res, matched)
+    res.extra.update(sampled_extra(o, pairs))
+    return res
+
+
+def sampled_cells(ctx, base, ft) -> tuple[dict, dict]:
+    """The block map's cells on sampled rows: ``(cells, matched)``, ``cells[i, j]`` the unit pairs of
+    blocks i and j (of the same kind) and ``matched[(i, j), k]`` the MatchResult of pair k."""
+    from ..experts import block_pairs
+    a, b, o = base.arch, ft.arch, ctx.options
+    sa, sb = SampledUnits(base, o.rows, o.seed), SampledUnits(ft, o.rows, o.seed)
+    cells, matched = {}, {}
+    for i in _blocks(ctx, a.L, "cos: sampled block map of experts"):
+        for j in range(b.L):
+            if a.is_moe_block(i) != b.is_moe_block(j):
+                continue
+            ua, ub = a.units(i), b.units(j)
+            cells[i, j], _ = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub))
+            for k, m in match_block(ctx, sa, sb, cells[i, j]).items():
+                matched[(i, j), k] = m
+    return cells, matched
+
+
+def sampled_extra(options, pairs: list) -> dict:
+    """What a sampled experts result records: K, the seed, the routed experts' width the indices
+    were drawn from (``rows_of``), and every width sampled (routed, shared, dense)."""
+    from .base import rows_extra
+    widths: dict = {}
+    for p in pairs:
+        kind = "dense" if p.column is None else "shared" if p.column == "shared" else "routed"
+        widths.setdefault(kind, pair_width(p))
+    n = widths.get("routed", min(widths.values()))
+    return {**rows_extra(options, n), WIDTHS_KEY: widths}
+
+
+def _blocks(ctx, L: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(range(L), desc=desc, disable=not ctx.progress, leave=False)
+
+
+def narrowest(arch) -> int:
+    """The narrowest MLP of a model (a dense MLP, a routed or a shared expert)."""
+    return min(u.width for i in range(arch.L) for u in arch.units(i))
+
+
+def sampled_cost(s):
+    """Every MoE block: K rows of each expert (and shared expert) read, E centroids, E K × K
+    products and solves; dense blocks as a dense sampled test."""
+    from .cost import READ_BYTES_PER_S, solve_s
+    from .spec import Cost
+    moe = s.a if s.a.has_experts else s.b
+    K = min(int(s.options.rows), narrowest(moe))
+    units = sum(len(moe.units(i)) for i in range(moe.L))
+    read = units * K * s.d * (s.a_bytes + s.b_bytes) / READ_BYTES_PER_S
+    held = 2 * (moe.n_experts + 1) * K * s.d * 4
+    return Cost(held + K * K * 12, read + units * (s.mm(K, K, s.d) + solve_s(K)), True)
