@@ -64,3 +64,59 @@ def test_weight_only_sampled_run_imports_no_model_machinery(trio, tmp_path):
     # the same check sees transformers' config machinery when something asks for the config object
     probe = f"from tracing.models import Checkpoint\nCheckpoint({trio['base']!r}).config"
     assert "transformers.configuration_utils" in _modules_after(probe, env)
+
+
+def _rows_of(folder, digest, store):
+    from tracing.models import Checkpoint
+    from tracing.rowstore import model_key, with_store
+    from tracing.stats.base import sampled_rows
+    ck = Checkpoint(str(folder), digest=digest)
+    up = ck.arch.units(0)[0].up
+    src = with_store(ck, store)
+    return model_key(ck), src.get_rows(up, sampled_rows(ck.arch.h, 16, 0)), src.counts()
+
+
+@pytest.mark.parametrize("digest", ["fast", "full"])
+def test_rowstore_a_rewritten_file_is_a_new_key_under_either_identity(tmp_path, digest):
+    import torch
+    from helpers import tiny_config, tiny_model
+    cfg = tiny_config(L=2, d=32, h=64)
+    folder = tmp_path / "m"
+    tiny_model(cfg, seed=1).save_pretrained(folder)
+    key, first, _ = _rows_of(folder, digest, tmp_path / "store")
+    assert _rows_of(folder, digest, tmp_path / "store")[2] == {"from_store": 1, "read": 0}
+    f = folder / "model.safetensors"
+    old = f.stat()
+    tiny_model(cfg, seed=2).save_pretrained(folder)  # other values, the same header
+    os.utime(f, ns=(old.st_atime_ns, old.st_mtime_ns))  # even with its old modification time back
+    key2, again, counts = _rows_of(folder, digest, tmp_path / "store")
+    assert key2 != key and counts == {"from_store": 0, "read": 1}
+    assert not torch.equal(again, first)
+
+
+def test_fast_identity_reads_headers_only_and_results_are_equal(trio, tmp_path, monkeypatch):
+    import tracing.models
+    from tracing.api import run_pair
+    from tracing.options import Options
+    monkeypatch.setenv("TRACING_CACHE_DIR", str(tmp_path / "cache"))
+    hashed = []
+    real = tracing.models.sha256_file
+    monkeypatch.setattr(tracing.models, "sha256_file", lambda f, *a: hashed.append(f) or real(f, *a))
+    opts = Options(stat=["cos"], rows=32)
+    (fast,) = run_pair(trio["base"], trio["ft"], opts, progress=False)
+    assert hashed == []  # a sampled test's default: no weight file hashed
+    (full,) = run_pair(trio["base"], trio["ft"], opts, progress=False, digest="full")
+    assert len(hashed) == 2
+    assert fast["log10_pvalue"] == full["log10_pvalue"] and fast["per_layer"] == full["per_layer"]
+    (f,) = fast["models"]["base"]["files"]
+    assert "sha256" not in f and len(f["header_sha256"]) == 64 and f["size"] > 0
+    assert "fast file identity" in fast["models"]["base"]["identity"]
+    assert full["models"]["base"]["files"][0]["sha256_source"] == "computed"
+    assert "identity" not in full["models"]["base"]
+    for rec in (fast, full):
+        assert {"load", "digest", "read", "statistic"} <= set(rec["timings"])
+        assert 0 < rec["timings"]["read"] <= rec["timings"]["statistic"]
+    # the same weights under the fast identity: the same folder, not merely the same header
+    (same,) = run_pair(trio["base"], trio["base"], opts, progress=False)
+    assert any("same weights" in n for n in same["notes"])
+    assert not any("same weights" in n for n in fast["notes"])
