@@ -120,3 +120,59 @@ def test_fast_identity_reads_headers_only_and_results_are_equal(trio, tmp_path, 
     (same,) = run_pair(trio["base"], trio["base"], opts, progress=False)
     assert any("same weights" in n for n in same["notes"])
     assert not any("same weights" in n for n in fast["notes"])
+
+
+@pytest.fixture(scope="module")
+def gguf_files(tmp_path_factory):
+    """A tiny Llama as GGUF files of three storage types, with a tokenizer (string arrays) when the
+    demo family is built."""
+    from helpers import tiny_config, tiny_model
+    from quant_writers import write_gguf
+    root = tmp_path_factory.mktemp("gguf")
+    tiny_model(tiny_config(L=2, d=64, h=128), seed=3).save_pretrained(root / "hf")
+    from tracing import demo as demo_family
+    demo_family.ensure_built(progress=False)
+    out = {q: write_gguf(root / "hf", root / q / f"m.{q}.gguf", q) for q in ("F16", "Q8_0", "Q4_0")}
+    out["tok"] = write_gguf(demo_family.resolve_demo("demo:base-a"), root / "tok" / "d.Q8_0.gguf", "Q8_0")
+    return out
+
+
+def test_gguf_header_equals_gguf_readers(gguf_files):
+    from gguf import GGUFReader
+    from tracing.sources.ggufheader import header_of
+    for f in gguf_files.values():
+        ours, ref = header_of(f), GGUFReader(f)
+        want = {k: v for k, v in ref.fields.items() if not k.startswith("GGUF.")}
+        assert list(ours.fields) == list(want)
+        for k, v in want.items():
+            assert ours.fields[k].contents() == v.contents(), k
+            assert len(ours.fields[k].data) == len(v.data), k
+        assert len(ours.tensors) == len(ref.tensors)
+        for a, b in zip(ours.tensors, ref.tensors):
+            assert (a.name, a.tensor_type, a.n_elements, a.n_bytes, a.data_offset) == \
+                   (b.name, b.tensor_type, b.n_elements, b.n_bytes, b.data_offset)
+            assert a.shape.tolist() == b.shape.tolist()
+            assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape
+            assert np.array_equal(a.data, b.data)
+    assert len(header_of(gguf_files["tok"]).fields["tokenizer.ggml.tokens"].data) > 100
+
+
+def test_gguf_is_parsed_once_per_file_and_sampled_results_unchanged(gguf_files, monkeypatch):
+    import tracing.sources.ggufheader as gh
+    from tracing.api import run_pair
+    from tracing.options import Options
+    calls = []
+    real = gh.parse
+    monkeypatch.setattr(gh, "parse", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(gh, "_CACHE", {})
+    f = str(gguf_files["Q8_0"])
+    (same,) = run_pair(f, f, Options(stat=["cos"], rows=32), progress=False)
+    assert len(calls) == 1  # both sides, the record's identity: one parse
+    (other,) = run_pair(f, str(gguf_files["Q4_0"]), Options(stat=["cos"], rows=32), progress=False)
+    assert len(calls) == 2
+    assert other["log10_pvalue"] < -20 and same["models"]["base"]["files"][0]["header_sha256"]
+    # a rewritten file is parsed again
+    p = gguf_files["Q4_0"]
+    p.write_bytes(p.read_bytes())
+    run_pair(f, str(p), Options(stat=["cos"], rows=32), progress=False)
+    assert len(calls) == 3

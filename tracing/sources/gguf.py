@@ -68,15 +68,19 @@ def _field(reader, key: str, default=None):
 
 
 def open_reader(file: Path):
-    from gguf import GGUFReader
+    """The file's metadata and tensor table (:mod:`tracing.sources.ggufheader`: parsed once per file
+    per process, the tokenizer's arrays only when asked for), checked against the file's size."""
+    from .ggufheader import header_of
     try:
-        reader = GGUFReader(file)
+        reader = header_of(file)
+    except TracingError:
+        raise
     except Exception as e:  # bad magic, truncated header, ...
         raise TracingError(f"{file} is not a readable GGUF file ({type(e).__name__}: {str(e)[:160]}); "
                            f"it may be truncated or corrupt — re-download it") from None
     size = file.stat().st_size
     for t in reader.tensors:
-        if t.data_offset + int(t.n_bytes) > size or t.data.size * t.data.itemsize < int(t.n_bytes):
+        if t.data_offset + int(t.n_bytes) > size:
             raise TracingError(f"{file} is truncated: tensor {t.name} ends past the end of the file "
                                f"({size} bytes); re-download it")
     return reader
