@@ -176,3 +176,60 @@ def test_gguf_is_parsed_once_per_file_and_sampled_results_unchanged(gguf_files, 
     p.write_bytes(p.read_bytes())
     run_pair(f, str(p), Options(stat=["cos"], rows=32), progress=False)
     assert len(calls) == 3
+
+
+@pytest.fixture(scope="module")
+def hub_ggufs(tmp_path_factory):
+    """A base and its fine-tune as Q8_0 GGUF files, h = 1024 (so K rows are a few % of a tensor),
+    each alone in a repository folder (no config.json: the config comes from the metadata)."""
+    from helpers import finetuned, tiny_config, tiny_model
+    from quant_writers import write_gguf
+    root = tmp_path_factory.mktemp("hubgguf")
+    base = tiny_model(tiny_config(d=256, h=1024, L=2), seed=0)
+    out = {}
+    for name, model in (("base", base), ("ft", finetuned(base, seed=1))):
+        model.save_pretrained(root / "hf" / name)
+        out[name] = write_gguf(root / "hf" / name, root / name / f"{name}.Q8_0.gguf", "Q8_0", with_tokenizer=False)
+    return out
+
+
+@pytest.fixture
+def hub(hub_ggufs, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from hub_server import HubServer
+    server = HubServer(stall=1.5)
+    for name, f in hub_ggufs.items():
+        server.add(f"org/{name}", f.parent)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    yield server
+    server.close()
+
+
+def test_gguf_on_the_hub_reads_sampled_rows_by_ranges_equal_to_local(hub, hub_ggufs):
+    import torch
+    from tracing.api import run_pair
+    from tracing.models import Checkpoint
+    from tracing.options import Options
+    from tracing.stats.base import sampled_rows
+    remote, local = Checkpoint("org/base", remote=True), Checkpoint(str(hub_ggufs["base"]))
+    assert type(remote.backend).__name__ == "RemoteGGUFBackend" and not any(remote.path.glob("*.gguf"))
+    idx = sampled_rows(1024, 16, 0)
+    for i in range(2):
+        up = remote.arch.units(i)[0].up
+        a, b = remote.get_rows(up, idx), local.get_rows(up, idx)
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    size = hub_ggufs["base"].stat().st_size
+    served = hub.served["org/base/base.Q8_0.gguf"]
+    row = 256 // 32 * 34  # a Q8_0 row of d = 256: eight blocks of 34 bytes
+    assert served <= (1 << 16) + 2 * 16 * 2 * row  # the header's first read, then the rows (and gaps of a row)
+    assert served < 0.1 * size
+    opts = Options(stat=["cos"], rows=16)
+    (r,) = run_pair("org/base", "org/ft", opts, progress=False)
+    (l,) = run_pair(str(hub_ggufs["base"]), str(hub_ggufs["ft"]), opts, progress=False)
+    assert r["log10_pvalue"] == l["log10_pvalue"] and r["per_layer"] == l["per_layer"]
+    (f,) = r["models"]["ft"]["files"]
+    assert f["sha256_source"] == "hub" and f["read"].startswith("range-read") and 0 < f["bytes_read"] < size

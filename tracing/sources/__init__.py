@@ -22,7 +22,7 @@ QuantizedBackend = Backend
 
 #: the weight formats, asked in this order which one claims a model; a new format is one module
 #: of this package and one line here (before the plain folder, which claims any folder)
-BACKENDS: list = ["remote.RemoteBackend", "gguf.GGUFBackend", "gptq.PackedInt4Backend", "layered.LayeredBackend",
+BACKENDS: list = ["ggufremote.RemoteGGUFBackend", "remote.RemoteBackend", "gguf.GGUFBackend", "gptq.PackedInt4Backend", "layered.LayeredBackend",
                   "folder.FolderBackend"]
 
 

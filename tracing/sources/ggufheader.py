@@ -25,7 +25,7 @@ from ..errors import TracingError
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # the first read; each further one doubles what is held
 
 
 class _Bytes:
@@ -108,19 +108,28 @@ class Header:
     _map: np.ndarray | None = None
 
     def tensor_data(self, t: Tensor) -> np.ndarray:
-        from gguf import GGMLQuantizationType as Q
-        from gguf import quant_shape_to_byte_shape
         if self.path is None:
             raise TracingError(f"{self.label}: tensor data of a remote GGUF file is read by ranges, not mapped")
         if self._map is None:
             self._map = np.memmap(self.path, mode="r")
-        dims = tuple(reversed([int(x) for x in t.shape]))
-        plain = {Q.F16: np.float16, Q.F32: np.float32, Q.F64: np.float64, Q.I8: np.int8, Q.I16: np.int16,
-                 Q.I32: np.int32, Q.I64: np.int64}
-        raw = self._map[t.data_offset:t.data_offset + t.n_bytes]
-        if t.tensor_type in plain:
-            return raw.view(plain[t.tensor_type]).reshape(dims)
-        return raw.reshape(quant_shape_to_byte_shape(dims, t.tensor_type))
+        return shaped(self._map[t.data_offset:t.data_offset + t.n_bytes], t.tensor_type, dims_of(t))
+
+
+def dims_of(t) -> tuple[int, ...]:
+    """A tensor's dimensions outermost first (GGUF lists them innermost first)."""
+    return tuple(reversed([int(x) for x in t.shape]))
+
+
+def shaped(raw: np.ndarray, tensor_type, dims: tuple[int, ...]) -> np.ndarray:
+    """Stored bytes (uint8) of ``dims`` values as gguf-py shapes them: plain types as their numpy
+    type, quantized ones as bytes per row of blocks."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quant_shape_to_byte_shape
+    plain = {Q.F16: np.float16, Q.F32: np.float32, Q.F64: np.float64, Q.I8: np.int8, Q.I16: np.int16,
+             Q.I32: np.int32, Q.I64: np.int64}
+    if tensor_type in plain:
+        return raw.view(plain[tensor_type]).reshape(dims)
+    return raw.reshape(quant_shape_to_byte_shape(dims, tensor_type))
 
 
 def _value(b: _Bytes, vtype: int, pos: int):
