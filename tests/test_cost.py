@@ -233,3 +233,21 @@ def test_gguf_on_the_hub_reads_sampled_rows_by_ranges_equal_to_local(hub, hub_gg
     assert r["log10_pvalue"] == l["log10_pvalue"] and r["per_layer"] == l["per_layer"]
     (f,) = r["models"]["ft"]["files"]
     assert f["sha256_source"] == "hub" and f["read"].startswith("range-read") and 0 < f["bytes_read"] < size
+
+
+def test_scan_hashes_in_full_only_a_possible_reupload(trio, tmp_path, monkeypatch):
+    import shutil
+    import tracing.models
+    from tracing import scan
+    monkeypatch.setenv("TRACING_CACHE_DIR", str(tmp_path / "cache"))
+    hashed = []
+    real = tracing.models.sha256_file
+    monkeypatch.setattr(tracing.models, "sha256_file", lambda f, *a: hashed.append(Path(f).parent.name) or real(f, *a))
+    copy = tmp_path / "copy"
+    shutil.copytree(trio["base"], copy)
+    cand = scan._open(trio["base"], None, memory=True)
+    hashes = scan.weight_hashes(cand)
+    ft = scan._open(trio["ft"])
+    assert hashes == scan.weight_hashes(ft)  # a fine-tune saved like its base: the same header
+    assert not scan.same_weights(cand, ft, hashes) and hashed == []  # told apart without hashing
+    assert scan.same_weights(cand, scan._open(str(copy)), hashes) and sorted(hashed) == ["base", "copy"]

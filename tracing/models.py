@@ -216,17 +216,17 @@ class Checkpoint(WeightSource):
                                f"{str(e).splitlines()[0][:200]})") from None
 
     # provenance --------------------------------------------------------------------------
-    def provenance(self, hash_files: bool = True) -> dict:
+    def provenance(self, hash_files: bool = True, digest: str | None = None) -> dict:
         """Exactly which weights these are: id, resolved commit or path, each file's size and SHA-256
-        (with ``digest="fast"``, local files not in the hub cache get the fast identity of
-        :mod:`tracing.identity` instead, and ``identity`` says so)."""
+        (with ``digest="fast"`` — this checkpoint's own ``digest`` unless given — local files not in
+        the hub cache get the fast identity of :mod:`tracing.identity` instead, and ``identity`` says so)."""
         from .identity import FAST_NOTE, fast_identity
         files = self.backend.file_records() if hasattr(self.backend, "file_records") else []
         fast = False
         for f in [] if files else self.weight_files():
             entry = {"file": f.name, "size": f.stat().st_size}
             sha = self.resolved.hub_sha256.get(f.name) or _sha_from_hub_cache(f)
-            ident = None if sha or self.digest != "fast" else fast_identity(f)
+            ident = None if sha or (digest or self.digest) != "fast" else fast_identity(f)
             if sha:
                 entry["sha256"], entry["sha256_source"] = sha, "hub"
             elif ident is not None:
