@@ -251,3 +251,14 @@ def test_scan_hashes_in_full_only_a_possible_reupload(trio, tmp_path, monkeypatc
     assert hashes == scan.weight_hashes(ft)  # a fine-tune saved like its base: the same header
     assert not scan.same_weights(cand, ft, hashes) and hashed == []  # told apart without hashing
     assert scan.same_weights(cand, scan._open(str(copy)), hashes) and sorted(hashed) == ["base", "copy"]
+
+
+def test_weight_only_sampled_gguf_run_imports_no_model_machinery(gguf_files, tmp_path):
+    """A GGUF file's config is built from its metadata with transformers' config classes (its key
+    mapping), but neither its model classes nor scipy.stats are imported."""
+    env = {**os.environ, "TRACING_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    f = str(gguf_files["Q8_0"])
+    argv = ["--base_model_id", f, "--ft_model_id", str(gguf_files["Q4_0"]), "--stat", "cos", "--rows", "32",
+            "--quiet"]
+    assert _modules_after(_main(argv), env) == ["transformers.configuration_utils"]
+
