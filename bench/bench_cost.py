@@ -112,13 +112,20 @@ def evict(folders) -> None:
                 os.close(fd)
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
+def _children_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(cmd: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall s, CPU s of the child, the finished process)."""
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[1:])} failed:\n{proc.stderr[-2000:]}")
-    return wall, proc
+    return wall, cpu, proc
 
 
 def import_seconds(stderr: str) -> tuple[float, dict]:
@@ -135,8 +142,8 @@ def import_seconds(stderr: str) -> tuple[float, dict]:
 def variant(kind: str, paths: dict, K: int, work: Path) -> dict:
     main = [sys.executable, "main.py"]
     if kind == "help":
-        wall, _ = run(main + ["--help"], dict(os.environ))
-        return {"variant": kind, "wall_s": wall}
+        wall, cpu, _ = run(main + ["--help"], dict(os.environ))
+        return {"variant": kind, "wall_s": wall, "cpu_s": cpu, "load": os.getloadavg()[0]}
     evict(paths.values())
     cache = Path(tempfile.mkdtemp(prefix="bench-cost-cache-", dir=work))  # a cold digest cache
     env = {**os.environ, "TRACING_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
@@ -146,10 +153,10 @@ def variant(kind: str, paths: dict, K: int, work: Path) -> dict:
     args += ["--digest", "full"] if kind == "full" else []
     pre = [sys.executable, "-X", "importtime", "main.py"] if kind == "imports" else main
     load0 = os.getloadavg()[0]
-    wall, proc = run(pre + args, env)
+    wall, cpu, proc = run(pre + args, env)
     rec = pickle.loads(save.read_bytes())
     shutil.rmtree(cache, ignore_errors=True)
-    out = {"variant": kind, "wall_s": wall, "load": load0, "log10_pvalue": rec["log10_pvalue"],
+    out = {"variant": kind, "wall_s": wall, "cpu_s": cpu, "load": load0, "log10_pvalue": rec["log10_pvalue"],
            "timings": rec["timings"], "time": rec["time"]}
     if kind == "imports":
         out["imports_s"], out["largest_imports"] = import_seconds(proc.stderr)
@@ -172,10 +179,12 @@ def table(recs: list[dict], L: int, K: int) -> str:
         extra = f"{statistics.median(r['imports_s'] for r in v):.2f}" if k == "imports" else "—"
         ratio = common.fmt_ratio(med[k], med["fast"]) if k in ("fast", "full") and "fast" in med else "—"
         p = f"{v[0]['log10_pvalue']:.6g}" if "log10_pvalue" in v[0] else "—"
-        rows.append([k, len(v), f"{med[k]:.2f}", f"{min(r['wall_s'] for r in v):.2f}", ratio, stages or "—", extra,
-                     f"{statistics.median(r.get('load', 0) for r in v):.1f}" if k != "help" else "—", p])
+        cpu = [r["cpu_s"] for r in v if "cpu_s" in r]
+        rows.append([k, len(v), f"{med[k]:.2f}", f"{min(r['wall_s'] for r in v):.2f}",
+                     f"{statistics.median(cpu):.2f}" if cpu else "—", ratio, stages or "—", extra,
+                     f"{statistics.median(r.get('load', 0) for r in v):.1f}", p])
     return (f"{L} blocks, K = {K}:\n\n"
-            + common.markdown_table(["variant", "runs", "wall s (median)", "wall s (min)", "× fast",
+            + common.markdown_table(["variant", "runs", "wall s (median)", "wall s (min)", "CPU s (median)", "× fast",
                                      "record timings s (median)", "imports s", "load avg", "log10 p"], rows))
 
 
