@@ -227,6 +227,10 @@ def test_gguf_on_the_hub_reads_sampled_rows_by_ranges_equal_to_local(hub, hub_gg
     row = 256 // 32 * 34  # a Q8_0 row of d = 256: eight blocks of 34 bytes
     assert served <= (1 << 16) + 2 * 16 * 2 * row  # the header's first read, then the rows (and gaps of a row)
     assert served < 0.1 * size
+    planned = sum(remote.backend.planned_bytes(remote.arch.units(i)[0].up, idx) for i in range(2))
+    assert planned == served - min(size, 1 << 16)  # --dry-run's figure is what the rows cost
+    from tracing.sources.cost import dry_run_lines
+    assert any("org/ft" in line for line in dry_run_lines("org/base", "org/ft", Options(stat=["cos"], rows=16)))
     opts = Options(stat=["cos"], rows=16)
     (r,) = run_pair("org/base", "org/ft", opts, progress=False)
     (l,) = run_pair(str(hub_ggufs["base"]), str(hub_ggufs["ft"]), opts, progress=False)

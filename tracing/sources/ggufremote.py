@@ -62,11 +62,24 @@ class RemoteGGUFBackend(GGUFBackend):
         return shaped(self._read(spans, 0), t.tensor_type, dims_of(t))
 
     def _row_data(self, t, expert: int | None, rows: np.ndarray) -> np.ndarray:
+        spans, row_bytes = self._row_spans(t, expert, rows)
+        return shaped(self._read(spans, row_bytes), t.tensor_type, (len(rows), dims_of(t)[-1]))
+
+    def _row_spans(self, t, expert: int | None, rows) -> tuple[list[tuple[int, int]], int]:
         dims = dims_of(t)
         row_bytes = t.n_bytes // int(np.prod(dims[:-1]))
         first = 0 if expert is None else expert * dims[-2]
-        spans = [(t.data_offset + (first + int(r)) * row_bytes, row_bytes) for r in rows]
-        return shaped(self._read(spans, row_bytes), t.tensor_type, (len(rows), dims[-1]))
+        return [(t.data_offset + (first + int(r)) * row_bytes, row_bytes) for r in rows], row_bytes
+
+    def planned_bytes(self, name: str, index=None) -> int:
+        """Bytes that :meth:`get_rows` (``index`` given) or :meth:`get` of ``name`` will transfer."""
+        from ..rows import row_offset
+        ref, stored, part, t, expert = self._find(name)
+        offset = row_offset(part)
+        if index is None or offset is None or self._changes(stored) or len(ref.shape) != 2:
+            return int(t.n_bytes)  # read whole
+        spans, row_bytes = self._row_spans(t, expert, np.asarray(index, dtype=np.int64) + offset)
+        return sum(n for _, n, _ in coalesce(spans, gap=row_bytes))
 
     def _probe(self, t) -> np.ndarray:
         from gguf import GGML_QUANT_SIZES
