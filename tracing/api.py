@@ -39,7 +39,8 @@ def save_paths(save: str | os.PathLike | dict | None, stats: list[str]) -> dict[
 
 
 def run_pair(base: str, ft: str, options: Options | None = None, save=None, progress: bool = True,
-             rows_store: str | os.PathLike | None = None, download: bool = False, **kwargs) -> list[dict]:
+             rows_store: str | os.PathLike | None = None, download: bool = False, digest: str | None = None,
+             **kwargs) -> list[dict]:
     """Compute every statistic of ``options.stat`` for one pair of models given by id or folder;
     write and return the records (plain dicts; wrap one in :class:`Result` for attribute access).
 
@@ -53,6 +54,10 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
     A sampled test (``options.rows``) of a hub model that is not in the local cache reads only the
     sampled rows by HTTP range requests (:mod:`tracing.sources.remote`); ``download`` fetches the
     whole model first instead.
+
+    ``digest``: how the record identifies local weight files (:mod:`tracing.identity`): ``"full"``
+    (SHA-256, the default of a full test) or ``"fast"`` (size, modification time and a digest of the
+    header; the default of a sampled test, which then reads no more than its rows).
     """
     start = time.time()
     options = options or Options(**kwargs)
@@ -61,7 +66,8 @@ def run_pair(base: str, ft: str, options: Options | None = None, save=None, prog
         check_writable(p)
     t = time.time()
     remote = options.rows is not None and not download
-    b, f = Checkpoint(str(base), remote=remote), Checkpoint(str(ft), remote=remote)
+    digest = digest or ("fast" if options.rows is not None else "full")
+    b, f = Checkpoint(str(base), remote=remote, digest=digest), Checkpoint(str(ft), remote=remote, digest=digest)
     if rows_store is not None and options.rows is not None:
         from .rowstore import with_store
         b, f = with_store(b, rows_store), with_store(f, rows_store)
@@ -78,7 +84,9 @@ def run_opened(b: Checkpoint, f: Checkpoint, options: Options, save=None, progre
         check_writable(p)
     bl, fl = labels or (b.label, f.label)
     pair = Pair(b, f, options, progress, base_label=bl, ft_label=fl, timings=timings)
+    t = time.time()
     models = {"base": b.provenance(), "ft": f.provenance()}
+    pair.timings["digest"] = time.time() - t  # the weight files' identity (hashing, when full)
     return _run(pair, models, paths, start)
 
 
@@ -185,10 +193,11 @@ def _compute(pair: Pair, stat: str):
     """The statistic, and its aligned variant when asked (without a permutation test whose
     p-value would be dropped)."""
     spec = get_stat(stat)
-    t = time.time()
+    t, read0 = time.time(), _read_s(pair)
     opts = pair.options.for_stat(stat)
     result = spec.fn(pair.context(stat, opts), *pair.lanes(stat))
     timings = dict(pair.timings, statistic=time.time() - t)
+    timings["read"] = _read_s(pair) - read0  # of the statistic's time, reading the weight files
     aligned = None
     if pair.options.align and spec.aligned:
         t = time.time()
@@ -206,9 +215,17 @@ def _compute(pair: Pair, stat: str):
     return result, aligned, timings
 
 
+def _read_s(pair: Pair) -> float:
+    """Seconds both opened checkpoints have spent reading weights so far."""
+    return sum(getattr(src, "read_s", 0.0) for src in {id(s): s for s in (pair.base_ckpt, pair.ft_ckpt)}.values())
+
+
 def _pair_notes(pair: Pair, models: dict) -> list[str]:
+    from .identity import file_identity
+
     def weights(m):
-        return sorted((f.get("file"), f.get("sha256")) for f in m.get("files", [])) or None
+        files = [file_identity(f, m.get("path")) for f in m.get("files", [])]
+        return sorted(files) if files and all(files) else None
 
     notes = [f"{ck.label}: the language model of a {ck.arch.wrapper} checkpoint ({ck.arch.model_type}) was read; "
              f"its vision tower is ignored" for ck in (pair.base_ckpt, pair.ft_ckpt) if ck.arch.wrapper]

@@ -27,6 +27,10 @@ def parse(argv=None):
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print the bytes each model will cost (range reads, download, or none when local) and stop; "
                         "reads hub models' config files and weight headers only")
+    p.add_argument("--digest", choices=("fast", "full"), default=None,
+                   help="how the record identifies local weight files: full = SHA-256 of every file (default of a "
+                        "full test, and with --attest); fast = size, modification time and a SHA-256 of each file's "
+                        "header (default with --rows: the test then reads only its rows)")
     add_options(p)
     return p.parse_args(argv)
 
@@ -43,8 +47,9 @@ def main(argv=None):
             print(scrub(line))
         return 0
     attest_to = _attest_paths(args, options)
+    digest = "full" if attest_to else args.digest  # a statement names the weights by their SHA-256
     records = run_pair(args.base_model_id, args.ft_model_id, options, save=args.save, progress=not args.quiet,
-                       download=args.download)
+                       download=args.download, digest=digest)
     for rec in records:
         print(scrub(summary(rec)))
         if rec["args"].get("save"):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 import torch
 
@@ -140,10 +141,17 @@ class Checkpoint(WeightSource):
     """A model on disk: config, tokenizer and lazily read tensors, whatever its weight format (the
     format's backend, :func:`tracing.sources.open_backend`, reads them)."""
 
-    def __init__(self, spec: str | os.PathLike, resolved: Resolved | None = None, remote: bool = False):
+    def __init__(self, spec: str | os.PathLike, resolved: Resolved | None = None, remote: bool = False,
+                 digest: str = "full"):
         """``remote``: a hub model not in the local cache is read by range requests (only what the
-        statistics ask for) rather than downloaded (:func:`tracing.specs.resolve`)."""
+        statistics ask for) rather than downloaded (:func:`tracing.specs.resolve`). ``digest``: how
+        :meth:`provenance` identifies local weight files, ``"full"`` (SHA-256) or ``"fast"`` (size,
+        modification time and a digest of the header: :mod:`tracing.identity`)."""
         from .sources import open_backend
+        if digest not in ("full", "fast"):
+            raise TracingError(f"--digest must be full or fast, got {digest!r}")
+        self.digest = digest
+        self.read_s = 0.0  # seconds spent reading tensors (and rows) from the weight files
         self.resolved = resolved or resolve(str(spec), remote=remote)
         self.path = self.resolved.path
         self.label = self.resolved.spec
@@ -170,7 +178,9 @@ class Checkpoint(WeightSource):
         return self.backend.weight_files()
 
     def get(self, name, dtype=torch.float32):
+        t0 = time.perf_counter()
         t = self.backend.get(name, dtype)
+        self.read_s += time.perf_counter() - t0
         if name not in self._finite:
             require_finite(self.label, name, t)
             self._finite.add(name)
@@ -178,7 +188,10 @@ class Checkpoint(WeightSource):
 
     def get_rows(self, name, index, dtype=torch.float32):
         """Rows ``index`` of ``name`` (from a safetensors file only those rows are read)."""
-        return require_finite(self.label, name, self.backend.get_rows(name, index, dtype)).to(dtype)
+        t0 = time.perf_counter()
+        t = self.backend.get_rows(name, index, dtype)
+        self.read_s += time.perf_counter() - t0
+        return require_finite(self.label, name, t).to(dtype)
 
     def release(self):
         self.backend.release()
@@ -203,19 +216,29 @@ class Checkpoint(WeightSource):
                                f"{str(e).splitlines()[0][:200]})") from None
 
     # provenance --------------------------------------------------------------------------
-    def provenance(self, hash_files: bool = True) -> dict:
-        """Exactly which weights these are: id, resolved commit or path, each file's size and SHA-256."""
+    def provenance(self, hash_files: bool = True, digest: str | None = None) -> dict:
+        """Exactly which weights these are: id, resolved commit or path, each file's size and SHA-256
+        (with ``digest="fast"`` — this checkpoint's own ``digest`` unless given — local files not in
+        the hub cache get the fast identity of :mod:`tracing.identity` instead, and ``identity`` says so)."""
+        from .identity import FAST_NOTE, fast_identity
         files = self.backend.file_records() if hasattr(self.backend, "file_records") else []
+        fast = False
         for f in [] if files else self.weight_files():
             entry = {"file": f.name, "size": f.stat().st_size}
             sha = self.resolved.hub_sha256.get(f.name) or _sha_from_hub_cache(f)
+            ident = None if sha or (digest or self.digest) != "fast" else fast_identity(f)
             if sha:
                 entry["sha256"], entry["sha256_source"] = sha, "hub"
+            elif ident is not None:
+                entry.update(ident)
+                fast = True
             elif hash_files:
                 entry["sha256"], entry["sha256_source"] = sha256_file(f), "computed"
             files.append(entry)
         out = {"id": self.resolved.spec, "path": str(self.path), "repo_id": self.resolved.repo_id,
                "revision": self.resolved.revision, "commit": self.resolved.commit, "files": files}
+        if fast:
+            out["identity"] = FAST_NOTE
         quantization = self.backend.quantization()
         if quantization is not None:
             out["quantization"] = quantization
@@ -236,9 +259,10 @@ def _hash_cache_file() -> Path:
 
 
 def sha256_file(f: Path, chunk: int = 1 << 23) -> str:
-    """SHA-256 of a weight file, remembered by (path, size, mtime) so a 140 GB model is hashed once."""
+    """SHA-256 of a weight file, remembered by (path, size, modification and status-change times) so
+    a 140 GB model is hashed once (a file rewritten and given back its old mtime is hashed again)."""
     st = f.stat()
-    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     cache_file = _hash_cache_file()
     try:
         cache = json.loads(cache_file.read_text())

@@ -21,7 +21,8 @@ TEXT_DEFAULT, DEMO_DEFAULT = "wikitext", "demo"
 
 def max_positions(src) -> int | None:
     """A model's context length (``max_position_embeddings``), when its config says."""
-    cfg = src.config
+    raw = getattr(getattr(src, "backend", None), "raw_config", None)  # config.json as data: no transformers
+    cfg = raw if isinstance(raw, dict) else src.config
     n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else getattr(cfg, "max_position_embeddings", None)
     return int(n) if n else None
 

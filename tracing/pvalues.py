@@ -30,7 +30,7 @@ from typing import Iterable
 
 import mpmath
 import numpy as np
-import scipy.stats
+import scipy.special as sc
 
 __all__ = [
     "LOG10_E",
@@ -194,6 +194,16 @@ def _t_logsf_mp(t: float, df: float) -> float:
         return float(mpmath.log1p(-mpmath.exp(log_upper)))
 
 
+def _logsf(x: float, median, sf, cdf) -> float:
+    """ln P(X > x) from a distribution's tail functions, computed as ``scipy.stats``' ``logsf``
+    computes it (log of the upper tail above the median, log1p of minus the lower tail below it,
+    on float64 arrays), so the value is the same to the last bit without importing scipy.stats."""
+    v = np.asarray([x], dtype=np.float64)
+    if v[0] > median:
+        return float(np.log(sf(v))[0])
+    return float(np.log1p(-cdf(v))[0])
+
+
 def t_logsf(t: float, df: float) -> float:
     """Natural log of the Student-t upper tail, ln P(T_df > t).
 
@@ -208,7 +218,7 @@ def t_logsf(t: float, df: float) -> float:
     if df <= 0:
         raise ValueError(f"degrees of freedom must be positive, got {df}")
     with np.errstate(all="ignore"):
-        value = float(scipy.stats.t.logsf(t, df))
+        value = _logsf(t, sc.stdtrit(df, 0.5), lambda x: sc.stdtr(df, -x), lambda x: sc.stdtr(df, x))
     if math.isfinite(value) and value > _SCIPY_LOG_FLOOR:
         return value
     return _t_logsf_mp(t, df)
@@ -238,7 +248,7 @@ def chi2_logsf(x: float, df: float) -> float:
     if x <= 0:
         return 0.0
     with np.errstate(all="ignore"):
-        value = float(scipy.stats.chi2.logsf(x, df))
+        value = _logsf(x, 2 * sc.gammaincinv(df / 2, 0.5), lambda v: sc.chdtrc(df, v), lambda v: sc.chdtr(df, v))
     if math.isfinite(value) and value > _SCIPY_LOG_FLOOR:
         return value
     return _chi2_logsf_mp(x, df)

@@ -37,10 +37,11 @@ def git_commit(root: Path = ROOT) -> str:
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
+    from importlib.metadata import PackageNotFoundError, version
     for mod in ("torch", "transformers", "scipy", "numpy", "safetensors", "submitit"):
-        try:
-            out[mod] = str(__import__(mod).__version__)  # plain str (torch's is a str subclass)
-        except Exception:
+        try:  # the installed distribution's version: nothing is imported for it
+            out[mod] = version(mod)
+        except PackageNotFoundError:
             pass
     return out
 

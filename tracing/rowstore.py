@@ -34,12 +34,15 @@ FOLDER = ".sampled-rows"  # beside the results; hidden, so result readers skip i
 
 
 def model_key(ckpt) -> str | None:
-    """A digest of a checkpoint's weight files (name, size, SHA-256); None when a file has no hash
-    (then nothing is stored for it)."""
+    """A digest of a checkpoint's weight files (name, size, SHA-256 — or, for a checkpoint opened
+    with the fast identity, its folder, modification time and header digest: a rewritten file is a
+    new key either way); None when a file has neither (then nothing is stored for it)."""
+    from .identity import file_identity
     prov = ckpt.provenance() if hasattr(ckpt, "provenance") else {}
-    files = sorted((f.get("file"), f.get("size"), f.get("sha256")) for f in prov.get("files") or [])
-    if not files or not all(h for *_, h in files):
+    files = [file_identity(f, prov.get("path")) for f in prov.get("files") or []]
+    if not files or not all(files):
         return None
+    files = sorted(files)
     quant = prov.get("quantization")
     blob = json.dumps({"files": files, "quantization": quant}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -96,10 +96,26 @@ def read_references(path: str | Path) -> list[tuple[str, str | None]]:
 # ------------------------------------------------------------------------------------------
 # pre-checks (configs, headers, hashes: no tensor data)
 # ------------------------------------------------------------------------------------------
-def weight_hashes(ck) -> list | None:
-    files = ck.provenance().get("files") or []
-    got = sorted((f.get("file"), f.get("size"), f.get("sha256")) for f in files)
+def weight_hashes(ck, digest: str | None = None) -> list | None:
+    """``(file, size, digest)`` of each weight file: its SHA-256 when known, else (a checkpoint
+    opened with the fast identity) its header's digest, marked as such; None when a file has neither."""
+    files = ck.provenance(digest=digest).get("files") or []
+    got = sorted((f.get("file"), f.get("size"), f.get("sha256") or (f.get("header_sha256") and
+                                                                     "header:" + f["header_sha256"])) for f in files)
     return got if got and all(h for *_, h in got) else None
+
+
+def same_weights(cand, ref, cand_hashes) -> bool:
+    """Do two checkpoints hold the same weight files? When their names, sizes and header digests
+    agree, a few windows of each file are compared, and only files equal there are hashed in full
+    (a possible re-upload): a fine-tune saved like its base costs three small reads per file."""
+    from .identity import content_probe
+    if cand_hashes is None or cand_hashes != weight_hashes(ref):
+        return False
+    if not any(str(h).startswith("header:") for *_, h in cand_hashes):
+        return True
+    probes = [sorted((f.name, content_probe(f)) for f in ck.weight_files()) for ck in (cand, ref)]
+    return probes[0] == probes[1] and weight_hashes(cand, "full") == weight_hashes(ref, "full")
 
 
 def tokenizer_digest(ck) -> str | None:
@@ -129,7 +145,7 @@ def precheck(stat: str, cand, ref, cand_hashes, cand_tok) -> tuple[str, str, str
     """``(status, why, tokenizer)`` of one reference against the candidate."""
     ref_tok = tokenizer_digest(ref)
     tok = "unknown" if cand_tok is None or ref_tok is None else ("identical" if cand_tok == ref_tok else "different")
-    if cand_hashes is not None and cand_hashes == weight_hashes(ref):
+    if same_weights(cand, ref, cand_hashes):
         return "identical", "identical weight files (SHA-256): a re-upload of the same weights, no test run", tok
     problem = shape_problem(stat, cand, ref)
     if problem:
@@ -143,10 +159,11 @@ def precheck(stat: str, cand, ref, cand_hashes, cand_tok) -> tuple[str, str, str
 def _open(spec: str, store: Path | None = None, memory: bool = False):
     """A checkpoint whose sampled rows are read once: kept in ``store`` (beside the results, for
     this and later scans), else in memory when ``memory`` (the candidate, tested against every reference).
-    A hub model not in the local cache is read by range requests (:mod:`tracing.sources.remote`)."""
+    A hub model not in the local cache is read by range requests (:mod:`tracing.sources.remote`);
+    local weight files are named by their fast identity (:mod:`tracing.identity`)."""
     from .models import Checkpoint
     from .rowstore import with_store
-    return with_store(Checkpoint(spec, remote=True), store, memory=memory)
+    return with_store(Checkpoint(spec, remote=True, digest="fast"), store, memory=memory)
 
 
 def record_path(out: Path, reference: str, name: str) -> Path:

@@ -167,6 +167,9 @@ def _resolve_hub(s: Spec, local_files_only: bool | None, remote: bool = False) -
                     sizes[f.rfilename] = int(f.size)
             revision = info.sha or revision
             ranged = remote and s.file is None and _read_by_ranges(repo_id, revision, files)
+            gguf = next((p for p in patterns[len(META_PATTERNS):] if p.endswith(".gguf")), None)
+            if remote and gguf is not None and _gguf_by_ranges(repo_id, revision, gguf):
+                ranged, s = True, replace(s, file=gguf)  # its header and sampled rows by range requests
             with _quiet(ranged):  # the config files of a range-read model: small, no progress bar
                 path = snapshot_download(repo_id, revision=revision, token=token, endpoint=endpoint(),
                                          allow_patterns=META_PATTERNS if ranged else patterns)
@@ -206,6 +209,12 @@ def _quiet(on: bool):
     finally:
         if on and not was:
             enable_progress_bars()
+
+
+def _gguf_by_ranges(repo_id: str, commit: str | None, file: str) -> bool:
+    """Is a hub model's GGUF file not in the local cache (so read by range requests)?"""
+    from huggingface_hub import try_to_load_from_cache
+    return commit is not None and not isinstance(try_to_load_from_cache(repo_id, file, revision=commit), str)
 
 
 def _read_by_ranges(repo_id: str, commit: str | None, files: list[str]) -> bool:

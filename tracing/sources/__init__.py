@@ -22,8 +22,8 @@ QuantizedBackend = Backend
 
 #: the weight formats, asked in this order which one claims a model; a new format is one module
 #: of this package and one line here (before the plain folder, which claims any folder)
-BACKENDS: list = ["remote_quantized.RemoteQuantizedBackend", "remote.RemoteBackend", "gguf.GGUFBackend",
-                  "gptq.PackedInt4Backend", "layered.LayeredBackend", "folder.FolderBackend"]
+BACKENDS: list = ["ggufremote.RemoteGGUFBackend", "remote_quantized.RemoteQuantizedBackend", "remote.RemoteBackend",
+                  "gguf.GGUFBackend", "gptq.PackedInt4Backend", "layered.LayeredBackend", "folder.FolderBackend"]
 
 
 def backend_classes() -> list[type[Backend]]:

@@ -93,15 +93,19 @@ def _field(reader, key: str, default=None):
 
 
 def open_reader(file: Path):
-    from gguf import GGUFReader
+    """The file's metadata and tensor table (:mod:`tracing.sources.ggufheader`: parsed once per file
+    per process, the tokenizer's arrays only when asked for), checked against the file's size."""
+    from .ggufheader import header_of
     try:
-        reader = GGUFReader(file)
+        reader = header_of(file)
+    except TracingError:
+        raise
     except Exception as e:  # bad magic, truncated header, ...
         raise TracingError(f"{file} is not a readable GGUF file ({type(e).__name__}: {str(e)[:160]}); "
                            f"it may be truncated or corrupt — re-download it") from None
     size = file.stat().st_size
     for t in reader.tensors:
-        if t.data_offset + int(t.n_bytes) > size or t.data.size * t.data.itemsize < int(t.n_bytes):
+        if t.data_offset + int(t.n_bytes) > size:
             raise TracingError(f"{file} is truncated: tensor {t.name} ends past the end of the file "
                                f"({size} bytes); re-download it")
     return reader
@@ -206,9 +210,10 @@ def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
 class GGUFBackend(QuantizedBackend):
     format = "gguf"
 
-    def __init__(self, file: Path, label: str, folder: Path | None = None):
+    def __init__(self, file: Path, label: str, folder: Path | None = None, reader=None):
+        """``reader``: the file's header already read (a file on the hub); else the local file's."""
         self.file, self.label, self.folder = Path(file), label, folder
-        self.reader = open_reader(self.file)
+        self.reader = reader if reader is not None else open_reader(self.file)
         self.gguf_arch = str(_field(self.reader, "general.architecture", "?"))
         self._config = None
         self.arch = arch_from_config(self.config(), where=str(self.file))
@@ -278,7 +283,7 @@ class GGUFBackend(QuantizedBackend):
                 continue
             seen.add(t.tensor_type)
             try:
-                dequantize(np.asarray(t.data[:1]), t.tensor_type)
+                dequantize(self._probe(t), t.tensor_type)
             except Exception:
                 kind = GGMLQuantizationType(t.tensor_type).name
                 raise TracingError(f"{self.file}: tensor {t.name} uses quantization type {kind}, which the "
@@ -335,9 +340,8 @@ class GGUFBackend(QuantizedBackend):
         if offset is None or self._changes(stored) or len(ref.shape) != 2 or (self._last and self._last[0] == t.name):
             return super().get_rows(name, index, dtype)
         from gguf import dequantize
-        data = t.data if expert is None else t.data[expert]
         rows = np.asarray(index, dtype=np.int64) + offset
-        w = dequantize(np.asarray(data[rows]), t.tensor_type)
+        w = dequantize(self._row_data(t, expert, rows), t.tensor_type)
         return torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).reshape(len(rows), ref.shape[1]).to(dtype)
 
     def _changes(self, stored: str) -> str | None:
@@ -404,7 +408,7 @@ class GGUFBackend(QuantizedBackend):
         ref, stored, index, t, expert = self._find(name)
         shape = self._shape(t)
         out = []
-        for arr in planes(np.asarray(t.data), t.tensor_type):
+        for arr in planes(np.asarray(self._data(t)), t.tensor_type):
             w = self._undo(stored, torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64).reshape(shape)),
                            values=False)
             out.append(select(w if expert is None else w[expert], index).reshape(ref.shape))
@@ -412,7 +416,7 @@ class GGUFBackend(QuantizedBackend):
 
     def _dequantize(self, t) -> np.ndarray:
         from gguf import dequantize
-        data = t.data
+        data = self._data(t)
         rows = data.shape[0] if data.ndim > 1 else 1
         if t.n_elements <= CHUNK_ELEMENTS or rows == 1:
             out = dequantize(np.asarray(data), t.tensor_type)
@@ -422,6 +426,20 @@ class GGUFBackend(QuantizedBackend):
                  for a in tqdm(range(0, rows, step), desc=f"dequantize {t.name}", leave=False,
                                disable=None if t.n_elements > BAR_ELEMENTS else True)]
         return np.concatenate(parts).reshape(self._shape(t))
+
+    # the stored bytes (a file on the hub overrides these three with range reads) --------------------
+    def _data(self, t) -> np.ndarray:
+        """A tensor's stored data, shaped as gguf-py shapes it (a memory map of the file)."""
+        return t.data
+
+    def _row_data(self, t, expert: int | None, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of a 2-D tensor's stored data (of one expert of a stacked one)."""
+        data = t.data if expert is None else t.data[expert]
+        return np.asarray(data[rows])
+
+    def _probe(self, t) -> np.ndarray:
+        """A little of a tensor's stored data, to see whether gguf-py dequantizes its type."""
+        return np.asarray(t.data[:1])
 
     @staticmethod
     def _shape(t) -> tuple[int, ...]:

@@ -1,0 +1,103 @@
+"""A GGUF file on the hub read where it lies: its metadata and tensor table by range requests of
+growing size (:mod:`tracing.sources.ggufheader`, once per file per process), then only the bytes a
+statistic asks for — for ``--rows``, the sampled rows' quantization blocks (a row of a row-major
+GGUF tensor is a whole number of blocks, one contiguous byte range), requests merged where rows
+are adjacent. Rows and tensors are dequantized exactly as from a local copy of the file. The
+record's provenance says the file was range-read, with the hub's SHA-256 and the bytes read.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import TracingError
+from .gguf import GGUFBackend
+from .ggufheader import dims_of, parse, shaped
+from .hubhttp import HubFiles, coalesce
+from .remote import DIGEST_NOTE
+
+CHUNK = 16 << 20  # a whole tensor is read in requests of this many bytes
+_HEADERS: dict[tuple, object] = {}
+
+
+class RemoteGGUFBackend(GGUFBackend):
+    """One ``.gguf`` file of a hub repository (the spec's ``:<file>.gguf`` or the repository's only
+    one), read by range requests at the resolved commit."""
+
+    def __init__(self, resolved, progress: bool = True):
+        self.resolved, self.name = resolved, resolved.file
+        self.sizes = dict(resolved.hub_sizes)
+        if self.name not in self.sizes:
+            raise TracingError(f"{resolved.spec}: the hub has no file {self.name} at commit {resolved.commit}")
+        self.hub = HubFiles(resolved.repo_id, resolved.commit, resolved.hub_sha256, resolved.spec, progress)
+        key = (self.hub.base, resolved.repo_id, resolved.commit, self.name, resolved.hub_sha256.get(self.name))
+        if key not in _HEADERS:
+            _HEADERS[key] = parse(lambda offset, n: self.hub.read(self.name, offset, n), self.sizes[self.name],
+                                  f"{resolved.spec}: {self.name}")
+        super().__init__(resolved.path / self.name, resolved.spec, folder=resolved.path, reader=_HEADERS[key])
+
+    @classmethod
+    def claims(cls, resolved) -> bool:
+        return bool(getattr(resolved, "remote", False)) and str(resolved.file or "").endswith(".gguf")
+
+    @classmethod
+    def open(cls, resolved) -> RemoteGGUFBackend:
+        return cls(resolved)
+
+    # stored bytes by range requests ----------------------------------------------------------
+    def _read(self, spans: list[tuple[int, int]], gap: int) -> np.ndarray:
+        """The bytes of ``spans`` (sorted ``(start, length)``), concatenated, by merged requests."""
+        requests = coalesce(spans, gap=gap)
+        chunks = self.hub.read_many(self.name, [(s, n) for s, n, _ in requests])
+        out = bytearray(sum(n for _, n in spans))
+        pos = 0
+        for (start, _, members), chunk in zip(requests, chunks):
+            for i in members:
+                s, n = spans[i]
+                out[pos:pos + n] = chunk[s - start:s - start + n]
+                pos += n
+        return np.frombuffer(out, dtype=np.uint8)
+
+    def _data(self, t) -> np.ndarray:
+        spans = [(t.data_offset + a, min(CHUNK, t.n_bytes - a)) for a in range(0, t.n_bytes, CHUNK)]
+        return shaped(self._read(spans, 0), t.tensor_type, dims_of(t))
+
+    def _row_data(self, t, expert: int | None, rows: np.ndarray) -> np.ndarray:
+        spans, row_bytes = self._row_spans(t, expert, rows)
+        return shaped(self._read(spans, row_bytes), t.tensor_type, (len(rows), dims_of(t)[-1]))
+
+    def _row_spans(self, t, expert: int | None, rows) -> tuple[list[tuple[int, int]], int]:
+        dims = dims_of(t)
+        row_bytes = t.n_bytes // int(np.prod(dims[:-1]))
+        first = 0 if expert is None else expert * dims[-2]
+        return [(t.data_offset + (first + int(r)) * row_bytes, row_bytes) for r in rows], row_bytes
+
+    def planned_bytes(self, name: str, index=None) -> int:
+        """Bytes that :meth:`get_rows` (``index`` given) or :meth:`get` of ``name`` will transfer."""
+        from ..rows import row_offset
+        ref, stored, part, t, expert = self._find(name)
+        offset = row_offset(part)
+        if index is None or offset is None or self._changes(stored) or len(ref.shape) != 2:
+            return int(t.n_bytes)  # read whole
+        spans, row_bytes = self._row_spans(t, expert, np.asarray(index, dtype=np.int64) + offset)
+        return sum(n for _, n, _ in coalesce(spans, gap=row_bytes))
+
+    def _probe(self, t) -> np.ndarray:
+        from gguf import GGML_QUANT_SIZES
+        block, size = GGML_QUANT_SIZES[t.tensor_type]
+        return shaped(np.zeros(size, dtype=np.uint8), t.tensor_type, (block,))
+
+    # provenance ------------------------------------------------------------------------------
+    def file_records(self) -> list[dict]:
+        entry = {"file": self.name, "size": self.sizes.get(self.name)}
+        sha = self.resolved.hub_sha256.get(self.name)
+        if sha:
+            entry["sha256"], entry["sha256_source"] = sha, "hub"
+        entry["read"] = DIGEST_NOTE
+        entry["bytes_read"] = self.hub.bytes_read.get(self.name, 0)
+        return [entry]
+
+    def header_bytes(self) -> int:
+        return self.reader.data_start
+
+    def total_bytes(self) -> int:
+        return self.sizes.get(self.name, 0)
