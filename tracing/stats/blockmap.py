@@ -34,9 +34,9 @@ import tempfile
 import numpy as np
 import torch
 
-from . import correspondence as claims
-from . import pvalues
-from .errors import TracingError
+from .. import correspondence as claims
+from .. import pvalues
+from ..errors import TracingError
 
 #: a cell is matched when its p-value is below this (log10) and it survives Holm over the grid
 MATCHED_LOG10 = claims.MATCHED_LOG10
@@ -56,7 +56,7 @@ def shapes(a, b) -> str:
 def needed(stat: str, a, b) -> bool:
     """Whether ``stat`` must use the block map for this pair: a block shape its ordinary path cannot
     handle differs (the statistic's ``localized`` fact)."""
-    from .stats import get
+    from . import get
     return any(getattr(a, k) != getattr(b, k) for k in get(stat).localized)
 
 
@@ -83,7 +83,7 @@ def require_cos_width(a, b) -> None:
 def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray, significance: float):
     """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped);
     the correspondence is claimed at ``significance`` (:mod:`tracing.correspondence`)."""
-    from .stats.base import StatResult
+    from .base import StatResult
     L1, L2 = grid.shape
     finite = ~np.isnan(grid)
     if not finite.any():
@@ -126,8 +126,8 @@ def cos_map(ctx, base, ft):
     """The block map of ``cos``: MATCH of up_proj rows for every block pair (equal d). With
     ``--rows K`` the same K sampled rows of every block of both models (read once per block) are
     matched K × K in every cell."""
-    from .align import Matcher
-    from .stats.base import rows_extra, sampled_rows
+    from ..align import Matcher
+    from .base import rows_extra, sampled_rows
     A, B = base.arch, ft.arch
     require_cos_width(A, B)
     o = ctx.options
@@ -215,7 +215,7 @@ class ActivationStore:
 
 def kept_units(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Units kept by both matchings (see :func:`tracing.align.kept_units`); activations [tokens, h]."""
-    from . import align
+    from .. import align
     return align.kept_units(gate.T, up.T)
 
 
@@ -227,7 +227,7 @@ def keep_bytes(ctx) -> int:
 def agreements(G1, U1, ok1, G2, U2, ok2) -> int:
     """The screen of one cell: how many units have the same partner by the row-wise argmax of the gate
     cosines and of the |up| cosines (keys: the side with fewer kept units; no assignment solved)."""
-    from .align import cosine_matrix
+    from ..align import cosine_matrix
     if not bool(ok1.any()) or not bool(ok2.any()):
         return 0
     G1, U1, G2, U2 = G1[:, ok1], U1[:, ok1], G2[:, ok2], U2[:, ok2]
@@ -250,7 +250,7 @@ class _Cells:
     """The gate and up matchings of the block map's cells, solved in parallel, and their pairs."""
 
     def __init__(self, ctx):
-        from .align import Matcher
+        from ..align import Matcher
         self.gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
         self.up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
 
@@ -260,7 +260,7 @@ class _Cells:
 
     def pairs(self) -> dict:
         """{key: (x, y)} of every submitted cell (see :func:`tracing.stats.match.gate_up_pairs`)."""
-        from .stats.match import gate_up_pairs
+        from .match import gate_up_pairs
         try:
             pg, pu = self.gate.results(), self.up.results()
         finally:
@@ -276,7 +276,7 @@ def match_map(ctx, base, ft):
     """The block map of ``match``: one forward pass per model, every block pair matched.  With
     ``--rows K``: θ₁'s K sampled units (the same in every block) against every unit of θ₂, and only
     the cells that pass the argmax screen (:func:`agreements`) solved; the others get p = 1."""
-    from .stats.base import rows_extra, sampled_rows
+    from .base import rows_extra, sampled_rows
     A, B, o = base.arch, ft.arch, ctx.options
     S = None if o.rows is None else torch.from_numpy(sampled_rows(A.h, o.rows, o.seed))
     ids = ctx.data()
@@ -329,8 +329,8 @@ def match_map(ctx, base, ft):
 def cos_cost(s):
     """Every block pair's cosine product and assignment; weights stream (sampled: K rows of each
     block read once, K × K per cell)."""
-    from .stats.cost import READ_BYTES_PER_S, solve_s
-    from .stats.spec import Cost
+    from .cost import READ_BYTES_PER_S, solve_s
+    from .spec import Cost
     cells = s.a.L * s.b.L
     K = getattr(s.options, "rows", None)
     if K:
@@ -345,8 +345,8 @@ def cos_cost(s):
 def match_cost(s):
     """Two separate forward passes; θ₁'s activations kept (float32, or spilled beyond the budget);
     two matchings per block pair (sampled: K × h₂, only for the cells that pass the argmax screen)."""
-    from .stats.cost import REF_H, solve_s
-    from .stats.spec import Cost
+    from .cost import REF_H, solve_s
+    from .spec import Cost
     cells = s.a.L * s.b.L
     K = getattr(s.options, "rows", None)
     width = s.a.h if not K else min(int(K), s.a.h)

@@ -5,14 +5,14 @@ side before matching (the record counts them per layer); the p-value is the rank
 the matched pairs' indices.
 
 Models of different depths are compared block pair by block pair (the block map,
-:mod:`tracing.blockmap`; also with ``--localized``).
+:mod:`tracing.stats.blockmap`; also with ``--localized``).
 
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
 
 When either model has mixture-of-experts blocks, every pair of MLPs chosen by
-:mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead;
-when their depths differ, every block pair of the same kind (:mod:`tracing.expert_map`).
+:mod:`tracing.stats.experts` (matched experts, or each expert against a dense MLP) is tested instead;
+when their depths differ, every block pair of the same kind (:mod:`tracing.stats.expert_map`).
 
 With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models
 and every block) are read and matched K × K, block by block or in every cell of the block map; the
@@ -35,7 +35,7 @@ def _check(a, b, options):
             raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
                                "gate rows, but one model has a non-gated MLP; drop --align")
     # depth and MLP width may differ (block map, rectangular matching), not d
-    from ..blockmap import require_cos_width
+    from .blockmap import require_cos_width
     require_cos_width(a, b)
     if options.rows is None:
         return
@@ -50,7 +50,7 @@ def _check(a, b, options):
 
 
 def _cost(s):
-    from ..blockmap import chosen, cos_cost
+    from .blockmap import chosen, cos_cost
     if chosen("cos", s.a, s.b, s.options):
         return cos_cost(s)
     K = getattr(s.options, "rows", None)
@@ -64,7 +64,7 @@ def _cost(s):
 def _cos_upcycled_aligned(ctx, base, ft):
     """``--align`` for a dense model against an MoE: per expert, Spearman between the matching of
     its units to the dense units by gate rows (the alignment) and by up rows; Fisher over experts."""
-    from ..experts import expert_result, grid_columns, upcycled_matchings
+    from .experts import expert_result, grid_columns, upcycled_matchings
     from .match import gate_up_pairs
     pairs, gate, up = upcycled_matchings(ctx, base, ft)
     res = expert_result("cos", pairs, {k: gate_up_pairs(gate[k], up[k]) for k in gate}, {}, base.arch.L,
@@ -88,13 +88,13 @@ def _explain(rec):
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
-    from .. import blockmap
+    from . import blockmap
     from .base import pairs_of, rows_extra, spearman_layers
     from .fixed import fixed_summary
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
         if base.arch.L != ft.arch.L or ctx.options.localized:
-            from ..expert_map import cos_expert_map
+            from .expert_map import cos_expert_map
             return cos_expert_map(ctx, base, ft)
         return _cos_experts(ctx, base, ft)
     if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
@@ -141,7 +141,7 @@ def _median_cos(res, matched: dict) -> None:
 def _cos_experts(ctx, base, ft):
     from ..align import match_layers
     from ..errors import TracingError
-    from ..experts import block_pairs, expert_result, expert_similarity, grid_columns
+    from .experts import block_pairs, expert_result, expert_similarity, grid_columns
     from .base import pairs_of
     a, b = base.arch, ft.arch
     pairs, partners = [], {}

@@ -1,7 +1,7 @@
 """φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens).
 
 When either model has mixture-of-experts blocks, each pair of MLPs chosen by
-:mod:`tracing.experts` is compared on its activations over every token."""
+:mod:`tracing.stats.experts` is compared on its activations over every token."""
 from . import register
 from .spec import Cost, same_blocks
 
@@ -29,7 +29,7 @@ def csh(ctx, base, ft):
     from .base import pairs_of, spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
-        from ..experts import activation_stat
+        from .experts import activation_stat
         return activation_stat(ctx, base, ft, "csh", gated=False)
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)

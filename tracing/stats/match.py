@@ -4,7 +4,7 @@ Survives MLP and residual permutation, rotation, and per-unit scaling of θ₂ i
 Empirically calibrated (not exact) under independence.
 
 Models whose depth or widths differ are compared block pair by block pair (the block map,
-:mod:`tracing.blockmap`; also with ``--localized``); with ``--rows K`` the block map tests K sampled
+:mod:`tracing.stats.blockmap`; also with ``--localized``); with ``--rows K`` the block map tests K sampled
 units of θ₁ (the same in every block) against every unit of θ₂, each cell screened first.
 
 Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
@@ -19,7 +19,7 @@ pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two s
 equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
 
 When either model has mixture-of-experts blocks, each pair of MLPs chosen by
-:mod:`tracing.experts` is compared in the same way on its activations over every token.
+:mod:`tracing.stats.experts` is compared in the same way on its activations over every token.
 """
 import numpy as np
 
@@ -42,11 +42,11 @@ def _check(a, b, options):
     from ..arch import require_expert_width, require_gated, require_same_depth
     require_gated(a, b, "match")
     if a.has_experts or b.has_experts:
-        require_same_depth(a, b, "match")  # other shapes: the block map (tracing.blockmap)
+        require_same_depth(a, b, "match")  # other shapes: the block map (tracing.stats.blockmap)
         require_expert_width(a, b, "match")
     if getattr(options, "rows", None) is None:
         return
-    from ..blockmap import chosen
+    from .blockmap import chosen
     from ..errors import TracingError
     if not chosen("match", a, b, options):
         raise TracingError("--rows with match samples θ₁'s units of the block map; add --localized "
@@ -57,7 +57,7 @@ def _check(a, b, options):
 
 
 def _cost(s):
-    from ..blockmap import chosen, match_cost
+    from .blockmap import chosen, match_cost
     if chosen("match", s.a, s.b, s.options):
         return match_cost(s)
     t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + s.L * 2 * (s.mm(s.h, s.h, s.tokens) + s.solve_s(s.h) / s.par)
@@ -71,12 +71,12 @@ def _cost(s):
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
-    from .. import blockmap
+    from . import blockmap
     from ..align import Matcher, kept_units
     from .base import spearman_layers
     _check(base.arch, ft.arch, ctx.options)
     if base.arch.has_experts or ft.arch.has_experts:
-        from ..experts import activation_stat
+        from .experts import activation_stat
         return activation_stat(ctx, base, ft, "match", gated=True)
     if blockmap.chosen("match", base.arch, ft.arch, ctx.options):
         return blockmap.match_map(ctx, base, ft)

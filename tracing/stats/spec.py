@@ -44,7 +44,7 @@ class StatSpec:
     :class:`TracingError` when the pair cannot be compared by this statistic; ``explain(record)``:
     lines the summary adds about the statistic's extra values. ``per_block``, ``variant_flags``,
     ``label`` and ``at_alpha`` tell reports how to show it. ``localized``: it offers the block map
-    (``--localized``, see :mod:`tracing.blockmap`): the block shapes (of ``L``, ``d``, ``h``) whose
+    (``--localized``, see :mod:`tracing.stats.blockmap`): the block shapes (of ``L``, ``d``, ``h``) whose
     difference its ordinary path cannot handle, so that the map is chosen automatically for them.
     ``aligned_upcycling(ctx, base, ft) -> StatResult``: its aligned variant when one model is dense
     and the other a mixture of experts (no single alignment of θ₂ fits every expert: each expert is
