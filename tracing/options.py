@@ -147,7 +147,7 @@ class Options:
                                    f"only (each expert aligned to the dense MLP on its own), not for "
                                    f"{', '.join(no)}; drop --align or use --stat {have}")
         elif self.align and (a.L, a.d, a.h) != (b.L, b.d, b.h):
-            from .stats.blockmap import shapes
+            from .stats.spec import shapes
             raise TracingError(f"--align needs models with the same block shapes, but they differ "
                                f"({shapes(a, b)}); drop --align (match is unchanged by permutation and rotation)")
         for s in stats:

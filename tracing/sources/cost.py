@@ -23,9 +23,9 @@ def planned_reads(ckpt, other, options) -> int:
     from ..stats.base import sampled_rows
     b, total = ckpt.backend, 0
     for stat in options.stat:
-        if stat == "emb":
+        if get_stat(stat).sampled == "residual":
             total += b.planned_bytes(ckpt.arch.embed)
-        elif "rows" in get_stat(stat).reads:
+        elif get_stat(stat).sampled == "units":
             S = sampled_rows(min(ckpt.arch.h, other.arch.h), options.rows, options.seed)
             total += sum(b.planned_bytes(ckpt.arch.units(i)[0].up, S) for i in range(ckpt.arch.L))
     return total
@@ -56,11 +56,12 @@ def dry_run_lines(base: str, ft: str, options, download: bool = False) -> list[s
 def estimate_line(info, options) -> str | None:
     """For a launch's dry run (configs only, no network): what a sampled test (``cos --rows K``)
     reads of a hub model, against its whole size; None for other tests and local models."""
-    if options.rows is None or info is None or info.source not in ("hub cache",) or "cos" not in options.stat:
+    sampled = {get_stat(s).sampled for s in options.stat if get_stat(s).screens}
+    if options.rows is None or info is None or info.source not in ("hub cache",) or "units" not in sampled:
         return None
     a, bpp = info.arch, info.bytes_per_param
     rows = a.L * min(options.rows, a.h) * a.d * bpp
-    emb = a.V * a.d * bpp if "emb" in options.stat else 0
+    emb = a.V * a.d * bpp if "residual" in sampled else 0
     total = info.params * bpp
     return (f"{info.spec}: a sampled test reads ≈ {_size(rows + emb)} of ≈ {_size(total)} when its weights are not "
             f"in the local cache (range requests; `main.py --dry-run` gives the exact bytes)")

@@ -46,7 +46,7 @@ def register(spec_or_name, **facts):
 
 
 def _module(spec: StatSpec) -> str:
-    return getattr(spec.fn, "__module__", None) or "?"
+    return getattr(spec.ordinary, "__module__", None) or "?"
 
 
 def _check_free(spec: StatSpec) -> None:

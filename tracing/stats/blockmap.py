@@ -37,6 +37,10 @@ import torch
 from .. import correspondence as claims
 from .. import pvalues
 from ..errors import TracingError
+from . import get
+from .base import StatResult
+from .cos import require_cos_width
+from .spec import BLOCK_MAP, shapes
 
 #: a cell is matched when its p-value is below this (log10) and it survives Holm over the grid
 MATCHED_LOG10 = claims.MATCHED_LOG10
@@ -48,23 +52,11 @@ SCREEN_TAIL = 0.05
 
 
 # ---- when and whether ----------------------------------------------------------------------
-def shapes(a, b) -> str:
-    """The block shapes that differ, e.g. ``"L 4 vs 3, h 128 vs 96"`` (empty when equal)."""
-    return ", ".join(f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in ("L", "d", "h") if getattr(a, k) != getattr(b, k))
-
-
-def needed(stat: str, a, b) -> bool:
-    """Whether ``stat`` must use the block map for this pair: a block shape its ordinary path cannot
-    handle differs (the statistic's ``localized`` fact)."""
-    from . import get
-    return any(getattr(a, k) != getattr(b, k) for k in get(stat).localized)
-
-
 def chosen(stat: str, a, b, options) -> bool:
-    """The block map is used: asked for, or needed; never for mixtures of experts (compared expert by expert)."""
-    if getattr(a, "has_experts", False) or getattr(b, "has_experts", False):
-        return False
-    return bool(getattr(options, "localized", False)) or needed(stat, a, b)
+    """The block map computes this pair: the statistic's block-map variant applies (asked for with
+    ``--localized``, or needed for the block shapes that differ; never for mixtures of experts)."""
+    v = get(stat).variant(a, b, options)
+    return v is not None and v.name == BLOCK_MAP
 
 
 def auto_note(stat: str, a, b, options) -> list[str]:
@@ -73,17 +65,10 @@ def auto_note(stat: str, a, b, options) -> list[str]:
     return [f"the models differ in shape ({shapes(a, b)}): {stat} tested every block pair (localized block map)"]
 
 
-def require_cos_width(a, b) -> None:
-    if a.d != b.d:
-        raise TracingError(f"cos compares weights and needs equal residual widths, got d={a.d} and d={b.d}; "
-                           f"use --stat match, which compares activations of any width")
-
-
 # ---- the grid -------------------------------------------------------------------------------
 def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray, significance: float):
     """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped);
     the correspondence is claimed at ``significance`` (:mod:`tracing.correspondence`)."""
-    from .base import StatResult
     L1, L2 = grid.shape
     finite = ~np.isnan(grid)
     if not finite.any():
@@ -260,7 +245,7 @@ class _Cells:
 
     def pairs(self) -> dict:
         """{key: (x, y)} of every submitted cell (see :func:`tracing.stats.match.gate_up_pairs`)."""
-        from .match import gate_up_pairs
+        from .base import gate_up_pairs
         try:
             pg, pu = self.gate.results(), self.up.results()
         finally:

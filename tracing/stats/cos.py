@@ -23,7 +23,14 @@ import numpy as np
 
 from . import register
 from .cost import READ_BYTES_PER_S, solve_s
-from .spec import Cost
+from .spec import EXPERT_MAP, EXPERTS, Cost, Similarity, Variant, block_map, expert_block_map, has_experts
+
+
+def require_cos_width(a, b) -> None:
+    if a.d != b.d:
+        from ..errors import TracingError
+        raise TracingError(f"cos compares weights and needs equal residual widths, got d={a.d} and d={b.d}; "
+                           f"use --stat match, which compares activations of any width")
 
 
 def _check(a, b, options):
@@ -35,7 +42,6 @@ def _check(a, b, options):
             raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
                                "gate rows, but one model has a non-gated MLP; drop --align")
     # depth and MLP width may differ (block map, rectangular matching), not d
-    from .blockmap import require_cos_width
     require_cos_width(a, b)
     if options.rows is None:
         return
@@ -50,9 +56,6 @@ def _check(a, b, options):
 
 
 def _cost(s):
-    from .blockmap import chosen, cos_cost
-    if chosen("cos", s.a, s.b, s.options):
-        return cos_cost(s)
     K = getattr(s.options, "rows", None)
     if not K:
         return Cost(s.weight_stream + s.solves * s.per_solve, s.read_s + s.L * s.block_match_s, True)
@@ -65,7 +68,7 @@ def _cos_upcycled_aligned(ctx, base, ft):
     """``--align`` for a dense model against an MoE: per expert, Spearman between the matching of
     its units to the dense units by gate rows (the alignment) and by up rows; Fisher over experts."""
     from .experts import expert_result, grid_columns, upcycled_matchings
-    from .match import gate_up_pairs
+    from .base import gate_up_pairs
     pairs, gate, up = upcycled_matchings(ctx, base, ft)
     res = expert_result("cos", pairs, {k: gate_up_pairs(gate[k], up[k]) for k in gate}, {}, base.arch.L,
                         grid_columns(base.arch, ft.arch), ctx)
@@ -75,30 +78,32 @@ def _cos_upcycled_aligned(ctx, base, ft):
 
 
 def _explain(rec):
-    from .fixed import explain_beside
+    from ..fixedpoints import explain_beside  # scipy: the registry (and --help) loads without it
     return explain_beside(rec)
 
 
+def _experts(ctx, base, ft):
+    """The experts grid (below)."""
+    return _cos_experts(ctx, base, ft)
+
+
 # the block map when the depths differ (different MLP widths are matched rectangularly block by block)
-@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=("L",),
+VARIANTS = (Variant(EXPERT_MAP, expert_block_map, "tracing.stats.expert_map:cos_expert_map"),
+            Variant(EXPERTS, has_experts, _experts),
+            block_map(("L",), "tracing.stats.blockmap:cos_map", "tracing.stats.blockmap:cos_cost"))
+
+
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, variants=VARIANTS,
           reads=("rows", "localized"), variant_flags=("rows",), aligned_upcycling=_cos_upcycled_aligned,
-          explain=_explain,
+          explain=_explain, sampled="units", screens=True, robust="aligned",
+          similarity=Similarity("median_cos", "median_cos"),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
-    from . import blockmap
     from .base import pairs_of, rows_extra, spearman_layers
-    from .fixed import fixed_summary
-    _check(base.arch, ft.arch, ctx.options)
-    if base.arch.has_experts or ft.arch.has_experts:
-        if base.arch.L != ft.arch.L or ctx.options.localized:
-            from .expert_map import cos_expert_map
-            return cos_expert_map(ctx, base, ft)
-        return _cos_experts(ctx, base, ft)
-    if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
-        return blockmap.cos_map(ctx, base, ft)
+    from ..fixedpoints import fixed_summary  # scipy, as above
     matched, S, h = up_matchings(ctx, base, ft, "cos")
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
     _median_cos(res, matched)

@@ -113,7 +113,7 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
     whose activation row is zero, non-finite or an exact copy of an earlier unit's is dropped (for
     match: from both matchings)."""
     from ..align import Matcher, kept_units
-    from .match import gate_up_pairs
+    from .base import gate_up_pairs
     from .base import pairs_of
     a, b = base.arch, ft.arch
     ids = ctx.data()

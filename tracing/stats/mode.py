@@ -32,7 +32,7 @@ def _explain(rec):
 
 
 @register("mode", variant_flags=("attn", "emb"), label="loss", at_alpha=True, needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost, explain=_explain,
-          check=same_blocks("mode"),
+          check=same_blocks("mode"), lanes=lambda o: len(o.alphas or [o.alpha]),
           reads=("alpha", "alphas", "attn", "emb", "mlp_only", "num_perm"), value_name="LM loss at α",
           description="loss on the linear path between the models (mode connectivity), optional permutation test",
           meaning="mode connectivity (`mode`): LM loss at α (default 0.5) on the straight path between the models "
