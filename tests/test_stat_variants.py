@@ -145,3 +145,37 @@ def test_lineage_similarity_is_the_one_the_statistic_declares():
         assert kind == "overlap" and sim == {frozenset("ab"): 7.0}
     finally:
         stats.REGISTRY.pop("toysim", None)
+
+
+def test_a_statistics_own_options_become_flags():
+    import argparse
+
+    from tracing.options import add_options, options_from_args
+    from tracing.stats.spec import Flag
+
+    def parse(*argv):
+        p = argparse.ArgumentParser()
+        add_options(p)
+        return p, p.parse_args(list(argv))
+
+    p, args = parse("--stat", "mode", "--alphas", "0,0.5", "--num_perm", "9", "--mlp_only")
+    o = options_from_args(args)
+    assert (o.alphas, o.num_perm, o.mlp_only, o.rows, o.alpha, o.localized) == ([0.0, 0.5], 9, True, None, 0.5, False)
+    assert options_from_args(parse("--stat", "cos", "--rows", "4", "--localized")[1]).rows == 4
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["rows"].startswith("cos/emb/fixed/match: sampled test") and helps["alpha"].startswith("mode: ")
+    assert helps["num_perm"] == "permutation-test draws (default: 99 for l2, 0 = no test for mode)"
+    stats.register(StatSpec("toyopt", fn=lambda *a: None, description="t", meaning="t", reads=("alpha",),
+                            options=(Flag("alpha", "{users}: a weight", "float"),)))
+    try:
+        p, args = parse("--alpha", "0.25")
+        assert args.alpha == 0.25 and {a.dest: a.help for a in p._actions}["alpha"].startswith("mode/toyopt: ")
+        with pytest.raises(ValueError, match="among the options it reads"):
+            StatSpec("toybad", fn=None, description="", meaning="", options=(Flag("alpha", "x", "float"),))
+        stats.register(StatSpec("toyunknown", fn=lambda *a: None, description="t", meaning="t", reads=("nope",),
+                                options=(Flag("nope", "x"),)))
+        with pytest.raises(TracingError, match="--nope"):
+            parse()
+    finally:
+        stats.REGISTRY.pop("toyopt", None)
+        stats.REGISTRY.pop("toyunknown", None)

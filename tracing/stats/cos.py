@@ -23,7 +23,7 @@ import numpy as np
 
 from . import register
 from .cost import READ_BYTES_PER_S, solve_s
-from .spec import EXPERT_MAP, EXPERTS, Cost, Similarity, Variant, block_map, expert_block_map, has_experts
+from .spec import EXPERT_MAP, EXPERTS, LOCALIZED, ROWS, Cost, Similarity, Variant, block_map, expert_block_map, has_experts
 
 
 def require_cos_width(a, b) -> None:
@@ -94,7 +94,8 @@ VARIANTS = (Variant(EXPERT_MAP, expert_block_map, "tracing.stats.expert_map:cos_
 
 
 @register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, variants=VARIANTS,
-          reads=("rows", "localized"), variant_flags=("rows",), aligned_upcycling=_cos_upcycled_aligned,
+          reads=("rows", "localized"), options=(ROWS, LOCALIZED), variant_flags=("rows",),
+          aligned_upcycling=_cos_upcycled_aligned,
           explain=_explain, sampled="units", screens=True, robust="aligned",
           similarity=Similarity("median_cos", "median_cos"),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",

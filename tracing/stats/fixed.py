@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from . import get, register
+from .spec import ROWS
 from .cos import up_matchings
 
 
@@ -32,6 +33,7 @@ def _cost(s):
 
 
 @register("fixed", per_block=True, check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",), sampled="units",
+          options=(ROWS,),
           value_name="fixed points",
           description="fixed points of the up-row matching: units at their own index (partial sharing)",
           meaning="fixed points (`fixed`): up_proj rows matched per block as in `cos`; the number of units matched "

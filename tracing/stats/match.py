@@ -22,7 +22,7 @@ When either model has mixture-of-experts blocks, each pair of MLPs chosen by
 :mod:`tracing.stats.experts` is compared in the same way on its activations over every token.
 """
 from . import register
-from .spec import EXPERTS, Cost, Variant, block_map, has_experts
+from .spec import EXPERTS, LOCALIZED, ROWS, Cost, Variant, block_map, has_experts
 
 
 def _check(a, b, options):
@@ -57,7 +57,7 @@ _MAP = block_map(("L", "d", "h"), "tracing.stats.blockmap:match_map", "tracing.s
 
 @register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost,
           variants=(Variant(EXPERTS, has_experts, _experts), _MAP), sampled="units", robust="raw",
-          reads=("localized", "rows"), variant_flags=("rows",),
+          reads=("localized", "rows"), options=(LOCALIZED, ROWS), variant_flags=("rows",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "

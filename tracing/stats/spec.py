@@ -88,6 +88,36 @@ def expert_block_map(a, b, options) -> bool:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """One of a statistic's own command-line options, ``--<name>``, held in ``Options.<name>``
+    (:func:`tracing.options.add_stat_options` turns every statistic's into flags, one per name).
+
+    ``kind``: ``"flag"`` (on/off), ``"int"``, ``"float"`` or ``"floats"`` (comma-separated).
+    ``help``: its text, where ``{users}`` names the statistics that declare it; or
+    ``help(specs) -> str`` given their specs."""
+
+    name: str
+    help: str | Callable
+    kind: str = "flag"
+
+    def text(self, specs: list) -> str:
+        if callable(self.help):
+            return self.help(specs)
+        return self.help.replace("{users}", "/".join(s.name for s in specs))
+
+
+#: options several statistics declare
+ROWS = Flag("rows", "{users}: sampled test on K units drawn from --seed, the same in both models (reads K/h of the "
+                    "rows; per-layer p-value floor -log10(K!)); match's block map: K units of θ₁ against every unit "
+                    "of θ₂, cells screened first; default: every unit", "int")
+LOCALIZED = Flag("localized", "{users}: test every block pair (block map: grid of p-values, the inferred block "
+                              "correspondence, Bonferroni overall p); chosen automatically when the models' depths "
+                              "or widths differ")
+NUM_PERM = Flag("num_perm", lambda specs: "permutation-test draws (default: " + ", ".join(
+    f"{s.default_num_perm or '0 = no test'} for {s.name}" for s in specs) + ")", "int")
+
+
+@dataclass(frozen=True)
 class Similarity:
     """A pair's similarity that does not saturate (larger = closer), which orders related models in
     lineage trees: ``sign`` × the record row's ``column``, called ``name`` in the lineage record.
@@ -130,7 +160,7 @@ class StatSpec:
     θ₂'s units: ``"raw"`` (its p-value is unchanged) or ``"aligned"`` (its ``--align`` variant);
     None: not at all. ``lanes(options)``: hidden-state lanes its forward passes carry beyond the
     two models' (job sizing). ``similarity``: a :class:`Similarity` for lineage trees.
-    ``options``: its own command-line options (:class:`tracing.options.Flag`).
+    ``options``: its own command-line options (:class:`Flag`), among those it ``reads``.
     """
 
     name: str
@@ -164,7 +194,7 @@ class StatSpec:
     robust: str | None = None  # survives a permutation of θ₂'s units: "raw" or "aligned" (after --align)
     lanes: Callable | None = None  # lanes(options) -> extra hidden-state lanes of its forward passes
     similarity: Similarity | None = None  # orders related models in lineage trees
-    options: tuple = ()  # its own command-line options (tracing.options.Flag)
+    options: tuple[Flag, ...] = ()  # its own command-line options
     ordinary: Callable | None = field(default=None, init=False, repr=False)  # fn without the variants
     ordinary_cost: Callable | None = field(default=None, init=False, repr=False)
 
@@ -181,6 +211,9 @@ class StatSpec:
             raise ValueError(f"{self.name}: sampled must be 'units', 'residual' or None")
         if self.robust not in (None, "raw", "aligned"):
             raise ValueError(f"{self.name}: robust must be 'raw', 'aligned' or None")
+        undeclared = [f.name for f in self.options if f.name not in self.reads]
+        if undeclared:
+            raise ValueError(f"{self.name}: its options {', '.join(undeclared)} must be among the options it reads")
         if not self.localized:
             self.localized = next((v.shapes for v in self.variants if v.name == BLOCK_MAP), ())
         self.ordinary, self.ordinary_cost = self.fn, self.cost
