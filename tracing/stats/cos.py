@@ -21,31 +21,30 @@ is −log10(K!).
 """
 import numpy as np
 
+from ..errors import TracingError
 from . import register
 from .cost import READ_BYTES_PER_S, solve_s
-from .spec import EXPERT_MAP, EXPERTS, LOCALIZED, ROWS, Cost, Similarity, Variant, block_map, expert_block_map, has_experts
+from .spec import (EXPERT_MAP, EXPERTS, LOCALIZED, ROWS, Cost, Similarity, Variant, block_map, expert_block_map,
+                   has_experts)
 
 
 def require_cos_width(a, b) -> None:
     if a.d != b.d:
-        from ..errors import TracingError
         raise TracingError(f"cos compares weights and needs equal residual widths, got d={a.d} and d={b.d}; "
                            f"use --stat match, which compares activations of any width")
 
 
 def _check(a, b, options):
     if options.align and a.has_experts != b.has_experts:  # aligned upcycling: expert by expert, block by block
-        from ..arch import require_same_depth
+        from ..arch import require_same_depth  # loads torch
         require_same_depth(a, b, "cos --align")
         if not (a.gated and b.gated):
-            from ..errors import TracingError
             raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
                                "gate rows, but one model has a non-gated MLP; drop --align")
     # depth and MLP width may differ (block map, rectangular matching), not d
     require_cos_width(a, b)
     if options.rows is None:
         return
-    from ..errors import TracingError
     if a.has_experts or b.has_experts:
         raise TracingError("--rows is not available for mixture-of-experts models (their experts are paired "
                            "first); drop --rows")
@@ -67,8 +66,8 @@ def _cost(s):
 def _cos_upcycled_aligned(ctx, base, ft):
     """``--align`` for a dense model against an MoE: per expert, Spearman between the matching of
     its units to the dense units by gate rows (the alignment) and by up rows; Fisher over experts."""
-    from .experts import expert_result, grid_columns, upcycled_matchings
-    from .base import gate_up_pairs
+    from .experts import expert_result, grid_columns, upcycled_matchings  # loads torch
+    from .base import gate_up_pairs  # loads torch
     pairs, gate, up = upcycled_matchings(ctx, base, ft)
     res = expert_result("cos", pairs, {k: gate_up_pairs(gate[k], up[k]) for k in gate}, {}, base.arch.L,
                         grid_columns(base.arch, ft.arch), ctx)
@@ -103,8 +102,8 @@ VARIANTS = (Variant(EXPERT_MAP, expert_block_map, "tracing.stats.expert_map:cos_
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
-    from .base import pairs_of, rows_extra, spearman_layers
-    from ..fixedpoints import fixed_summary  # scipy, as above
+    from .base import pairs_of, rows_extra, spearman_layers  # loads torch
+    from ..fixedpoints import fixed_summary  # loads scipy
     matched, S, h = up_matchings(ctx, base, ft, "cos")
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
     _median_cos(res, matched)
@@ -117,8 +116,8 @@ def cos(ctx, base, ft):
 def up_matchings(ctx, base, ft, stat: str) -> tuple:
     """``(matched, S, h)``: every block's MATCH of up_proj rows (``{block: MatchResult}``), of the
     sampled units S only with ``--rows`` (else S is None), h the width S is drawn from."""
-    from ..align import match_layers
-    from .base import sampled_rows
+    from ..align import match_layers  # loads torch
+    from .base import sampled_rows  # loads torch
     o = ctx.options
     h = min(base.arch.h, ft.arch.h)
     S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)
@@ -145,10 +144,9 @@ def _median_cos(res, matched: dict) -> None:
 
 
 def _cos_experts(ctx, base, ft):
-    from ..align import match_layers
-    from ..errors import TracingError
-    from .experts import block_pairs, expert_result, expert_similarity, grid_columns
-    from .base import pairs_of
+    from ..align import match_layers  # loads torch
+    from .experts import block_pairs, expert_result, expert_similarity, grid_columns  # loads torch
+    from .base import pairs_of  # loads torch
     a, b = base.arch, ft.arch
     pairs, partners = [], {}
     for i in range(a.L):

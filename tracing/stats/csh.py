@@ -8,7 +8,7 @@ from .spec import EXPERTS, Cost, Variant, has_experts, same_blocks
 
 def _check(a, b, options):
     if a.has_experts or b.has_experts:
-        from ..arch import require_expert_width, require_same_depth
+        from ..arch import require_expert_width, require_same_depth  # loads torch
         require_same_depth(a, b, "csh")
         require_expert_width(a, b, "csh")
     else:
@@ -21,7 +21,7 @@ def _cost(s):
 
 
 def _experts(ctx, base, ft):
-    from .experts import activation_stat  # torch: loaded when a mixture of experts is compared
+    from .experts import activation_stat  # loads torch
     return activation_stat(ctx, base, ft, "csh", gated=False)
 
 
@@ -31,8 +31,8 @@ def _experts(ctx, base, ft):
           meaning="φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null "
                   "that the two models were initialised independently.")
 def csh(ctx, base, ft):
-    from ..align import Matcher
-    from .base import pairs_of, spearman_layers
+    from ..align import Matcher  # loads torch
+    from .base import pairs_of, spearman_layers  # loads torch
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     try:

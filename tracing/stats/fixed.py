@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 
+from ..errors import TracingError
 from . import get, register
 from .spec import ROWS
 from .cos import up_matchings
 
 
 def _check(a, b, options):
-    from ..errors import TracingError
     if a.has_experts or b.has_experts:
         raise TracingError("fixed compares dense MLPs block by block; for mixtures of experts use --stat cos")
     if a.L != b.L:
@@ -42,9 +42,8 @@ def _cost(s):
                   "initialised partly from another). The per-block p-value is exact (discrete: P(p ≤ α) ≤ α), "
                   "so Fisher's combination is valid and conservative.")
 def fixed(ctx, base, ft):
-    from .. import pvalues
-    from ..errors import TracingError
-    from .base import StatResult, rows_extra
+    from .. import pvalues  # loads scipy
+    from .base import StatResult, rows_extra  # loads torch
     _check(base.arch, ft.arch, ctx.options)
     matched, S, h = up_matchings(ctx, base, ft, "fixed")
     from ..fixedpoints import fixed_layers  # scipy: the registry (and --help) loads without it

@@ -21,19 +21,19 @@ equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h 
 When either model has mixture-of-experts blocks, each pair of MLPs chosen by
 :mod:`tracing.stats.experts` is compared in the same way on its activations over every token.
 """
+from ..errors import TracingError
 from . import register
 from .spec import EXPERTS, LOCALIZED, ROWS, Cost, Variant, block_map, has_experts
 
 
 def _check(a, b, options):
-    from ..arch import require_expert_width, require_gated, require_same_depth
+    from ..arch import require_expert_width, require_gated, require_same_depth  # loads torch
     require_gated(a, b, "match")
     if a.has_experts or b.has_experts:
         require_same_depth(a, b, "match")  # other shapes: the block map (tracing.stats.blockmap)
         require_expert_width(a, b, "match")
     if getattr(options, "rows", None) is None:
         return
-    from ..errors import TracingError
     if not _MAP.applies(a, b, options):
         raise TracingError("--rows with match samples θ₁'s units of the block map; add --localized "
                            "(or drop --rows: the per-layer match reads every unit)")
@@ -48,7 +48,7 @@ def _cost(s):
 
 
 def _experts(ctx, base, ft):
-    from .experts import activation_stat  # torch: loaded when a mixture of experts is compared
+    from .experts import activation_stat  # loads torch
     return activation_stat(ctx, base, ft, "match", gated=True)
 
 
@@ -63,8 +63,8 @@ _MAP = block_map(("L", "d", "h"), "tracing.stats.blockmap:match_map", "tracing.s
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
-    from ..align import Matcher, kept_units
-    from .base import gate_up_pairs, spearman_layers
+    from ..align import Matcher, kept_units  # loads torch
+    from .base import gate_up_pairs, spearman_layers  # loads torch
     ids = ctx.data()
     gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
