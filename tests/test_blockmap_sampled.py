@@ -11,7 +11,8 @@ from scipy import stats as sps
 from transformers import AutoModelForCausalLM
 
 from tests.helpers import finetuned, save_trio, tiny_config, tiny_model
-from tracing import blockmap, compare_models
+from tracing import compare_models
+from tracing.stats import blockmap
 from tracing.errors import TracingError
 
 IDS = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(3))

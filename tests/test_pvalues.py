@@ -363,6 +363,29 @@ def test_permtest_ties_and_extremes():
     assert p == 3 / 4
 
 
+def test_permtest_counts_floating_point_ties():
+    """A permuted value equal to the observed one in exact arithmetic but rounded the other way
+    (sums in another order) is a tie, counted as at least as extreme, as scipy.stats.permutation_test does."""
+    observed = 0.3 + 0.2 + 0.1  # 0.6
+    tied = 0.1 + 0.2 + 0.3  # 0.6000000000000001
+    assert tied > observed
+    p, l = pv.permtest(observed, [tied] + [1.0] * 8)
+    assert p == 2 / 10 and l == pytest.approx(math.log10(0.2))
+    # beyond the relative tolerance (100 machine epsilons, scipy's) a larger value is not a tie
+    assert pv.permtest(observed, [observed * (1 + 1e-9)] + [1.0] * 8).pvalue == 1 / 10
+    assert pv.permtest(observed, [tied] * 9, rtol=0.0).pvalue == 1 / 10
+
+
+def test_pvalue_results_are_named():
+    r = pv.spearman([0, 1, 2, 3, 4])
+    assert isinstance(r, pv.SpearmanResult) and r.statistic == 1.0 and r.log10_pvalue == r[1]
+    f = pv.fisher([-1.0, -2.0])
+    assert isinstance(f, pv.FisherResult) and (f.statistic, f.log10_pvalue) == tuple(f)
+    t = pv.permtest(1.0, [2.0, 3.0, 4.0])
+    assert isinstance(t, pv.PermtestResult) and t.pvalue == 0.25 and t == (0.25, t.log10_pvalue)
+    assert isinstance(pv.spearman_pairs(range(3), range(3)), pv.SpearmanResult)
+
+
 def test_permtest_errors():
     with pytest.raises(ValueError, match="at least one"):
         pv.permtest(1.0, [])

@@ -44,7 +44,7 @@ def test_shuffling_dense_units_preserves_function():
 
 def test_gate_matching_recovers_planted_split():
     """Each expert unit's partner by gate rows is the dense unit it was split from (noise-free)."""
-    from tracing.experts import upcycled_matchings
+    from tracing.stats.experts import upcycled_matchings
     dense = family_model(family_config("mistral", h=64), seed=33)
     moe, orders = upcycle(dense, E=4, seed=34, split=True, shuffle=True, noise=0.0)
     ctx = Context(Options(stat=["cos"]), progress=False)

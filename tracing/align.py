@@ -491,7 +491,7 @@ def align(base: WeightSource, ft: WeightSource, progress: bool = True, vocab=Non
 def _expert_order(units, rows_a, rows_b) -> np.ndarray:
     """θ₂'s expert for each of θ₁'s routed experts: the assignment maximising the summed mean best
     cosine of their rows (``rows_a(unit)``, ``rows_b(unit)``)."""
-    from .experts import _routed, expert_similarity
+    from .stats.experts import _routed, expert_similarity
     A, B = [rows_a(u) for u in _routed(units)], [rows_b(u) for u in _routed(units)]
     S = np.array([[expert_similarity(a, b) for b in B] for a in A])
     return linear_sum_assignment(-S)[1].astype(np.int64)

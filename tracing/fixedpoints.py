@@ -25,6 +25,10 @@ import math
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
+from . import pvalues
+from .pvalues import format_pvalue
+from .verdict import is_dependent
+
 _TERMS = 40  # terms of the alternating sum q and of the tail over j (the rest is below 1/40! ≈ 1e-48)
 
 
@@ -71,3 +75,37 @@ def layer(rows: np.ndarray, cols: np.ndarray) -> dict:
     f, m, c = count(rows, cols)
     lp = log10_tail(f, m, c) if m else float("nan")
     return {"fixed_points": f, "n_pairs": m, "candidates": c, "log10_pvalue": lp}
+
+
+# ---- as the statistics record and explain them ----------------------------------------------
+def fixed_layers(matched: dict) -> list[dict]:
+    """One row per block of ``{block: MatchResult}``: fixed points, pairs, candidates, exact log10 p."""
+    rows = []
+    for i, m in sorted(matched.items()):
+        row = {"layer": int(i), **layer(m.rows, m.cols),
+               "dropped": {"base": int(m.dropped1), "ft": int(m.dropped2)}}
+        row["statistic"] = row["fixed_points"]
+        rows.append(row)
+    return rows
+
+
+def fixed_summary(matched: dict) -> dict:
+    """What ``cos`` records of its own matching: total fixed points and pairs, Fisher log10 p."""
+    rows = fixed_layers(matched)
+    _, lp = pvalues.fisher([r["log10_pvalue"] for r in rows])
+    return {"count": sum(r["fixed_points"] for r in rows), "n_pairs": sum(r["n_pairs"] for r in rows),
+            "log10_pvalue": None if math.isnan(lp) else float(lp)}
+
+
+def explain_beside(rec: dict) -> list[str]:
+    """For a ``cos`` record: a line when the fixed-point test and cos reach different verdicts."""
+    fp = (rec.get("extra") or {}).get("fixed_points")
+    lp, sig = (fp or {}).get("log10_pvalue"), (rec.get("args") or {}).get("significance", 0.01)
+    if lp is None or rec.get("log10_pvalue") is None or is_dependent(lp, sig) == is_dependent(rec["log10_pvalue"], sig):
+        return []
+    both = min(0.0, math.log10(2) + min(lp, rec["log10_pvalue"]))
+    what = ("units copied at their own positions amid independent ones: partial sharing (a model initialised "
+            "partly from another)" if is_dependent(lp, sig) else
+            "the matching follows the identity order without units at their exact positions")
+    return [f"fixed points of the same matching: {fp['count']} of {fp['n_pairs']} pairs, p-value {format_pvalue(lp)} "
+            f"(exact; --stat fixed) — {what}; both tests together (Bonferroni): p-value {format_pvalue(both)}"]

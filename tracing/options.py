@@ -147,7 +147,7 @@ class Options:
                                    f"only (each expert aligned to the dense MLP on its own), not for "
                                    f"{', '.join(no)}; drop --align or use --stat {have}")
         elif self.align and (a.L, a.d, a.h) != (b.L, b.d, b.h):
-            from .blockmap import shapes
+            from .stats.spec import shapes
             raise TracingError(f"--align needs models with the same block shapes, but they differ "
                                f"({shapes(a, b)}); drop --align (match is unchanged by permutation and rotation)")
         for s in stats:
@@ -177,12 +177,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
     from .stats import REGISTRY, known_names, names
     names()  # load every statistic
     d = Options.__dataclass_fields__
-
-    def users(option: str) -> str:
-        return "/".join(s.name for s in REGISTRY.values() if option in s.reads)
-
-    perm = ", ".join(f"{s.default_num_perm or '0 = no test'} for {s.name}" for s in REGISTRY.values()
-                     if s.pvalue == "num_perm")
     data = "; ".join(f"{s.default_dataset} for {s.name}" for s in REGISTRY.values() if s.default_dataset)
     g = p.add_argument_group("comparison")
     g.add_argument("--stat", default="cos",
@@ -190,16 +184,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--permute", action="store_true", help="randomly permute the fine-tuned model first (function-preserving)")
     g.add_argument("--rotate", action="store_true", help="randomly rotate the fine-tuned model first (function-preserving)")
     g.add_argument("--align", action="store_true", help="also align the fine-tuned model to the base and recompute")
-    g.add_argument("--mlp_only", action="store_true",
-                   help=f"{users('mlp_only')}: interpolate only MLPs and norms (the path then ends at a hybrid, "
-                        f"not θ₂); by default every weight is interpolated")
-    g.add_argument("--attn", action="store_true", help=f"{users('attn')}: with --mlp_only, also interpolate attention")
-    g.add_argument("--emb", action="store_true", help=f"{users('emb')}: with --mlp_only, also interpolate embeddings, lm_head and final norm")
-    g.add_argument("--alpha", type=float, default=d["alpha"].default,
-                   help=f"{users('alpha')}: interpolation weight of θ₂ (default: %(default)s)")
-    g.add_argument("--alphas", type=_float_list, default=None, help=f"{users('alphas')}: a curve, e.g. 0,0.25,0.5,0.75,1 (default: α only)")
-    g.add_argument("--num_perm", type=int, default=None,
-                   help=f"permutation-test draws (default: {perm})")
+    add_stat_options(g)
     g.add_argument("--eval", action="store_true", help="also report each model's loss and perplexity")
     g.add_argument("--dataset", "--dataset_id", dest="dataset", default=None,
                    help=f"wikitext | random | generated | demo | path to .txt/.jsonl/.json (default: {data}; "
@@ -222,19 +207,36 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="level of the verdict: dependent when p <= this (default: %(default)s)")
     g.add_argument("--alternative", default=d["alternative"].default, choices=["greater", "two-sided"],
                    help="side of the Spearman test (default: %(default)s)")
-    g.add_argument("--localized", action="store_true",
-                   help=f"{users('localized')}: test every block pair (block map: grid of p-values, the inferred "
-                        f"block correspondence, Bonferroni overall p); chosen automatically when the models' "
-                        f"depths or widths differ")
     g.add_argument("--fold_norms", action=argparse.BooleanOptionalAction, default=None,
                    help="fold every norm gain into the layers it feeds before comparing (default: only when "
                         "either model is AWQ-quantized, whose scales move between norms and layers)")
     g.add_argument("--mem_budget_gb", type=float, default=None,
                    help="memory for parallel assignment solves (default: half of the free RAM)")
-    g.add_argument("--rows", type=int, default=None,
-                   help=f"{users('rows')}: sampled test on K units drawn from --seed, the same in both models "
-                        f"(reads K/h of the rows; per-layer p-value floor -log10(K!)); match's block map: K units "
-                        f"of θ₁ against every unit of θ₂, cells screened first; default: every unit")
+
+
+#: how a statistic's option of each kind is read from the command line
+_KINDS = {"flag": {"action": "store_true"}, "int": {"type": int}, "float": {"type": float},
+          "floats": {"type": _float_list}}
+
+
+def add_stat_options(g) -> None:
+    """The statistics' own options (``StatSpec.options``) as flags on the parser or group ``g``: one
+    flag per name, its help naming every statistic that declares it, its default that of :class:`Options`."""
+    from .stats import REGISTRY, names
+    names()  # load every statistic
+    declared: dict[str, list] = {}
+    for spec in REGISTRY.values():
+        for flag in spec.options:
+            declared.setdefault(flag.name, [flag, []])[1].append(spec)
+    defaults = Options.__dataclass_fields__
+    for name, (flag, specs) in declared.items():
+        if name not in defaults or flag.kind not in _KINDS:
+            raise TracingError(f"the statistic {specs[0].name!r} declares the option --{name} of kind {flag.kind!r}, "
+                               f"which is not an Options field of kind {', '.join(_KINDS)}; fix its declaration")
+        kw = dict(_KINDS[flag.kind])
+        if flag.kind != "flag":
+            kw["default"] = defaults[name].default
+        g.add_argument(f"--{name}", help=flag.text(specs), **kw)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

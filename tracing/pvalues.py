@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
-import mpmath
 import numpy as np
-import scipy.special as sc
+
+from .tails import chi2_logsf, t_logsf
 
 __all__ = [
     "LOG10_E",
@@ -39,6 +39,10 @@ __all__ = [
     "format_pvalue",
     "t_logsf",
     "chi2_logsf",
+    "SpearmanResult",
+    "FisherResult",
+    "PermtestResult",
+    "PERMTEST_RTOL",
     "spearman",
     "spearman_pairs",
     "MIN_PAIRS",
@@ -50,22 +54,33 @@ __all__ = [
 
 _LN10 = math.log(10.0)
 
+
+class SpearmanResult(NamedTuple):
+    """:func:`spearman` / :func:`spearman_pairs`: Spearman's r and its log10 p-value."""
+
+    statistic: float
+    log10_pvalue: float
+
+
+class FisherResult(NamedTuple):
+    """:func:`fisher`: X = -2 sum ln p_i and the log10 p-value of the combination."""
+
+    statistic: float
+    log10_pvalue: float
+
+
+class PermtestResult(NamedTuple):
+    """:func:`permtest`: the exact p-value (1+k)/(T+1) and its log10."""
+
+    pvalue: float
+    log10_pvalue: float
+
+
+#: permuted values within this relative distance of the observed one are ties (scipy.stats.permutation_test's)
+PERMTEST_RTOL = 100 * float(np.finfo(np.float64).eps)
+
 #: log10(e): multiply a natural log by this to get a log10.
 LOG10_E = 1.0 / _LN10
-
-# scipy's logsf is trusted while its result is above this natural log
-# (e^-700 ~ 1e-304, safely inside the normal float range: below it scipy
-# computes log(sf) of a subnormal or zero sf and loses accuracy, then -inf).
-_SCIPY_LOG_FLOOR = -700.0
-
-# Working precision (decimal digits) of the arbitrary-precision tails.  The
-# results are logs of size up to ~1e7, so 40 digits leave > 30 correct digits.
-_MP_DPS = 40
-
-# Iteration cap of the continued fractions; far more than ever needed in the
-# region where they are used (they converge in O(sqrt(a)) steps or better).
-_CF_MAX_ITER = 100_000
-
 
 # --------------------------------------------------------------------------
 # conversions and formatting
@@ -121,140 +136,6 @@ def format_log10(log10p) -> str:
 
 
 # --------------------------------------------------------------------------
-# tail functions (natural logs)
-# --------------------------------------------------------------------------
-
-def _check_finite(name: str, value) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _log_betainc_lower_cf(a, b, x):
-    """ln I_x(a, b) (regularized lower incomplete beta) by its continued fraction.
-
-    mpmath arguments; valid (and fast) for x < (a + 1) / (a + b + 2).  Modified
-    Lentz evaluation; the prefactor x^a (1-x)^b / (a B(a, b)) is taken in logs.
-    """
-    tiny = mpmath.mpf(10) ** (-10 * _MP_DPS)
-    eps = mpmath.mpf(10) ** (-_MP_DPS + 5)
-    qab, qap, qam = a + b, a + 1, a - 1
-    c = mpmath.mpf(1)
-    d = 1 - qab * x / qap
-    if abs(d) < tiny:
-        d = tiny
-    d = 1 / d
-    h = d
-    for m in range(1, _CF_MAX_ITER + 1):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1) < eps:
-            break
-    else:  # pragma: no cover - not reached in the documented range
-        raise ArithmeticError(f"incomplete-beta continued fraction did not converge (a={a}, b={b}, x={x})")
-    log_prefactor = (
-        a * mpmath.log(x) + b * mpmath.log1p(-x)
-        - mpmath.log(a) - (mpmath.loggamma(a) + mpmath.loggamma(b) - mpmath.loggamma(a + b))
-    )
-    return log_prefactor + mpmath.log(h)
-
-
-def _t_logsf_mp(t: float, df: float) -> float:
-    """ln P(T_df > t) in arbitrary precision.
-
-    For t >= 0, P(T > t) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2).  In the
-    far tail x is small enough for the continued fraction; elsewhere (not
-    normally reached: scipy covers it) mpmath's own betainc is used.
-    """
-    with mpmath.workdps(_MP_DPS):
-        a, b = mpmath.mpf(df) / 2, mpmath.mpf(1) / 2
-        tt = mpmath.mpf(abs(t))
-        x = mpmath.mpf(df) / (mpmath.mpf(df) + tt * tt)
-        if x < (a + 1) / (a + b + 2):
-            log_upper = _log_betainc_lower_cf(a, b, x) - mpmath.log(2)
-        else:
-            log_upper = mpmath.log(mpmath.betainc(a, b, 0, x, regularized=True) / 2)
-        if t >= 0:
-            return float(log_upper)
-        return float(mpmath.log1p(-mpmath.exp(log_upper)))
-
-
-def _logsf(x: float, median, sf, cdf) -> float:
-    """ln P(X > x) from a distribution's tail functions, computed as ``scipy.stats``' ``logsf``
-    computes it (log of the upper tail above the median, log1p of minus the lower tail below it,
-    on float64 arrays), so the value is the same to the last bit without importing scipy.stats."""
-    v = np.asarray([x], dtype=np.float64)
-    if v[0] > median:
-        return float(np.log(sf(v))[0])
-    return float(np.log1p(-cdf(v))[0])
-
-
-def t_logsf(t: float, df: float) -> float:
-    """Natural log of the Student-t upper tail, ln P(T_df > t).
-
-    Finite for every finite ``t`` (``scipy.stats.t.logsf`` returns ``-inf`` once
-    the tail is below ~1e-308, e.g. ``t_logsf(1e3, 11006)`` is about -24880).
-    Uses scipy where its result is above e^-700, arbitrary precision beyond.
-
-    Raises ValueError for non-finite ``t`` or ``df <= 0``.
-    """
-    t = _check_finite("t", t)
-    df = _check_finite("df", df)
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be positive, got {df}")
-    with np.errstate(all="ignore"):
-        value = _logsf(t, sc.stdtrit(df, 0.5), lambda x: sc.stdtr(df, -x), lambda x: sc.stdtr(df, x))
-    if math.isfinite(value) and value > _SCIPY_LOG_FLOOR:
-        return value
-    return _t_logsf_mp(t, df)
-
-
-def _chi2_logsf_mp(x: float, df: float) -> float:
-    """ln P(chi2_df > x) = ln Q(df/2, x/2) in arbitrary precision."""
-    with mpmath.workdps(_MP_DPS):
-        a, z = mpmath.mpf(df) / 2, mpmath.mpf(x) / 2
-        return float(mpmath.log(mpmath.gammainc(a, z, mpmath.inf, regularized=True)))
-
-
-def chi2_logsf(x: float, df: float) -> float:
-    """Natural log of the chi-square upper tail, ln P(chi2_df > x).
-
-    Finite for every finite ``x`` (``scipy.stats.chi2.logsf(1e4, 8)`` is
-    ``-inf``; ``chi2_logsf(1e4, 8)`` is about -4976.24).  Uses scipy where its
-    result is above e^-700, arbitrary precision beyond; fine for x up to 1e7
-    and beyond.  ``x <= 0`` gives 0.0 (probability 1).
-
-    Raises ValueError for non-finite ``x`` or ``df <= 0``.
-    """
-    x = _check_finite("x", x)
-    df = _check_finite("df", df)
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be positive, got {df}")
-    if x <= 0:
-        return 0.0
-    with np.errstate(all="ignore"):
-        value = _logsf(x, 2 * sc.gammaincinv(df / 2, 0.5), lambda v: sc.chdtrc(df, v), lambda v: sc.chdtr(df, v))
-    if math.isfinite(value) and value > _SCIPY_LOG_FLOOR:
-        return value
-    return _chi2_logsf_mp(x, df)
-
-
-# --------------------------------------------------------------------------
 # Spearman
 # --------------------------------------------------------------------------
 
@@ -296,7 +177,7 @@ def _sum_squared(d: np.ndarray) -> int:
     return sum(int(v) for v in sq)
 
 
-def spearman(pi, sigma=None, alternative: str = "greater") -> tuple[float, float]:
+def spearman(pi, sigma=None, alternative: str = "greater") -> SpearmanResult:
     """Spearman correlation of two index vectors and its log10 p-value.
 
     Parameters
@@ -314,7 +195,7 @@ def spearman(pi, sigma=None, alternative: str = "greater") -> tuple[float, float
 
     Returns
     -------
-    (r, log10_pvalue)
+    SpearmanResult(statistic=r, log10_pvalue)
         ``r`` is computed exactly from the integer sum of squared rank
         differences, so identical vectors give exactly ``1.0``.  The p-value
         is P(S <= s) under a uniformly random permutation (S = sum of d^2):
@@ -355,7 +236,7 @@ def spearman(pi, sigma=None, alternative: str = "greater") -> tuple[float, float
             ln_p = ln_floor
         else:  # the opposite extreme of a one-sided test: p = 1
             ln_p = 0.0
-        return r, ln_to_log10(ln_p)
+        return SpearmanResult(r, ln_to_log10(ln_p))
 
     # the law of S (tracing.spearman_law): exact for small h, else the larger of the t tail
     # (t = N sqrt((h-2) / (6 s (2D - 6s))) from exact integers) and a matched-moment tail
@@ -367,14 +248,14 @@ def spearman(pi, sigma=None, alternative: str = "greater") -> tuple[float, float
         ln_p = ln_lower_tail(h, s_max - s)
     else:
         ln_p = min(0.0, math.log(2.0) + ln_lower_tail(h, min(s, s_max - s)))
-    return r, ln_to_log10(max(ln_p, ln_floor))
+    return SpearmanResult(r, ln_to_log10(max(ln_p, ln_floor)))
 
 
 #: Fewest matched pairs for which :func:`spearman_pairs` reports a p-value.
 MIN_PAIRS = 8
 
 
-def spearman_pairs(x, y, alternative: str = "greater", min_pairs: int = MIN_PAIRS) -> tuple[float, float]:
+def spearman_pairs(x, y, alternative: str = "greater", min_pairs: int = MIN_PAIRS) -> SpearmanResult:
     """SPEARMAN of m matched pairs (x[k], y[k]): the rank correlation of the two index sequences.
 
     The general form of :func:`spearman` for matchings that leave rows out (degenerate rows,
@@ -383,14 +264,14 @@ def spearman_pairs(x, y, alternative: str = "greater", min_pairs: int = MIN_PAIR
     of squared rank differences, with the same null law, floor -log10(m!) and ``alternative`` as
     :func:`spearman`.  For ``x = 0..h-1`` this is exactly ``spearman(y)``.
 
-    Returns ``(r, log10_pvalue)``; ``(nan, nan)`` when m < ``min_pairs`` (too few pairs to test).
+    Returns a :class:`SpearmanResult`, ``(nan, nan)`` when m < ``min_pairs`` (too few pairs to test).
     """
     a = _as_1d_array(x, "x")
     b = _as_1d_array(y, "y")
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"x and y must have the same length, got {a.shape[0]} and {b.shape[0]}")
     if a.shape[0] < max(min_pairs, 3):
-        return math.nan, math.nan
+        return SpearmanResult(math.nan, math.nan)
     return spearman(b, a, alternative)
 
 
@@ -411,7 +292,7 @@ def _log10_array(log10_pvalues, name: str = "log10_pvalues") -> np.ndarray:
     return np.minimum(arr, 0.0)
 
 
-def fisher(log10_pvalues: Iterable) -> tuple[float, float]:
+def fisher(log10_pvalues: Iterable) -> FisherResult:
     """Fisher's method for combining independent p-values, given and returned as log10.
 
     X = -2 sum ln p_i = -2 ln(10) sum log10 p_i, and p = P(chi2_{2k} > X) over
@@ -419,26 +300,29 @@ def fisher(log10_pvalues: Iterable) -> tuple[float, float]:
     result).  Works entirely from the logs, so it is exact even when every
     p_i is 1e-4000.
 
-    Returns ``(X, log10_pvalue)``; ``(nan, nan)`` when there is no usable entry.
+    Returns a :class:`FisherResult` ``(X, log10_pvalue)``; ``(nan, nan)`` when there is no usable entry.
     Raises ValueError for infinite entries or entries > 0.
     """
     arr = _log10_array(log10_pvalues)
     arr = arr[~np.isnan(arr)]
     k = arr.size
     if k == 0:
-        return math.nan, math.nan
+        return FisherResult(math.nan, math.nan)
     stat = -2.0 * _LN10 * math.fsum(arr.tolist())
-    return stat, ln_to_log10(chi2_logsf(stat, 2 * k))
+    return FisherResult(stat, ln_to_log10(chi2_logsf(stat, 2 * k)))
 
 
-def permtest(observed: float, null_values) -> tuple[float, float]:
+def permtest(observed: float, null_values, rtol: float = PERMTEST_RTOL) -> PermtestResult:
     """Permutation-test p-value for a statistic where smaller means more similar.
 
-    p = (1 + #{v in null_values : v <= observed}) / (T + 1), T = len(null_values):
+    p = (1 + #{v in null_values : v <= observed + rtol·|observed|}) / (T + 1), T = len(null_values):
     ties count as at least as extreme (conservative) and the observed value
     counts as one draw, so p is always one of 1/(T+1), ..., 1 and never 0.
+    A permuted value within the relative tolerance ``rtol`` of the observed one
+    is a tie (the same value computed in another order of rounding), as in
+    ``scipy.stats.permutation_test``.
 
-    Returns ``(p, log10_pvalue)``.  Raises ValueError for an empty null
+    Returns a :class:`PermtestResult` ``(p, log10_pvalue)``.  Raises ValueError for an empty null
     sample, NaN in ``null_values`` or a NaN ``observed``.
     """
     obs = float(observed)
@@ -452,8 +336,8 @@ def permtest(observed: float, null_values) -> tuple[float, float]:
         raise ValueError("permtest needs at least one permuted (null) value; got none (use --num_perm > 0)")
     if np.any(np.isnan(null)):
         raise ValueError(f"permtest: {int(np.isnan(null).sum())} of {n} null values are NaN")
-    count = 1 + int(np.count_nonzero(null <= obs))
-    return count / (n + 1), math.log10(count) - math.log10(n + 1)
+    count = 1 + int(np.count_nonzero(null <= obs + abs(obs) * float(rtol)))
+    return PermtestResult(count / (n + 1), math.log10(count) - math.log10(n + 1))
 
 
 # --------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def _value_lines(rec: dict, spec) -> list[str]:
     else:
         lines.append(f"  {_value_name(rec, spec)}: {_fmt(rec['statistic'])} (no p-value)")
     if rec.get("per_pair") is not None:
-        from .blockmap import explain
+        from .stats.blockmap import explain
         lines += explain(rec)
     return lines + [f"  {line}" for line in (spec.explain(rec) if spec.explain else [])]
 

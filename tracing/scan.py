@@ -32,7 +32,6 @@ from pathlib import Path
 
 from .errors import TracingError
 
-SCAN_STATS = ("cos", "emb")
 DEFAULT_ROWS = 256  # K of the screen when --rows is not given (all units of a narrower model)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
@@ -126,8 +125,15 @@ def tokenizer_digest(ck) -> str | None:
     return None
 
 
+def screening_stats() -> list[str]:
+    """The statistics that screen with sampled rows (their spec's ``screens``)."""
+    from .stats import get, names
+    return [n for n in names() if get(n).screens]
+
+
 def shape_problem(stat: str, cand, ref) -> str | None:
     """Why ``ref`` cannot be tested against ``cand`` by ``stat`` (None when it can)."""
+    from .stats import get
     a, b = ref.arch, cand.arch
     if getattr(a, "has_experts", False) or getattr(b, "has_experts", False):
         return (f"mixture-of-experts blocks: the sampled screen reads dense MLPs only; test this pair in full "
@@ -135,7 +141,7 @@ def shape_problem(stat: str, cand, ref) -> str | None:
     if a.d != b.d:
         return (f"different residual width (d={a.d} vs {b.d}): {stat} needs equal d; compare the MLP units of "
                 f"every block pair with `main.py --stat match --localized`")
-    if stat == "cos" and a.L != b.L:
+    if get(stat).sampled == "units" and a.L != b.L:
         return (f"different depth (L={a.L} vs {b.L}): cos compares block i with block i; use "
                 f"`main.py --stat match --localized` for a block map")
     return None
@@ -191,7 +197,8 @@ def _test(ref_ck, cand_ck, options, out: Path | None, name: str, progress: bool)
 def screen_rows(stat: str, rows: int | None, cand, ref, options) -> int:
     """K of one reference's screen: ``rows`` as given — more than the width sampled from is an
     error, as in main.py — else :data:`DEFAULT_ROWS`, or every unit of a narrower model."""
-    width = ref.arch.d if stat == "emb" else min(ref.arch.h, cand.arch.h)
+    from .stats import get
+    width = ref.arch.d if get(stat).sampled == "residual" else min(ref.arch.h, cand.arch.h)
     if rows is None:
         return min(DEFAULT_ROWS, width)
     options.replace(rows=rows).check_pair(ref.arch, cand.arch, [stat], None)
@@ -207,8 +214,8 @@ def scan(candidate: str, references, stat: str = "cos", rows: int | None = None,
     from . import pvalues
     from .options import Options
     from .verdict import is_dependent
-    if stat not in SCAN_STATS:
-        raise TracingError(f"scan screens with a sampled statistic; use --stat {' or '.join(SCAN_STATS)}")
+    if stat not in screening_stats():
+        raise TracingError(f"scan screens with a sampled statistic; use --stat {' or '.join(screening_stats())}")
     full_opts = Options(stat=[stat], **options)
     screen_opts = full_opts.replace(rows=rows)
     out = Path(out) if out is not None else None
@@ -280,6 +287,12 @@ def table(rows: list[Row]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
 
 
+def robust_stats() -> list[str]:
+    """The statistics that survive a permutation of the candidate's units (their spec's ``robust``)."""
+    from .stats import get, names
+    return [n for n in names() if get(n).robust]
+
+
 def parse(argv=None):
     from .options import add_options
     p = argparse.ArgumentParser(prog="python -m tracing.scan", description=__doc__,
@@ -288,7 +301,7 @@ def parse(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--against", help="YAML list of reference models (e.g. config/references.yaml)")
     src.add_argument("--index", help="a reference index built with `python -m tracing.index build`")
-    p.add_argument("--robust", nargs="?", const="cos", choices=("cos", "match"), default=None,
+    p.add_argument("--robust", nargs="?", const="cos", choices=robust_stats(), default=None,
                    help="with --index: a second tier against same-architecture references' weights, for "
                         "candidates whose units were permuted (cos --align, or match)")
     p.add_argument("--follow-up", default="full", dest="follow_up", metavar="{full,rows:K,none}",

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tails import t_logsf
+
 #: largest m whose law is exact (the counts table)
 EXACT_MAX = 18
 TABLE = Path(__file__).with_name("spearman_law.json")
@@ -79,7 +81,6 @@ def _kurtosis(m: int) -> float:
 
 def _ln_upper_t(m: int, s: int) -> float:
     """ln P(T_{m−2} > t), t = r√((m−2)/(1−r²)) from the exact integers (as :func:`tracing.pvalues.spearman`)."""
-    from .pvalues import t_logsf
     D = m * (m * m - 1)
     if s == 0:
         return -math.inf
@@ -90,7 +91,6 @@ def _ln_upper_t(m: int, s: int) -> float:
 
 def _ln_upper_pearson2(m: int, s: int) -> float:
     """ln P(R ≥ r(s)) for R/c with density ∝ (1 − x²)^(ν/2−1) matching r's variance and kurtosis."""
-    from .pvalues import t_logsf
     k = _kurtosis(m)
     nu = (3 * k - 3) / (3 - k)
     c = math.sqrt((nu + 1) / (m - 1))

@@ -210,8 +210,10 @@ def _robust_tier(cand, lines: list[Line], stat: str, significance: float, progre
     from ..api import run_opened
     from ..models import Checkpoint
     from ..options import Options
+    from ..stats import get
     from ..verdict import is_dependent
-    opts = Options(stat=[stat], align=stat == "cos", significance=significance)
+    aligned = get(stat).robust == "aligned"  # robust after --align: its aligned variant is read
+    opts = Options(stat=[stat], align=aligned, significance=significance)
     tested = []
     for line in lines:
         try:
@@ -224,13 +226,13 @@ def _robust_tier(cand, lines: list[Line], stat: str, significance: float, progre
         except TracingError as e:
             line.verdict, line.reason = "cannot rule out", f"robust tier failed: {e}"
             continue
-        v = rec.get("aligned") if stat == "cos" else rec
+        v = rec.get("aligned") if aligned else rec
         line.robust_log10_p = float(v["log10_pvalue"])
         tested.append(line)
     for line, adj in zip(tested, pvalues.holm([x.robust_log10_p for x in tested])):
         line.robust_holm_log10_p = float(adj)
         if is_dependent(adj, significance):
-            line.verdict, line.reason = "dependent after Holm (robust tier)", f"{stat}{' --align' if stat == 'cos' else ''}"
+            line.verdict, line.reason = "dependent after Holm (robust tier)", f"{stat}{' --align' if aligned else ''}"
         elif line.verdict == "cannot rule out":
             line.verdict, line.reason = "not significant", f"not significant in the robust tier ({stat})"
 

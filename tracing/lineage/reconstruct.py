@@ -26,6 +26,7 @@ import numpy as np
 from .. import pvalues
 from ..errors import TracingError
 from ..specs import is_demo
+from ..stats import REGISTRY, names
 from ..verdict import is_dependent
 from .tree import align_truth, name_key
 
@@ -111,18 +112,21 @@ def significance_table(rows: dict, level: float) -> list[dict]:
 
 
 def similarity_table(df, stat: str) -> tuple[dict[frozenset, float], str]:
-    """Pair → similarity (larger = closer) and what it is: ``median_cos`` of ``stat``'s records when
-    present, else ``-l2`` (the negated distance of ``l2`` records)."""
-    rows = plain_rows(df, stat)
-    sim = {k: float(r["median_cos"]) for k, r in rows.items() if _finite(r.get("median_cos"))}
-    if sim:
-        return sim, "median_cos"
-    l2 = plain_rows(df, "l2")
-    sim = {k: -float(r["statistic"]) for k, r in l2.items() if _finite(r.get("statistic"))}
-    if sim:
-        return sim, "-l2"
-    raise TracingError(f"no similarity to build trees from: the {stat} results carry no median_cos and there are "
-                       f"no l2 results; re-run cos with this version of the toolkit, or add --stat l2 to the run")
+    """Pair → similarity (larger = closer) and what it is: the similarity ``stat`` declares
+    (``StatSpec.similarity``, e.g. ``median_cos``) when its records carry it, else a similarity another
+    statistic shares (``-l2``, the negated distance of ``l2`` records)."""
+    own = REGISTRY[stat].similarity if stat in names() else None
+    shared = [(n, s.similarity) for n, s in REGISTRY.items() if n != stat and s.similarity and s.similarity.shared]
+    for name, s in ([(stat, own)] if own else []) + shared:
+        rows = plain_rows(df, name)
+        sim = {k: s.sign * float(r[s.column]) for k, r in rows.items() if _finite(r.get(s.column))}
+        if sim:
+            return sim, s.name
+    have = own.column if own else "similarity"
+    others = " or ".join(n for n, _ in shared) or "other"
+    raise TracingError(f"no similarity to build trees from: the {stat} results carry no {have} and there are "
+                       f"no {others} results; re-run cos with this version of the toolkit, or add --stat "
+                       f"{shared[0][0] if shared else 'cos'} to the run")
 
 
 # ------------------------------------------------------------------------------------------

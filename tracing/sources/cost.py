@@ -23,9 +23,9 @@ def planned_reads(ckpt, other, options) -> int:
     from ..stats.base import sampled_rows
     b, total = ckpt.backend, 0
     for stat in options.stat:
-        if stat == "emb":
+        if get_stat(stat).sampled == "residual":
             total += b.planned_bytes(ckpt.arch.embed)
-        elif "rows" in get_stat(stat).reads:
+        elif get_stat(stat).sampled == "units":
             S = sampled_rows(min(ckpt.arch.h, other.arch.h), options.rows, options.seed)
             total += sum(b.planned_bytes(ckpt.arch.units(i)[0].up, S) for i in range(ckpt.arch.L))
     return total
@@ -55,24 +55,21 @@ def dry_run_lines(base: str, ft: str, options, download: bool = False) -> list[s
 
 def _sampled_bytes(info, options) -> int:
     """≈ bytes a sampled test reads of a model (from its config): K rows of every up_proj, and the
-    embedding when ``emb`` is asked for."""
+    embedding when a statistic that samples the residual stream (``emb``) is asked for."""
     a, bpp = info.arch, info.bytes_per_param
     rows = a.L * min(options.rows, a.h) * a.d * bpp
-    return rows + (a.V * a.d * bpp if "emb" in options.stat else 0)
+    return rows + (a.V * a.d * bpp if any(get_stat(s).sampled == "residual" for s in options.stat) else 0)
 
 
 def estimate_line(info, options) -> str | None:
     """For a launch's dry run (configs only, no network): what a sampled test (``cos --rows K``)
     reads of a hub model, against its whole size; None for other tests and local models."""
-    if options.rows is None or info is None or info.source not in ("hub cache",) or "cos" not in options.stat:
+    sampled = {get_stat(s).sampled for s in options.stat if get_stat(s).screens}
+    if options.rows is None or info is None or info.source not in ("hub cache",) or "units" not in sampled:
         return None
     total = info.params * info.bytes_per_param
     return (f"{info.spec}: a sampled test reads ≈ {_size(_sampled_bytes(info, options))} of ≈ {_size(total)} when its "
             f"weights are not in the local cache (range requests; `main.py --dry-run` gives the exact bytes)")
-
-
-#: statistics whose sampled variant (``--rows``) reads only rows (and, for ``emb``, the embedding)
-SAMPLED_READS = ("cos", "match", "fixed", "emb")
 
 
 def model_cost(info, options, download: bool = False) -> tuple[int | None, str]:
@@ -86,7 +83,7 @@ def model_cost(info, options, download: bool = False) -> tuple[int | None, str]:
     total = info.params * info.bytes_per_param
     if download or options.rows is None:
         return total, "download"
-    if any(s not in SAMPLED_READS for s in options.stat):  # a statistic of whole tensors, by range requests
+    if any(get_stat(s).sampled is None for s in options.stat):  # a statistic of whole tensors, by range requests
         return total, "range reads"
     return _sampled_bytes(info, options), "range reads"
 

@@ -23,7 +23,7 @@ from .spec import COMMON_OPTIONS, DATA_OPTIONS, Cost, StatSpec
 
 REGISTRY: dict[str, StatSpec] = {}
 ALIASES: dict[str, str] = {}
-_HELPERS = {"spec", "cost", "base"}  # modules of this package that are not statistics
+_HELPERS = {"spec", "cost", "base", "blockmap", "experts", "expert_map"}  # modules of this package that are not statistics
 _loaded = False
 PLUGINS_ENV = "TRACING_STATS"
 
@@ -46,7 +46,7 @@ def register(spec_or_name, **facts):
 
 
 def _module(spec: StatSpec) -> str:
-    return getattr(spec.fn, "__module__", None) or "?"
+    return getattr(spec.ordinary, "__module__", None) or "?"
 
 
 def _check_free(spec: StatSpec) -> None:

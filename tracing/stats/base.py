@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from .. import pvalues
 from ..engine import Engine
-from ..options import Options
 from .spec import StatSpec  # noqa: F401  (re-exported for older imports)
+
+if TYPE_CHECKING:  # the type of a field only
+    from ..options import Options
 
 
 @dataclass
@@ -141,6 +143,17 @@ def sampled_rows(n: int, k: int, seed: int) -> np.ndarray:
 def rows_extra(options, n: int) -> dict:
     """What a sampled result records: K, the seed of the draw, and how many units it drew from."""
     return {"rows": int(options.rows), "rows_seed": int(options.seed), "rows_of": int(n)}
+
+
+def gate_up_pairs(g, u) -> tuple:
+    """The (x, y, dropped) pairs of one block's gate and up matchings (see :mod:`tracing.stats.match`)."""
+    n1, n2 = g.kept
+    if n1 <= n2:  # keys: θ₁'s kept units, both matchings list them in ascending order
+        x, y = g.cols, u.cols
+    else:  # keys: θ₂'s kept units
+        og, ou = np.argsort(g.cols, kind="stable"), np.argsort(u.cols, kind="stable")
+        x, y = g.rows[og], u.rows[ou]
+    return x, y, {"base": g.dropped1, "ft": g.dropped2}
 
 
 def pairs_of(res) -> tuple:

@@ -5,14 +5,14 @@ side before matching (the record counts them per layer); the p-value is the rank
 the matched pairs' indices.
 
 Models of different depths are compared block pair by block pair (the block map,
-:mod:`tracing.blockmap`; also with ``--localized``).
+:mod:`tracing.stats.blockmap`; also with ``--localized``).
 
 Each layer also records the median cosine of its matched up rows (``median_cos``); the result's
 ``extra["median_cos"]`` is the mean of those over layers.
 
 When either model has mixture-of-experts blocks, every pair of MLPs chosen by
-:mod:`tracing.experts` (matched experts, or each expert against a dense MLP) is tested instead;
-when their depths differ, every block pair of the same kind (:mod:`tracing.expert_map`).
+:mod:`tracing.stats.experts` (matched experts, or each expert against a dense MLP) is tested instead;
+when their depths differ, every block pair of the same kind (:mod:`tracing.stats.expert_map`).
 
 With ``--rows K`` the test is sampled: K unit indices drawn from the seed (the same in both models
 and every block) are read and matched K × K, block by block or in every cell of the block map; the
@@ -22,29 +22,33 @@ the experts are paired on them (:mod:`tracing.stats.experts_sampled`).
 """
 import numpy as np
 
+from ..errors import TracingError
 from . import register
 from .cost import READ_BYTES_PER_S, solve_s
-from .spec import Cost
+from .spec import (EXPERT_MAP, EXPERTS, LOCALIZED, ROWS, Cost, Similarity, Variant, block_map, expert_block_map,
+                   has_experts)
+
+
+def require_cos_width(a, b) -> None:
+    if a.d != b.d:
+        raise TracingError(f"cos compares weights and needs equal residual widths, got d={a.d} and d={b.d}; "
+                           f"use --stat match, which compares activations of any width")
 
 
 def _check(a, b, options):
     if options.align and a.has_experts != b.has_experts:  # aligned upcycling: expert by expert, block by block
-        from ..arch import require_same_depth
+        from ..arch import require_same_depth  # loads torch
         require_same_depth(a, b, "cos --align")
         if options.rows is not None:
-            from ..errors import TracingError
             raise TracingError("cos --align between a dense model and a mixture of experts matches every unit of "
                                "each expert to the dense units; drop --rows")
         if not (a.gated and b.gated):
-            from ..errors import TracingError
             raise TracingError("cos --align between a dense model and a mixture of experts aligns each expert on "
                                "gate rows, but one model has a non-gated MLP; drop --align")
     # depth and MLP width may differ (block map, rectangular matching), not d
-    from ..blockmap import require_cos_width
     require_cos_width(a, b)
     if options.rows is None:
         return
-    from ..errors import TracingError
     if a.has_experts or b.has_experts:  # K rows of every expert, shared expert and dense MLP
         from .experts_sampled import narrowest
         h = min(narrowest(a), narrowest(b))
@@ -59,9 +63,6 @@ def _check(a, b, options):
 
 
 def _cost(s):
-    from ..blockmap import chosen, cos_cost
-    if chosen("cos", s.a, s.b, s.options):
-        return cos_cost(s)
     K = getattr(s.options, "rows", None)
     if K and (s.a.has_experts or s.b.has_experts):
         from .experts_sampled import sampled_cost
@@ -76,8 +77,8 @@ def _cost(s):
 def _cos_upcycled_aligned(ctx, base, ft):
     """``--align`` for a dense model against an MoE: per expert, Spearman between the matching of
     its units to the dense units by gate rows (the alignment) and by up rows; Fisher over experts."""
-    from ..experts import expert_result, grid_columns, upcycled_matchings
-    from .match import gate_up_pairs
+    from .experts import expert_result, grid_columns, upcycled_matchings  # loads torch
+    from .base import gate_up_pairs  # loads torch
     pairs, gate, up = upcycled_matchings(ctx, base, ft)
     res = expert_result("cos", pairs, {k: gate_up_pairs(gate[k], up[k]) for k in gate}, {}, base.arch.L,
                         grid_columns(base.arch, ft.arch), ctx)
@@ -87,30 +88,33 @@ def _cos_upcycled_aligned(ctx, base, ft):
 
 
 def _explain(rec):
-    from .fixed import explain_beside
+    from ..fixedpoints import explain_beside  # scipy: the registry (and --help) loads without it
     return explain_beside(rec)
 
 
+def _experts(ctx, base, ft):
+    """The experts grid (below)."""
+    return _cos_experts(ctx, base, ft)
+
+
 # the block map when the depths differ (different MLP widths are matched rectangularly block by block)
-@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, localized=("L",),
-          reads=("rows", "localized"), variant_flags=("rows",), aligned_upcycling=_cos_upcycled_aligned,
-          explain=_explain,
+VARIANTS = (Variant(EXPERT_MAP, expert_block_map, "tracing.stats.expert_map:cos_expert_map"),
+            Variant(EXPERTS, has_experts, _experts),
+            block_map(("L",), "tracing.stats.blockmap:cos_map", "tracing.stats.blockmap:cos_cost"))
+
+
+@register("cos", per_block=True, aliases=("csu",), check=_check, cost=_cost, variants=VARIANTS,
+          reads=("rows", "localized"), options=(ROWS, LOCALIZED), variant_flags=("rows",),
+          aligned_upcycling=_cos_upcycled_aligned,
+          explain=_explain, sampled="units", screens=True, robust="aligned",
+          similarity=Similarity("median_cos", "median_cos"),
           description="cosine similarity of MLP up-projection rows (φ_U), exact p-value under independent init",
           meaning="φ_U (`cos`): up_proj rows matched per block, Spearman against the identity, Fisher over blocks; "
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
-    from .. import blockmap
-    from .base import pairs_of, rows_extra, spearman_layers
-    from .fixed import fixed_summary
-    _check(base.arch, ft.arch, ctx.options)
-    if base.arch.has_experts or ft.arch.has_experts:
-        if base.arch.L != ft.arch.L or ctx.options.localized:
-            from ..expert_map import cos_expert_map
-            return cos_expert_map(ctx, base, ft)
-        return _cos_experts(ctx, base, ft)
-    if blockmap.chosen("cos", base.arch, ft.arch, ctx.options):
-        return blockmap.cos_map(ctx, base, ft)
+    from .base import pairs_of, rows_extra, spearman_layers  # loads torch
+    from ..fixedpoints import fixed_summary  # loads scipy
     matched, S, h = up_matchings(ctx, base, ft, "cos")
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
     _median_cos(res, matched)
@@ -123,8 +127,8 @@ def cos(ctx, base, ft):
 def up_matchings(ctx, base, ft, stat: str) -> tuple:
     """``(matched, S, h)``: every block's MATCH of up_proj rows (``{block: MatchResult}``), of the
     sampled units S only with ``--rows`` (else S is None), h the width S is drawn from."""
-    from ..align import match_layers
-    from .base import sampled_rows
+    from ..align import match_layers  # loads torch
+    from .base import sampled_rows  # loads torch
     o = ctx.options
     h = min(base.arch.h, ft.arch.h)
     S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)
@@ -151,10 +155,9 @@ def _median_cos(res, matched: dict) -> None:
 
 
 def _cos_experts(ctx, base, ft):
-    from ..align import match_layers
-    from ..errors import TracingError
-    from ..experts import block_pairs, expert_result, expert_similarity, grid_columns
-    from .base import pairs_of
+    from ..align import match_layers  # loads torch
+    from .base import pairs_of  # loads torch
+    from .experts import block_pairs, expert_result, expert_similarity, grid_columns  # loads torch
     if ctx.options.rows is not None:  # K sampled rows of every expert
         from .experts_sampled import sampled_experts
         return sampled_experts(ctx, base, ft)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import REGISTRY, names
 from .spec import Cost
 
 GiB = 1 << 30
@@ -84,9 +85,10 @@ class Sizing:
         return self.options.num_samples * self.block_size
 
     def lanes(self, stat: str | None = None) -> int:
-        """Hidden-state lanes of a forward pass: 2 models, plus one per α for mode's path."""
-        o = self.options
-        return 2 + len(o.alphas or [o.alpha]) if stat == "mode" else 2
+        """Hidden-state lanes of a forward pass: 2 models, plus those the statistic declares
+        (``StatSpec.lanes``, e.g. one per α for mode's path)."""
+        spec = REGISTRY.get(stat) if stat is not None and stat in names() else None
+        return 2 + (spec.extra_lanes(self.options) if spec is not None else 0)
 
     # memory -------------------------------------------------------------------------------
     @property

@@ -1,14 +1,14 @@
 """φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens).
 
 When either model has mixture-of-experts blocks, each pair of MLPs chosen by
-:mod:`tracing.experts` is compared on its activations over every token."""
+:mod:`tracing.stats.experts` is compared on its activations over every token."""
 from . import register
-from .spec import Cost, same_blocks
+from .spec import EXPERTS, Cost, Variant, has_experts, same_blocks
 
 
 def _check(a, b, options):
     if a.has_experts or b.has_experts:
-        from ..arch import require_expert_width, require_same_depth
+        from ..arch import require_expert_width, require_same_depth  # loads torch
         require_same_depth(a, b, "csh")
         require_expert_width(a, b, "csh")
     else:
@@ -20,17 +20,19 @@ def _cost(s):
     return Cost(s.forward_mem("csh") + s.solves * s.per_solve, t, True)
 
 
+def _experts(ctx, base, ft):
+    from .experts import activation_stat  # loads torch
+    return activation_stat(ctx, base, ft, "csh", gated=False)
+
+
 @register("csh", per_block=True, needs_data=True, default_dataset="random", check=_check, cost=_cost,
+          variants=(Variant(EXPERTS, has_experts, _experts),),
           description="cosine similarity of MLP up-projection activations (φ_H)",
           meaning="φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null "
                   "that the two models were initialised independently.")
 def csh(ctx, base, ft):
-    from ..align import Matcher
-    from .base import pairs_of, spearman_layers
-    _check(base.arch, ft.arch, ctx.options)
-    if base.arch.has_experts or ft.arch.has_experts:
-        from ..experts import activation_stat
-        return activation_stat(ctx, base, ft, "csh", gated=False)
+    from ..align import Matcher  # loads torch
+    from .base import pairs_of, spearman_layers  # loads torch
     ids = ctx.data()
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     try:

@@ -14,7 +14,7 @@ the seed and the same in both models, are matched K × K.
 """
 from . import register
 from .cost import READ_BYTES_PER_S
-from .spec import Cost, same_width
+from .spec import ROWS, Cost, Similarity, same_width
 
 
 def _check(a, b, options):
@@ -57,6 +57,7 @@ def _explain(rec):
 
 
 @register("emb", check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",), aligned=False,
+          options=(ROWS,), sampled="residual", screens=True, similarity=Similarity("median_cos", "median_cos"),
           aligned_pvalue=False, spearman=True, explain=_explain,
           description="matching of embedding dimensions over the shared vocabulary",
           meaning="embeddings (`emb`): embedding dimensions matched over the shared vocabulary, Spearman against "

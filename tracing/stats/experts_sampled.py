@@ -5,7 +5,7 @@ sampled rows of its up-projection: the unit indices S drawn from the seed alone,
 ``--rows`` test (:func:`tracing.stats.base.sampled_rows`), from the width of the MLPs paired (the
 narrower of the two when they differ). Only those rows are read, expert by expert.
 
-Experts are paired as in the full grid (:func:`tracing.experts.block_pairs`: Hungarian assignment
+Experts are paired as in the full grid (:func:`tracing.stats.experts.block_pairs`: Hungarian assignment
 per block, shared expert with shared expert, every expert against a dense MLP), on an expert-level
 similarity computed from the sampled rows alone: the cosine between the two experts' centroids
 (the mean of their K sampled rows), each model's centroids centred on their mean over the block's
@@ -15,7 +15,7 @@ under independence each pair's K matched rows still give an exact Spearman test;
 the per-pair floor −log10(K!) are those of the dense sampled test.
 
 Models of the same depth are paired block by block (one block's rows in memory at a time); else
-every block pair of the same kind is a cell of the block map (:mod:`tracing.expert_map`), with
+every block pair of the same kind is a cell of the block map (:mod:`tracing.stats.expert_map`), with
 each model's sampled rows read once.
 """
 from __future__ import annotations
@@ -65,9 +65,9 @@ def _centred_centroids(side: SampledUnits, units) -> torch.Tensor:
 
 
 def centroid_similarity(sa: SampledUnits, sb: SampledUnits, units_a, units_b):
-    """``similarity(ua, ub)`` for :func:`~tracing.experts.block_pairs`: the cosine of the two
+    """``similarity(ua, ub)`` for :func:`~tracing.stats.experts.block_pairs`: the cosine of the two
     experts' centred centroids (computed for all pairs of routed experts at once)."""
-    from ..experts import _routed
+    from .experts import _routed
     ra, rb = _routed(units_a), _routed(units_b)
     if not ra or not rb:
         return None
@@ -94,7 +94,7 @@ def match_block(ctx, sa: SampledUnits, sb: SampledUnits, pairs: list, first: int
 def sampled_experts(ctx, base, ft):
     """The experts grid of two models of the same depth on K sampled rows per MLP."""
     from ..errors import TracingError
-    from ..experts import block_pairs, expert_result, grid_columns
+    from .experts import block_pairs, expert_result, grid_columns
     from .base import pairs_of
     from .cos import _median_cos
     a, b, o = base.arch, ft.arch, ctx.options
@@ -120,7 +120,7 @@ def sampled_experts(ctx, base, ft):
 def sampled_cells(ctx, base, ft) -> tuple[dict, dict]:
     """The block map's cells on sampled rows: ``(cells, matched)``, ``cells[i, j]`` the unit pairs of
     blocks i and j (of the same kind) and ``matched[(i, j), k]`` the MatchResult of pair k."""
-    from ..experts import block_pairs
+    from .experts import block_pairs
     a, b, o = base.arch, ft.arch, ctx.options
     sa, sb = SampledUnits(base, o.rows, o.seed), SampledUnits(ft, o.rows, o.seed)
     cells, matched = {}, {}

@@ -5,7 +5,7 @@ per MLP: per block, or per expert of a mixture-of-experts block) and recomputes 
 tensor pair is read once for all T draws.
 """
 from . import register
-from .spec import Cost, same_layout
+from .spec import NUM_PERM, Cost, Similarity, same_layout
 
 DEFAULT_T = 99
 
@@ -42,6 +42,7 @@ def _cost(s):
 
 @register("l2", label="mean ℓ2 distance", pvalue="num_perm", default_num_perm=DEFAULT_T, aligned_pvalue=False,
           reads=("num_perm",), check=same_layout("l2"), cost=_cost, value_name="mean Frobenius distance",
+          similarity=Similarity("statistic", "-l2", sign=-1.0, shared=True), options=(NUM_PERM,),
           description="mean Frobenius distance of the weights (φ_ℓ2) with a permutation test",
           meaning="φ_ℓ2 (`l2`): mean Frobenius distance of the weights, with a permutation test (PERMTEST); the "
                   "p-value is exact under the independent-initialisation null, and can be no smaller than 1/(T+1) "

@@ -4,7 +4,7 @@ Survives MLP and residual permutation, rotation, and per-unit scaling of θ₂ i
 Empirically calibrated (not exact) under independence.
 
 Models whose depth or widths differ are compared block pair by block pair (the block map,
-:mod:`tracing.blockmap`; also with ``--localized``); with ``--rows K`` the block map tests K sampled
+:mod:`tracing.stats.blockmap`; also with ``--localized``); with ``--rows K`` the block map tests K sampled
 units of θ₁ (the same in every block) against every unit of θ₂, each cell screened first.
 
 Degenerate units and how the pairs are formed: a hidden unit of either model is dropped when its
@@ -19,36 +19,22 @@ pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two s
 equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
 
 When either model has mixture-of-experts blocks, each pair of MLPs chosen by
-:mod:`tracing.experts` is compared in the same way on its activations over every token.
+:mod:`tracing.stats.experts` is compared in the same way on its activations over every token.
 """
-import numpy as np
-
+from ..errors import TracingError
 from . import register
-from .spec import Cost
-
-
-def gate_up_pairs(g, u) -> tuple:
-    """The (x, y, dropped) pairs of one block's gate and up matchings (see the module docstring)."""
-    n1, n2 = g.kept
-    if n1 <= n2:  # keys: θ₁'s kept units, both matchings list them in ascending order
-        x, y = g.cols, u.cols
-    else:  # keys: θ₂'s kept units
-        og, ou = np.argsort(g.cols, kind="stable"), np.argsort(u.cols, kind="stable")
-        x, y = g.rows[og], u.rows[ou]
-    return x, y, {"base": g.dropped1, "ft": g.dropped2}
+from .spec import EXPERTS, LOCALIZED, ROWS, Cost, Variant, block_map, has_experts
 
 
 def _check(a, b, options):
-    from ..arch import require_expert_width, require_gated, require_same_depth
+    from ..arch import require_expert_width, require_gated, require_same_depth  # loads torch
     require_gated(a, b, "match")
     if a.has_experts or b.has_experts:
-        require_same_depth(a, b, "match")  # other shapes: the block map (tracing.blockmap)
+        require_same_depth(a, b, "match")  # other shapes: the block map (tracing.stats.blockmap)
         require_expert_width(a, b, "match")
     if getattr(options, "rows", None) is None:
         return
-    from ..blockmap import chosen
-    from ..errors import TracingError
-    if not chosen("match", a, b, options):
+    if not _MAP.applies(a, b, options):
         raise TracingError("--rows with match samples θ₁'s units of the block map; add --localized "
                            "(or drop --rows: the per-layer match reads every unit)")
     if options.rows > a.h:
@@ -57,29 +43,28 @@ def _check(a, b, options):
 
 
 def _cost(s):
-    from ..blockmap import chosen, match_cost
-    if chosen("match", s.a, s.b, s.options):
-        return match_cost(s)
     t = s.read_s + s.fwd_s("a") + s.fwd_s("b") + s.L * 2 * (s.mm(s.h, s.h, s.tokens) + s.solve_s(s.h) / s.par)
     return Cost(s.forward_mem("match") + s.solves * s.per_solve, t, True)
 
 
-@register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost, localized=("L", "d", "h"),
-          reads=("localized", "rows"), variant_flags=("rows",),
+def _experts(ctx, base, ft):
+    from .experts import activation_stat  # loads torch
+    return activation_stat(ctx, base, ft, "match", gated=True)
+
+
+_MAP = block_map(("L", "d", "h"), "tracing.stats.blockmap:match_map", "tracing.stats.blockmap:match_cost")
+
+
+@register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost,
+          variants=(Variant(EXPERTS, has_experts, _experts), _MAP), sampled="units", robust="raw",
+          reads=("localized", "rows"), options=(LOCALIZED, ROWS), variant_flags=("rows",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
                   "blocks; its p-value is approximate — calibrated empirically (independent models give roughly "
                   "uniform p-values in experiments), not guaranteed by a theorem.")
 def match(ctx, base, ft):
-    from .. import blockmap
-    from ..align import Matcher, kept_units
-    from .base import spearman_layers
-    _check(base.arch, ft.arch, ctx.options)
-    if base.arch.has_experts or ft.arch.has_experts:
-        from ..experts import activation_stat
-        return activation_stat(ctx, base, ft, "match", gated=True)
-    if blockmap.chosen("match", base.arch, ft.arch, ctx.options):
-        return blockmap.match_map(ctx, base, ft)
+    from ..align import Matcher, kept_units  # loads torch
+    from .base import gate_up_pairs, spearman_layers  # loads torch
     ids = ctx.data()
     gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)

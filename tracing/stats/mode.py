@@ -9,7 +9,17 @@ Every α of the curve (and every PERMTEST draw) is a lane of one lockstep pass, 
 """
 from . import register
 from .l2 import PermDraws
-from .spec import Cost, same_blocks
+from .spec import NUM_PERM, Cost, Flag, same_blocks
+
+OPTIONS = (
+    Flag("mlp_only", "{users}: interpolate only MLPs and norms (the path then ends at a hybrid, not θ₂); by "
+                     "default every weight is interpolated"),
+    Flag("attn", "{users}: with --mlp_only, also interpolate attention"),
+    Flag("emb", "{users}: with --mlp_only, also interpolate embeddings, lm_head and final norm"),
+    Flag("alpha", "{users}: interpolation weight of θ₂ (default: %(default)s)", "float"),
+    Flag("alphas", "{users}: a curve, e.g. 0,0.25,0.5,0.75,1 (default: α only)", "floats"),
+    NUM_PERM,
+)
 
 MAX_LANES = 8  # PERMTEST lanes per pass (bounds the hidden states held at once)
 
@@ -32,7 +42,7 @@ def _explain(rec):
 
 
 @register("mode", variant_flags=("attn", "emb"), label="loss", at_alpha=True, needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost, explain=_explain,
-          check=same_blocks("mode"),
+          check=same_blocks("mode"), options=OPTIONS, lanes=lambda o: len(o.alphas or [o.alpha]),
           reads=("alpha", "alphas", "attn", "emb", "mlp_only", "num_perm"), value_name="LM loss at α",
           description="loss on the linear path between the models (mode connectivity), optional permutation test",
           meaning="mode connectivity (`mode`): LM loss at α (default 0.5) on the straight path between the models "

@@ -33,10 +33,18 @@ import tempfile
 
 import numpy as np
 import torch
+from scipy.stats import poisson
 
-from . import correspondence as claims
-from . import pvalues
-from .errors import TracingError
+from .. import align as _align
+from .. import correspondence as claims
+from .. import pvalues
+from ..align import Matcher, cosine_matrix
+from ..errors import TracingError
+from . import get
+from .base import StatResult, gate_up_pairs, rows_extra, sampled_rows
+from .cos import require_cos_width
+from .cost import READ_BYTES_PER_S, REF_H, solve_s
+from .spec import BLOCK_MAP, Cost, shapes
 
 #: a cell is matched when its p-value is below this (log10) and it survives Holm over the grid
 MATCHED_LOG10 = claims.MATCHED_LOG10
@@ -48,23 +56,11 @@ SCREEN_TAIL = 0.05
 
 
 # ---- when and whether ----------------------------------------------------------------------
-def shapes(a, b) -> str:
-    """The block shapes that differ, e.g. ``"L 4 vs 3, h 128 vs 96"`` (empty when equal)."""
-    return ", ".join(f"{k} {getattr(a, k)} vs {getattr(b, k)}" for k in ("L", "d", "h") if getattr(a, k) != getattr(b, k))
-
-
-def needed(stat: str, a, b) -> bool:
-    """Whether ``stat`` must use the block map for this pair: a block shape its ordinary path cannot
-    handle differs (the statistic's ``localized`` fact)."""
-    from .stats import get
-    return any(getattr(a, k) != getattr(b, k) for k in get(stat).localized)
-
-
 def chosen(stat: str, a, b, options) -> bool:
-    """The block map is used: asked for, or needed; never for mixtures of experts (compared expert by expert)."""
-    if getattr(a, "has_experts", False) or getattr(b, "has_experts", False):
-        return False
-    return bool(getattr(options, "localized", False)) or needed(stat, a, b)
+    """The block map computes this pair: the statistic's block-map variant applies (asked for with
+    ``--localized``, or needed for the block shapes that differ; never for mixtures of experts)."""
+    v = get(stat).variant(a, b, options)
+    return v is not None and v.name == BLOCK_MAP
 
 
 def auto_note(stat: str, a, b, options) -> list[str]:
@@ -73,17 +69,10 @@ def auto_note(stat: str, a, b, options) -> list[str]:
     return [f"the models differ in shape ({shapes(a, b)}): {stat} tested every block pair (localized block map)"]
 
 
-def require_cos_width(a, b) -> None:
-    if a.d != b.d:
-        raise TracingError(f"cos compares weights and needs equal residual widths, got d={a.d} and d={b.d}; "
-                           f"use --stat match, which compares activations of any width")
-
-
 # ---- the grid -------------------------------------------------------------------------------
 def summarize(stat: str, grid: np.ndarray, stats: np.ndarray, n_pairs: np.ndarray, significance: float):
     """A :class:`tracing.stats.base.StatResult` from the L₁×L₂ grid of log10 p (NaN: cell skipped);
     the correspondence is claimed at ``significance`` (:mod:`tracing.correspondence`)."""
-    from .stats.base import StatResult
     L1, L2 = grid.shape
     finite = ~np.isnan(grid)
     if not finite.any():
@@ -126,8 +115,6 @@ def cos_map(ctx, base, ft):
     """The block map of ``cos``: MATCH of up_proj rows for every block pair (equal d). With
     ``--rows K`` the same K sampled rows of every block of both models (read once per block) are
     matched K × K in every cell."""
-    from .align import Matcher
-    from .stats.base import rows_extra, sampled_rows
     A, B = base.arch, ft.arch
     require_cos_width(A, B)
     o = ctx.options
@@ -215,8 +202,7 @@ class ActivationStore:
 
 def kept_units(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Units kept by both matchings (see :func:`tracing.align.kept_units`); activations [tokens, h]."""
-    from . import align
-    return align.kept_units(gate.T, up.T)
+    return _align.kept_units(gate.T, up.T)
 
 
 def keep_bytes(ctx) -> int:
@@ -227,7 +213,6 @@ def keep_bytes(ctx) -> int:
 def agreements(G1, U1, ok1, G2, U2, ok2) -> int:
     """The screen of one cell: how many units have the same partner by the row-wise argmax of the gate
     cosines and of the |up| cosines (keys: the side with fewer kept units; no assignment solved)."""
-    from .align import cosine_matrix
     if not bool(ok1.any()) or not bool(ok2.any()):
         return 0
     G1, U1, G2, U2 = G1[:, ok1], U1[:, ok1], G2[:, ok2], U2[:, ok2]
@@ -241,7 +226,6 @@ def screen_threshold(n1: int, n2: int) -> int:
     """Agreements that send a cell to the full test: the smallest c with P(Poisson(λ) ≥ c) ≤
     :data:`SCREEN_TAIL`, λ = min/max of the kept units (the count two unrelated matchings share by
     chance).  A cost knob only: cells screened out get p = 1, never a smaller p-value."""
-    from scipy.stats import poisson
     lam = min(n1, n2) / max(n1, n2, 1)
     return max(1, int(poisson.isf(SCREEN_TAIL, lam)) + 1)
 
@@ -250,7 +234,6 @@ class _Cells:
     """The gate and up matchings of the block map's cells, solved in parallel, and their pairs."""
 
     def __init__(self, ctx):
-        from .align import Matcher
         self.gate = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
         self.up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
 
@@ -259,8 +242,7 @@ class _Cells:
         self.up.submit(key, U1.T, U2.T, absolute=True, keep1=ok1, keep2=ok2)
 
     def pairs(self) -> dict:
-        """{key: (x, y)} of every submitted cell (see :func:`tracing.stats.match.gate_up_pairs`)."""
-        from .stats.match import gate_up_pairs
+        """{key: (x, y)} of every submitted cell (see :func:`tracing.stats.base.gate_up_pairs`)."""
         try:
             pg, pu = self.gate.results(), self.up.results()
         finally:
@@ -276,7 +258,6 @@ def match_map(ctx, base, ft):
     """The block map of ``match``: one forward pass per model, every block pair matched.  With
     ``--rows K``: θ₁'s K sampled units (the same in every block) against every unit of θ₂, and only
     the cells that pass the argmax screen (:func:`agreements`) solved; the others get p = 1."""
-    from .stats.base import rows_extra, sampled_rows
     A, B, o = base.arch, ft.arch, ctx.options
     S = None if o.rows is None else torch.from_numpy(sampled_rows(A.h, o.rows, o.seed))
     ids = ctx.data()
@@ -329,8 +310,6 @@ def match_map(ctx, base, ft):
 def cos_cost(s):
     """Every block pair's cosine product and assignment; weights stream (sampled: K rows of each
     block read once, K × K per cell)."""
-    from .stats.cost import READ_BYTES_PER_S, solve_s
-    from .stats.spec import Cost
     cells = s.a.L * s.b.L
     K = getattr(s.options, "rows", None)
     if K:
@@ -345,8 +324,6 @@ def cos_cost(s):
 def match_cost(s):
     """Two separate forward passes; θ₁'s activations kept (float32, or spilled beyond the budget);
     two matchings per block pair (sampled: K × h₂, only for the cells that pass the argmax screen)."""
-    from .stats.cost import REF_H, solve_s
-    from .stats.spec import Cost
     cells = s.a.L * s.b.L
     K = getattr(s.options, "rows", None)
     width = s.a.h if not K else min(int(K), s.a.h)

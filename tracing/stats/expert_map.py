@@ -3,17 +3,17 @@
 A model of mixed block kinds (DeepSeek's dense first blocks, Llama 4's interleaving, Qwen MoE's
 ``mlp_only_layers``) against another of a different depth: every block pair (i, j) *of the same
 kind* is a cell — two dense MLPs matched on their up rows; two MoE blocks with their experts
-paired as in :mod:`tracing.experts` (Hungarian assignment on an expert-level similarity, shared
+paired as in :mod:`tracing.stats.experts` (Hungarian assignment on an expert-level similarity, shared
 expert with shared expert) and each expert pair tested.  A cell's log10 p is Fisher's combination
 over its pairs; cells of different kinds are skipped.  The grid, the matched cells, the inferred
-correspondence and the Bonferroni overall p are those of :mod:`tracing.blockmap`.
+correspondence and the Bonferroni overall p are those of :mod:`tracing.stats.blockmap`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import pvalues
-from .align import match_layers
+from .. import pvalues
+from ..align import match_layers
 from .blockmap import summarize
 from .experts import block_pairs, expert_similarity
 
@@ -21,7 +21,7 @@ from .experts import block_pairs, expert_similarity
 def cos_expert_map(ctx, base, ft):
     a, b = base.arch, ft.arch
     if ctx.options.rows is not None:  # K sampled rows of every MLP
-        from .stats.experts_sampled import sampled_cells
+        from .experts_sampled import sampled_cells
         cells, matched = sampled_cells(ctx, base, ft)
     else:
         cells, matched = _cells(ctx, base, ft)
@@ -37,7 +37,7 @@ def cos_expert_map(ctx, base, ft):
     res = summarize("cos", grid, stats, n, ctx.options.significance)
     res.extra["cells"] = "blocks of the same kind; a cell is Fisher's combination over its expert pairs"
     if ctx.options.rows is not None:
-        from .stats.experts_sampled import sampled_extra
+        from .experts_sampled import sampled_extra
         res.extra.update(sampled_extra(ctx.options, [p for pairs in cells.values() for p in pairs]))
     return res
 

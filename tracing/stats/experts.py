@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .align import cosine_matrix
+from ..align import cosine_matrix
 
 #: rows of θ₁'s expert used for the expert-level similarity (evenly spaced; all when fewer)
 SIMILARITY_ROWS = 256
@@ -82,7 +82,7 @@ def block_pairs(i: int, units_a, units_b, similarity,
 def expert_result(stat: str, pairs: list[UnitPair], matched: dict, partners: dict, L: int, n_cols: int, ctx):
     """Per-pair Spearman p-values of the matched pairs ``matched[k] = (x, y, dropped)`` of unit
     pair k, the block × expert grid and the Fisher combination."""
-    from .stats.base import spearman_layers
+    from .base import spearman_layers
     res = spearman_layers(matched, ctx, stat)
     grid = [[None] * n_cols for _ in range(L)]
     skipped = []  # [block, the MoE side's expert (θ₁'s when both are MoE)], whichever model is dense
@@ -112,9 +112,9 @@ def activation_stat(ctx, base, ft, stat: str, gated: bool):
     the unit pairs of :func:`block_pairs`; each expert's activations cover every token.  A unit
     whose activation row is zero, non-finite or an exact copy of an earlier unit's is dropped (for
     match: from both matchings)."""
-    from .align import Matcher, kept_units
-    from .stats.match import gate_up_pairs
-    from .stats.base import pairs_of
+    from ..align import Matcher, kept_units
+    from .base import gate_up_pairs
+    from .base import pairs_of
     a, b = base.arch, ft.arch
     ids = ctx.data()
     up = Matcher(mem_budget_bytes=ctx.mem_budget_bytes)
@@ -159,8 +159,8 @@ def upcycled_matchings(ctx, base, ft) -> tuple[list[UnitPair], dict, dict]:
     ``up[k]`` are the :class:`~tracing.align.MatchResult` of pair k. The gate matching is the
     alignment (it finds each expert unit's dense unit whatever the order of the split); the up
     matching is what is tested against it."""
-    from .align import Matcher, kept_units, residual_alignment
-    from .transforms import Permuted
+    from ..align import Matcher, kept_units, residual_alignment
+    from ..transforms import Permuted
     a, b = base.arch, ft.arch
     ft = Permuted(ft, torch.from_numpy(residual_alignment(base, ft)))
     pairs = [p for i in range(a.L) for p in block_pairs(i, a.units(i), b.units(i), None, any_width=True)[0]]
