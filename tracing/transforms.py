@@ -8,7 +8,7 @@ views compose (``Permuted(Rotated(ckpt))``).  Conventions: permuting by ``p`` me
 - MLP permutation (one per MLP: per block, or per expert of a mixture-of-experts block, over its
   hidden units): rows of gate/up (and their biases), columns of down.
 - Expert order (per mixture-of-experts block, over its routed experts): expert slot e holds the
-  inner expert ``p[e]`` (all its tensors and biases), the router's rows and per-expert bias follow;
+  inner expert ``p[e]`` (all its tensors and biases), the router's rows and per-expert bias and scale follow;
   shared experts are untouched. With grouped routing (DeepSeek-V3's ``n_group``) a drawn order
   moves whole groups and experts within their group, which keeps the function.
 - Residual permutation (one for the model, over d): columns of embed, every reader of the stream
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .arch import (ATTN_ROLES, EMBED, MLP_ROLES, NORM_ROLES, READ_RESIDUAL, READS_THROUGH, RES_VECTORS,
+from .arch import (ATTN_ROLES, EMBED, EXPERT_INDEXED, MLP_ROLES, NORM_ROLES, READ_RESIDUAL, READS_THROUGH, RES_VECTORS,
                    UNIT_COLS, UNIT_ROWS, WRITE_RESIDUAL, expert_slots, require_same_layout)
 from .arch.moe_shapes import expert_groups
 from .errors import TracingError
@@ -78,11 +78,11 @@ class Permuted(View):
         return self.apply(name, self._experts_moved(ref, self.inner.get(self._source(ref), dtype)))
 
     def _experts_moved(self, ref, t: torch.Tensor) -> torch.Tensor:
-        """A router's rows (or per-expert bias) in the view's expert order."""
-        p = self.pi_x.get(ref.block) if ref.role in ("router", "router_bias") else None
+        """A router's rows (or per-expert bias or scale) in the view's expert order."""
+        p = self.pi_x.get(ref.block) if ref.role in EXPERT_INDEXED else None
         if p is None:
             return t
-        return t[..., p] if ref.role == "router_bias" else t[p]
+        return t[p] if ref.role == "router" else t[..., p]
 
     def get_rows(self, name, index, dtype=torch.float32):
         """Rows of a permuted MLP reader (gate/up) come from the inner rows they were moved from."""

@@ -52,6 +52,8 @@ MLP_ROLES = frozenset({"gate", "up", "down", "gate_bias", "up_bias", "down_bias"
                        "expert_gate", "expert_up", "expert_down", "expert_gate_bias", "expert_up_bias",
                        "expert_down_bias", "shared_gate", "shared_up", "shared_down", "shared_router",
                        "ple_gate", "ple_out", "router_scale", "router_expert_scale"})
+#: a router's tensors indexed by expert: ``router`` by its rows, the others (one value per expert) by their last axis
+EXPERT_INDEXED = ("router", "router_bias", "router_expert_scale")
 NORM_ROLES = frozenset({"in_norm", "post_norm", "attn_out_norm", "mlp_out_norm", "in_norm_bias",
                         "post_norm_bias", "attn_out_norm_bias", "mlp_out_norm_bias", "ple_out_norm",
                         "mlp_out_norm_1", "experts_in_norm", "experts_out_norm"})
@@ -377,5 +379,5 @@ def require_expert_width(a: Arch, b: Arch, what: str) -> None:
 
 __all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "expert_slots", "require_same_blocks", "require_same_layout",
            "require_same_depth", "require_gated", "require_expert_width",
-           "SUPPORTED", "FAMILIES", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
+           "SUPPORTED", "FAMILIES", "EXPERT_INDEXED", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
            "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]
