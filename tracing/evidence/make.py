@@ -66,7 +66,7 @@ def read_merge(path: str | Path, model: str) -> dict | None:
 def make_statement(rec: dict, rates: list[dict] | None = None, merge: dict | None = None) -> dict:
     """The statement of ``rec``; ``rates``: the measured error-rate table its calibration refers to;
     ``merge``: the derived model's merge attribution (:func:`read_merge`)."""
-    from ..results import scrub
+    from ..provenance import scrub
     from .predicate import plain
     pred = build(rec)
     if rates is not None:
@@ -82,7 +82,7 @@ def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = F
     :mod:`tracing.evidence.keyless`); write the envelope (or bundle) to ``out`` atomically; return
     the statement."""
     import json
-    from ..results import atomic_write, check_writable
+    from ..fileio import atomic_write, check_writable
     from .statement import load_signer
     check_writable(out)
     signer = None if keyless else load_signer(key)

@@ -28,7 +28,7 @@ class Outcome:
 
 
 def _job_id() -> str | None:
-    from ..launch.job import job_id
+    from ..provenance import job_id
     return job_id()
 
 
@@ -42,7 +42,7 @@ class EntryJob(Checkpointable):
     def __call__(self, spec: str, family: str | None, root: str, settings: dict) -> dict:
         from ..cli_util import slug
         from ..launch.console import first_line
-        from ..results import atomic_write
+        from ..fileio import atomic_write
         if self.threads:
             from ..launch.job import limit_threads
             limit_threads(self.threads)

@@ -6,6 +6,7 @@ import time
 
 from submitit.helpers import Checkpointable
 
+from ..provenance import job_id
 from .console import first_line
 
 # Test hook: a job sleeps this many seconds before computing, on its first start only
@@ -64,14 +65,6 @@ class PairJob(Checkpointable):
                     save_record(failure_record(base, ft, s, opts.for_stat(s).to_dict(), e, time.time() - start), p)
             return f"{type(e).__name__}: {first_line(str(e)) or type(e).__name__}"
         return None
-
-
-def job_id() -> str | None:
-    """The Slurm id of the running job (``<array>_<task>`` inside an array), None off Slurm."""
-    arr, job, task = (os.environ.get(k) for k in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID"))
-    if arr and task:
-        return f"{arr}_{task}"
-    return job
 
 
 def limit_threads(n: int) -> None:

@@ -63,7 +63,7 @@ def write_run_log(out: Path, tasks: list, cluster: str, arrays: list[dict]) -> N
                       "status": str(t.status), "job_id": t.job_id, "time": t.time, "error": t.error,
                       "restarts": t.restarts, "start": t.compute_start, "end": t.compute_end,
                       "resources": dataclasses.asdict(t.resources) if t.resources else None} for t in tasks]}
-    from ..results import atomic_write
+    from ..fileio import atomic_write
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / RUN_LOG, json.dumps(doc, indent=1, default=str))
 
@@ -71,7 +71,7 @@ def write_run_log(out: Path, tasks: list, cluster: str, arrays: list[dict]) -> N
 def _write_known(out: Path, name: str, data: dict | None) -> None:
     if not data:
         return
-    from ..results import atomic_write
+    from ..fileio import atomic_write
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / name, json.dumps(data, indent=1, default=str))
 

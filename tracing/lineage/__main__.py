@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     path = write_json(rec, out / "lineage.json", extra)
     draw_lineage(rec, out / "lineage.png")
     if truth:
-        from ..results import atomic_write
+        from ..fileio import atomic_write
         atomic_write(out / "lineage_rates.csv", rates.to_csv(index=False))
     for i, (fam, root) in enumerate(zip(rec.families, rec.roots)):
         print(f"family {i + 1}: {', '.join(fam)}" + (f" (root {root})" if root and len(fam) > 1 else ""))

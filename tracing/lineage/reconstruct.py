@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import pvalues
 from ..errors import TracingError
+from ..results import finite, flag
 from ..specs import is_demo
 from ..verdict import is_dependent
 from .tree import align_truth, name_key
@@ -63,14 +64,6 @@ class Reconstruction:
 # ------------------------------------------------------------------------------------------
 # The grid
 # ------------------------------------------------------------------------------------------
-def _finite(x) -> bool:
-    return isinstance(x, (int, float, np.floating)) and not isinstance(x, bool) and math.isfinite(float(x))
-
-
-def _flag(v) -> bool:
-    return bool(v) and not (isinstance(v, float) and math.isnan(v))
-
-
 def plain_rows(df, stat: str) -> dict[frozenset, dict]:
     """The successful raw results of ``stat`` (not aligned, no permute/rotate), one per unordered pair
     (the last one when a pair was run twice)."""
@@ -80,7 +73,7 @@ def plain_rows(df, stat: str) -> dict[frozenset, dict]:
     for r in df.to_dict("records"):
         if r.get("stat") != stat or r.get("status", "ok") != "ok":
             continue
-        if _flag(r.get("aligned")) or _flag(r.get("permute")) or _flag(r.get("rotate")):
+        if flag(r.get("aligned")) or flag(r.get("permute")) or flag(r.get("rotate")):
             continue
         a, b = r.get("base"), r.get("ft")
         if isinstance(a, str) and isinstance(b, str) and a != b:
@@ -93,13 +86,13 @@ def grid_level(rows: dict, level: float | None) -> float:
         if not 0.0 < float(level) < 1.0:
             raise TracingError(f"--significance {level} must be in (0, 1), e.g. 0.01")
         return float(level)
-    levels = {float(r["significance"]) for r in rows.values() if _finite(r.get("significance"))}
+    levels = {float(r["significance"]) for r in rows.values() if finite(r.get("significance"))}
     return levels.pop() if len(levels) == 1 else 0.01
 
 
 def significance_table(rows: dict, level: float) -> list[dict]:
     """Per pair: log10 p, Holm-adjusted log10 p across the grid, and whether it is significant."""
-    keys = [k for k in rows if _finite(rows[k].get("log10_pvalue"))]
+    keys = [k for k in rows if finite(rows[k].get("log10_pvalue"))]
     lp = np.array([float(rows[k]["log10_pvalue"]) for k in keys], dtype=float)
     adj = pvalues.holm(lp) if len(keys) else lp
     out = []
@@ -114,11 +107,11 @@ def similarity_table(df, stat: str) -> tuple[dict[frozenset, float], str]:
     """Pair → similarity (larger = closer) and what it is: ``median_cos`` of ``stat``'s records when
     present, else ``-l2`` (the negated distance of ``l2`` records)."""
     rows = plain_rows(df, stat)
-    sim = {k: float(r["median_cos"]) for k, r in rows.items() if _finite(r.get("median_cos"))}
+    sim = {k: float(r["median_cos"]) for k, r in rows.items() if finite(r.get("median_cos"))}
     if sim:
         return sim, "median_cos"
     l2 = plain_rows(df, "l2")
-    sim = {k: -float(r["statistic"]) for k, r in l2.items() if _finite(r.get("statistic"))}
+    sim = {k: -float(r["statistic"]) for k, r in l2.items() if finite(r.get("statistic"))}
     if sim:
         return sim, "-l2"
     raise TracingError(f"no similarity to build trees from: the {stat} results carry no median_cos and there are "
@@ -300,7 +293,7 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
             raise TracingError(f"--root {root} is not one of the models in the results ({len(models)} models)")
         root = k
     sim, kind = similarity_table(df, stat)
-    reshaped = {k for k, row in rows.items() if _flag(row.get("localized"))}
+    reshaped = {k for k, row in rows.items() if flag(row.get("localized"))}
     truth = align_truth(truth, models) if truth else None
     notes: list[str] = []
     g = nx.Graph()
@@ -361,6 +354,6 @@ def write_json(rec: Reconstruction, path: str | os.PathLike, extra: dict | None 
     """Write ``lineage.json`` atomically (never a half-written file); ``extra`` keys are added."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    from ..results import atomic_write
+    from ..fileio import atomic_write
     atomic_write(p, json.dumps(_json_safe({**rec.to_json(), **(extra or {})}), indent=2, default=str))
     return p

@@ -53,7 +53,8 @@ from .figures import (CAP, calibration_data, mode_curve_records, per_layer_data,
 from .grid import Grid, heatmap_matrix, ordered_models
 from .lineage import Lineage, demo_lineage, parse_lineage, read_lineage, resolve_lineage
 from .load import Folder, load_records, read_folder
-from .table import CORRECTIONS, summary_table, variant_of
+from ..results import variant_of
+from .table import CORRECTIONS, summary_table
 from .verdicts import verdict
 from .write import write_report
 

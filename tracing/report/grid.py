@@ -8,8 +8,9 @@ import numpy as np
 from .. import pvalues
 from . import facts
 from .lineage import Lineage, resolve_lineage
-from .table import counted, variant_of
-from .verdicts import finite, verdict
+from ..results import finite, variant_of
+from .table import counted
+from .verdicts import verdict
 
 #: cell annotations of the states that carry no number
 STATE_TEXT = {"missing": "not run", "reverse": "↔", "failed": "failed", "unreadable": "unreadable", "self": ""}

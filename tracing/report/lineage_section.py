@@ -57,7 +57,7 @@ def build(df, folder: Path, out: Path, lineage, level: float, merges: bool = Fal
     from ..lineage.figure import draw_lineage
     from ..lineage.rates import edge_scores, error_rates
     from ..lineage.reconstruct import reconstruct, write_json
-    from ..results import atomic_write
+    from ..fileio import atomic_write
 
     sec = LineageSection()
     counted = df[~df["superseded"]] if "superseded" in df.columns else df

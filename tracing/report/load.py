@@ -34,8 +34,8 @@ def _read_launch(folder: Path) -> dict:
 
 
 def read_folder(folder) -> Folder:
-    """Read every result file of ``folder`` once (rows as in :func:`tracing.results.load_results`,
-    plus ``at_floor``; an unreadable file is a row placed on its pair when the folder tells which)."""
+    """Read every result file of ``folder`` once (rows as in :func:`tracing.results.load_results`;
+    an unreadable file is a row placed on its pair when the folder tells which)."""
     import pandas as pd
     folder = Path(folder)
     launch = _read_launch(folder)
@@ -54,10 +54,7 @@ def read_folder(folder) -> Folder:
         if t is not None:
             mtime[rel] = t
         records[rel] = rec
-        new = record_rows(rec, rel)
-        for row, res in zip(new, [rec, rec.get("aligned")]):
-            row["at_floor"] = facts.at_floor((res or {}).get("per_layer"))
-        rows += new
+        rows += record_rows(rec, rel)
     models = {m for r in rows for m in (r.get("base"), r.get("ft")) if isinstance(m, str)}
     for row in bad:
         row.update(place_unreadable(Path(row["file"]), folder, launch, models))

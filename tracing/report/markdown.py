@@ -10,8 +10,8 @@ from .evidence import evidence_section
 from .figures import CAPTIONS, FIGURES, blockmap_data, correspondence_lines
 from .mdtable import rel_link, table, when
 from .provenance import models_section, options_section, timings_section
-from .table import counted, flag
-from .verdicts import finite
+from ..results import finite, flag
+from .table import counted
 
 FLOOR_NOTE = ("at the floor of this test (perfect match in every block): every block's p-value is the smallest "
               "its Spearman test can give, 1/h! for h matched units, so no smaller p-value is possible for "

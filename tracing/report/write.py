@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import TracingError
-from ..results import atomic_open, atomic_write
+from ..fileio import atomic_open, atomic_write
 from .figures import write_figures
 from .lineage import resolve_lineage
 from .lineage_section import build as build_lineage_section
@@ -13,7 +13,7 @@ from .relations_section import build as build_relations_section
 from .load import read_folder
 from .markdown import Context, markdown
 from .table import CORRECTIONS, summary_table
-from .verdicts import finite
+from ..results import finite
 
 
 def _check_args(folder: Path, significance, correction: str) -> None:
