@@ -36,7 +36,7 @@ import torch
 
 from ..arch import require_same_blocks
 from ..errors import TracingError
-from .tree import is_ancestor
+from .known import is_ancestor
 
 MIN_WEIGHT = 0.1
 MAX_RATIO = 0.6
@@ -253,7 +253,7 @@ def merge_candidates(rec, model: str, parents: dict) -> list[str]:
 def attribute_all(rec, truth: dict | None = None, progress: bool = False) -> list[MergeVerdict]:
     """Every model significant against at least two others, fitted on those (without its descendants);
     B is the candidates' lowest common ancestor in the known lineage (else the reconstructed tree)."""
-    from .tree import align_truth
+    from .known import align_truth
     parents = align_truth(truth, rec.models) if truth else {}
     parents = {**{e["child"]: e["parent"] for e in rec.edges if e.get("directed")}, **parents}
     out = []

@@ -18,7 +18,7 @@ import numpy as np
 from .. import pvalues
 from ..results import finite, variant_of
 from ..verdict import is_dependent
-from .tree import align_truth, roots_of
+from .known import align_truth, roots_of
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -28,7 +28,7 @@ from ..errors import TracingError
 from ..results import finite, flag
 from ..specs import is_demo
 from ..verdict import is_dependent
-from .tree import align_truth, name_key
+from .known import align_truth, name_key
 
 
 @dataclass
@@ -273,7 +273,7 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
                 merges: dict | None = None) -> Reconstruction:
     """Families, trees and their directions from a :func:`tracing.results.load_results` table.
 
-    ``truth``: known lineage ``{model: parent}`` (see :func:`tracing.lineage.tree.parse_truth`); its
+    ``truth``: known lineage ``{model: parent}`` (see :func:`tracing.lineage.known.parse_lineage`); its
     names are matched to the results' names. ``root``: the root of the family that contains it.
     ``root_from_truth=False`` scores the edges against ``truth`` without taking roots from it.
     ``merges``: merged model → its parents (see :mod:`tracing.lineage.merges`); a merge is never

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from ..errors import TracingError
+from ..results_folder import KNOWN_RELATIONS
 
 #: relation -> do the two models share an initialisation (dependent under the toolkit's null)?
 RELATIONS = {
@@ -37,7 +38,6 @@ RELATIONS = {
     "independent": False,
 }
 LEVELS = (1e-2, 1e-3, 1e-4)
-KNOWN_RELATIONS = "known_relations.json"
 RATES_FILE = "relation_rates.csv"
 LABEL_KEYS = ("relations", "sources", "audit", "excluded", "benchmark")
 
