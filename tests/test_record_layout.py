@@ -174,3 +174,21 @@ def test_one_job_id_rule(monkeypatch, env, expected):
     from tracing.launch import job
     assert Outcome("m", None, "built").job_id == expected  # index builds and launched pairs: the same rule
     assert job.job_id is provenance.job_id
+
+
+# ------------------------------------------------------------------------------------------
+# IO: one writability check for the launcher's and the report's --out
+# ------------------------------------------------------------------------------------------
+def test_one_out_folder_check(tmp_path):
+    from tracing.fileio import check_out_folder
+    from tracing.report.write import check_out
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(TracingError, match="is a file, not a folder; give a folder for the results"):
+        check_out_folder(blocker)
+    with pytest.raises(TracingError, match="is a file, not a folder; give a folder for the report"):
+        check_out(blocker)
+    with pytest.raises(TracingError, match="cannot be created because"):
+        check_out(blocker / "sub")
+    assert blocker.read_text() == "x" and check_out_folder(tmp_path / "new") == tmp_path / "new"
+    assert not (tmp_path / "new").exists()

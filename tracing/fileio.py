@@ -32,6 +32,24 @@ def check_writable(path: str | os.PathLike) -> Path:
     return p
 
 
+def check_out_folder(out: str | os.PathLike, what: str = "the results") -> Path:
+    """Fail now, with the fix, when ``out`` cannot become a folder for ``what``: it is a file, or it
+    (or its nearest existing parent) cannot be written. Nothing is created."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise TracingError(f"--out {out} is a file, not a folder; give a folder for {what} "
+                           f"(it is created when missing)")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TracingError(f"--out {out} cannot be created because {probe} is a file; give a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == out else f" (its parent {probe} is not writable)"
+        raise TracingError(f"--out {out} is not writable{where}; choose a folder you can write to")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     """Open a temp file beside ``path`` for writing; on success it replaces ``path`` in one rename

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli_util import model_slug, slug
-from .errors import TracingError
 from .fileio import atomic_write
 
 RUN_LOG = "launch.json"
@@ -169,24 +168,6 @@ def planned_results(folder: str | os.PathLike, launch: dict | None = None) -> li
 def default_out(config: str | os.PathLike) -> Path:
     """``results/<name of the model list>``."""
     return Path("results") / Path(config).stem
-
-
-def check_out_folder(out: Path) -> Path:
-    """Fail now, with the fix, when ``out`` cannot become a results folder: it is a file, or it
-    (or its nearest existing parent) cannot be written."""
-    out = Path(out).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise TracingError(f"--out {out} is a file, not a folder; give a folder for the results "
-                           f"(it is created when missing)")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise TracingError(f"--out {out} cannot be created because {probe} is a file; give a folder path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        where = "" if probe == out else f" (its parent {probe} is not writable)"
-        raise TracingError(f"--out {out} is not writable{where}; choose a folder you can write to")
-    return out
 
 
 def _write_known(out: Path, name: str, data: dict | None) -> None:

@@ -25,7 +25,8 @@ from .claims import Claims
 from .configs import ConfigUnavailable, ModelInfo, model_info
 from .job import TEST_SLEEP_ENV, PairJob
 from ..cli_util import model_slug
-from ..results_folder import check_out_folder, pair_dir, read_run_log, result_path, write_run_log
+from ..fileio import check_out_folder
+from ..results_folder import pair_dir, read_run_log, result_path, write_run_log
 from .local import run_local
 from .model_list import ModelList, Pair, build_options, is_hub_id, is_local_spec, parse_model_list, read_model_list
 from .prefetch import prefetch

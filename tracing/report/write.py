@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import TracingError
 from ..lineage.known import lineage_for
-from ..fileio import atomic_open, atomic_write
+from ..fileio import atomic_open, atomic_write, check_out_folder
 from .figures import write_figures
 from .lineage_section import build as build_lineage_section
 from .relations_section import build as build_relations_section
@@ -28,8 +28,7 @@ def _check_args(folder: Path, significance, correction: str) -> None:
 
 def check_out(out: Path) -> None:
     """Fail before writing anything when the report cannot be written to ``out``."""
-    if out.exists() and not out.is_dir():
-        raise TracingError(f"--out {out} is a file; give a folder for the report")
+    check_out_folder(out, "the report")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
