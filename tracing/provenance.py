@@ -44,9 +44,14 @@ def job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID") or None
 
 
+def host() -> str:
+    """The name of this machine."""
+    return socket.gethostname()
+
+
 def provenance() -> dict:
     """The commit, versions, host and job id stored in every record."""
-    return {"commit": git_commit(), "versions": versions(), "host": socket.gethostname(), "job_id": job_id()}
+    return {"commit": git_commit(), "versions": versions(), "host": host(), "job_id": job_id()}
 
 
 HEX_DIGEST = re.compile(r"[0-9a-f]{40}(-dirty)?|[0-9a-f]{64}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
+from .. import provenance
 from ..errors import TracingError
 from .layout import FAILED, Settings, entry_dir, open_or_create
 
@@ -23,13 +24,8 @@ class Outcome:
     error: str = ""
     seconds: float = 0.0
     bytes_read: int = 0
-    host: str = field(default_factory=lambda: os.uname().nodename)
-    job_id: str | None = field(default_factory=lambda: _job_id())
-
-
-def _job_id() -> str | None:
-    from ..provenance import job_id
-    return job_id()
+    host: str = field(default_factory=provenance.host)
+    job_id: str | None = field(default_factory=provenance.job_id)
 
 
 class EntryJob(Checkpointable):

@@ -6,7 +6,7 @@ import time
 
 from submitit.helpers import Checkpointable
 
-from ..provenance import job_id
+from ..provenance import host, job_id
 from .console import first_line
 
 # Test hook: a job sleeps this many seconds before computing, on its first start only
@@ -45,7 +45,7 @@ class PairJob(Checkpointable):
             error = f"no result written for {', '.join(failed)}"
         return {"status": "failed" if failed else "ok", "error": error, "time": time.time() - start,
                 "start": start, "end": time.time(), "restarts": restarts, "job_id": job_id(),
-                "host": os.uname().nodename}
+                "host": host()}
 
     def _compute(self, base: str, ft: str, options: dict, todo: dict, start: float) -> str | None:
         """Run the statistics in ``todo``; an error is recorded per statistic and returned as a line."""
