@@ -12,8 +12,8 @@ from tracing.launch.model_list import Pair
 from tracing.lineage.known import KnownLineage, ancestors, demo_lineage, lineage_for, parse_lineage
 from tracing.options import Options
 from tracing.results import Result, load_results, record_rows, save_record
-from tracing.results_folder import (KNOWN_LINEAGE, RUN_LOG, pair_dir, pair_of, parse_result_path, planned_results,
-                                    read_run_log, result_path)
+from tracing.results_folder import (KNOWN_LINEAGE, RUN_LOG, ResultName, pair_dir, pair_of, parse_result_path,
+                                    planned_results, read_run_log, result_path)
 
 
 def _record(**kw):
@@ -92,9 +92,14 @@ def test_local_folders_round_trip_by_their_hashed_names(tmp_path):
     assert pair_of(path, {str(a), str(b)}) == (str(a), str(b), "cos")
 
 
-@pytest.mark.parametrize("name", ["cos.p", "a__b/cos.p", "a__b/cos-k.json", "a_b/cos-k.p", "a__b__c/cos-k.p"])
+@pytest.mark.parametrize("name", ["cos.p", "a__b/cos-k.json", "a_b/cos-k.p", "a__b__c/cos-k.p", "__b/cos-k.p"])
 def test_names_not_written_by_the_layout_are_not_parsed(tmp_path, name):
     assert parse_result_path(tmp_path / name) is None
+
+
+def test_a_result_named_by_hand_names_its_statistic(tmp_path):
+    assert parse_result_path(tmp_path / "a__b" / "cos.p") == ResultName("a", "b", "cos", None)
+    assert parse_result_path(tmp_path / "a__b" / "match-k.pkl") == ResultName("a", "b", "match", "k")
 
 
 def test_planned_results_follow_a_moved_folder(tmp_path):

@@ -18,6 +18,7 @@ from . import pvalues
 from .errors import TracingError
 from .fileio import atomic_open, check_writable
 from .provenance import provenance, scrub
+from .results_folder import RESULT_SUFFIXES
 from .verdict import FLOOR, INTERPRETATION, NULL, verdict
 
 
@@ -164,9 +165,6 @@ def is_done(path: str | os.PathLike) -> bool:
         return load_record(p).get("status", "ok") == "ok"
     except Exception:
         return False
-
-
-RESULT_SUFFIXES = (".p", ".pkl")
 
 
 def iter_records(folder: str | os.PathLike):

@@ -28,6 +28,8 @@ KNOWN_LINEAGE = "known_lineage.json"
 KNOWN_RELATIONS = "known_relations.json"
 PAIR_SEP = "__"
 RESULT_SUFFIX = ".p"
+#: the file names read as results (``.pkl``: written by hand or by earlier scripts)
+RESULT_SUFFIXES = (RESULT_SUFFIX, ".pkl")
 
 
 # ------------------------------------------------------------------------------------------
@@ -63,23 +65,23 @@ def result_path(out: str | os.PathLike, pair, stat: str, options) -> Path:
 @dataclass(frozen=True)
 class ResultName:
     """What a result file's path says: the two model slugs of its pair folder, the statistic and
-    the options hash."""
+    the options hash (None for a file named ``<stat>.p`` by hand)."""
 
     base_slug: str
     ft_slug: str
     stat: str
-    key: str
+    key: str | None
 
 
 def parse_result_path(path: str | os.PathLike) -> ResultName | None:
-    """The inverse of :func:`result_path`: the parts of ``.../<base>__<ft>/<stat>-<key>.p``, or None
-    when the path is not named that way."""
+    """The inverse of :func:`result_path`: the parts of ``.../<base>__<ft>/<stat>-<key>.p`` (or
+    ``<stat>.p``, ``.pkl``), or None when the path is not named that way."""
     p = Path(path)
     parts = p.parent.name.split(PAIR_SEP)
-    stat, sep, key = p.stem.partition("-")
-    if len(parts) != 2 or not all(parts) or not (stat and sep and key) or p.suffix != RESULT_SUFFIX:
+    stat, _, key = p.stem.partition("-")
+    if len(parts) != 2 or not all(parts) or not stat or p.suffix not in RESULT_SUFFIXES:
         return None
-    return ResultName(parts[0], parts[1], stat, key)
+    return ResultName(parts[0], parts[1], stat, key or None)
 
 
 def pair_of(path: str | os.PathLike, models) -> tuple[str, str, str] | None:
