@@ -36,7 +36,7 @@ import torch
 
 from ..arch import require_same_blocks
 from ..errors import TracingError
-from .known import is_ancestor
+from .known import ancestors, is_ancestor
 
 MIN_WEIGHT = 0.1
 MAX_RATIO = 0.6
@@ -233,13 +233,7 @@ def attribute(model, candidates, base=None, parents: dict | None = None, progres
 
 
 def lowest_common_ancestor(models: list[str], parents: dict) -> str | None:
-    def chain(m):
-        out, cur = [m], parents.get(m)
-        while cur is not None and cur not in out:
-            out.append(cur)
-            cur = parents.get(cur)
-        return out
-    chains = [chain(m) for m in models]
+    chains = [[m, *ancestors(parents, m)] for m in models]
     common = set(chains[0]).intersection(*map(set, chains[1:]))
     return next((a for a in chains[0] if a in common), None)
 

@@ -28,7 +28,7 @@ from ..errors import TracingError
 from ..results import finite, flag
 from ..specs import is_demo
 from ..verdict import is_dependent
-from .known import align_truth, name_key
+from .known import align_truth, ancestors, name_key
 
 
 @dataclass
@@ -214,17 +214,11 @@ def card_base_models(model: str) -> list[str]:
 def _topmost(members: list[str], parents: dict) -> str | None:
     """The member that is an ancestor of most members, among those with no ancestor in the family."""
     fam = set(members)
-
-    def ancestors(m):
-        out, cur = [], parents.get(m)
-        while cur is not None and cur not in out:
-            out.append(cur)
-            cur = parents.get(cur)
-        return out
-    tops = [m for m in members if not any(a in fam for a in ancestors(m))]
+    above = {m: list(ancestors(parents, m)) for m in members}
+    tops = [m for m in members if not any(a in fam for a in above[m])]
     if not tops or not any(parents.get(m) in fam for m in members):
         return None
-    count = {t: sum(t in ancestors(m) for m in members) for t in tops}
+    count = {t: sum(t in above[m] for m in members) for t in tops}
     return max(tops, key=lambda t: (count[t], t == members[0]))
 
 
