@@ -198,5 +198,5 @@ def test_printed_log10_p_agrees_with_the_printed_p_value(trio):
         assert abs(from_p - lp) < 0.01  # the 2-digit mantissa and the log10 name the same number
     # a p-value far below the float range: 3.5e-3025 and log10 p = -3024.46
     rec = dict(tracing.compare_models(base, base, stat="cos").record, log10_pvalue=-3024.456)
-    from_p, lp = _printed(tracing.result.summary(rec))
-    assert lp == -3024.46 and "3.5e-3025" in tracing.result.summary(rec)
+    from_p, lp = _printed(tracing.results.summary(rec))
+    assert lp == -3024.46 and "3.5e-3025" in tracing.results.summary(rec)

@@ -12,7 +12,7 @@ from scipy.stats import binomtest
 
 from tracing.errors import TracingError
 from tracing.launch.model_list import parse_model_list, read_model_list
-from tracing.launch.layout import write_known_relations
+from tracing.results_folder import write_known_relations
 from tracing.lineage.relations import KNOWN_RELATIONS, LEVELS, RATES_FILE, RELATIONS
 
 ROOT = Path(__file__).resolve().parent.parent

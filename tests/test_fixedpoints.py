@@ -12,7 +12,7 @@ import torch
 from helpers import finetuned, tiny_config, tiny_model
 from tracing import fixedpoints
 from tracing.api import compare_models
-from tracing.result import summary
+from tracing.results import summary
 
 
 def _enumerated_tail(m: int, c: int) -> dict[int, Fraction]:

@@ -13,7 +13,8 @@ import torch
 
 from helpers import finetuned, tiny_config, tiny_model
 from tracing.specs import parse_spec
-from tracing.results import atomic_write, iter_records, save_record
+from tracing.fileio import atomic_write
+from tracing.results import iter_records, save_record
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--stat", "cos", "--quiet"]

@@ -19,7 +19,8 @@ from tracing.lineage.figure import draw_lineage
 from tracing.lineage.merges import attribute, attribute_all, fit_merge, judge
 from tracing.lineage.rates import clopper_pearson, edge_scores, error_rates
 from tracing.lineage.reconstruct import reconstruct, write_json
-from tracing.lineage.tree import demo_truth, lineage_json, parse_tree, parse_truth, read_tree, tree_pairs
+from tracing.lineage.known import demo_lineage as demo_truth, parse_lineage as parse_truth
+from tracing.lineage.tree import lineage_json, parse_tree, read_tree, tree_pairs
 from tracing.models import Checkpoint
 from tracing.options import Options
 from tracing.results import load_results

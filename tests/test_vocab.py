@@ -133,7 +133,7 @@ def test_independent_models_with_other_tokenizers_calibrated():
 
 
 def test_emb_summary_states_the_overlap_and_the_transplant(family):
-    from tracing.result import summary
+    from tracing.results import summary
     text = summary(emb(family["base"], family["ext_spm"]))
     assert "131 tokens both have" in text and "38 of the 38 tokens" in text and "tokenizer transplant" in text
     text = summary(emb(family["base"], family["ind"]))

@@ -17,8 +17,9 @@ from .machine import use_device
 from .models import Checkpoint, DictSource, WeightSource, from_module
 from .options import Options
 from .pair import Pair
-from .result import Result, make_record, summary
-from .results import check_writable, provenance, save_record
+from .fileio import check_writable
+from .provenance import provenance
+from .results import Result, make_record, save_record, summary
 from .stats import get as get_stat
 
 __all__ = ["compare", "compare_models", "run_pair", "run_opened", "summary", "Result", "save_paths"]

@@ -42,7 +42,7 @@ def run_cli(main, argv=None) -> int:
     try:
         return int(main(argv) or 0)
     except TracingError as e:
-        from .results import scrub
+        from .provenance import scrub
         print(f"error: {scrub(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -39,7 +39,7 @@ def main(argv=None):
     args = parse(argv)
     from tracing.api import run_pair, summary
     from tracing.options import options_from_args
-    from tracing.results import scrub
+    from tracing.provenance import scrub
     options = options_from_args(args)
     if args.dry_run:
         from tracing.sources.cost import dry_run_lines
@@ -70,7 +70,7 @@ def _attest_paths(args, options) -> dict:
         raise TracingError("--attest FILE and --key PRIVATE.pem go together; give both or neither")
     from tracing.api import save_paths
     from tracing.evidence.statement import load_signer
-    from tracing.results import check_writable
+    from tracing.fileio import check_writable
     load_signer(args.key)
     paths = save_paths(args.attest, options.stat)
     for p in paths.values():

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from .data import generated_path
 from .errors import TracingError
 from .models import default_device, load_pretrained
-from .results import atomic_write, scrub
+from .fileio import atomic_write
+from .provenance import scrub
 
 
 def generate_samples(spec: str, num_samples: int = 10, max_new_tokens: int = 512, seed: int = 0,

@@ -31,7 +31,7 @@ def _fmt(x) -> str:
 def main(argv=None) -> int:
     args = parse(argv)
     from .evidence.quant import quantcheck
-    from .results import atomic_write, check_writable
+    from .fileio import atomic_write, check_writable
     if args.json:
         check_writable(args.json)
     res = quantcheck(args.source, args.quantized)

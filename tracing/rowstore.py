@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .models import WeightSource
-from .results import atomic_write, file_lock
+from .fileio import atomic_write, file_lock
 from .transforms import View
 
 STORE_DTYPES = (torch.bfloat16, torch.float16)

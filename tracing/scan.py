@@ -273,7 +273,7 @@ def _write_rows(header: list, rows: list, path: Path) -> Path:
     import csv
     import io
 
-    from .results import atomic_write
+    from .fileio import atomic_write
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
@@ -315,7 +315,8 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     from .options import options_from_args
-    from .results import check_writable, scrub
+    from .fileio import check_writable
+    from .provenance import scrub
     args = parse(argv)
     if args.index:
         return _index_main(args)
@@ -344,7 +345,8 @@ def _index_main(args) -> int:
     from .index import screen as _  # noqa: F401  (the package; the module is below)
     from .index.followup import parse_follow_up
     index_screen = sys.modules["tracing.index.screen"]
-    from .results import check_writable, scrub
+    from .fileio import check_writable
+    from .provenance import scrub
     how = parse_follow_up(args.follow_up)
     if args.out:
         check_writable(Path(args.out) / "scan.csv")

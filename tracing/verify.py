@@ -31,7 +31,7 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     from .evidence.check import NotVerified, verify
-    from .results import scrub
+    from .provenance import scrub
     try:
         stmt, fails = verify(args.statement, args.key, args.base, args.ft, not args.no_recompute,
                              identity=args.identity, issuer=args.issuer)

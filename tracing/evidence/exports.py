@@ -121,7 +121,7 @@ def cyclonedx(stmt: dict, statement_file: str | Path) -> str:
 
 
 def write_exports(stmt: dict, statement_file, cyclonedx_file=None, card_file=None, quant=None) -> list[str]:
-    from ..results import atomic_write
+    from ..fileio import atomic_write
     written = []
     if cyclonedx_file:
         atomic_write(cyclonedx_file, cyclonedx(stmt, statement_file))

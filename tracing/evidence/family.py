@@ -28,7 +28,7 @@ def family_doc(kind: str, description: str, members: list[tuple[str, str, float]
 
 
 def write_family(path: str | Path, doc: dict) -> Path:
-    from ..results import atomic_write
+    from ..fileio import atomic_write
     return atomic_write(path, json.dumps(doc, indent=1) + "\n")
 
 

@@ -68,7 +68,7 @@ def make_statement(rec: dict, rates: list[dict] | None = None, merge: dict | Non
     """The statement of ``rec``; ``rates``: the measured error-rate table its calibration refers to;
     ``merge``: the derived model's merge attribution (:func:`read_merge`); ``family``: the Holm
     family its verdict was adjusted over (:mod:`.family`)."""
-    from ..results import scrub
+    from ..provenance import scrub
     from .family import correction
     from .predicate import plain
     pred = build(rec)
@@ -87,7 +87,7 @@ def attest(rec: dict, key: str | Path | None, out: str | Path, keyless: bool = F
     :mod:`tracing.evidence.keyless`); write the envelope (or bundle) to ``out`` atomically; return
     the statement."""
     import json
-    from ..results import atomic_write, check_writable
+    from ..fileio import atomic_write, check_writable
     from .statement import load_signer
     check_writable(out)
     signer = None if keyless else load_signer(key)

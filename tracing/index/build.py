@@ -11,6 +11,7 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
+from .. import provenance
 from ..errors import TracingError
 from .layout import FAILED, Settings, entry_dir, open_or_create
 
@@ -23,13 +24,8 @@ class Outcome:
     error: str = ""
     seconds: float = 0.0
     bytes_read: int = 0
-    host: str = field(default_factory=lambda: os.uname().nodename)
-    job_id: str | None = field(default_factory=lambda: _job_id())
-
-
-def _job_id() -> str | None:
-    from ..launch.job import job_id
-    return job_id()
+    host: str = field(default_factory=provenance.host)
+    job_id: str | None = field(default_factory=provenance.job_id)
 
 
 class EntryJob(Checkpointable):
@@ -42,7 +38,7 @@ class EntryJob(Checkpointable):
     def __call__(self, spec: str, family: str | None, root: str, settings: dict) -> dict:
         from ..cli_util import slug
         from ..launch.console import first_line
-        from ..results import atomic_write
+        from ..fileio import atomic_write
         if self.threads:
             from ..launch.job import limit_threads
             limit_threads(self.threads)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..results import scrub
+from ..provenance import scrub
 from .layout import Settings
 
 

@@ -91,7 +91,7 @@ def write_entry(root: Path, key: str, meta: dict, tensors: dict[str, torch.Tenso
     """Write one entry atomically: the rows first, then ``entry.json`` naming their SHA-256."""
     from safetensors.torch import save
 
-    from ..results import atomic_write
+    from ..fileio import atomic_write
     folder = entry_dir(root, key)
     folder.mkdir(parents=True, exist_ok=True)
     files = {}

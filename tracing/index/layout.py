@@ -111,7 +111,7 @@ def read_manifest(root: Path) -> Settings:
 def open_or_create(root: Path, settings: Settings) -> Settings:
     """The index at ``root`` with ``settings``: created when new; refused (with the differing
     settings) when it exists with others."""
-    from ..results import atomic_write, file_lock
+    from ..fileio import atomic_write, file_lock
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / ".manifest.lock"):

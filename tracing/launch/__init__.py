@@ -7,7 +7,7 @@ The phases of :func:`launch` (what ``python launch.py config/model_list.yaml`` r
    ``{base_models, ft_models}`` (cross product) or ``{models_1, models_2, names_1?, names_2?}``
    (listed pairs), with optional ``stat``, ``options`` and ``resources`` keys;
 2. choose where to run (:mod:`.probe`): Slurm only when a controller answers;
-3. plan (:mod:`.tasks`, :mod:`.layout`): every (pair, statistic) gets a deterministic result
+3. plan (:mod:`.tasks`, :mod:`tracing.results_folder`): every (pair, statistic) gets a deterministic result
    path; pairs whose results all exist with status ok are skipped, and pairs another launch into
    the same folder is computing are waited for (:mod:`.claims`);
 4. download each hub model once and build the demo family (:mod:`.prefetch`), so jobs only read;
@@ -24,7 +24,9 @@ Only model ids, paths and option dicts go into a job, never tensors.
 from .claims import Claims
 from .configs import ConfigUnavailable, ModelInfo, model_info
 from .job import TEST_SLEEP_ENV, PairJob
-from .layout import check_out_folder, model_slug, pair_dir, read_run_log, result_path, write_run_log
+from ..cli_util import model_slug
+from ..fileio import check_out_folder
+from ..results_folder import pair_dir, read_run_log, result_path, write_run_log
 from .local import run_local
 from .model_list import ModelList, Pair, build_options, is_hub_id, is_local_spec, parse_model_list, read_model_list
 from .prefetch import prefetch

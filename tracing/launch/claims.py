@@ -88,7 +88,7 @@ class Claims:
     def _remove_stale(folder: Path, path: Path) -> None:
         """Remove a claim judged stale, judging it again under a lock: of two launchers taking over
         the same claim, the second then finds the first one's fresh claim and leaves it."""
-        from ..results import file_lock
+        from ..fileio import file_lock
         takeover = folder / TAKEOVER_NAME
         with file_lock(takeover):
             holder = read_claim(path)

@@ -6,6 +6,7 @@ import time
 
 from submitit.helpers import Checkpointable
 
+from ..provenance import host, job_id
 from .console import first_line
 
 # Tests only: a job sleeps this many seconds before computing, on its first start only (DelayedPairJob).
@@ -41,7 +42,7 @@ class PairJob(Checkpointable):
             error = f"no result written for {', '.join(failed)}"
         return {"status": "failed" if failed else "ok", "error": error, "time": time.time() - start,
                 "start": start, "end": time.time(), "restarts": restarts, "job_id": job_id(),
-                "host": os.uname().nodename}
+                "host": host()}
 
     def _compute(self, base: str, ft: str, options: dict, todo: dict, start: float) -> str | None:
         """Run the statistics in ``todo``; an error is recorded per statistic and returned as a line."""
@@ -81,14 +82,6 @@ def pair_job(**kwargs) -> PairJob:
     is set)."""
     cls = DelayedPairJob if os.environ.get(TEST_SLEEP_ENV) else PairJob
     return cls(**kwargs)
-
-
-def job_id() -> str | None:
-    """The Slurm id of the running job (``<array>_<task>`` inside an array), None off Slurm."""
-    arr, job, task = (os.environ.get(k) for k in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID"))
-    if arr and task:
-        return f"{arr}_{task}"
-    return job
 
 
 def limit_threads(n: int) -> None:

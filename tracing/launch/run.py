@@ -12,8 +12,9 @@ from typing import Callable
 from ..errors import TracingError
 from .claims import Claims, wait_released
 from .console import fmt_minutes, fmt_seconds, first_line, plan_table, rel, say as _say, summary_table
-from .layout import (check_out_folder, default_out, read_run_log, write_known_lineage, write_known_relations,
-                     write_run_log)
+from ..fileio import check_out_folder
+from ..results_folder import (default_out, read_run_log, write_known_lineage, write_known_relations,
+                              write_run_log)
 from .local import run_local
 from .model_list import ModelList, build_options, read_model_list
 from .prefetch import ensure_demo, prefetch

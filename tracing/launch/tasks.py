@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import TracingError
 from .configs import ConfigUnavailable, model_info
 from .console import first_line, say
-from .layout import result_path
+from ..results_folder import result_path
 from .model_list import Pair
 from .sizing import Resources, size_pair
 

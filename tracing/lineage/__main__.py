@@ -26,7 +26,7 @@ from ..errors import TracingError
 from .figure import draw_lineage
 from .rates import edge_scores, error_rates
 from .reconstruct import reconstruct, write_json
-from .tree import known_truth
+from .known import lineage_for
 
 #: the command's own output folder inside the results folder
 OWN_FOLDER = "lineage"
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         raise TracingError(f"no results in {folder}; run launch.py or main.py --save into it first")
     models = sorted({m for c in ("base", "ft") if c in df.columns for m in df[c] if isinstance(m, str)})
     out = out_folder(folder, args.out)
-    truth, source = known_truth(args.lineage, folder, models)
+    truth = lineage_for(args.lineage, folder, models)
     kw = dict(stat=args.stat, root=args.root, level=args.significance, use_hub=not args.no_hub)
     extra = {}
     if args.merges:
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     else:
         rec = reconstruct(df, truth=truth, **kw)
     if truth:
-        rec.notes.append(f"lineage: {source}")
+        rec.notes.append(f"lineage: {truth.source}")
         extra["edge_scores"] = edge_scores(rec.edges, truth, rec.models)
         rates = error_rates(df, truth, level=args.significance)
         extra["rates"] = rates.to_dict("records")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     path = write_json(rec, out / "lineage.json", extra)
     draw_lineage(rec, out / "lineage.png")
     if truth:
-        from ..results import atomic_write
+        from ..fileio import atomic_write
         atomic_write(out / "lineage_rates.csv", rates.to_csv(index=False))
     for i, (fam, root) in enumerate(zip(rec.families, rec.roots)):
         print(f"family {i + 1}: {', '.join(fam)}" + (f" (root {root})" if root and len(fam) > 1 else ""))

@@ -150,7 +150,7 @@ def draw_lineage(rec: Reconstruction, path: str | os.PathLike) -> dict:
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    from ..results import atomic_open
+    from ..fileio import atomic_open
     with atomic_open(p, "wb") as fh:
         fig.savefig(fh, dpi=130, format="png")
     plt.close(fig)

@@ -41,7 +41,7 @@ import torch
 
 from ..arch import require_same_blocks
 from ..errors import TracingError
-from .tree import is_ancestor
+from .known import ancestors, is_ancestor
 
 MIN_WEIGHT = 0.1
 MAX_RATIO = 0.6
@@ -285,13 +285,7 @@ def attribute(model, candidates, base=None, parents: dict | None = None, progres
 
 
 def lowest_common_ancestor(models: list[str], parents: dict) -> str | None:
-    def chain(m):
-        out, cur = [m], parents.get(m)
-        while cur is not None and cur not in out:
-            out.append(cur)
-            cur = parents.get(cur)
-        return out
-    chains = [chain(m) for m in models]
+    chains = [[m, *ancestors(parents, m)] for m in models]
     common = set(chains[0]).intersection(*map(set, chains[1:]))
     return next((a for a in chains[0] if a in common), None)
 
@@ -306,7 +300,7 @@ def attribute_all(rec, truth: dict | None = None, progress: bool = False,
                   tensors: list[str] | None = None) -> list[MergeVerdict]:
     """Every model significant against at least two others, fitted on those (without its descendants);
     B is the candidates' lowest common ancestor in the known lineage (else the reconstructed tree)."""
-    from .tree import align_truth
+    from .known import align_truth
     parents = align_truth(truth, rec.models) if truth else {}
     parents = {**{e["child"]: e["parent"] for e in rec.edges if e.get("directed")}, **parents}
     out = []

@@ -16,10 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import pvalues
-from ..errors import TracingError
+from ..results import finite, variant_of
 from ..verdict import is_dependent
-from .reconstruct import _finite, _flag
-from .tree import align_truth, roots_of
+from .known import align_truth, roots_of
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -29,19 +28,6 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     from scipy.stats import binomtest
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
     return float(ci.low), float(ci.high)
-
-
-def grid_label(row: dict) -> str:
-    """The grid a result belongs to, e.g. ``cos``, ``cos --permute`` or ``cos [aligned]``."""
-    parts = [str(row.get("stat"))]
-    parts += [f"--{f}" for f in ("permute", "rotate") if _flag(row.get(f))]
-    from .. import stats
-    try:
-        flags = stats.get(str(row.get("stat"))).variant_flags
-    except TracingError:  # a statistic this toolkit does not know
-        flags = ()
-    parts += [f"--{f}" for f in flags if _flag(row.get(f))]
-    return " ".join(parts) + (" [aligned]" if _flag(row.get("aligned")) else "")
 
 
 def _rate(k: int, n: int) -> tuple[float, float, float]:
@@ -54,17 +40,17 @@ def error_rates(df, truth: dict, level: float | None = None, confidence: float =
     ``*_hi`` interval bounds. ``truth``: known lineage ``{model: parent}``. Pairs with a model the
     lineage does not name, failed results and results without a p-value are left out."""
     import pandas as pd
-    rows = [r for r in df.to_dict("records") if r.get("status", "ok") == "ok" and _finite(r.get("log10_pvalue"))
+    rows = [r for r in df.to_dict("records") if r.get("status", "ok") == "ok" and finite(r.get("log10_pvalue"))
             and isinstance(r.get("base"), str) and isinstance(r.get("ft"), str)]
     models = sorted({m for r in rows for m in (r["base"], r["ft"])})
     roots = roots_of(align_truth(truth, models)) if truth else {}
     grids: dict[str, list[dict]] = {}
     for r in rows:
-        grids.setdefault(r.get("variant") or grid_label(r), []).append(r)
+        grids.setdefault(r.get("variant") or variant_of(r), []).append(r)
     out = []
     for grid, rs in grids.items():
         lp = np.array([float(r["log10_pvalue"]) for r in rs])
-        lv = [float(level) if level is not None else (float(r["significance"]) if _finite(r.get("significance"))
+        lv = [float(level) if level is not None else (float(r["significance"]) if finite(r.get("significance"))
                                                      else 0.01) for r in rs]
         dep = [None if (r["base"] not in roots or r["ft"] not in roots) else roots[r["base"]] == roots[r["ft"]]
                for r in rs]

@@ -25,10 +25,11 @@ import numpy as np
 
 from .. import pvalues
 from ..errors import TracingError
+from ..results import finite, flag
 from ..specs import is_demo
 from ..stats import REGISTRY, names
 from ..verdict import is_dependent
-from .tree import align_truth, name_key
+from .known import align_truth, ancestors, name_key
 
 
 @dataclass
@@ -64,14 +65,6 @@ class Reconstruction:
 # ------------------------------------------------------------------------------------------
 # The grid
 # ------------------------------------------------------------------------------------------
-def _finite(x) -> bool:
-    return isinstance(x, (int, float, np.floating)) and not isinstance(x, bool) and math.isfinite(float(x))
-
-
-def _flag(v) -> bool:
-    return bool(v) and not (isinstance(v, float) and math.isnan(v))
-
-
 def plain_rows(df, stat: str) -> dict[frozenset, dict]:
     """The successful raw results of ``stat`` (not aligned, no permute/rotate), one per unordered pair
     (the last one when a pair was run twice)."""
@@ -81,7 +74,7 @@ def plain_rows(df, stat: str) -> dict[frozenset, dict]:
     for r in df.to_dict("records"):
         if r.get("stat") != stat or r.get("status", "ok") != "ok":
             continue
-        if _flag(r.get("aligned")) or _flag(r.get("permute")) or _flag(r.get("rotate")):
+        if flag(r.get("aligned")) or flag(r.get("permute")) or flag(r.get("rotate")):
             continue
         a, b = r.get("base"), r.get("ft")
         if isinstance(a, str) and isinstance(b, str) and a != b:
@@ -94,13 +87,13 @@ def grid_level(rows: dict, level: float | None) -> float:
         if not 0.0 < float(level) < 1.0:
             raise TracingError(f"--significance {level} must be in (0, 1), e.g. 0.01")
         return float(level)
-    levels = {float(r["significance"]) for r in rows.values() if _finite(r.get("significance"))}
+    levels = {float(r["significance"]) for r in rows.values() if finite(r.get("significance"))}
     return levels.pop() if len(levels) == 1 else 0.01
 
 
 def significance_table(rows: dict, level: float) -> list[dict]:
     """Per pair: log10 p, Holm-adjusted log10 p across the grid, and whether it is significant."""
-    keys = [k for k in rows if _finite(rows[k].get("log10_pvalue"))]
+    keys = [k for k in rows if finite(rows[k].get("log10_pvalue"))]
     lp = np.array([float(rows[k]["log10_pvalue"]) for k in keys], dtype=float)
     adj = pvalues.holm(lp) if len(keys) else lp
     out = []
@@ -119,7 +112,7 @@ def similarity_table(df, stat: str) -> tuple[dict[frozenset, float], str]:
     shared = [(n, s.similarity) for n, s in REGISTRY.items() if n != stat and s.similarity and s.similarity.shared]
     for name, s in ([(stat, own)] if own else []) + shared:
         rows = plain_rows(df, name)
-        sim = {k: s.sign * float(r[s.column]) for k, r in rows.items() if _finite(r.get(s.column))}
+        sim = {k: s.sign * float(r[s.column]) for k, r in rows.items() if finite(r.get(s.column))}
         if sim:
             return sim, s.name
     have = own.column if own else "similarity"
@@ -225,17 +218,11 @@ def card_base_models(model: str) -> list[str]:
 def _topmost(members: list[str], parents: dict) -> str | None:
     """The member that is an ancestor of most members, among those with no ancestor in the family."""
     fam = set(members)
-
-    def ancestors(m):
-        out, cur = [], parents.get(m)
-        while cur is not None and cur not in out:
-            out.append(cur)
-            cur = parents.get(cur)
-        return out
-    tops = [m for m in members if not any(a in fam for a in ancestors(m))]
+    above = {m: list(ancestors(parents, m)) for m in members}
+    tops = [m for m in members if not any(a in fam for a in above[m])]
     if not tops or not any(parents.get(m) in fam for m in members):
         return None
-    count = {t: sum(t in ancestors(m) for m in members) for t in tops}
+    count = {t: sum(t in above[m] for m in members) for t in tops}
     return max(tops, key=lambda t: (count[t], t == members[0]))
 
 
@@ -284,7 +271,7 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
                 merges: dict | None = None) -> Reconstruction:
     """Families, trees and their directions from a :func:`tracing.results.load_results` table.
 
-    ``truth``: known lineage ``{model: parent}`` (see :func:`tracing.lineage.tree.parse_truth`); its
+    ``truth``: known lineage ``{model: parent}`` (see :func:`tracing.lineage.known.parse_lineage`); its
     names are matched to the results' names. ``root``: the root of the family that contains it.
     ``root_from_truth=False`` scores the edges against ``truth`` without taking roots from it.
     ``merges``: merged model → its parents (see :mod:`tracing.lineage.merges`); a merge is never
@@ -304,7 +291,7 @@ def reconstruct(df, stat: str = "cos", truth: dict | None = None, root: str | No
             raise TracingError(f"--root {root} is not one of the models in the results ({len(models)} models)")
         root = k
     sim, kind = similarity_table(df, stat)
-    reshaped = {k for k, row in rows.items() if _flag(row.get("localized"))}
+    reshaped = {k for k, row in rows.items() if flag(row.get("localized"))}
     truth = align_truth(truth, models) if truth else None
     notes: list[str] = []
     g = nx.Graph()
@@ -365,6 +352,6 @@ def write_json(rec: Reconstruction, path: str | os.PathLike, extra: dict | None 
     """Write ``lineage.json`` atomically (never a half-written file); ``extra`` keys are added."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    from ..results import atomic_write
+    from ..fileio import atomic_write
     atomic_write(p, json.dumps(_json_safe({**rec.to_json(), **(extra or {})}), indent=2, default=str))
     return p

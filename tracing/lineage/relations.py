@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from ..errors import TracingError
+from ..results_folder import KNOWN_RELATIONS
 
 #: relation -> do the two models share an initialisation (dependent under the toolkit's null)?
 RELATIONS = {
@@ -37,7 +38,6 @@ RELATIONS = {
     "independent": False,
 }
 LEVELS = (1e-2, 1e-3, 1e-4)
-KNOWN_RELATIONS = "known_relations.json"
 RATES_FILE = "relation_rates.csv"
 LABEL_KEYS = ("relations", "sources", "audit", "excluded", "benchmark")
 
@@ -126,7 +126,7 @@ def _mode(rows) -> str:
 def _labelled_rows(df, labels: dict) -> list[dict]:
     """The summary table's rows of labelled pairs, with ``relation`` and ``mode``; one row per pair,
     variant and mode: the newest when a pair was run again (sampled runs with different K both count)."""
-    from .reconstruct import _flag
+    from ..results import flag
     index = {}
     for p in labels["pairs"]:
         index[(p["base"], p["ft"])] = p
@@ -138,7 +138,7 @@ def _labelled_rows(df, labels: dict) -> list[dict]:
             continue
         r = {**r, "relation": p["relation"], "dependent": p["dependent"], "reading": _mode(r.get("rows"))}
         key = (p["base"], p["ft"], r["variant"], r["reading"])
-        if key not in keep or _flag(keep[key].get("superseded")) or not _flag(r.get("superseded")):
+        if key not in keep or flag(keep[key].get("superseded")) or not flag(r.get("superseded")):
             keep[key] = r
     return list(keep.values())
 
@@ -152,7 +152,7 @@ def relation_rates(df, labels: dict, levels=LEVELS, confidence: float = 0.95):
 
     from ..verdict import is_dependent
     from .rates import clopper_pearson
-    from .reconstruct import _finite
+    from ..results import finite
     rows = _labelled_rows(df, labels)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -166,7 +166,7 @@ def relation_rates(df, labels: dict, levels=LEVELS, confidence: float = 0.95):
         for rel in [x for x in RELATIONS if x in by_rel] + [x for x in ("all dependent", "all independent")
                                                             if x in by_rel]:
             members = by_rel[rel]
-            ok = [r for r in members if r.get("status") == "ok" and _finite(r.get("log10_pvalue"))]
+            ok = [r for r in members if r.get("status") == "ok" and finite(r.get("log10_pvalue"))]
             dep = members[0]["dependent"]
             for level in levels:
                 k = sum(bool(is_dependent(float(r["log10_pvalue"]), level)) for r in ok)

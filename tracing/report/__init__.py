@@ -37,13 +37,14 @@ A figure with nothing to show is not written; ``report.md`` says why.
 
 Lineage (which models share an ancestor) is read from ``--lineage FILE``: JSON (or YAML) of the
 form ``{"models": {name: {"parent": p, "root": r}}}`` — the format of the demo family's
-``lineage.json`` — or simply ``{name: parent_or_null}``. When every model is ``demo:*`` the demo
-family's lineage is used automatically, and a results folder launched from a tree model list holds
-its lineage in ``known_lineage.json``.
+``lineage.json`` —, simply ``{name: parent_or_null}``, or a tree list. Without it, a results folder
+launched from a tree model list uses the lineage it holds in ``known_lineage.json``, and when every
+model is ``demo:*`` the demo family's lineage is used (one rule:
+:func:`tracing.lineage.known.lineage_for`).
 
 Modules: ``load`` (the one reading of the folder), ``table`` (summary table), ``grid`` (heatmap
 data), ``figures`` (one module per figure), ``markdown`` / ``provenance`` (report.md sections),
-``lineage`` / ``lineage_section``, ``facts`` (everything the report knows about individual statistics), ``verdicts`` (the one
+``lineage_section``, ``facts`` (everything the report knows about individual statistics), ``verdicts`` (the one
 verdict rule).
 """
 from __future__ import annotations
@@ -51,13 +52,14 @@ from __future__ import annotations
 from .figures import (CAP, calibration_data, mode_curve_records, per_layer_data, plot_calibration, plot_heatmap,
                       plot_mode_curves, plot_per_layer, short_name)
 from .grid import Grid, heatmap_matrix, ordered_models
-from .lineage import Lineage, demo_lineage, parse_lineage, read_lineage, resolve_lineage
+from ..lineage.known import KnownLineage, demo_lineage, lineage_for, parse_lineage, read_lineage
 from .load import Folder, load_records, read_folder
-from .table import CORRECTIONS, summary_table, variant_of
+from ..results import variant_of
+from .table import CORRECTIONS, summary_table
 from .verdicts import verdict
 from .write import write_report
 
-__all__ = ["CAP", "CORRECTIONS", "Folder", "Grid", "Lineage", "calibration_data", "demo_lineage", "heatmap_matrix",
+__all__ = ["CAP", "CORRECTIONS", "Folder", "Grid", "KnownLineage", "calibration_data", "demo_lineage", "heatmap_matrix",
            "load_records", "mode_curve_records", "ordered_models", "parse_lineage", "per_layer_data",
            "plot_calibration", "plot_heatmap", "plot_mode_curves", "plot_per_layer", "read_folder", "read_lineage",
-           "resolve_lineage", "short_name", "summary_table", "variant_of", "verdict", "write_report"]
+           "lineage_for", "short_name", "summary_table", "variant_of", "verdict", "write_report"]

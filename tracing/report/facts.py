@@ -5,17 +5,7 @@ statistic this toolkit does not know gets neutral answers.
 """
 from __future__ import annotations
 
-import math
-
-
-def _spec(stat: str):
-    """The registered facts of ``stat``; None for a statistic this toolkit does not know."""
-    from ..errors import TracingError
-    from ..stats import get
-    try:
-        return get(str(stat))
-    except TracingError:
-        return None
+from ..results import stat_spec as _spec
 
 
 def meaning(stat: str) -> str:
@@ -60,27 +50,3 @@ def panel_label(stat: str, alphas: set[float]) -> str:
     if spec.at_alpha:
         return f"{label} at α={next(iter(alphas)):g}" if len(alphas) == 1 else f"{label} at α"
     return label
-
-
-def spearman_floor_units(log10p: float, tol: float = 1e-9) -> int | None:
-    """h when ``log10p`` is −log10(h!), the smallest p-value of a Spearman test on h units (a perfect
-    match); else None."""
-    if not (isinstance(log10p, (int, float)) and math.isfinite(log10p)) or log10p >= 0:
-        return None
-    target = -float(log10p) * math.log(10)
-    lo, hi = 1, 2
-    while math.lgamma(hi + 1) < target:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if math.lgamma(mid + 1) < target else (lo, mid)
-    for h in (lo, hi):
-        if abs(math.lgamma(h + 1) - target) <= tol * max(1.0, target):
-            return h
-    return None
-
-
-def at_floor(per_layer) -> bool:
-    """Every block's p-value is the floor of its Spearman test (a perfect match in every block)."""
-    lps = [x.get("log10_pvalue") for x in per_layer or [] if isinstance(x, dict)]
-    return bool(lps) and all(spearman_floor_units(lp) is not None for lp in lps)

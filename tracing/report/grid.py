@@ -7,9 +7,10 @@ import numpy as np
 
 from .. import pvalues
 from . import facts
-from .lineage import Lineage, resolve_lineage
-from .table import counted, variant_of
-from .verdicts import finite, verdict
+from ..lineage.known import KnownLineage, lineage_for
+from ..results import finite, variant_of
+from .table import counted
+from .verdicts import verdict
 
 #: cell annotations of the states that carry no number
 STATE_TEXT = {"missing": "not run", "reverse": "↔", "failed": "failed", "unreadable": "unreadable", "self": ""}
@@ -33,7 +34,7 @@ class Grid:
     what: str = "statistic"  # what a "statistic" panel shows
 
 
-def ordered_models(models, lineage: Lineage | None = None) -> list[str]:
+def ordered_models(models, lineage: KnownLineage | None = None) -> list[str]:
     """Alphabetical without a lineage; with one, families together (larger families first, each
     root first), then models of unknown lineage."""
     models = sorted({str(m) for m in models if isinstance(m, str)})
@@ -92,7 +93,7 @@ def heatmap_matrix(df, variant: str, models: list[str] | None = None, lineage="a
     :func:`~tracing.report.table.summary_table` (superseded results are left out).
 
     Models are ordered by family when the lineage is known (``"auto"``: the demo family's when
-    every model is ``demo:*``; or a :class:`Lineage`; None: alphabetical)."""
+    every model is ``demo:*``; or a :class:`~tracing.lineage.known.KnownLineage`; None: alphabetical)."""
     if "variant" not in df.columns:
         df = df.assign(variant=[variant_of(r) for r in df.to_dict("records")])
     sub = [r for r in counted(df).to_dict("records") if r.get("variant") == variant
@@ -100,7 +101,7 @@ def heatmap_matrix(df, variant: str, models: list[str] | None = None, lineage="a
     if models is None:
         names = [r["base"] for r in sub] + [r["ft"] for r in sub]
         if isinstance(lineage, str) and lineage == "auto":
-            lineage = resolve_lineage(None, sorted(set(names)))
+            lineage = lineage_for(None, None, sorted(set(names)))
         models = ordered_models(names, lineage)
     pos = {m: i for i, m in enumerate(models)}
     n = len(models)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TracingError
-from ..lineage.tree import known_truth
+from ..lineage.known import lineage_for
 from .mdtable import table
 
 RATES_FILE = "rates.csv"
@@ -57,7 +57,7 @@ def build(df, folder: Path, out: Path, lineage, level: float, merges: bool = Fal
     from ..lineage.figure import draw_lineage
     from ..lineage.rates import edge_scores, error_rates
     from ..lineage.reconstruct import reconstruct, write_json
-    from ..results import atomic_write
+    from ..fileio import atomic_write
 
     sec = LineageSection()
     counted = df[~df["superseded"]] if "superseded" in df.columns else df
@@ -65,7 +65,8 @@ def build(df, folder: Path, out: Path, lineage, level: float, merges: bool = Fal
     if sec.stat is None or len(_models_of(counted, sec.stat)) < 3:
         return sec
     models = sorted({m for c in ("base", "ft") for m in counted[c] if isinstance(m, str)})
-    truth, sec.truth_source = known_truth(lineage, folder, models)
+    truth = lineage_for(lineage, folder, models)
+    sec.truth_source = truth.source if truth is not None else None
     try:
         if merges:
             from ..lineage.merges import reconstruct_with_merges

@@ -4,12 +4,11 @@ All of the report's reading of the folder happens here.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli_util import slug
 from ..results import iter_records, record_rows
+from ..results_folder import pair_of, planned_results, read_run_log
 from . import facts
 
 
@@ -25,20 +24,12 @@ class Folder:
     launch: dict = field(default_factory=dict)
 
 
-def _read_launch(folder: Path) -> dict:
-    try:
-        launch = json.loads((folder / "launch.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return launch if isinstance(launch, dict) else {}
-
-
 def read_folder(folder) -> Folder:
-    """Read every result file of ``folder`` once (rows as in :func:`tracing.results.load_results`,
-    plus ``at_floor``; an unreadable file is a row placed on its pair when the folder tells which)."""
+    """Read every result file of ``folder`` once (rows as in :func:`tracing.results.load_results`;
+    an unreadable file is a row placed on its pair when the folder tells which)."""
     import pandas as pd
     folder = Path(folder)
-    launch = _read_launch(folder)
+    launch = read_run_log(folder)
     rows, records, mtime, bad = [], {}, {}, []
     for rel, rec, error in iter_records(folder):
         f = folder / rel
@@ -54,10 +45,7 @@ def read_folder(folder) -> Folder:
         if t is not None:
             mtime[rel] = t
         records[rel] = rec
-        new = record_rows(rec, rel)
-        for row, res in zip(new, [rec, rec.get("aligned")]):
-            row["at_floor"] = facts.at_floor((res or {}).get("per_layer"))
-        rows += new
+        rows += record_rows(rec, rel)
     models = {m for r in rows for m in (r.get("base"), r.get("ft")) if isinstance(m, str)}
     for row in bad:
         row.update(place_unreadable(Path(row["file"]), folder, launch, models))
@@ -67,19 +55,12 @@ def read_folder(folder) -> Folder:
 def place_unreadable(path: Path, folder: Path, launch: dict, models: set[str]) -> dict:
     """The pair and statistic of an unreadable result file, when launch.json lists it or its folder is
     named ``<base>__<ft>`` after two models of the run; else nothing."""
-    for p in launch.get("pairs") or []:
-        if not isinstance(p, dict):
-            continue
-        for stat, res in zip(p.get("stats") or [], p.get("results") or []):
-            f = Path(res)
-            if f == path or (folder / p.get("dir", "") / f.name) == path:
-                return {"base": p.get("base"), "ft": p.get("ft"), "stat": stat}
-    by_slug = {slug(m): m for m in models}
-    parts = path.parent.name.split("__")
-    if len(parts) == 2 and all(x in by_slug for x in parts):
-        stat = path.stem.split("-", 1)[0]
-        if facts.has_pvalue(stat) is not None:
-            return {"base": by_slug[parts[0]], "ft": by_slug[parts[1]], "stat": stat}
+    for planned in planned_results(folder, launch):
+        if planned.names(path):
+            return {"base": planned.base, "ft": planned.ft, "stat": planned.stat}
+    found = pair_of(path, models)
+    if found is not None and facts.has_pvalue(found[2]) is not None:
+        return dict(zip(("base", "ft", "stat"), found))
     return {}
 
 

@@ -10,8 +10,9 @@ from .evidence import evidence_section
 from .figures import CAPTIONS, FIGURES, blockmap_data, correspondence_lines
 from .mdtable import rel_link, table, when
 from .provenance import models_section, options_section, timings_section
-from .table import counted, flag
-from .verdicts import finite
+from ..results import finite, flag
+from ..results_folder import planned_results
+from .table import counted
 
 FLOOR_NOTE = ("at the floor of this test (perfect match in every block): every block's p-value is the smallest "
               "its Spearman test can give, 1/h! for h matched units, so no smaller p-value is possible for "
@@ -193,17 +194,8 @@ def verdict_section(c: Context) -> list[str]:
 
 def _planned_but_missing(folder: Path, launch: dict) -> list[list]:
     """Results listed in ``launch.json`` whose file does not exist (jobs lost or still running)."""
-    rows = []
-    for p in launch.get("pairs") or []:
-        if not isinstance(p, dict):
-            continue
-        for stat, res in zip(p.get("stats") or [], p.get("results") or []):
-            f = Path(res)
-            if not f.is_absolute() and not f.exists():
-                f = folder / p.get("dir", "") / f.name
-            if not f.exists():
-                rows.append([f"`{p.get('base')}`", f"`{p.get('ft')}`", stat, p.get("status"), p.get("error")])
-    return rows
+    return [[f"`{p.base}`", f"`{p.ft}`", p.stat, p.status, p.error]
+            for p in planned_results(folder, launch) if not p.exists()]
 
 
 def failures_section(c: Context) -> list[str]:

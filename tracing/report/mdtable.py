@@ -5,7 +5,7 @@ import datetime as _dt
 import math
 from pathlib import Path
 
-from .verdicts import finite
+from ..results import finite
 
 
 def md(x) -> str:

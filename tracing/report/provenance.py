@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import TracingError
 from .mdtable import size, table
-from .verdicts import finite
+from ..results import finite
 
 _HIDE_OPTS = {"stat", "base_model_id", "ft_model_id", "save", "device", "mem_budget_gb", "generated_dir"}
 

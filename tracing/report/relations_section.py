@@ -18,7 +18,7 @@ def _cell(r: dict) -> str:
 def build(df, folder: Path, out: Path, labels: dict | None = None) -> tuple[dict[str, Path], list[str]]:
     """Files written and report.md lines; nothing when the folder has no pair labels."""
     from ..lineage.relations import LEVELS, RATES_FILE, read_known_relations, relation_rates
-    from ..results import atomic_write
+    from ..fileio import atomic_write
 
     labels = labels or read_known_relations(folder)
     if not labels:

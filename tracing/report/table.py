@@ -1,37 +1,19 @@
 """The summary table: one row per pair × statistic × raw/aligned, with corrections and verdicts."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import pvalues
 from ..errors import TracingError
 from . import facts
-from .verdicts import finite, label, verdict
+from ..results import finite, variant_of
+from .verdicts import label, verdict
 
 CORRECTIONS = {"holm": ("Holm", pvalues.holm), "bh": ("Benjamini–Hochberg", pvalues.benjamini_hochberg)}
 
 _FIRST = ["file", "base", "ft", "stat", "variant", "status", "error", "aligned", "statistic", "pvalue",
           "log10_pvalue", "pvalue_str", "correction", "log10_pvalue_adj", "pvalue_adj", "pvalue_adj_str",
           "significance", "significant", "significant_adj", "verdict", "verdict_adj", "superseded", "at_floor"]
-
-
-def flag(v) -> bool:
-    return bool(v) and not (isinstance(v, float) and math.isnan(v))
-
-
-def variant_of(row) -> str:
-    """The grid a row belongs to: statistic, transforms of θ₂, raw or aligned (e.g. ``cos --permute [aligned]``)."""
-    stat = row.get("stat")
-    if stat is None or (isinstance(stat, float) and math.isnan(stat)):
-        return "?"
-    parts = [str(stat)]
-    for name in ("permute", "rotate") + facts.variant_flags(str(stat)):
-        if flag(row.get(name)):
-            parts.append(f"--{name}")
-    label_ = " ".join(parts)
-    return label_ + " [aligned]" if flag(row.get("aligned")) else label_
 
 
 def superseded(df, mtime: dict[str, float] | None = None) -> np.ndarray:

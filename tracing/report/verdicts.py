@@ -1,19 +1,13 @@
 """The report's verdicts: the toolkit's one rule (:mod:`tracing.verdict`), significant when p ≤ the level."""
 from __future__ import annotations
 
-import math
-
+from ..results import finite
 from ..verdict import TOLERANCE as _TOL
 from ..verdict import is_dependent
 from ..verdict import verdict as _verdict
 
 #: slack of the comparison in log10 space (a p-value equal to the level is significant)
 TOLERANCE = _TOL
-
-
-def finite(x) -> bool:
-    import numpy as np
-    return x is not None and isinstance(x, (int, float, np.floating)) and math.isfinite(float(x))
 
 
 def verdict(log10p, significance: float) -> bool | None:

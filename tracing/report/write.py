@@ -5,15 +5,15 @@ import tempfile
 from pathlib import Path
 
 from ..errors import TracingError
-from ..results import atomic_open, atomic_write
+from ..lineage.known import lineage_for
+from ..fileio import atomic_open, atomic_write, check_out_folder
 from .figures import write_figures
-from .lineage import resolve_lineage
 from .lineage_section import build as build_lineage_section
 from .relations_section import build as build_relations_section
 from .load import read_folder
 from .markdown import Context, markdown
 from .table import CORRECTIONS, summary_table
-from .verdicts import finite
+from ..results import finite
 
 
 def _check_args(folder: Path, significance, correction: str) -> None:
@@ -28,8 +28,7 @@ def _check_args(folder: Path, significance, correction: str) -> None:
 
 def check_out(out: Path) -> None:
     """Fail before writing anything when the report cannot be written to ``out``."""
-    if out.exists() and not out.is_dir():
-        raise TracingError(f"--out {out} is a file; give a folder for the report")
+    check_out_folder(out, "the report")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -60,19 +59,12 @@ def _write_tables(df, out: Path) -> tuple[dict[str, Path], str | None]:
     return written, parquet_note
 
 
-def _known_lineage_file(folder: Path) -> Path | None:
-    """The lineage a launch of a tree wrote into the results folder, if any."""
-    from ..lineage.tree import KNOWN_LINEAGE
-    f = folder / KNOWN_LINEAGE
-    return f if f.is_file() else None
-
-
 def write_report(folder, out=None, lineage=None, significance=None, correction: str = "holm",
                  merges: bool = False) -> Path:
     """Write the table, figures and ``report.md`` for a results folder; return the report.md path.
 
-    ``lineage``: a file, a mapping (see :func:`~tracing.report.lineage.parse_lineage`) or None (the
-    demo family's lineage when every model is ``demo:*``). ``significance``: the level of the
+    ``lineage``: a file, a mapping (see :func:`~tracing.lineage.known.parse_lineage`) or None (the
+    folder's ``known_lineage.json``, else the demo family's lineage when every model is ``demo:*``). ``significance``: the level of the
     verdicts (default: the level the results were run with, else 0.01). ``merges``: attribute merges in
     the lineage section (reads the models' weights)."""
     folder = Path(folder)
@@ -83,7 +75,7 @@ def write_report(folder, out=None, lineage=None, significance=None, correction: 
         raise TracingError(f"no results in {folder} (no *.p or *.pkl result files); run main.py --save or "
                            f"launch.py --out {folder} first")
     models = sorted({m for c in ("base", "ft") if c in raw.columns for m in raw[c] if isinstance(m, str)})
-    lin = resolve_lineage(lineage if lineage is not None else _known_lineage_file(folder), models)
+    lin = lineage_for(lineage, folder, models)
     out = Path(out) if out is not None else folder
     check_out(out)
     if significance is None:

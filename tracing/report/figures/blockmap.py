@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import correspondence as claims
-from ..table import variant_of
+from ...results import variant_of
 from .common import CAP, pair_label, plt, pvalue_ticks
 
 #: at most this many pairs get a panel (those with the most matched block pairs)

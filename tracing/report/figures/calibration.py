@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...results import atomic_open
+from ...fileio import atomic_open
 from ..table import counted
 from ..verdicts import finite
 from .common import plt

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...results import atomic_open
+from ...fileio import atomic_open
 from ..grid import Grid
 from .common import CAP, family_breaks, plt, pvalue_ticks, short_name
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ...results import atomic_open
+from ...fileio import atomic_open
 from .. import facts
 from .common import dep_style, pair_label, plt
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...results import atomic_open
+from ...fileio import atomic_open
 from ... import pvalues
-from ..table import variant_of
+from ...results import variant_of
 from ..verdicts import finite
 from .common import CAP, dep_style, pair_label, plt, pvalue_ticks
 
