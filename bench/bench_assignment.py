@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from bench import common  # noqa: E402
-from bench.common import GB, Timer, emit  # noqa: E402
+from bench.common import Timer, emit  # noqa: E402
 
 
 def width_for(n: int) -> int:

@@ -24,7 +24,6 @@ each in its own process:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from bench import common  # noqa: E402

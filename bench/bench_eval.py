@@ -17,7 +17,6 @@ in float32, every variant in its own process:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from bench import common  # noqa: E402

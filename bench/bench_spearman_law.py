@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -107,7 +106,7 @@ def blockmap(n: int, which: str, save: bool) -> None:
             print(f"{k + 1} pairs, {sum(p <= 0.05 for p in pvals)} with p ≤ 0.05", flush=True)
     k = sum(p <= 0.05 for p in pvals)
     ci = binomtest(k, n).proportion_ci(0.95, method="exact")
-    row = [f"24 × 32, --rows 16", which, n, f"{k}/{n} = {k / n:.3f} [{ci.low:.3f}, {ci.high:.3f}]",
+    row = ["24 × 32, --rows 16", which, n, f"{k}/{n} = {k / n:.3f} [{ci.low:.3f}, {ci.high:.3f}]",
            f"{(time.time() - t0) / n:.2f}"]
     table = (f"Block map of independent pairs, overall p ≤ 0.05 ({machine_line()})\n\n"
              + markdown_table(["grid", "per-cell law", "pairs", "rejected (95% CI)", "s / pair"], [row]))

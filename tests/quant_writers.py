@@ -102,7 +102,8 @@ def _add_tokenizer(w, folder: Path) -> None:
 def write_gguf(folder, out, qtype: str = "Q8_0", output_qtype: str | None = None,
                with_tokenizer: bool = True, state: dict | None = None, config: dict | None = None) -> Path:
     """``folder`` (config.json + safetensors [+ tokenizer.json]) as a GGUF file of type ``qtype``
-    (F32, F16, Q8_0, Q4_0, …, the K-quants Q2_K..Q6_K through :func:`kquantize`); norms and biases stay F32, ``output.weight`` gets ``output_qtype``.
+    (F32, F16, Q8_0, Q4_0, …, the K-quants Q2_K..Q6_K through :func:`kquantize`); norms and biases stay F32,
+    ``output.weight`` gets ``output_qtype``.
     As llama.cpp's converter: Llama and Mistral are written as the ``llama`` architecture with Q/K
     rows permuted into its rotary layout, Gemma's norm gains as 1 + w, GPT-NeoX's fused
     ``query_key_value`` regrouped (all q, all k, all v); other families as they are."""

@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 import torch
 
-from family_models import (DENSE, FAMILIES, FRONTIER, FRONTIER_MOE, GATED, MOE, POST_NORM, STACKED_ON_DISK,
+from family_models import (DENSE, FRONTIER, FRONTIER_MOE, GATED, MOE, POST_NORM, STACKED_ON_DISK,
                            family_config, family_model, logits, noisy, random_ids, rel_diff, save_trio, upcycle)
 from tracing.align import align
 from tracing.engine import Engine

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from family_models import save_trio
 from quant_writers import mxfp4_quantize, write_bnb, write_compressed, write_fp8, write_gguf, write_mxfp4
 from test_quantized_families import _one_line, _row_bound, calibration_ks, cos, fam  # noqa: F401 (fam: fixture)
 from tracing.align import align

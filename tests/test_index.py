@@ -1,12 +1,10 @@
 """python -m tracing.index and tracing.scan --index: a reference index of tiny models (offline)."""
 import csv
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from scipy.stats import binomtest, kstest

@@ -63,7 +63,8 @@ def file_identity(entry: dict, folder: str | None) -> tuple | None:
     if entry.get("sha256"):
         return (entry.get("file"), entry.get("size"), entry["sha256"])
     if entry.get("header_sha256"):
-        return (entry.get("file"), entry.get("size"), f"fast:{folder}:{entry.get('mtime_ns')}:{entry.get('ctime_ns')}:{entry['header_sha256']}")
+        return (entry.get("file"), entry.get("size"),
+                f"fast:{folder}:{entry.get('mtime_ns')}:{entry.get('ctime_ns')}:{entry['header_sha256']}")
     return None
 
 

@@ -25,7 +25,7 @@ from .arch import (ATTN_ROLES, EMBED, EXPERT_INDEXED, MLP_ROLES, NORM_ROLES, REA
                    UNIT_COLS, UNIT_ROWS, WRITE_RESIDUAL, expert_slots, require_same_layout)
 from .arch.moe_shapes import expert_groups
 from .errors import TracingError
-from .models import DictSource, WeightSource, config_for, from_module, load_module
+from .models import WeightSource, config_for, from_module, load_module
 
 
 class View(WeightSource):

@@ -303,7 +303,8 @@ def arch_from_config(config: Any, where: str = "the model config") -> Arch:
         V=_size(config, "vocab_size", where),
         n_heads=n_heads, n_kv_heads=n_kv, head_dim=int(head_dim), tied=bool(tied),
         qkv_bias=fam.bias("qkv_bias", config, _get), o_bias=fam.bias("o_bias", config, _get),
-        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, layer_types=layer_types, qk_norm=fam.qk_norm_of(config, _get),
+        mlp_bias=fam.bias("mlp_bias", config, _get), final_softcap=float(cap) if cap else None, dims=dims, layer_types=layer_types,
+        qk_norm=fam.qk_norm_of(config, _get),
         **moe,
     )
 
@@ -377,7 +378,8 @@ def require_expert_width(a: Arch, b: Arch, what: str) -> None:
                            f"each expert's units to the dense units whatever their order")
 
 
-__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "expert_slots", "require_same_blocks", "require_same_layout",
+__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "expert_slots", "require_same_blocks",
+           "require_same_layout",
            "require_same_depth", "require_gated", "require_expert_width",
            "SUPPORTED", "FAMILIES", "EXPERT_INDEXED", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",
            "READ_RESIDUAL", "WRITE_RESIDUAL", "RES_VECTORS", "UNIT_ROWS", "UNIT_COLS", "READS_THROUGH"]

@@ -9,10 +9,6 @@ from dataclasses import replace
 
 from .family import Family, register
 
-#: where transformers (``model.language_model.``) and the original checkpoints
-#: (``language_model.model.``) keep a vision-language model's language model
-LANGUAGE_MODEL = (("model.", "model.language_model."), ("model.", "language_model.model."),
-                  ("lm_head.", "language_model.lm_head."))
 from .layout import (attention_fused_qkv, attention_neox, attention_refs, dense_mlp_refs, mlp_fused_gate_up,
                      mlp_neox, moe_refs)
 from .deepseek import attention_mla, attention_mla_indexed, deepseek_moe_shape, indexer_dims, mla_dims
@@ -23,6 +19,11 @@ from .gemma4 import (attention_gemma4, block_extra, gemma4_dims, gemma4_moe, gem
                      mlp_gemma4)
 from .llama4 import llama4_mlp, llama4_moe, llama4_shape
 from .qwen_hybrid import attention_qwen3_5, attention_qwen3_next, linear_dims
+
+#: where transformers (``model.language_model.``) and the original checkpoints
+#: (``language_model.model.``) keep a vision-language model's language model
+LANGUAGE_MODEL = (("model.", "model.language_model."), ("model.", "language_model.model."),
+                  ("lm_head.", "language_model.lm_head."))
 
 POST_NORMS = "its post-norms apply a gain after normalisation, which cannot be folded into a linear layer"
 LAYERNORM = "LayerNorm subtracts the mean, which a rotation of the residual stream does not commute with"

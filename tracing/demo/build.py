@@ -16,7 +16,8 @@ from .. import machine
 from ..errors import TracingError
 from .corpus import build_corpus
 from .paths import _root, is_built
-from .recipes import _CHAINS, _COMPLETE, _MARKER, BATCH_SIZE, BLOCK_SIZE, ENV_DIR, ENV_WORKERS, MODEL_NAMES, SLICE_FILES, VERSION, _recipe_signature
+from .recipes import (_CHAINS, _COMPLETE, _MARKER, BATCH_SIZE, BLOCK_SIZE, ENV_DIR, ENV_WORKERS, MODEL_NAMES, SLICE_FILES,
+                      VERSION, _recipe_signature)
 from .tokenizer import _pack, _train_tokenizer, _wrap_tokenizer
 
 

@@ -28,7 +28,7 @@ import torch
 from ..errors import TracingError
 from .entry import SKETCH_FILE, features, shape_problem
 from .followup import FOLLOW_UP_HEADER, FollowUp, parse_follow_up, reference_spec, run_follow_up
-from .layout import Settings, read_manifest
+from .layout import read_manifest
 
 PERMUTED_LEVEL = 1e-6  # Bonferroni level of the "units look permuted" flag (random directions)
 HEADER = ["reference", "family", "K", "screened log10 p", "Holm log10 p", "robust log10 p", "robust Holm log10 p",

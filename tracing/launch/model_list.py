@@ -57,7 +57,8 @@ class ModelList:
     labels: dict | None = None  # the known relation of each listed pair (see tracing.lineage.relations)
 
 
-FORMS_HELP = ("a list of models (every pair), a tree of models (see config/llama7b_tree.yaml), {base_models: [...], ft_models: [...]} (every base x fine-tune), "
+FORMS_HELP = ("a list of models (every pair), a tree of models (see config/llama7b_tree.yaml), "
+              "{base_models: [...], ft_models: [...]} (every base x fine-tune), "
               "or {models_1: [...], models_2: [...]} (the listed pairs)")
 RESOURCE_KEYS = {"mem_gb": int, "timeout_min": int, "gpus": int, "cpus": int, "partition": str}
 TOP_KEYS = ("models", "base_models", "ft_models", "models_1", "models_2", "names_1", "names_2",

@@ -77,8 +77,8 @@ def edge_scores(edges, truth: dict, models: list[str] | None = None) -> dict:
     ``edges``: dicts with ``a`` / ``b`` (and, for directed ones, ``parent`` / ``child``) — the
     ``edges`` of a :class:`~tracing.lineage.reconstruct.Reconstruction` — or ``(a, b)`` tuples.
     Only models that both sides know are scored; ``models`` (default: those in ``edges``) are the
-    models that were run, so a known edge between two of them that the tree lacks counts as missed. ``directed_correct`` counts directed edges whose
-    direction matches the lineage."""
+    models that were run, so a known edge between two of them that the tree lacks counts as missed.
+    ``directed_correct`` counts directed edges whose direction matches the lineage."""
     norm = [e if isinstance(e, dict) else {"a": e[0], "b": e[1], "directed": False} for e in edges]
     models = sorted(set(models or ()) | {m for e in norm for m in (e["a"], e["b"])})
     t = align_truth(truth, models)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import TracingError
 from ..specs import Resolved
-from .base import Backend, type_summary
+from .base import Backend, type_summary  # noqa: F401 (re-exported for the format modules)
 
 #: the name formats have subclassed so far (kept for them)
 QuantizedBackend = Backend

@@ -203,7 +203,7 @@ class CompressedTensorsBackend(LayeredBackend):
     def _sparse_values(self, lay: Layer, rows) -> torch.Tensor:
         """The dense codes (or weights) of a sparse layer, or rows ``rows`` of them: only those rows
         of the bitmask and only their values are read."""
-        p, (r, c) = lay.parts, lay.info["shape"]
+        p, c = lay.parts, lay.info["shape"][1]
         if rows is None:
             mask, values = unpack_bitmask(self.read(p["bitmask"]), c), self.read(p["q"])
         else:
@@ -241,7 +241,7 @@ class CompressedTensorsBackend(LayeredBackend):
                            "the scales do not belong to this weight or config_groups is wrong")
 
     def _codes(self, lay: Layer, rows) -> torch.Tensor:
-        key, (r, c) = lay.parts["q"], lay.info["shape"]
+        key, c = lay.parts["q"], lay.info["shape"][1]
         if "bitmask" in lay.parts:
             return self._sparse_values(lay, rows)
         t = self.read(key) if rows is None else self.read_rows(key, rows)

@@ -19,7 +19,7 @@ import os
 import pkgutil
 
 from ..errors import TracingError
-from .spec import COMMON_OPTIONS, DATA_OPTIONS, Cost, StatSpec
+from .spec import COMMON_OPTIONS, DATA_OPTIONS, Cost, StatSpec  # noqa: F401 (re-exported: callers import them from here)
 
 REGISTRY: dict[str, StatSpec] = {}
 ALIASES: dict[str, str] = {}

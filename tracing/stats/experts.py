@@ -155,7 +155,8 @@ def upcycled_matchings(ctx, base, ft) -> tuple[list[UnitPair], dict, dict]:
     θ₂'s residual stream is aligned to θ₁'s first (MATCH of the embedding columns, as ``--align``
     does). Then, for every unit pair of :func:`block_pairs` (each expert, of any width, against the
     dense MLP), the gate rows and the up rows are matched (rectangular when the widths differ),
-    with the units that are degenerate or copied in either role left out of both matchings (:func:`~tracing.align.kept_units`): ``gate[k]`` and
+    with the units that are degenerate or copied in either role left out of both matchings
+    (:func:`~tracing.align.kept_units`): ``gate[k]`` and
     ``up[k]`` are the :class:`~tracing.align.MatchResult` of pair k. The gate matching is the
     alignment (it finds each expert unit's dense unit whatever the order of the split); the up
     matching is what is tested against it."""

@@ -41,7 +41,8 @@ def _explain(rec):
     return [f"loss at α = {x['alpha']:g}: {x['loss_alpha']:.4f}, barrier {x['barrier']:.4f}"]
 
 
-@register("mode", variant_flags=("attn", "emb"), label="loss", at_alpha=True, needs_data=True, pvalue="num_perm", aligned_pvalue=False, cost=_cost, explain=_explain,
+@register("mode", variant_flags=("attn", "emb"), label="loss", at_alpha=True, needs_data=True, pvalue="num_perm",
+          aligned_pvalue=False, cost=_cost, explain=_explain,
           check=same_blocks("mode"), options=OPTIONS, lanes=lambda o: len(o.alphas or [o.alpha]),
           reads=("alpha", "alphas", "attn", "emb", "mlp_only", "num_perm"), value_name="LM loss at α",
           description="loss on the linear path between the models (mode connectivity), optional permutation test",

@@ -70,5 +70,6 @@ def write_figures(df, records: dict[str, dict], lin, out: Path, cname: str, leve
     return figs
 
 
-__all__ = ["CAP", "CAPTIONS", "FIGURES", "blockmap_data", "calibration_data", "correspondence_lines", "mode_curve_records", "per_layer_data",
+__all__ = ["CAP", "CAPTIONS", "FIGURES", "blockmap_data", "calibration_data", "correspondence_lines", "mode_curve_records",
+           "per_layer_data",
            "plot_calibration", "plot_heatmap", "plot_mode_curves", "plot_per_layer", "short_name", "write_figures"]
