@@ -36,6 +36,13 @@ class FollowUp:
         return "full" if self.rows is None else f"rows{self.rows}"
 
 
+def screen_stat() -> str:
+    """The statistic an index entry's rows are screened with, and followed up with: the one that screens with
+    sampled MLP units (``StatSpec.screens``, ``sampled == "units"``: ``cos``)."""
+    from ..stats import get, names
+    return next(name for name in names() if get(name).screens and get(name).sampled == "units")
+
+
 def parse_follow_up(text: str) -> FollowUp:
     """``full``, ``none`` or ``rows:K`` (K a positive integer)."""
     t = str(text).strip().lower()
@@ -66,7 +73,8 @@ def run_follow_up(cand, lines: list, specs: dict[str, str], how: FollowUp, signi
     from ..verdict import is_dependent
     if not how.enabled:
         return
-    opts = Options(stat=["cos"], rows=how.rows, significance=significance)
+    stat = screen_stat()
+    opts = Options(stat=[stat], rows=how.rows, significance=significance)
     for line in lines:
         if line.verdict != "dependent after Holm":
             continue
@@ -74,8 +82,8 @@ def run_follow_up(cand, lines: list, specs: dict[str, str], how: FollowUp, signi
         try:
             ref = Checkpoint(specs[line.reference], remote=how.rows is not None)
             if how.rows is not None:
-                opts.check_pair(ref.arch, cand.arch, ["cos"], None)
-            save = {"cos": record_path(out, line.reference, how.record_name)} if out is not None else None
+                opts.check_pair(ref.arch, cand.arch, [stat], None)
+            save = {stat: record_path(out, line.reference, how.record_name)} if out is not None else None
             rec = run_opened(ref, cand, opts, save=save, progress=progress)[0]
         except TracingError as e:
             line.follow_up_verdict = f"not run: {e}"

@@ -159,3 +159,12 @@ def gate_up_pairs(g, u) -> tuple:
 def pairs_of(res) -> tuple:
     """``(x, y, dropped)`` of a :class:`tracing.align.MatchResult` for :func:`spearman_layers`."""
     return res.rows, res.cols, {"base": res.dropped1, "ft": res.dropped2}
+
+
+def median_cos(res, matched: dict) -> None:
+    """Each result row's median matched cosine (rows follow the sorted keys of ``matched``), and
+    their mean in ``extra``."""
+    medians = [float(np.median(m.cos)) if m.n_pairs else float("nan") for _, m in sorted(matched.items())]
+    for row, med in zip(res.per_layer, medians):
+        row["median_cos"] = med
+    res.extra["median_cos"] = float(np.nanmean(medians))

@@ -20,7 +20,6 @@ null law is unchanged (θ₂'s units are exchangeable within any fixed subset) a
 is −log10(K!).  With mixtures of experts, K rows of every expert (and shared expert) are read and
 the experts are paired on them (:mod:`tracing.stats.experts_sampled`).
 """
-import numpy as np
 
 from ..errors import TracingError
 from . import register
@@ -78,11 +77,11 @@ def _cos_upcycled_aligned(ctx, base, ft):
     """``--align`` for a dense model against an MoE: per expert, Spearman between the matching of
     its units to the dense units by gate rows (the alignment) and by up rows; Fisher over experts."""
     from .experts import expert_result, grid_columns, upcycled_matchings  # loads torch
-    from .base import gate_up_pairs  # loads torch
+    from .base import gate_up_pairs, median_cos  # loads torch
     pairs, gate, up = upcycled_matchings(ctx, base, ft)
     res = expert_result("cos", pairs, {k: gate_up_pairs(gate[k], up[k]) for k in gate}, {}, base.arch.L,
                         grid_columns(base.arch, ft.arch), ctx)
-    _median_cos(res, up)
+    median_cos(res, up)
     res.extra["aligned_by"] = "gate rows of each expert against the dense MLP's"
     return res
 
@@ -113,11 +112,11 @@ VARIANTS = (Variant(EXPERT_MAP, expert_block_map, "tracing.stats.expert_map:cos_
                   "the p-value is exact under the null that the two models were initialised independently, "
                   "whatever training followed.")
 def cos(ctx, base, ft):
-    from .base import pairs_of, rows_extra, spearman_layers  # loads torch
+    from .base import median_cos, pairs_of, rows_extra, spearman_layers  # loads torch
     from ..fixedpoints import fixed_summary  # loads scipy
     matched, S, h = up_matchings(ctx, base, ft, "cos")
     res = spearman_layers({i: pairs_of(m) for i, m in matched.items()}, ctx, "cos")
-    _median_cos(res, matched)
+    median_cos(res, matched)
     res.extra["fixed_points"] = fixed_summary(matched)
     if S is not None:
         res.extra.update(rows_extra(ctx.options, h))
@@ -145,18 +144,9 @@ def up_matchings(ctx, base, ft, stat: str) -> tuple:
     return matched, S, h
 
 
-def _median_cos(res, matched: dict) -> None:
-    """Each result row's median matched cosine (rows follow the sorted keys of ``matched``), and
-    their mean in ``extra``."""
-    medians = [float(np.median(m.cos)) if m.n_pairs else float("nan") for _, m in sorted(matched.items())]
-    for row, med in zip(res.per_layer, medians):
-        row["median_cos"] = med
-    res.extra["median_cos"] = float(np.nanmean(medians))
-
-
 def _cos_experts(ctx, base, ft):
     from ..align import match_layers  # loads torch
-    from .base import pairs_of  # loads torch
+    from .base import median_cos, pairs_of  # loads torch
     from .experts import block_pairs, expert_result, expert_similarity, grid_columns  # loads torch
     if ctx.options.rows is not None:  # K sampled rows of every expert
         from .experts_sampled import sampled_experts
@@ -176,5 +166,5 @@ def _cos_experts(ctx, base, ft):
                            desc="cos: match expert up rows" if ctx.progress else None)
     res = expert_result("cos", pairs, {k: pairs_of(m) for k, m in matched.items()}, partners, a.L,
                         grid_columns(a, b), ctx)
-    _median_cos(res, matched)
+    median_cos(res, matched)
     return res

@@ -16,10 +16,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..align import cosine_matrix
-
-#: rows of θ₁'s expert used for the expert-level similarity (evenly spaced; all when fewer)
-SIMILARITY_ROWS = 256
+from ..cosine import SIMILARITY_ROWS, cosine_matrix, expert_similarity  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -28,14 +25,6 @@ class UnitPair:
     a: object  # unit of θ₁ (arch.Unit)
     b: object  # unit of θ₂
     column: object  # grid column: the MoE side's expert index or "shared" (None for dense pairs)
-
-
-def expert_similarity(A: torch.Tensor, B: torch.Tensor, absolute: bool = False, rows: int = SIMILARITY_ROWS) -> float:
-    """Mean over (a subset of) A's rows of the best cosine (|cosine|) with any row of B."""
-    if A.shape[0] > rows:
-        A = A[torch.linspace(0, A.shape[0] - 1, rows).round().long()]
-    C = cosine_matrix(A, B)
-    return float((C.abs_() if absolute else C).max(dim=1).values.mean())
 
 
 def _routed(units):

@@ -95,8 +95,7 @@ def sampled_experts(ctx, base, ft):
     """The experts grid of two models of the same depth on K sampled rows per MLP."""
     from ..errors import TracingError
     from .experts import block_pairs, expert_result, grid_columns
-    from .base import pairs_of
-    from .cos import _median_cos
+    from .base import median_cos, pairs_of
     a, b, o = base.arch, ft.arch, ctx.options
     sa, sb = SampledUnits(base, o.rows, o.seed), SampledUnits(ft, o.rows, o.seed)
     pairs, partners, matched = [], {}, {}
@@ -112,7 +111,7 @@ def sampled_experts(ctx, base, ft):
                            "width); compare each model with a dense model, or the experts' shared ancestor")
     res = expert_result("cos", pairs, {k: pairs_of(m) for k, m in matched.items()}, partners, a.L,
                         grid_columns(a, b), ctx)
-    _median_cos(res, matched)
+    median_cos(res, matched)
     res.extra.update(sampled_extra(o, pairs))
     return res
 
