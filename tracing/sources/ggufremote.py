@@ -46,16 +46,7 @@ class RemoteGGUFBackend(GGUFBackend):
     # stored bytes by range requests ----------------------------------------------------------
     def _read(self, spans: list[tuple[int, int]], gap: int) -> np.ndarray:
         """The bytes of ``spans`` (sorted ``(start, length)``), concatenated, by merged requests."""
-        requests = coalesce(spans, gap=gap)
-        chunks = self.hub.read_many(self.name, [(s, n) for s, n, _ in requests])
-        out = bytearray(sum(n for _, n in spans))
-        pos = 0
-        for (start, _, members), chunk in zip(requests, chunks):
-            for i in members:
-                s, n = spans[i]
-                out[pos:pos + n] = chunk[s - start:s - start + n]
-                pos += n
-        return np.frombuffer(out, dtype=np.uint8)
+        return np.frombuffer(self.hub.read_spans(self.name, spans, gap=gap), dtype=np.uint8)
 
     def _data(self, t) -> np.ndarray:
         spans = [(t.data_offset + a, min(CHUNK, t.n_bytes - a)) for a in range(0, t.n_bytes, CHUNK)]

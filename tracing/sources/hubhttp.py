@@ -167,6 +167,21 @@ class HubFiles:
                 return list(pool.map(lambda r: self.read(file, *r, bar=bar), ranges))
 
 
+    def read_spans(self, file: str, spans: list[tuple[int, int]], requests=None, gap: int = 0) -> bytearray:
+        """The bytes of ``spans`` (sorted ``(start, length)``) of ``file``, concatenated, read by the merged
+        ``requests`` (:func:`coalesce` of the spans with ``gap`` when not given)."""
+        requests = coalesce(spans, gap=gap) if requests is None else requests
+        chunks = self.read_many(file, [(s, n) for s, n, _ in requests])
+        out = bytearray(sum(n for _, n in spans))
+        pos = 0
+        for (start, _, members), chunk in zip(requests, chunks):
+            for i in members:
+                s, n = spans[i]
+                out[pos:pos + n] = chunk[s - start:s - start + n]
+                pos += n
+        return out
+
+
 def coalesce(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int, list[int]]]:
     """Byte spans ``(start, length)`` (sorted by start) merged where at most ``gap`` bytes lie between
     them: ``(start, length, [span numbers])`` per request."""

@@ -134,16 +134,8 @@ class RemoteBackend(FolderBackend):
         plan, spans, requests = self._requests(file, stored, idx, lead)
         if plan is None:
             return None
-        dtype, row_shape, row_bytes, _ = plan
-        chunks = self.hub.read_many(file, [(s, n) for s, n, _ in requests])
-        out = bytearray(idx.size * row_bytes)
-        pos = 0
-        for (start, _, members), chunk in zip(requests, chunks):
-            for i in members:
-                s, n = spans[i]
-                out[pos:pos + n] = chunk[s - start: s - start + n]
-                pos += n
-        return rows_tensor(out, idx.size, dtype, row_shape)
+        dtype, row_shape, _, _ = plan
+        return rows_tensor(self.hub.read_spans(file, spans, requests), idx.size, dtype, row_shape)
 
     def planned_bytes(self, name: str, index=None) -> int:
         """Bytes that :meth:`get_rows` (``index`` given) or :meth:`get` of ``name`` will transfer."""
