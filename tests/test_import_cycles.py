@@ -99,6 +99,18 @@ def test_no_cycle_through_the_statistics_even_with_function_level_imports():
     assert stats == []
 
 
+#: the one cycle closed by a function-level import, and why it stays: resolving ``demo:<name>`` (tracing.specs)
+#: builds the demo family on first use (tracing.demo), and the demo package asks tracing.specs what a model id
+#: names, as every module must; the import in ``specs.resolve`` runs only for a demo id
+DECLARED = {frozenset({"tracing.specs", "tracing.demo", "tracing.demo.build", "tracing.demo.paths",
+                       "tracing.demo.recipes", "tracing.demo.tokenizer", "tracing.demo.train"})}
+
+
+def test_no_other_cycle_even_with_function_level_imports():
+    g = import_graph(with_deferred=True)
+    assert [c for c in _cycles(g) if frozenset(c) not in DECLARED] == []
+
+
 def test_the_check_finds_a_cycle(tmp_path):
     pkg = tmp_path / "tracing"
     (pkg / "sub").mkdir(parents=True)

@@ -24,16 +24,15 @@ dependent after Holm are then tested on their own weights, in full by default (`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TracingError
+from .references import TOKENIZER_FILES, read_references, record_path, tokenizer_digest  # noqa: F401 (re-exported)
 
 DEFAULT_ROWS = 256  # K of the screen when --rows is not given (all units of a narrower model)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 @dataclass
@@ -68,28 +67,7 @@ def _fmt(x) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-def read_references(path: str | Path) -> list[tuple[str, str | None]]:
-    """``[(model id, family or None)]`` from a YAML list of ids or a mapping family -> ids."""
-    import yaml
-    p = Path(path)
-    if not p.is_file():
-        raise TracingError(f"reference list {path} does not exist; give a YAML file such as config/references.yaml")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise TracingError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if isinstance(data, dict) and "references" in data:
-        data = data["references"]
-    out: list[tuple[str, str | None]] = []
-    if isinstance(data, list):
-        out = [(str(m), None) for m in data]
-    elif isinstance(data, dict):
-        for fam, ids in data.items():
-            ids = ids if isinstance(ids, list) else [ids]
-            out += [(str(m), str(fam)) for m in ids]
-    if not out or not all(m for m, _ in out):
-        raise TracingError(f"{path} lists no references; write a list of model ids, or family: [ids]")
-    return list(dict.fromkeys(out))
+
 
 
 # ------------------------------------------------------------------------------------------
@@ -115,14 +93,6 @@ def same_weights(cand, ref, cand_hashes) -> bool:
         return True
     probes = [sorted((f.name, content_probe(f)) for f in ck.weight_files()) for ck in (cand, ref)]
     return probes[0] == probes[1] and weight_hashes(cand, "full") == weight_hashes(ref, "full")
-
-
-def tokenizer_digest(ck) -> str | None:
-    for name in TOKENIZER_FILES:
-        f = Path(ck.path) / name
-        if f.is_file():
-            return hashlib.sha256(f.read_bytes()).hexdigest()
-    return None
 
 
 def screening_stats() -> list[str]:
@@ -170,22 +140,6 @@ def _open(spec: str, store: Path | None = None, memory: bool = False):
     from .models import Checkpoint
     from .rowstore import with_store
     return with_store(Checkpoint(spec, remote=True, digest="fast"), store, memory=memory)
-
-
-def record_path(out: Path, reference: str, name: str) -> Path:
-    """``<out>/<reference>_<name>.p``, the reference named as launch.py names models (a local folder
-    by its name and a digest of its path); never a file holding another reference's record."""
-    from .cli_util import model_slug
-    from .results import load_record
-    path = out / f"{model_slug(reference)}_{name}.p"
-    try:
-        other = load_record(path).get("args", {}).get("base_model_id") if path.is_file() else reference
-    except Exception:  # noqa: BLE001 - an unreadable file is replaced, as a rerun would
-        other = reference
-    if other != reference:  # two ids with one file-safe name (e.g. truncated): add the id's digest
-        digest = hashlib.sha256(reference.encode()).hexdigest()[:6]
-        path = out / f"{model_slug(reference)}-{digest}_{name}.p"
-    return path
 
 
 def _test(ref_ck, cand_ck, options, out: Path | None, name: str, progress: bool) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TracingError
-from .quant import FLOAT_ULP, TensorCheck, float_check, verdict_of
+from .quant_cells import FLOAT_ULP, TensorCheck, float_check, verdict_of
 
 FP8 = torch.float8_e4m3fn
 FP8_TOL = 2.0 ** -20

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..arch import READS_THROUGH
-from .quant import FLOAT_ULP, TensorCheck, cell_tolerance, float_check, rtn_check, verdict_of
+from .quant_cells import FLOAT_ULP, TensorCheck, cell_tolerance, float_check, rtn_check, verdict_of
 
 #: GPTQ's stated tolerance: every code's value within this many steps of the source ...
 GPTQ_MAX_STEPS = 4.0

@@ -62,7 +62,7 @@ def _settings(args) -> Settings:
 
 
 def _build(args) -> int:
-    from ..scan import read_references
+    from ..references import read_references
     from .build import build
     refs = read_references(args.models[0]) if args.command == "build" else [(m, args.family) for m in args.models]
     s = _settings(args)

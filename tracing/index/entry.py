@@ -77,7 +77,7 @@ def features(src, s: Settings) -> dict[str, torch.Tensor]:
 
 def describe(ck, family: str | None) -> dict:
     """What identifies a reference: id, commit, digests of config, tokenizer and weight files."""
-    from ..scan import tokenizer_digest
+    from ..references import tokenizer_digest
     prov = ck.provenance()
     cfg = Path(ck.path) / "config.json"
     return {"model": ck.label, "family": family, "commit": prov.get("commit"), "revision": prov.get("revision"),

@@ -69,7 +69,7 @@ def run_follow_up(cand, lines: list, specs: dict[str, str], how: FollowUp, signi
     from ..api import run_opened
     from ..models import Checkpoint
     from ..options import Options
-    from ..scan import record_path
+    from ..references import record_path
     from ..verdict import is_dependent
     if not how.enabled:
         return

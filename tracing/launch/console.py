@@ -67,18 +67,6 @@ def _results_cell(t) -> str:
     return f"{d}/{names[0]}" if len(names) == 1 else f"{d}/{{{','.join(names)}}}"
 
 
-def _plan_status(t) -> str:
-    from .tasks import TaskState
-
-    if t.problem:
-        return "error"
-    if None in t.infos:
-        return f"{t.status} *"
-    if t.status == TaskState.TODO and len(t.todo) < len(t.stats):
-        return f"todo ({len(t.stats) - len(t.todo)}/{len(t.stats)} done)"
-    return str(t.status)
-
-
 def plan_table(tasks: list, network: list[str] | None = None) -> str:
     """One row per pair: statistics, parameter counts, resources, bytes fetched from the hub
     (``network``, one cell per pair, when given), result files and status."""
@@ -88,7 +76,7 @@ def plan_table(tasks: list, network: list[str] | None = None) -> str:
         rows.append([t.pair.label, ",".join(t.stats), f"{fmt_params(t.infos[0])} / {fmt_params(t.infos[1])}",
                      r.mem_gb if r else "-", r.gpus if r else "-", r.cpus if r else "-",
                      fmt_minutes(r.timeout_min if r else None)] + ([network[i]] if network else [])
-                    + [_results_cell(t), _plan_status(t)])
+                    + [_results_cell(t), t.plan_status()])
     text = table(rows, ["pair", "stat", "params", "mem_gb", "gpus", "cpus", "time"] + (["network"] if network else [])
                  + ["result", "status"])
     if any(None in t.infos and not t.problem for t in tasks):

@@ -68,6 +68,16 @@ class Task:
     def dir(self) -> Path:
         return next(iter(self.paths.values())).parent
 
+    def plan_status(self) -> str:
+        """The status cell of the plan table."""
+        if self.problem:
+            return "error"
+        if None in self.infos:
+            return f"{self.status} *"
+        if self.status == TaskState.TODO and len(self.todo) < len(self.stats):
+            return f"todo ({len(self.stats) - len(self.todo)}/{len(self.stats)} done)"
+        return str(self.status)
+
     def save_targets(self) -> dict[str, str]:
         """``{stat: result path}`` of the statistics the job must write."""
         return {s: str(self.paths[s]) for s in self.todo}
