@@ -1,0 +1,72 @@
+"""A float export (``tracing.sources.export.save_source``) is a folder transformers loads as it is:
+families whose tensors are stored fused or stacked (Phi-3 ``qkv_proj`` / ``gate_up_proj``, GPT-NeoX
+``query_key_value``, gpt-oss and Llama 4 stacked experts, Gemma 4 experts) are written under their
+stored names and layouts, and ``AutoModelForCausalLM.from_pretrained`` of the export computes the
+logits of the source model — of its dequantized weights for a quantized source (MXFP4 gpt-oss)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from family_models import family_config, family_model, logits, random_ids, rel_diff
+from quant_writers import write_mxfp4_gpt_oss
+from tracing.models import Checkpoint, load_module
+from tracing.sources.export import save_source
+
+GEMMA4_MOE = dict(h=32, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16)
+CASES = [("phi3", {}), ("gpt_neox", {}), ("gpt_oss", dict(h=128)), ("llama4_text", {}),
+         ("gemma4_text", GEMMA4_MOE), ("qwen3_moe", {})]
+
+
+def loaded(folder):
+    """transformers' own load of ``folder``; every tensor it holds was read from the folder."""
+    model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    return model.eval()
+
+
+def stored_names(folder) -> set[str]:
+    from safetensors import safe_open
+    out = set()
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as h:
+            out |= set(h.keys())
+    return out
+
+
+@pytest.mark.parametrize("family,kw", CASES, ids=[c[0] for c in CASES])
+def test_export_loads_in_transformers(family, kw, tmp_path):
+    model = family_model(family_config(family, **kw), seed=1)
+    model.save_pretrained(tmp_path / "src")
+    out = save_source(Checkpoint(str(tmp_path / "src")), tmp_path / "float", progress=False)
+    assert not any("#" in n for n in stored_names(out))
+    ids = random_ids(model.config.vocab_size)
+    assert rel_diff(logits(model, ids), logits(loaded(out), ids)) <= 1e-5
+
+
+def test_sharded_export_keeps_fused_tensors_whole(tmp_path):
+    """Shards split between tensors, never inside a re-fused one; the index maps every stored name."""
+    model = family_model(family_config("gpt_oss", h=128), seed=1)
+    model.save_pretrained(tmp_path / "src")
+    out = save_source(Checkpoint(str(tmp_path / "src")), tmp_path / "float", shard_bytes=40_000, progress=False)
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(weight_map.values())) > 2 and set(weight_map) == stored_names(out) == stored_names(tmp_path / "src")
+    ids = random_ids(model.config.vocab_size)
+    assert rel_diff(logits(model, ids), logits(loaded(out), ids)) <= 1e-5
+
+
+def test_mxfp4_export_loads_dequantized(tmp_path):
+    """An MXFP4 gpt-oss exported as float: transformers' plain load computes what the dequantized weights compute."""
+    model = family_model(family_config("gpt_oss", h=128), seed=1)
+    model.save_pretrained(tmp_path / "src")
+    mx = Checkpoint(str(write_mxfp4_gpt_oss(tmp_path / "src", tmp_path / "mx")))
+    out = save_source(mx, tmp_path / "float", progress=False)
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert stored_names(out) == stored_names(tmp_path / "src")
+    ids = random_ids(model.config.vocab_size)
+    want = logits(load_module(mx), ids)
+    assert rel_diff(want, logits(loaded(out), ids)) <= 1e-5
+    assert rel_diff(logits(model, ids), want) > 1e-4  # the quantization is visible: the comparison can fail
