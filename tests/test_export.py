@@ -70,3 +70,16 @@ def test_mxfp4_export_loads_dequantized(tmp_path):
     want = logits(load_module(mx), ids)
     assert rel_diff(want, logits(loaded(out), ids)) <= 1e-5
     assert rel_diff(logits(model, ids), want) > 1e-4  # the quantization is visible: the comparison can fail
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "llama4_text"])
+def test_gguf_export_restacks_split_experts(family, tmp_path):
+    """A GGUF whose experts llama.cpp's converter split per projection is exported with them stacked again."""
+    from test_gguf_families import CONVERTED, write_converted
+    model = family_model(family_config(family, **dict(CASES)[family]), seed=1)
+    model.save_pretrained(tmp_path / "src")
+    g = Checkpoint(str(write_converted(tmp_path / "src", tmp_path / "gguf", CONVERTED[family])))
+    assert g.backend.format == "gguf"
+    out = save_source(g, tmp_path / "float", progress=False)
+    ids = random_ids(model.config.vocab_size)
+    assert rel_diff(logits(model, ids), logits(loaded(out), ids)) <= 1e-5
