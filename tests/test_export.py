@@ -83,3 +83,14 @@ def test_gguf_export_restacks_split_experts(family, tmp_path):
     out = save_source(g, tmp_path / "float", progress=False)
     ids = random_ids(model.config.vocab_size)
     assert rel_diff(logits(model, ids), logits(loaded(out), ids)) <= 1e-5
+
+
+def test_vision_language_export_is_its_language_model(tmp_path):
+    """A Llama 4 vision-language checkpoint (its language model under ``language_model.``) is exported as
+    the language model alone, experts stacked, loading as a causal language model."""
+    from test_frontier_families import _save_hub_layout, _wrapped
+    vlm, text = _wrapped("llama4", seed=61)
+    _save_hub_layout(vlm, "llama4", tmp_path / "vlm")
+    out = save_source(Checkpoint(str(tmp_path / "vlm")), tmp_path / "float", progress=False)
+    ids = random_ids(text.config.vocab_size)
+    assert rel_diff(logits(text, ids), logits(loaded(out), ids)) <= 1e-5
