@@ -28,6 +28,14 @@ def select(t: torch.Tensor, index: Index) -> torch.Tensor:
     return t[index]
 
 
+def place(t: torch.Tensor, index: Index, part: torch.Tensor) -> None:
+    """Write a role's part into its place in a fused tensor (the inverse of :func:`select`)."""
+    if isinstance(index, Transposed):
+        t[tuple(index)] = part.T
+    else:
+        t[index] = part
+
+
 @dataclass
 class TensorRef:
     name: str  # logical name (the on-disk name of an unfused tensor)

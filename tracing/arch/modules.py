@@ -5,7 +5,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .layout import Transposed
+from .layout import place
 
 
 def module_state(arch, names: Iterable[str], read: Callable[[str], torch.Tensor],
@@ -27,10 +27,7 @@ def module_state(arch, names: Iterable[str], read: Callable[[str], torch.Tensor]
             continue
         if key not in out:
             out[key] = torch.empty(shapes[key], dtype=t.dtype, device=t.device)
-        if isinstance(index, Transposed):
-            out[key][tuple(index)] = t.T
-        else:
-            out[key][index] = t
+        place(out[key], index, t)
     if arch.tied and "lm_head.weight" in shapes and not strip:
         out["lm_head.weight"] = out[arch.ref(arch.embed).module[0]]
     return out

@@ -1,6 +1,12 @@
 """Write any weight source (a quantized checkpoint, a transformed view, …) as a float Hugging Face
 folder: config.json, safetensors shards and an index, and the tokenizer when given.  Tensors are
-read and written one at a time, so a quantized model is dequantized without holding it whole."""
+read and written one at a time, so a quantized model is dequantized without holding it whole.
+
+Tensors are written under their stored names and layouts, so that transformers' ``from_pretrained``
+loads the folder: the roles of a fused or stacked tensor (Phi-3 ``qkv_proj``, GPT-NeoX
+``query_key_value``, gpt-oss / Llama 4 / Gemma 4 experts, ...) are put back into their places in it,
+as the architecture adapter describes them (the first store of each :class:`~tracing.arch.layout.TensorRef`);
+a fused tensor is held until its last role is read."""
 from __future__ import annotations
 
 import json
@@ -9,7 +15,44 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..arch.layout import place
 from ..errors import TracingError
+
+
+class _Refuse:
+    """Stored tensors from logical ones: an unfused tensor as it is, a fused one once all its roles are in."""
+
+    def __init__(self, arch, names, cfg, dtype):
+        self.arch, self.cfg, self.dtype = arch, cfg, dtype
+        self.left: dict[str, int] = {}  # stored name of a fused tensor -> roles still to read
+        for name in names:
+            stored, index = arch.ref(name).stores[0]
+            if index is not None:
+                self.left[stored] = self.left.get(stored, 0) + 1
+        self.parts: dict[str, torch.Tensor] = {}
+        self._shapes = None
+
+    def shape(self, stored: str) -> torch.Size:
+        """A fused tensor's shape, from transformers' module for the config (built on the meta device)."""
+        if self._shapes is None:
+            from transformers import AutoModelForCausalLM
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(self.cfg)
+            self._shapes = {k: v.shape for k, v in model.state_dict().items()}
+        if stored not in self._shapes:
+            raise TracingError(f"cannot export {stored}: transformers' {self.cfg.model_type} model has no such tensor")
+        return self._shapes[stored]
+
+    def add(self, name: str, t: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """The stored tensors complete once logical tensor ``name`` is in."""
+        stored, index = self.arch.ref(name).stores[0]
+        if index is None:
+            return [(stored, t)]
+        if stored not in self.parts:
+            self.parts[stored] = torch.empty(self.shape(stored), dtype=t.dtype)
+        place(self.parts[stored], index, t)
+        self.left[stored] -= 1
+        return [(stored, self.parts.pop(stored))] if not self.left[stored] else []
 
 
 def save_source(source, folder, dtype: torch.dtype = torch.float32, shard_bytes: int = 2 << 30,
@@ -36,13 +79,15 @@ def save_source(source, folder, dtype: torch.dtype = torch.float32, shard_bytes:
         tmp_files.append((f, list(current)))
         current.clear()
 
+    refuse = _Refuse(source.arch, names, cfg, dtype)
     for name in tqdm(names, desc=f"export {source.label}", leave=False, disable=not progress):
-        t = source.get(name, dtype).contiguous()
-        if size and size + t.numel() * t.element_size() > shard_bytes:
-            flush()
-            size = 0
-        current[name] = t
-        size += t.numel() * t.element_size()
+        for stored, t in refuse.add(name, source.get(name, dtype)):
+            t = t.contiguous()
+            if size and size + t.numel() * t.element_size() > shard_bytes:
+                flush()
+                size = 0
+            current[stored] = t
+            size += t.numel() * t.element_size()
         source.release()
     flush()
     n = len(tmp_files)
