@@ -90,3 +90,41 @@ def test_launch_attest_of_a_sampled_run_names_full_digests(models, tmp_path):
         files = {f["name"]: f for f in sub["annotations"]["files"]}
         assert files[WEIGHTS]["sha256"] == hashlib.sha256((Path(models[role]) / WEIGHTS).read_bytes()).hexdigest()
         assert sub["annotations"]["computed_at_attest"] == [WEIGHTS]
+
+
+@pytest.fixture
+def hub(models, tmp_path, monkeypatch):
+    """The tiny models served as org/base and org/ft by the test hub, the client pointed at it, an empty cache."""
+    from huggingface_hub import constants
+    from hub_server import HubServer
+    server = HubServer(stall=1.5)
+    for name in ("base", "ft"):
+        server.add(f"org/{name}", Path(models[name]))
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRACING_HUB_TIMEOUT", "0.5")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr("tracing.sources.hubhttp.BACKOFF", 0.01)
+    yield server
+    server.close()
+
+
+def test_range_read_record_keeps_the_hub_digest_and_verifies(models, hub, tmp_path, capsys):
+    result = tmp_path / "remote.p"
+    run_pair("org/base", "org/ft", stat=["cos"], rows=32, save=result, progress=False)
+    rec = load_record(result)
+    assert all(f["sha256_source"] == "hub" for r in ("base", "ft") for f in rec["models"][r]["files"])
+    assert not any(Path(rec["models"]["ft"]["path"]).glob("*.safetensors"))  # range-read: not on this machine
+    out = tmp_path / "s.json"
+    assert cli(attest_cli, result, "--key", models["key"][0], "--out", out) == 0
+    stmt = payload(out)
+    for sub, role in zip(stmt["subject"], ("base", "ft")):
+        files = {f["name"]: f for f in sub["annotations"]["files"]}
+        assert files[WEIGHTS]["sha256"] == hashlib.sha256((Path(models[role]) / WEIGHTS).read_bytes()).hexdigest()
+        assert files[WEIGHTS]["sha256_source"].startswith("hub (range-read")
+        assert sub["annotations"]["computed_at_attest"] == [] and "config.json" in files
+    capsys.readouterr()
+    # verify fetches the models named by the subjects and finds the same root digests
+    assert cli(verify_cli, out, "--key", models["key"][1], "--no-recompute") == 0, capsys.readouterr()
