@@ -128,3 +128,27 @@ def test_range_read_record_keeps_the_hub_digest_and_verifies(models, hub, tmp_pa
     capsys.readouterr()
     # verify fetches the models named by the subjects and finds the same root digests
     assert cli(verify_cli, out, "--key", models["key"][1], "--no-recompute") == 0, capsys.readouterr()
+
+
+def test_index_follow_up_names_the_models_as_a_sampled_run_and_attests_with_full_digests(models, tmp_path):
+    """The index screen reads the candidate's sampled rows without hashing it; its ``rows:K``
+    follow-up record names both models by the fast identity (as main.py --rows and the scan do), and
+    attesting that record hashes them then."""
+    from tracing.index import Settings, screen
+    from tracing.index.build import build
+    idx = tmp_path / "index"
+    assert [o["status"] for o in build([(models["base"], "tiny"), (models["indep"], "tiny")], idx,
+                                       Settings(rows=64), workers=0)] == ["built", "built"]
+    lines = {x.reference: x for x in screen(models["ft"], idx, follow_up="rows:32", out=tmp_path / "scan")}
+    assert lines[models["base"]].follow_up_verdict == "dependent"
+    (result,) = (tmp_path / "scan").glob("*_rows32.p")
+    rec = load_record(result)
+    for role in ("base", "ft"):
+        (entry,) = rec["models"][role]["files"]
+        assert "sha256" not in entry and entry["header_sha256"]
+    out = tmp_path / "s.json"
+    assert cli(attest_cli, result, "--key", models["key"][0], "--out", out) == 0
+    for sub, role in zip(payload(out)["subject"], ("base", "ft")):
+        files = {f["name"]: f for f in sub["annotations"]["files"]}
+        assert files[WEIGHTS]["sha256"] == hashlib.sha256((Path(models[role]) / WEIGHTS).read_bytes()).hexdigest()
+        assert sub["annotations"]["computed_at_attest"] == [WEIGHTS]
