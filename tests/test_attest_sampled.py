@@ -51,6 +51,8 @@ def test_sampled_record_attested_later_gets_full_sha256_subjects(models, tmp_pat
         assert sub["annotations"]["computed_at_attest"] == [WEIGHTS]
     capsys.readouterr()
     assert cli(verify_cli, out, "--key", models["key"][1], "--no-recompute") == 0
+    line = one_line(capsys, "verified")
+    assert f"hashed at attest time: base {WEIGHTS}, ft {WEIGHTS}" in line
 
 
 def test_file_changed_after_sampled_run_is_refused_even_with_its_mtime_restored(models, tmp_path, capsys):
