@@ -46,8 +46,17 @@ def main(argv=None) -> int:
     what = "signature, digests" + ("" if args.no_recompute else f", {len(pred['values'])} values recomputed bit for bit")
     print(f"verified ({what}): {pred['statistic']['name']} "
           + " vs ".join(s["name"] for s in stmt["subject"])
-          + f"; verdict {(pred.get('result') or {}).get('verdict')} at {(pred.get('result') or {}).get('level')}")
+          + f"; verdict {(pred.get('result') or {}).get('verdict')} at {(pred.get('result') or {}).get('level')}"
+          + _hashed_at_attest(stmt))
     return 0
+
+
+def _hashed_at_attest(stmt: dict) -> str:
+    """The weight files whose digests the signer computed when attesting, not when running the test
+    (the record named them by their fast identity, checked unchanged before hashing)."""
+    late = [f"{s['annotations'].get('role')} {name}" for s in stmt["subject"]
+            for name in s["annotations"].get("computed_at_attest") or []]
+    return f"; weight files the run named by their fast identity, hashed at attest time: {', '.join(late)}" if late else ""
 
 
 if __name__ == "__main__":

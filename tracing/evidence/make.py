@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TracingError
-from .digests import model_files, record_location, root_digest, subject_name, weights_unchanged
+from .digests import attest_files, record_location, root_digest, subject_name
 from .predicate import PREDICATE_TYPE, build
 from .statement import sign, statement, subject
 
@@ -13,7 +13,9 @@ ROLES = ("base", "ft")
 
 def subjects_for(rec: dict) -> list[dict]:
     """One subject per model: its name, root digest and per-file digests, after checking that the
-    weight files still hash to what the record says was tested."""
+    weight files are still what the record says was tested (:func:`.digests.attest_files`: a file the
+    record names by its fast identity is hashed here, after that identity is checked, and listed in
+    ``computed_at_attest``; a range-read file keeps the hub's digest)."""
     out = []
     models = rec.get("models") or {}
     for role in ROLES:
@@ -22,12 +24,14 @@ def subjects_for(rec: dict) -> list[dict]:
         if loc is None:
             raise TracingError(f"the {role} model was compared in memory and has no files to name; "
                                f"save it and compare the saved folders to attest the result")
-        files = model_files(loc)
-        changed = weights_unchanged(entry, files, loc.is_file())
-        if changed:
-            raise TracingError(f"{role} model {loc}: {', '.join(changed)} changed since the result was computed; "
+        if not loc.exists() and not all((f.get("sha256_source") == "hub") for f in entry.get("files") or [{}]):
+            raise TracingError(f"{loc} does not exist; attest on the machine that holds the {role} model's files")
+        got = attest_files(entry, loc)
+        if got.changed:
+            raise TracingError(f"{role} model {loc}: {', '.join(got.changed)} changed since the result was computed; "
                                f"compute the result again before attesting it")
-        s = subject(subject_name(entry), role, files, root_digest(files))
+        s = subject(subject_name(entry), role, got.files, root_digest(got.files), got.sources)
+        s["annotations"]["computed_at_attest"] = got.computed
         s["annotations"]["spec"] = str(entry.get("id"))
         if (entry.get("quantization") or {}).get("format"):
             s["annotations"]["format"] = str(entry["quantization"]["format"])

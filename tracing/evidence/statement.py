@@ -20,9 +20,11 @@ class NotVerified(Exception):
     """A check failed (signature, digest or value): exit 1, one line naming which."""
 
 
-def subject(name: str, role: str, files: dict[str, str], root: str) -> dict:
-    return {"name": name, "digest": {"sha256": root},
-            "annotations": {"role": role, "files": [{"name": k, "sha256": v} for k, v in files.items()]}}
+def subject(name: str, role: str, files: dict[str, str], root: str, sources: dict[str, str] | None = None) -> dict:
+    """``sources``: where each file's digest comes from (the hub, the record, computed at attest time)."""
+    rows = [{"name": k, "sha256": v, **({"sha256_source": sources[k]} if sources and k in sources else {})}
+            for k, v in files.items()]
+    return {"name": name, "digest": {"sha256": root}, "annotations": {"role": role, "files": rows}}
 
 
 def statement(subjects: list[dict], predicate_type: str, predicate: dict) -> dict:

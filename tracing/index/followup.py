@@ -80,7 +80,8 @@ def run_follow_up(cand, lines: list, specs: dict[str, str], how: FollowUp, signi
             continue
         line.follow_up = how.name
         try:
-            ref = Checkpoint(specs[line.reference], remote=how.rows is not None)
+            sampled = how.rows is not None  # named as main.py names them: fast identity for a sampled test
+            ref = Checkpoint(specs[line.reference], remote=sampled, digest="fast" if sampled else "full")
             if how.rows is not None:
                 opts.check_pair(ref.arch, cand.arch, [stat], None)
             save = {stat: record_path(out, line.reference, how.record_name)} if out is not None else None

@@ -155,7 +155,9 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
     how = parse_follow_up(follow_up) if isinstance(follow_up, str) else (follow_up or FollowUp(enabled=False))
     good, bad = entries(root, s)
     lines = [Line(k, verdict="cannot rule out", reason=why) for k, why in bad]
-    opened = Checkpoint(candidate, remote=True) if isinstance(candidate, (str, os.PathLike)) else candidate
+    # named by the fast identity, as by the scan: the screen reads rows, and attesting a record hashes the files
+    opened = (Checkpoint(candidate, remote=True, digest="fast") if isinstance(candidate, (str, os.PathLike))
+              else candidate)
     cand = with_store(opened, None, memory=True)
     a = cand.arch
     problem = shape_problem(a)
