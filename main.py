@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Compare one pair of models: python main.py --base_model_id A --ft_model_id B --stat cos --save results/x.p
 
-The same command is installed as ``model-tracing compare`` (tracing/compare.py).
+The same command is installed as ``model-tracing compare`` (tracing/cli_compare.py).
 """
 import sys
 
 from tracing.cli_util import run_cli
-from tracing.compare import main
+from tracing.cli_compare import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

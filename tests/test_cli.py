@@ -48,9 +48,15 @@ def test_each_subcommand_takes_the_commands_own_arguments(name, capsys):
 def test_main_py_and_launch_py_are_the_same_commands():
     import launch  # noqa: F401  (top-level scripts import their main from the package)
     import main
-    from tracing import compare
+    from tracing import cli_compare
     from tracing.launch import cli as launch_cli
-    assert main.main is compare.main and launch.main is launch_cli.main
+    assert main.main is cli_compare.main and launch.main is launch_cli.main
+
+
+def test_the_compare_command_leaves_the_api_function_alone():
+    import tracing
+    import tracing.cli_compare  # noqa: F401
+    assert callable(tracing.compare)  # the public tracing.compare(base, ft, ...) is not shadowed by a module
 
 
 def test_a_subcommand_runs_like_the_module(tmp_path):

@@ -15,7 +15,7 @@ import sys
 
 #: subcommand -> (module holding ``main(argv)``, the equivalent command, one line of help)
 COMMANDS = {
-    "compare": ("tracing.compare", "python main.py", "test one pair of models"),
+    "compare": ("tracing.cli_compare", "python main.py", "test one pair of models"),
     "launch": ("tracing.launch.cli", "python launch.py", "every pair of a model list (Slurm or local)"),
     "scan": ("tracing.scan", "python -m tracing.scan", "one model against many references"),
     "report": ("tracing.report.__main__", "python -m tracing.report", "table, figures and report of a results folder"),

@@ -23,7 +23,8 @@ from .spec import COMMON_OPTIONS, DATA_OPTIONS, Cost, StatSpec  # noqa: F401 (re
 
 REGISTRY: dict[str, StatSpec] = {}
 ALIASES: dict[str, str] = {}
-_HELPERS = {"spec", "cost", "base", "blockmap", "experts", "expert_map"}  # modules of this package that are not statistics
+#: modules of this package that are not statistics
+_HELPERS = {"spec", "cost", "base", "blockmap", "experts", "expert_map", "experts_sampled"}
 _loaded = False
 PLUGINS_ENV = "TRACING_STATS"
 
