@@ -288,7 +288,7 @@ def test_transplant_check_bit_for_bit_with_recorded_outputs():
         V, d, n, seed, k = case["case"]
         E, vm = _omp_case(V, d, n, seed)
         got = transplant_check(E, vm, k)
-        assert (got.pop("ran"), got.pop("mode")) == (True, "forced")
+        assert (got.pop("ran"), got.pop("setting")) == (True, "forced")
         assert {**got, "median_residual": float.hex(got["median_residual"])} == case["check"]
         res = omp_residuals(E[torch.from_numpy(vm.ft_ids)], E[torch.from_numpy(vm.ft_only[:70])], k or 8)
         assert [float.hex(float(x)) for x in res] == case["residuals"]
@@ -300,14 +300,14 @@ def test_transplant_switch_off_and_forced(family, monkeypatch):
     import tracing.vocab
     from tracing.results import summary
     on, off = emb(family["base"], family["ext_spm"]), emb(family["base"], family["ext_spm"], transplant=False)
-    assert on["extra"]["transplant"]["ran"] and on["extra"]["transplant"]["mode"] == "auto"
-    assert off["extra"]["transplant"] == {"ran": False, "mode": "off", "checked": 0, "count": 0, "tokens": []}
+    assert on["extra"]["transplant"]["ran"] and on["extra"]["transplant"]["setting"] == "auto"
+    assert off["extra"]["transplant"] == {"ran": False, "setting": "off", "checked": 0, "count": 0, "tokens": []}
     assert off["log10_pvalue"] == on["log10_pvalue"] and off["extra"]["vocab"] == on["extra"]["vocab"]
     assert "switched off (--no-transplant)" in summary(off) and "38 of the 38" not in summary(off)
     monkeypatch.setattr(tracing.vocab, "AUTO_BUDGET", 1.0)  # as if the vocabulary were very large
     auto, forced = emb(family["base"], family["ext_spm"]), emb(family["base"], family["ext_spm"], transplant=True)
     assert auto["extra"]["transplant"]["checked"] == 16 and auto["extra"]["transplant"]["count"] == 16
-    assert forced["extra"]["transplant"] == {**on["extra"]["transplant"], "mode": "forced"}
+    assert forced["extra"]["transplant"] == {**on["extra"]["transplant"], "setting": "forced"}
     assert "automatic budget checked 16 of the 38" in summary(auto)
 
 

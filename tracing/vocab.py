@@ -198,22 +198,22 @@ def transplant_check(E2: torch.Tensor | None, vm: VocabMap, k: int | None = None
     default min(64, d/2)) of θ₂'s rows of the shared tokens: a relative OMP residual below
     ``TRANSPLANT_RESIDUAL``, over tokens evenly spaced among θ₂'s own (their number:
     :func:`checked_count` for ``mode``). Rows that are zero are left out. ``ran``: whether the
-    check ran; ``mode``: ``forced``, ``auto`` or ``off``."""
+    check ran; ``setting``: ``forced``, ``auto`` or ``off``."""
     label = {True: "forced", None: "auto", False: "off"}[mode]
     if mode is False:
-        return {"ran": False, "mode": label, "checked": 0, "count": 0, "tokens": []}
+        return {"ran": False, "setting": label, "checked": 0, "count": 0, "tokens": []}
     d = E2.shape[1]
     k = k or max(1, min(64, d // 2))
     m = checked_count(vm, d, k, mode)
     if m == 0:
-        return {"ran": True, "mode": label, "checked": 0, "count": 0, "tokens": [], "atoms": k, "threshold": TRANSPLANT_RESIDUAL}
+        return {"ran": True, "setting": label, "checked": 0, "count": 0, "tokens": [], "atoms": k, "threshold": TRANSPLANT_RESIDUAL}
     pick = np.unique(np.linspace(0, vm.ft_only.size - 1, m).round().astype(int))
     Y = E2[torch.from_numpy(vm.ft_only[pick])]
     nz = (Y.norm(dim=1) > 0).numpy()
     res = omp_residuals(E2[torch.from_numpy(vm.ft_ids)], Y[torch.from_numpy(nz)], k)
     keys = [vm.ft_only_keys[j] for j, z in zip(pick, nz) if z]
     hits = [show_key(key) for key, r in zip(keys, res) if r < TRANSPLANT_RESIDUAL]
-    return {"ran": True, "mode": label, "checked": int(nz.sum()), "ft_only": int(vm.ft_only.size), "count": len(hits),
+    return {"ran": True, "setting": label, "checked": int(nz.sum()), "ft_only": int(vm.ft_only.size), "count": len(hits),
             "tokens": hits[:MAX_LISTED], "atoms": k, "threshold": TRANSPLANT_RESIDUAL,
             "median_residual": float(np.median(res)) if res.size else None}
 
@@ -228,7 +228,7 @@ def transplant_meaning(t: dict) -> str:
 
 def _budget_note(t: dict) -> str:
     most = min(MAX_CHECKED, t.get("ft_only", 0))
-    if t.get("mode") != "auto" or t["checked"] >= most:
+    if t.get("setting") != "auto" or t["checked"] >= most:
         return ""
     return (f" (the automatic budget checked {t['checked']} of the {t['ft_only']} tokens only the second model has; "
             f"--transplant checks {most})")
