@@ -329,3 +329,15 @@ def test_transplant_option_declared_and_keys_kept():
                                  if k not in ("rows", "fold_norms")}}  # both omitted at their defaults
     assert o.key_for("emb") == hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:10]
     assert len({o.key_for("emb"), o.replace(transplant=False).key_for("emb"), o.replace(transplant=True).key_for("emb")}) == 3
+
+
+def test_unit_rows_in_chunks_equal_the_whole_dictionary_at_once():
+    """The dictionary is normalised a block of rows at a time (no float64 copy of all of it): the
+    same float32 rows, bit for bit, as normalising it whole in float64."""
+    from tracing.vocab import _unit_rows
+    D = torch.randn(1000, 96, generator=torch.Generator().manual_seed(4)) * torch.rand(1000, 1) * 10
+    D[7] = 0
+    whole = D.double()
+    whole = (whole / whole.norm(dim=1, keepdim=True).clamp_min(1e-300)).float()
+    for chunk in (1, 7, 333, 4096):
+        assert torch.equal(_unit_rows(D, chunk), whole)
