@@ -253,3 +253,91 @@ def test_power_on_replaced_and_extended_vocabularies():
                 assert new >= t["count"] >= 0.9 * new and set(t["tokens"]) <= {" " + x for x in w[len(words):]}
             else:
                 assert t["count"] == 0
+
+
+# ---- the transplant check: recorded outputs, the switch, the budget ---------------------------
+def _omp_case(V, d, n_new, seed):
+    """A dictionary and θ₂'s own rows: half of them sparse combinations of 4 shared rows, half
+    random, the last one zero (the generator the reference outputs were recorded with)."""
+    from tracing.vocab import VocabMap
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(V, d, generator=g)
+    for j in range(n_new // 2):
+        idx = torch.randperm(V - n_new, generator=g)[:4]
+        E[V - n_new + j] = torch.randn(4, generator=g) @ E[idx]
+    E[V - 1] = 0
+    rng = np.random.default_rng(seed)
+    ft_ids = np.sort(rng.permutation(V - n_new)[: (V - n_new) * 3 // 4]).astype(np.int64)
+    only = np.arange(V - n_new, V, dtype=np.int64)
+    vm = VocabMap(base_ids=np.arange(ft_ids.size, dtype=np.int64), ft_ids=ft_ids,
+                  keys=[b"k%d" % i for i in range(ft_ids.size)], base_vocab=V, ft_vocab=V, ft_only=only,
+                  ft_only_keys=[b"n%d" % i for i in only])
+    return E, vm
+
+
+def test_transplant_check_bit_for_bit_with_recorded_outputs():
+    """The outputs the check gave before it was made faster (tests/data/vocab_transplant_reference.json):
+    every residual and the median to the last bit, the same count and tokens."""
+    import json
+    from pathlib import Path
+
+    from tracing.vocab import omp_residuals, transplant_check
+    ref = json.loads((Path(__file__).parent / "data" / "vocab_transplant_reference.json").read_text())
+    assert len(ref) == 4
+    for case in ref:
+        V, d, n, seed, k = case["case"]
+        E, vm = _omp_case(V, d, n, seed)
+        got = transplant_check(E, vm, k)
+        assert (got.pop("ran"), got.pop("setting")) == (True, "forced")
+        assert {**got, "median_residual": float.hex(got["median_residual"])} == case["check"]
+        res = omp_residuals(E[torch.from_numpy(vm.ft_ids)], E[torch.from_numpy(vm.ft_only[:70])], k or 8)
+        assert [float.hex(float(x)) for x in res] == case["residuals"]
+
+
+def test_transplant_switch_off_and_forced(family, monkeypatch):
+    """--no-transplant: the record says the check did not run and nothing else changes; the
+    automatic budget checks fewer tokens of a large vocabulary (at least 16), --transplant all 38."""
+    import tracing.vocab
+    from tracing.results import summary
+    on, off = emb(family["base"], family["ext_spm"]), emb(family["base"], family["ext_spm"], transplant=False)
+    assert on["extra"]["transplant"]["ran"] and on["extra"]["transplant"]["setting"] == "auto"
+    assert off["extra"]["transplant"] == {"ran": False, "setting": "off", "checked": 0, "count": 0, "tokens": []}
+    assert off["log10_pvalue"] == on["log10_pvalue"] and off["extra"]["vocab"] == on["extra"]["vocab"]
+    assert "switched off (--no-transplant)" in summary(off) and "38 of the 38" not in summary(off)
+    monkeypatch.setattr(tracing.vocab, "AUTO_BUDGET", 1.0)  # as if the vocabulary were very large
+    auto, forced = emb(family["base"], family["ext_spm"]), emb(family["base"], family["ext_spm"], transplant=True)
+    assert auto["extra"]["transplant"]["checked"] == 16 and auto["extra"]["transplant"]["count"] == 16
+    assert forced["extra"]["transplant"] == {**on["extra"]["transplant"], "setting": "forced"}
+    assert "automatic budget checked 16 of the 38" in summary(auto)
+
+
+def test_transplant_option_declared_and_keys_kept():
+    """One declaration: --transplant / --no-transplant on the command line, absent from the result key
+    at its default (results written before it existed are still found), in the key when set."""
+    import argparse
+    import hashlib
+    import json
+
+    from tracing.options import add_options, options_from_args
+    from tracing.stats import get
+    p = argparse.ArgumentParser()
+    add_options(p)
+    assert [options_from_args(p.parse_args(a)).transplant for a in ([], ["--transplant"], ["--no-transplant"])] == \
+        [None, True, False]
+    o = Options(stat=["emb"])
+    earlier = {"stat": "emb", **{k: getattr(o, k) for k in sorted(set(get("emb").option_names()) - {"transplant"})
+                                 if k not in ("rows", "fold_norms")}}  # both omitted at their defaults
+    assert o.key_for("emb") == hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:10]
+    assert len({o.key_for("emb"), o.replace(transplant=False).key_for("emb"), o.replace(transplant=True).key_for("emb")}) == 3
+
+
+def test_unit_rows_in_chunks_equal_the_whole_dictionary_at_once():
+    """The dictionary is normalised a block of rows at a time (no float64 copy of all of it): the
+    same float32 rows, bit for bit, as normalising it whole in float64."""
+    from tracing.vocab import _unit_rows
+    D = torch.randn(1000, 96, generator=torch.Generator().manual_seed(4)) * torch.rand(1000, 1) * 10
+    D[7] = 0
+    whole = D.double()
+    whole = (whole / whole.norm(dim=1, keepdim=True).clamp_min(1e-300)).float()
+    for chunk in (1, 7, 333, 4096):
+        assert torch.equal(_unit_rows(D, chunk), whole)

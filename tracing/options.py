@@ -12,7 +12,7 @@ from .errors import TracingError
 DEFAULT_BLOCK_SIZE = 512
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 #: options left out of result keys while they hold this value (keys of earlier results stay valid)
-KEY_OMITTED_AT_DEFAULT = {"localized": False, "rows": None}
+KEY_OMITTED_AT_DEFAULT = {"localized": False, "rows": None, "transplant": None}
 #: options that change only the verdict, not the result: hashed at this value whatever they hold, so
 #: every level finds the same result (the keys earlier versions wrote at the default level)
 KEY_FIXED = {"significance": 0.01}
@@ -45,6 +45,7 @@ class Options:
     rows: int | None = None  # sampled test: K unit indices drawn from the seed, the same in both models
     localized: bool = False  # block map: every block pair tested (cos, match)
     fold_norms: bool | None = None  # None: fold when either model is AWQ
+    transplant: bool | None = None  # emb's transplant check: None sized to a budget, True every sampled token, False off
 
     def __post_init__(self):
         from .stats import canonical, known_names
@@ -216,7 +217,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 #: how a statistic's option of each kind is read from the command line
 _KINDS = {"flag": {"action": "store_true"}, "int": {"type": int}, "float": {"type": float},
-          "floats": {"type": _float_list}}
+          "floats": {"type": _float_list}, "switch": {"action": argparse.BooleanOptionalAction}}
 
 
 def add_stat_options(g) -> None:

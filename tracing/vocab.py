@@ -130,25 +130,42 @@ def show_key(k: bytes) -> str:
     return k.decode("utf-8", "backslashreplace")
 
 
+def _unit_rows(D: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The rows of ``D`` scaled to unit norm (computed in float64, kept in float32), ``chunk`` rows at
+    a time so that no float64 copy of the whole dictionary is held."""
+    out = torch.empty(D.shape, dtype=torch.float32)
+    for i in range(0, D.shape[0], chunk):
+        Dc = D[i:i + chunk].double()
+        out[i:i + chunk] = Dc / Dc.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return out
+
+
 def omp_residuals(D: torch.Tensor, Y: torch.Tensor, k: int, chunk: int = 64) -> np.ndarray:
     """Relative residual ‖y − D_S w‖ / ‖y‖ of orthogonal matching pursuit with ``k`` atoms, for each
     row y of ``Y`` against the rows of ``D`` (the dictionary); ``chunk`` rows of ``Y`` at a time, each
     step one product with the dictionary (float32, to choose the atom) and a batched least-squares
-    fit (float64)."""
-    D = D.double()
-    Dn = (D / D.norm(dim=1, keepdim=True).clamp_min(1e-300)).float()  # choosing atoms needs no float64
+    fit (float64, over the chosen atoms' rows only)."""
+    Dn = _unit_rows(D)  # choosing atoms needs no float64
+    DnT = Dn.T
     out = []
     for Yc in Y.double().split(chunk):
-        R, S = Yc.clone(), torch.empty(Yc.shape[0], 0, dtype=torch.long)
-        for _ in range(min(k, D.shape[0])):
-            C = (R.float() @ Dn.T).abs()
+        n, steps = Yc.shape[0], min(k, D.shape[0])
+        R, S = Yc.clone(), torch.empty(n, 0, dtype=torch.long)
+        C = torch.empty(n, D.shape[0], dtype=torch.float32)
+        A = torch.empty(n, steps, D.shape[1], dtype=torch.float64)  # the chosen atoms' rows
+        b = torch.empty(n, steps, 1, dtype=torch.float64)  # their products with y
+        for j in range(steps):
+            torch.matmul(R.float(), DnT, out=C).abs_()
             C.scatter_(1, S, -1.0)  # an atom is chosen once
             S = torch.cat([S, C.argmax(1, keepdim=True)], 1)
-            A = D[S]  # [n, atoms, d]: least squares by the normal equations (a tiny ridge keeps them solvable)
-            G = A @ A.transpose(1, 2)
-            G = G + 1e-12 * G.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * torch.eye(G.shape[1], dtype=G.dtype)
-            w = torch.linalg.solve(G, A @ Yc.unsqueeze(2))
-            R = Yc - (A.transpose(1, 2) @ w).squeeze(2)
+            A[:, j] = D[S[:, j]]
+            a = A[:, j:j + 1]
+            Aj = A[:, :j + 1]
+            Gj = Aj @ Aj.transpose(1, 2)
+            b[:, j:j + 1] = a @ Yc.unsqueeze(2)  # least squares by the normal equations (a tiny ridge keeps them solvable)
+            Gj = Gj + 1e-12 * Gj.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * torch.eye(j + 1, dtype=Gj.dtype)
+            w = torch.linalg.solve(Gj, b[:, :j + 1])
+            R = Yc - (A[:, :j + 1].transpose(1, 2) @ w).squeeze(2)
         ny = Yc.norm(dim=1)
         out.append(torch.where(ny > 0, R.norm(dim=1) / ny.clamp_min(1e-300), torch.nan))
     return torch.cat(out).numpy() if out else np.empty(0)
@@ -157,29 +174,67 @@ def omp_residuals(D: torch.Tensor, Y: torch.Tensor, k: int, chunk: int = 64) -> 
 TRANSPLANT_RESIDUAL = 0.05
 MAX_LISTED = 50
 MAX_CHECKED = 128  # tokens only θ₂ has, evenly spaced over its ids, when it has more
+MIN_CHECKED = 16  # the automatic mode checks at least this many (when θ₂ has them)
+#: the automatic mode's budget: checked tokens × atoms × shared tokens × d multiply-adds in the
+#: products that choose the atoms (about half the full check at 32000 × 1024)
+AUTO_BUDGET = 1.2e11
 
 
-def transplant_check(E2: torch.Tensor, vm: VocabMap, k: int | None = None) -> dict:
+def checked_count(vm: VocabMap, d: int, k: int, mode: bool | None) -> int:
+    """How many of θ₂'s own tokens the check looks at: ``mode`` True every one up to
+    ``MAX_CHECKED``, None (automatic) as many as ``AUTO_BUDGET`` allows but at least
+    ``MIN_CHECKED``, False none. A function of the shapes and the vocabularies only."""
+    n = min(MAX_CHECKED, int(vm.ft_only.size)) if vm.shared else 0
+    if mode is False:
+        return 0
+    if mode is None:
+        per_token = max(1, min(k, vm.shared)) * vm.shared * d
+        n = min(n, max(MIN_CHECKED, int(AUTO_BUDGET // per_token)))
+    return n
+
+
+def transplant_check(E2: torch.Tensor | None, vm: VocabMap, k: int | None = None, mode: bool | None = True) -> dict:
     """Which of θ₂'s own tokens have embedding rows that are sparse combinations (``k`` atoms, by
     default min(64, d/2)) of θ₂'s rows of the shared tokens: a relative OMP residual below
-    ``TRANSPLANT_RESIDUAL``. Rows that are zero are left out."""
+    ``TRANSPLANT_RESIDUAL``, over tokens evenly spaced among θ₂'s own (their number:
+    :func:`checked_count` for ``mode``). Rows that are zero are left out. ``ran``: whether the
+    check ran; ``setting``: ``forced``, ``auto`` or ``off``."""
+    label = {True: "forced", None: "auto", False: "off"}[mode]
+    if mode is False:
+        return {"ran": False, "setting": label, "checked": 0, "count": 0, "tokens": []}
     d = E2.shape[1]
     k = k or max(1, min(64, d // 2))
-    if vm.ft_only.size == 0 or vm.shared == 0:
-        return {"checked": 0, "count": 0, "tokens": [], "atoms": k, "threshold": TRANSPLANT_RESIDUAL}
-    pick = np.unique(np.linspace(0, vm.ft_only.size - 1, min(MAX_CHECKED, vm.ft_only.size)).round().astype(int))
+    m = checked_count(vm, d, k, mode)
+    if m == 0:
+        return {"ran": True, "setting": label, "checked": 0, "count": 0, "tokens": [], "atoms": k, "threshold": TRANSPLANT_RESIDUAL}
+    pick = np.unique(np.linspace(0, vm.ft_only.size - 1, m).round().astype(int))
     Y = E2[torch.from_numpy(vm.ft_only[pick])]
     nz = (Y.norm(dim=1) > 0).numpy()
     res = omp_residuals(E2[torch.from_numpy(vm.ft_ids)], Y[torch.from_numpy(nz)], k)
     keys = [vm.ft_only_keys[j] for j, z in zip(pick, nz) if z]
     hits = [show_key(key) for key, r in zip(keys, res) if r < TRANSPLANT_RESIDUAL]
-    return {"checked": int(nz.sum()), "ft_only": int(vm.ft_only.size), "count": len(hits), "tokens": hits[:MAX_LISTED], "atoms": k,
-            "threshold": TRANSPLANT_RESIDUAL, "median_residual": float(np.median(res)) if res.size else None}
+    return {"ran": True, "setting": label, "checked": int(nz.sum()), "ft_only": int(vm.ft_only.size), "count": len(hits),
+            "tokens": hits[:MAX_LISTED], "atoms": k, "threshold": TRANSPLANT_RESIDUAL,
+            "median_residual": float(np.median(res)) if res.size else None}
 
 
 def transplant_meaning(t: dict) -> str:
+    if t and t.get("ran") is False:
+        return "the transplant check was switched off (--no-transplant)"
     if not t or not t.get("checked"):
         return ""
+    return _transplant_finding(t) + _budget_note(t)
+
+
+def _budget_note(t: dict) -> str:
+    most = min(MAX_CHECKED, t.get("ft_only", 0))
+    if t.get("setting") != "auto" or t["checked"] >= most:
+        return ""
+    return (f" (the automatic budget checked {t['checked']} of the {t['ft_only']} tokens only the second model has; "
+            f"--transplant checks {most})")
+
+
+def _transplant_finding(t: dict) -> str:
     if t["count"] == 0:
         return (f"none of the {t['checked']} tokens only the second model has is a sparse combination of the "
                 f"shared tokens' rows (median OMP residual {t['median_residual']:.2f}): no sign of a tokenizer "

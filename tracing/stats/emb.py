@@ -14,7 +14,7 @@ the seed and the same in both models, are matched K × K.
 """
 from . import register
 from .cost import READ_BYTES_PER_S
-from .spec import ROWS, Cost, Similarity, same_width
+from .spec import ROWS, Cost, Flag, Similarity, same_width
 
 
 def _check(a, b, options):
@@ -56,8 +56,13 @@ def _explain(rec):
                   f"matching with the identity order — yet its median cosine stays near 1)"]
 
 
-@register("emb", check=_check, cost=_cost, reads=("rows",), variant_flags=("rows",), aligned=False,
-          options=(ROWS,), sampled="residual", screens=True, similarity=Similarity("median_cos", "median_cos"),
+TRANSPLANT = Flag("transplant", "{users}, when the vocabularies differ: --transplant checks every sampled token only "
+                                "the second model has (up to 128) for a tokenizer transplant, --no-transplant skips the "
+                                "check; default: as many tokens as a fixed budget of work allows (at least 16)", "switch")
+
+
+@register("emb", check=_check, cost=_cost, reads=("rows", "transplant"), variant_flags=("rows",), aligned=False,
+          options=(ROWS, TRANSPLANT), sampled="residual", screens=True, similarity=Similarity("median_cos", "median_cos"),
           aligned_pvalue=False, spearman=True, explain=_explain,
           description="matching of embedding dimensions over the shared vocabulary",
           meaning="embeddings (`emb`): embedding dimensions matched over the shared vocabulary, Spearman against "
@@ -89,5 +94,6 @@ def emb(ctx, base, ft):
     if vm is not None:
         from ..vocab import transplant_check
         extra["vocab"] = vm.record()
-        extra["transplant"] = transplant_check(ft.get(ft.arch.embed), vm)
+        E2 = None if o.transplant is False else ft.get(ft.arch.embed)  # switched off: not even read
+        extra["transplant"] = transplant_check(E2, vm, mode=o.transplant)
     return StatResult("emb", float(r), float(lp), [], extra)

@@ -92,7 +92,8 @@ class Flag:
     """One of a statistic's own command-line options, ``--<name>``, held in ``Options.<name>``
     (:func:`tracing.options.add_stat_options` turns every statistic's into flags, one per name).
 
-    ``kind``: ``"flag"`` (on/off), ``"int"``, ``"float"`` or ``"floats"`` (comma-separated).
+    ``kind``: ``"flag"`` (on/off), ``"switch"`` (``--<name>`` / ``--no-<name>``, default: automatic),
+    ``"int"``, ``"float"`` or ``"floats"`` (comma-separated).
     ``help``: its text, where ``{users}`` names the statistics that declare it; or
     ``help(specs) -> str`` given their specs."""
 
