@@ -82,6 +82,24 @@ class HubServer:
         return None
 
 
+def serving(models: dict, tmp_path, monkeypatch, **server_args):
+    """A started :class:`HubServer` holding ``models`` (``{"org/name": folder}``), with the real
+    huggingface_hub client pointed at it (``HF_ENDPOINT``), online, without a token, with an empty cache
+    under ``tmp_path``, and the range reader's retry backoff short. Close it after use."""
+    from huggingface_hub import constants
+    server = HubServer(**server_args)
+    for repo, folder in models.items():
+        server.add(repo, Path(folder))
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRACING_HUB_TIMEOUT", "0.5")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr("tracing.sources.hubhttp.BACKOFF", 0.01)
+    return server
+
+
 def sha256(f: Path) -> str:
     return hashlib.sha256(f.read_bytes()).hexdigest()
 

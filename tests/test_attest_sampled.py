@@ -97,18 +97,8 @@ def test_launch_attest_of_a_sampled_run_names_full_digests(models, tmp_path):
 @pytest.fixture
 def hub(models, tmp_path, monkeypatch):
     """The tiny models served as org/base and org/ft by the test hub, the client pointed at it, an empty cache."""
-    from huggingface_hub import constants
-    from hub_server import HubServer
-    server = HubServer(stall=1.5)
-    for name in ("base", "ft"):
-        server.add(f"org/{name}", Path(models[name]))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("TRACING_HUB_TIMEOUT", "0.5")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr("tracing.sources.hubhttp.BACKOFF", 0.01)
+    from hub_server import serving
+    server = serving({f"org/{name}": models[name] for name in ("base", "ft")}, tmp_path, monkeypatch, stall=1.5)
     yield server
     server.close()
 

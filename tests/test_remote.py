@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import finetuned, tiny_config, tiny_model
-from hub_server import HubServer
+from hub_server import HubServer, serving
 
 from tracing.errors import TracingError
 from tracing.models import Checkpoint
@@ -40,17 +40,7 @@ def folders(tmp_path_factory):
 @pytest.fixture
 def hub(folders, tmp_path, monkeypatch):
     """The server (models as org/base, org/ft, org/indep) with the client pointed at it and an empty cache."""
-    from huggingface_hub import constants
-    server = HubServer(stall=1.5)
-    for name, f in folders.items():
-        server.add(f"org/{name}", f)
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("TRACING_HUB_TIMEOUT", "0.5")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr("tracing.sources.hubhttp.BACKOFF", 0.01)
+    server = serving({f"org/{name}": f for name, f in folders.items()}, tmp_path, monkeypatch, stall=1.5)
     yield server
     server.close()
 

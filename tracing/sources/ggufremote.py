@@ -13,7 +13,7 @@ from ..errors import TracingError
 from .gguf import GGUFBackend
 from .ggufheader import dims_of, parse, shaped
 from .hubhttp import HubFiles, coalesce
-from .remote import DIGEST_NOTE
+from .remote import range_read_record
 
 CHUNK = 16 << 20  # a whole tensor is read in requests of this many bytes
 _HEADERS: dict[tuple, object] = {}
@@ -79,13 +79,7 @@ class RemoteGGUFBackend(GGUFBackend):
 
     # provenance ------------------------------------------------------------------------------
     def file_records(self) -> list[dict]:
-        entry = {"file": self.name, "size": self.sizes.get(self.name)}
-        sha = self.resolved.hub_sha256.get(self.name)
-        if sha:
-            entry["sha256"], entry["sha256_source"] = sha, "hub"
-        entry["read"] = DIGEST_NOTE
-        entry["bytes_read"] = self.hub.bytes_read.get(self.name, 0)
-        return [entry]
+        return [range_read_record(self.resolved, self.sizes, self.hub, self.name)]
 
     def header_bytes(self) -> int:
         return self.reader.data_start

@@ -27,6 +27,18 @@ from .hubhttp import HubFiles, coalesce
 DIGEST_NOTE = "range-read; digest from the hub, not re-hashed"
 
 
+
+def range_read_record(resolved, sizes: dict, hub, name: str) -> dict:
+    """The provenance of one weight file read by range requests: its size and digest as the hub reports
+    them (not re-hashed) and the bytes read."""
+    entry = {"file": name, "size": sizes.get(name)}
+    sha = resolved.hub_sha256.get(name)
+    if sha:
+        entry["sha256"], entry["sha256_source"] = sha, "hub"
+    entry["read"] = DIGEST_NOTE
+    entry["bytes_read"] = hub.bytes_read.get(name, 0)
+    return entry
+
 class RemoteBackend(FolderBackend):
     """Safetensors weights of a hub repository read by range requests (the folder holds the
     downloaded config and index files only)."""
@@ -164,16 +176,7 @@ class RemoteBackend(FolderBackend):
     # files and provenance --------------------------------------------------------------------
     def file_records(self) -> list[dict]:
         """Provenance of the weight files: size and digest as the hub reports them, bytes read."""
-        out = []
-        for f in self.weight_files():
-            entry = {"file": f.name, "size": self.sizes.get(f.name)}
-            sha = self.resolved.hub_sha256.get(f.name)
-            if sha:
-                entry["sha256"], entry["sha256_source"] = sha, "hub"
-            entry["read"] = DIGEST_NOTE
-            entry["bytes_read"] = self.hub.bytes_read.get(f.name, 0)
-            out.append(entry)
-        return out
+        return [range_read_record(self.resolved, self.sizes, self.hub, f.name) for f in self.weight_files()]
 
 
 def first_axis(part, shape) -> tuple[np.ndarray, object]:
