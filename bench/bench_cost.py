@@ -101,16 +101,6 @@ def write_sparse_pair(root: Path, L: int, K: int, noise: float = 0.1) -> dict[st
     return paths
 
 
-def evict(folders) -> None:
-    for folder in folders:
-        for f in Path(folder).iterdir():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
 def _children_cpu() -> float:
     import resource
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -143,7 +133,7 @@ def variant(kind: str, paths: dict, K: int, work: Path) -> dict:
     if kind == "help":
         wall, cpu, _ = run(main + ["--help"], dict(os.environ))
         return {"variant": kind, "wall_s": wall, "cpu_s": cpu, "load": os.getloadavg()[0]}
-    evict(paths.values())
+    common.evict(paths.values())
     cache = Path(tempfile.mkdtemp(prefix="bench-cost-cache-", dir=work))  # a cold digest cache
     env = {**os.environ, "TRACING_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
     save = cache / "r.p"

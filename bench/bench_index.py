@@ -146,14 +146,6 @@ def build_child(a) -> dict:
             "entry_bytes": sum(p.stat().st_size for p in entry.iterdir())}
 
 
-def evict(f: Path) -> None:
-    fd = os.open(f, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default=None)
@@ -179,7 +171,7 @@ def main() -> None:
         from tracing.models import Checkpoint
         Checkpoint(str(ckpt)).provenance()
         shutil.rmtree(a.workdir / "build-index", ignore_errors=True)
-        evict(ckpt / "model.safetensors")
+        common.evict([ckpt / "model.safetensors"])
         rec = common.run_child(__file__, ["--variant", "build", "--ckpt", str(ckpt), "--workdir", str(a.workdir)],
                                log=log, hash_cache=cache)
         records.append({"variant": "build", **rec})

@@ -143,16 +143,6 @@ def variant(base: Path, other: Path, rows: int | None) -> dict:
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
 
 
-def _evict(folder: Path) -> None:
-    for f in folder.iterdir():
-        if f.suffix == ".safetensors":
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
 def extrapolate(name: str, sampled: dict, full: list[dict], rows: int) -> dict:
     """Whole-model time and bytes read from one block pair's measurements."""
     import numpy as np
@@ -203,7 +193,7 @@ def main(argv=None):
         got = {"full": []}
         for kind, E, ps, threads in runs:
             for p in paths.values():
-                _evict(p)
+                common.evict([p])
             rec = common.run_child(__file__, ["--variant", kind, "--rows", str(a.rows), "--threads", threads,
                                               "--paths", str(ps["base"]), str(ps["ft"])], log=log)
             rec.update(shape=name, kind=kind)

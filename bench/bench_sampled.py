@@ -104,19 +104,6 @@ def variant_store_pair(base: Path, other: Path, store: Path, rows: int) -> dict:
             "bytes_read": _io_read_bytes() - io0, "rows_store": rec.get("rows_store"), "rows": rows}
 
 
-def evict(folders) -> None:
-    """Drop the weight files' pages from the page cache (clean pages; no root needed), so that
-    every variant starts cold and ``bytes read`` is what it really reads."""
-    for folder in folders:
-        for f in Path(folder).iterdir():
-            if f.suffix == ".safetensors":  # a prefix view's shards are links: the target is evicted
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                finally:
-                    os.close(fd)
-
-
 def _hash_all(paths) -> None:
     from tracing.models import Checkpoint
     for p in paths:
@@ -192,7 +179,7 @@ def main(argv=None):
         for L, pair, k, shape in ([] if a.grid_only else _runs(a, paths7, paths70)):
             ps = views[L] if shape == "7b" else paths70
             args = ["--variant", "cos", "--base", str(ps["base"]), "--other", str(ps[pair]), "--k", str(k or 0)]
-            evict([ps["base"], ps[pair]])
+            common.evict([ps["base"], ps[pair]])
             rec = common.run_child(__file__, args, log=log, hash_cache=hash_cache)
             rec.update(blocks=L, pair=pair, shape=shape, rows=k)
             records.append(rec)
@@ -216,7 +203,7 @@ def _grid_runs(a, paths: dict, hash_cache: Path, log) -> list[dict]:
     out = []
 
     def child(kind, args, **tags):
-        evict(paths.values())
+        common.evict(paths.values())
         args = ["--variant", kind, "--store", str(store), "--k", str(a.grid_rows), *args]
         rec = common.run_child(__file__, args, log=log, hash_cache=hash_cache)
         rec.update(grid=kind, blocks=a.blocks, rows=a.grid_rows, **tags)

@@ -89,6 +89,19 @@ def emit(record: dict) -> None:
     print(TAG + json.dumps(record), flush=True)
 
 
+def evict(paths) -> None:
+    """Drop files' pages from the page cache (clean pages; no root needed), so that every variant starts
+    cold and ``bytes read`` is what it really reads. ``paths``: files, or folders (their ``.safetensors``
+    files; a prefix view's shards are links, and the target is evicted)."""
+    for path in map(Path, paths):
+        for f in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 # ------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------
