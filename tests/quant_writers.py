@@ -462,11 +462,9 @@ def ct_observe(w: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
     return g.amin((1, 3)), g.amax((1, 3))
 
 
-def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None = None, before=None,
-                     **weights) -> Path:
-    """Every block linear layer (routers excluded) compressed by compressed-tensors' own compressor
-    for ``fmt`` with the weight arguments ``weights`` (num_bits, type, symmetric, strategy, …), after
-    ``before(weight)`` when given."""
+def ct_compress(t: torch.Tensor, fmt: str = "pack-quantized", **weights) -> dict[str, torch.Tensor]:
+    """The tensors compressed-tensors' own compressor for ``fmt`` stores for the weight ``t`` (``weight_packed``
+    / ``weight``, ``weight_scale``, …; names without the module) with scales from its minimum and maximum."""
     from compressed_tensors.compressors import (FloatQuantizationCompressor, IntQuantizationCompressor,
                                                 NaiveQuantizationCompressor, PackedQuantizationCompressor)
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
@@ -474,12 +472,21 @@ def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None 
     compressor = {"pack-quantized": PackedQuantizationCompressor, "int-quantized": IntQuantizationCompressor,
                   "naive-quantized": NaiveQuantizationCompressor, "float-quantized": FloatQuantizationCompressor}[fmt]
     args = QuantizationArgs(**weights)
-    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    scale, zero = calculate_qparams(*ct_observe(t.float(), args), args)
+    return compressor.compress({"weight": t.float(), "weight_scale": scale, "weight_zero_point": zero},
+                               QuantizationScheme(targets=["Linear"], weights=args))
+
+
+def write_compressed(folder, out, fmt: str = "pack-quantized", drop: str | None = None, before=None,
+                     **weights) -> Path:
+    """Every block linear layer (routers excluded) compressed by compressed-tensors' own compressor
+    for ``fmt`` with the weight arguments ``weights`` (num_bits, type, symmetric, strategy, …), after
+    ``before(weight)`` when given."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**weights))
 
     def quantize(name, t):
-        t = before(t.float()) if before else t
-        scale, zero = calculate_qparams(*ct_observe(t.float(), args), args)
-        parts = compressor.compress({"weight": t.float(), "weight_scale": scale, "weight_zero_point": zero}, scheme)
+        parts = ct_compress(before(t.float()) if before else t, fmt, **weights)
         return {f"{name[: -len('.weight')]}.{k}": v for k, v in parts.items()}
 
     qcfg = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
@@ -674,7 +681,9 @@ def write_sparse(folder, out, sparsity: str = "sparse-24-bitmask", fmt: str | No
     """Every block linear layer (routers excluded) pruned (:func:`prune`), quantized by compressed-tensors'
     own compressor for ``fmt`` with the weight arguments ``weights`` when ``fmt`` is given (else kept in
     bfloat16), and its weight (or codes) stored sparse in ``sparsity``, as llm-compressor saves a
-    sparse model; ``drop`` leaves out the stored tensors whose names end with it."""
+    sparse model; ``drop`` leaves out the stored tensors whose names end with it.  The package's sparse
+    compressor compresses ``<module>.weight`` only: ``pack-quantized`` layers (``weight_packed``) keep
+    their packed codes, with no bitmask, as it saves them (tests/data/ct_sparse_packed.safetensors)."""
     qcfg = {"quant_method": "compressed-tensors", "quantization_status": "compressed",
             "sparsity_config": {"format": sparsity, "targets": ["Linear"], "ignore": ["lm_head"],
                                 "sparsity_structure": "2:4" if sparsity == "sparse-24-bitmask" else "unstructured"}}

@@ -11,8 +11,11 @@ its ``targets`` (``Linear`` or ``re:<pattern>`` of module names) which layers it
   output dimension; ``weight_g_idx`` when the input columns were grouped out of order (act-order).
 - ``int-quantized``, ``naive-quantized``, ``float-quantized``: ``<module>.weight`` holds the codes
   (int8, or float8_e4m3fn) next to ``weight_scale`` and, when asymmetric, ``weight_zero_point``.
-- ``sparsity_config.format`` ``sparse-24-bitmask`` / ``sparse-bitmask``: the weight (or the codes
-  of the quantization format it wraps) is stored sparse, as :mod:`tracing.sources.sparse` reads it.
+- ``sparsity_config.format`` ``sparse-24-bitmask`` / ``sparse-bitmask``: the weight (or the int8 /
+  float8 codes of the quantization format it wraps) is stored sparse, as :mod:`tracing.sources.sparse`
+  reads it.  Over ``pack-quantized`` there is no bitmask: the package's sparse compressor compresses
+  ``<module>.weight`` only, after the quantization compressor has replaced it by ``weight_packed``,
+  so those layers are stored packed as above and their pruned values are zero codes.
 
 W = (q − zero) · scale, the scale and zero of each element's tensor / row / group / block.  The
 arithmetic here is written out and tested against the package's own decompressors.
@@ -37,6 +40,7 @@ from .sparse import row_counts, scatter, unpack_bitmask, value_positions
 
 PACKED, CODES = "pack-quantized", ("int-quantized", "naive-quantized", "float-quantized")
 STRATEGIES = ("tensor", "channel", "group", "block")
+SPARSE_VALUES = ("F32", "F16", "BF16", "I8", "F8_E4M3", "F8_E5M2")  # the dtypes a sparse layer's kept values have
 SCALE_MOVERS = r"\b(AWQModifier|SmoothQuantModifier)\b"  # llm-compressor modifiers that migrate scales
 
 
@@ -103,6 +107,8 @@ class CompressedTensorsBackend(LayeredBackend):
                                f"(supported: {', '.join(SPARSE)}); decompress the model with compressed-tensors "
                                f"(ModelCompressor) and use that copy")
         self.sparsity = sparsity if sparsity in SPARSE else None
+        sparse_cfg = qcfg.get("sparsity_config") or {}
+        self.sparse_targets, self.sparse_ignore = sparse_cfg.get("targets") or [], sparse_cfg.get("ignore") or []
         if qcfg.get("format") not in (None, "mixed-precision", "dense", PACKED, *CODES):
             raise TracingError(f"{where}: compressed-tensors format {qcfg.get('format')!r} is not supported "
                                f"(supported: {', '.join((PACKED, *CODES))}); use a checkpoint in one of these "
@@ -125,9 +131,6 @@ class CompressedTensorsBackend(LayeredBackend):
         self.moves_norm_scales = bool(found)
         if found:
             self.undoes += f"; {found[0]} scales moved between norms and layers (norm gains folded)"
-        if self.sparsity:
-            self.undoes += (f"; {self.sparsity}: the kept values put back in place"
-                            f"{' (2 of every 4)' if self.sparsity != UNSTRUCTURED else ''}, zeros elsewhere")
 
     def layer(self, stored):
         if not stored.endswith(".weight"):
@@ -161,12 +164,35 @@ class CompressedTensorsBackend(LayeredBackend):
         shape = (tuple(int(x) for x in self.read(need[1]).tolist()) if packed
                  else self._sparse_shape(sparse) if sparse else self.meta(stored).shape)
         kind = self._kind(args, packed)
-        lay = Layer(f"{self._sparse_kind()} {kind}" if sparse else kind, parts,
+        if sparse or (packed and self._sparse_target(mod)):
+            kind = f"{self._sparse_kind()} {kind}"
+        lay = Layer(kind, parts,
                     {"args": args, "shape": shape, "packed": packed})
         self._check_scale(lay)
         return lay
 
+    def quantization(self):
+        info = super().quantization()
+        if not self.sparsity:
+            return info
+        kinds = set(self.tensor_types().values())
+        spread = f"{' (2 of every 4)' if self.sparsity != UNSTRUCTURED else ''}"
+        if any(k.startswith(self._sparse_kind() + " ") and " packed " not in k for k in kinds):
+            info["undone"] += f"; {self.sparsity}: the kept values put back in place{spread}, zeros elsewhere"
+        if any(k.startswith(self._sparse_kind() + " packed ") for k in kinds):
+            info["undone"] += (f"; {self.sparsity} over pack-quantized: stored packed with no bitmask (compressed-tensors' "
+                               f"sparse compressor leaves weight_packed as it is), the pruned values{spread} are zero codes")
+        return info
+
     # sparse layers -----------------------------------------------------------------------
+    def _sparse_target(self, mod: str) -> bool:
+        """Whether ``sparsity_config`` covers layer ``mod`` (``targets`` / ``ignore``: a layer class
+        such as ``Linear``, a module name, or ``re:<pattern>``)."""
+        def hits(t: str) -> bool:
+            return bool(re.match(t[3:], mod)) if t.startswith("re:") else t == mod
+        return (any(hits(t) or (not t.startswith("re:") and "." not in t and t[:1].isupper()) for t in self.sparse_targets)
+                and not any(hits(t) for t in self.sparse_ignore))
+
     def _sparse(self, mod: str) -> dict | None:
         """The sparse parts of layer ``mod`` (``q``: its kept values), None when it is not stored sparse."""
         parts = {"q" if p == "compressed" else p: f"{mod}.{p}" for p in SPARSE_PARTS}
@@ -181,6 +207,11 @@ class CompressedTensorsBackend(LayeredBackend):
             if not self.has_key(key):
                 raise bad_part(self.folder, parts["q"], f"has no {key} beside it", "the download is incomplete — "
                                "download it again")
+        dtype = self.meta(parts["q"]).dtype
+        if dtype not in SPARSE_VALUES:
+            raise bad_part(self.folder, parts["q"], f"holds {dtype} values, which {self.sparsity} does not store (it "
+                           f"keeps float weights or int8 / float8 codes; packed int4 / int8 codes stay in weight_packed, "
+                           f"with no bitmask)", "use the checkpoint as compressed-tensors saved it")
         return parts
 
     def _sparse_kind(self) -> str:
