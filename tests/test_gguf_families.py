@@ -22,6 +22,7 @@ from family_models import family_config, family_model, save_trio
 from gguf.quants import quantize
 from quant_writers import gguf_namer, stack_experts
 from tracing.align import align
+from tracing.errors import TracingError
 from tracing.models import Checkpoint
 from tracing.options import Options
 from tracing.stats import get as get_stat
@@ -281,17 +282,20 @@ def test_rewritten_gguf_alignment_and_power(rewritten):
 
 
 def test_damaged_qwen35_gguf_is_one_line_exit_2(tmp_path):
-    """A Qwen3.5 GGUF file without ssm_a, or whose ssm_a is short: one line naming the tensor, exit 2,
-    no result file."""
+    """A Qwen3.5 GGUF file without ssm_a, or whose ssm_a is short: one line naming the tensor when it is
+    opened; from the command line, exit 2 and no result file."""
     model = family_model(family_config("qwen3_5_text"), seed=3)
     model.save_pretrained(tmp_path / "hf")
-    cases = ((dict(drop=("blk.0.ssm_a",)), "missing"), (dict(reshape={"blk.0.ssm_a": 3}), "blk.0.ssm_a"))
+    cases = ((dict(drop=("blk.0.ssm_a",)), "linear_attn.A_log are missing"), (dict(reshape={"blk.0.ssm_a": 3}), "blk.0.ssm_a holds 3"))
+    folders = []
     for k, (damage, needle) in enumerate(cases):
-        folder = write_converted(tmp_path / "hf", tmp_path / f"g{k}", "qwen35", **damage)
-        out = tmp_path / f"never{k}.p"
-        r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base_model_id", str(tmp_path / "hf"),
-                            "--ft_model_id", str(folder), "--stat", "cos", "--save", str(out), "--quiet"],
-                           capture_output=True, text=True, cwd=ROOT, timeout=600)
-        assert r.returncode == 2, r.stderr[-2000:]
-        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert not out.exists()
+        folders.append(write_converted(tmp_path / "hf", tmp_path / f"g{k}", "qwen35", **damage))
+        with pytest.raises(TracingError, match=needle) as e:
+            Checkpoint(folders[-1])
+        assert "\n" not in str(e.value)
+    out = tmp_path / "never.p"
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base_model_id", str(tmp_path / "hf"),
+                        "--ft_model_id", str(folders[1]), "--stat", "cos", "--save", str(out), "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 2 and "blk.0.ssm_a" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
