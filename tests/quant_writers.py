@@ -49,9 +49,12 @@ def gguf_namer(arch: str, n_blocks: int):
     def name(hf: str) -> str:
         base, suffix = hf.rsplit(".", 1)
         g = table.get_name(base)
+        if g is not None:
+            return f"{g}.{suffix}"
+        g = table.get_name(hf)  # a parameter without a suffix (A_log: ssm_a)
         if g is None:
             raise KeyError(f"no GGUF name for {hf} in {arch}")
-        return f"{g}.{suffix}"
+        return g
     return name
 
 

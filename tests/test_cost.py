@@ -239,6 +239,16 @@ def test_gguf_on_the_hub_reads_sampled_rows_by_ranges_equal_to_local(hub, hub_gg
     assert f["sha256_source"] == "hub" and f["read"].startswith("range-read") and 0 < f["bytes_read"] < size
 
 
+def test_gguf_on_the_hub_reads_whole_tensors_equal_to_local(hub, hub_ggufs):
+    """Whole tensors by range requests too: a projection, Llama's rotary-permuted Q rows, a norm."""
+    import torch
+    from tracing.models import Checkpoint
+    remote, local = Checkpoint("org/base", remote=True), Checkpoint(str(hub_ggufs["base"]))
+    names = [n for n in remote.arch.names() if ".layers.0." in n and n.endswith(("q_proj.weight", "norm.weight"))]
+    for n in [remote.arch.units(0)[0].up] + names:
+        assert torch.equal(remote.get(n), local.get(n)), n
+
+
 def test_scan_hashes_in_full_only_a_possible_reupload(trio, tmp_path, monkeypatch):
     import shutil
     import tracing.models

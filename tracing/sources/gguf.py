@@ -25,7 +25,25 @@ tensor equals its Hugging Face counterpart up to quantization error:
   experts get ``.weight``, the router's gain is ``ffn_gate_inp.scale`` and its per-expert scale
   ``ffn_down_exps.scale``;
 - ``deepseek2`` (DeepSeek-V3, Kimi K2): multi-head latent attention's ``kv_b_proj`` is split per head
-  into ``attn_k_b`` (the key rows, transposed) and ``attn_v_b``; both are read and put back together.
+  into ``attn_k_b`` (the key rows, transposed) and ``attn_v_b``; both are read and put back together;
+- ``deepseek32`` (DeepSeek-V3.2): the same, and the attention indexer's tensors renamed only
+  (``indexer.attn_q_b``, ``indexer.attn_k``, ``indexer.k_norm`` with its bias, ``indexer.proj``; named
+  with the table of ``glm-dsa``, which lists the same tensors, when the installed gguf-py has no
+  ``deepseek32``); the multi-token-prediction blocks the converter appends are not read;
+- ``qwen3next``, ``qwen35``, ``qwen35moe`` (Qwen3-Next, Qwen3.5, Qwen3.5-MoE: Gated DeltaNet linear
+  attention): ``A_log`` is stored as ``ssm_a`` = −exp(A_log) (read back as log(−ssm_a)), ``dt_bias`` as
+  ``ssm_dt.bias``, ``conv1d`` [C, 1, K] squeezed to [C, K], every norm gain but the linear attention's
+  gated ``norm`` (``ssm_norm``) as 1 + w; Qwen3-Next's ``in_proj_qkvz`` (q, k, v, z grouped per key head)
+  is split into ``attn_qkv`` (all q, all k, all v) and ``attn_gate`` (all z), both read and regrouped,
+  its ``in_proj_ba`` is ``ssm_ba`` as it is; Qwen3.5's value heads are reordered from grouped by key
+  head to tiled (the v rows of ``in_proj_qkv`` and ``conv1d``, the rows of ``in_proj_z``, ``in_proj_a``,
+  ``in_proj_b``, ``A_log``, ``dt_bias``, the columns of ``out_proj``) and put back; the shared
+  expert's gate is ``ffn_gate_inp_shexp`` (a vector); the full-attention blocks' gated ``q_proj`` is
+  stored as it is; the multi-token-prediction blocks are not read.
+
+Each rule is a row of :data:`CHANGES` (architectures, checkpoint names, change); a tensor split in two
+is declared in :data:`SPLITS`, a renamed parameter in :data:`RENAMES`. On opening, every GGUF tensor's
+size is checked against the config (a damaged file or another model's config is a one-line error).
 
 Config and tokenizer come from the folder when it has them (``./folder:file.gguf``), else from the
 file's metadata through transformers' GGUF support (the architectures it reads, see
@@ -50,7 +68,8 @@ GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "q
              "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "gpt_neox": "gptneox",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2",
              "olmoe": "olmoe", "glm4_moe": "glm4moe", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie4_5-moe",
-             "gpt_oss": "gpt-oss", "llama4_text": "llama4", "gemma4_text": "gemma4"}
+             "gpt_oss": "gpt-oss", "llama4_text": "llama4", "gemma4_text": "gemma4", "qwen3_next": "qwen3next",
+             "qwen3_5_text": "qwen35", "qwen3_5_moe_text": "qwen35moe", "deepseek_v32": "deepseek32"}
 #: GGUF architectures whose config is built from the metadata -> model_type (``llama`` with experts: mixtral)
 METADATA_ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text",
                   "phi3": "phi3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -66,7 +85,27 @@ PERMUTED_ARCHS = {"llama"}
 #: GGUF architectures whose converter stores norm gains as 1 + w
 SHIFTED_NORM_ARCHS = {"gemma", "gemma2", "gemma3"}
 #: GGUF architectures whose converter splits MLA's kv_b_proj into attn_k_b (transposed) and attn_v_b
-SPLIT_KV_B_ARCHS = {"deepseek2"}
+SPLIT_KV_B_ARCHS = {"deepseek2", "deepseek32"}
+#: GGUF architectures of Gated DeltaNet models: the converter stores ``A_log`` as ``ssm_a`` = −exp(A_log),
+#: ``dt_bias`` as ``ssm_dt.bias``, ``conv1d`` [C, 1, K] squeezed to [C, K], and every norm gain but the
+#: linear attention's gated norm as 1 + w
+DELTANET_ARCHS = {"qwen3next", "qwen35", "qwen35moe"}
+#: GGUF architectures whose converter splits Qwen3-Next's ``in_proj_qkvz`` (q, k, v, z grouped per key head)
+#: into ``attn_qkv`` (all q, all k, all v) and ``attn_gate`` (all z)
+SPLIT_QKVZ_ARCHS = {"qwen3next"}
+#: GGUF architectures whose converter reorders the linear attention's value heads from grouped by key head
+#: to tiled (when there are more value than key heads): the v rows of ``in_proj_qkv`` and of ``conv1d``,
+#: the rows of ``in_proj_z``, ``in_proj_a``, ``in_proj_b``, ``A_log`` and ``dt_bias``, the columns of ``out_proj``
+TILED_V_ARCHS = {"qwen35", "qwen35moe"}
+#: tensors the converter splits in two: GGUF architecture -> {checkpoint name tail: (the name the first part
+#: is looked up as, (GGUF name tail of the first part, of the second beside it))}
+SPLITS = {**{a: {"kv_b_proj.weight": ("k_b_proj", ("attn_k_b", "attn_v_b"))} for a in SPLIT_KV_B_ARCHS},
+          **{a: {"in_proj_qkvz.weight": ("in_proj_qkv", ("attn_qkv", "attn_gate"))} for a in SPLIT_QKVZ_ARCHS}}
+#: parameters the converter renames: GGUF architecture -> {checkpoint name tail: (renamed, suffix)}
+RENAMES = {a: {"linear_attn.dt_bias": ("linear_attn.dt_proj", "bias")} for a in DELTANET_ARCHS}
+#: GGUF architectures the installed gguf package may not name yet -> one with the same tensor names
+#: (DeepSeek-V3.2's ``deepseek32``: DeepSeek-V3's tensors and the attention indexer's, as GLM-5's ``glm-dsa``)
+NAME_TABLE_OF = {"deepseek32": "glm-dsa"}
 #: GGUF architectures whose converter appends .weight to every parameter without a suffix
 WEIGHT_SUFFIXED_ARCHS = {"gemma4"}
 #: per-tensor scales the converter stores beside another tensor: checkpoint name tail -> (tensor, suffix)
@@ -75,6 +114,21 @@ SCALE_RENAMES = {"gemma4": {"router.scale": ("router.proj", "scale"),
 #: GGUF architectures whose converter splits fused, transposed experts (``gate_up_proj`` [E, d, 2h]:
 #: gpt-oss's gate and up interleaved, Llama 4's in halves) into one stacked tensor per projection, as [E, out, in]
 SPLIT_EXPERT_ARCHS = {"gpt-oss", "llama4"}
+#: what the converter changed in a stored tensor's rows or values, undone on read: (GGUF architectures,
+#: checkpoint name pattern, change); every rule that matches applies, in this order
+CHANGES = ((PERMUTED_ARCHS, r".*q_proj\.(weight|bias)", "rotary_q"),
+           (PERMUTED_ARCHS, r".*k_proj\.(weight|bias)", "rotary_k"),
+           (SHIFTED_NORM_ARCHS | DELTANET_ARCHS, r".*(?<!linear_attn\.)norm\.weight", "one_plus_w"),
+           ({"gptneox"}, r".*\.query_key_value\.(weight|bias)", "neox_qkv"),
+           (SPLIT_KV_B_ARCHS, r".*kv_b_proj\.weight", "kv_b"),
+           (SPLIT_QKVZ_ARCHS, r".*linear_attn\.in_proj_qkvz\.weight", "qkvz"),
+           (DELTANET_ARCHS, r".*linear_attn\.A_log", "minus_exp"),
+           (TILED_V_ARCHS, r".*linear_attn\.(in_proj_qkv|conv1d)\.weight", "tiled_v_after_qk"),
+           (TILED_V_ARCHS, r".*linear_attn\.in_proj_z\.weight", "tiled_v"),
+           (TILED_V_ARCHS, r".*linear_attn\.(in_proj_[ab]\.weight|A_log|dt_bias)", "tiled_v_heads"),
+           (TILED_V_ARCHS, r".*linear_attn\.out_proj\.weight", "tiled_v_columns"))
+#: the changes that rewrite values (the others only move rows or columns)
+VALUE_CHANGES = {"one_plus_w", "minus_exp"}
 _SPLIT_EXPERT = re.compile(r"(?P<pre>.*\.experts)\.\w+#expert_(?P<w>gate|up|down)(?P<bias>_bias)?\.(?P<e>\d+)")
 CHUNK_ELEMENTS = 1 << 24  # larger tensors are dequantized in row chunks (bounded temporary memory)
 BAR_ELEMENTS = 1 << 26  # and the largest (embeddings, heads) show a progress bar on a terminal
@@ -164,6 +218,23 @@ def regroup_neox_qkv(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(3, n_head, w.shape[0] // 3 // n_head, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
 
 
+def untile_value_heads(w: torch.Tensor, dim: int, n_key: int, per_key: int, head_dim: int) -> torch.Tensor:
+    """Undo the converter's reordering of linear attention value heads along ``dim`` (tiled: value head j
+    of every key head, for j = 0, 1, …; back to grouped: the value heads of key head 0, of key head 1, …)."""
+    shape = list(w.shape)
+    w = w.reshape(*shape[:dim], per_key, n_key, head_dim, *shape[dim + 1:])
+    return w.transpose(dim, dim + 1).reshape(shape)
+
+
+def join_qkvz(qkv: torch.Tensor, z: torch.Tensor, n_key: int, key_dim: int) -> torch.Tensor:
+    """Qwen3-Next's ``in_proj_qkvz`` (q, k, v, z grouped per key head) from the converter's ``attn_qkv``
+    (all q, all k, all v) and ``attn_gate`` (all z)."""
+    d, qk = qkv.shape[-1], n_key * key_dim
+    q, k, v = qkv.split([qk, qk, qkv.shape[0] - 2 * qk])
+    parts = [t.reshape(n_key, -1, d) for t in (q, k, v, z)]
+    return torch.cat(parts, dim=1).reshape(-1, d)
+
+
 def _stored_base(gguf_arch: str, stored: str) -> tuple[str, str, int | None]:
     """``(name the table maps, suffix, expert or None)`` of a stored checkpoint tensor, as the
     converter renames it before looking it up."""
@@ -172,9 +243,10 @@ def _stored_base(gguf_arch: str, stored: str) -> tuple[str, str, int | None]:
         return f"{m['pre']}.{m['w']}", "weight", int(m["e"])
     if stored.endswith("e_score_correction_bias"):  # the converter names it ...e_score_correction.bias
         return stored[:-len("_bias")], "bias", None
-    if gguf_arch in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
-        return stored[:-len(".weight")].replace("kv_b_proj", "k_b_proj"), "weight", None  # + attn_v_b
-    for tail, (renamed, suffix) in SCALE_RENAMES.get(gguf_arch, {}).items():
+    for tail, (first, _) in SPLITS.get(gguf_arch, {}).items():  # the first part (the second is read beside it)
+        if stored.endswith(tail):
+            return stored[:-len(tail)] + first, "weight", None
+    for tail, (renamed, suffix) in {**SCALE_RENAMES.get(gguf_arch, {}), **RENAMES.get(gguf_arch, {})}.items():
         if stored.endswith(tail):
             return stored[:-len(tail)] + renamed, suffix, None
     base, _, suffix = stored.rpartition(".")
@@ -189,7 +261,8 @@ def name_map(gguf_arch: str, arch) -> dict[str, tuple[str, int | None]]:
     ``arch`` (gguf-py's TensorNameMap, the table llama.cpp's converter names tensors with; the experts
     of a block are stacked in one GGUF tensor per projection)."""
     from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
-    key = next(k for k, v in MODEL_ARCH_NAMES.items() if v == gguf_arch)
+    listed = gguf_arch if gguf_arch in MODEL_ARCH_NAMES.values() else NAME_TABLE_OF.get(gguf_arch, gguf_arch)
+    key = next(k for k, v in MODEL_ARCH_NAMES.items() if v == listed)
     table = get_tensor_name_map(key, arch.L)
     out = {}
     for name in arch.names():
@@ -220,6 +293,7 @@ class GGUFBackend(QuantizedBackend):
         self._check_arch()
         self._stored = self._map_tensors()  # checkpoint tensor name -> (GGUF tensor, expert or None)
         self._last: tuple[str, torch.Tensor] | None = None  # one fused or stacked tensor serves several
+        self._check_sizes()
         self._check_types()
 
     @classmethod
@@ -274,6 +348,34 @@ class GGUFBackend(QuantizedBackend):
             raise TracingError(f"{self.file}: tensors for {', '.join(missing[:3])} are missing "
                                f"({len(missing)} in all); is this a complete {self.arch.model_type} GGUF file?")
         return out
+
+    def _check_sizes(self) -> None:
+        """Every GGUF tensor holds as many values as the config gives the checkpoint tensors read from it
+        (its parts and experts; with the second part of a tensor the converter split in two): a damaged
+        file, or the config of another model, is one line at opening rather than an error or a wrong
+        reading later."""
+        want, first, seen = {}, {}, set()
+        for n in self.arch.names():
+            ref, stored, index, t, expert = self._find(n)
+            part = (stored, repr(index), expert)  # a role of a fused tensor: a row range or a slice
+            if part not in seen:
+                seen.add(part)
+                want[t.name] = want.get(t.name, 0) + math.prod(ref.shape)
+                first.setdefault(t.name, (n, stored))
+        by_name = {t.name: t for t in self.reader.tensors}
+        for g, count in want.items():
+            n, stored = first[g]
+            parts = [g] + [g.replace(a, b) for tail, (_, (a, b)) in SPLITS.get(self.gguf_arch, {}).items()
+                           if stored.endswith(tail)]
+            absent = [x for x in parts if x not in by_name]
+            if absent:
+                raise TracingError(f"{self.file}: {g} has no {absent[0]} beside it; is this a complete "
+                                   f"{self.arch.model_type} GGUF file?")
+            have = sum(int(by_name[x].n_elements) for x in parts)
+            if have != count:
+                raise TracingError(f"{self.file}: tensor {g} holds {have} values, but the config gives {n} and "
+                                   f"the tensors stored with it {count}; the file is damaged or the config.json is "
+                                   f"not this model's")
 
     def _check_types(self) -> None:
         from gguf import GGMLQuantizationType, dequantize
@@ -344,20 +446,10 @@ class GGUFBackend(QuantizedBackend):
         w = dequantize(self._row_data(t, expert, rows), t.tensor_type)
         return torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).reshape(len(rows), ref.shape[1]).to(dtype)
 
-    def _changes(self, stored: str) -> str | None:
-        """What llama.cpp's converter changed in a stored tensor (None: nothing)."""
-        g = self.gguf_arch
-        if g in PERMUTED_ARCHS and stored.endswith(("q_proj.weight", "q_proj.bias")):
-            return "q"
-        if g in PERMUTED_ARCHS and stored.endswith(("k_proj.weight", "k_proj.bias")):
-            return "k"
-        if g in SHIFTED_NORM_ARCHS and stored.endswith("norm.weight"):
-            return "norm"
-        if g == "gptneox" and ".query_key_value." in stored:
-            return "neox_qkv"
-        if g in SPLIT_KV_B_ARCHS and stored.endswith("kv_b_proj.weight"):
-            return "kv_b"
-        return None
+    def _changes(self, stored: str) -> tuple[str, ...]:
+        """What llama.cpp's converter changed in a stored tensor (:data:`CHANGES`; empty: nothing)."""
+        return tuple(change for archs, pattern, change in CHANGES
+                     if self.gguf_arch in archs and re.fullmatch(pattern, stored))
 
     def _read(self, stored: str, keep: bool = False) -> torch.Tensor:
         """The GGUF tensor holding ``stored``, dequantized, in its Hugging Face layout; a fused or
@@ -372,31 +464,47 @@ class GGUFBackend(QuantizedBackend):
         return w
 
     def _undo(self, stored: str, w: torch.Tensor, values: bool = True) -> torch.Tensor:
-        """Undo the converter's changes to a stored tensor: its row order always, its values (Gemma's
-        1 + w) when ``values``."""
-        change, a = self._changes(stored), self.arch
-        if change == "q":
-            return unpermute_rotary(w, a.n_heads)
-        if change == "k":
-            return unpermute_rotary(w, a.n_kv_heads)
-        if change == "norm" and values:
-            return w - 1
-        if change == "neox_qkv":
-            return regroup_neox_qkv(w, a.n_heads)
-        if change == "kv_b":
-            return self._joined_kv_b(stored, w)
+        """Undo the converter's changes to a stored tensor (:data:`CHANGES`, in order): its rows and columns
+        always, its values (1 + w, −exp) when ``values``."""
+        for change in self._changes(stored):
+            if values or change not in VALUE_CHANGES:
+                w = self._undo_one(change, stored, w)
         return w
 
-    def _joined_kv_b(self, stored: str, k_b: torch.Tensor) -> torch.Tensor:
-        """MLA's kv_b_proj [H·(nope + v), r] from the converter's attn_k_b [H, r, nope] and attn_v_b [H, v, r]."""
+    def _undo_one(self, change: str, stored: str, w: torch.Tensor) -> torch.Tensor:
+        a = self.arch
+        if change in ("rotary_q", "rotary_k"):
+            return unpermute_rotary(w, a.n_heads if change == "rotary_q" else a.n_kv_heads)
+        if change == "one_plus_w":
+            return w - 1
+        if change == "minus_exp":
+            return torch.log(-w)
+        if change == "neox_qkv":
+            return regroup_neox_qkv(w, a.n_heads)
+        if change == "kv_b":  # MLA's kv_b_proj [H·(nope + v), r] from attn_k_b [H, r, nope] and attn_v_b [H, v, r]
+            return torch.cat([w.transpose(1, 2), self._second_part(stored)], dim=1).reshape(-1, w.shape[1])
+        n_key, key_dim, head_dim = (a.dim(k) for k in ("linear_num_key_heads", "linear_key_head_dim",
+                                                       "linear_value_head_dim"))
+        if change == "qkvz":
+            return join_qkvz(w, self._second_part(stored), n_key, key_dim)
+        per_key = a.dim("linear_num_value_heads") // n_key
+        if change == "tiled_v_after_qk":  # q and k rows (channels) stay, the v rows follow
+            qk = 2 * n_key * key_dim
+            return torch.cat([w[:qk], untile_value_heads(w[qk:], 0, n_key, per_key, head_dim)])
+        if change == "tiled_v_columns":
+            return untile_value_heads(w, 1, n_key, per_key, head_dim)
+        return untile_value_heads(w, 0, n_key, per_key, head_dim if change == "tiled_v" else 1)
+
+    def _second_part(self, stored: str) -> torch.Tensor:
+        """The second GGUF tensor of a checkpoint tensor the converter split in two (:data:`SPLITS`), dequantized."""
         t, _ = self._stored[stored]
-        v_name = t.name.replace("attn_k_b", "attn_v_b")
-        v_t = next((x for x in self.reader.tensors if x.name == v_name), None)
-        if v_t is None:
-            raise TracingError(f"{self.file}: {t.name} has no {v_name} beside it; is this a complete "
+        first, second = next(names for tail, (_, names) in SPLITS[self.gguf_arch].items() if stored.endswith(tail))
+        name = t.name.replace(first, second)
+        part = next((x for x in self.reader.tensors if x.name == name), None)
+        if part is None:
+            raise TracingError(f"{self.file}: {t.name} has no {name} beside it; is this a complete "
                                f"{self.arch.model_type} GGUF file?")
-        v_b = torch.from_numpy(self._dequantize(v_t))
-        return torch.cat([k_b.transpose(1, 2), v_b], dim=1).reshape(-1, k_b.shape[1])
+        return torch.from_numpy(self._dequantize(part))
 
     def stored_planes(self, name: str, planes) -> tuple[str, list[torch.Tensor]]:
         """``(GGML type name, arrays)``: ``planes(raw blocks, ggml type) -> [n-element float arrays]``

@@ -44,17 +44,17 @@ class RemoteGGUFBackend(GGUFBackend):
         return cls(resolved)
 
     # stored bytes by range requests ----------------------------------------------------------
-    def _read(self, spans: list[tuple[int, int]], gap: int) -> np.ndarray:
+    def _read_spans(self, spans: list[tuple[int, int]], gap: int) -> np.ndarray:
         """The bytes of ``spans`` (sorted ``(start, length)``), concatenated, by merged requests."""
         return np.frombuffer(self.hub.read_spans(self.name, spans, gap=gap), dtype=np.uint8)
 
     def _data(self, t) -> np.ndarray:
         spans = [(t.data_offset + a, min(CHUNK, t.n_bytes - a)) for a in range(0, t.n_bytes, CHUNK)]
-        return shaped(self._read(spans, 0), t.tensor_type, dims_of(t))
+        return shaped(self._read_spans(spans, 0), t.tensor_type, dims_of(t))
 
     def _row_data(self, t, expert: int | None, rows: np.ndarray) -> np.ndarray:
         spans, row_bytes = self._row_spans(t, expert, rows)
-        return shaped(self._read(spans, row_bytes), t.tensor_type, (len(rows), dims_of(t)[-1]))
+        return shaped(self._read_spans(spans, row_bytes), t.tensor_type, (len(rows), dims_of(t)[-1]))
 
     def _row_spans(self, t, expert: int | None, rows) -> tuple[list[tuple[int, int]], int]:
         dims = dims_of(t)
