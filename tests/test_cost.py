@@ -66,6 +66,26 @@ def test_weight_only_sampled_run_imports_no_model_machinery(trio, tmp_path):
     assert "transformers.configuration_utils" in _modules_after(probe, env)
 
 
+@pytest.mark.parametrize("fmt", ["gguf", "fp8"])
+def test_weight_only_sampled_run_on_quantized_files_imports_no_model_machinery(trio, tmp_path, fmt):
+    """A GGUF file's config is read from its metadata, a quantized folder's config.json as data: the
+    sampled run imports no transformers config or model machinery either (transformers' config object
+    is built only for a forward pass)."""
+    from quant_writers import write_fp8, write_gguf
+    if fmt == "gguf":
+        f = {n: str(write_gguf(Path(trio[n]), tmp_path / n / f"{n}.gguf", "Q8_0", with_tokenizer=False))
+             for n in ("base", "ft")}
+    else:
+        f = {n: str(write_fp8(Path(trio[n]), tmp_path / n)) for n in ("base", "ft")}
+    env = {**os.environ, "TRACING_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    argv = ["--base_model_id", f["base"], "--ft_model_id", f["ft"], "--stat", "cos", "--rows", "32",
+            "--quiet", "--save", str(tmp_path / "r.p")]
+    assert _modules_after(_main(argv), env) == []
+    assert (tmp_path / "r.p").is_file()
+    probe = f"from tracing.models import Checkpoint\nCheckpoint({f['base']!r}).config"
+    assert "transformers.configuration_utils" in _modules_after(probe, env)
+
+
 def _rows_of(folder, digest, store):
     from tracing.models import Checkpoint
     from tracing.rowstore import model_key, with_store
@@ -266,13 +286,4 @@ def test_scan_hashes_in_full_only_a_possible_reupload(trio, tmp_path, monkeypatc
     assert not scan.same_weights(cand, ft, hashes) and hashed == []  # told apart without hashing
     assert scan.same_weights(cand, scan._open(str(copy)), hashes) and sorted(hashed) == ["base", "copy"]
 
-
-def test_weight_only_sampled_gguf_run_imports_no_model_machinery(gguf_files, tmp_path):
-    """A GGUF file's config is built from its metadata with transformers' config classes (its key
-    mapping), but neither its model classes nor scipy.stats are imported."""
-    env = {**os.environ, "TRACING_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    f = str(gguf_files["Q8_0"])
-    argv = ["--base_model_id", f, "--ft_model_id", str(gguf_files["Q4_0"]), "--stat", "cos", "--rows", "32",
-            "--quiet"]
-    assert _modules_after(_main(argv), env) == ["transformers.configuration_utils"]
 

@@ -228,3 +228,31 @@ def test_gguf_reads_sampled_rows_alone(fam, family, monkeypatch):
     monkeypatch.setattr(GGUFBackend, "_dequantize", lambda *a: pytest.fail("a whole tensor was dequantized"))
     for u in units:
         assert torch.equal(ck.get_rows(u.up, idx), whole[u.up]), u.up
+
+
+def test_metadata_key_table_is_transformers_own():
+    """The GGUF metadata keys are read without transformers through a table of our own: it must be
+    transformers' own table for every architecture whose config is built from the metadata."""
+    from transformers.integrations import GGUF_CONFIG_MAPPING
+
+    from tracing.sources.gguf import METADATA_ARCHS, metadata_keys
+    families = {m if m.endswith("_moe") else a for a, m in METADATA_ARCHS.items()}  # as metadata_config picks
+    for fam_key in sorted(families):
+        assert metadata_keys(fam_key) == GGUF_CONFIG_MAPPING[fam_key], fam_key
+
+
+@pytest.mark.parametrize("family", FROM_METADATA)
+def test_config_as_data_gives_the_architecture_transformers_config_gives(fam, family):
+    """The config read as data from a bare GGUF file and transformers' config object built from the
+    same metadata give the same adapter view (every field of the Arch), and the data config holds
+    every value transformers' config was given."""
+    from tracing.arch import arch_from_config
+    from tracing.sources.gguf import config_from_metadata, metadata_config, open_reader
+    _, paths, root = fam(family)
+    f = write_gguf(paths["base"], root / "bare-data" / "model.gguf", "F32")
+    reader = open_reader(f)
+    data, obj = metadata_config(reader, f), config_from_metadata(reader, f)
+    assert arch_from_config(data) == arch_from_config(obj) == Checkpoint(str(f)).arch
+    for key, value in data.items():
+        if key != "rope_theta":  # transformers 5 keeps it in rope_parameters (per layer type for Gemma 3)
+            assert getattr(obj, key) == value, key

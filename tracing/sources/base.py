@@ -9,10 +9,13 @@ quantized formats).
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import torch
+
+from ..errors import TracingError
 
 #: bytes per parameter of the dtypes a config.json names (``torch_dtype``), for job sizing
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8}
@@ -21,6 +24,18 @@ DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2,
 def stored_bytes(dtype) -> int:
     """Bytes per parameter of a config's dtype (a name or a ``torch.dtype``; 2 when unknown)."""
     return DTYPE_BYTES.get(str(dtype or "bfloat16").replace("torch.", ""), 2)
+
+
+def read_config_json(cfg_file: Path) -> dict:
+    """A ``config.json`` read as data (no transformers import): the dict the architecture adapter
+    builds its :class:`~tracing.arch.Arch` from; one line naming the file when it is not a JSON object."""
+    try:
+        raw = json.loads(Path(cfg_file).read_text())
+    except json.JSONDecodeError as e:
+        raise TracingError(f"{cfg_file} is not valid JSON ({e.msg}); re-download or fix the file") from None
+    if not isinstance(raw, dict):
+        raise TracingError(f"{cfg_file} does not hold a JSON object; re-download or fix the file")
+    return raw
 
 
 class Backend:
@@ -33,6 +48,9 @@ class Backend:
 
     format: str = "?"
     label: str = "model"
+    #: the config as data (config.json, or a GGUF file's metadata): what the adapter reads; the
+    #: transformers object (:meth:`config`) is built only when something needs it (a forward pass)
+    raw_config: dict | None = None
     quantized: bool = True
     moves_norm_scales: bool = False
     native: bool = False
@@ -56,6 +74,8 @@ class Backend:
 
     def bytes_per_param(self) -> int:
         """Bytes per parameter as stored (for job sizing)."""
+        if self.raw_config is not None:
+            return stored_bytes(self.raw_config.get("torch_dtype") or self.raw_config.get("dtype"))
         cfg = self.config()
         return stored_bytes(getattr(cfg, "torch_dtype", None) or getattr(cfg, "dtype", None))
 

@@ -11,7 +11,7 @@ import torch
 from ..arch import arch_from_config
 from ..arch.layout import Transposed, select
 from ..errors import TracingError
-from .base import Backend, stored_bytes
+from .base import Backend, read_config_json
 
 
 class FolderBackend(Backend):
@@ -28,12 +28,7 @@ class FolderBackend(Backend):
         if not cfg_file.is_file():
             raise TracingError(f"{self.path} has no config.json; point to a Hugging Face model folder "
                                f"(config.json + model*.safetensors or pytorch_model*.bin)")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise TracingError(f"{cfg_file} is not valid JSON ({e.msg}); re-download or fix the file") from None
-        if not isinstance(raw, dict):
-            raise TracingError(f"{cfg_file} does not hold a JSON object; re-download or fix the file")
+        raw = read_config_json(cfg_file)
         self.raw_config, self.cfg_file = raw, cfg_file
         self.arch = arch_from_config(raw, where=str(cfg_file))
         self._config = None
@@ -63,9 +58,6 @@ class FolderBackend(Backend):
                 raise TracingError(f"{self.label}: transformers refuses its config.json ({detail}); "
                                    f"use the config.json that came with the weights") from None
         return self._config
-
-    def bytes_per_param(self) -> int:
-        return stored_bytes(self.raw_config.get("torch_dtype") or self.raw_config.get("dtype"))
 
     # tensors ---------------------------------------------------------------------------------
     @property

@@ -46,8 +46,10 @@ is declared in :data:`SPLITS`, a renamed parameter in :data:`RENAMES`. On openin
 size is checked against the config (a damaged file or another model's config is a one-line error).
 
 Config and tokenizer come from the folder when it has them (``./folder:file.gguf``), else from the
-file's metadata through transformers' GGUF support (the architectures it reads, see
-:data:`METADATA_ARCHS`).
+file's metadata (the architectures of :data:`METADATA_ARCHS`), read as data with transformers' own key
+mapping (:data:`METADATA_KEYS`, checked against transformers' table by the tests), so that a weight-only
+statistic on a GGUF file imports no transformers; transformers' config object is built only for a
+forward pass.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ from tqdm.auto import tqdm
 from ..arch import arch_from_config
 from ..errors import TracingError
 from . import QuantizedBackend
+from .base import read_config_json
 
 #: the GGUF architecture llama.cpp writes for each model_type the adapter knows
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
@@ -165,11 +168,34 @@ def open_reader(file: Path):
     return reader
 
 
-def config_from_metadata(reader, file: Path):
-    """A transformers config from the file's metadata (transformers' own GGUF key mapping; the
-    tokenizer arrays are only counted, not parsed, which keeps opening a large-vocabulary file fast)."""
-    from transformers import AutoConfig
-    from transformers.integrations import GGUF_CONFIG_MAPPING
+#: metadata keys (after ``{arch}.``) -> config keys, as transformers' GGUF loader maps them
+#: (``transformers.integrations.GGUF_CONFIG_MAPPING``; a test checks this table against it), kept here
+#: so that opening a GGUF file does not import transformers
+METADATA_KEYS = {"context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
+                 "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
+                 "rope.dimension_count": None, "rope.freq_base": "rope_theta",
+                 "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+                 "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size"}
+#: what differs from :data:`METADATA_KEYS` per config family (transformers' table's own differences)
+METADATA_KEYS_OF = {
+    "llama": {"rope.dimension_count": "head_dim"},
+    "gemma2": {"attention.key_length": "head_dim", "attention.sliding_window": "sliding_window"},
+    "gemma3": {"attention.key_length": "head_dim", "attention.sliding_window": "sliding_window"},
+    "qwen2_moe": {"expert_count": "num_experts", "expert_used_count": "num_experts_per_tok"},
+    "qwen3_moe": {"attention.key_length": "head_dim", "expert_count": "num_experts",
+                  "expert_used_count": "num_experts_per_tok"},
+}
+
+
+def metadata_keys(family: str) -> dict[str, str | None]:
+    """The metadata key table of one config family (a GGUF architecture, or ``qwen2_moe``/``qwen3_moe``)."""
+    return {**METADATA_KEYS, **METADATA_KEYS_OF.get(family, {})}
+
+
+def metadata_config(reader, file: Path) -> dict:
+    """The model's config as data (a config.json-like dict) from the file's metadata, without
+    importing transformers; the tokenizer arrays are only counted, not parsed, which keeps opening a
+    large-vocabulary file fast. :func:`config_from_metadata` turns it into transformers' config."""
     arch = str(_field(reader, "general.architecture", ""))
     if arch not in set(GGUF_ARCH.values()):
         raise TracingError(f"{file}: GGUF architecture {arch!r} is not supported; model-tracing reads GGUF files "
@@ -184,7 +210,7 @@ def config_from_metadata(reader, file: Path):
     elif arch == "llama" and "mistral" in name.lower():
         model_type = "mistral"
     kw = {}
-    for key, hf in GGUF_CONFIG_MAPPING[model_type if model_type.endswith("_moe") else arch].items():
+    for key, hf in metadata_keys(model_type if model_type.endswith("_moe") else arch).items():
         value = _field(reader, f"{arch}.{key}")
         if hf not in (None, -1) and value is not None:
             kw[hf] = value
@@ -203,7 +229,14 @@ def config_from_metadata(reader, file: Path):
         if value is not None:
             kw[f"{which}_token_id"] = int(value)
     kw["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
-    return AutoConfig.for_model(model_type, **kw)
+    return {"model_type": model_type, **kw}
+
+
+def config_from_metadata(reader, file: Path):
+    """A transformers config from the file's metadata (:func:`metadata_config`)."""
+    from transformers import AutoConfig
+    kw = dict(metadata_config(reader, file))
+    return AutoConfig.for_model(kw.pop("model_type"), **kw)
 
 
 def unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -289,7 +322,8 @@ class GGUFBackend(QuantizedBackend):
         self.reader = reader if reader is not None else open_reader(self.file)
         self.gguf_arch = str(_field(self.reader, "general.architecture", "?"))
         self._config = None
-        self.arch = arch_from_config(self.config(), where=str(self.file))
+        self.raw_config = self._config_data()
+        self.arch = arch_from_config(self.raw_config, where=str(self.file))
         self._check_arch()
         self._stored = self._map_tensors()  # checkpoint tensor name -> (GGUF tensor, expert or None)
         self._last: tuple[str, torch.Tensor] | None = None  # one fused or stacked tensor serves several
@@ -310,6 +344,12 @@ class GGUFBackend(QuantizedBackend):
     # config --------------------------------------------------------------------------------
     def _folder_has_config(self) -> bool:
         return self.folder is not None and (self.folder / "config.json").is_file()
+
+    def _config_data(self) -> dict:
+        """The config as data: the folder's config.json beside the file, else the file's metadata."""
+        if self._folder_has_config():
+            return read_config_json(self.folder / "config.json")
+        return metadata_config(self.reader, self.file)
 
     def config(self):
         if self._config is None:

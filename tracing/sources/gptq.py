@@ -22,6 +22,7 @@ import torch
 
 from ..arch import arch_from_config
 from ..errors import TracingError
+from .base import read_config_json
 from . import QuantizedBackend
 
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # undoes AutoAWQ's packing order (0, 2, 4, 6, 1, 3, 5, 7)
@@ -92,7 +93,8 @@ class PackedInt4Backend(QuantizedBackend):
         self._config = None
         self._last: tuple[str, torch.Tensor] | None = None
         self._index = self._build_index()
-        self.arch = arch_from_config(self.config(), where=str(self.folder / 'config.json'))
+        self.raw_config = read_config_json(self.folder / "config.json")
+        self.arch = arch_from_config(self.raw_config, where=str(self.folder / 'config.json'))
         self._check_complete()
 
     @classmethod

@@ -21,6 +21,7 @@ import torch
 
 from ..arch import arch_from_config
 from ..errors import TracingError
+from .base import read_config_json
 from . import QuantizedBackend
 
 
@@ -54,7 +55,8 @@ class LayeredBackend(QuantizedBackend):
         self._last: tuple[str, torch.Tensor] | None = None
         self._layers: dict[str, Layer | None] = {}
         self._meta = self._scan()
-        self.arch = arch_from_config(self.config(), where=str(self.folder / "config.json"))
+        self.raw_config = read_config_json(self.folder / "config.json")
+        self.arch = arch_from_config(self.raw_config, where=str(self.folder / "config.json"))
         self._check_complete()
 
     @classmethod
