@@ -123,7 +123,7 @@ def test_moe_dry_run_is_what_the_run_sends_and_the_row_store(hub, moe_folders, t
     said = {}
     for line in r.stdout.splitlines():
         m = re.match(r"(\S+): range reads of ([\d.]+) kB of", line)
-        assert m, line
+        assert m and line.endswith(f"; {K} rows of each of 19 expert and MLP up_projs)"), line  # 2 · (8 + 1) + 1
         said[m.group(1)] = float(m.group(2)) * 1000
     assert set(said) == {"org/ds-a", "org/ds-i"}
     before = dict(hub.served)
@@ -154,3 +154,16 @@ def test_launch_estimate_counts_every_expert():
     assert how == "range reads" and n == (3 + 58 * 257) * K * 7168
     n, _ = model_cost(info, Options(stat=["cos"], rows=4096))  # at most every row of an expert
     assert n == (3 * 4096 + 58 * 257 * 2048) * 7168
+
+
+def test_fewer_rows_than_the_spearman_test_takes_is_one_line(moe_folders, tmp_path, capsys):
+    """``--rows 4``: one line naming the fewest rows (8) before anything is read; no result file."""
+    from tracing.cli_compare import main
+    from tracing.cli_util import run_cli
+    folders, _ = moe_folders
+    out = tmp_path / "never.p"
+    rc = run_cli(main, ["--base_model_id", str(folders["ds-a"]), "--ft_model_id", str(folders["ds-i"]), "--stat", "cos",
+                        "--rows", "4", "--save", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --rows 4 ") and "--rows 8" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

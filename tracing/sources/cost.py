@@ -55,8 +55,17 @@ def dry_run_lines(base: str, ft: str, options, download: bool = False) -> list[s
             continue
         n = ckpt.backend.header_bytes() + planned_reads(ckpt, other, options)
         lines.append(f"{r.spec}: range reads of {_size(n)} of {_size(total)} ({100 * n / max(total, 1):.2f}%; "
-                     f"{at}, headers included)")
+                     f"{at}, headers included{_experts_note(ckpt, other, options)})")
     return lines
+
+
+def _experts_note(ckpt, other, options) -> str:
+    """What a sampled experts grid reads of a mixture of experts: K rows of how many up_projs."""
+    from ..stats.experts_sampled import planned_rows
+    if not (ckpt.arch.has_experts or other.arch.has_experts) \
+            or not any(get_stat(s).sampled == "units" for s in options.stat):
+        return ""
+    return f"; {options.rows} rows of each of {len(planned_rows(ckpt.arch, other.arch))} expert and MLP up_projs"
 
 
 def _sampled_bytes(info, options) -> int:
