@@ -167,3 +167,24 @@ def test_fewer_rows_than_the_spearman_test_takes_is_one_line(moe_folders, tmp_pa
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: --rows 4 ") and "--rows 8" in err, err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_hub_stand_in_hashes_sparse_files_as_read_whole(tmp_path):
+    """The digest the loopback hub reports for a sparse file (holes hashed from memory, as the
+    benchmarks' frontier-shaped files need) is the SHA-256 of its bytes."""
+    import os
+
+    from hub_server import sparse_sha256
+    f = tmp_path / "sparse.safetensors"
+    with open(f, "wb") as fh:
+        fh.write(b"head" * 1000)
+        fh.truncate(3_000_000)
+        fh.seek(1_000_000)
+        fh.write(os.urandom(5000))
+        fh.seek(2_999_990)
+        fh.write(b"tail")
+    whole = tmp_path / "hole"
+    whole.write_bytes(b"")
+    os.truncate(whole, 100_000)
+    for p in (f, whole):
+        assert sparse_sha256(p) == sparse_sha256(p, chunk=4096) == sha256(p)
