@@ -270,16 +270,16 @@ def expert_order(cfg, i: int) -> list[int]:
     return np.random.default_rng(1000 + i).permutation(cfg.n_routed_experts).tolist()
 
 
-def run_moe_variant(server: HubServer, rows: int, dry: bool, repo: str = "benchv3") -> dict:
+def run_moe_variant(server: HubServer, rows: int, dry: bool, repo: str = "benchv3", threads: int = 1) -> dict:
     """``main.py --stat cos --rows K`` (or its ``--dry-run``) on the DeepSeek-V3-shaped pair in a
-    fresh process with an empty cache: wall, the child's CPU, bytes and requests sent per file, and
-    the record (log10 p, experts paired right)."""
+    fresh process with an empty cache and ``threads`` torch threads (``OMP_NUM_THREADS``): wall, the
+    child's CPU, bytes and requests sent per file, and the record (log10 p, experts paired right)."""
     import resource
 
     from tracing.results import load_record
     with tempfile.TemporaryDirectory(prefix="bench-hf-cache-") as cache:
         env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": cache,
-               "TRACING_CACHE_DIR": cache}
+               "TRACING_CACHE_DIR": cache, "OMP_NUM_THREADS": str(threads)}
         before, n_req = dict(server.served), len(server.requests)
         save = Path(cache) / "r.p"
         cmd = [sys.executable, str(ROOT / "main.py"), "--base_model_id", f"{repo}/base", "--ft_model_id", f"{repo}/ft",
@@ -298,7 +298,7 @@ def run_moe_variant(server: HubServer, rows: int, dry: bool, repo: str = "benchv
         if method == "GET" and path.endswith(".safetensors"):
             key = path.split("/resolve/")[0].strip("/") + "/" + path.rsplit("/", 1)[1]
             reqs[key] = reqs.get(key, 0) + 1
-    out = {"repo": repo, "rows": rows, "dry": dry, "wall_s": wall,
+    out = {"repo": repo, "rows": rows, "dry": dry, "threads": threads, "wall_s": wall,
            "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
            "sent": sum(sent.values()), "sent_per_file": sent, "requests_per_file": reqs,
            "stdout": proc.stdout.strip().splitlines()}
@@ -397,6 +397,7 @@ def main():
     moe_recs = []
     if a.moe_blocks:
         moe_recs = [run_moe_variant(server, moe_ks[0], dry=True)] + [run_moe_variant(server, k, dry=False) for k in moe_ks]
+        moe_recs += [run_moe_variant(server, moe_ks[0], dry=False, threads=2)]  # torch's default on 2 cores
     server.close()
     rows = []
     for r in recs:
@@ -429,13 +430,15 @@ def moe_served_table(recs: list[dict], moe_blocks: int, size: int, rate: float) 
     for r in runs:
         e = moe_extrapolate(r, moe_blocks, dry)
         ok = "yes" if e["GB"] <= 2 and e["wall_s"] <= 300 else "no"
-        rows.append([f"`--rows {r['rows']}`", f"{r['sent'] / MB:.1f}", sum(r["requests_per_file"].values()),
+        rows.append([f"`--rows {r['rows']}`" + (f", {r['threads']} torch threads" if r["threads"] != 1 else ""),
+                     f"{r['sent'] / MB:.1f}", sum(r["requests_per_file"].values()),
                      common.fmt_s(r["wall_s"]), common.fmt_s(r["cpu_s"]), f"{r['paired_right']}/{r['experts']}",
                      f"{r['log10_p']:.0f}", f"{e['GB']:.2f}", f"{e['requests']:.0f}", common.fmt_s(e["wall_s"]),
                      common.fmt_s(e["cpu_s"]), ok])
     return (f"DeepSeek-V3-shaped FP8 pair served ({moe_blocks} MoE block(s) of 256 experts and a shared expert after "
             f"a dense block, {size / 1e9:.1f} GB of sparse files: headers whole, data in the sampled rows and their "
-            f"scale rows), `main.py --stat cos` in a fresh process each; carried to 58 MoE + 3 dense blocks (the "
+            f"scale rows), `main.py --stat cos` in a fresh process each (1 torch thread unless said); carried to 58 "
+            f"MoE + 3 dense blocks (the "
             f"671B pair):\n\n"
             + common.markdown_table(["variant", "MB sent", "requests", "wall s", "CPU s (client)", "experts paired right",
                                      "log10 p", "671B: GB", "671B: requests", "671B: wall s", "671B: CPU s",
