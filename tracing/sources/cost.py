@@ -19,15 +19,21 @@ def _size(n: float) -> str:
 def planned_reads(ckpt, other, options) -> int:
     """Bytes the statistics of ``options`` read from ``ckpt`` (a range-read checkpoint) when tested
     against ``other``: the sampled up_proj rows of every block (``cos``), the embedding (``emb``
-    samples its columns: the tensor is read whole)."""
+    samples its columns: the tensor is read whole); with mixtures of experts, K rows of every expert's
+    up_proj (:func:`tracing.stats.experts_sampled.planned_rows`)."""
     from ..stats.base import sampled_rows
+    from ..stats.experts_sampled import planned_rows
     b, total = ckpt.backend, 0
+    a, o = ckpt.arch, other.arch
     for stat in options.stat:
         if get_stat(stat).sampled == "residual":
-            total += b.planned_bytes(ckpt.arch.embed)
+            total += b.planned_bytes(a.embed)
+        elif get_stat(stat).sampled == "units" and (a.has_experts or o.has_experts):
+            total += sum(b.planned_bytes(name, sampled_rows(n, options.rows, options.seed))
+                         for name, n in sorted(planned_rows(a, o)))
         elif get_stat(stat).sampled == "units":
-            S = sampled_rows(min(ckpt.arch.h, other.arch.h), options.rows, options.seed)
-            total += sum(b.planned_bytes(ckpt.arch.units(i)[0].up, S) for i in range(ckpt.arch.L))
+            S = sampled_rows(min(a.h, o.h), options.rows, options.seed)
+            total += sum(b.planned_bytes(a.units(i)[0].up, S) for i in range(a.L))
     return total
 
 
@@ -49,15 +55,25 @@ def dry_run_lines(base: str, ft: str, options, download: bool = False) -> list[s
             continue
         n = ckpt.backend.header_bytes() + planned_reads(ckpt, other, options)
         lines.append(f"{r.spec}: range reads of {_size(n)} of {_size(total)} ({100 * n / max(total, 1):.2f}%; "
-                     f"{at}, headers included)")
+                     f"{at}, headers included{_experts_note(ckpt, other, options)})")
     return lines
 
 
+def _experts_note(ckpt, other, options) -> str:
+    """What a sampled experts grid reads of a mixture of experts: K rows of how many up_projs."""
+    from ..stats.experts_sampled import planned_rows
+    if not (ckpt.arch.has_experts or other.arch.has_experts) \
+            or not any(get_stat(s).sampled == "units" for s in options.stat):
+        return ""
+    return f"; {options.rows} rows of each of {len(planned_rows(ckpt.arch, other.arch))} expert and MLP up_projs"
+
+
 def _sampled_bytes(info, options) -> int:
-    """≈ bytes a sampled test reads of a model (from its config): K rows of every up_proj, and the
-    embedding when a statistic that samples the residual stream (``emb``) is asked for."""
+    """≈ bytes a sampled test reads of a model (from its config): K rows of every up_proj (of every
+    expert and shared expert of a mixture of experts), and the embedding when a statistic that samples
+    the residual stream (``emb``) is asked for."""
     a, bpp = info.arch, info.bytes_per_param
-    rows = a.L * min(options.rows, a.h) * a.d * bpp
+    rows = sum(min(options.rows, u.width) for i in range(a.L) for u in a.units(i)) * a.d * bpp
     return rows + (a.V * a.d * bpp if any(get_stat(s).sampled == "residual" for s in options.stat) else 0)
 
 

@@ -48,6 +48,10 @@ def _check(a, b, options):
     require_cos_width(a, b)
     if options.rows is None:
         return
+    from ..pvalues import MIN_PAIRS
+    if options.rows < MIN_PAIRS:
+        raise TracingError(f"--rows {options.rows} is fewer than the {MIN_PAIRS} rows cos's Spearman test needs in a "
+                           f"block or expert; give --rows {MIN_PAIRS} or more")
     if a.has_experts or b.has_experts:  # K rows of every expert, shared expert and dense MLP
         from .experts_sampled import narrowest
         h = min(narrowest(a), narrowest(b))

@@ -167,3 +167,32 @@ def sampled_cost(s):
     read = units * K * s.d * (s.a_bytes + s.b_bytes) / READ_BYTES_PER_S
     held = 2 * (moe.n_experts + 1) * K * s.d * 4
     return Cost(held + K * K * 12, read + units * (s.mm(K, K, s.d) + solve_s(K)), True)
+
+
+def planned_rows(arch, other) -> set:
+    """What the sampled experts grid reads of the model ``arch`` when tested against ``other``, from
+    their shapes alone: ``{(up tensor, width)}``, K rows drawn from ``width`` of each (every routed
+    expert's at its width, for its centroid; a shared expert paired with one of its width; a dense
+    MLP against the other model's dense MLP or, in an upcycling pair, at the width of each expert)."""
+    from .experts import _routed, _shared
+    out = set()
+    same_depth = arch.L == other.L
+    for i in range(arch.L):
+        ua = arch.units(i)
+        for j in ([i] if same_depth else range(other.L)):
+            if not same_depth and arch.is_moe_block(i) != other.is_moe_block(j):
+                continue
+            ub = other.units(j)
+            ra, rb = _routed(ua), _routed(ub)
+            if ra and rb:
+                out.update((u.up, u.width) for u in ra)
+                sa, sb = _shared(ua), _shared(ub)
+                if sa is not None and sb is not None and sa.width == sb.width:
+                    out.add((sa.up, sa.width))
+            elif not ra and not rb:
+                out.add((ua[0].up, min(ua[0].width, ub[0].width)))
+            elif ra:  # upcycling: every expert against the dense MLP
+                out.update((u.up, min(u.width, ub[0].width)) for u in ua)
+            else:
+                out.update((ua[0].up, min(u.width, ua[0].width)) for u in ub)
+    return out
