@@ -221,7 +221,7 @@ def test_rates_per_relation_full_and_sampled(labelled_run):
     assert (folder / KNOWN_RELATIONS).is_file()
     report = write_report(folder).read_text()
     rates = pd.read_csv(folder / RATES_FILE)
-    assert set(rates["reading"]) == {"full", "sampled (K=32)"} and set(rates["variant"]) == {"cos", "cos --rows"}
+    assert set(rates["reading"]) == {"full", "sampled (K=32)"} and set(rates["variant"]) == {"cos", "cos --rows 32"}
     assert sorted(rates["level"].unique()) == sorted(LEVELS)
     rel_of = {(p["base"], p["ft"]): p["relation"] for p in labels["pairs"]}
     df = load_results(folder)
@@ -286,8 +286,8 @@ def test_a_rerun_replaces_the_older_result_of_a_pair():
     row = {"base": "a/x", "ft": "b/y", "variant": "cos", "status": "ok", "log10_pvalue": -50.0, "rows": np.nan}
     df = pd.DataFrame([{**row, "superseded": False},
                        {**row, "status": "failed", "log10_pvalue": np.nan, "superseded": True},
-                       {**row, "variant": "cos --rows", "rows": 64, "superseded": True, "log10_pvalue": -1.0},
-                       {**row, "variant": "cos --rows", "rows": 256, "superseded": False}])
+                       {**row, "variant": "cos --rows 64", "rows": 64, "superseded": True, "log10_pvalue": -1.0},
+                       {**row, "variant": "cos --rows 256", "rows": 256, "superseded": False}])
     rates = relation_rates(df, labels)
     fin = rates[(rates["relation"] == "finetune") & (rates["level"] == 1e-2)].set_index("reading")
     assert fin.loc["full", ["pairs", "called", "failed"]].tolist() == [1, 1, 0]

@@ -265,6 +265,20 @@ def test_launch_attests_each_pair_and_the_report_links_them(setup, tmp_path):
     from tracing.evidence.check import verify
     for s in statements:
         assert verify(s, setup["key"][1], recompute_values=False)[1] == []
+    # the finished grid's Holm family: written beside the results, carried by every statement, the same
+    # correction as `attest RESULT --family RESULTS_DIR` gives afterwards
+    family = json.loads((tmp_path / "out" / "holm-family.json").read_text())
+    assert family["kind"] == "grid" and len(family["members"]) == 2
+    for result, s in zip(results, statements):
+        corr = payload(s)["predicate"]["correction"]
+        assert corr["method"] == "holm" and corr["kind"] == "grid" and corr["size"] == 2
+        again = tmp_path / "again.json"
+        assert cli(attest_cli, result, "--key", setup["key"][0], "--out", again, "--family", tmp_path / "out") == 0
+        assert payload(again)["predicate"]["correction"] == corr
+        assert cli(attest_cli, result, "--key", setup["key"][0], "--out", again, "--family",
+                   tmp_path / "out" / "holm-family.json") == 0
+        assert payload(again)["predicate"]["correction"] == corr
+    assert "Holm family of the cos grid (2 pairs)" in r.stdout
 
 
 @pytest.mark.parametrize("module", ["tracing.attest", "tracing.verify", "tracing.quantcheck"])
@@ -359,3 +373,24 @@ def test_holm_family_of_a_grid_and_a_result_outside_it(setup, tmp_path, capsys):
     assert cli(attest_cli, setup["result"], "--key", setup["key"][0], "--out", other, "--family", elsewhere) == 2
     assert "is not a member of the family another scan" in one_line(capsys, "error: ")
     assert not other.exists()
+
+
+def test_grid_families_of_two_statistics_and_a_result_outside_them(setup, tmp_path):
+    """With several statistics each grid gets its own file; a result that is not a member of its
+    grid's family (a --permute run, which the grid leaves out) is attested without it, and said."""
+    from tracing.evidence.family import write_grid_families
+    from tracing.evidence.make import attest_results
+    grid = tmp_path / "grid"
+    for a, b in (("base", "ft"), ("base", "indep")):
+        run_pair(setup[a], setup[b], stat=["cos", "emb"], save={"cos": grid / f"{a}-{b}-cos.p", "emb": grid / f"{a}-{b}-emb.p"},
+                 progress=False)
+    run_pair(setup["base"], setup["ft"], stat=["cos"], permute=True, save=grid / "permuted-cos.p", progress=False)
+    families = write_grid_families(grid, ["cos", "emb"], 0.01)
+    assert {s: p.name for s, (p, _) in families.items()} == {"cos": "holm-family-cos.json", "emb": "holm-family-emb.json"}
+    assert all(len(doc["members"]) == 2 for _, doc in families.values())
+    said = []
+    cos = sorted(grid.glob("*-cos.p"))
+    assert attest_results(cos, setup["key"][0], said.append, {s: d for s, (_, d) in families.items()}) == (3, 0)
+    method = {p.name: payload(p.with_suffix(".intoto.json"))["predicate"]["correction"].get("method") for p in cos}
+    assert method["base-ft-cos.p"] == method["base-indep-cos.p"] == "holm" and method["permuted-cos.p"] != "holm"
+    assert len(said) == 1 and "permuted-cos.p is not a member of the cos grid" in said[0]

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from family_models import family_config, family_model, logits, random_ids, rel_diff
 from quant_writers import write_mxfp4_gpt_oss
+from tracing.errors import TracingError
 from tracing.models import Checkpoint, load_module
 from tracing.sources.export import save_source
 
@@ -94,3 +95,73 @@ def test_vision_language_export_is_its_language_model(tmp_path):
     out = save_source(Checkpoint(str(tmp_path / "vlm")), tmp_path / "float", progress=False)
     ids = random_ids(text.config.vocab_size)
     assert rel_diff(logits(text, ids), logits(loaded(out), ids)) <= 1e-5
+
+
+# A failed export leaves nothing behind: no ``.part`` shard, no renamed shard, no config.json.
+
+@pytest.fixture(scope="module")
+def small_src(tmp_path_factory):
+    from helpers import tiny_config, tiny_model
+    folder = tmp_path_factory.mktemp("export_src") / "src"
+    tiny_model(tiny_config(d=32, h=256, L=2, V=96), seed=3).save_pretrained(folder)
+    return folder
+
+
+class _FailsAt:
+    """A source whose ``get`` fails at its ``n``-th tensor (after earlier shards were written)."""
+
+    def __init__(self, source, n):
+        self.source, self.n, self.calls = source, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def get(self, name, dtype):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("read error")
+        return self.source.get(name, dtype)
+
+
+def test_failed_read_leaves_no_files(small_src, tmp_path):
+    src = _FailsAt(Checkpoint(str(small_src)), n=len(Checkpoint(str(small_src)).names()))
+    with pytest.raises(RuntimeError, match="read error"):
+        save_source(src, tmp_path / "out", shard_bytes=10_000, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_on_a_later_shard_leaves_no_files(small_src, tmp_path):
+    """A real write error (the file size limit, as a full disk gives it) while writing a later shard:
+    the shards written before it are removed as well, and a folder that existed is left empty."""
+    import resource
+    import signal
+    whole = save_source(Checkpoint(str(small_src)), tmp_path / "whole", shard_bytes=10_000, progress=False)
+    sizes = [f.stat().st_size for f in sorted(whole.glob("model-*.safetensors"))]
+    assert len(sizes) > 2 and sizes[0] < max(sizes)
+    (tmp_path / "out").mkdir()
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max(sizes) - 1, old_limit[1]))
+    try:
+        with pytest.raises(Exception) as err:
+            save_source(Checkpoint(str(small_src)), tmp_path / "out", shard_bytes=10_000, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert err.type is TracingError and "model-0000" in str(err.value) and "File too large" in str(err.value), err.value
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_files_that_cannot_be_removed_are_named(small_src, tmp_path, monkeypatch):
+    """When the clean-up itself fails, the error line names what is left, so it can be deleted by hand."""
+    from pathlib import Path
+    unlink = Path.unlink
+
+    def refuse_parts(self, *a, **k):
+        if self.name.endswith(".part"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, *a, **k)
+    monkeypatch.setattr(Path, "unlink", refuse_parts)
+    src = _FailsAt(Checkpoint(str(small_src)), n=len(Checkpoint(str(small_src)).names()))
+    with pytest.raises(TracingError, match=r"could not be removed: .*model-00001\.safetensors\.part.*delete them by hand"):
+        save_source(src, tmp_path / "out", shard_bytes=10_000, progress=False)
+    assert {f.suffix for f in (tmp_path / "out").iterdir()} == {".part"}  # the rest was removed

@@ -100,6 +100,20 @@ def test_planted_relative_is_dependent_after_holm(refs, tmp_path, capsys):
     (rec,) = out.glob("*_full.p")
     assert load_record(rec)["log10_pvalue"] == full.log10_pvalue
     assert f"follow-up (full cos on the reference's weights) of {refs['paths'][3]}: dependent" in printed
+    # the Holm family of the follow-up, beside its record: attest --family takes it and verify checks it
+    family = json.loads((out / "holm-family.json").read_text())
+    assert family["method"] == "holm" and [(m["base"], m["log10_pvalue"]) for m in family["members"]] == [
+        (refs["paths"][3], full.log10_pvalue)]
+    from test_evidence import payload, write_keys
+    from tracing import attest, verify
+    key, pub = write_keys(tmp_path)
+    stmt = tmp_path / "full.json"
+    assert run_cli(attest.main, [str(rec), "--key", str(key), "--out", str(stmt), "--family", str(out / "holm-family.json")]) == 0
+    corr = payload(stmt)["predicate"]["correction"]
+    assert corr["method"] == "holm" and corr["size"] == 1 and corr["verdict_after_correction"] == "dependent"
+    capsys.readouterr()
+    assert run_cli(verify.main, [str(stmt), "--key", str(pub)]) == 0
+    assert capsys.readouterr().out.startswith("verified")
 
 
 def test_follow_up_with_more_rows_and_none(refs, tmp_path, capsys):

@@ -55,53 +55,75 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting to be reaped)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None when gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return None
+
+
+def started(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks after boot): with the pid, names one process even if the pid is reused."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def alive(pid: int, start: str | None = None) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped), and the same process when ``start`` is given."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and (start is None or fields[19] == start)
+
+
+def wait_until(done, timeout: float, what) -> None:
+    """Poll ``done()`` until it holds; fail after ``timeout`` seconds with ``what()``. The deadline is
+    generous: it bounds a hung test, not the time a loaded machine may take."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what()}")
+        time.sleep(0.1)
 
 
 def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if text in path.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
+    def seen():
+        if proc.poll() is not None and text not in path.read_text(errors="replace"):
             raise AssertionError(f"launch.py ended early:\n{path.read_text(errors='replace')}")
-        time.sleep(0.2)
-    raise AssertionError(f"no {text!r} within {timeout} s:\n{path.read_text(errors='replace')}")
+        return text in path.read_text(errors="replace")
+    wait_until(seen, timeout, lambda: f"no {text!r}:\n{path.read_text(errors='replace')}")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_launcher_leaves_no_worker(tmp_path):
+    """Every process under the launcher while a worker is inside its job is gone once the launcher is
+    killed. Each wait polls for the state it needs, with deadlines far above what a loaded machine
+    takes; the job sleeps far longer than them, so it is still inside the job when the launcher dies."""
     cfg = write_yaml(tmp_path / "list.yaml", ["demo:base-a", "demo:a-docs"])
     log = tmp_path / "launch.log"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, str(LAUNCH), str(cfg), "--cluster", "local", "--stat", "cos",
                                  "--max_workers", "1", "--no-report", "--out", str(tmp_path / "out")],
                                 stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=launch_env(tmp_path, **{TEST_SLEEP_ENV: "60"}))
-    left: set[int] = set()
+                                env=launch_env(tmp_path, **{TEST_SLEEP_ENV: "3600"}))
+    left: dict[int, str | None] = {}
     try:
-        wait_for_text(log, SLEEPING, proc, timeout=240)  # a worker is inside the job
-        left = descendants(proc.pid)
+        wait_for_text(log, SLEEPING, proc, timeout=900)  # a worker is inside the job
+        left = {p: started(p) for p in descendants(proc.pid)}
         assert left, "no worker process found"
+        assert proc.poll() is None and all(alive(p, t) for p, t in left.items()), "the launch ended before it was killed"
         proc.kill()
         proc.wait()
-        deadline = time.time() + 8
-        while time.time() < deadline and any(alive(p) for p in left):
-            time.sleep(0.2)
-        orphans = [p for p in left if alive(p)]
-        assert not orphans, [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in orphans]
+
+        def orphans():
+            return [p for p, t in left.items() if alive(p, t)]
+        wait_until(lambda: not orphans(), 300,
+                   lambda: [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in orphans()])
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for p in left:
-            if alive(p):
+        for p, t in left.items():
+            if alive(p, t):
                 os.kill(p, signal.SIGKILL)
 
 

@@ -338,3 +338,26 @@ def test_planned_results_without_a_file_are_listed(tmp_path):
     assert "1 planned result(s) (launch.json) have no result file" in text
     assert "| `demo:base-a` | `demo:base-c` | cos | todo |" in text
     assert "launched on: local" in text
+
+
+def test_sampled_runs_at_two_k_are_two_variants(tmp_path):
+    """Two records of one pair differing only in K (``--rows``): two variants named by K, neither
+    superseded by the other, each its own table in the report; a record whose options lack ``rows``
+    (as older records do) gets K from the sampled rows it records."""
+    from helpers import save_trio
+    from tracing.report import summary_table
+    from tracing.results import load_record
+    m = save_trio(tmp_path / "models")
+    run = tmp_path / "run"
+    for k in (16, 32):
+        run_pair(m["base"], m["ft"], Options(stat=["cos"], rows=k), save={"cos": run / f"k{k}.p"}, progress=False)
+    old = load_record(run / "k32.p")
+    old["args"].pop("rows")
+    old["ft_model_id"] = old["args"]["ft_model_id"] = m["indep"]
+    save_record(old, run / "old" / "k32.p")
+    df = summary_table(load_results(run))
+    assert sorted(zip(df["ft"], df["variant"])) == [(m["ft"], "cos --rows 16"), (m["ft"], "cos --rows 32"),
+                                                   (m["indep"], "cos --rows 32")]
+    assert not df["superseded"].any()
+    text = write_report(run).read_text()
+    assert "### cos --rows 16" in text and "### cos --rows 32" in text

@@ -212,17 +212,27 @@ def variants(rec: dict) -> list[tuple[str, dict]]:
 
 
 def variant_of(row) -> str:
-    """The grid a row belongs to: statistic, transforms of θ₂, raw or aligned (e.g. ``cos --permute [aligned]``)."""
+    """The grid a row belongs to: statistic, transforms of θ₂, the options that change what it
+    measures with their values (K of a sampled test: ``cos --rows 256``), raw or aligned (e.g.
+    ``cos --permute [aligned]``)."""
     stat = row.get("stat")
     if stat is None or (isinstance(stat, float) and math.isnan(stat)):
         return "?"
     spec = stat_spec(stat)
     parts = [str(stat)]
     for name in ("permute", "rotate") + (tuple(spec.variant_flags) if spec is not None else ()):
-        if flag(row.get(name)):
-            parts.append(f"--{name}")
+        v = row.get(name)
+        if flag(v):
+            parts.append(f"--{name}" + _option_value(v))
     label = " ".join(parts)
     return label + " [aligned]" if flag(row.get("aligned")) else label
+
+
+def _option_value(v) -> str:
+    """`` VALUE`` of a valued option in a variant's name (K of ``--rows``); nothing for a yes/no flag."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy's bool is no numbers.Real
+        return ""
+    return f" {int(v)}" if float(v).is_integer() else f" {v:g}"
 
 
 def floor_of(res: dict, stat) -> bool:
@@ -246,7 +256,8 @@ def record_rows(rec: dict, path: str = "", per_layer: bool = False) -> list[dict
         # options that change what a statistic measures (mode: which parts are interpolated)
         "attn": rec.get("args", {}).get("attn"), "emb": rec.get("args", {}).get("emb"),
         "num_perm": rec.get("args", {}).get("num_perm"),
-        "rows": rec.get("args", {}).get("rows"),  # sampled cos / emb: K units
+        # sampled cos / emb: K units (from the sampled rows recorded when the options lack it)
+        "rows": rec.get("args", {}).get("rows") or (rec.get("extra") or {}).get("rows"),
         "localized": "per_pair" in rec,  # a block map (models of different shapes)
     }
     rows = []

@@ -19,7 +19,8 @@ The reference list (YAML) is a list of model ids, or a mapping of family name to
 With ``--index DIR`` (built by ``python -m tracing.index``) no reference is read: the candidate's
 sampled rows are tested against every compatible entry (:mod:`tracing.index.screen`); the references
 dependent after Holm are then tested on their own weights, in full by default (``--follow-up``,
-:mod:`tracing.index.followup`), with the result in the ``follow-up`` columns of ``scan.csv``.
+:mod:`tracing.index.followup`), with the result in the ``follow-up`` columns of ``scan.csv``; with
+``--out``, their records and ``holm-family.json`` (the follow-up tests, Holm across them) for attest.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 A family is every p-value the correction saw: the references a scan screened (``scan --against
 ... --out DIR`` writes ``DIR/holm-family.json``), or a grid of pairs (a launch results folder: the
 raw results of one statistic, one per unordered pair, as ``python -m tracing.lineage`` corrects
-them). The predicate's ``correction`` then holds the method, the family's size and members (each
+them; a launch writes it as ``holm-family.json`` when its last pair is done). The predicate's
+``correction`` then holds the method, the family's size and members (each
 pair and its exact log10 p), which member this result is, its Holm-adjusted log10 p and the
 verdict at the level after adjustment. ``verify`` checks the arithmetic bit for bit (this result's
 log10 p is its member's, the adjustment is Holm's over the members, the verdict follows) and,
@@ -42,6 +43,32 @@ def grid_family(folder: str | Path, stat: str, level: float) -> dict:
     if not members:
         raise TracingError(f"{folder} holds no completed {stat} results; give the results folder of the grid")
     return family_doc("grid", f"the {stat} grid of {folder} ({len(members)} pairs)", members, level)
+
+
+def write_grid_families(folder: str | Path, stats: list[str], level: float) -> dict[str, tuple[Path, dict]]:
+    """At the end of a launch: the grid of each statistic in ``folder`` that has p-values, written to
+    ``folder/holm-family.json`` (one statistic) or ``folder/holm-family-<stat>.json`` (several), the
+    family ``attest RESULT --family folder`` takes; ``{stat: (file, family)}``."""
+    docs = {}
+    for stat in stats:
+        try:
+            docs[stat] = grid_family(folder, stat, level)
+        except TracingError:  # no completed result with a p-value: no family
+            continue
+    out = {}
+    for stat, doc in docs.items():
+        name = FAMILY_FILE if len(stats) == 1 else FAMILY_FILE.replace(".json", f"-{stat}.json")
+        out[stat] = (write_family(Path(folder) / name, doc), doc)
+    return out
+
+
+def member_of(doc: dict, rec: dict) -> bool:
+    """Is ``rec`` (its pair and exact log10 p) a member of the family ``doc``?"""
+    try:
+        correction(doc, rec, {})
+    except TracingError:
+        return False
+    return True
 
 
 def read_family(where: str | Path, rec: dict) -> dict:

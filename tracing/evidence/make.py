@@ -110,10 +110,13 @@ def statement_path(result: str | Path) -> Path:
     return Path(result).with_suffix(".intoto.json")
 
 
-def attest_results(results, key: str | Path, say=print) -> tuple[int, int]:
+def attest_results(results, key: str | Path, say=print, families: dict[str, dict] | None = None) -> tuple[int, int]:
     """Attest every completed result pickle of ``results`` beside it; returns how many were attested
-    and how many could not be (each said on one line; a failed pair gets no statement)."""
+    and how many could not be (each said on one line; a failed pair gets no statement). ``families``:
+    the Holm family of each statistic's grid, carried by each result that is a member of it (a
+    result outside it, e.g. a pair run again the other way round, is attested without it and said)."""
     from ..results import load_record
+    from .family import member_of
     done = failed = 0
     for p in results:
         if not Path(p).is_file():  # a pair that could not run has no result
@@ -122,7 +125,11 @@ def attest_results(results, key: str | Path, say=print) -> tuple[int, int]:
             rec = load_record(p)
             if rec.get("status", "ok") != "ok":
                 continue
-            attest(rec, key, statement_path(p))
+            family = (families or {}).get(rec.get("stat"))
+            if family is not None and not member_of(family, rec):
+                say(f"note: {p} is not a member of {family['family']}; attested without the family")
+                family = None
+            attest(rec, key, statement_path(p), family=family)
             done += 1
         except (TracingError, OSError) as e:
             failed += 1

@@ -7,6 +7,15 @@ probability at most α) does not depend on the follow-up; the follow-up adds the
 p-value and verdict to each of those references (``follow-up`` columns of ``scan.csv``) and, with
 ``--out``, its record. References found by the robust tier were already tested on their weights
 and get no second test.
+
+The follow-up verdicts are Holm-adjusted across the references followed up, and with ``--out`` that
+family (each follow-up test's exact log10 p) is written to ``holm-family.json`` beside the records,
+so ``attest`` of a follow-up record carries it. This is the family of the tests whose records are
+kept: the screen that chose them ran on stored sketches (no record to attest), and its own
+guarantee already bounds by α the probability that any independent reference is followed up at
+all, so an independent reference is called dependent after both steps with probability at most α
+whatever the follow-up's correction; Holm across the follow-ups only makes the verdict stricter.
+With a single reference followed up it changes nothing.
 """
 from __future__ import annotations
 
@@ -63,18 +72,22 @@ def reference_spec(meta: dict) -> str:
 
 
 def run_follow_up(cand, lines: list, specs: dict[str, str], how: FollowUp, significance: float,
-                  out: Path | None = None, progress: bool = False) -> None:
+                  out: Path | None = None, progress: bool = False) -> list[tuple[str, str, float]]:
     """Test each line dependent after Holm (screen tier) again with ``how``; fills the lines'
-    ``follow_up*`` fields. A reference whose weights cannot be read says so in its line."""
+    ``follow_up*`` fields. A reference whose weights cannot be read says so in its line. The
+    follow-up verdicts are Holm-adjusted across the references followed up; returns that family,
+    ``(base, ft, log10 p)`` of each follow-up test with a p-value, as its records name the models."""
+    from .. import pvalues
     from ..api import run_opened
     from ..models import Checkpoint
     from ..options import Options
     from ..references import record_path
     from ..verdict import is_dependent
     if not how.enabled:
-        return
+        return []
     stat = screen_stat()
     opts = Options(stat=[stat], rows=how.rows, significance=significance)
+    tested = []
     for line in lines:
         if line.verdict != "dependent after Holm":
             continue
@@ -90,5 +103,12 @@ def run_follow_up(cand, lines: list, specs: dict[str, str], how: FollowUp, signi
             line.follow_up_verdict = f"not run: {e}"
             continue
         line.follow_up_log10_p = float(rec["log10_pvalue"])
-        dep = not math.isnan(line.follow_up_log10_p) and is_dependent(line.follow_up_log10_p, significance)
+        if math.isnan(line.follow_up_log10_p):
+            line.follow_up_verdict = "screen significant, follow-up not significant"
+        else:
+            tested.append((line, rec))
+    adjusted = pvalues.holm([line.follow_up_log10_p for line, _ in tested]) if tested else []
+    for (line, _), adj in zip(tested, adjusted):
+        dep = is_dependent(float(adj), significance)
         line.follow_up_verdict = "dependent" if dep else "screen significant, follow-up not significant"
+    return [(str(rec["base_model_id"]), str(rec["ft_model_id"]), line.follow_up_log10_p) for line, rec in tested]

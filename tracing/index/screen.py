@@ -198,8 +198,13 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
                            f"permuted): the sampled screen has no power against a permuted copy; run --robust")
         else:
             line.verdict = "not significant"
-    run_follow_up(cand, screened, {e.meta["model"]: reference_spec(e.meta) for e in good}, how, significance,
-                  None if out is None else Path(out), progress)
+    members = run_follow_up(cand, screened, {e.meta["model"]: reference_spec(e.meta) for e in good}, how, significance,
+                            None if out is None else Path(out), progress)
+    if out is not None and members:
+        from ..evidence.family import FAMILY_FILE, family_doc, write_family
+        write_family(Path(out) / FAMILY_FILE, family_doc(
+            "scan", f"the {how.name} cos follow-up of {cand.label} on the {len(members)} references dependent after "
+                    f"Holm in the sampled screen of {len(screened)} references of the index {root}", members, significance))
     if robust:
         _robust_tier(cand, [x for x in screened if not x.verdict.startswith("dependent") and x.model_type == a.model_type],
                      robust, significance, progress)

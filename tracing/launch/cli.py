@@ -38,7 +38,8 @@ def parse(argv=None):
                    help="do not write the report at the end")
     g.add_argument("--attest-key", "--attest_key", dest="attest_key", default=None, metavar="PRIVATE.pem",
                    help="sign each pair's result as an in-toto statement beside it (<result>.intoto.json), "
-                        "here, after the jobs (the key never goes to the jobs)")
+                        "here, after the jobs (the key never goes to the jobs), with the grid's Holm family "
+                        "(holm-family.json in the results folder)")
     add_options(p)
     # Comparison options given on the command line override the model list's; the others stay unset.
     names = set(Options.__dataclass_fields__)

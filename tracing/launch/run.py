@@ -356,13 +356,30 @@ def summarise(run: Launch, start: float) -> int:
             + f" in {fmt_seconds(time.time() - start)}; results in {rel(run.out)}")
     if counts[TaskState.FAILED]:
         run.say("rerun the same command to retry the failed pairs (their errors are in the result files)")
+    families = write_families(run)
     if run.s.attest_key:
         from ..evidence.make import attest_results
-        done, _ = attest_results([p for t in run.tasks for p in t.paths.values()], run.s.attest_key, run.say)
-        run.say(f"attested {done} result(s) with {run.s.attest_key} (<result>.intoto.json beside each)")
+        done, _ = attest_results([p for t in run.tasks for p in t.paths.values()], run.s.attest_key, run.say,
+                                 {stat: doc for stat, (_, doc) in families.items()})
+        carried = " and its grid's Holm family" if families else ""
+        run.say(f"attested {done} result(s) with {run.s.attest_key}{carried} (<result>.intoto.json beside each)")
     if run.s.report:
         write_report_for(run.out, run.say, run.options.significance)
     return 1 if counts[TaskState.FAILED] else 0
+
+
+def write_families(run: Launch) -> dict:
+    """The Holm family of each statistic's grid in the results folder, now that every pair is done
+    (``attest RESULT --family`` takes it); a problem with it is a warning, never a failed run."""
+    from ..evidence.family import write_grid_families
+    try:
+        families = write_grid_families(run.out, list(run.options.stat), run.options.significance)
+    except (TracingError, OSError) as e:
+        run.say(f"warning: could not write the Holm family of the grid ({first_line(str(e))[:200]})", file=sys.stderr)
+        return {}
+    for stat, (path, doc) in families.items():
+        run.say(f"Holm family of the {stat} grid ({len(doc['members'])} pairs): {rel(path)}")
+    return families
 
 
 def resource_warnings(tasks: list[Task], slurm: bool, info: SlurmInfo | None, say: Callable) -> None:

@@ -57,14 +57,59 @@ class _Refuse:
 
 def save_source(source, folder, dtype: torch.dtype = torch.float32, shard_bytes: int = 2 << 30,
                 tokenizer=None, progress: bool = True) -> Path:
-    """Write ``source`` to ``folder`` (which must not exist or be empty); returns the folder."""
-    from safetensors.torch import save_file
-
-    from ..models import config_for
+    """Write ``source`` to ``folder`` (which must not exist or be empty); returns the folder. When the
+    export fails (a read error, a full disk, an interrupt) everything it wrote is removed again, and the
+    folder too when it created it: no ``.part`` shard or partial copy is left to be taken for a model."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise TracingError(f"{folder} exists and is not empty; give a new folder to export into")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _write(source, folder, dtype, shard_bytes, tokenizer, progress)
+    except BaseException as e:
+        left = _remove_written(folder, created)
+        cause = e.__cause__ if isinstance(e, _WriteError) else e
+        what = f"failed writing {e.path.name}" if isinstance(e, _WriteError) else "failed"
+        if left:
+            raise TracingError(f"export to {folder} {what} ({type(cause).__name__}: {cause}) and these files could not be "
+                               f"removed: {', '.join(str(f) for f in left)}; delete them by hand") from cause
+        if isinstance(cause, OSError) or cause is not e:
+            raise TracingError(f"export to {folder} {what} ({cause}); nothing was left there: free space on the disk "
+                               f"or export to another folder") from cause
+        raise
+    return folder
+
+
+class _WriteError(Exception):
+    """A shard that could not be written (the error it met is its ``__cause__``)."""
+
+    def __init__(self, path: Path):
+        super().__init__(str(path))
+        self.path = path
+
+
+def _remove_written(folder: Path, created: bool) -> list[Path]:
+    """Remove what a failed export wrote (the folder was new or empty); the paths that could not be removed."""
+    import shutil
+    left = []
+    for f in list(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+        except OSError:
+            left.append(f)
+    if created and not left:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    return left
+
+
+def _write(source, folder: Path, dtype, shard_bytes, tokenizer, progress):
+    from safetensors.torch import save_file
+
+    from ..models import config_for
     cfg = config_for(source.config, source.arch)
     cfg.dtype = str(dtype).removeprefix("torch.")
     cfg.save_pretrained(folder)
@@ -75,7 +120,10 @@ def save_source(source, folder, dtype: torch.dtype = torch.float32, shard_bytes:
 
     def flush():
         f = folder / f"model-{len(tmp_files) + 1:05d}.safetensors.part"
-        save_file(current, str(f), metadata={"format": "pt"})
+        try:
+            save_file(current, str(f), metadata={"format": "pt"})
+        except Exception as e:
+            raise _WriteError(f) from e
         tmp_files.append((f, list(current)))
         current.clear()
 
@@ -99,4 +147,3 @@ def save_source(source, folder, dtype: torch.dtype = torch.float32, shard_bytes:
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    return folder
