@@ -11,16 +11,19 @@ through ``tracing.models.Checkpoint``:
   full   ``get(name)`` of every expert tensor
   rows   ``get_rows(name, K rows)`` of every expert tensor (K = 256, drawn as the sampled test does)
 
-after one untimed pass (files in the page cache: the cost measured is the reader's, not the disk's);
-the median of ``--repeat`` passes.  The ratio column divides by the bf16 read of the same shape and
-test in the same run.
+after one untimed pass, the median of ``--repeat`` passes, with the files in the page cache
+(``warm``: the cost measured is the reader's, not the disk's) or dropped from it before every pass
+(``cold``: as a checkpoint far larger than memory is read; the quantized files are 2-3.6x smaller).
+The ratio columns divide by the bf16 read of the same shape, test and page cache in the same run
+(wall time, and CPU time of the reading process: on a shared machine the wall time includes waiting
+for a core, so both are given with the load average).
 
 ``gpt-oss-120b-stacked`` is gpt-oss's own layout: a gpt-oss block whose experts are stacked in
 ``experts.gate_up_proj`` / ``down_proj`` (bf16), and the same in MXFP4 as the release ships it
 (tests/quant_writers.py ``write_mxfp4_gpt_oss``: blocks stored transposed, [E, out, in/32, 16]).
 
     python -m bench.bench_formats                # DeepSeek-V3 FP8, gpt-oss-120B MXFP4 (both layouts), 4 experts
-    python -m bench.bench_formats --experts 2 --repeat 3
+    python -m bench.bench_formats --experts 2 --repeat 3 --cache warm
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def write_quantized(src: Path, out: Path, fmt: str) -> None:
         write_mxfp4(src, out)
 
 
-def variant(folder: Path, test: str, k: int, repeat: int) -> dict:
+def variant(folder: Path, test: str, k: int, repeat: int, cold: bool = False) -> dict:
     from tracing.models import Checkpoint
     from tracing.stats.base import sampled_rows
     ck = Checkpoint(str(folder))
@@ -99,6 +102,8 @@ def variant(folder: Path, test: str, k: int, repeat: int) -> dict:
     one_pass()  # warm: page cache, tables
     times, cpu = [], []
     for _ in range(repeat):
+        if cold:
+            common.evict([folder])
         with Timer() as t:
             n_values = one_pass()
         times.append(t.wall)
@@ -118,6 +123,7 @@ def main(argv=None):
     ap.add_argument("--cleanup", action="store_true")
     ap.add_argument("--variant", type=Path, help="(child) the folder to read")
     ap.add_argument("--test", choices=["full", "rows"])
+    ap.add_argument("--cache", default="warm,cold", help="page cache states to measure: warm, cold or both")
     ap.add_argument("--write", nargs=3, metavar=("SRC", "OUT", "FORMAT"))
     a = ap.parse_args(argv)
 
@@ -125,7 +131,7 @@ def main(argv=None):
         write_quantized(Path(a.write[0]), Path(a.write[1]), a.write[2])
         return
     if a.variant:
-        emit(variant(a.variant, a.test, a.rows, a.repeat))
+        emit(variant(a.variant, a.test, a.rows, a.repeat, cold=a.cache == "cold"))
         return
 
     import subprocess
@@ -141,21 +147,31 @@ def main(argv=None):
                 print(f"writing {folders[fmt]} ...", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, "-m", module_name(__file__), "--write", str(folders["bf16"]), str(folders[fmt]), fmt],
                                cwd=common.ROOT, check=True)
-            for test in ("full", "rows"):
-                for kind, folder in folders.items():
-                    args = ["--variant", str(folder), "--test", test, "--rows", str(a.rows), "--repeat", str(a.repeat)]
-                    rec = common.run_child(__file__, args, log=log)
-                    rec.update(shape=shape, d=d, h=h, experts=a.experts, format=kind, test=test, rows=a.rows,
-                               size=common.dir_size(folder))
-                    records.append(rec)
-                    print(json.dumps(rec), file=sys.stderr, flush=True)
+            for cache in a.cache.split(","):
+                for test in ("full", "rows"):
+                    for kind, folder in folders.items():
+                        args = ["--variant", str(folder), "--test", test, "--rows", str(a.rows), "--repeat", str(a.repeat),
+                                "--cache", cache]
+                        rec = common.run_child(__file__, args, log=log)
+                        rec.update(shape=shape, d=d, h=h, experts=a.experts, format=kind, test=test, rows=a.rows,
+                                   cache=cache, size=common.dir_size(folder))
+                        records.append(rec)
+                        print(json.dumps(rec), file=sys.stderr, flush=True)
             if a.cleanup:
                 import shutil
                 shutil.rmtree(root, ignore_errors=True)
     table = make_table(records)
-    header = f"bench_formats — {common.machine_line()}"
+    header = f"bench_formats — {common.machine_line()}\n\n{LEGEND}"
     print(f"\n{header}\n\n{table}")
     common.save_results(a.out, "bench_formats", records, f"{header}\n\n{table}")
+
+
+LEGEND = ("Every expert's gate, up and down projection read to float32 (full: whole tensors; rows: 256 sampled rows "
+          "of each), median of the timed passes, each variant in its own process. Page cache warm: files in memory "
+          "(the reader's cost); cold: dropped before every pass (the disk's too). vs bf16: the bf16 read of the same "
+          "shape, test and page cache in this run (wall, and CPU time of the reading process); load: the 1-minute "
+          "load average at the end of the variant (2 cores: above 2, wall times include waiting for a core). "
+          "Goal: dequantizing within 1.3x of the bf16 read.")
 
 
 def make_table(records: list[dict]) -> str:
@@ -163,16 +179,19 @@ def make_table(records: list[dict]) -> str:
     for r in records:
         test = "full" if r["test"] == "full" else f"rows K = {r['rows']}"
         shape = f"{r['shape']} (d={r['d']}, expert {r['h']}) × {r['experts']} experts"
+        cache = r.get("cache", "warm")
         if "error" in r:
-            rows.append([shape, r["format"], test, "failed: " + r["error"].splitlines()[-1][:80], "", "", "", ""])
+            rows.append([shape, r["format"], test, cache, "failed: " + r["error"].splitlines()[-1][:80], "", "", "", "", "",
+                         ""])
             continue
         ref = next((x for x in records if x["shape"] == r["shape"] and x["test"] == r["test"]
-                    and x["format"] == "bf16" and "error" not in x), {})
-        rows.append([shape, r["format"], test, f"{r['size'] / 2**20:.0f}", f"{r['read_s'] * 1000:.0f}",
+                    and x.get("cache", "warm") == cache and x["format"] == "bf16" and "error" not in x), {})
+        rows.append([shape, r["format"], test, cache, f"{r['size'] / 2**20:.0f}", f"{r['read_s'] * 1000:.0f}",
                      f"{r['cpu_s'] * 1000:.0f}", common.fmt_ratio(r["read_s"], ref.get("read_s")),
+                     common.fmt_ratio(r["cpu_s"], ref.get("cpu_s")), f"{r.get('load_end', float('nan')):.1f}",
                      common.fmt_gb(r["peak_rss"])])
-    return common.markdown_table(["block", "stored as", "test", "on disk MiB", "read ms (median)", "CPU ms",
-                                  "vs bf16", "peak RSS GiB"], rows)
+    return common.markdown_table(["block", "stored as", "test", "page cache", "on disk MiB", "read ms (median)", "CPU ms",
+                                  "vs bf16 (wall)", "vs bf16 (CPU)", "load", "peak RSS GiB"], rows)
 
 
 if __name__ == "__main__":

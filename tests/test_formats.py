@@ -258,6 +258,57 @@ def test_mxfp4_gpt_oss_experts_as_transformers_dequantizes_them():
     assert torch.equal(gate[1, :, 3], ours[1, 6]) and torch.equal(up[1, :, 3], ours[1, 7])
 
 
+def _same_bits(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """Equal bit for bit where not NaN, and NaN at the same places."""
+    nan = theirs.isnan()
+    return torch.equal(ours.isnan(), nan) and torch.equal(ours[~nan].view(torch.int32), theirs[~nan].view(torch.int32))
+
+
+@pytest.fixture(scope="module")
+def mxfp4_every_code():
+    """Blocks [1, 256, 32, 16]: row r holds every byte twice (shuffled per row) with the E8M0 scale r
+    (0 to 255: subnormal 2^-127 up to 2^128 = inf) in its first 16 groups; then 2048 rows of random
+    codes and scales around gpt-oss's (enough rows for the chunked, threaded decoding)."""
+    g = torch.Generator().manual_seed(3)
+    every = torch.stack([torch.randperm(512, generator=g) % 256 for _ in range(256)]).to(torch.uint8).reshape(1, 256, 32, 16)
+    every_scales = torch.arange(256).to(torch.uint8).reshape(1, 256, 1).expand(1, 256, 32).clone()
+    every_scales[:, :, 16:] = 120
+    wide = torch.randint(0, 256, (1, 2048, 90, 16), generator=g, dtype=torch.uint8)
+    wide_scales = torch.randint(100, 135, (1, 2048, 90), generator=g, dtype=torch.uint8)
+    return (every, every_scales), (wide, wide_scales)
+
+
+def test_mxfp4_every_code_and_scale_as_transformers_dequantizes_them(mxfp4_every_code):
+    """Every E2M1 byte under every E8M0 scale (with zeros, subnormal results and inf), and a larger
+    random tensor, dequantize bit for bit as transformers' own conversion does; rows read alone too."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from tracing.sources.mxfp4 import dequantize_mxfp4
+    for blocks, scales in mxfp4_every_code:
+        theirs = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).transpose(1, 2)
+        assert _same_bits(dequantize_mxfp4(blocks, scales), theirs)
+        rows = torch.tensor([0, 1, 127, 200, 255])
+        assert _same_bits(dequantize_mxfp4(blocks[0, rows], scales[0, rows]), theirs[0, rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_block_dequantization_is_torchs_conversion_times_the_scales(dtype):
+    """Every FP8 code (NaN codes too) times 128×128 block scales spanning tiny to large, whole
+    (large enough for the chunked, threaded decoding) and by rows (one scale row per row),
+    bit for bit as torch's own conversion times the expanded scales."""
+    from tracing.sources.fp8 import dequantize_block, dequantize_scaled
+    g = torch.Generator().manual_seed(4)
+    r, c = 1536, 1408  # 12 × 11 blocks, the last column of blocks full
+    codes = torch.randint(0, 256, (r, c), generator=g, dtype=torch.uint8).view(dtype)
+    scale = torch.exp2(torch.randint(-20, 12, (12, 11), generator=g).float()) * torch.rand(12, 11, generator=g)
+    want = codes.to(torch.float32) * scale.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    assert _same_bits(dequantize_block(codes, scale, 128, 128), want)
+    rows = torch.tensor([0, 5, 127, 128, 900, 1535])
+    assert _same_bits(dequantize_block(codes[rows], scale[rows // 128], 1, 128), want[rows])
+    per_row = torch.rand(r, generator=g)
+    assert _same_bits(dequantize_scaled(codes, per_row), codes.to(torch.float32) * per_row[:, None])
+
+
 def test_mxfp4_without_scales_is_a_one_line_error(fam, tmp_path):
     key = "model.layers.0.mlp.down_proj_scales"
     _, q = written(fam, "llama", "mxfp4", "base")

@@ -26,7 +26,7 @@ SCALE_SUFFIXES = ("_scale_inv", "_scale")
 
 
 _PAIRS: dict[torch.dtype, np.ndarray] = {}
-CHUNK_VALUES = 1 << 16  # values decoded at a time: a chunk is still in cache when its scales multiply it
+CHUNK_VALUES = 1 << 16  # values decoded at a time (a chunk per call to np.take)
 
 
 def _pair_table(dtype: torch.dtype) -> np.ndarray:
@@ -51,9 +51,9 @@ def fp8_to_float32(w: torch.Tensor) -> np.ndarray:
 
 def _dequantize(w: torch.Tensor, row_scales: np.ndarray, b1: int) -> torch.Tensor:
     """W_fp8 [r × c] times ``row_scales`` [r (or 1) × ⌈c/b1⌉] (each row's scale per block of b1
-    columns), float32.  Decoded and scaled a few rows at a time in numpy (a chunk is scaled while
-    still in cache), without the per-operation thread synchronisation of torch's CPU kernels, which
-    dominates small reads on a busy machine; large tensors spread their chunks over torch's threads."""
+    columns), float32.  The codes are decoded a few rows at a time in numpy (one lookup per two
+    codes; the chunks spread over torch's threads when there are many), then scaled by torch in one
+    broadcast multiplication."""
     r, c = w.shape
     C = row_scales.shape[1]
     if c % 2 or c % b1 or sys.byteorder != "little":
@@ -65,12 +65,11 @@ def _dequantize(w: torch.Tensor, row_scales: np.ndarray, b1: int) -> torch.Tenso
     table = _pair_table(w.dtype)
 
     def work(i, j):
-        chunk = out[i:j]
-        np.take(table, codes[i:j], out=chunk, mode="clip")  # every uint16 is in the table
-        s = row_scales[i:j] if row_scales.shape[0] > 1 else row_scales
-        chunk.view(np.float32).reshape(j - i, C, b1).__imul__(s[:, :, None])
+        np.take(table, codes[i:j], out=out[i:j], mode="clip")  # every uint16 is in the table
     in_chunks(r, max(1, CHUNK_VALUES // c), work)
-    return torch.from_numpy(out.view(np.float32).reshape(r, c))
+    scaled = torch.from_numpy(out).view(torch.float32).view(r, C, b1)
+    scaled.mul_(torch.from_numpy(np.ascontiguousarray(row_scales, dtype=np.float32)).view(-1, C, 1))
+    return scaled.view(r, c)
 
 
 def dequantize_block(w: torch.Tensor, scale: torch.Tensor, b0: int, b1: int) -> torch.Tensor:

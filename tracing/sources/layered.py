@@ -249,13 +249,19 @@ class LayeredBackend(QuantizedBackend):
 _POOL = None
 
 
+#: chunks a thread must get before the work is shared: handing chunks to threads costs about as
+#: much as decoding a few hundred thousand values (more on a busy machine), so the rows of a
+#: sampled test are decoded in the calling thread
+CHUNKS_PER_THREAD = 16
+
+
 def in_chunks(n: int, step: int, work) -> None:
-    """``work(i, j)`` over ``range(0, n)`` in chunks of ``step``, the chunks shared among as many
-    threads as torch uses (numpy's table lookups and multiplications release the GIL), as torch's
-    own conversions of a bfloat16 tensor are."""
+    """``work(i, j)`` over ``range(0, n)`` in chunks of ``step``; when there are many, the chunks are
+    shared among as many threads as torch uses (numpy's table lookups and multiplications release
+    the GIL), as torch's own conversions of a bfloat16 tensor are."""
     global _POOL
     starts = list(range(0, n, step))
-    threads = min(torch.get_num_threads(), len(starts) // 4)
+    threads = min(torch.get_num_threads(), len(starts) // CHUNKS_PER_THREAD)
     if threads < 2:
         for i in starts:
             work(i, min(i + step, n))
