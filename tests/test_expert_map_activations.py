@@ -88,6 +88,17 @@ def test_independent_is_not_significant(trio, stat):
     assert res.log10_pvalue > math.log10(0.01) and res.extra["correspondence"] == []
 
 
+def test_activations_spilled_to_memory_maps(trio, monkeypatch, tmp_path):
+    """Beyond the budget θ₁'s activations go to float16 memory maps (deleted afterwards): the same map."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    res = run_stat("match", trio["base"], trio["pruned"], trio["tokens"], mem_budget_gb=1e-6)
+    assert res.extra["activations_spilled"]
+    assert [(i, j) for i, j, _ in res.extra["correspondence"]] == [(1, 0), (2, 1), (3, 2)]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_csh_map_calibrated():
     """Over 30 independent pairs (2 MoE blocks against 1): a fixed cell's p-value (Fisher over its
     expert pairs) is uniform, and the overall (Bonferroni) p-value is never anti-conservative."""
