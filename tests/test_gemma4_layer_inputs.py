@@ -103,3 +103,17 @@ def test_exact_parts_bit_for_bit(model):
     kwargs = gemma4.layer_inputs(lane, skel, ids, x, torch.float32)
     for i in range(lane.arch.L):
         assert torch.equal(kwargs(i, slice(0, 2))["per_layer_input"], want[:, :, i])
+
+
+def test_saved_config_with_two_digit_block_keys_is_read(tmp_path):
+    """transformers writes ``per_layer_config`` keys zero-padded ("01") when one has two digits: block 1's
+    global head size is read from them."""
+    from tracing.models import Checkpoint
+    L = 12
+    c = family_config("gemma4_text", L=L, layer_types=["sliding_attention", "full_attention"] * (L // 2), V=64)
+    m = family_model(c, seed=2)
+    m.save_pretrained(tmp_path / "m")
+    assert '"01"' in (tmp_path / "m" / "config.json").read_text()
+    want = [layer.self_attn.q_proj.weight.shape[0] // c.num_attention_heads for layer in m.model.layers]
+    assert len(set(want)) == 2
+    assert [hd for hd, *_ in Checkpoint(tmp_path / "m").arch.dim("layers")] == want

@@ -50,8 +50,8 @@ def _overrides(config: Any, i: int, full: bool) -> dict:
     if per is not None and not isinstance(per, dict):  # a transformers config: its per-layer view
         layer = per[i]
         return {"head_dim": layer.head_dim, "num_key_value_heads": layer.num_key_value_heads}
-    if per is not None:
-        return dict(per.get(str(i)) or per.get(i) or {})
+    if per is not None:  # a config.json's keys: "1", or zero-padded ("01") when one has two digits
+        return dict(next((v for k, v in per.items() if int(k) == i), None) or {})
     if not full:
         return {}
     out = {"head_dim": get(config, "global_head_dim", 512)}
