@@ -78,9 +78,10 @@ def require_same_kind(a, b, stat: str) -> None:
     """Raise when no block of θ₁ has a block of θ₂ of the same kind (dense or mixture of experts)."""
     kinds = {bool(a.is_moe_block(i)) for i in range(a.L)} & {bool(b.is_moe_block(j)) for j in range(b.L)}
     if not kinds:
-        raise TracingError(f"{stat} between models of different depths pairs blocks of the same kind, but one model has "
-                           f"only dense blocks and the other only mixture-of-experts blocks; compare models of the same "
-                           f"depth (every expert is then paired with the dense MLP of its block)")
+        raise TracingError(f"{stat}'s block map of experts (models of different depths, or --localized) pairs blocks of "
+                           f"the same kind, but one model has only dense blocks and the other only mixture-of-experts "
+                           f"blocks; compare models of the same depth without --localized (every expert is then paired "
+                           f"with the dense MLP of its block)")
 
 
 def match_expert_map(ctx, base, ft):
