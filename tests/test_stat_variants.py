@@ -36,7 +36,10 @@ def form(stat, a, b, **opts):
     ("match", arch(), arch(h=48), {}, BLOCK_MAP),
     ("match", arch(), arch(d=40), {}, BLOCK_MAP),
     ("match", arch(), arch(experts=True), {}, EXPERTS),
+    ("match", arch(experts=True), arch(L=3, experts=True), {}, EXPERT_MAP),
+    ("match", arch(experts=True), arch(experts=True), {"localized": True}, EXPERT_MAP),
     ("csh", arch(experts=True), arch(), {}, EXPERTS),
+    ("csh", arch(experts=True), arch(L=3, experts=True), {}, EXPERT_MAP),
     ("csh", arch(), arch(), {}, None),
     ("emb", arch(), arch(L=3), {}, None),
 ])

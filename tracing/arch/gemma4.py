@@ -50,8 +50,8 @@ def _overrides(config: Any, i: int, full: bool) -> dict:
     if per is not None and not isinstance(per, dict):  # a transformers config: its per-layer view
         layer = per[i]
         return {"head_dim": layer.head_dim, "num_key_value_heads": layer.num_key_value_heads}
-    if per is not None:
-        return dict(per.get(str(i)) or per.get(i) or {})
+    if per is not None:  # a config.json's keys: "1", or zero-padded ("01") when one has two digits
+        return dict(next((v for k, v in per.items() if int(k) == i), None) or {})
     if not full:
         return {}
     out = {"head_dim": get(config, "global_head_dim", 512)}
@@ -151,20 +151,36 @@ def global_extra(a) -> list[TensorRef]:
 def layer_inputs(lane, skel, ids: torch.Tensor, x: torch.Tensor, dtype: torch.dtype):
     """What a block takes besides its hidden states, as transformers computes it: the per-layer
     inputs (from the token ids and the embedded input ``x``) and, per batch, the keys and values
-    shared from earlier blocks. Returns ``(block, batch slice) -> keyword arguments``."""
+    shared from earlier blocks. Returns ``(block, batch slice) -> keyword arguments``.
+
+    Block i's per-layer input is computed when block i runs, from its own slice of the per-layer
+    embedding (the rows of the tokens present, columns i·p to (i+1)·p) and of the projection (rows
+    i·p to (i+1)·p): what stays in memory is a copy of the embedded input and one block's inputs,
+    not the L·p values per token that all blocks take together.  The numbers equal those of
+    transformers' whole-model computation (each value of a matrix product is the same dot product)."""
     a = lane.arch
     P, shared = a.dim("ple"), {}
-    per = None
+    current: dict = {}  # block -> its per-layer inputs [N, T, P] (the block running now only)
     if P:
-        N, T = ids.shape
-        tok = F.embedding(ids, lane.get(PLE_EMBED, dtype).to(x.device)) * torch.tensor(P ** 0.5).to(dtype)
-        proj = F.linear(x, lane.get(PLE_PROJ, dtype).to(x.device)) * a.d ** -0.5
+        x = x.clone()  # the engine updates the hidden states in place
+        tokens, where = torch.unique(ids, sorted=True, return_inverse=True)
+        tokens = tokens.cpu().numpy()
         norm = skel.module(lane, [PLE_NORM], PLE_NORM.rsplit(".", 1)[0])
-        per = (norm(proj.reshape(N, T, a.L, P)) + tok.reshape(N, T, a.L, P)) * 2.0 ** -0.5
+
+    def per_layer_input(i: int) -> torch.Tensor:
+        if i not in current:
+            current.clear()
+            cols = slice(i * P, (i + 1) * P)
+            table = lane.get_rows(PLE_EMBED, tokens, dtype)[:, cols].contiguous().to(x.device)
+            tok = F.embedding(where, table) * torch.tensor(P ** 0.5).to(dtype)
+            W = lane.get_rows(PLE_PROJ, range(cols.start, cols.stop), dtype).to(x.device)
+            proj = F.linear(x, W) * a.d ** -0.5
+            current[i] = (norm(proj) + tok) * 2.0 ** -0.5
+        return current[i]
 
     def kwargs(i: int, b: slice) -> dict:
         out = {"shared_kv_states": shared.setdefault(b.start, {})}
-        if per is not None:
-            out["per_layer_input"] = per[b, :, i, :]
+        if P:
+            out["per_layer_input"] = per_layer_input(i)[b]
         return out
     return kwargs

@@ -1,13 +1,23 @@
 """φ_H: as ``cos`` but on hidden activations (rows = up_proj units, columns = tokens).
 
 When either model has mixture-of-experts blocks, each pair of MLPs chosen by
-:mod:`tracing.stats.experts` is compared on its activations over every token."""
+:mod:`tracing.stats.experts` is compared on its activations over every token; when their depths
+differ, every block pair of the same kind is a cell of the block map, its experts paired on their
+activations (:mod:`tracing.stats.expert_map`)."""
 from . import register
-from .spec import EXPERTS, Cost, Variant, has_experts, same_blocks
+from .spec import EXPERT_MAP, EXPERTS, Cost, Variant, has_experts, same_blocks
+
+
+def _depths_differ(a, b, _options=None) -> bool:
+    """Mixtures of experts of different depths: the block map of experts."""
+    return has_experts(a, b) and a.L != b.L
 
 
 def _check(a, b, options):
-    if a.has_experts or b.has_experts:
+    if _depths_differ(a, b):
+        from .expert_map import require_same_kind  # loads torch
+        require_same_kind(a, b, "csh")
+    elif has_experts(a, b):
         from ..arch import require_expert_width, require_same_depth  # loads torch
         require_same_depth(a, b, "csh")
         require_expert_width(a, b, "csh")
@@ -26,7 +36,8 @@ def _experts(ctx, base, ft):
 
 
 @register("csh", per_block=True, needs_data=True, default_dataset="random", check=_check, cost=_cost,
-          variants=(Variant(EXPERTS, has_experts, _experts),),
+          variants=(Variant(EXPERT_MAP, _depths_differ, "tracing.stats.expert_map:csh_expert_map",
+                            "tracing.stats.expert_map:activation_map_cost"), Variant(EXPERTS, has_experts, _experts)),
           description="cosine similarity of MLP up-projection activations (φ_H)",
           meaning="φ_H (`csh`): as `cos`, on hidden activations of up_proj; the p-value is exact under the null "
                   "that the two models were initialised independently.")

@@ -19,18 +19,26 @@ pairs are (g⁻¹(j), u⁻¹(j)).  SPEARMAN is the rank correlation of the two s
 equal widths and no degenerate unit this is Spearman(π_gate, π_up) over all h units.
 
 When either model has mixture-of-experts blocks, each pair of MLPs chosen by
-:mod:`tracing.stats.experts` is compared in the same way on its activations over every token.
+:mod:`tracing.stats.experts` is compared in the same way on its activations over every token; when
+their depths differ (or with ``--localized``), every block pair of the same kind is a cell of the
+block map, its experts paired on their activations (:mod:`tracing.stats.expert_map`).
 """
 from ..errors import TracingError
 from . import register
-from .spec import EXPERTS, LOCALIZED, ROWS, Cost, Variant, block_map, has_experts
+from .spec import EXPERT_MAP, EXPERTS, LOCALIZED, ROWS, Cost, Variant, block_map, expert_block_map, has_experts
 
 
 def _check(a, b, options):
     from ..arch import require_expert_width, require_gated, require_same_depth  # loads torch
     require_gated(a, b, "match")
-    if a.has_experts or b.has_experts:
-        require_same_depth(a, b, "match")  # other shapes: the block map (tracing.stats.blockmap)
+    if has_experts(a, b) and getattr(options, "rows", None) is not None:
+        raise TracingError("--rows with match samples units of dense blocks only; between mixtures of experts match "
+                           "reads every unit of every expert: drop --rows")
+    if expert_block_map(a, b, options):
+        from .expert_map import require_same_kind  # loads torch
+        require_same_kind(a, b, "match")
+    elif has_experts(a, b):
+        require_same_depth(a, b, "match")  # other widths: the block map of experts (--localized)
         require_expert_width(a, b, "match")
     if getattr(options, "rows", None) is None:
         return
@@ -52,11 +60,13 @@ def _experts(ctx, base, ft):
     return activation_stat(ctx, base, ft, "match", gated=True)
 
 
+_EXPERT_MAP = Variant(EXPERT_MAP, expert_block_map, "tracing.stats.expert_map:match_expert_map",
+                      "tracing.stats.expert_map:activation_map_cost")
 _MAP = block_map(("L", "d", "h"), "tracing.stats.blockmap:match_map", "tracing.stats.blockmap:match_cost")
 
 
 @register("match", per_block=True, needs_data=True, exact=False, check=_check, cost=_cost,
-          variants=(Variant(EXPERTS, has_experts, _experts), _MAP), sampled="units", robust="raw",
+          variants=(_EXPERT_MAP, Variant(EXPERTS, has_experts, _experts), _MAP), sampled="units", robust="raw",
           reads=("localized", "rows"), options=(LOCALIZED, ROWS), variant_flags=("rows",),
           description="robust matching of gate and up activations (φ_MATCH)",
           meaning="φ_MATCH (`match`): gate activations matched against |up| activations per block, Fisher over "
