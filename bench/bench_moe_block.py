@@ -242,7 +242,7 @@ def run_blocks(a, log) -> tuple[list[dict], str]:
     import os as _os
     name = "deepseek"
     paths = write_sparse_blocks(a.workdir / f"{name}-blocks{a.blocks}-K{a.rows}", name, a.blocks, a.rows)
-    runs = [(1, 1), (1, 2)] + [(int(w), 2) for w in a.workers.split(",") if int(w) > 1]
+    runs = [(1, int(t)) for t in a.serial_threads.split(",")] + [(int(w), 2) for w in a.workers.split(",") if int(w) > 1]
     records, rows_out, model_rows = [], [], []
     serial = None
     for workers, threads in runs:
@@ -309,6 +309,8 @@ def main(argv=None):
                     help="one block pair of each shape (single), the multi-block variant (blocks), or both")
     ap.add_argument("--blocks", type=int, default=4, help="MoE blocks of the multi-block variant (default 4)")
     ap.add_argument("--workers", default="2", help="blocks at once of the parallel multi-block runs, comma-separated")
+    ap.add_argument("--serial-threads", default="1,2",
+                    help="torch threads of the multi-block runs of one block after the other, comma-separated")
     ap.add_argument("--variant", choices=("sampled", "full", "blocks"), help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs=2, type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

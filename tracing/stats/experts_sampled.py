@@ -67,7 +67,9 @@ class SampledUnits:
             index = self.indices(n)
             with self._lock:
                 t = self._read(unit.up, index)
-            self._rows[key] = t if t.dtype in STORE_DTYPES else _compact(t.float())
+            # a copy in torch's memory: rows left in the reader's buffers fragment the heap (twice the
+            # peak memory of one block)
+            self._rows[key] = t.clone() if t.dtype in STORE_DTYPES else _compact(t.float())
         return self._rows[key]
 
     def rows(self, unit, n: int) -> torch.Tensor:
