@@ -21,6 +21,13 @@ first), on the pair (base, ft = base + noise):
   on the best cosine of every pair of their rows, E²·h²·d operations, so at 256 experts one block
   takes hours; it is measured at two expert counts and extrapolated as a·E + b·E² to all experts.
 
+- ``blocks``: ``cos --rows K`` over several DeepSeek-shaped MoE blocks (``--blocks``, default 4; the
+  files are sparse: only the K sampled rows of each expert hold data, see :func:`write_sparse_blocks`),
+  one block after the other (``--workers 1``, with 1 and with 2 torch threads) and with blocks matched
+  at once (``--workers 2``); the per-block numbers and the overall log10 p must be identical.
+
+    python -m bench.bench_moe_block --part blocks                # only the multi-block variant
+
 Each child runs the statistic itself (``tracing.stats`` ``cos`` on two ``Checkpoint`` folders; the
 records' provenance hashing is not timed) and reports wall and CPU time, peak RSS (``VmHWM``) and
 the bytes it read from storage (``/proc/self/io``). The whole-model figures: the MoE blocks × the
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -69,8 +77,8 @@ def config(shape: dict, E: int) -> dict:
                 linear_num_key_heads=16, linear_num_value_heads=64)
 
 
-def _names(shape: dict, E: int) -> tuple[list[str], str]:
-    p = "model.layers.0.mlp."
+def _names(shape: dict, E: int, block: int = 0) -> tuple[list[str], str]:
+    p = f"model.layers.{block}.mlp."
     shared = f"{p}shared_experts.up_proj.weight" if shape["model_type"] == "deepseek_v3" else \
         f"{p}shared_expert.up_proj.weight"
     return [f"{p}experts.{e}.up_proj.weight" for e in range(E)], shared
@@ -104,6 +112,61 @@ def write_pair(root: Path, name: str, noise: float = 0.1, std: float = 0.02) -> 
         print(f"  wrote shard {k + 1}/{len(shards)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     for n, p in paths.items():
         (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+    return paths
+
+
+def write_sparse_blocks(root: Path, name: str, blocks: int, K: int, seed: int = 0, noise: float = 0.1,
+                        std: float = 0.02) -> dict[str, Path]:
+    """``root/base`` and ``root/ft`` (= base + noise·std·N(0, 1)): ``blocks`` MoE blocks of the shape, one
+    file per block holding every routed expert's and the shared expert's ``up_proj`` at full size
+    (bf16), with data only in the K rows ``cos --rows K --seed seed`` samples; the rest are holes that
+    take no disk and are never read. Reused when already written with the same settings."""
+    import numpy as np
+    import torch
+    from tracing.stats.base import sampled_rows
+    shape = SHAPES[name]
+    d, w, E = shape["d"], shape["w"], shape["E"]
+    paths = {n: root / n for n in ("base", "ft")}
+    spec = {"shape": name, "blocks": blocks, "K": K, "seed": seed, "noise": noise, "std": std}
+    if (root / "spec.json").is_file() and json.loads((root / "spec.json").read_text()) == spec:
+        return paths
+    rows = torch.from_numpy(np.asarray(sampled_rows(w, K, seed), dtype=np.int64))
+    g = torch.Generator().manual_seed(0)
+    maps = {n: {} for n in paths}
+    for p in paths.values():
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "config.json").write_text(json.dumps(dict(config(shape, E), num_hidden_layers=blocks)))
+    t0 = time.time()
+    for i in range(blocks):
+        experts, shared = _names(shape, E, block=i)
+        names = experts + [shared]
+        meta, off = {"__metadata__": {"format": "pt"}}, 0
+        for t in names:
+            meta[t] = {"dtype": "BF16", "shape": [w, d], "data_offsets": [off, off + 2 * w * d]}
+            off += 2 * w * d
+        head = json.dumps(meta, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
+        start = 8 + len(head)
+        fname = f"model-{i + 1:05d}-of-{blocks:05d}.safetensors"
+        for n, p in paths.items():
+            with open(p / fname, "wb") as f:
+                f.write(struct.pack("<Q", len(head)) + head)
+                f.truncate(start + off)  # holes: no disk used, reads give zeros
+            maps[n].update({t: fname for t in names})
+        files = {n: np.memmap(p / fname, dtype=np.int16, mode="r+", offset=start, shape=(len(names), w, d))
+                 for n, p in paths.items()}
+        for k in range(len(names)):
+            base = torch.randn(K, d, generator=g).mul_(std)
+            for n, mm in files.items():
+                v = base if n == "base" else base + std * noise * torch.randn(base.shape, generator=g)
+                mm[k][rows.numpy()] = v.to(torch.bfloat16).view(torch.int16).numpy()
+        for mm in files.values():
+            mm.flush()
+        del files
+        print(f"  wrote block {i + 1}/{blocks} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    for n, p in paths.items():
+        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+    (root / "spec.json").write_text(json.dumps(spec))
     return paths
 
 
@@ -143,6 +206,75 @@ def variant(base: Path, other: Path, rows: int | None) -> dict:
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
 
 
+def variant_blocks(base: Path, other: Path, rows: int, workers: int) -> dict:
+    """``cos --rows K`` over every block of the multi-block pair with ``workers`` blocks at once."""
+    from tracing.models import Checkpoint
+    from tracing.options import Options
+    from tracing.stats import get as get_stat
+    from tracing.stats.base import Context
+    a, b = Checkpoint(base), Checkpoint(other)
+    io0 = _io_read_bytes()
+    with Timer() as t:
+        res = get_stat("cos").fn(Context(Options(stat=["cos"], rows=rows, workers=workers), progress=False), a, b)
+    return {**t.fields(), "bytes_read": _io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
+            "blocks": a.arch.L, "pairs": res.extra["num_pairs"], "workers": workers, "rows": rows,
+            "per_pair": [[r["layer"], r["expert"], r["partner"], r["log10_pvalue"]] for r in res.per_layer],
+            "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
+
+
+def extrapolate_blocks(name: str, rec: dict, cores: int) -> dict:
+    """Whole model from the multi-block run: its MoE blocks at the measured CPU seconds per block,
+    spread over min(workers, cores) cores (the wall time of an otherwise idle machine), and at the
+    measured wall seconds per block (at the run's load); dense blocks at :data:`DENSE_BLOCK_S`."""
+    s = SHAPES[name]
+    dense = (s["blocks"] - s["moe_blocks"]) * DENSE_BLOCK_S
+    per_cpu, per_wall = rec["cpu_s"] / rec["blocks"], rec["wall_s"] / rec["blocks"]
+    return {"shape": name, "workers": rec["workers"], "threads": rec["threads"],
+            "model_cpu_s": s["moe_blocks"] * per_cpu + dense,
+            "model_idle_wall_s": s["moe_blocks"] * per_cpu / min(max(rec["workers"], rec["threads"]), cores) + dense,
+            "model_wall_at_load_s": s["moe_blocks"] * per_wall + dense,
+            "model_gb_read": s["moe_blocks"] * rec["bytes_read"] / rec["blocks"] / GB}
+
+
+def run_blocks(a, log) -> tuple[list[dict], str]:
+    """The multi-block variants (serial with 1 and 2 torch threads, then ``--workers`` at once), each a
+    cold process: records and their tables."""
+    import os as _os
+    name = "deepseek"
+    paths = write_sparse_blocks(a.workdir / f"{name}-blocks{a.blocks}-K{a.rows}", name, a.blocks, a.rows)
+    runs = [(1, int(t)) for t in a.serial_threads.split(",")] + [(int(w), 2) for w in a.workers.split(",") if int(w) > 1]
+    records, rows_out, model_rows = [], [], []
+    serial = None
+    for workers, threads in runs:
+        common.evict(paths.values())
+        rec = common.run_child(__file__, ["--variant", "blocks", "--rows", str(a.rows), "--threads", str(threads),
+                                          "--workers", str(workers), "--paths", str(paths["base"]), str(paths["ft"])],
+                               log=log)
+        rec.update(shape=name, kind="blocks", threads=threads)
+        records.append(rec)
+        if "error" in rec:
+            rows_out.append([name, a.blocks, workers, threads] + ["—"] * 6 + [rec["error"][:60]])
+            continue
+        serial = serial or rec
+        same = rec["per_pair"] == serial["per_pair"] and rec["log10_pvalue"] == serial["log10_pvalue"]
+        rows_out.append([name, a.blocks, workers, threads, common.fmt_s(rec["wall_s"]), common.fmt_s(rec["cpu_s"]),
+                         f"{rec['cpu_s'] / rec['wall_s']:.2f}", f"{rec['load_start']:.0f}–{rec['load_end']:.0f}",
+                         common.fmt_gb(rec["peak_rss"]), common.fmt_gb(rec["bytes_read"]),
+                         f"{rec['log10_pvalue']:.6g}, {'identical' if same else 'DIFFERENT'}"])
+        e = extrapolate_blocks(name, rec, _os.cpu_count() or 1)
+        records.append(e)
+        model_rows.append([name, workers, threads, common.fmt_s(e["model_cpu_s"]), common.fmt_s(e["model_idle_wall_s"]),
+                           common.fmt_s(e["model_wall_at_load_s"]), f"{e['model_gb_read']:.0f}"])
+    for r in records:
+        r.pop("per_pair", None)
+    table = common.markdown_table(["shape", "blocks", "workers", "torch threads", "wall s", "CPU s", "CPU/wall", "load",
+                                   "peak RSS GB", "read GB", "log10 p (vs serial, 1 thread)"], rows_out)
+    table += "\n\n" + common.markdown_table(
+        ["shape", "workers", "torch threads", f"--rows {a.rows}: 58 MoE + 3 dense blocks, CPU s",
+         "wall s on idle cores (CPU s / cores used)", "wall s at this load", "GB read"], model_rows)
+    return records, table
+
+
 def extrapolate(name: str, sampled: dict, full: list[dict], rows: int) -> dict:
     """Whole-model time and bytes read from one block pair's measurements."""
     import numpy as np
@@ -173,16 +305,31 @@ def main(argv=None):
     ap.add_argument("--cleanup", action="store_true", help="delete the synthetic checkpoints at the end")
     ap.add_argument("--threads", default="2",
                     help="torch threads of the sampled variant, comma-separated for several runs (default 2)")
-    ap.add_argument("--variant", choices=("sampled", "full"), help=argparse.SUPPRESS)
+    ap.add_argument("--part", choices=("all", "single", "blocks"), default="all",
+                    help="one block pair of each shape (single), the multi-block variant (blocks), or both")
+    ap.add_argument("--blocks", type=int, default=4, help="MoE blocks of the multi-block variant (default 4)")
+    ap.add_argument("--workers", default="2", help="blocks at once of the parallel multi-block runs, comma-separated")
+    ap.add_argument("--serial-threads", default="1,2",
+                    help="torch threads of the multi-block runs of one block after the other, comma-separated")
+    ap.add_argument("--variant", choices=("sampled", "full", "blocks"), help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs=2, type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.variant:
         import torch
         torch.set_num_threads(int(a.threads))
+        if a.variant == "blocks":
+            emit({**variant_blocks(*a.paths, a.rows, int(a.workers)), "threads": int(a.threads)})
+            return
         emit({**variant(*a.paths, a.rows if a.variant == "sampled" else None), "threads": int(a.threads)})
         return
     records, rows_out, extra = [], [], []
     log = open(common.log_path(a.workdir, "bench_moe_block"), "a")
+    if a.part == "blocks":
+        records, table = run_blocks(a, log)
+        table = f"{common.machine_line()}\n\n{table}"
+        print(table)
+        common.save_results(common.ROOT / "bench" / "results", "bench_moe_block", records, table)
+        return
     for name in a.shapes.split(","):
         s = SHAPES[name]
         paths = write_pair(a.workdir / name, name)
@@ -215,6 +362,10 @@ def main(argv=None):
     table += "\n\n" + common.markdown_table(["shape", "blocks", "threads", f"--rows {a.rows}: whole model, wall s",
                                              "CPU s",
                                              "weights read", "full: whole model, s (extrapolated)"], model_rows)
+    if a.part == "all":
+        more, blocks_table = run_blocks(a, log)
+        records += more
+        table += "\n\n" + blocks_table
     table = f"{common.machine_line()}\n\n{table}"
     print(table)
     common.save_results(common.ROOT / "bench" / "results", "bench_moe_block", records + extra, table)

@@ -56,8 +56,8 @@ from tests.hub_server import HubServer  # noqa: E402
 MB = 1_000_000
 SHAPES = {"7B": dict(L=32, d=4096, h=11008, total=13.5e9),
           "70B": dict(L=80, d=8192, h=28672, total=138e9)}
-#: frontier mixtures of experts, as their config.json files give them (the Qwen3.5 shape as assumed
-#: here: 60 blocks of 512 experts of width 1024 and a shared expert, bf16)
+#: frontier mixtures of experts, as their published configs give them (Qwen3.5-397B-A17B: 60 blocks,
+#: d = 4096, 512 experts of width 1024 and a shared expert of width 1024, bf16)
 MOE_SHAPES = {
     "DeepSeek-V3 671B (FP8)": dict(L=61, dense=3, d=7168, h=18432, E=256, h_e=2048, shared=1, bytes=1, block=128,
                                    total=671e9 * 1.0),

@@ -188,10 +188,15 @@ class Checkpoint(WeightSource):
 
     def get_rows(self, name, index, dtype=torch.float32):
         """Rows ``index`` of ``name`` (from a safetensors file only those rows are read)."""
+        return self.get_rows_stored(name, index, dtype).to(dtype)
+
+    def get_rows_stored(self, name, index, dtype=torch.float32):
+        """Rows ``index`` of ``name`` in the dtype the backend gives them (a safetensors file's own:
+        bfloat16 rows stay bfloat16; a quantized format's are decoded to ``dtype``)."""
         t0 = time.perf_counter()
         t = self.backend.get_rows(name, index, dtype)
         self.read_s += time.perf_counter() - t0
-        return require_finite(self.label, name, t).to(dtype)
+        return require_finite(self.label, name, t)
 
     def release(self):
         self.backend.release()

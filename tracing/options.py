@@ -42,6 +42,7 @@ class Options:
     significance: float = 0.01
     alternative: str = "greater"
     mem_budget_gb: float | None = None
+    workers: int | None = None  # blocks of the sampled experts grid matched at once (default: from cores and memory)
     rows: int | None = None  # sampled test: K unit indices drawn from the seed, the same in both models
     localized: bool = False  # block map: every block pair tested (cos, match)
     fold_norms: bool | None = None  # None: fold when either model is AWQ
@@ -74,6 +75,9 @@ class Options:
             raise TracingError(f"--alternative must be 'greater' or 'two-sided', got {self.alternative!r}")
         if self.mem_budget_gb is not None and self.mem_budget_gb <= 0:
             raise TracingError("--mem_budget_gb must be positive")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise TracingError(f"--workers must be a positive number of blocks matched at once, e.g. 2, got {self.workers!r}")
         self._check_rows()
         self._check_localized()
 
@@ -213,6 +217,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "either model is AWQ-quantized, whose scales move between norms and layers)")
     g.add_argument("--mem_budget_gb", type=float, default=None,
                    help="memory for parallel assignment solves (default: half of the free RAM)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="blocks of a mixture of experts matched at once by cos --rows, on threads (default: the "
+                        "cores, as many as half of the free RAM holds; 1: one block after the other)")
 
 
 #: how a statistic's option of each kind is read from the command line

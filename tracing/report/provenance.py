@@ -9,7 +9,7 @@ from ..errors import TracingError
 from .mdtable import size, table
 from ..results import finite
 
-_HIDE_OPTS = {"stat", "base_model_id", "ft_model_id", "save", "device", "mem_budget_gb", "generated_dir"}
+_HIDE_OPTS = {"stat", "base_model_id", "ft_model_id", "save", "device", "mem_budget_gb", "workers", "generated_dir"}
 
 
 def models_section(records: dict[str, dict]) -> tuple[list[str], list[str]]:

@@ -20,10 +20,14 @@ each model's sampled rows read once.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
-from ..rowstore import _compact
+from ..rowstore import STORE_DTYPES, _compact
 
 #: extra keys of a sampled experts result
 WIDTHS_KEY = "rows_of_units"
@@ -31,12 +35,22 @@ WIDTHS_KEY = "rows_of_units"
 
 class SampledUnits:
     """One model's sampled up rows, per MLP (read once, kept losslessly in the smallest dtype that
-    holds them: bfloat16 for most checkpoints)."""
+    holds them: bfloat16 for most checkpoints). ``lock``: held while reading, when several blocks
+    are read at once from one source."""
 
-    def __init__(self, src, K: int, seed: int):
+    def __init__(self, src, K: int, seed: int, lock=None):
         self.src, self.K, self.seed = src, int(K), int(seed)
         self._rows: dict = {}
         self._S: dict = {}
+        self._lock = lock if lock is not None else nullcontext()
+        # rows as the source gives them (a checkpoint's bfloat16 rows are kept without a round trip)
+        self._read = getattr(src, "get_rows_stored", src.get_rows)
+
+    def block_view(self) -> "SampledUnits":
+        """An empty cache of rows on the same source, indices and lock (one block's rows)."""
+        view = SampledUnits.__new__(SampledUnits)
+        view.__dict__.update(self.__dict__, _rows={})
+        return view
 
     def indices(self, n: int) -> np.ndarray:
         """The sampled unit indices of an MLP of width n (the same in both models and every block)."""
@@ -45,20 +59,37 @@ class SampledUnits:
             self._S[n] = sampled_rows(n, self.K, self.seed)
         return self._S[n]
 
-    def rows(self, unit, n: int) -> torch.Tensor:
-        """The K sampled up rows (float32) of ``unit``, drawn from width ``n``."""
+    def stored(self, unit, n: int) -> torch.Tensor:
+        """The K sampled up rows of ``unit``, drawn from width ``n``, as kept: rows read in bfloat16
+        or float16 as they are, others in the smallest dtype that holds their float32 values."""
         key = (unit.key, n)
         if key not in self._rows:
-            self._rows[key] = _compact(self.src.get_rows(unit.up, self.indices(n)).float())
-        return self._rows[key].float()
+            index = self.indices(n)
+            with self._lock:
+                t = self._read(unit.up, index)
+            # a copy in torch's memory: rows left in the reader's buffers fragment the heap (twice the
+            # peak memory of one block)
+            self._rows[key] = t.clone() if t.dtype in STORE_DTYPES else _compact(t.float())
+        return self._rows[key]
+
+    def rows(self, unit, n: int) -> torch.Tensor:
+        """The K sampled up rows (float32) of ``unit``, drawn from width ``n``."""
+        return self.stored(unit, n).float()
 
     def drop(self) -> None:
         self._rows.clear()
 
 
+def centroid(rows: torch.Tensor) -> torch.Tensor:
+    """The mean of ``rows`` (bfloat16, float16 or float32) in float64: exactly ``rows.double().mean(0)``
+    (the CPU mean is a float64 sum divided by the count either way), without the slow conversion of
+    bfloat16 straight to float64."""
+    return rows.float().mean(0, dtype=torch.float64)
+
+
 def _centred_centroids(side: SampledUnits, units) -> torch.Tensor:
     """Unit-norm centroids of the routed experts' sampled rows, centred on their mean (float64)."""
-    C = torch.stack([side.rows(u, u.width).double().mean(0) for u in units])
+    C = torch.stack([centroid(side.stored(u, u.width)) for u in units])
     if len(units) > 1:
         C = C - C.mean(0, keepdim=True)
     return C / C.norm(dim=1, keepdim=True).clamp_min(1e-300)
@@ -82,30 +113,42 @@ def pair_width(pair) -> int:
     return min(pair.a.width, pair.b.width)
 
 
-def match_block(ctx, sa: SampledUnits, sb: SampledUnits, pairs: list, first: int = 0) -> dict:
-    """MATCH of the sampled up rows of each unit pair: ``{first + k: MatchResult}``."""
+def match_block(ctx, sa: SampledUnits, sb: SampledUnits, pairs: list, first: int = 0, solvers: int | None = None) -> dict:
+    """MATCH of the sampled up rows of each unit pair: ``{first + k: MatchResult}`` (``solvers``:
+    parallel assignment solves, default the cores)."""
     from ..align import match_layers
     return match_layers(range(first, first + len(pairs)),
                         lambda k: (sa.rows(pairs[k - first].a, pair_width(pairs[k - first])),
                                    sb.rows(pairs[k - first].b, pair_width(pairs[k - first]))),
-                        mem_budget_bytes=ctx.mem_budget_bytes, pairs=True)
+                        workers=solvers, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True)
+
+
+def _grid_block(ctx, a, b, sa: SampledUnits, sb: SampledUnits, i: int, solvers: int | None):
+    """Block i of the grid: ``(unit pairs, θ₂'s partner of each of θ₁'s experts, {k: MatchResult})``,
+    k counted from the block's first pair; only this block's rows are held, and freed on return."""
+    from .experts import block_pairs
+    sa, sb = sa.block_view(), sb.block_view()
+    ua, ub = a.units(i), b.units(i)
+    block, partner = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub), any_width=True)
+    return block, partner, match_block(ctx, sa, sb, block, solvers=solvers)
 
 
 def sampled_experts(ctx, base, ft):
     """The experts grid of two models of the same depth on K sampled rows per MLP."""
     from ..errors import TracingError
-    from .experts import block_pairs, expert_result, grid_columns
+    from .experts import expert_result, grid_columns
     from .base import median_cos, pairs_of
     a, b, o = base.arch, ft.arch, ctx.options
-    sa, sb = SampledUnits(base, o.rows, o.seed), SampledUnits(ft, o.rows, o.seed)
+    workers = block_workers(ctx, a, b)
+    locks = (threading.Lock(), threading.Lock()) if workers > 1 else (None, None)
+    sa, sb = SampledUnits(base, o.rows, o.seed, locks[0]), SampledUnits(ft, o.rows, o.seed, locks[1])
+    solvers = 1 if workers > 1 else None
     pairs, partners, matched = [], {}, {}
-    for i in _blocks(ctx, a.L, "cos: sampled experts"):
-        ua, ub = a.units(i), b.units(i)
-        block, partners[i] = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub), any_width=True)
-        matched.update(match_block(ctx, sa, sb, block, len(pairs)))
+    blocks = each_block(ctx, a.L, lambda i: _grid_block(ctx, a, b, sa, sb, i, solvers), workers,
+                        "cos: sampled experts")
+    for i, (block, partners[i], found) in blocks:  # in block order, whatever order they finished in
+        matched.update({len(pairs) + k: m for k, m in found.items()})
         pairs += block
-        sa.drop()
-        sb.drop()
     if not pairs:
         raise TracingError("cos found no two experts of equal width to pair (the two models' experts differ in "
                            "width); compare each model with a dense model, or the experts' shared ancestor")
@@ -149,6 +192,49 @@ def sampled_extra(options, pairs: list) -> dict:
 def _blocks(ctx, L: int, desc: str):
     from tqdm import tqdm
     return tqdm(range(L), desc=desc, disable=not ctx.progress, leave=False)
+
+
+def block_workers(ctx, a, b) -> int:
+    """Blocks matched at once (``--workers``): by default the cores, as many as half of the free
+    memory holds (a block's sampled rows of both models, with room for their float32 copies)."""
+    from ..machine import available_bytes, cores
+    if ctx.options.workers is not None:
+        return int(ctx.options.workers)
+    K, d = int(ctx.options.rows), max(a.d, b.d)
+    per_block = max((len(a.units(i)) + len(b.units(i)) for i in range(min(a.L, b.L))), default=1) * K * d * 4
+    budget = ctx.mem_budget_bytes if ctx.mem_budget_bytes is not None else available_bytes() // 2
+    return max(1, min(cores(), budget // max(per_block, 1)))
+
+
+def each_block(ctx, L: int, fn, workers: int, desc: str):
+    """``(i, fn(i))`` for every block i, in block order. With ``workers`` > 1, that many blocks run at
+    once on threads (reading, matrix products and assignment solves release the GIL), torch's
+    intra-op threads divided among them for the while; a block's result waits for the earlier
+    blocks', so results combine in the serial order. An error in a block is raised once the blocks
+    before it are done; blocks not yet started are cancelled."""
+    from tqdm import tqdm
+    bar = tqdm(total=L, desc=desc, disable=not ctx.progress, leave=False)
+    try:
+        if workers <= 1 or L <= 1:
+            for i in range(L):
+                yield i, fn(i)
+                bar.update()
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // workers))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="experts-block")
+        try:
+            futures = [pool.submit(fn, i) for i in range(L)]
+            for i in range(L):
+                found = futures[i].result()
+                futures[i] = None
+                yield i, found
+                bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(threads)
+    finally:
+        bar.close()
 
 
 def narrowest(arch) -> int:

@@ -1,0 +1,111 @@
+"""The sampled experts grid (``cos --rows K``) with several blocks matched at once (``--workers``):
+the same record as one block after the other (per-pair p-values, pairings, grid, overall p) for a
+derived and an independent pair, whatever order the blocks finish in; an error in one block is
+the one-line error with no result file."""
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from family_models import family_config, family_model, noisy
+from test_experts_sampled import _experts_moved
+from test_frontier_families import main, run_stat
+from tracing.errors import TracingError
+from tracing.models import Checkpoint
+from tracing.options import Options
+from tracing.stats import experts_sampled
+
+L, D, E, K = 4, 64, 8, 16  # a dense first block, then 3 MoE blocks of 8 routed experts and a shared one
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """Folders: a base and its noisy copy with reordered experts in bfloat16 (rows kept as read), an
+    independent model in float32 (rows compacted)."""
+    root = tmp_path_factory.mktemp("experts-parallel")
+    c = family_config("deepseek_v3", d=D, h=D, E=E, L=L)
+    base = family_model(c, seed=61)
+    moved, _ = _experts_moved(noisy(base, seed=62, noise=0.3), seed=63)
+    base.to(torch.bfloat16).save_pretrained(root / "base")
+    moved.to(torch.bfloat16).save_pretrained(root / "ft")
+    family_model(c, seed=64).save_pretrained(root / "indep")
+    return root
+
+
+def _record(res) -> dict:
+    return {"log10_pvalue": res.log10_pvalue, "per_layer": res.per_layer,
+            **{k: res.extra[k] for k in ("experts", "expert_matching", "num_pairs", "skipped_pairs", "rows_of_units")}}
+
+
+@pytest.fixture()
+def out_of_order(monkeypatch):
+    """Blocks run in parallel finish last to first (block 0 waits for the last block), and the
+    threads that ran them are recorded."""
+    ran, last_done = set(), threading.Event()
+    grid_block = experts_sampled._grid_block
+
+    def block(ctx, a, b, sa, sb, i, solvers):
+        ran.add(threading.current_thread().name)
+        if i == 0 and threading.current_thread() is not threading.main_thread():
+            assert last_done.wait(60), "the last block never ran while the first waited"
+        out = grid_block(ctx, a, b, sa, sb, i, solvers)
+        if i == a.L - 1:
+            last_done.set()
+        return out
+
+    monkeypatch.setattr(experts_sampled, "_grid_block", block)
+    return ran
+
+
+@pytest.mark.parametrize("other", ["ft", "indep"])
+def test_parallel_grid_equals_the_serial_grid(trio, other, out_of_order):
+    a, b = Checkpoint(trio / "base"), Checkpoint(trio / other)
+    threads = torch.get_num_threads()
+    serial = _record(run_stat("cos", a, b, rows=K, workers=1))
+    assert out_of_order == {threading.main_thread().name}
+    for workers in (2, 3):
+        out_of_order.clear()
+        assert _record(run_stat("cos", a, b, rows=K, workers=workers)) == serial
+        assert len(out_of_order) > 1 and threading.main_thread().name not in out_of_order
+    assert torch.get_num_threads() == threads  # torch's threads are given back
+    assert serial["num_pairs"] == (L - 1) * (E + 1) + 1
+    if other == "ft":  # the noisy copy: significant, its experts' order recovered in every MoE block
+        assert serial["log10_pvalue"] < -20 and len(serial["expert_matching"]) == L - 1
+    else:
+        assert serial["log10_pvalue"] > -2
+
+
+def test_error_in_one_block_is_one_line(trio, tmp_path):
+    """A NaN in the last block's expert: the blocks run at once stop, the error names the tensor, and
+    the command line gives one line, exit 2 and no result file."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in (trio / "ft").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    name = f"model.layers.{L - 1}.mlp.experts.5.up_proj.weight"
+    state = load_file(bad / "model.safetensors")
+    state[name][3, 7] = float("nan")
+    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    before = threading.active_count()
+    with pytest.raises(TracingError, match=name.replace(".", r"\.") + " holds non-finite values"):
+        run_stat("cos", Checkpoint(trio / "base"), Checkpoint(bad), rows=K, workers=2)
+    assert threading.active_count() == before
+    out = tmp_path / "never.p"
+    r = main("--base_model_id", trio / "base", "--ft_model_id", bad, "--stat", "cos", "--rows", K, "--workers", 2,
+             "--save", out, "--quiet")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and name in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(TracingError, match="--workers must be a positive number"):
+        Options(stat=["cos"], rows=K, workers=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_centroid_is_the_float64_mean_bit_for_bit(dtype):
+    g = torch.Generator().manual_seed(5)
+    for K, d in ((16, 64), (256, 7168), (7, 33)):
+        rows = (torch.randn(K, d, generator=g) * 0.02 + 0.001).to(dtype)
+        assert torch.equal(experts_sampled.centroid(rows), rows.double().mean(0))
