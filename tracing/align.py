@@ -346,16 +346,23 @@ def match_layers(layers: Iterable, load: Callable, absolute: bool = False, worke
                  mem_budget_bytes: int | None = None, desc: str | None = None, pairs: bool = False) -> dict:
     """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}`` in ``layers`` order
     (every row matched, as :func:`match`), or with ``pairs=True`` ``{key: MatchResult}`` with
-    degenerate rows dropped (see :class:`Matcher`)."""
+    degenerate rows dropped (see :class:`Matcher`). ``load`` of the next key runs in a background
+    thread while a key is matched (:func:`tracing.prefetch.ahead`), one key at a time, in order."""
+    from .prefetch import ahead
     layers = list(layers)
     m = Matcher(workers, mem_budget_bytes, total=len(layers), desc=desc)
+    reads = ahead(layers, load)
     try:
-        for key in layers:
-            # the loaded tensors live only while their cosine matrix is computed, not while
-            # waiting for a solver slot
-            m._submit(key, *_prepare(*load(key), pairs, absolute=absolute), absolute)
+        # the next layer is read while this one's cosine matrix is computed; the loaded tensors
+        # live only while their cosine matrix is computed, not while waiting for a solver slot
+        for key, loaded in reads:
+            prepared = _prepare(*loaded, pairs, absolute=absolute)
+            del loaded
+            m._submit(key, *prepared, absolute)
+            del prepared
         out = m.results()
     finally:
+        reads.close()  # a read ahead in flight ends before the error leaves
         m.close()
     if pairs:
         return {k: out[k] for k in layers}
