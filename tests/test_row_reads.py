@@ -193,3 +193,30 @@ def test_sampled_cos_reads_every_row_once_and_gives_the_same_result(saved_pair, 
     assert res.log10_pvalue == one_by_one.log10_pvalue and res.log10_pvalue < -6
     assert [r["log10_pvalue"] for r in res.per_layer] == [r["log10_pvalue"] for r in one_by_one.per_layer]
 
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_reads_rows_with_its_own_threads(weights, parallel):
+    """The parent's reader threads do not exist in a forked child: the child makes its own."""
+    f, t = weights
+    idx = _index(300, seed=11)
+    want = t["bfloat16"][torch.from_numpy(idx)]
+    assert torch.equal(read_rows(f, "bfloat16", idx), want)  # the pool exists in the parent now
+    pool = tracing.rows._pool()
+    n = pool._max_workers
+    barrier = threading.Barrier(n)
+    list(pool.map(lambda _: barrier.wait(timeout=10), range(n)))  # all its threads started, now idle
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when the rows are right
+        ok = torch.equal(read_rows(f, "bfloat16", idx), want)
+        os._exit(0 if ok else 1)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's row read hung")
+    assert os.waitstatus_to_exitcode(status) == 0

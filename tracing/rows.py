@@ -118,6 +118,16 @@ def read_rows(path: str | os.PathLike, name: str, index, lead: int = 1) -> torch
     return rows_tensor(out, idx.size, dtype, row_shape)
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's reader threads do not exist there; a new pool is made on use."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
