@@ -89,3 +89,19 @@ def test_one_device_policy_in_force_within_its_scope(monkeypatch):
         assert machine.compute_device() == "cuda:1"
     assert machine.compute_device() == "cpu"
     assert machine.cores() >= 1 and machine.available_bytes() > 0 and machine.total_memory_gb() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_norms_computed_once_give_the_same_cosines(dtype):
+    """The matching reuses the row norms it judged the rows by: the cosine matrix is bit for bit
+    the one computed from scratch (with and without dropped rows)."""
+    from tracing.align import _prepare
+    from tracing.cosine import cosine_matrix
+    g = torch.Generator().manual_seed(3)
+    W1, W2 = torch.randn(48, 64, generator=g).to(dtype), torch.randn(48, 64, generator=g).to(dtype) * 3
+    C, _, index = _prepare(W1, W2, True)
+    assert index[0] is None and index[1] is None
+    assert torch.equal(C, cosine_matrix(W1, W2))
+    W2[5] = 0  # dropped: the kept rows' norms are computed for the matrix
+    C, _, index = _prepare(W1, W2, True)
+    assert index[3:] == (0, 1) and torch.equal(C, cosine_matrix(W1, W2[torch.from_numpy(index[1])]))

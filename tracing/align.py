@@ -85,12 +85,17 @@ class MatchResult:
 
 def degenerate_rows(W: torch.Tensor) -> torch.Tensor:
     """Boolean mask of the rows of ``W`` that have no cosine: zero norm or any non-finite value."""
+    return _degenerate_and_norms(W)[0]
+
+
+def _degenerate_and_norms(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`degenerate_rows` of ``W`` and the row norms of ``W`` in float32 it is judged by."""
     W = W.to(torch.float32)
     norms = W.norm(dim=1)
     bad = ~torch.isfinite(norms)  # a NaN or inf makes the norm non-finite; an overflow may too
     if bool(bad.any()):
         bad = ~torch.isfinite(W).all(dim=1)
-    return bad | (norms == 0)
+    return bad | (norms == 0), norms
 
 
 def _row_hashes(W: torch.Tensor, absolute: bool, chunk_values: int = 1 << 22) -> np.ndarray:
@@ -169,15 +174,17 @@ def _keep(W: torch.Tensor, also: torch.Tensor | None, absolute: bool = False):
     """(kept row indices or None when all are kept, the kept rows, number dropped): degenerate rows,
     rows where the mask ``also`` is False, and exact copies of an earlier kept row are dropped.
     Two matchings of the same units (``match``'s gate and |up|) get one mask that already leaves
-    their copies out (:func:`kept_units`), so both keep the same rows."""
-    keep = ~degenerate_rows(W)
+    their copies out (:func:`kept_units`), so both keep the same rows.  A fourth value: the row
+    norms of ``W`` in float32 when every row is kept (the cosine matrix needs them too), else None."""
+    bad, norms = _degenerate_and_norms(W)
+    keep = ~bad
     if also is not None:
         keep &= also.to(device=keep.device, dtype=torch.bool)
     keep &= ~duplicate_rows(W, absolute, keep).to(keep.device)
     if bool(keep.all()):
-        return None, W, 0
+        return None, W, 0, norms
     idx = keep.nonzero().squeeze(1)
-    return idx.cpu().numpy().astype(np.int64), W[idx], int(W.shape[0] - idx.numel())
+    return idx.cpu().numpy().astype(np.int64), W[idx], int(W.shape[0] - idx.numel()), None
 
 
 def _prepare(W1: torch.Tensor, W2: torch.Tensor, drop: bool, keep1=None, keep2=None, absolute: bool = False):
@@ -186,12 +193,12 @@ def _prepare(W1: torch.Tensor, W2: torch.Tensor, drop: bool, keep1=None, keep2=N
     if not drop:
         return (*_cosine_in_cost_buffer(W1, W2), None)
     shape = (int(W1.shape[0]), int(W2.shape[0]))
-    k1, W1, d1 = _keep(W1, keep1, absolute)
-    k2, W2, d2 = _keep(W2, keep2, absolute)
+    k1, W1, d1, n1 = _keep(W1, keep1, absolute)
+    k2, W2, d2, n2 = _keep(W2, keep2, absolute)
     index = (k1, k2, shape, d1, d2)
     if W1.shape[0] == 0 or W2.shape[0] == 0:
         return None, None, index
-    return (*_cosine_in_cost_buffer(W1, W2), index)
+    return (*_cosine_in_cost_buffer(W1, W2, norms=(n1, n2)), index)
 
 
 def _shortcut_pairs(C: torch.Tensor) -> MatchResult | None:
@@ -346,16 +353,23 @@ def match_layers(layers: Iterable, load: Callable, absolute: bool = False, worke
                  mem_budget_bytes: int | None = None, desc: str | None = None, pairs: bool = False) -> dict:
     """MATCH for many layers: ``load(key) -> (W1, W2)``; returns ``{key: π}`` in ``layers`` order
     (every row matched, as :func:`match`), or with ``pairs=True`` ``{key: MatchResult}`` with
-    degenerate rows dropped (see :class:`Matcher`)."""
+    degenerate rows dropped (see :class:`Matcher`). ``load`` of the next key runs in a background
+    thread while a key is matched (:func:`tracing.prefetch.ahead`), one key at a time, in order."""
+    from .prefetch import ahead
     layers = list(layers)
     m = Matcher(workers, mem_budget_bytes, total=len(layers), desc=desc)
+    reads = ahead(layers, load)
     try:
-        for key in layers:
-            # the loaded tensors live only while their cosine matrix is computed, not while
-            # waiting for a solver slot
-            m._submit(key, *_prepare(*load(key), pairs, absolute=absolute), absolute)
+        # the next layer is read while this one's cosine matrix is computed; the loaded tensors
+        # live only while their cosine matrix is computed, not while waiting for a solver slot
+        for key, loaded in reads:
+            prepared = _prepare(*loaded, pairs, absolute=absolute)
+            del loaded
+            m._submit(key, *prepared, absolute)
+            del prepared
         out = m.results()
     finally:
+        reads.close()  # a read ahead in flight ends before the error leaves
         m.close()
     if pairs:
         return {k: out[k] for k in layers}

@@ -12,20 +12,26 @@ import torch
 from .machine import compute_device
 
 
-def _inverse_row_norms(X: torch.Tensor) -> torch.Tensor:
-    return X.norm(dim=1).clamp_min(1e-30).reciprocal_()
+def _inverse_row_norms(X: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """1 / the row norms of ``X`` (float32); ``norms``: ``X.norm(dim=1)`` when already computed on
+    the CPU (used when ``X`` is on the CPU too: the same values, not computed again)."""
+    if norms is None or norms.device != X.device:
+        norms = X.norm(dim=1)
+    return norms.clamp_min(1e-30).reciprocal_()
 
 
-def _cosine_into(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor, device: str | None = None) -> torch.Tensor:
+def _cosine_into(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor, device: str | None = None,
+                 norms: tuple = (None, None)) -> torch.Tensor:
     """``out[i, j] = cos(A[i], B[j])`` in float32, written into the CPU tensor ``out``.
 
     The product of the raw rows is scaled afterwards by the inverse row norms (in place), so no
-    normalised copy of ``A`` or ``B`` is made: only the output matrix is allocated.
+    normalised copy of ``A`` or ``B`` is made: only the output matrix is allocated. ``norms``: the
+    row norms of ``A`` and of ``B`` in float32 when the caller has them (None: computed here).
     """
     device = device or compute_device()
     A = A.to(device=device, dtype=torch.float32)
     B = B.to(device=device, dtype=torch.float32)
-    ra, rb = _inverse_row_norms(A), _inverse_row_norms(B)
+    ra, rb = _inverse_row_norms(A, norms[0]), _inverse_row_norms(B, norms[1])
     if out.device == A.device:
         C = torch.matmul(A, B.T, out=out)
     else:  # e.g. on a GPU: compute there, copy once into ``out``
@@ -54,7 +60,7 @@ def expert_similarity(A: torch.Tensor, B: torch.Tensor, absolute: bool = False, 
     return float((C.abs_() if absolute else C).max(dim=1).values.mean())
 
 
-def _cosine_in_cost_buffer(A: torch.Tensor, B: torch.Tensor, device: str | None = None):
+def _cosine_in_cost_buffer(A: torch.Tensor, B: torch.Tensor, device: str | None = None, norms: tuple = (None, None)):
     """The cosine matrix C (float32) stored in the first half of a float64 buffer of its shape,
     so that the solver's cost matrix can later be made from it in place (see :func:`_negate_widen`).
     Pages of the buffer's second half are never touched unless the solver is needed."""
@@ -62,7 +68,7 @@ def _cosine_in_cost_buffer(A: torch.Tensor, B: torch.Tensor, device: str | None 
     # torch's allocator aligns to 64 bytes (numpy's to 16): the matrix product writes ~20% faster
     storage = torch.empty(n * m, dtype=torch.float64)
     C = storage.view(torch.float32)[: n * m].view(n, m)
-    _cosine_into(A, B, C, device)
+    _cosine_into(A, B, C, device, norms)
     return C, storage.numpy().reshape(n, m)
 
 

@@ -15,6 +15,10 @@ from contextvars import ContextVar
 
 GiB = 1 << 30
 FALLBACK_MEMORY = 8 * GiB  # when the system does not say
+#: reads in flight at once when the toolkit reads many pieces of one file: range requests to the
+#: hub, and runs of sampled rows of a local file (several requests keep a disk's or a network file
+#: system's queue busy, where one read at a time waits out the latency of each)
+READS_IN_FLIGHT = 4
 _DEVICE: ContextVar[str | None] = ContextVar("tracing_device", default=None)
 
 

@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..errors import TracingError
+from ..machine import READS_IN_FLIGHT
 
 RETRIES = 4  # tries per range
 BACKOFF = 0.25  # seconds before the second try, doubled for each further one (capped at 4 s)
-PARALLEL = 4  # requests in flight at once
+PARALLEL = READS_IN_FLIGHT  # requests in flight at once
 MAX_REDIRECTS = 5
 
 

@@ -40,6 +40,7 @@ from .. import correspondence as claims
 from .. import pvalues
 from ..align import Matcher, cosine_matrix
 from ..errors import TracingError
+from ..prefetch import ahead
 from . import get
 from .base import StatResult, gate_up_pairs, rows_extra, sampled_rows
 from .cos import require_cos_width
@@ -125,18 +126,29 @@ def cos_map(ctx, base, ft):
         up = arch.units(i)[0].up
         return src.get(up) if S is None else src.get_rows(up, S)
 
+    def read_ft(j):
+        U2 = read(ft, B, j)
+        ft.release()
+        return U2
+
+    if S is None:
+        columns = ((j, read(ft, B, j)) for j in range(B.L))
+    else:  # θ₂'s next block is read while this one is matched against θ₁'s blocks (kept in memory)
+        base.release()
+        columns = ahead(range(B.L), read_ft)
     m = Matcher(mem_budget_bytes=ctx.mem_budget_bytes, total=A.L * B.L,
                 desc="cos: block map" if ctx.progress else None)
     try:
-        for j in range(B.L):
-            U2 = read(ft, B, j)
+        for j, U2 in columns:
             for i in range(A.L):
                 m.submit((i, j), kept[i] if S is not None else read(base, A, i), U2)
             del U2
-            ft.release()
-            base.release()
+            if S is None:  # (sampled: θ₂ is released by its reader, θ₁ is not read here)
+                ft.release()
+                base.release()
         res = m.results()
     finally:
+        columns.close()  # a read ahead in flight ends before the error leaves
         m.close()
     grid, stats, n = _grid_from(res, A.L, B.L, lambda r, i, j: (r[i, j].rows, r[i, j].cols), ctx.options.alternative)
     out = summarize("cos", grid, stats, n, o.significance)
