@@ -20,7 +20,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from .arch import require_same_layout
@@ -56,6 +55,13 @@ def solve(cost: np.ndarray) -> np.ndarray:
     out[cols] = rows
     return out
 
+
+
+def linear_sum_assignment(cost):
+    """scipy's assignment solver, imported on first use: importing ``scipy.optimize`` costs about
+    0.4 s, which a fine-tune-like pair (every block solved by the argmax shortcut) never needs."""
+    from scipy.optimize import linear_sum_assignment as solve
+    return solve(cost)
 
 @dataclass
 class MatchResult:
