@@ -106,16 +106,23 @@ class SampledUnits:
         self._buffer, self._used = None, 0
 
 
-def centroid(rows: torch.Tensor) -> torch.Tensor:
+def centroid(rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """The mean of ``rows`` (bfloat16, float16 or float32) in float64: exactly ``rows.double().mean(0)``
     (the CPU mean is a float64 sum divided by the count either way), without the slow conversion of
-    bfloat16 straight to float64."""
-    return rows.float().mean(0, dtype=torch.float64)
+    bfloat16 straight to float64; written to ``out`` when given."""
+    return torch.mean(rows.float(), 0, dtype=torch.float64, out=out)
 
 
 def _centred_centroids(side: SampledUnits, units) -> torch.Tensor:
-    """Unit-norm centroids of the routed experts' sampled rows, centred on their mean (float64)."""
-    C = torch.stack([centroid(side.stored(u, u.width)) for u in units])
+    """Unit-norm centroids of the routed experts' sampled rows, centred on their mean (float64).
+    Every expert's rows are read first, then the centroids written into one matrix: reads and
+    float32 copies interleaved with small centroids left behind would fragment the heap (about the
+    block's rows again)."""
+    rows = [side.stored(u, u.width) for u in units]
+    C = torch.empty((len(rows), rows[0].shape[1]), dtype=torch.float64)
+    for k, r in enumerate(rows):
+        centroid(r, out=C[k])
+    del rows
     if len(units) > 1:
         C = C - C.mean(0, keepdim=True)
     return C / C.norm(dim=1, keepdim=True).clamp_min(1e-300)
