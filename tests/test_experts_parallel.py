@@ -112,6 +112,9 @@ def test_centroid_is_the_float64_mean_bit_for_bit(dtype):
     for K, d in ((16, 64), (256, 7168), (7, 33)):
         rows = (torch.randn(K, d, generator=g) * 0.02 + 0.001).to(dtype)
         assert torch.equal(experts_sampled.centroid(rows), rows.double().mean(0))
+        out = torch.empty((2, d), dtype=torch.float64)
+        experts_sampled.centroid(rows, out=out[1])
+        assert torch.equal(out[1], rows.double().mean(0))
 
 
 def test_block_buffers_hold_a_block_and_are_given_back(trio, monkeypatch):
