@@ -2,6 +2,7 @@
 the same record as one block after the other (per-pair p-values, pairings, grid, overall p) for a
 derived and an independent pair, whatever order the blocks finish in; an error in one block is
 the one-line error with no result file."""
+import gc
 import threading
 
 import pytest
@@ -91,6 +92,8 @@ def test_error_in_one_block_is_one_line(trio, tmp_path):
     with pytest.raises(TracingError, match=name.replace(".", r"\.") + " holds non-finite values"):
         run_stat("cos", Checkpoint(trio / "base"), Checkpoint(bad), rows=K, workers=2)
     assert threading.active_count() == before
+    gc.collect()
+    assert experts_sampled.live_buffers() == 0  # the failed blocks' buffers are given back too
     out = tmp_path / "never.p"
     r = main("--base_model_id", trio / "base", "--ft_model_id", bad, "--stat", "cos", "--rows", K, "--workers", 2,
              "--save", out, "--quiet")
@@ -109,3 +112,48 @@ def test_centroid_is_the_float64_mean_bit_for_bit(dtype):
     for K, d in ((16, 64), (256, 7168), (7, 33)):
         rows = (torch.randn(K, d, generator=g) * 0.02 + 0.001).to(dtype)
         assert torch.equal(experts_sampled.centroid(rows), rows.double().mean(0))
+        out = torch.empty((2, d), dtype=torch.float64)
+        experts_sampled.centroid(rows, out=out[1])
+        assert torch.equal(out[1], rows.double().mean(0))
+
+
+def test_block_buffers_hold_a_block_and_are_given_back(trio, monkeypatch):
+    """Each block's rows live in one buffer per model, at most two per block in flight, and every
+    buffer is gone once the grid is done (rows kept in per-expert copies fragment the heap)."""
+    seen = []
+    keep = experts_sampled.SampledUnits._keep
+
+    def counting(self, t):
+        out = keep(self, t)
+        seen.append((experts_sampled.live_buffers(), out._base is not None))
+        return out
+
+    monkeypatch.setattr(experts_sampled.SampledUnits, "_keep", counting)
+    a, b = Checkpoint(trio / "base"), Checkpoint(trio / "ft")
+    for workers in (1, 2):
+        seen.clear()
+        run_stat("cos", a, b, rows=K, workers=workers)
+        gc.collect()
+        assert experts_sampled.live_buffers() == 0
+        assert all(in_buffer for _, in_buffer in seen)  # every MLP's rows a slot of its block's buffer
+        assert 2 <= max(n for n, _ in seen) <= 2 * workers
+
+
+def test_sampled_cost_holds_the_blocks_of_every_worker(trio):
+    """Launch's sizing: memory for the rows of one block pair per worker (``--workers``, else the
+    job's cores, at most the blocks); time unchanged."""
+    from types import SimpleNamespace
+
+    from tracing.stats import get
+    from tracing.stats.cost import Sizing
+    info = SimpleNamespace(arch=Checkpoint(trio / "base").arch, params=10 ** 6, bytes_per_param=2)
+
+    def cost(cpus, **kw):
+        return get("cos").estimate(Sizing.from_infos(info, info, Options(stat=["cos"], rows=K, **kw), cpus=cpus))
+
+    one, two = cost(4, workers=1), cost(4, workers=2)
+    per_block = 2 * (E + 1) * K * D * 4 + K * K * 12
+    assert (one.mem_bytes, two.mem_bytes) == (per_block, 2 * per_block)
+    assert one.seconds == two.seconds
+    assert cost(2).mem_bytes == two.mem_bytes and cost(1).mem_bytes == one.mem_bytes  # the job's cores
+    assert cost(64).mem_bytes == L * per_block  # no more workers than blocks

@@ -30,16 +30,62 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_bytes() -> int:
-    """Memory available to new allocations now (``MemAvailable``), in bytes."""
+#: cgroup v1 reports "no limit" as the largest page-aligned signed 64-bit number; anything this large is none
+_NO_LIMIT = 1 << 60
+
+
+def cgroup_limit_files(self_cgroup="/proc/self/cgroup", root="/sys/fs/cgroup") -> list[str]:
+    """The files that may hold a memory limit of this process's cgroup and of its ancestors (a
+    Slurm job's limit is on the job's cgroup, above the step's and task's): cgroup v2's
+    ``memory.max`` and v1's ``memory/…/memory.limit_in_bytes``, from ``self_cgroup`` (the
+    ``/proc/self/cgroup`` listing) under ``root``."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(self_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    out = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, name = str(root), "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = f"{root}/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        out += ["/".join([base, *parts[:n], name]) for n in range(len(parts), -1, -1)]
+    return out
+
+
+def cgroup_memory_limit(paths) -> int | None:
+    """The smallest memory limit in ``paths`` (cgroup files: a number of bytes, or ``max`` when there
+    is none), in bytes; None when none is set or none of the files can be read."""
+    limits = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                limits.append(int(f.read().strip()))
+        except (OSError, ValueError):  # no such file, or "max"
+            continue
+    limits = [n for n in limits if 0 < n < _NO_LIMIT]
+    return min(limits) if limits else None
+
+
+def available_bytes(meminfo="/proc/meminfo", cgroup_paths=None) -> int:
+    """Memory available to new allocations now, in bytes: ``MemAvailable``, at most the cgroup's
+    memory limit when one is set (a Slurm job sees its ``--mem``, not the node's free memory)."""
+    free = FALLBACK_MEMORY
+    try:
+        with open(meminfo) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return FALLBACK_MEMORY
+    limit = cgroup_memory_limit(cgroup_limit_files() if cgroup_paths is None else cgroup_paths)
+    return free if limit is None else min(free, limit)
 
 
 def total_memory_gb() -> float:

@@ -21,6 +21,7 @@ each model's sampled rows read once.
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
@@ -31,6 +32,13 @@ from ..rowstore import STORE_DTYPES, _compact
 
 #: extra keys of a sampled experts result
 WIDTHS_KEY = "rows_of_units"
+#: the per-block row buffers alive now (one per model and block being matched)
+_LIVE_BUFFERS: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
+
+
+def live_buffers() -> int:
+    """How many per-block row buffers are alive (at most two per block in flight)."""
+    return len(_LIVE_BUFFERS)
 
 
 class SampledUnits:
@@ -42,14 +50,19 @@ class SampledUnits:
         self.src, self.K, self.seed = src, int(K), int(seed)
         self._rows: dict = {}
         self._S: dict = {}
+        # one block's rows: a [slots, K, d] tensor allocated at the first read, each MLP's rows a slot
+        self._slots, self._buffer, self._used = 0, None, 0
         self._lock = lock if lock is not None else nullcontext()
         # rows as the source gives them (a checkpoint's bfloat16 rows are kept without a round trip)
         self._read = getattr(src, "get_rows_stored", src.get_rows)
 
-    def block_view(self) -> "SampledUnits":
-        """An empty cache of rows on the same source, indices and lock (one block's rows)."""
+    def block_view(self, slots: int = 0) -> "SampledUnits":
+        """An empty cache of rows on the same source, indices and lock (one block's rows), its rows kept
+        in one buffer of ``slots`` MLPs' K rows: one allocation per block, given back whole by
+        :meth:`drop` (rows copied one by one into buffers of their own fragment the heap: twice the
+        memory of the rows in flight)."""
         view = SampledUnits.__new__(SampledUnits)
-        view.__dict__.update(self.__dict__, _rows={})
+        view.__dict__.update(self.__dict__, _rows={}, _slots=int(slots), _buffer=None, _used=0)
         return view
 
     def indices(self, n: int) -> np.ndarray:
@@ -67,29 +80,49 @@ class SampledUnits:
             index = self.indices(n)
             with self._lock:
                 t = self._read(unit.up, index)
-            # a copy in torch's memory: rows left in the reader's buffers fragment the heap (twice the
-            # peak memory of one block)
-            self._rows[key] = t.clone() if t.dtype in STORE_DTYPES else _compact(t.float())
+            self._rows[key] = self._keep(t if t.dtype in STORE_DTYPES else _compact(t.float()))
         return self._rows[key]
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s values in the block's buffer (the next free slot), else in a copy of its own (rows
+        left in the reader's buffers fragment the heap): the same values, bit for bit."""
+        buf = self._buffer
+        if buf is None and self._slots:
+            buf = self._buffer = torch.empty((self._slots, *t.shape), dtype=t.dtype)
+            _LIVE_BUFFERS.add(buf)
+        if buf is None or self._used >= buf.shape[0] or buf.dtype != t.dtype or buf.shape[1:] != t.shape:
+            return t.clone()
+        slot = buf[self._used]
+        self._used += 1
+        return slot.copy_(t)
 
     def rows(self, unit, n: int) -> torch.Tensor:
         """The K sampled up rows (float32) of ``unit``, drawn from width ``n``."""
         return self.stored(unit, n).float()
 
     def drop(self) -> None:
+        """Forget the rows read (and the block's buffer)."""
         self._rows.clear()
+        self._buffer, self._used = None, 0
 
 
-def centroid(rows: torch.Tensor) -> torch.Tensor:
+def centroid(rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """The mean of ``rows`` (bfloat16, float16 or float32) in float64: exactly ``rows.double().mean(0)``
     (the CPU mean is a float64 sum divided by the count either way), without the slow conversion of
-    bfloat16 straight to float64."""
-    return rows.float().mean(0, dtype=torch.float64)
+    bfloat16 straight to float64; written to ``out`` when given."""
+    return torch.mean(rows.float(), 0, dtype=torch.float64, out=out)
 
 
 def _centred_centroids(side: SampledUnits, units) -> torch.Tensor:
-    """Unit-norm centroids of the routed experts' sampled rows, centred on their mean (float64)."""
-    C = torch.stack([centroid(side.stored(u, u.width)) for u in units])
+    """Unit-norm centroids of the routed experts' sampled rows, centred on their mean (float64).
+    Every expert's rows are read first, then the centroids written into one matrix: reads and
+    float32 copies interleaved with small centroids left behind would fragment the heap (about the
+    block's rows again)."""
+    rows = [side.stored(u, u.width) for u in units]
+    C = torch.empty((len(rows), rows[0].shape[1]), dtype=torch.float64)
+    for k, r in enumerate(rows):
+        centroid(r, out=C[k])
+    del rows
     if len(units) > 1:
         C = C - C.mean(0, keepdim=True)
     return C / C.norm(dim=1, keepdim=True).clamp_min(1e-300)
@@ -127,10 +160,14 @@ def _grid_block(ctx, a, b, sa: SampledUnits, sb: SampledUnits, i: int, solvers: 
     """Block i of the grid: ``(unit pairs, θ₂'s partner of each of θ₁'s experts, {k: MatchResult})``,
     k counted from the block's first pair; only this block's rows are held, and freed on return."""
     from .experts import block_pairs
-    sa, sb = sa.block_view(), sb.block_view()
     ua, ub = a.units(i), b.units(i)
-    block, partner = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub), any_width=True)
-    return block, partner, match_block(ctx, sa, sb, block, solvers=solvers)
+    sa, sb = sa.block_view(len(ua)), sb.block_view(len(ub))
+    try:
+        block, partner = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub), any_width=True)
+        return block, partner, match_block(ctx, sa, sb, block, solvers=solvers)
+    finally:  # the block's buffers go back before the next block is read (an error's traceback holds sa, sb)
+        sa.drop()
+        sb.drop()
 
 
 def sampled_experts(ctx, base, ft):
@@ -242,17 +279,27 @@ def narrowest(arch) -> int:
     return min(u.width for i in range(arch.L) for u in arch.units(i))
 
 
+def sampled_workers(s) -> int:
+    """Blocks the job matches at once: ``--workers``, else one per core of the job (the default of
+    :func:`block_workers` on the job's cores; the job's memory is sized to hold them), at most the
+    blocks."""
+    workers = getattr(s.options, "workers", None)
+    return max(1, min(int(workers) if workers is not None else int(s.cpus), min(s.a.L, s.b.L)))
+
+
 def sampled_cost(s):
     """Every MoE block: K rows of each expert (and shared expert) read, E centroids, E K × K
-    products and solves; dense blocks as a dense sampled test."""
+    products and solves; dense blocks as a dense sampled test. Memory: the rows of both models'
+    blocks in flight (one block per worker, :func:`sampled_workers`), with room for float32 copies,
+    and a K × K cost matrix per worker."""
     from .cost import READ_BYTES_PER_S, solve_s
     from .spec import Cost
     moe = s.a if s.a.has_experts else s.b
     K = min(int(s.options.rows), narrowest(moe))
     units = sum(len(moe.units(i)) for i in range(moe.L))
     read = units * K * s.d * (s.a_bytes + s.b_bytes) / READ_BYTES_PER_S
-    held = 2 * (moe.n_experts + 1) * K * s.d * 4
-    return Cost(held + K * K * 12, read + units * (s.mm(K, K, s.d) + solve_s(K)), True)
+    per_block = 2 * (moe.n_experts + 1) * K * s.d * 4
+    return Cost(sampled_workers(s) * (per_block + K * K * 12), read + units * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
 def planned_rows(arch, other) -> set:
