@@ -6,8 +6,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import tiny_config, tiny_model
 
+import tracing.models
 import tracing.rows
+from tracing.errors import TracingError
+from tracing.models import Checkpoint, from_module
 from tracing.rows import header, read_rows
 
 
@@ -75,3 +79,62 @@ def test_the_cache_is_bounded(tmp_path, parses, monkeypatch):
     assert len(parses) == 3 and len(tracing.rows._HEADERS) == 2
     header(files[0])
     assert len(parses) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# NaN / inf: rows read alone are checked alone
+# --------------------------------------------------------------------------------------------
+UP = "model.layers.0.mlp.up_proj.weight"
+BAD_ROW = 5
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory):
+    """A tiny Llama with a NaN in row 5 of block 0's up projection, saved, and its state in memory."""
+    m = tiny_model(tiny_config("llama", L=2, d=32, h=64, V=64), seed=1)
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight[BAD_ROW, 3] = float("nan")
+    folder = tmp_path_factory.mktemp("nan") / "m"
+    m.save_pretrained(folder)
+    return folder, m
+
+
+def _sources(nan_model):
+    folder, m = nan_model
+    return [Checkpoint(str(folder)), from_module(m, label="mem")]
+
+
+def test_a_nan_in_a_sampled_row_is_a_one_line_error_naming_the_tensor(nan_model):
+    for src in _sources(nan_model):
+        with pytest.raises(TracingError) as e:
+            src.get_rows(UP, [0, BAD_ROW, 9])
+        msg = str(e.value)
+        assert "\n" not in msg and UP in msg and "non-finite" in msg and "1 NaN" in msg
+
+
+def test_a_nan_outside_the_sampled_rows_is_not_seen_by_them_but_by_the_whole_tensor(nan_model):
+    for src in _sources(nan_model):
+        rows = src.get_rows(UP, [0, BAD_ROW + 1, 9])
+        assert rows.shape == (3, 32) and bool(torch.isfinite(rows).all())
+        with pytest.raises(TracingError, match="non-finite"):
+            src.get(UP)
+
+
+def test_rows_are_checked_alone_and_not_again_once_the_whole_tensor_was(nan_model, monkeypatch):
+    checked = []
+    check = tracing.models.require_finite
+
+    def counting(label, name, t):
+        checked.append((name, tuple(t.shape)))
+        return check(label, name, t)
+
+    monkeypatch.setattr(tracing.models, "require_finite", counting)
+    name = "model.layers.1.mlp.gate_proj.weight"
+    for src in _sources(nan_model):
+        checked.clear()
+        src.get_rows(name, [1, 2])
+        assert checked == [(name, (2, 32))]  # only the rows read
+        src.get(name)
+        src.get(name)
+        src.get_rows(name, [1, 2])
+        assert checked == [(name, (2, 32)), (name, (64, 32))]  # the whole tensor once, then nothing
