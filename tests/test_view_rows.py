@@ -81,3 +81,26 @@ def test_rows_of_a_view_equal_its_whole_tensor_rows_and_read_rows(model, kind):
         if kind == "rotate" and role in MIXED_ROWS:
             continue
         assert not read_whole, (family, kind, name, read_whole)
+
+
+
+def test_rows_of_a_transformed_checkpoint_equal_its_whole_tensor_rows(tmp_path, model):
+    """The same from bfloat16 safetensors files (rows read alone; vectors over the stream as rows of one value)."""
+    import copy
+
+    from tracing.models import Checkpoint
+    family, m = model
+    if family != "llama":
+        pytest.skip("one family on disk")
+    copy.deepcopy(m).to(torch.bfloat16).save_pretrained(tmp_path / "m")
+    ckpt = Checkpoint(str(tmp_path / "m"))
+    g = np.random.default_rng(1)
+    for kind, view in (("permute", permute(ckpt, seed=2)), ("rotate", rotate(ckpt, seed=2))):
+        for name in view.names():
+            n = view.arch.shape(name)[0]
+            idx = np.sort(g.choice(n, size=max(1, n // 3), replace=False))
+            rows, whole = view.get_rows(name, idx), view.get(name)[torch.as_tensor(idx)]
+            if kind == "rotate":
+                torch.testing.assert_close(rows, whole, rtol=1e-6, atol=1e-6 * float(whole.abs().max()), msg=name)
+            else:
+                assert torch.equal(rows, whole), name
