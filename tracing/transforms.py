@@ -16,6 +16,11 @@ views compose (``Permuted(Rotated(ckpt))``).  Conventions: permuting by ``p`` me
 - Rotation by an orthogonal R (d×d): norm gains folded into the layers that read the normalised
   stream, gains set to 1, then embed and every reader ``W -> W R``, every writer ``W -> Rᵀ W``.
   A tied model becomes untied (the folded lm_head differs from the rotated embedding).
+
+Sampled rows (``get_rows``) of a view are read as rows of the inner source: a permuted row axis
+reads the rows they were moved from, a permuted column axis is permuted after the read, gains and
+rotations apply to the rows read. Only where a transform mixes rows (a rotated writer of the
+residual stream, a rotated bias) is the inner tensor read whole.
 """
 from __future__ import annotations
 
