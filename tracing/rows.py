@@ -19,6 +19,8 @@ import math
 import os
 import struct
 import threading
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -33,15 +35,44 @@ MAX_HEADER = 100 << 20
 RUNS_PER_THREAD = 8
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
+#: parsed headers kept (least recently used dropped first): a sharded model's shards are read in order
+HEADERS_KEPT = 64
+_HEADERS: OrderedDict[tuple, tuple[int, dict]] = OrderedDict()
+_HEADERS_LOCK = threading.Lock()
+#: a header is kept once its file is this old (nanoseconds); file times advance in ticks of up to 2 s
+SETTLED_NS = 2_000_000_000
 
 
 def header(path: str | os.PathLike) -> tuple[int, dict]:
-    """(start of the data section, the JSON header) of a safetensors file."""
+    """(start of the data section, the JSON header) of a safetensors file.
+
+    Parsed once per version of the file: the last :data:`HEADERS_KEPT` parsed headers are kept, keyed
+    by the file's path, size, modification and change times and inode (taken from the open file), so
+    a file rewritten in place or replaced is parsed again (a file changed or touched in the last
+    :data:`SETTLED_NS` is not kept: file times have a coarse tick). The header is shared: do not modify it."""
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > MAX_HEADER:
-            raise ValueError(f"{path}: safetensors header of {n} bytes")
-        return 8 + n, json.loads(f.read(n))
+        st = os.fstat(f.fileno())
+        key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        with _HEADERS_LOCK:
+            if key in _HEADERS:
+                _HEADERS.move_to_end(key)
+                return _HEADERS[key]
+        parsed = _parse(f, path)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:  # changed just now: a rewrite within the clock's tick
+        return parsed                                 # could keep every part of the key, so not kept
+    with _HEADERS_LOCK:
+        _HEADERS[key] = parsed
+        while len(_HEADERS) > HEADERS_KEPT:
+            _HEADERS.popitem(last=False)
+    return parsed
+
+
+def _parse(f, path) -> tuple[int, dict]:
+    """(start of the data section, the JSON header) read from the open file ``f``."""
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > MAX_HEADER:
+        raise ValueError(f"{path}: safetensors header of {n} bytes")
+    return 8 + n, json.loads(f.read(n))
 
 
 def row_offset(index) -> int | None:
@@ -119,9 +150,10 @@ def read_rows(path: str | os.PathLike, name: str, index, lead: int = 1) -> torch
 
 
 def _forget_pool() -> None:
-    """In a forked child: the parent's reader threads do not exist there; a new pool is made on use."""
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
+    """In a forked child: the parent's reader threads do not exist there; a new pool is made on use
+    (and the locks, which a parent's thread may have held at the fork, are new)."""
+    global _POOL, _POOL_LOCK, _HEADERS_LOCK
+    _POOL, _POOL_LOCK, _HEADERS_LOCK = None, threading.Lock(), threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -16,6 +16,11 @@ views compose (``Permuted(Rotated(ckpt))``).  Conventions: permuting by ``p`` me
 - Rotation by an orthogonal R (d×d): norm gains folded into the layers that read the normalised
   stream, gains set to 1, then embed and every reader ``W -> W R``, every writer ``W -> Rᵀ W``.
   A tied model becomes untied (the folded lm_head differs from the rotated embedding).
+
+Sampled rows (``get_rows``) of a view are read as rows of the inner source: a permuted row axis
+reads the rows they were moved from, a permuted column axis is permuted after the read, gains and
+rotations apply to the rows read. Only where a transform mixes rows (a rotated writer of the
+residual stream, a rotated bias) is the inner tensor read whole.
 """
 from __future__ import annotations
 
@@ -43,6 +48,12 @@ class View(WeightSource):
 
     def release(self):
         self.inner.release()
+
+
+def read_in_order(source: WeightSource, name: str, index: torch.Tensor, order: torch.Tensor, dtype) -> torch.Tensor:
+    """Rows ``index`` (distinct, in any order) of ``name``: read sorted (``index[order]``, file order),
+    then put back in the order asked for."""
+    return source.get_rows(name, index[order], dtype)[torch.argsort(order)]
 
 
 def _key(k):
@@ -85,16 +96,41 @@ class Permuted(View):
         return t[p] if ref.role == "router" else t[..., p]
 
     def get_rows(self, name, index, dtype=torch.float32):
-        """Rows of a permuted MLP reader (gate/up) come from the inner rows they were moved from."""
+        """Rows ``index`` of a tensor of the view, read as rows of the inner tensor: the inner rows they
+        were moved from (a permuted row axis), then their columns permuted (a permuted column axis)."""
         ref = self.arch.ref(name)
-        if ref.role not in UNIT_ROWS:
-            return super().get_rows(name, index, dtype)
         index = torch.as_tensor(index, dtype=torch.long)
-        p = self.pi_i.get(ref.unit) if ref.unit is not None else None
-        src = index if p is None else p[index]
+        rows, cols = self._row_map(ref)
+        src = index
+        for p in reversed(rows):  # the last permutation applied is undone first
+            src = p[src]
         order = torch.argsort(src)  # read in file order, then put back
-        t = self.inner.get_rows(self._source(ref), src[order], dtype)[torch.argsort(order)]
-        return t if self.pi_e is None or ref.role not in READ_RESIDUAL else t[:, self.pi_e]
+        t = read_in_order(self.inner, self._source(ref), src, order, dtype)
+        for p in cols:
+            t = t[:, p]
+        return t
+
+    def _row_map(self, ref) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The permutations :meth:`get` applies to the rows and to the columns of ``ref``, in the
+        order it applies them (expert order, then MLP units, then the residual stream)."""
+        rows, cols = [], []
+        role = ref.role
+        x = self.pi_x.get(ref.block) if role in EXPERT_INDEXED else None
+        if x is not None:
+            (rows if role == "router" or len(ref.shape) == 1 else cols).append(x)
+        p = self.pi_i.get(ref.unit) if ref.unit is not None else None
+        if p is not None:
+            if role in UNIT_ROWS:
+                rows.append(p)
+            elif role in UNIT_COLS:
+                cols.append(p)
+        e = self.pi_e
+        if e is not None:
+            if role in READ_RESIDUAL:
+                cols.append(e)
+            elif role in WRITE_RESIDUAL or role in RES_VECTORS:
+                rows.append(e)
+        return rows, cols
 
     def apply(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """Permute one tensor of the inner model (usable without a source, e.g. in PERMTEST)."""
@@ -130,6 +166,12 @@ class VocabOrder(View):
     def get(self, name, dtype=torch.float32):
         t = self.inner.get(name, dtype)
         return t[self.order] if name in self._names else t
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        if name not in self._names:
+            return self.inner.get_rows(name, index, dtype)
+        src = self.order[torch.as_tensor(index, dtype=torch.long)]
+        return read_in_order(self.inner, name, src, torch.argsort(src), dtype)
 
 
 class _FoldingView(View):
@@ -176,6 +218,28 @@ class Rotated(_FoldingView):
             return ((self.inner.get(self.arch.lm_head, work) * g) @ R).to(dtype)
         return self.inner.get(name, dtype)  # q/k/v and gate/up biases, q/k norms: unchanged
 
+    def get_rows(self, name, index, dtype=torch.float32):
+        """Rows of a reader of the stream (and the embedding) are the inner rows, scaled by the gain and
+        rotated; a writer's rows (and a vector over the stream) mix every inner row: read whole."""
+        ref = self.arch.ref(name)
+        role, i = ref.role, ref.block
+        index = torch.as_tensor(index, dtype=torch.long)
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        if role in NORM_ROLES or role == "final_norm":
+            return torch.full((index.numel(),), 1.0 - self.arch.gain_offset, dtype=dtype)
+        if role in ("o_bias", "down_bias", "expert_down_bias") or role in WRITE_RESIDUAL:
+            return self.get(name, dtype)[index]
+        R = self.R.to(work)
+        if role == "embed":
+            return (self.inner.get_rows(name, index, work) @ R).to(dtype)
+        if role in READS_THROUGH:
+            g = self._gain(READS_THROUGH[role], i, work)
+            return ((self.inner.get_rows(name, index, work) * g) @ R).to(dtype)
+        if role == "lm_head":
+            g = self._gain("final_norm", None, work)
+            return ((self.inner.get_rows(self.arch.lm_head, index, work) * g) @ R).to(dtype)
+        return self.inner.get_rows(name, index, dtype)
+
 
 class NormsFolded(_FoldingView):
     """Every norm gain that feeds a layer folded into the columns of that layer (q/k/v after the
@@ -209,6 +273,22 @@ class NormsFolded(_FoldingView):
             g = self._gain("final_norm", None, work)
             return (self.inner.get(self.arch.lm_head, work) * g).to(dtype)
         return self.inner.get(name, dtype)
+
+    def get_rows(self, name, index, dtype=torch.float32):
+        """The inner rows, scaled by the gain folded into their columns."""
+        ref = self.arch.ref(name)
+        role, i = ref.role, ref.block
+        index = torch.as_tensor(index, dtype=torch.long)
+        if role in _FOLDED_NORMS:
+            return torch.full((index.numel(),), 1.0 - self.arch.gain_offset, dtype=dtype)
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        if role in READS_THROUGH:
+            g = self._gain(READS_THROUGH[role], i, work)
+            return (self.inner.get_rows(name, index, work) * g).to(dtype)
+        if role == "lm_head":
+            g = self._gain("final_norm", None, work)
+            return (self.inner.get_rows(self.arch.lm_head, index, work) * g).to(dtype)
+        return self.inner.get_rows(name, index, dtype)
 
 
 _FOLDED_NORMS = frozenset(READS_THROUGH.values()) | {"final_norm"}
