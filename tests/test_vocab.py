@@ -275,9 +275,14 @@ def _omp_case(V, d, n_new, seed):
     return E, vm
 
 
-def test_transplant_check_bit_for_bit_with_recorded_outputs():
-    """The outputs the check gave before it was made faster (tests/data/vocab_transplant_reference.json):
-    every residual and the median to the last bit, the same count and tokens."""
+def test_transplant_check_matches_recorded_outputs():
+    """The outputs the check gave before it was made faster (tests/data/vocab_transplant_reference.json,
+    recorded on one machine): the same count, tokens and threshold, and every residual and the median to
+    float32 rounding (residuals of tokens inside the span are numerical zeros, ≈ 1e-8: compared to 1e-6).
+    float32 products round differently on other processors (the recorded median differs in its 7th
+    digit on an AMD EPYC, already with the code that recorded it), so the last bits are not compared
+    here; the chunked normalisation is checked bit for bit on the machine at hand by
+    test_unit_rows_in_chunks_equal_the_whole_dictionary_at_once."""
     import json
     from pathlib import Path
 
@@ -289,9 +294,13 @@ def test_transplant_check_bit_for_bit_with_recorded_outputs():
         E, vm = _omp_case(V, d, n, seed)
         got = transplant_check(E, vm, k)
         assert (got.pop("ran"), got.pop("setting")) == (True, "forced")
-        assert {**got, "median_residual": float.hex(got["median_residual"])} == case["check"]
+        want = dict(case["check"])
+        median = float.fromhex(want.pop("median_residual"))
+        assert got.pop("median_residual") == pytest.approx(median, rel=1e-5)
+        assert got == want
         res = omp_residuals(E[torch.from_numpy(vm.ft_ids)], E[torch.from_numpy(vm.ft_only[:70])], k or 8)
-        assert [float.hex(float(x)) for x in res] == case["residuals"]
+        assert [float(x) for x in res] == pytest.approx([float.fromhex(x) for x in case["residuals"]],
+                                                   rel=1e-5, abs=1e-6, nan_ok=True)
 
 
 def test_transplant_switch_off_and_forced(family, monkeypatch):
