@@ -72,6 +72,17 @@ class SampledUnits:
             self._rows[key] = t.clone() if t.dtype in STORE_DTYPES else _compact(t.float())
         return self._rows[key]
 
+    def prefetch(self, units) -> None:
+        """Start on the reads of the K sampled up rows of each of ``units`` (at its own width) all at
+        once, when the source reads by range requests (the round trips overlap instead of following one
+        another); the rows are then taken by :meth:`stored` as before. Only a checkpoint itself reads
+        ahead (a row store or a transformed view reads its rows one tensor after another)."""
+        fetch = getattr(type(self.src), "prefetch_rows", None)
+        wants = [(u.up, self.indices(u.width)) for u in units if (u.key, u.width) not in self._rows]
+        if fetch is not None and wants:
+            with self._lock:
+                fetch(self.src, wants)
+
     def rows(self, unit, n: int) -> torch.Tensor:
         """The K sampled up rows (float32) of ``unit``, drawn from width ``n``."""
         return self.stored(unit, n).float()
@@ -127,8 +138,13 @@ def _grid_block(ctx, a, b, sa: SampledUnits, sb: SampledUnits, i: int, solvers: 
     """Block i of the grid: ``(unit pairs, θ₂'s partner of each of θ₁'s experts, {k: MatchResult})``,
     k counted from the block's first pair; only this block's rows are held, and freed on return."""
     from .experts import block_pairs
+    from .experts import _routed
     sa, sb = sa.block_view(), sb.block_view()
     ua, ub = a.units(i), b.units(i)
+    ra, rb = _routed(ua), _routed(ub)
+    if ra and rb:  # every routed expert's rows are read for its centroid: all at once
+        sa.prefetch(ra)
+        sb.prefetch(rb)
     block, partner = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub), any_width=True)
     return block, partner, match_block(ctx, sa, sb, block, solvers=solvers)
 
