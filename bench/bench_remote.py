@@ -51,6 +51,7 @@ import numpy as np
 
 from bench import common  # noqa: E402
 from bench.common import ROOT  # noqa: E402
+from tracing.sources.remote_quantized import SMALL_WHOLE, SMALL_WHOLE_RATIO  # noqa: E402
 from tests.hub_server import HubServer  # noqa: E402
 
 MB = 1_000_000
@@ -117,7 +118,8 @@ def write_sparse_pair(root: Path, cfg, ks: list[int], seed: int = 0, noise: floa
 def moe_bytes(s: dict, k: int) -> tuple[int, int]:
     """``(bytes of one model, of which scale rows)`` the sampled experts grid reads of a mixture of
     experts of shape ``s`` with ``k`` rows per expert up_proj (and per dense up_proj): rows, the
-    scale row of every ``block``-row block a sampled row falls in (FP8), headers."""
+    scale row of every ``block``-row block a sampled row falls in (FP8; the whole scale tensor when
+    the reader takes it in one request), headers."""
     moe_blocks, units = s["L"] - s["dense"], s["E"] + s["shared"]
     kk = min(k, s["h_e"])
     rows = moe_blocks * units * kk * s["d"] * s["bytes"] + s["dense"] * min(k, s["h"] or 1) * s["d"] * s["bytes"]
@@ -125,7 +127,10 @@ def moe_bytes(s: dict, k: int) -> tuple[int, int]:
     if s["block"]:
         nb = s["h_e"] // s["block"]  # expected blocks a sample of kk rows touches
         touched = nb * (1 - np.prod([(s["h_e"] - s["block"] - j) / (s["h_e"] - j) for j in range(kk)]))
-        scales = int(moe_blocks * units * touched * (-(-s["d"] // s["block"])) * 4)
+        row = (-(-s["d"] // s["block"])) * 4
+        if nb * row <= SMALL_WHOLE and nb <= SMALL_WHOLE_RATIO * touched:  # the scale tensor read whole
+            touched = nb
+        scales = int(moe_blocks * units * touched * row)
     return rows + scales + header_bytes(s), scales
 
 

@@ -262,10 +262,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if not chunk:
                     break
                 self.server.hub.pace(len(chunk))
+                # counted before it is written: the client may have the bytes (and a test look at the
+                # count) before this thread runs again
+                self.server.hub.count(key, len(chunk))
                 try:
                     self.wfile.write(chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     return
-                self.server.hub.count(key, len(chunk))
                 n -= len(chunk)
 

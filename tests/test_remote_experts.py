@@ -188,3 +188,61 @@ def test_the_hub_stand_in_hashes_sparse_files_as_read_whole(tmp_path):
     os.truncate(whole, 100_000)
     for p in (f, whole):
         assert sparse_sha256(p) == sparse_sha256(p, chunk=4096) == sha256(p)
+
+
+def _requests_in(server, repo: str, folder, names: set) -> dict:
+    """How many range requests the server answered for each stored tensor of ``names`` (by where the
+    asked range starts) of the single weight file of ``repo`` (a ``folder`` copy of it)."""
+    f = next(folder.glob("*.safetensors"))
+    start, head = header(f)
+    spans = {k: (start + head[k]["data_offsets"][0], start + head[k]["data_offsets"][1]) for k in names}
+    out = dict.fromkeys(names, 0)
+    for method, path, headers in server.requests:
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", headers.get("Range", headers.get("range", "")))
+        if method == "GET" and path.startswith(f"/{repo}/resolve/") and path.endswith(f.name) and m:
+            for k, (a, b) in spans.items():
+                out[k] += a <= int(m.group(1)) < b
+    return out
+
+
+def test_small_scale_tensor_read_whole_in_one_request(moe_folders, tmp_path, monkeypatch):
+    """FP8 block scales of 8 × 8 blocks: an expert's up_proj scale tensor (8 × 4 float32, 128 bytes) is
+    read in one request for the whole tensor, not one per run of scale rows; the rows equal the
+    local read's and the bytes sent are the dry run's plan."""
+    from tracing.models import Checkpoint
+    from tracing.stats.base import sampled_rows
+    folder = write_fp8(moe_folders[0]["ds-a"], tmp_path / "fp8-8", block=(8, 8))
+    server = serving({"org/fp8-8": folder}, tmp_path, monkeypatch)
+    try:
+        remote, local = Checkpoint("org/fp8-8", remote=True), Checkpoint(folder)
+        ups = [u.up for u in remote.arch.units(1)]
+        idx = sampled_rows(64, K, 0)
+        planned = remote.backend.header_bytes() + sum(remote.backend.planned_bytes(t, idx) for t in ups)
+        for t in ups:
+            assert torch.equal(remote.get_rows(t, idx), local.get_rows(t, idx)), t
+        assert sum(sent(server, "org/fp8-8").values()) == planned
+        scales = {t.removesuffix(".weight") + ".weight_scale_inv" for t in ups}
+        assert _requests_in(server, "org/fp8-8", folder, scales) == dict.fromkeys(scales, 1)
+    finally:
+        server.close()
+
+
+def test_recorded_reads_fetched_ahead_are_served_from_memory(hub, moe_folders):
+    """Reads recorded (zeros given, nothing sent), then fetched ahead all at once: the same reads made
+    next send no request and give the file's bytes."""
+    from tracing.sources.hubhttp import HubFiles
+    folder = moe_folders[0]["ds-a"]
+    data = (folder / "model.safetensors").read_bytes()
+    h = HubFiles("org/ds-a", hub.repos["org/ds-a"][1], {}, "ds-a", progress=False)
+    ranges = [(1000 + 300 * i, 100 + i) for i in range(40)]
+    before = len(hub.requests)
+    with h.record() as asked:
+        assert h.read_many("model.safetensors", ranges) == [bytes(n) for _, n in ranges]
+    assert len(hub.requests) == before and len(asked) == len(ranges)
+    h.fetch_ahead(asked)
+    assert len(hub.requests) == before + len(ranges)
+    got = h.read_many("model.safetensors", ranges)
+    assert len(hub.requests) == before + len(ranges)  # from memory
+    assert got == [data[s:s + n] for s, n in ranges]
+    assert h.read_many("model.safetensors", ranges[:2]) == [data[s:s + n] for s, n in ranges[:2]]
+    assert len(hub.requests) == before + len(ranges) + 2  # used once: read again from the hub

@@ -15,10 +15,13 @@ from contextvars import ContextVar
 
 GiB = 1 << 30
 FALLBACK_MEMORY = 8 * GiB  # when the system does not say
-#: reads in flight at once when the toolkit reads many pieces of one file: range requests to the
-#: hub, and runs of sampled rows of a local file (several requests keep a disk's or a network file
-#: system's queue busy, where one read at a time waits out the latency of each)
+#: reads in flight at once when the toolkit reads many pieces of one local file: runs of sampled rows
+#: (several requests keep a disk's or a network file system's queue busy, where one read at a time
+#: waits out the latency of each)
 READS_IN_FLIGHT = 4
+#: range requests to the hub in flight at once (on one connection pool): a request's round trip is
+#: mostly waiting, so more of them overlap than a disk's reads; bounded so a hub or CDN is not flooded
+REMOTE_READS_IN_FLIGHT = 16
 _DEVICE: ContextVar[str | None] = ContextVar("tracing_device", default=None)
 
 

@@ -215,6 +215,15 @@ class Checkpoint(WeightSource):
         self.read_s += time.perf_counter() - t0
         return t if name in self._finite else require_finite(self.label, name, t)
 
+    def prefetch_rows(self, wants) -> None:
+        """Start on the reads of :meth:`get_rows` of each ``(name, index)`` of ``wants``, all at once, when
+        the backend reads by range requests (the calls that follow then wait for no round trip)."""
+        fetch = getattr(self.backend, "prefetch_rows", None)
+        if fetch is not None and wants:
+            t0 = time.perf_counter()
+            fetch(wants)
+            self.read_s += time.perf_counter() - t0
+
     def release(self):
         self.backend.release()
 

@@ -9,6 +9,12 @@ is refused. A dropped connection, a timeout or a 5xx is retried with backoff (a 
 times), then the read fails with one line naming the file and the byte range; a 416, an answer
 that ignores the range or a short body fail at once. Neither the token nor a URL with one ever
 reaches a message.
+
+Requests go out up to :data:`PARALLEL` at once on one pool of threads and huggingface_hub's one
+connection pool. A caller that knows what it will read next (the sampled experts grid: every
+expert's rows of a block) records those reads first (:meth:`HubFiles.record`: nothing is sent),
+fetches them all at once (:meth:`HubFiles.fetch_ahead`), and then makes them as before, each served
+from memory: the same requests and bytes, the round trips overlapping instead of following one another.
 """
 from __future__ import annotations
 
@@ -16,15 +22,16 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..errors import TracingError
-from ..machine import READS_IN_FLIGHT
+from ..machine import REMOTE_READS_IN_FLIGHT
 
 RETRIES = 4  # tries per range
 BACKOFF = 0.25  # seconds before the second try, doubled for each further one (capped at 4 s)
-PARALLEL = READS_IN_FLIGHT  # requests in flight at once
+PARALLEL = REMOTE_READS_IN_FLIGHT  # requests in flight at once
 MAX_REDIRECTS = 5
 
 
@@ -71,20 +78,30 @@ class HubFiles:
         self.bytes_read: dict[str, int] = {}
         self.progress = progress
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._asked = threading.local()  # .ranges: the ranges asked for while recording (see record())
+        self._ready: dict[tuple[str, int, int], bytes] = {}  # ranges fetched ahead (fetch_ahead()), not yet used
 
     def url(self, file: str) -> str:
         return f"{self.base}/{self.repo_id}/resolve/{self.commit}/{quote(file)}"
 
     # one range ------------------------------------------------------------------------------
-    def read(self, file: str, start: int, length: int, bar=None) -> bytes:
-        """Bytes ``start`` to ``start + length - 1`` of ``file``."""
+    def read(self, file: str, start: int, length: int, bar=None, headers=None) -> bytes:
+        """Bytes ``start`` to ``start + length - 1`` of ``file`` (``headers``: :meth:`_headers`, when
+        built once for many reads)."""
         if length <= 0:
             return b""
+        with self._lock:
+            ready = self._ready.pop((file, start, length), None)
+        if ready is not None:
+            if bar is not None:
+                bar.update(len(ready))
+            return ready
         where = f"{self.label}: {file} bytes {start}-{start + length - 1}"
         delay, why = BACKOFF, ""
         for attempt in range(RETRIES):
             try:
-                data = self._get(file, start, length, where)
+                data = self._get(file, start, length, where, headers)
             except _Retry as e:
                 why = str(e)
                 if attempt + 1 < RETRIES:
@@ -99,15 +116,23 @@ class HubFiles:
         raise TracingError(f"cannot read {where} from the hub after {RETRIES} tries ({why}); check the network "
                            f"and run again, or fetch the whole model first with --download")
 
-    def _get(self, file: str, start: int, length: int, where: str) -> bytes:
+    @staticmethod
+    def _headers() -> dict:
+        """The request headers for the hub's host (with the token, read now; None: huggingface_hub's
+        login) and for any other host (without it): ``{True: ..., False: ...}``."""
+        from huggingface_hub.utils import build_hf_headers
+        token = os.environ.get("HF_TOKEN") or None
+        return {True: build_hf_headers(token=token), False: build_hf_headers(token=False)}
+
+    def _get(self, file: str, start: int, length: int, where: str, built=None) -> bytes:
         import httpx2 as httpx
-        from huggingface_hub.utils import build_hf_headers, get_session
+        from huggingface_hub.utils import get_session
         hub = _origin(self.base)
         url, want = self.url(file), f"bytes={start}-{start + length - 1}"
-        token = os.environ.get("HF_TOKEN") or None  # read now, never kept (None: huggingface_hub's login)
+        built = built or self._headers()  # the token is not kept beyond the reads it is built for
         for _ in range(MAX_REDIRECTS + 1):
             at_hub = _origin(url) == hub
-            headers = build_hf_headers(token=token if at_hub else False)
+            headers = dict(built[at_hub])
             headers["Range"] = want
             headers["Accept-Encoding"] = "identity"
             try:
@@ -158,14 +183,52 @@ class HubFiles:
     def read_many(self, file: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         """The bytes of each ``(start, length)`` range of ``file``, read by up to :data:`PARALLEL`
         requests at once, with a progress bar in bytes."""
+        asked = getattr(self._asked, "ranges", None)
+        if asked is not None:  # recording: what would be read, and zeros in its place
+            asked.extend((file, s, n) for s, n in ranges)
+            return [bytes(n) for _, n in ranges]
+        return self._fetch([(file, s, n) for s, n in ranges], f"{file} (range reads)")
+
+    def _fetch(self, ranges: list[tuple[str, int, int]], desc: str) -> list[bytes]:
+        """The bytes of each ``(file, start, length)``, by up to :data:`PARALLEL` requests at once on
+        one pool of threads (kept for the life of this object), with a progress bar in bytes."""
         from tqdm.auto import tqdm
-        total = sum(n for _, n in ranges)
-        with tqdm(total=total, unit="B", unit_scale=True, leave=False, desc=f"{file} (range reads)",
+        total = sum(n for _, _, n in ranges)
+        headers = self._headers()
+        with tqdm(total=total, unit="B", unit_scale=True, leave=False, desc=desc,
                   disable=not self.progress or None) as bar:
             if len(ranges) == 1:
-                return [self.read(file, *ranges[0], bar=bar)]
-            with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-                return list(pool.map(lambda r: self.read(file, *r, bar=bar), ranges))
+                return [self.read(*ranges[0], bar=bar, headers=headers)]
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="hub-reads")
+                pool = self._pool
+            futures = [pool.submit(self.read, *r, bar=bar, headers=headers) for r in ranges]
+            wait(futures)  # every request has finished before any error is raised
+            return [f.result() for f in futures]
+
+    # reading ahead -----------------------------------------------------------------------------
+    @contextmanager
+    def record(self):
+        """Within: :meth:`read_many` (on this thread) reads nothing, gives zeros and adds each range it
+        was asked for to the list this yields."""
+        self._asked.ranges = asked = []
+        try:
+            yield asked
+        finally:
+            self._asked.ranges = None
+
+    def fetch_ahead(self, ranges: list[tuple[str, int, int]]) -> None:
+        """Read ``(file, start, length)`` ranges now, all with up to :data:`PARALLEL` requests in flight,
+        and keep each for the one :meth:`read` of exactly that range that follows. The same requests as
+        reading them one call after another, so the bytes sent and the result are the same; the round
+        trips overlap."""
+        todo = list(dict.fromkeys(r for r in ranges if r[2] > 0))
+        if not todo:
+            return
+        got = self._fetch(todo, f"{self.label} (range reads ahead)")
+        with self._lock:
+            self._ready.update(zip(todo, got))
 
 
     def read_spans(self, file: str, spans: list[tuple[int, int]], requests=None, gap: int = 0) -> bytearray:

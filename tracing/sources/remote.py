@@ -129,6 +129,14 @@ class RemoteBackend(FolderBackend):
             return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
         return t
 
+    def prefetch_rows(self, wants) -> None:
+        """Fetch now, with many requests in flight, what :meth:`get_rows` of each ``(name, index)`` of
+        ``wants`` will read (the same requests), so that those calls, made next, wait for no round trip."""
+        with self.hub.record() as asked:
+            for name, index in wants:
+                self.get_rows(name, index)
+        self.hub.fetch_ahead(asked)
+
     def _requests(self, file: str, stored: str, idx: np.ndarray, lead: int = 1):
         """``(plan, spans, requests)`` of rows ``idx`` of a stored tensor (counted over its first ``lead``
         axes): the row layout (:func:`tracing.rows.row_plan`, None when the reader does not handle it), the

@@ -96,6 +96,17 @@ class SampledUnits:
         self._used += 1
         return slot.copy_(t)
 
+    def prefetch(self, units) -> None:
+        """Start on the reads of the K sampled up rows of each of ``units`` (at its own width) all at
+        once, when the source reads by range requests (the round trips overlap instead of following one
+        another); the rows are then taken by :meth:`stored` as before. Only a checkpoint itself reads
+        ahead (a row store or a transformed view reads its rows one tensor after another)."""
+        fetch = getattr(type(self.src), "prefetch_rows", None)
+        wants = [(u.up, self.indices(u.width)) for u in units if (u.key, u.width) not in self._rows]
+        if fetch is not None and wants:
+            with self._lock:
+                fetch(self.src, wants)
+
     def rows(self, unit, n: int) -> torch.Tensor:
         """The K sampled up rows (float32) of ``unit``, drawn from width ``n``."""
         return self.stored(unit, n).float()
@@ -159,10 +170,14 @@ def match_block(ctx, sa: SampledUnits, sb: SampledUnits, pairs: list, first: int
 def _grid_block(ctx, a, b, sa: SampledUnits, sb: SampledUnits, i: int, solvers: int | None):
     """Block i of the grid: ``(unit pairs, θ₂'s partner of each of θ₁'s experts, {k: MatchResult})``,
     k counted from the block's first pair; only this block's rows are held, and freed on return."""
-    from .experts import block_pairs
+    from .experts import _routed, block_pairs
     ua, ub = a.units(i), b.units(i)
     sa, sb = sa.block_view(len(ua)), sb.block_view(len(ub))
     try:
+        ra, rb = _routed(ua), _routed(ub)
+        if ra and rb:  # every routed expert's rows are read for its centroid: all at once
+            sa.prefetch(ra)
+            sb.prefetch(rb)
         block, partner = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub), any_width=True)
         return block, partner, match_block(ctx, sa, sb, block, solvers=solvers)
     finally:  # the block's buffers go back before the next block is read (an error's traceback holds sa, sb)
