@@ -53,8 +53,11 @@ class SampledUnits:
         # one block's rows: a [slots, K, d] tensor allocated at the first read, each MLP's rows a slot
         self._slots, self._buffer, self._used = 0, None, 0
         self._lock = lock if lock is not None else nullcontext()
-        # rows as the source gives them (a checkpoint's bfloat16 rows are kept without a round trip)
-        self._read = getattr(src, "get_rows_stored", src.get_rows)
+        # rows as the source gives them (a checkpoint's bfloat16 rows are kept without a round trip); asked
+        # of the source's own class: a row store passes other attributes through to its checkpoint, and
+        # its rows must come through the store
+        stored = getattr(type(src), "get_rows_stored", None)
+        self._read = stored.__get__(src) if stored is not None else src.get_rows
 
     def block_view(self, slots: int = 0) -> "SampledUnits":
         """An empty cache of rows on the same source, indices and lock (one block's rows), its rows kept
