@@ -88,25 +88,16 @@ def write_sparse_pair(root: Path, cfg, ks: list[int], seed: int = 0, noise: floa
         folder.mkdir(parents=True, exist_ok=True)
         weight_map = {}
         for i, (file, shapes) in enumerate(common._shards(cfg)):
-            head, pos = {}, 0
-            for key, shape in shapes.items():
-                n = int(np.prod(shape)) * 2
-                head[key] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [pos, pos + n]}
-                pos += n
-                weight_map[key] = file
-            blob = json.dumps(head, separators=(",", ":")).encode()
-            blob += b" " * (-len(blob) % 8)
-            start = 8 + len(blob)
-            with open(folder / file, "wb") as f:
-                f.write(len(blob).to_bytes(8, "little") + blob)
-                f.truncate(start + pos)
+            weight_map.update(dict.fromkeys(shapes, file))
+            f, offset = common.open_sparse(folder / file, {k: ("BF16", s) for k, s in shapes.items()})
+            with f:
                 for key in (k for k in shapes if k.endswith("mlp.up_proj.weight")):
                     torch.manual_seed(seed * 1000 + i)  # the same base rows in both models
                     vals = torch.randn(rows.size, d) * 0.02
                     if name == "ft":
                         vals += noise * 0.02 * torch.randn(rows.size, d, generator=g)
                     data = vals.to(torch.bfloat16).view(torch.uint8).numpy().reshape(rows.size, -1)
-                    base = start + head[key]["data_offsets"][0]
+                    base = offset[key]
                     for r, row in zip(rows, data):
                         f.seek(base + int(r) * d * 2)
                         f.write(row.tobytes())
@@ -233,18 +224,9 @@ def write_sparse_v3(root: Path, moe_blocks: int, ks: list[int], seed: int = 0, n
         folder.mkdir(parents=True, exist_ok=True)
         weight_map = {}
         for file, tensors in shards:
-            head, pos = {}, 0
-            for key, (dtype, shape) in tensors.items():
-                n = int(np.prod(shape)) * {"BF16": 2, "F32": 4, "F8_E4M3": 1}[dtype]
-                head[key] = {"dtype": dtype, "shape": shape, "data_offsets": [pos, pos + n]}
-                pos += n
-                weight_map[key] = file
-            blob = json.dumps(head, separators=(",", ":")).encode()
-            blob += b" " * (-len(blob) % 8)
-            start = 8 + len(blob)
-            with open(folder / file, "wb") as f:
-                f.write(len(blob).to_bytes(8, "little") + blob)
-                f.truncate(start + pos)
+            weight_map.update(dict.fromkeys(tensors, file))
+            f, offset = common.open_sparse(folder / file, tensors)
+            with f:
                 for key in (k for k in tensors if k.endswith("up_proj.weight")):
                     i, n = int(key.split(".")[2]), tensors[key][1][0]
                     rows = np.unique(np.concatenate([sampled_rows(n, k, seed) for k in ks]))
@@ -257,11 +239,11 @@ def write_sparse_v3(root: Path, moe_blocks: int, ks: list[int], seed: int = 0, n
                         vals = vals + noise * 0.02 * torch.randn(vals.shape, generator=g)
                     full = scales[torch.from_numpy(rows // FP8_BLOCK)].repeat_interleave(FP8_BLOCK, 1)[:, :d]
                     codes = (vals / full).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
-                    base = start + head[key]["data_offsets"][0]
+                    base = offset[key]
                     for r, row in zip(rows, codes):
                         f.seek(base + int(r) * d)
                         f.write(row.tobytes())
-                    sbase, srow = start + head[key + "_scale_inv"]["data_offsets"][0], scales.shape[1] * 4
+                    sbase, srow = offset[key + "_scale_inv"], scales.shape[1] * 4
                     for b in np.unique(rows // FP8_BLOCK):
                         f.seek(sbase + int(b) * srow)
                         f.write(scales[b].numpy().astype("<f4").tobytes())

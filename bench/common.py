@@ -8,6 +8,7 @@ with ``BENCH_JSON`` and the driver collects the lines into a markdown table.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -355,6 +356,28 @@ def blocks_view(src: Path, dst: Path, blocks: list[int]) -> Path:
         save_file(out, str(dst / fname), metadata={"format": "pt"})
     (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": keep}, indent=1))
     return dst
+
+
+#: bytes per value of the safetensors dtypes the sparse writers use
+DTYPE_BYTES = {"BF16": 2, "F32": 4, "F8_E4M3": 1}
+
+
+def open_sparse(path: Path, tensors: dict[str, tuple[str, list[int]]]):
+    """``(file, {key: offset of its data})``: a safetensors file of ``tensors`` (``{key: (dtype,
+    shape)}``) at its full size but all holes (no disk used, reads give zeros), open for writing the
+    rows a benchmark reads; the caller closes it."""
+    head, pos = {}, 0
+    for key, (dtype, shape) in tensors.items():
+        n = math.prod(shape) * DTYPE_BYTES[dtype]
+        head[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    blob = json.dumps(head, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    start = 8 + len(blob)
+    f = open(path, "wb")
+    f.write(len(blob).to_bytes(8, "little") + blob)
+    f.truncate(start + pos)
+    return f, {key: start + h["data_offsets"][0] for key, h in head.items()}
 
 
 def dir_size(p: Path) -> int:
