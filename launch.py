@@ -8,12 +8,12 @@
 import os
 import sys
 
-from tracing.cli_util import run_cli
+from tracing.cli_util import leave, run_cli
 from tracing.launch import main
 
 if __name__ == "__main__":
     try:
-        sys.exit(run_cli(main))
+        leave(run_cli(main))
     except BrokenPipeError:  # output piped into e.g. `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)

@@ -3,10 +3,9 @@
 
 The same command is installed as ``model-tracing compare`` (tracing/cli_compare.py).
 """
-import sys
 
-from tracing.cli_util import run_cli
+from tracing.cli_util import leave, run_cli
 from tracing.cli_compare import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    leave(run_cli(main, quick_start=True))

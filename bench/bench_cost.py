@@ -13,7 +13,9 @@ the rest are holes that occupy no disk and are never read by the sampled test. T
 - `full` — the same run with `--digest full`: every weight file hashed first (the behaviour before
   the fast identity). Hashing a hole reads no disk, so this is a lower bound of a real first run's
   hashing (which also reads 27 GB from storage);
-- `help` — `main.py --help`; `imports` — the fast run under `-X importtime` (sum of top-level imports).
+- `help` — `main.py --help`; `imports` — the fast run under `-X importtime` (sum of top-level imports);
+- `before` — with ``--against CHECKOUT``, the `fast` run of that checkout's `main.py` (e.g. the code
+  before a change), alternating with this one's.
 """
 from __future__ import annotations
 
@@ -107,10 +109,10 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
+def run(cmd: list[str], env: dict, cwd: Path = common.ROOT) -> tuple[float, float, subprocess.CompletedProcess]:
     """(wall s, CPU s of the child, the finished process)."""
     t0, c0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[1:])} failed:\n{proc.stderr[-2000:]}")
@@ -128,7 +130,8 @@ def import_seconds(stderr: str) -> tuple[float, dict]:
     return sum(top.values()), big
 
 
-def variant(kind: str, paths: dict, K: int, work: Path) -> dict:
+def variant(kind: str, paths: dict, K: int, work: Path, against: Path | None = None) -> dict:
+    """One run of ``kind``; ``before``: the ``fast`` run of the checkout ``against``."""
     main = [sys.executable, "main.py"]
     if kind == "help":
         wall, cpu, _ = run(main + ["--help"], dict(os.environ))
@@ -142,7 +145,7 @@ def variant(kind: str, paths: dict, K: int, work: Path) -> dict:
     args += ["--digest", "full"] if kind == "full" else []
     pre = [sys.executable, "-X", "importtime", "main.py"] if kind == "imports" else main
     load0 = os.getloadavg()[0]
-    wall, cpu, proc = run(pre + args, env)
+    wall, cpu, proc = run(pre + args, env, against if kind == "before" else common.ROOT)
     rec = pickle.loads(save.read_bytes())
     shutil.rmtree(cache, ignore_errors=True)
     out = {"variant": kind, "wall_s": wall, "cpu_s": cpu, "load": load0, "log10_pvalue": rec["log10_pvalue"],
@@ -158,7 +161,7 @@ def table(recs: list[dict], L: int, K: int) -> str:
         by.setdefault(r["variant"], []).append(r)
     med = {k: statistics.median(r["wall_s"] for r in v) for k, v in by.items()}
     rows = []
-    for k in ("fast", "full", "help", "imports"):
+    for k in ("fast", "before", "full", "help", "imports"):
         if k not in by:
             continue
         v = by[k]
@@ -166,7 +169,7 @@ def table(recs: list[dict], L: int, K: int) -> str:
         stages = ", ".join(f"{s} {statistics.median(r['timings'].get(s, 0) for r in v):.2f}"
                            for s in ("load", "digest", "read", "statistic") if s in t)
         extra = f"{statistics.median(r['imports_s'] for r in v):.2f}" if k == "imports" else "—"
-        ratio = common.fmt_ratio(med[k], med["fast"]) if k in ("fast", "full") and "fast" in med else "—"
+        ratio = common.fmt_ratio(med[k], med["fast"]) if k in ("fast", "before", "full") and "fast" in med else "—"
         p = f"{v[0]['log10_pvalue']:.6g}" if "log10_pvalue" in v[0] else "—"
         cpu = [r["cpu_s"] for r in v if "cpu_s" in r]
         rows.append([k, len(v), f"{med[k]:.2f}", f"{min(r['wall_s'] for r in v):.2f}",
@@ -183,6 +186,8 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-full", dest="full", action="store_false", help="skip the --digest full baseline")
+    ap.add_argument("--against", type=Path, help="another checkout of the toolkit: its `fast` run (variant "
+                    "`before`) alternates with this one's, for the ratio of a change in one run")
     ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR)
     ap.add_argument("--out", type=Path, default=common.ROOT / "bench" / "results")
     a = ap.parse_args(argv)
@@ -190,10 +195,10 @@ def main(argv=None):
     paths = write_sparse_pair(a.workdir / f"cost-sparse-L{a.blocks}-K{a.rows}", a.blocks, a.rows)
     print(f"sparse pair ready in {time.time() - t0:.0f} s: {paths}", file=sys.stderr, flush=True)
     recs = []
-    kinds = ["help", "fast", "imports"] + (["full"] if a.full else [])
+    kinds = ["help", "fast"] + (["before"] if a.against else []) + ["imports"] + (["full"] if a.full else [])
     for rep in range(a.reps):
         for kind in kinds:
-            r = variant(kind, paths, a.rows, a.workdir)
+            r = variant(kind, paths, a.rows, a.workdir, a.against)
             recs.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
     header = f"bench_cost — {common.machine_line()}"

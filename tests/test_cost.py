@@ -287,3 +287,82 @@ def test_scan_hashes_in_full_only_a_possible_reupload(trio, tmp_path, monkeypatc
     assert scan.same_weights(cand, scan._open(str(copy)), hashes) and sorted(hashed) == ["base", "copy"]
 
 
+
+
+def _collector_state():
+    import gc
+    return gc.isenabled(), gc.get_freeze_count()
+
+
+def test_quick_start_pauses_the_collector_until_work_begins_and_restores_it():
+    """run_cli(quick_start=True): the collector is off while the command starts, on (with the start-up
+    frozen out of its walks) once its work begins, and as before (on, nothing frozen) when it returns,
+    whether it returned, failed with a user error, or raised."""
+    from tracing.cli_util import run_cli, work_begins
+    from tracing.errors import TracingError
+    seen = []
+
+    def command(argv):
+        seen.append(_collector_state())
+        work_begins()
+        seen.append(_collector_state())
+        if argv == ["fail"]:
+            raise TracingError("bad input")
+        if argv == ["crash"]:
+            raise RuntimeError("bug")
+        return 0
+
+    before = _collector_state()
+    assert before == (True, 0)
+    assert run_cli(command, [], quick_start=True) == 0
+    assert seen[0] == (False, 0) and seen[1][0] is True and seen[1][1] > 1000
+    assert _collector_state() == before
+    assert run_cli(command, ["fail"], quick_start=True) == 2
+    assert _collector_state() == before
+    with pytest.raises(RuntimeError):
+        run_cli(command, ["crash"], quick_start=True)
+    assert _collector_state() == before
+    seen.clear()  # without quick_start nothing changes, and work_begins is a no-op
+    assert run_cli(command, []) == 0
+    assert seen == [(True, 0), (True, 0)]
+
+
+def test_a_compare_run_computes_with_the_collector_on(trio, tmp_path, monkeypatch):
+    """main.py's command starts with the collector paused; its statistic runs with it on (a long run's
+    garbage cycles are collected), and the collector is as before when the command returns."""
+    import tracing.api as api
+    import tracing.stats.cos as cos
+    from tracing.cli_compare import main
+    from tracing.cli_util import run_cli
+    seen = {}
+
+    def spy(module, name, key):
+        real = getattr(module, name)
+
+        def wrapper(*a, **k):
+            seen.setdefault(key, _collector_state())
+            return real(*a, **k)
+        monkeypatch.setattr(module, name, wrapper)
+    spy(api, "get_stat", "starting")  # looked up as the statistic's computation begins
+    spy(cos, "up_matchings", "computing")
+    argv = ["--base_model_id", trio["base"], "--ft_model_id", trio["ft"], "--stat", "cos", "--quiet",
+            "--save", str(tmp_path / "r.p")]
+    assert run_cli(main, argv, quick_start=True) == 0
+    assert seen["starting"] == (False, 0)  # paused through the start-up
+    assert seen["computing"][0] is True and seen["computing"][1] > 0
+    assert _collector_state() == (True, 0)
+    assert (tmp_path / "r.p").is_file()
+
+
+def test_main_py_exits_with_its_code_and_its_output(trio, tmp_path):
+    """main.py leaves through cli_util.leave (the live objects frozen before the interpreter's last
+    collections): the exit code, the printed summary and the saved record are all there."""
+    env = {**os.environ, "TRACING_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "main.py", "--base_model_id", trio["base"], "--ft_model_id", trio["ft"],
+                         "--stat", "cos", "--rows", "32", "--save", str(tmp_path / "r.p")], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "p-value" in ok.stdout and (tmp_path / "r.p").is_file()
+    bad = subprocess.run([sys.executable, "main.py", "--base_model_id", str(tmp_path / "missing"), "--ft_model_id",
+                          trio["ft"], "--stat", "cos"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1

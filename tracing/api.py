@@ -17,6 +17,7 @@ from .machine import use_device
 from .models import Checkpoint, DictSource, WeightSource, from_module
 from .options import Options
 from .pair import Pair
+from .cli_util import work_begins
 from .fileio import check_writable
 from .provenance import provenance
 from .results import Result, make_record, save_record, summary
@@ -194,6 +195,7 @@ def _compute(pair: Pair, stat: str):
     """The statistic, and its aligned variant when asked (without a permutation test whose
     p-value would be dropped)."""
     spec = get_stat(stat)
+    work_begins()
     t, read0 = time.time(), _read_s(pair)
     opts = pair.options.for_stat(stat)
     result = spec.fn(pair.context(stat, opts), *pair.lanes(stat))

@@ -47,14 +47,16 @@ def main(argv=None) -> int:
         return 2
     from .cli_util import run_cli
     module = importlib.import_module(COMMANDS[name][0])
-    return run_cli(module.main, rest)
+    return run_cli(module.main, rest, quick_start=name == "compare")
 
 
 def entry() -> None:
     """The installed console script."""
     import os
+
+    from .cli_util import leave
     try:
-        sys.exit(main())
+        leave(main())
     except BrokenPipeError:  # output piped into e.g. `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)

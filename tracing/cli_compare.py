@@ -3,9 +3,8 @@
     python main.py --base_model_id A --ft_model_id B --stat cos --save results/x.p
 """
 import argparse
-import sys
 
-from tracing.cli_util import run_cli
+from tracing.cli_util import leave, run_cli
 from tracing.options import add_options
 
 
@@ -79,4 +78,4 @@ def _attest_paths(args, options) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    leave(run_cli(main, quick_start=True))
