@@ -1,4 +1,4 @@
-"""The byte plan of a GGUF file on the hub (``planned_bytes``) is what the reads then
+"""The byte plan of a GGUF file on the hub (``planned_bytes``, the dry run) is what the reads then
 transfer, for every tensor — whole and by rows — including the tensors llama.cpp's converter split in
 two (DeepSeek's MLA ``kv_b_proj`` as ``attn_k_b`` + ``attn_v_b``, Qwen3-Next's ``in_proj_qkvz`` as
 ``attn_qkv`` + ``attn_gate``): Q8_0 files as the converter lays them out, served by the real loopback
@@ -9,6 +9,7 @@ import pytest
 from family_models import family_config, family_model, save_trio
 from hub_server import serving
 from test_gguf_families import write_converted
+from test_remote import _main
 
 from tracing.models import Checkpoint
 from tracing.stats.base import sampled_rows
@@ -16,6 +17,7 @@ from tracing.stats.base import sampled_rows
 #: model_type -> the GGUF architecture the converter writes (each splits a tensor in two)
 SPLIT = {"deepseek_v3": "deepseek2", "qwen3_next": "qwen3next"}
 FILE = "model.gguf"
+K = 8  # sampled rows
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,28 @@ def test_plan_of_every_tensor_is_what_is_sent(hub, family):
         if len(shape) == 2:
             idx = sampled_rows(shape[0], min(4, shape[0]), 0)
             assert _transfer(hub, repo, lambda m: m.get_rows(name, idx)) == b.planned_bytes(name, idx), name
+
+
+@pytest.mark.parametrize("family", list(SPLIT))
+def test_dry_run_is_what_the_run_sends(hub, family, tmp_path):
+    """``main.py --dry-run --rows K`` of ``cos`` and ``emb`` (the sampled experts grid, the embedding whole): each
+    model's bytes, headers included, are what the run in a new process then sends."""
+    from tracing.options import Options
+    from tracing.sources.cost import _size, planned_reads
+    a, b = (f"org/{family}-{tag}" for tag in ("base", "ft"))
+    args = ("--base_model_id", a, "--ft_model_id", b, "--stat", "cos,emb", "--rows", str(K))
+    ca, cb = Checkpoint(a, remote=True), Checkpoint(b, remote=True)
+    options = Options(stat=["cos", "emb"], rows=K)
+    plan = {a: ca.backend.header_bytes() + planned_reads(ca, cb, options),
+            b: cb.backend.header_bytes() + planned_reads(cb, ca, options)}
+    r = _main(hub, tmp_path, *args, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    said = dict(line.split(": range reads of ", 1) for line in r.stdout.splitlines())
+    assert {spec: words.startswith(f"{_size(plan[spec])} of ") for spec, words in said.items()} == {a: True, b: True}, said
+    before = {repo: _sent(hub, repo) for repo in plan}
+    r = _main(hub, tmp_path, *args, "--save", str(tmp_path / "out/"))
+    assert r.returncode == 0, r.stderr
+    assert {repo: _sent(hub, repo) - before[repo] for repo in plan} == plan
 
 
 def test_split_tensor_without_its_second_part_is_one_line(tmp_path):

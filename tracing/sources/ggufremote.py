@@ -82,7 +82,8 @@ class RemoteGGUFBackend(GGUFBackend):
         return [range_read_record(self.resolved, self.sizes, self.hub, self.name)]
 
     def header_bytes(self) -> int:
-        return self.reader.data_start
+        """Bytes read to parse the header: requests of growing size, at least the metadata and tensor table."""
+        return self.reader.fetched
 
     def total_bytes(self) -> int:
         return self.sizes.get(self.name, 0)
