@@ -325,6 +325,7 @@ class GGUFBackend(QuantizedBackend):
         self.raw_config = self._config_data()
         self.arch = arch_from_config(self.raw_config, where=str(self.file))
         self._check_arch()
+        self._tensors = {t.name: t for t in self.reader.tensors}  # GGUF tensor name -> tensor
         self._stored = self._map_tensors()  # checkpoint tensor name -> (GGUF tensor, expert or None)
         self._last: tuple[str, torch.Tensor] | None = None  # one fused or stacked tensor serves several
         self._check_sizes()
@@ -380,9 +381,8 @@ class GGUFBackend(QuantizedBackend):
 
     # tensors -------------------------------------------------------------------------------
     def _map_tensors(self) -> dict:
-        by_name = {t.name: t for t in self.reader.tensors}
-        out = {stored: (by_name[g], e) for stored, (g, e) in name_map(self.gguf_arch, self.arch).items()
-               if g in by_name}
+        out = {stored: (self._tensors[g], e) for stored, (g, e) in name_map(self.gguf_arch, self.arch).items()
+               if g in self._tensors}
         missing = [n for n in self.arch.names() if not self.has(n, out)]
         if missing:
             raise TracingError(f"{self.file}: tensors for {', '.join(missing[:3])} are missing "
@@ -402,16 +402,9 @@ class GGUFBackend(QuantizedBackend):
                 seen.add(part)
                 want[t.name] = want.get(t.name, 0) + math.prod(ref.shape)
                 first.setdefault(t.name, (n, stored))
-        by_name = {t.name: t for t in self.reader.tensors}
         for g, count in want.items():
             n, stored = first[g]
-            parts = [g] + [g.replace(a, b) for tail, (_, (a, b)) in SPLITS.get(self.gguf_arch, {}).items()
-                           if stored.endswith(tail)]
-            absent = [x for x in parts if x not in by_name]
-            if absent:
-                raise TracingError(f"{self.file}: {g} has no {absent[0]} beside it; is this a complete "
-                                   f"{self.arch.model_type} GGUF file?")
-            have = sum(int(by_name[x].n_elements) for x in parts)
+            have = sum(int(x.n_elements) for x in self._parts(stored))
             if have != count:
                 raise TracingError(f"{self.file}: tensor {g} holds {have} values, but the config gives {n} and "
                                    f"the tensors stored with it {count}; the file is damaged or the config.json is "
@@ -476,15 +469,21 @@ class GGUFBackend(QuantizedBackend):
         read and dequantized (a role's rows of a fused tensor, an expert's of a stacked one). Tensors
         whose rows or values the converter changed (Llama's Q/K, GPT-NeoX's qkv, Gemma's norms) are
         read whole."""
-        from ..rows import row_offset
         ref, stored, idx, t, expert = self._find(name)
-        offset = row_offset(idx)
-        if offset is None or self._changes(stored) or len(ref.shape) != 2 or (self._last and self._last[0] == t.name):
+        offset = self._rows_offset(ref, stored, idx)
+        if offset is None or (self._last and self._last[0] == t.name):
             return super().get_rows(name, index, dtype)
         from gguf import dequantize
         rows = np.asarray(index, dtype=np.int64) + offset
         w = dequantize(self._row_data(t, expert, rows), t.tensor_type)
         return torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).reshape(len(rows), ref.shape[1]).to(dtype)
+
+    def _rows_offset(self, ref, stored: str, index) -> int | None:
+        """Where a tensor's rows start in its stored tensor when :meth:`get_rows` reads them alone (a 2-D
+        tensor, or a row range of a fused one, whose rows the converter left in place); None: read whole."""
+        from ..rows import row_offset
+        offset = row_offset(index)
+        return None if offset is None or self._changes(stored) or len(ref.shape) != 2 else offset
 
     def _changes(self, stored: str) -> tuple[str, ...]:
         """What llama.cpp's converter changed in a stored tensor (:data:`CHANGES`; empty: nothing)."""
@@ -537,14 +536,19 @@ class GGUFBackend(QuantizedBackend):
 
     def _second_part(self, stored: str) -> torch.Tensor:
         """The second GGUF tensor of a checkpoint tensor the converter split in two (:data:`SPLITS`), dequantized."""
+        return torch.from_numpy(self._dequantize(self._parts(stored)[1]))
+
+    def _parts(self, stored: str) -> list:
+        """The GGUF tensors read for ``stored`` read whole: its own and, of a tensor the converter split in two
+        (:data:`SPLITS`), the second part beside it."""
         t, _ = self._stored[stored]
-        first, second = next(names for tail, (_, names) in SPLITS[self.gguf_arch].items() if stored.endswith(tail))
-        name = t.name.replace(first, second)
-        part = next((x for x in self.reader.tensors if x.name == name), None)
-        if part is None:
-            raise TracingError(f"{self.file}: {t.name} has no {name} beside it; is this a complete "
+        names = [t.name] + [t.name.replace(a, b) for tail, (_, (a, b)) in SPLITS.get(self.gguf_arch, {}).items()
+                            if stored.endswith(tail)]
+        absent = [x for x in names if x not in self._tensors]
+        if absent:
+            raise TracingError(f"{self.file}: {t.name} has no {absent[0]} beside it; is this a complete "
                                f"{self.arch.model_type} GGUF file?")
-        return torch.from_numpy(self._dequantize(part))
+        return [self._tensors[x] for x in names]
 
     def stored_planes(self, name: str, planes) -> tuple[str, list[torch.Tensor]]:
         """``(GGML type name, arrays)``: ``planes(raw blocks, ggml type) -> [n-element float arrays]``

@@ -107,6 +107,12 @@ class Header:
     path: Path | None = None
     _map: np.ndarray | None = None
 
+    @property
+    def fetched(self) -> int:
+        """Bytes read from the file to parse the header (by requests of growing size: at least ``data_start``,
+        the whole of a file smaller than the first request)."""
+        return len(self.bytes.buf)
+
     def tensor_data(self, t: Tensor) -> np.ndarray:
         if self.path is None:
             raise TracingError(f"{self.label}: tensor data of a remote GGUF file is read by ranges, not mapped")

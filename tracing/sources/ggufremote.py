@@ -63,12 +63,12 @@ class RemoteGGUFBackend(GGUFBackend):
         return [(t.data_offset + (first + int(r)) * row_bytes, row_bytes) for r in rows], row_bytes
 
     def planned_bytes(self, name: str, index=None) -> int:
-        """Bytes that :meth:`get_rows` (``index`` given) or :meth:`get` of ``name`` will transfer."""
-        from ..rows import row_offset
+        """Bytes that :meth:`get_rows` (``index`` given) or :meth:`get` of ``name`` will transfer: a tensor read
+        whole costs its GGUF tensor, and the second part beside it of one the converter split in two."""
         ref, stored, part, t, expert = self._find(name)
-        offset = row_offset(part)
-        if index is None or offset is None or self._changes(stored) or len(ref.shape) != 2:
-            return int(t.n_bytes)  # read whole
+        offset = None if index is None else self._rows_offset(ref, stored, part)
+        if offset is None:
+            return sum(int(x.n_bytes) for x in self._parts(stored))  # read whole
         spans, row_bytes = self._row_spans(t, expert, np.asarray(index, dtype=np.int64) + offset)
         return sum(n for _, n, _ in coalesce(spans, gap=row_bytes))
 
@@ -82,7 +82,8 @@ class RemoteGGUFBackend(GGUFBackend):
         return [range_read_record(self.resolved, self.sizes, self.hub, self.name)]
 
     def header_bytes(self) -> int:
-        return self.reader.data_start
+        """Bytes read to parse the header: requests of growing size, at least the metadata and tensor table."""
+        return self.reader.fetched
 
     def total_bytes(self) -> int:
         return self.sizes.get(self.name, 0)
