@@ -165,6 +165,20 @@ def _encode(a: np.ndarray, qtype: str):
     return quantize(a, q), q
 
 
+def _language_model(cfg: dict, state: dict) -> tuple[dict, dict]:
+    """What the converter reads of a vision-language wrapper (a config with a ``text_config``, e.g. Qwen3.5's
+    ``Qwen3_5ForConditionalGeneration``): the text config moved to the root of the hyperparameters, the language
+    model's tensors under the text model's names (``model.language_model.`` -> ``model.``, ``lm_head`` as it is);
+    the vision tower (``model.visual.``) goes to a separate mmproj file and the multi-token-prediction tensors
+    (``mtp.``) are not converted. A text model is read as it is."""
+    if "text_config" not in cfg:
+        return cfg, state
+    lm = "model.language_model."
+    return ({**cfg, **cfg["text_config"]},
+            {("model." + k[len(lm):] if k.startswith(lm) else k): t for k, t in state.items()
+             if not k.startswith(("model.visual.", "mtp."))})
+
+
 def write_converted(folder, out_dir, arch: str, qtype: str = "F32", drop: tuple = (), reshape: dict | None = None):
     """``folder`` (a saved float model) as a GGUF laid out as the converter lays out ``arch`` (tensors of
     type ``qtype``: F32, F16, Q8_0), with the model's config.json beside it. ``drop``: GGUF tensors left
@@ -173,6 +187,7 @@ def write_converted(folder, out_dir, arch: str, qtype: str = "F32", drop: tuple 
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(f))
+    cfg, state = _language_model(cfg, state)
     out_dir.mkdir(parents=True)
     w = gguf.GGUFWriter(str(out_dir / "model.gguf"), arch)
     w.add_block_count(cfg["num_hidden_layers"])

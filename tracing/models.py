@@ -336,15 +336,20 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def config_for(config, arch: Arch):
-    """A copy of ``config`` matching ``arch`` (a rotated view is untied)."""
-    if arch.wrapper:  # a vision-language wrapper: the language model's config
-        from .arch import FAMILIES
-        config = getattr(config, FAMILIES[arch.wrapper].text_of)
+def config_for(config, arch: Arch, language_model: bool = True):
+    """A copy of ``config`` matching ``arch`` (a rotated view is untied). Of a vision-language wrapper:
+    its language model's config, or with ``language_model=False`` the whole wrapper's config (a view's
+    config, of the same kind as its source's), untied in both when ``arch`` is."""
     cfg = copy.deepcopy(config)
-    if not arch.tied and getattr(cfg, "tie_word_embeddings", False):
-        cfg.tie_word_embeddings = False
-    return cfg
+    levels = [cfg]
+    if arch.wrapper:
+        from .arch import FAMILIES
+        levels.append(getattr(cfg, FAMILIES[arch.wrapper].text_of))
+    if not arch.tied:
+        for c in levels:
+            if getattr(c, "tie_word_embeddings", False):
+                c.tie_word_embeddings = False
+    return levels[-1] if language_model else cfg
 
 
 def load_module(source: WeightSource, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:

@@ -44,7 +44,7 @@ class View(WeightSource):
     @property
     def config(self):
         cfg = self.inner.config
-        return config_for(cfg, self.arch) if self.arch.tied != self.inner.arch.tied else cfg
+        return config_for(cfg, self.arch, language_model=False) if self.arch.tied != self.inner.arch.tied else cfg
 
     def release(self):
         self.inner.release()
