@@ -362,16 +362,17 @@ def blocks_view(src: Path, dst: Path, blocks: list[int]) -> Path:
 DTYPE_BYTES = {"BF16": 2, "F32": 4, "F8_E4M3": 1}
 
 
-def open_sparse(path: Path, tensors: dict[str, tuple[str, list[int]]]):
+def open_sparse(path: Path, tensors: dict[str, tuple[str, list[int]]], metadata: dict | None = None):
     """``(file, {key: offset of its data})``: a safetensors file of ``tensors`` (``{key: (dtype,
-    shape)}``) at its full size but all holes (no disk used, reads give zeros), open for writing the
-    rows a benchmark reads; the caller closes it."""
+    shape)}``, stored in this order; ``metadata``: the header's ``__metadata__``, first) at its full
+    size but all holes (no disk used, reads give zeros), open for writing the rows a benchmark reads;
+    the caller closes it."""
     head, pos = {}, 0
     for key, (dtype, shape) in tensors.items():
         n = math.prod(shape) * DTYPE_BYTES[dtype]
         head[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
         pos += n
-    blob = json.dumps(head, separators=(",", ":")).encode()
+    blob = json.dumps({"__metadata__": metadata, **head} if metadata else head, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     start = 8 + len(blob)
     f = open(path, "wb")
