@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -140,19 +139,13 @@ def write_sparse_blocks(root: Path, name: str, blocks: int, K: int, seed: int = 
     for i in range(blocks):
         experts, shared = _names(shape, E, block=i)
         names = experts + [shared]
-        meta, off = {"__metadata__": {"format": "pt"}}, 0
-        for t in names:
-            meta[t] = {"dtype": "BF16", "shape": [w, d], "data_offsets": [off, off + 2 * w * d]}
-            off += 2 * w * d
-        head = json.dumps(meta, separators=(",", ":")).encode()
-        head += b" " * (-len(head) % 8)
-        start = 8 + len(head)
         fname = f"model-{i + 1:05d}-of-{blocks:05d}.safetensors"
+        tensors = {t: ("BF16", [w, d]) for t in names}
         for n, p in paths.items():
-            with open(p / fname, "wb") as f:
-                f.write(struct.pack("<Q", len(head)) + head)
-                f.truncate(start + off)  # holes: no disk used, reads give zeros
+            f, offset = common.open_sparse(p / fname, tensors, metadata={"format": "pt"})
+            f.close()  # the rows are written through memory maps below
             maps[n].update({t: fname for t in names})
+        start = offset[names[0]]  # the tensors lie one after the other from here
         files = {n: np.memmap(p / fname, dtype=np.int16, mode="r+", offset=start, shape=(len(names), w, d))
                  for n, p in paths.items()}
         for k in range(len(names)):
