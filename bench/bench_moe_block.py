@@ -177,24 +177,16 @@ def view(src: Path, dst: Path, shape: dict, E: int) -> Path:
     return dst
 
 
-def _io_read_bytes() -> int:
-    with open("/proc/self/io") as f:
-        for line in f:
-            if line.startswith("read_bytes:"):
-                return int(line.split()[1])
-    return -1
-
-
 def variant(base: Path, other: Path, rows: int | None) -> dict:
     from tracing.models import Checkpoint
     from tracing.options import Options
     from tracing.stats import get as get_stat
     from tracing.stats.base import Context
     a, b = Checkpoint(base), Checkpoint(other)
-    io0 = _io_read_bytes()
+    io0 = common.io_read_bytes()
     with Timer() as t:
         res = get_stat("cos").fn(Context(Options(stat=["cos"], rows=rows), progress=False), a, b)
-    return {**t.fields(), "bytes_read": _io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
+    return {**t.fields(), "bytes_read": common.io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
             "pairs": res.extra["num_pairs"], "experts": a.arch.n_experts, "rows": rows,
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
 
@@ -206,10 +198,10 @@ def variant_blocks(base: Path, other: Path, rows: int, workers: int) -> dict:
     from tracing.stats import get as get_stat
     from tracing.stats.base import Context
     a, b = Checkpoint(base), Checkpoint(other)
-    io0 = _io_read_bytes()
+    io0 = common.io_read_bytes()
     with Timer() as t:
         res = get_stat("cos").fn(Context(Options(stat=["cos"], rows=rows, workers=workers), progress=False), a, b)
-    return {**t.fields(), "bytes_read": _io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
+    return {**t.fields(), "bytes_read": common.io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
             "blocks": a.arch.L, "pairs": res.extra["num_pairs"], "workers": workers, "rows": rows,
             "per_pair": [[r["layer"], r["expert"], r["partner"], r["log10_pvalue"]] for r in res.per_layer],
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}

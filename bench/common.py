@@ -56,6 +56,19 @@ def rss_bytes() -> int:
     return _status_kb("VmRSS") * 1024
 
 
+def io_read_bytes() -> int:
+    """Bytes this process has read from storage so far (``read_bytes`` of ``/proc/self/io``; -1
+    where there is none): the page cache's hits are not counted."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
