@@ -77,7 +77,7 @@ def write_sparse_pair(root: Path, L: int, K: int, noise: float = 0.1) -> dict[st
                         f.write(data[j * row_bytes:(j + 1) * row_bytes])
             maps[n].update({k: fname for k in tensors})
     for n, p in paths.items():
-        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+        common.write_index(p, maps[n])
     (root / "spec.json").write_text(json.dumps(spec))
     return paths
 

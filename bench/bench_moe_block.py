@@ -110,7 +110,7 @@ def write_pair(root: Path, name: str, noise: float = 0.1, std: float = 0.02) -> 
             maps[n].update({t: fname for t in names})
         print(f"  wrote shard {k + 1}/{len(shards)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     for n, p in paths.items():
-        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+        common.write_index(p, maps[n])
     return paths
 
 
@@ -158,7 +158,7 @@ def write_sparse_blocks(root: Path, name: str, blocks: int, K: int, seed: int = 
         del files
         print(f"  wrote block {i + 1}/{blocks} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     for n, p in paths.items():
-        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+        common.write_index(p, maps[n])
     (root / "spec.json").write_text(json.dumps(spec))
     return paths
 
@@ -172,7 +172,7 @@ def view(src: Path, dst: Path, shape: dict, E: int) -> Path:
     for f in set(keep.values()):
         if not (dst / f).exists():
             os.symlink(src / f, dst / f)
-    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": keep}))
+    common.write_index(dst, keep)
     (dst / "config.json").write_text(json.dumps(config(shape, E)))
     return dst
 

@@ -394,6 +394,11 @@ def open_sparse(path: Path, tensors: dict[str, tuple[str, list[int]]], metadata:
     return f, {key: start + h["data_offsets"][0] for key, h in head.items()}
 
 
+def write_index(folder: Path, weight_map: dict[str, str]) -> None:
+    """``folder/model.safetensors.index.json``: which file holds each tensor (``weight_map``)."""
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
 def dir_size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
 
