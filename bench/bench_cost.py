@@ -26,7 +26,6 @@ import pickle
 import re
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -45,18 +44,6 @@ def _config(L: int) -> dict:
             "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
 
 
-def _shards(L: int):
-    d, h, V = SHAPE["d"], SHAPE["h"], SHAPE["V"]
-    block = {"self_attn.q_proj.weight": (d, d), "self_attn.k_proj.weight": (d, d), "self_attn.v_proj.weight": (d, d),
-             "self_attn.o_proj.weight": (d, d), "mlp.gate_proj.weight": (h, d), "mlp.up_proj.weight": (h, d),
-             "mlp.down_proj.weight": (d, h), "input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,)}
-    total = L + 2
-    yield f"model-00001-of-{total:05d}.safetensors", {"model.embed_tokens.weight": (V, d)}
-    for i in range(L):
-        yield f"model-{i + 2:05d}-of-{total:05d}.safetensors", {f"model.layers.{i}.{k}": s for k, s in block.items()}
-    yield f"model-{total:05d}-of-{total:05d}.safetensors", {"model.norm.weight": (d,), "lm_head.weight": (V, d)}
-
-
 def write_sparse_pair(root: Path, L: int, K: int, noise: float = 0.1) -> dict[str, Path]:
     """``root/base`` and ``root/ft``: full-size bf16 safetensors files, data only in the sampled rows."""
     import numpy as np
@@ -68,37 +55,29 @@ def write_sparse_pair(root: Path, L: int, K: int, noise: float = 0.1) -> dict[st
         return paths
     shutil.rmtree(root, ignore_errors=True)
     rows = np.asarray(sampled_rows(SHAPE["h"], K, 0))
+    row_bytes = 2 * SHAPE["d"]
     g = torch.Generator().manual_seed(0)
     maps = {n: {} for n in paths}
     for p in paths.values():
         p.mkdir(parents=True)
         (p / "config.json").write_text(json.dumps(_config(L), indent=1))
-    for fname, tensors in _shards(L):
-        meta, off = {"__metadata__": {"format": "pt"}}, 0
-        for name, shape in tensors.items():
-            n = 2 * int(np.prod(shape))
-            meta[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
-            off += n
-        head = json.dumps(meta, separators=(",", ":")).encode()
-        head += b" " * (-len(head) % 8)
-        start = 8 + len(head)
+    cfg = common.llama_config(d=SHAPE["d"], h=SHAPE["h"], L=L, V=SHAPE["V"], heads=SHAPE["heads"])
+    for fname, shapes in common._shards(cfg):
+        tensors = {k: ("BF16", s) for k, s in shapes.items()}
         up = next((k for k in tensors if k.endswith("up_proj.weight")), None)
         base = 0.02 * torch.randn(K, SHAPE["d"], generator=g) if up else None
         for n, p in paths.items():
-            with open(p / fname, "wb") as f:
-                f.write(struct.pack("<Q", len(head)) + head)
-                f.truncate(start + off)  # a hole: no disk used, reads give zeros
+            f, offset = common.open_sparse(p / fname, tensors, metadata={"format": "pt"})
+            with f:
                 if up:
                     w = base if n == "base" else base + noise * 0.02 * torch.randn(base.shape, generator=g)
                     data = w.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-                    row_bytes = 2 * SHAPE["d"]
-                    t0 = start + meta[up]["data_offsets"][0]
                     for j, r in enumerate(rows):
-                        f.seek(t0 + int(r) * row_bytes)
+                        f.seek(offset[up] + int(r) * row_bytes)
                         f.write(data[j * row_bytes:(j + 1) * row_bytes])
             maps[n].update({k: fname for k in tensors})
     for n, p in paths.items():
-        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+        common.write_index(p, maps[n])
     (root / "spec.json").write_text(json.dumps(spec))
     return paths
 

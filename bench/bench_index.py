@@ -127,22 +127,17 @@ def write_checkpoint(root: Path) -> Path:
     return folder
 
 
-def io_read_bytes() -> int:
-    with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("read_bytes"))
-
-
 def build_child(a) -> dict:
     from tracing.index.build import build_entry
     from tracing.index.layout import Settings, open_or_create
     s = Settings()
     out = Path(a.workdir) / "build-index"
     open_or_create(out, s)
-    io0 = io_read_bytes()
+    io0 = common.io_read_bytes()
     with common.Timer() as t:
         o = build_entry(str(a.ckpt), "synthetic", out, s)
     entry = out / "entries" / Path(a.ckpt).name
-    return {**t.fields(), "status": o.status, "values_read": o.bytes_read, "bytes_read": io_read_bytes() - io0,
+    return {**t.fields(), "status": o.status, "values_read": o.bytes_read, "bytes_read": common.io_read_bytes() - io0,
             "entry_bytes": sum(p.stat().st_size for p in entry.iterdir())}
 
 

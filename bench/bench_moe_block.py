@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -111,7 +110,7 @@ def write_pair(root: Path, name: str, noise: float = 0.1, std: float = 0.02) -> 
             maps[n].update({t: fname for t in names})
         print(f"  wrote shard {k + 1}/{len(shards)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     for n, p in paths.items():
-        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+        common.write_index(p, maps[n])
     return paths
 
 
@@ -140,19 +139,13 @@ def write_sparse_blocks(root: Path, name: str, blocks: int, K: int, seed: int = 
     for i in range(blocks):
         experts, shared = _names(shape, E, block=i)
         names = experts + [shared]
-        meta, off = {"__metadata__": {"format": "pt"}}, 0
-        for t in names:
-            meta[t] = {"dtype": "BF16", "shape": [w, d], "data_offsets": [off, off + 2 * w * d]}
-            off += 2 * w * d
-        head = json.dumps(meta, separators=(",", ":")).encode()
-        head += b" " * (-len(head) % 8)
-        start = 8 + len(head)
         fname = f"model-{i + 1:05d}-of-{blocks:05d}.safetensors"
+        tensors = {t: ("BF16", [w, d]) for t in names}
         for n, p in paths.items():
-            with open(p / fname, "wb") as f:
-                f.write(struct.pack("<Q", len(head)) + head)
-                f.truncate(start + off)  # holes: no disk used, reads give zeros
+            f, offset = common.open_sparse(p / fname, tensors, metadata={"format": "pt"})
+            f.close()  # the rows are written through memory maps below
             maps[n].update({t: fname for t in names})
+        start = offset[names[0]]  # the tensors lie one after the other from here
         files = {n: np.memmap(p / fname, dtype=np.int16, mode="r+", offset=start, shape=(len(names), w, d))
                  for n, p in paths.items()}
         for k in range(len(names)):
@@ -165,7 +158,7 @@ def write_sparse_blocks(root: Path, name: str, blocks: int, K: int, seed: int = 
         del files
         print(f"  wrote block {i + 1}/{blocks} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     for n, p in paths.items():
-        (p / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": maps[n]}))
+        common.write_index(p, maps[n])
     (root / "spec.json").write_text(json.dumps(spec))
     return paths
 
@@ -179,17 +172,9 @@ def view(src: Path, dst: Path, shape: dict, E: int) -> Path:
     for f in set(keep.values()):
         if not (dst / f).exists():
             os.symlink(src / f, dst / f)
-    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": keep}))
+    common.write_index(dst, keep)
     (dst / "config.json").write_text(json.dumps(config(shape, E)))
     return dst
-
-
-def _io_read_bytes() -> int:
-    with open("/proc/self/io") as f:
-        for line in f:
-            if line.startswith("read_bytes:"):
-                return int(line.split()[1])
-    return -1
 
 
 def variant(base: Path, other: Path, rows: int | None) -> dict:
@@ -198,10 +183,10 @@ def variant(base: Path, other: Path, rows: int | None) -> dict:
     from tracing.stats import get as get_stat
     from tracing.stats.base import Context
     a, b = Checkpoint(base), Checkpoint(other)
-    io0 = _io_read_bytes()
+    io0 = common.io_read_bytes()
     with Timer() as t:
         res = get_stat("cos").fn(Context(Options(stat=["cos"], rows=rows), progress=False), a, b)
-    return {**t.fields(), "bytes_read": _io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
+    return {**t.fields(), "bytes_read": common.io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
             "pairs": res.extra["num_pairs"], "experts": a.arch.n_experts, "rows": rows,
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
 
@@ -213,10 +198,10 @@ def variant_blocks(base: Path, other: Path, rows: int, workers: int) -> dict:
     from tracing.stats import get as get_stat
     from tracing.stats.base import Context
     a, b = Checkpoint(base), Checkpoint(other)
-    io0 = _io_read_bytes()
+    io0 = common.io_read_bytes()
     with Timer() as t:
         res = get_stat("cos").fn(Context(Options(stat=["cos"], rows=rows, workers=workers), progress=False), a, b)
-    return {**t.fields(), "bytes_read": _io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
+    return {**t.fields(), "bytes_read": common.io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
             "blocks": a.arch.L, "pairs": res.extra["num_pairs"], "workers": workers, "rows": rows,
             "per_pair": [[r["layer"], r["expert"], r["partner"], r["log10_pvalue"]] for r in res.per_layer],
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}

@@ -70,8 +70,6 @@ MOE_SHAPES = {
 def write_sparse_pair(root: Path, cfg, ks: list[int], seed: int = 0, noise: float = 0.1) -> dict[str, Path]:
     """A base and a fine-tune of ``cfg``'s shape as sparse safetensors files: headers whole, the rows
     ``sampled_rows(h, K, seed)`` of every up_proj (for each K of ``ks``) written, holes elsewhere."""
-    import json
-
     import numpy as np
     import torch
 
@@ -101,7 +99,7 @@ def write_sparse_pair(root: Path, cfg, ks: list[int], seed: int = 0, noise: floa
                     for r, row in zip(rows, data):
                         f.seek(base + int(r) * d * 2)
                         f.write(row.tobytes())
-        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        common.write_index(folder, weight_map)
         cfg.save_pretrained(folder)
     return out
 
@@ -197,8 +195,6 @@ def write_sparse_v3(root: Path, moe_blocks: int, ks: list[int], seed: int = 0, n
     the sampled grid reads at each K of ``ks`` (those rows of every up_proj and their scale rows),
     holes elsewhere. The fine-tune's expert e of block i is the base's expert ``order(i)[e]`` plus
     noise (values N(0, 0.02), the noise ``noise`` × 0.02)."""
-    import json
-
     import torch
 
     from tracing.stats.base import sampled_rows
@@ -247,7 +243,7 @@ def write_sparse_v3(root: Path, moe_blocks: int, ks: list[int], seed: int = 0, n
                     for b in np.unique(rows // FP8_BLOCK):
                         f.seek(sbase + int(b) * srow)
                         f.write(scales[b].numpy().astype("<f4").tobytes())
-        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        common.write_index(folder, weight_map)
         cfg.save_pretrained(folder)
     return out
 

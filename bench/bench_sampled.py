@@ -43,17 +43,6 @@ SHAPE_7B = dict(d=4096, h=11008, V=32000, heads=32)
 SHAPE_70B = dict(d=8192, h=28672, V=1024, heads=64, kv_heads=8)
 
 
-def _io_read_bytes() -> int:
-    try:
-        with open("/proc/self/io") as f:
-            for line in f:
-                if line.startswith("read_bytes:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
-
-
 def variant_cos(base: Path, other: Path, rows: int | None) -> dict:
     import tracing
     import tracing.api  # noqa: F401  (imports outside the timed region)
@@ -61,13 +50,13 @@ def variant_cos(base: Path, other: Path, rows: int | None) -> dict:
     from tracing.stats import known_names
     known_names()
     arch = Checkpoint(str(base)).arch
-    io0 = _io_read_bytes()
+    io0 = common.io_read_bytes()
     with Timer() as t:
         rec = tracing.compare(str(base), str(other), stat="cos", progress=False,
                               **({"rows": rows} if rows else {}))
     K = rows or arch.h
     return {**t.fields(), "log10_pvalue": rec["log10_pvalue"], "stat_s": rec["timings"]["statistic"],
-            "bytes_read": _io_read_bytes() - io0, "bytes_needed": 2 * arch.L * K * arch.d * 2,
+            "bytes_read": common.io_read_bytes() - io0, "bytes_needed": 2 * arch.L * K * arch.d * 2,
             "rows": rows, "h": arch.h, "L": arch.L, "median_cos": rec["extra"].get("median_cos")}
 
 
@@ -79,12 +68,12 @@ def variant_store_fill(model: Path, store: Path, rows: int) -> dict:
     from tracing.stats.base import sampled_rows
     ck = Checkpoint(str(model))
     S = sampled_rows(ck.arch.h, rows, 0)
-    io0 = _io_read_bytes()
+    io0 = common.io_read_bytes()
     with Timer() as t:
         src = with_store(ck, store)
         for i in range(ck.arch.L):
             src.get_rows(ck.arch.units(i)[0].up, S)
-    return {**t.fields(), "bytes_read": _io_read_bytes() - io0, "store_counts": src.counts(), "rows": rows,
+    return {**t.fields(), "bytes_read": common.io_read_bytes() - io0, "store_counts": src.counts(), "rows": rows,
             "L": ck.arch.L}
 
 
@@ -97,11 +86,11 @@ def variant_store_pair(base: Path, other: Path, store: Path, rows: int) -> dict:
     from tracing.stats import known_names
     known_names()
     Checkpoint(str(base)).config  # transformers' config classes: imported once per process (a launch's worker)
-    io0 = _io_read_bytes()
+    io0 = common.io_read_bytes()
     with Timer() as t:
         (rec,) = run_pair(str(base), str(other), Options(stat=["cos"], rows=rows), progress=False, rows_store=store)
     return {**t.fields(), "log10_pvalue": rec["log10_pvalue"], "stat_s": rec["timings"]["statistic"],
-            "bytes_read": _io_read_bytes() - io0, "rows_store": rec.get("rows_store"), "rows": rows}
+            "bytes_read": common.io_read_bytes() - io0, "rows_store": rec.get("rows_store"), "rows": rows}
 
 
 def _hash_all(paths) -> None:

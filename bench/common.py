@@ -56,6 +56,19 @@ def rss_bytes() -> int:
     return _status_kb("VmRSS") * 1024
 
 
+def io_read_bytes() -> int:
+    """Bytes this process has read from storage so far (``read_bytes`` of ``/proc/self/io``; -1
+    where there is none): the page cache's hits are not counted."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -362,22 +375,28 @@ def blocks_view(src: Path, dst: Path, blocks: list[int]) -> Path:
 DTYPE_BYTES = {"BF16": 2, "F32": 4, "F8_E4M3": 1}
 
 
-def open_sparse(path: Path, tensors: dict[str, tuple[str, list[int]]]):
+def open_sparse(path: Path, tensors: dict[str, tuple[str, list[int]]], metadata: dict | None = None):
     """``(file, {key: offset of its data})``: a safetensors file of ``tensors`` (``{key: (dtype,
-    shape)}``) at its full size but all holes (no disk used, reads give zeros), open for writing the
-    rows a benchmark reads; the caller closes it."""
+    shape)}``, stored in this order; ``metadata``: the header's ``__metadata__``, first) at its full
+    size but all holes (no disk used, reads give zeros), open for writing the rows a benchmark reads;
+    the caller closes it."""
     head, pos = {}, 0
     for key, (dtype, shape) in tensors.items():
         n = math.prod(shape) * DTYPE_BYTES[dtype]
         head[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
         pos += n
-    blob = json.dumps(head, separators=(",", ":")).encode()
+    blob = json.dumps({"__metadata__": metadata, **head} if metadata else head, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     start = 8 + len(blob)
     f = open(path, "wb")
     f.write(len(blob).to_bytes(8, "little") + blob)
     f.truncate(start + pos)
     return f, {key: start + h["data_offsets"][0] for key, h in head.items()}
+
+
+def write_index(folder: Path, weight_map: dict[str, str]) -> None:
+    """``folder/model.safetensors.index.json``: which file holds each tensor (``weight_map``)."""
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
 def dir_size(p: Path) -> int:
