@@ -46,29 +46,50 @@ def gguf_planes(raw: np.ndarray, ggml_type) -> list[np.ndarray]:
 
 
 def check_gguf(src, q) -> list[TensorCheck]:
-    from .quant_kquant import LAYOUT as KQUANT_LAYOUT
-    from .quant_kquant import kquant_check, kquant_planes
+    """Every tensor's check; a tensor the converter split in two parts of different types (a part too
+    narrow for the type's blocks is stored in F16) is checked part by part and the fractions joined."""
     out = []
     for name in q.arch.names():
-        qtype, planes = q.quantized.stored_planes(name, gguf_planes)
-        x = src.get(name).double().numpy()
-        if qtype in FLOAT_ULP:
-            eq, cell = float_check(x, q.get(name).double().numpy(), qtype)
-            note = ""
-        elif qtype in GGUF_RTN:
-            lo, hi, _ = GGUF_RTN[qtype]
-            eq, cell = rtn_check(x, *(p.numpy() for p in planes), lo, hi)
-            note = ""
-        elif qtype in KQUANT_LAYOUT:
-            _, planes = q.quantized.stored_planes(name, kquant_planes)
-            eq, cell, step, none = kquant_check(x, *(p.numpy() for p in planes), KQUANT_LAYOUT[qtype][0])
-            note = (f"cells under the stored sub-block scales; {step:.4f} within one step"
-                    + (f"; {none} values in zero-scale sub-blocks (no codes)" if none else ""))
-        else:
-            eq = cell = None
-            note = f"{qtype} codes are points of a lattice codebook, not rounded values; no cell to check"
-        out.append(TensorCheck(name, qtype, x.size, eq, cell, verdict_of(cell), note))
+        x = src.get(name).double().numpy().ravel()
+        types = q.quantized.stored_types(name)
+        parts = [_check_stored(q, name, x, qtype, len(types) > 1) for qtype in types]  # (values, equal, in_cell, note)
+        eq = cell = None
+        if all(p[2] is not None for p in parts):
+            eq, cell = (sum(p[0] * p[i] for p in parts) / x.size for i in (1, 2))
+        # a part out of its cells is an alteration, even beside a part that cannot be checked
+        status = "altered" if any(p[2] is not None and p[2] < 1.0 for p in parts) else verdict_of(cell)
+        note = "; ".join(f"{qtype}: {p[3]}" if len(parts) > 1 else p[3] for qtype, p in zip(types, parts) if p[3])
+        out.append(TensorCheck(name, "+".join(types), x.size, eq, cell, status, note))
     return out
+
+
+def _check_stored(q, name: str, x: np.ndarray, qtype: str, split: bool) -> tuple[int, float | None, float | None, str]:
+    """``(values, equal, in_cell, note)`` of the values of ``name`` stored in type ``qtype`` (``split``: of
+    one part of a tensor whose parts are of different types; the others' elements are left out)."""
+    from .quant_kquant import LAYOUT as KQUANT_LAYOUT
+    from .quant_kquant import kquant_check, kquant_planes
+    b = q.quantized
+    mine = ~np.isnan(b.stored_planes(name, _ones, qtype)[1][0].numpy().ravel()) if split else slice(None)
+    x = x[mine]
+    if qtype in FLOAT_ULP:
+        return (x.size, *float_check(x, q.get(name).double().numpy().ravel()[mine], qtype), "")
+    if qtype in GGUF_RTN:
+        lo, hi, _ = GGUF_RTN[qtype]
+        _, planes = b.stored_planes(name, gguf_planes, qtype)
+        return (x.size, *rtn_check(x, *(p.numpy().ravel()[mine] for p in planes), lo, hi), "")
+    if qtype in KQUANT_LAYOUT:
+        _, planes = b.stored_planes(name, kquant_planes, qtype)
+        eq, cell, step, none = kquant_check(x, *(p.numpy().ravel()[mine] for p in planes), KQUANT_LAYOUT[qtype][0])
+        return (x.size, eq, cell, f"cells under the stored sub-block scales; {step:.4f} within one step"
+                + (f"; {none} values in zero-scale sub-blocks (no codes)" if none else ""))
+    return (x.size, None, None, f"{qtype} codes are points of a lattice codebook, not rounded values; no cell to check")
+
+
+def _ones(raw: np.ndarray, ggml_type) -> list[np.ndarray]:
+    """One plane of ones as long as a stored tensor's values: where a part's elements go."""
+    import gguf
+    block, size = gguf.GGML_QUANT_SIZES[ggml_type]
+    return [np.ones(raw.nbytes // size * block)]
 
 
 # ------------------------------------------------------------------------------------------

@@ -502,16 +502,19 @@ class GGUFBackend(QuantizedBackend):
             self._last = (t.name, w)
         return w
 
-    def _undo(self, stored: str, w: torch.Tensor, values: bool = True) -> torch.Tensor:
+    def _undo(self, stored: str, w: torch.Tensor, values: bool = True, second: torch.Tensor | None = None) -> torch.Tensor:
         """Undo the converter's changes to a stored tensor (:data:`CHANGES`, in order): its rows and columns
-        always, its values (1 + w, −exp) when ``values``."""
+        always, its values (1 + w, −exp) when ``values``. ``second``: of a tensor the converter split in two,
+        what goes with ``w`` from the second part (default: its dequantized values)."""
         for change in self._changes(stored):
             if values or change not in VALUE_CHANGES:
-                w = self._undo_one(change, stored, w)
+                w = self._undo_one(change, stored, w, second)
         return w
 
-    def _undo_one(self, change: str, stored: str, w: torch.Tensor) -> torch.Tensor:
+    def _undo_one(self, change: str, stored: str, w: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
         a = self.arch
+        if change in ("kv_b", "qkvz") and second is None:
+            second = self._second_part(stored)
         if change in ("rotary_q", "rotary_k"):
             return unpermute_rotary(w, a.n_heads if change == "rotary_q" else a.n_kv_heads)
         if change == "one_plus_w":
@@ -521,11 +524,11 @@ class GGUFBackend(QuantizedBackend):
         if change == "neox_qkv":
             return regroup_neox_qkv(w, a.n_heads)
         if change == "kv_b":  # MLA's kv_b_proj [H·(nope + v), r] from attn_k_b [H, r, nope] and attn_v_b [H, v, r]
-            return torch.cat([w.transpose(1, 2), self._second_part(stored)], dim=1).reshape(-1, w.shape[1])
+            return torch.cat([w.transpose(1, 2), second], dim=1).reshape(-1, w.shape[1])
         n_key, key_dim, head_dim = (a.dim(k) for k in ("linear_num_key_heads", "linear_key_head_dim",
                                                        "linear_value_head_dim"))
         if change == "qkvz":
-            return join_qkvz(w, self._second_part(stored), n_key, key_dim)
+            return join_qkvz(w, second, n_key, key_dim)
         per_key = a.dim("linear_num_value_heads") // n_key
         if change == "tiled_v_after_qk":  # q and k rows (channels) stay, the v rows follow
             qk = 2 * n_key * key_dim
@@ -550,21 +553,35 @@ class GGUFBackend(QuantizedBackend):
                                f"{self.arch.model_type} GGUF file?")
         return [self._tensors[x] for x in names]
 
-    def stored_planes(self, name: str, planes) -> tuple[str, list[torch.Tensor]]:
+    def stored_types(self, name: str) -> list[str]:
+        """The GGML type names of the GGUF tensors ``name`` is read from, each once, in order: one, or two
+        for a tensor the converter split in two whose parts were stored in different types."""
+        from gguf import GGMLQuantizationType
+        _, stored, _, _, _ = self._find(name)
+        return list(dict.fromkeys(GGMLQuantizationType(p.tensor_type).name for p in self._parts(stored)))
+
+    def stored_planes(self, name: str, planes, qtype: str | None = None) -> tuple[str, list[torch.Tensor]]:
         """``(GGML type name, arrays)``: ``planes(raw blocks, ggml type) -> [n-element float arrays]``
-        computed on the stored tensor of ``name`` (e.g. its codes and per-element scales), each put
-        in ``name``'s Hugging Face layout as :meth:`get` puts the values (rows reordered, the role's
-        part and expert selected)."""
+        computed on the stored tensors of ``name`` (e.g. their codes and per-element scales; both parts of
+        a tensor the converter split in two), each put in ``name``'s Hugging Face layout as :meth:`get`
+        puts the values (parts joined, rows reordered, the role's part and expert selected). ``qtype``
+        (default: the first part's type): only the parts of this type are computed on, the elements of a
+        part of another type are NaN."""
         from gguf import GGMLQuantizationType
         from ..models import select
         ref, stored, index, t, expert = self._find(name)
-        shape = self._shape(t)
+        qtype = qtype or GGMLQuantizationType(t.tensor_type).name
+        parts = self._parts(stored)
+        computed = [planes(np.asarray(self._data(p)), p.tensor_type)
+                    if GGMLQuantizationType(p.tensor_type).name == qtype else None for p in parts]
         out = []
-        for arr in planes(np.asarray(self._data(t)), t.tensor_type):
-            w = self._undo(stored, torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64).reshape(shape)),
-                           values=False)
+        for k in range(max((len(c) for c in computed if c is not None), default=0)):
+            w = [torch.full(self._shape(p), float("nan"), dtype=torch.float64) if c is None else
+                 torch.from_numpy(np.ascontiguousarray(c[k], dtype=np.float64).reshape(self._shape(p)))
+                 for p, c in zip(parts, computed)]
+            w = self._undo(stored, w[0], values=False, second=w[1] if len(w) > 1 else None)
             out.append(select(w if expert is None else w[expert], index).reshape(ref.shape))
-        return GGMLQuantizationType(t.tensor_type).name, out
+        return qtype, out
 
     def _dequantize(self, t) -> np.ndarray:
         from gguf import dequantize
