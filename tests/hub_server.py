@@ -79,17 +79,19 @@ class HubServer:
         return None
 
 
-def serving(models: dict, tmp_path, monkeypatch, **server_args):
+def serving(models: dict, tmp_path, monkeypatch, timeout: float = 30.0, **server_args):
     """A started :class:`HubServer` holding ``models`` (``{"org/name": folder}``), with the real
     huggingface_hub client pointed at it (``HF_ENDPOINT``), online, without a token, with an empty cache
-    under ``tmp_path``, and the range reader's retry backoff short. Close it after use."""
+    under ``tmp_path``, and the range reader's retry backoff short. ``timeout``: the range reader's
+    (a test of a stalled answer sets it below the server's ``stall``; any shorter default lets a busy
+    machine's slow answer be retried, which sends its bytes twice). Close it after use."""
     from huggingface_hub import constants
     server = HubServer(**server_args)
     for repo, folder in models.items():
         server.add(repo, Path(folder))
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("TRACING_HUB_TIMEOUT", "0.5")
+    monkeypatch.setenv("TRACING_HUB_TIMEOUT", str(timeout))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
