@@ -79,7 +79,8 @@ def read_family(where: str | Path, rec: dict) -> dict:
         return grid_family(p, rec["stat"], level)
     try:
         doc = json.loads(p.read_text())
-        doc["members"][0]["log10_pvalue"]
+        [float(m["log10_pvalue"]) for m in doc["members"]]  # a scan that followed nothing up: no members
+        float(doc["level"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         raise TracingError(f"{where} is not a Holm family ({FAMILY_FILE} written by a scan, or a results folder)") from None
     return doc
