@@ -121,7 +121,7 @@ def replacing_results(out: str | os.PathLike, owned: Callable[[str], bool],
     stage = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
     try:
         yield stage
-        new = sorted((p.name for p in stage.iterdir()), key=lambda n: (n in last, last.index(n) if n in last else 0, n))
+        new = sorted((p.name for p in stage.iterdir()), key=lambda n: (last.index(n) + 1 if n in last else 0, n))
         for p in out.iterdir():
             if p.name not in new and owned(p.name) and p.is_file():
                 p.unlink()

@@ -47,7 +47,7 @@ def grid_family(folder: str | Path, stat: str, level: float, results=None) -> di
     return family_doc("grid", f"the {stat} grid of {folder} ({len(members)} pairs)", members, level)
 
 
-GRID_FAMILY_FILE = re.compile(r"holm-family(-[A-Za-z0-9_.]+)?\.json")
+GRID_FAMILY_FILE = re.compile(r"holm-family(-.+)?\.json")  # what write_grid_families names
 
 
 def write_grid_families(folder: str | Path, level: float) -> dict[str, tuple[Path, dict]]:
