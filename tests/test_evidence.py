@@ -385,7 +385,7 @@ def test_grid_families_of_two_statistics_and_a_result_outside_them(setup, tmp_pa
         run_pair(setup[a], setup[b], stat=["cos", "emb"], save={"cos": grid / f"{a}-{b}-cos.p", "emb": grid / f"{a}-{b}-emb.p"},
                  progress=False)
     run_pair(setup["base"], setup["ft"], stat=["cos"], permute=True, save=grid / "permuted-cos.p", progress=False)
-    families = write_grid_families(grid, ["cos", "emb"], 0.01)
+    families = write_grid_families(grid, 0.01)
     assert {s: p.name for s, (p, _) in families.items()} == {"cos": "holm-family-cos.json", "emb": "holm-family-emb.json"}
     assert all(len(doc["members"]) == 2 for _, doc in families.values())
     said = []
@@ -394,3 +394,25 @@ def test_grid_families_of_two_statistics_and_a_result_outside_them(setup, tmp_pa
     method = {p.name: payload(p.with_suffix(".intoto.json"))["predicate"]["correction"].get("method") for p in cos}
     assert method["base-ft-cos.p"] == method["base-indep-cos.p"] == "holm" and method["permuted-cos.p"] != "holm"
     assert len(said) == 1 and "permuted-cos.p is not a member of the cos grid" in said[0]
+
+
+def test_grid_families_describe_the_folder_after_a_rerun_with_fewer_statistics(setup, tmp_path):
+    """A launch with cos and emb, then one with cos only and one more pair: every family file in the
+    folder is the grid its results now hold (no family file of the earlier launch's grid is left),
+    one file per statistic with results."""
+    from tracing.evidence.family import grid_family, write_grid_families
+    grid = tmp_path / "grid"
+    run_pair(setup["base"], setup["ft"], stat=["cos", "emb"], save={"cos": grid / "base-ft-cos.p",
+                                                                    "emb": grid / "base-ft-emb.p"}, progress=False)
+    write_grid_families(grid, 0.01)
+    run_pair(setup["base"], setup["indep"], stat=["cos"], save=grid / "base-indep-cos.p", progress=False)
+    written = write_grid_families(grid, 0.01)
+    files = sorted(p.name for p in grid.glob("holm-family*.json"))
+    assert files == ["holm-family-cos.json", "holm-family-emb.json"]
+    for stat in ("cos", "emb"):
+        assert json.loads((grid / f"holm-family-{stat}.json").read_text()) == grid_family(grid, stat, 0.01)
+    assert sorted(written) == ["cos", "emb"] and len(written["cos"][1]["members"]) == 2
+    (grid / "base-ft-emb.p").unlink()  # the folder holds one statistic again
+    write_grid_families(grid, 0.01)
+    assert sorted(p.name for p in grid.glob("holm-family*.json")) == ["holm-family.json"]
+    assert json.loads((grid / "holm-family.json").read_text()) == grid_family(grid, "cos", 0.01)

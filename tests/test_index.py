@@ -149,6 +149,71 @@ def test_follow_up_of_a_reference_whose_weights_are_gone(refs, tmp_path):
     assert line.follow_up_log10_p is None and line.follow_up_verdict.startswith("not run: ")
 
 
+def test_a_later_scan_into_the_same_folder_leaves_nothing_of_the_earlier_one(refs, tmp_path, capsys):
+    """OUT describes the latest scan only: a rescan that follows nothing up (``--follow-up none``, or
+    nothing dependent) leaves no follow-up record and an empty Holm family, one with another follow-up
+    only its own record; files the scan did not write are kept. A record of the earlier scan
+    is not a member of the later family, and attest says so."""
+    from tracing import attest
+    child, other = tmp_path / "child", tmp_path / "unrelated"
+    finetuned(tiny_model(tiny_config(**CFG), seed=103), seed=9, noise=0.05).save_pretrained(child)
+    tiny_model(tiny_config(**CFG), seed=4242).save_pretrained(other)
+    out = tmp_path / "scan"
+
+    def run(cand, *extra):
+        assert run_cli(scan.main, [str(cand), "--index", str(refs["index"]), "--out", str(out), "--quiet", *extra]) == 0
+        with open(out / "scan.csv") as f:
+            followed = [r["reference"] for r in csv.DictReader(f) if r["follow-up"]]
+        family = json.loads((out / "holm-family.json").read_text())
+        records = {p.name: load_record(p) for p in out.glob("*.p")}
+        assert [(m["base"], m["ft"], m["log10_pvalue"]) for m in family["members"]] == [
+            (r["args"]["base_model_id"], r["args"]["ft_model_id"], r["log10_pvalue"]) for r in records.values()]
+        assert [r["args"]["base_model_id"] for r in records.values()] == followed
+        return sorted(records), family
+
+    names, family = run(child)
+    assert len(names) == 1 and names[0].endswith("_full.p") and len(family["members"]) == 1
+    earlier = tmp_path / names[0]
+    earlier.write_bytes((out / names[0]).read_bytes())
+    (out / "notes.txt").write_text("mine\n")
+    names, family = run(child, "--follow-up", "none")
+    assert names == [] and family["members"] == [] and family["family"].startswith("no follow-up")
+    names, family = run(child, "--follow-up", "rows:48")
+    assert len(names) == 1 and names[0].endswith("_rows48.p") and len(family["members"]) == 1
+    run(child)
+    names, family = run(other)  # nothing dependent after Holm: nothing followed up
+    assert names == [] and family["members"] == []
+    assert (out / "notes.txt").read_text() == "mine\n"
+    from test_evidence import write_keys
+    key, _ = write_keys(tmp_path)
+    capsys.readouterr()
+    assert run_cli(attest.main, [str(earlier), "--key", str(key), "--out", str(tmp_path / "s.json"),
+                                 "--family", str(out / "holm-family.json")]) == 2
+    assert "is not a member of the family" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_a_scan_that_fails_leaves_the_folder_as_it_was(refs, tmp_path, monkeypatch):
+    """A follow-up stopped after its record was written: OUT keeps the earlier scan's results, whole."""
+    import tracing.api
+    child, other = tmp_path / "child", tmp_path / "unrelated"
+    finetuned(tiny_model(tiny_config(**CFG), seed=103), seed=9, noise=0.05).save_pretrained(child)
+    tiny_model(tiny_config(**CFG), seed=4242).save_pretrained(other)
+    out = tmp_path / "scan"
+    assert run_cli(scan.main, [str(other), "--index", str(refs["index"]), "--out", str(out), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "scan.csv" in before
+    real = tracing.api.run_opened
+
+    def failing(*args, **kw):
+        real(*args, **kw)
+        raise RuntimeError("the machine went down")
+    monkeypatch.setattr(tracing.api, "run_opened", failing)
+    with pytest.raises(RuntimeError):
+        run_cli(scan.main, [str(child), "--index", str(refs["index"]), "--out", str(out), "--quiet"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 @pytest.fixture(scope="module")
 def permuted_child(refs):
     """A fine-tune of reference 5 with its MLP units and residual stream permuted (same function)."""

@@ -326,6 +326,20 @@ def test_local_run_bounded_then_rerun_skips(tmp_path, tiny_models):
     assert {p: p.stat().st_mtime_ns for p in pickles} == mtimes
 
 
+def test_a_rerun_with_fewer_statistics_leaves_no_stale_holm_family(tmp_path, tiny_models):
+    """cos and emb on one pair, then cos only on three: each family file is its grid in the folder now."""
+    out = tmp_path / "out"
+    for models, stats in (([tiny_models["base"], tiny_models["ft"]], ["cos", "emb"]),
+                          ([tiny_models["base"], tiny_models["ft"], tiny_models["indep"]], ["cos"])):
+        cfg = write_yaml(tmp_path / "list.yaml", models)
+        r = run_launch(cfg, "--stat", ",".join(stats), "--out", out, "--no-report", env=no_slurm_env(tmp_path))
+        assert r.returncode == 0, r.stdout + r.stderr
+    families = {p.name: json.loads(p.read_text()) for p in out.glob("holm-family*.json")}
+    assert sorted(families) == ["holm-family-cos.json", "holm-family-emb.json"]
+    assert [len(families[f"holm-family-{s}.json"]["members"]) for s in ("cos", "emb")] == [3, 1]
+    assert "Holm family of the cos grid (3 pairs)" in r.stdout
+
+
 def test_broken_pairs_fail_alone_and_rerun_retries(tmp_path, tiny_models):
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()

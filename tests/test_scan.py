@@ -144,3 +144,51 @@ def test_rows_larger_than_the_width_is_an_error_as_in_main(tmp_path, capsys):
     assert not list(out.glob("*.p")) and not (out / "scan.csv").exists()
     rows = scan.scan("demo:a-sys", scan.read_references(DEMO_REFS))  # default K: all 128 units of the demo models
     assert {r.k for r in rows} == {128}
+
+
+def results_in(out) -> dict:
+    """The scan's files in ``out`` (not the sampled-row store), name -> bytes."""
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_a_later_scan_into_the_same_folder_replaces_the_earlier_results(tmp_path):
+    """OUT describes the latest scan only: the earlier scan's records (here a full test of a
+    reference the later scan does not list) are gone, the Holm family is the later scan's; the
+    sampled-row store and files the scan did not write are kept."""
+    import json
+    from tracing.rowstore import FOLDER
+    out = tmp_path / "scan"
+    scan.scan("demo:a-docs-v2", scan.read_references(DEMO_REFS), rows=32, out=out)
+    assert (out / "demo-base-a_full.p").is_file()
+    (out / "notes.txt").write_text("mine\n")
+    rows = scan.scan("demo:a-sys", ["demo:base-b", "demo:base-c"], rows=32, out=out)
+    assert all(r.verdict == "not significant" for r in rows)
+    assert sorted(p.name for p in out.glob("*.p")) == ["demo-base-b_screen.p", "demo-base-c_screen.p"]
+    assert all(load_record(p)["args"]["ft_model_id"] == "demo:a-sys" for p in out.glob("*.p"))
+    family = json.loads((out / "holm-family.json").read_text())
+    assert {(m["base"], m["ft"]) for m in family["members"]} == {("demo:base-b", "demo:a-sys"),
+                                                                 ("demo:base-c", "demo:a-sys")}
+    with open(out / "scan.csv") as f:
+        assert [r["reference"] for r in csv.DictReader(f)] == [r.reference for r in rows]
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert len([d for d in (out / FOLDER).iterdir() if d.is_dir()]) == 5  # 3 references + 2 candidates
+
+
+def test_a_scan_that_fails_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """A scan stopped after some of its records were written (here by a failure of the full test)
+    leaves no record of its own in OUT: the earlier scan's results stay, unchanged and whole."""
+    import pytest
+    out = tmp_path / "scan"
+    scan.scan("demo:a-sys", ["demo:base-b", "demo:base-c"], rows=32, out=out)
+    before = results_in(out)
+    real = scan._test
+
+    def failing(ref_ck, cand_ck, options, where, name, progress):
+        if name == "full":
+            raise RuntimeError("the machine went down")
+        return real(ref_ck, cand_ck, options, where, name, progress)
+    monkeypatch.setattr(scan, "_test", failing)
+    with pytest.raises(RuntimeError):
+        scan.scan("demo:a-docs-v2", scan.read_references(DEMO_REFS), rows=32, out=out)
+    assert results_in(out) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".sampled-rows"]

@@ -1,10 +1,11 @@
-"""Writing files safely: atomic writes (readers never see a half-written file), a lock file, and
-the early check that a result path can be written."""
+"""Writing files safely: atomic writes (readers never see a half-written file), a folder of results
+replaced as a whole, a lock file, and the early check that a result path can be written."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from secrets import token_hex
 
@@ -103,3 +104,28 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def replacing_results(out: str | os.PathLike, owned: Callable[[str], bool],
+                      last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A hidden temp folder inside ``out`` to write one run's results into. When the block succeeds,
+    the files of ``out`` that ``owned`` claims (the previous run's results) and that this run did not
+    write are removed, then each file written is renamed into ``out`` (those named in ``last`` last,
+    in that order); when it fails, the temp folder is removed and ``out`` is left as it was. Folders,
+    and files ``owned`` does not claim, are never touched."""
+    import shutil
+    import tempfile
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
+    try:
+        yield stage
+        new = sorted((p.name for p in stage.iterdir()), key=lambda n: (last.index(n) + 1 if n in last else 0, n))
+        for p in out.iterdir():
+            if p.name not in new and owned(p.name) and p.is_file():
+                p.unlink()
+        for name in new:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -1,14 +1,18 @@
 """A reference list and what names a reference, shared by the scan and the reference index: the YAML
-list of references (``config/references.yaml``), a model's tokenizer digest, and the file a
-reference's record is written to."""
+list of references (``config/references.yaml``), a model's tokenizer digest, the file a
+reference's record is written to, and the folder a scan's results go to."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 from pathlib import Path
 
 from .errors import TracingError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+TABLE_FILE = "scan.csv"
+RECORD_NAME = re.compile(r".+_(screen|full|rows[0-9]+)\.p")  # what record_path names a scan's tests
 
 
 def read_references(path: str | Path) -> list[tuple[str, str | None]]:
@@ -57,3 +61,37 @@ def record_path(out: Path, reference: str, name: str) -> Path:
         digest = hashlib.sha256(reference.encode()).hexdigest()[:6]
         path = out / f"{model_slug(reference)}-{digest}_{name}.p"
     return path
+
+
+def is_scan_file(name: str) -> bool:
+    """A file a scan writes into its ``--out`` folder: the table, the Holm family, a test's record."""
+    from .evidence.family import FAMILY_FILE
+    return name in (TABLE_FILE, FAMILY_FILE) or RECORD_NAME.fullmatch(name) is not None
+
+
+@contextlib.contextmanager
+def scan_output(out: str | Path | None):
+    """The folder to write one scan's results into (None without ``--out``): when the scan succeeds
+    they replace the previous scan's in ``out`` (its records not written again are removed; the
+    table comes last), so ``out`` describes the latest scan only; when it fails, ``out`` is left as
+    it was. The sampled-row store and other files in ``out`` are kept."""
+    if out is None:
+        yield None
+        return
+    from .evidence.family import FAMILY_FILE
+    from .fileio import replacing_results
+    with replacing_results(out, is_scan_file, last=(FAMILY_FILE, TABLE_FILE)) as stage:
+        yield stage
+
+
+def write_table(header: list, rows: list, path: Path) -> Path:
+    """A scan's table as CSV, written atomically."""
+    import csv
+    import io
+
+    from .fileio import atomic_write
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return atomic_write(path, buf.getvalue())

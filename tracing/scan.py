@@ -20,7 +20,12 @@ With ``--index DIR`` (built by ``python -m tracing.index``) no reference is read
 sampled rows are tested against every compatible entry (:mod:`tracing.index.screen`); the references
 dependent after Holm are then tested on their own weights, in full by default (``--follow-up``,
 :mod:`tracing.index.followup`), with the result in the ``follow-up`` columns of ``scan.csv``; with
-``--out``, their records and ``holm-family.json`` (the follow-up tests, Holm across them) for attest.
+``--out``, their records and ``holm-family.json`` (the follow-up tests, Holm across them; empty when
+nothing was followed up) for attest.
+
+A scan's files in ``--out`` (``scan.csv``, ``holm-family.json``, the records) are written aside and
+replace the previous scan's when it has finished (:func:`tracing.references.scan_output`): the folder
+describes the latest scan only, and a scan that fails leaves it as it was.
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TracingError
-from .references import TOKENIZER_FILES, read_references, record_path, tokenizer_digest  # noqa: F401 (re-exported)
+from .references import (TABLE_FILE, TOKENIZER_FILES, read_references, record_path,  # noqa: F401 (re-exported)
+                         scan_output, tokenizer_digest, write_table)
 
 DEFAULT_ROWS = 256  # K of the screen when --rows is not given (all units of a narrower model)
 
@@ -193,47 +199,37 @@ def scan(candidate: str, references, stat: str = "cos", rows: int | None = None,
             row.k = screen_rows(stat, rows, cand, ref, screen_opts)
         else:
             row.verdict = "re-upload: identical weights" if row.status == "identical" else row.why
-    for row in rows_out:
-        if row.status == "screened":
-            try:
-                rec = _test(opened[row.reference], cand, screen_opts.replace(rows=row.k), out, "screen", progress)
-                row.screen_log10_p = rec["log10_pvalue"]
-            except TracingError as e:  # e.g. a tensor layout this statistic cannot compare
-                row.status, row.why, row.verdict, row.k = "unavailable", str(e), f"failed: {e}", None
-    screened = [r for r in rows_out if r.status == "screened"]
-    for r, adj in zip(screened, pvalues.holm([r.screen_log10_p for r in screened])):
-        r.holm_log10_p = float(adj)
-        if is_dependent(adj, full_opts.significance):
-            rec = _test(opened[r.reference], cand, full_opts, out, "full", progress)
-            r.full_log10_p = rec["log10_pvalue"]
-            dep = is_dependent(r.full_log10_p, full_opts.significance)
-            r.verdict = "dependent" if dep else "screen significant, full test not significant"
-        else:
-            r.verdict = "not significant"
-    rows_out.sort(key=Row.sort_key)
-    if out is not None:
-        from .evidence.family import FAMILY_FILE, family_doc, write_family
-        members = [(r.reference, candidate, r.screen_log10_p) for r in screened if not math.isnan(r.screen_log10_p)]
-        write_family(out / FAMILY_FILE, family_doc("scan", f"the {stat} screen of {candidate} against {len(members)} "
-                                                           f"references", members, full_opts.significance))
-        write_csv(rows_out, out / "scan.csv")
+    with scan_output(out) as stage:  # the records, family and table replace the previous scan's in out
+        for row in rows_out:
+            if row.status == "screened":
+                try:
+                    rec = _test(opened[row.reference], cand, screen_opts.replace(rows=row.k), stage, "screen", progress)
+                    row.screen_log10_p = rec["log10_pvalue"]
+                except TracingError as e:  # e.g. a tensor layout this statistic cannot compare
+                    row.status, row.why, row.verdict, row.k = "unavailable", str(e), f"failed: {e}", None
+        screened = [r for r in rows_out if r.status == "screened"]
+        for r, adj in zip(screened, pvalues.holm([r.screen_log10_p for r in screened])):
+            r.holm_log10_p = float(adj)
+            if is_dependent(adj, full_opts.significance):
+                rec = _test(opened[r.reference], cand, full_opts, stage, "full", progress)
+                r.full_log10_p = rec["log10_pvalue"]
+                dep = is_dependent(r.full_log10_p, full_opts.significance)
+                r.verdict = "dependent" if dep else "screen significant, full test not significant"
+            else:
+                r.verdict = "not significant"
+        rows_out.sort(key=Row.sort_key)
+        if stage is not None:
+            from .evidence.family import FAMILY_FILE, family_doc, write_family
+            members = [(r.reference, candidate, r.screen_log10_p) for r in screened if not math.isnan(r.screen_log10_p)]
+            write_family(stage / FAMILY_FILE, family_doc("scan", f"the {stat} screen of {candidate} against "
+                                                                 f"{len(members)} references", members,
+                                                         full_opts.significance))
+            write_csv(rows_out, stage / TABLE_FILE)
     return rows_out
 
 
 def write_csv(rows: list[Row], path: Path) -> Path:
-    return _write_rows(HEADER, [r.cells() for r in rows], path)
-
-
-def _write_rows(header: list, rows: list, path: Path) -> Path:
-    import csv
-    import io
-
-    from .fileio import atomic_write
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    return atomic_write(path, buf.getvalue())
+    return write_table(HEADER, [r.cells() for r in rows], path)
 
 
 def table(rows: list[Row]) -> str:
@@ -316,8 +312,7 @@ def _index_main(args) -> int:
     for line in index_screen.summary(lines, args.significance, args.robust):
         print(scrub(line))
     if args.out:
-        _write_rows(index_screen.HEADER, [x.cells() for x in lines], Path(args.out) / "scan.csv")
-        print(scrub(f"saved {Path(args.out) / 'scan.csv'}"))
+        print(scrub(f"saved {Path(args.out) / TABLE_FILE}"))
     return 0
 
 

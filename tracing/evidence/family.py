@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from ..errors import TracingError
@@ -33,11 +34,12 @@ def write_family(path: str | Path, doc: dict) -> Path:
     return atomic_write(path, json.dumps(doc, indent=1) + "\n")
 
 
-def grid_family(folder: str | Path, stat: str, level: float) -> dict:
-    """The grid of ``stat`` in a results folder: its raw results, one per unordered pair."""
+def grid_family(folder: str | Path, stat: str, level: float, results=None) -> dict:
+    """The grid of ``stat`` in a results folder: its raw results, one per unordered pair
+    (``results``: the folder's :func:`~tracing.results.load_results`, when already read)."""
     from ..lineage.reconstruct import plain_rows
     from ..results import load_results
-    rows = plain_rows(load_results(folder), stat)
+    rows = plain_rows(load_results(folder) if results is None else results, stat)
     members = [(r["base"], r["ft"], float(r["log10_pvalue"])) for r in rows.values()
                if isinstance(r.get("log10_pvalue"), (int, float)) and math.isfinite(r["log10_pvalue"])]
     if not members:
@@ -45,20 +47,32 @@ def grid_family(folder: str | Path, stat: str, level: float) -> dict:
     return family_doc("grid", f"the {stat} grid of {folder} ({len(members)} pairs)", members, level)
 
 
-def write_grid_families(folder: str | Path, stats: list[str], level: float) -> dict[str, tuple[Path, dict]]:
-    """At the end of a launch: the grid of each statistic in ``folder`` that has p-values, written to
-    ``folder/holm-family.json`` (one statistic) or ``folder/holm-family-<stat>.json`` (several), the
-    family ``attest RESULT --family folder`` takes; ``{stat: (file, family)}``."""
+GRID_FAMILY_FILE = re.compile(r"holm-family(-.+)?\.json")  # what write_grid_families names
+
+
+def write_grid_families(folder: str | Path, level: float) -> dict[str, tuple[Path, dict]]:
+    """At the end of a launch: the grid of every statistic whose results ``folder`` holds with
+    p-values (not only the launch's), written to ``folder/holm-family.json`` (one statistic) or
+    ``folder/holm-family-<stat>.json`` (several), the family ``attest RESULT --family folder`` takes;
+    a family file of the folder not written now (an earlier launch's, of another set of
+    statistics) is removed, so the folder's family files describe its results. ``{stat: (file, family)}``."""
+    from ..results import load_results
+    results = load_results(folder)
+    stats = sorted(set(results["stat"].dropna())) if "stat" in results.columns else []
     docs = {}
     for stat in stats:
         try:
-            docs[stat] = grid_family(folder, stat, level)
+            docs[stat] = grid_family(folder, stat, level, results)
         except TracingError:  # no completed result with a p-value: no family
             continue
     out = {}
     for stat, doc in docs.items():
-        name = FAMILY_FILE if len(stats) == 1 else FAMILY_FILE.replace(".json", f"-{stat}.json")
+        name = FAMILY_FILE if len(docs) == 1 else FAMILY_FILE.replace(".json", f"-{stat}.json")
         out[stat] = (write_family(Path(folder) / name, doc), doc)
+    written = {p.name for p, _ in out.values()}
+    for p in Path(folder).iterdir():
+        if GRID_FAMILY_FILE.fullmatch(p.name) and p.name not in written and p.is_file():
+            p.unlink()
     return out
 
 
@@ -79,7 +93,8 @@ def read_family(where: str | Path, rec: dict) -> dict:
         return grid_family(p, rec["stat"], level)
     try:
         doc = json.loads(p.read_text())
-        doc["members"][0]["log10_pvalue"]
+        [float(m["log10_pvalue"]) for m in doc["members"]]  # a scan that followed nothing up: no members
+        float(doc["level"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         raise TracingError(f"{where} is not a Holm family ({FAMILY_FILE} written by a scan, or a results folder)") from None
     return doc

@@ -20,12 +20,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import TracingError
+from ..references import TABLE_FILE, scan_output, write_table
 from .entry import SKETCH_FILE, features, shape_problem
 from .followup import FOLLOW_UP_HEADER, FollowUp, parse_follow_up, reference_spec, run_follow_up
 from .layout import read_manifest
@@ -144,8 +144,10 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
     """Every reference of the index at ``root`` against ``candidate`` (an id or folder, or an opened
     weight source); ``robust``: None, "cos" (cos
     --align) or "match" for the second tier; ``follow_up``: ``full`` / ``rows:K`` tests the references
-    dependent after Holm again on their weights (:mod:`.followup`; records into ``out`` when given),
-    None or ``none`` does not. Lines ranked: dependent, cannot rule out, the rest."""
+    dependent after Holm again on their weights (:mod:`.followup`), None or ``none`` does not. With
+    ``out``, the scan's results go there (:func:`~tracing.references.scan_output`: ``scan.csv``, the
+    follow-up records and their Holm family, empty when nothing was followed up), replacing the previous
+    scan's. Lines ranked: dependent, cannot rule out, the rest."""
     from .. import pvalues
     from ..models import Checkpoint
     from ..rowstore import with_store
@@ -198,17 +200,21 @@ def screen(candidate, root, robust: str | None = None, significance: float = 0.0
                            f"permuted): the sampled screen has no power against a permuted copy; run --robust")
         else:
             line.verdict = "not significant"
-    members = run_follow_up(cand, screened, {e.meta["model"]: reference_spec(e.meta) for e in good}, how, significance,
-                            None if out is None else Path(out), progress)
-    if out is not None and members:
-        from ..evidence.family import FAMILY_FILE, family_doc, write_family
-        write_family(Path(out) / FAMILY_FILE, family_doc(
-            "scan", f"the {how.name} cos follow-up of {cand.label} on the {len(members)} references dependent after "
-                    f"Holm in the sampled screen of {len(screened)} references of the index {root}", members, significance))
-    if robust:
-        _robust_tier(cand, [x for x in screened if not x.verdict.startswith("dependent") and x.model_type == a.model_type],
-                     robust, significance, progress)
-    return sorted(lines, key=Line.sort_key)
+    with scan_output(out) as stage:  # the records, family and table replace the previous scan's in out
+        members = run_follow_up(cand, screened, {e.meta["model"]: reference_spec(e.meta) for e in good}, how,
+                                significance, stage, progress)
+        if robust:
+            _robust_tier(cand, [x for x in screened if not x.verdict.startswith("dependent")
+                                and x.model_type == a.model_type], robust, significance, progress)
+        lines.sort(key=Line.sort_key)
+        if stage is not None:
+            from ..evidence.family import FAMILY_FILE, family_doc, write_family
+            of = f"the sampled screen of {cand.label} against {len(screened)} references of the index {root}"
+            what = (f"the {how.name} cos follow-up of the {len(members)} references dependent after Holm in {of}"
+                    if how.enabled else f"no follow-up (--follow-up none) of {of}")
+            write_family(stage / FAMILY_FILE, family_doc("scan", what, members, significance))
+            write_table(HEADER, [x.cells() for x in lines], stage / TABLE_FILE)
+    return lines
 
 
 def _robust_tier(cand, lines: list[Line], stat: str, significance: float, progress: bool) -> None:

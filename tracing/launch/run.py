@@ -373,7 +373,7 @@ def write_families(run: Launch) -> dict:
     (``attest RESULT --family`` takes it); a problem with it is a warning, never a failed run."""
     from ..evidence.family import write_grid_families
     try:
-        families = write_grid_families(run.out, list(run.options.stat), run.options.significance)
+        families = write_grid_families(run.out, run.options.significance)
     except (TracingError, OSError) as e:
         run.say(f"warning: could not write the Holm family of the grid ({first_line(str(e))[:200]})", file=sys.stderr)
         return {}
