@@ -28,6 +28,16 @@ first), on the pair (base, ft = base + noise):
 
     python -m bench.bench_moe_block --part blocks                # only the multi-block variant
 
+- ``cells``: the block map of two DeepSeek-shaped models of different depth: θ₁ the ``--blocks`` MoE
+  blocks of the multi-block pair's base, θ₂ a noisy copy of its first ``--blocks`` − 1 blocks (the last
+  one dropped), every block pair a cell (``--blocks`` × (``--blocks`` − 1) cells of 257 expert pairs).
+  One cell after the other (``--workers 1``, with 1 and with 2 torch threads) against rows of cells
+  at once (``--workers 2``), θ₂'s blocks read once and kept; and ``--workers 2`` with a memory budget too small to keep them
+  (``--cells-budget-gb``), each cell then reading its block of θ₂. Every cell's log10 p, the
+  correspondence and the overall log10 p must be identical.
+
+    python -m bench.bench_moe_block --part cells --rows 128      # only the different-depth variant
+
 Each child runs the statistic itself (``tracing.stats`` ``cos`` on two ``Checkpoint`` folders; the
 records' provenance hashing is not timed) and reports wall and CPU time, peak RSS (``VmHWM``) and
 the bytes it read from storage (``/proc/self/io``). The whole-model figures: the MoE blocks × the
@@ -191,19 +201,28 @@ def variant(base: Path, other: Path, rows: int | None) -> dict:
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
 
 
-def variant_blocks(base: Path, other: Path, rows: int, workers: int) -> dict:
-    """``cos --rows K`` over every block of the multi-block pair with ``workers`` blocks at once."""
+def variant_blocks(base: Path, other: Path, rows: int, workers: int, budget_gb: float | None = None) -> dict:
+    """``cos --rows K`` over every block of the multi-block pair with ``workers`` blocks at once; of
+    models of different depth, every cell of the block map with ``workers`` rows of cells at once
+    (``budget_gb``: ``--mem_budget_gb``)."""
     from tracing.models import Checkpoint
     from tracing.options import Options
     from tracing.stats import get as get_stat
     from tracing.stats.base import Context
     a, b = Checkpoint(base), Checkpoint(other)
     io0 = common.io_read_bytes()
+    options = Options(stat=["cos"], rows=rows, workers=workers, mem_budget_gb=budget_gb)
     with Timer() as t:
-        res = get_stat("cos").fn(Context(Options(stat=["cos"], rows=rows, workers=workers), progress=False), a, b)
+        res = get_stat("cos").fn(Context(options, progress=False), a, b)
+    if res.extra.get("localized"):  # the block map: every cell, the correspondence
+        found = {"per_pair": [res.extra["per_pair"], res.extra["correspondence"]],
+                 "pairs": sum(map(sum, res.extra["per_pair_n"])), "cells": sum(n > 0 for r in res.extra["per_pair_n"]
+                                                                              for n in r)}
+    else:
+        found = {"per_pair": [[r["layer"], r["expert"], r["partner"], r["log10_pvalue"]] for r in res.per_layer],
+                 "pairs": res.extra["num_pairs"]}
     return {**t.fields(), "bytes_read": common.io_read_bytes() - io0, "log10_pvalue": res.log10_pvalue,
-            "blocks": a.arch.L, "pairs": res.extra["num_pairs"], "workers": workers, "rows": rows,
-            "per_pair": [[r["layer"], r["expert"], r["partner"], r["log10_pvalue"]] for r in res.per_layer],
+            "blocks": a.arch.L, "workers": workers, "rows": rows, "budget_gb": budget_gb, **found,
             "matching_ok": all(p == list(range(a.arch.n_experts)) for p in res.extra["expert_matching"].values())}
 
 
@@ -260,6 +279,44 @@ def run_blocks(a, log) -> tuple[list[dict], str]:
     return records, table
 
 
+def run_cells(a, log) -> tuple[list[dict], str]:
+    """The different-depth variants (one cell after the other, rows of cells at once with θ₂'s blocks
+    kept, and at once with a budget that keeps none), each a cold process: records and their table."""
+    name = "deepseek"
+    theta1 = write_sparse_blocks(a.workdir / f"{name}-blocks{a.blocks}-K{a.rows}", name, a.blocks, a.rows)["base"]
+    theta2 = write_sparse_blocks(a.workdir / f"{name}-blocks{a.blocks - 1}-K{a.rows}", name, a.blocks - 1,
+                                 a.rows)["ft"]  # the same draws: θ₁'s first blocks plus noise
+    parallel = [int(w) for w in a.workers.split(",") if int(w) > 1]
+    runs = [(1, int(t), None) for t in a.serial_threads.split(",")] + [(w, 2, None) for w in parallel] + \
+        [(w, 2, a.cells_budget_gb) for w in parallel]
+    records, rows_out, serial = [], [], None
+    for workers, threads, budget in runs:
+        common.evict([theta1, theta2])
+        args = ["--variant", "blocks", "--rows", str(a.rows), "--threads", str(threads),
+                "--workers", str(workers), "--paths", str(theta1), str(theta2)]
+        rec = common.run_child(__file__, args + (["--budget-gb", str(budget)] if budget else []), log=log)
+        rec.update(shape=name, kind="cells", threads=threads)
+        records.append(rec)
+        how = "kept" if budget is None else f"read per cell ({budget} GB budget)"
+        if "error" in rec:
+            rows_out.append([name, f"{a.blocks} × {a.blocks - 1}", workers, threads, how] + ["—"] * 6
+                            + [rec["error"][:60]])
+            continue
+        serial = serial or rec
+        same = rec["per_pair"] == serial["per_pair"] and rec["log10_pvalue"] == serial["log10_pvalue"]
+        rows_out.append([name, f"{a.blocks} × {a.blocks - 1}", workers, threads, how, common.fmt_s(rec["wall_s"]),
+                         common.fmt_s(rec["cpu_s"]), f"{rec['cpu_s'] / rec['wall_s']:.2f}",
+                         f"{rec['load_start']:.1f}–{rec['load_end']:.1f}", common.fmt_gb(rec["peak_rss"]),
+                         common.fmt_gb(rec["bytes_read"]),
+                         f"{rec['log10_pvalue']:.6g}, {'identical' if same else 'DIFFERENT'}"])
+    for r in records:
+        r.pop("per_pair", None)
+    table = common.markdown_table(["shape", "blocks θ₁ × θ₂", "workers", "torch threads", "θ₂'s blocks", "wall s",
+                                   "CPU s", "CPU/wall", "load", "peak RSS GB", "read GB",
+                                   "log10 p (vs one cell after the other)"], rows_out)
+    return records, f"`cos --rows {a.rows}`, block map of models of different depth\n\n{table}"
+
+
 def extrapolate(name: str, sampled: dict, full: list[dict], rows: int) -> dict:
     """Whole-model time and bytes read from one block pair's measurements."""
     import numpy as np
@@ -290,27 +347,32 @@ def main(argv=None):
     ap.add_argument("--cleanup", action="store_true", help="delete the synthetic checkpoints at the end")
     ap.add_argument("--threads", default="2",
                     help="torch threads of the sampled variant, comma-separated for several runs (default 2)")
-    ap.add_argument("--part", choices=("all", "single", "blocks"), default="all",
-                    help="one block pair of each shape (single), the multi-block variant (blocks), or both")
+    ap.add_argument("--part", choices=("all", "single", "blocks", "cells"), default="all",
+                    help="one block pair of each shape (single), the multi-block variant (blocks), both (all), or "
+                         "the block map of models of different depth (cells)")
     ap.add_argument("--blocks", type=int, default=4, help="MoE blocks of the multi-block variant (default 4)")
     ap.add_argument("--workers", default="2", help="blocks at once of the parallel multi-block runs, comma-separated")
     ap.add_argument("--serial-threads", default="1,2",
-                    help="torch threads of the multi-block runs of one block after the other, comma-separated")
+                    help="torch threads of the multi-block (and cells) runs of one block (cell) after the other, "
+                         "comma-separated")
+    ap.add_argument("--cells-budget-gb", type=float, default=0.5,
+                    help="--mem_budget_gb of the cells run that keeps none of θ₂'s blocks (default 0.5)")
     ap.add_argument("--variant", choices=("sampled", "full", "blocks"), help=argparse.SUPPRESS)
+    ap.add_argument("--budget-gb", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs=2, type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.variant:
         import torch
         torch.set_num_threads(int(a.threads))
         if a.variant == "blocks":
-            emit({**variant_blocks(*a.paths, a.rows, int(a.workers)), "threads": int(a.threads)})
+            emit({**variant_blocks(*a.paths, a.rows, int(a.workers), a.budget_gb), "threads": int(a.threads)})
             return
         emit({**variant(*a.paths, a.rows if a.variant == "sampled" else None), "threads": int(a.threads)})
         return
     records, rows_out, extra = [], [], []
     log = open(common.log_path(a.workdir, "bench_moe_block"), "a")
-    if a.part == "blocks":
-        records, table = run_blocks(a, log)
+    if a.part in ("blocks", "cells"):
+        records, table = (run_blocks if a.part == "blocks" else run_cells)(a, log)
         table = f"{common.machine_line()}\n\n{table}"
         print(table)
         common.save_results(common.ROOT / "bench" / "results", "bench_moe_block", records, table)

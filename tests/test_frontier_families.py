@@ -101,6 +101,7 @@ def test_block_map_of_a_copy_without_its_dense_block(tmp_path):
     assert res.extra["localized"] and res.extra["shape"] == [4, 3]
     assert [(i, j) for i, j, _ in res.extra["correspondence"]] == [(1, 0), (2, 1), (3, 2)]
     assert np.isnan(np.array(res.extra["per_pair"], dtype=float)[0]).all()  # the dense block has no MoE partner
+    assert res.extra["expert_matching"] == {f"{j + 1},{j}": list(range(4)) for j in range(3)}  # experts in place
     assert res.log10_pvalue < -6
     indep = run_stat("cos", Checkpoint(tmp_path / "base"), Checkpoint(tmp_path / "other"))
     assert indep.log10_pvalue > math.log10(0.01) and indep.extra["correspondence"] == []

@@ -35,9 +35,9 @@ def cos_expert_map(ctx, base, ft):
     a, b = base.arch, ft.arch
     if ctx.options.rows is not None:  # K sampled rows of every MLP
         from .experts_sampled import sampled_cells
-        cells, matched = sampled_cells(ctx, base, ft)
+        cells, partners, matched = sampled_cells(ctx, base, ft)
     else:
-        cells, matched = _cells(ctx, base, ft)
+        cells, partners, matched = _cells(ctx, base, ft)
     alt = ctx.options.alternative
     grid, stats = np.full((a.L, b.L), np.nan), np.full((a.L, b.L), np.nan)
     n = np.zeros((a.L, b.L), dtype=np.int64)
@@ -49,28 +49,37 @@ def cos_expert_map(ctx, base, ft):
         n[i, j] = len(pairs)
     res = summarize("cos", grid, stats, n, ctx.options.significance)
     res.extra["cells"] = CELLS
+    res.extra["expert_matching"] = expert_matching(res, partners)
     if ctx.options.rows is not None:
         from .experts_sampled import sampled_extra
         res.extra.update(sampled_extra(ctx.options, [p for pairs in cells.values() for p in pairs]))
     return res
 
 
-def _cells(ctx, base, ft) -> tuple[dict, dict]:
-    """Every cell's unit pairs (experts paired on all their up rows) and their MATCH results."""
+def expert_matching(res, partners: dict) -> dict:
+    """The experts paired in the cells of the correspondence: ``{"i,j": θ₂'s partner of each of θ₁'s
+    experts}`` (cells of two MoE blocks)."""
+    return {f"{i},{j}": partners[i, j] for i, j, _ in res.extra["correspondence"] if partners.get((i, j)) is not None}
+
+
+def _cells(ctx, base, ft) -> tuple[dict, dict, dict]:
+    """Every cell's unit pairs (experts paired on all their up rows), θ₂'s partner of each of θ₁'s
+    experts and their MATCH results."""
     a, b = base.arch, ft.arch
     cells: dict = {}  # (i, j) -> unit pairs of the cell
+    partners: dict = {}  # (i, j) -> θ₂'s partner of each of θ₁'s experts (two MoE blocks)
     for i in range(a.L):
         for j in range(b.L):
             if a.is_moe_block(i) != b.is_moe_block(j):
                 continue
-            cells[i, j], _ = block_pairs(i, a.units(i), b.units(j),
+            cells[i, j], partners[i, j] = block_pairs(i, a.units(i), b.units(j),
                                          lambda ua, ub: expert_similarity(base.get(ua.up), ft.get(ub.up)))
     keys = [(cell, k) for cell, pairs in cells.items() for k in range(len(pairs))]
     matched = match_layers(keys, lambda key: (base.get(cells[key[0]][key[1]].a.up),
                                               ft.get(cells[key[0]][key[1]].b.up)),
                            mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
                            desc="cos: block map of experts" if ctx.progress else None)
-    return cells, matched
+    return cells, partners, matched
 
 
 # ---- match and csh: activations -------------------------------------------------------------
@@ -185,8 +194,7 @@ def activation_map(ctx, base, ft, stat: str, gated: bool):
     res.extra["cells"] = CELLS
     res.extra["activations_spilled"] = bool(store.spill)
     # the experts paired in the cells of the correspondence (θ₁'s expert -> θ₂'s)
-    res.extra["expert_matching"] = {f"{i},{j}": partners[i, j] for i, j, _ in res.extra["correspondence"]
-                                    if partners.get((i, j)) is not None}
+    res.extra["expert_matching"] = expert_matching(res, partners)
     res.extra["notes"] = [f"the models differ in depth (L {a.L} vs {b.L}): {stat} tested every block pair of the same "
                           f"kind (block map of experts)"] if a.L != b.L else []
     return res

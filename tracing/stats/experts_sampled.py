@@ -15,15 +15,19 @@ under independence each pair's K matched rows still give an exact Spearman test;
 the per-pair floor −log10(K!) are those of the dense sampled test.
 
 Models of the same depth are paired block by block (one block's rows in memory at a time); else
-every block pair of the same kind is a cell of the block map (:mod:`tracing.stats.expert_map`), with
-each model's sampled rows read once.
+every block pair of the same kind is a cell of the block map (:mod:`tracing.stats.expert_map`),
+matched row by row: a row is one block of θ₁, read once into its buffer and paired with every block
+of θ₂ of its kind. θ₂'s blocks are read once and kept (a buffer each, shared by the rows) when they
+fit the memory budget beside the rows in flight, else each cell reads its block of θ₂ into a buffer
+of its own and gives it back when done. Several blocks, or rows, run at once (``--workers``); their
+results combine in the serial order, so the record is the serial one bit for bit.
 """
 from __future__ import annotations
 
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -44,7 +48,8 @@ def live_buffers() -> int:
 class SampledUnits:
     """One model's sampled up rows, per MLP (read once, kept losslessly in the smallest dtype that
     holds them: bfloat16 for most checkpoints). ``lock``: held while reading, when several blocks
-    are read at once from one source."""
+    are read at once from one source. A view's own lock makes each row read once when threads share
+    the view (a kept block of θ₂ in the block map)."""
 
     def __init__(self, src, K: int, seed: int, lock=None):
         self.src, self.K, self.seed = src, int(K), int(seed)
@@ -53,6 +58,7 @@ class SampledUnits:
         # one block's rows: a [slots, K, d] tensor allocated at the first read, each MLP's rows a slot
         self._slots, self._buffer, self._used = 0, None, 0
         self._lock = lock if lock is not None else nullcontext()
+        self._fill = threading.RLock()
         # rows as the source gives them (a checkpoint's bfloat16 rows are kept without a round trip); asked
         # of the source's own class: a row store passes other attributes through to its checkpoint, and
         # its rows must come through the store
@@ -65,7 +71,8 @@ class SampledUnits:
         :meth:`drop` (rows copied one by one into buffers of their own fragment the heap: twice the
         memory of the rows in flight)."""
         view = SampledUnits.__new__(SampledUnits)
-        view.__dict__.update(self.__dict__, _rows={}, _slots=int(slots), _buffer=None, _used=0)
+        view.__dict__.update(self.__dict__, _rows={}, _slots=int(slots), _buffer=None, _used=0,
+                             _fill=threading.RLock())
         return view
 
     def indices(self, n: int) -> np.ndarray:
@@ -79,12 +86,13 @@ class SampledUnits:
         """The K sampled up rows of ``unit``, drawn from width ``n``, as kept: rows read in bfloat16
         or float16 as they are, others in the smallest dtype that holds their float32 values."""
         key = (unit.key, n)
-        if key not in self._rows:
-            index = self.indices(n)
-            with self._lock:
-                t = self._read(unit.up, index)
-            self._rows[key] = self._keep(t if t.dtype in STORE_DTYPES else _compact(t.float()))
-        return self._rows[key]
+        with self._fill:
+            if key not in self._rows:
+                index = self.indices(n)
+                with self._lock:
+                    t = self._read(unit.up, index)
+                self._rows[key] = self._keep(t if t.dtype in STORE_DTYPES else _compact(t.float()))
+            return self._rows[key]
 
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         """``t``'s values in the block's buffer (the next free slot), else in a copy of its own (rows
@@ -109,6 +117,14 @@ class SampledUnits:
         if fetch is not None and wants:
             with self._lock:
                 fetch(self.src, wants)
+
+    def read(self, units) -> None:
+        """The K sampled up rows of each of ``units`` (at its own width), fetched ahead all at once and
+        kept; one thread reads them while others sharing this view wait (nothing is fetched twice)."""
+        with self._fill:
+            self.prefetch(units)
+            for u in units:
+                self.stored(u, u.width)
 
     def rows(self, unit, n: int) -> torch.Tensor:
         """The K sampled up rows (float32) of ``unit``, drawn from width ``n``."""
@@ -214,22 +230,83 @@ def sampled_experts(ctx, base, ft):
     return res
 
 
-def sampled_cells(ctx, base, ft) -> tuple[dict, dict]:
-    """The block map's cells on sampled rows: ``(cells, matched)``, ``cells[i, j]`` the unit pairs of
-    blocks i and j (of the same kind) and ``matched[(i, j), k]`` the MatchResult of pair k."""
-    from .experts import block_pairs
-    a, b, o = base.arch, ft.arch, ctx.options
-    sa, sb = SampledUnits(base, o.rows, o.seed), SampledUnits(ft, o.rows, o.seed)
-    cells, matched = {}, {}
-    for i in _blocks(ctx, a.L, "cos: sampled block map of experts"):
+class _Columns:
+    """θ₂'s blocks for the rows of the block map. ``keep``: each block read once into a buffer of its
+    own and shared by every row (until :meth:`close`); else every cell reads the block into a buffer
+    of its own, given back when the cell is done."""
+
+    def __init__(self, side: SampledUnits, arch, keep: bool):
+        self.side, self.arch, self.keep = side, arch, keep
+        self._views: dict = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def block(self, j: int):
+        if self.keep:
+            with self._lock:
+                view = self._views.get(j)
+                if view is None:
+                    view = self._views[j] = self.side.block_view(len(self.arch.units(j)))
+            yield view
+            return
+        view = self.side.block_view(len(self.arch.units(j)))
+        try:
+            yield view
+        finally:
+            view.drop()
+
+    def close(self) -> None:
+        for view in self._views.values():
+            view.drop()
+        self._views.clear()
+
+
+def _cell_row(ctx, a, b, sa: SampledUnits, columns: _Columns, i: int, solvers: int | None) -> list:
+    """Row i of the block map: ``[(j, unit pairs, θ₂'s partner of each of θ₁'s experts, {k: MatchResult})]``
+    for every block j of θ₂ of block i's kind; block i's rows are read once, held for the row and
+    freed on return."""
+    from .experts import _routed, block_pairs
+    ua = a.units(i)
+    va, out = sa.block_view(len(ua)), []
+    try:
         for j in range(b.L):
             if a.is_moe_block(i) != b.is_moe_block(j):
                 continue
-            ua, ub = a.units(i), b.units(j)
-            cells[i, j], _ = block_pairs(i, ua, ub, centroid_similarity(sa, sb, ua, ub))
-            for k, m in match_block(ctx, sa, sb, cells[i, j]).items():
-                matched[(i, j), k] = m
-    return cells, matched
+            ub = b.units(j)
+            with columns.block(j) as vb:
+                ra, rb = _routed(ua), _routed(ub)
+                if ra and rb:  # every routed expert's rows are read for its centroid: all at once
+                    va.read(ra)
+                    vb.read(rb)
+                pairs, partner = block_pairs(i, ua, ub, centroid_similarity(va, vb, ua, ub))
+                out.append((j, pairs, partner, match_block(ctx, va, vb, pairs, solvers=solvers)))
+        return out
+    finally:  # the row's buffer goes back before the next row is read (an error's traceback holds va)
+        va.drop()
+
+
+def sampled_cells(ctx, base, ft) -> tuple[dict, dict, dict]:
+    """The block map's cells on sampled rows: ``(cells, partners, matched)``, ``cells[i, j]`` the unit
+    pairs of blocks i and j (of the same kind), ``partners[i, j]`` θ₂'s partner of each of θ₁'s experts
+    (two MoE blocks, else None) and ``matched[(i, j), k]`` the MatchResult of pair k. Rows of the map
+    (θ₁'s blocks) run at once as the blocks of :func:`sampled_experts` do (:func:`each_block`)."""
+    a, b, o = base.arch, ft.arch, ctx.options
+    workers, keep = cell_workers(ctx, a, b)
+    locks = (threading.Lock(), threading.Lock()) if workers > 1 else (None, None)
+    sa, sb = SampledUnits(base, o.rows, o.seed, locks[0]), SampledUnits(ft, o.rows, o.seed, locks[1])
+    columns = _Columns(sb, b, keep)
+    solvers = 1 if workers > 1 else None
+    cells, partners, matched = {}, {}, {}
+    try:
+        rows = each_block(ctx, a.L, lambda i: _cell_row(ctx, a, b, sa, columns, i, solvers), workers,
+                          "cos: sampled block map of experts")
+        for i, row in rows:  # in row order, whatever order they finished in
+            for j, pairs, partner, found in row:
+                cells[i, j], partners[i, j] = pairs, partner
+                matched.update({((i, j), k): m for k, m in found.items()})
+    finally:
+        columns.close()
+    return cells, partners, matched
 
 
 def sampled_extra(options, pairs: list) -> dict:
@@ -244,21 +321,39 @@ def sampled_extra(options, pairs: list) -> dict:
     return {**rows_extra(options, n), WIDTHS_KEY: widths}
 
 
-def _blocks(ctx, L: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(range(L), desc=desc, disable=not ctx.progress, leave=False)
+def _budget(ctx) -> int:
+    """Bytes the sampled rows may take: ``--mem_budget_gb``, else half of the free memory."""
+    from ..machine import available_bytes
+    return ctx.mem_budget_bytes if ctx.mem_budget_bytes is not None else available_bytes() // 2
 
 
-def block_workers(ctx, a, b) -> int:
+def _units_bytes(ctx, a, b, units: int) -> int:
+    """Bytes of ``units`` MLPs' K sampled rows, with room for their float32 copies."""
+    return units * int(ctx.options.rows) * max(a.d, b.d) * 4
+
+
+def block_workers(ctx, a, b, per_block: int | None = None) -> int:
     """Blocks matched at once (``--workers``): by default the cores, as many as half of the free
-    memory holds (a block's sampled rows of both models, with room for their float32 copies)."""
-    from ..machine import available_bytes, cores
+    memory holds (``per_block``, by default a block's sampled rows of both models, with room for
+    their float32 copies)."""
+    from ..machine import cores
     if ctx.options.workers is not None:
         return int(ctx.options.workers)
-    K, d = int(ctx.options.rows), max(a.d, b.d)
-    per_block = max((len(a.units(i)) + len(b.units(i)) for i in range(min(a.L, b.L))), default=1) * K * d * 4
-    budget = ctx.mem_budget_bytes if ctx.mem_budget_bytes is not None else available_bytes() // 2
-    return max(1, min(cores(), budget // max(per_block, 1)))
+    if per_block is None:
+        units = max((len(a.units(i)) + len(b.units(i)) for i in range(min(a.L, b.L))), default=1)
+        per_block = _units_bytes(ctx, a, b, units)
+    return max(1, min(cores(), _budget(ctx) // max(per_block, 1)))
+
+
+def cell_workers(ctx, a, b) -> tuple[int, bool]:
+    """``(workers, keep)`` of the block map: rows matched at once (a row holds one block of θ₁ and a
+    block of θ₂ at a time; :func:`block_workers`), and whether θ₂'s blocks are read once and kept —
+    when all of them fit the budget beside the rows in flight; else each cell reads its block of θ₂."""
+    widest_a = max(len(a.units(i)) for i in range(a.L))
+    widest_b = max(len(b.units(j)) for j in range(b.L))
+    workers = block_workers(ctx, a, b, _units_bytes(ctx, a, b, widest_a + widest_b))
+    kept = _units_bytes(ctx, a, b, sum(len(b.units(j)) for j in range(b.L)))
+    return workers, workers * _units_bytes(ctx, a, b, widest_a) + kept <= _budget(ctx)
 
 
 def each_block(ctx, L: int, fn, workers: int, desc: str):
