@@ -235,6 +235,54 @@ def test_vision_language_wrapper_reads_its_language_model(tmp_path, wrapper):
     assert any(wrapper in n and "vision tower is ignored" in n for n in res["notes"]), res["notes"]
 
 
+def test_gemma4_tied_wrapper_norms_folded(tmp_path):
+    """A Gemma 4 wrapper tied as published (its own tie_word_embeddings), saved by transformers, its norms
+    folded: the view is untied and still a wrapper; its logits (transformers' module, and the block engine
+    as match runs it) are the language model's; match with --fold_norms runs through main.py. --rotate is
+    refused in one line (Gemma 4's post-norms), not with a failure on the wrapper's config."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from family_models import logits, rel_diff
+    from tracing.engine import Engine
+    from tracing.errors import TracingError
+    from tracing.models import load_module
+    from tracing.transforms import NormsFolded, rotate
+    family, vision, _ = WRAPPERS["gemma4"]
+    text_cfg = family_config(family, tie_word_embeddings=True)
+    text = family_model(text_cfg, seed=5)
+    text.tie_weights()
+    cfg = AutoConfig.for_model("gemma4", text_config=text_cfg.to_dict(), vision_config=vision, tie_word_embeddings=True)
+    vlm = AutoModelForImageTextToText.from_config(cfg).eval()
+    sd = vlm.state_dict()
+    for k, v in text.state_dict().items():
+        key = "model.language_model." + k[len("model."):] if k.startswith("model.") else k
+        assert key in sd, key
+        sd[key] = v
+    vlm.load_state_dict(sd)
+    vlm.save_pretrained(tmp_path / "vlm")
+    ck = Checkpoint(tmp_path / "vlm")
+    assert ck.arch.wrapper == "gemma4" and ck.arch.tied and "lm_head.weight" not in ck.names()
+    ids = random_ids(text_cfg.vocab_size)
+    ref = logits(text, ids)
+    view = NormsFolded(ck)
+    assert not view.arch.tied and view.arch.wrapper == "gemma4"
+    assert not view.config.tie_word_embeddings and not view.config.text_config.tie_word_embeddings
+    assert rel_diff(logits(load_module(view), ids), ref) <= 1e-5
+    out = []
+    Engine(progress=False).run([view], ids, on_logits=lambda _b, lg, _i: out.append(lg))
+    assert rel_diff(torch.cat([o[0] for o in out]), ref) <= 1e-5
+    with pytest.raises(TracingError, match="not function-preserving for gemma4_text"):
+        rotate(ck, seed=6)
+    fast = ["--stat", "match", "--dataset", "random", "--num_samples", "2", "--block_size", "16", "--quiet"]
+    rec = tmp_path / "r.p"
+    r = main("--base_model_id", tmp_path / "vlm", "--ft_model_id", tmp_path / "vlm", "--fold_norms", *fast, "--save", rec)
+    assert r.returncode == 0 and rec.exists(), r.stderr[-2000:]
+    never = tmp_path / "never.p"
+    r = main("--base_model_id", tmp_path / "vlm", "--ft_model_id", tmp_path / "vlm", "--rotate", *fast, "--save", never)
+    assert r.returncode == 2 and not never.exists(), r.stderr[-2000:]
+    assert r.stderr.startswith("error:") and "not function-preserving" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_gemma4_embedding_distance_and_activation_statistics(tmp_path):
     """Gemma 4 (per-layer embeddings, shared keys and values, double-width MLPs): emb, l2 and csh find
     the noisy copy and not the independent model."""

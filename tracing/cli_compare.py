@@ -21,7 +21,8 @@ def parse(argv=None):
                         "appended; needs --key; python -m tracing.verify checks it)")
     p.add_argument("--key", default=None, help="EC P-256 private key (PEM) that signs --attest")
     p.add_argument("--download", action="store_true",
-                   help="download hub models whole even for a sampled test (--rows), which otherwise reads only "
+                   help="download hub models whole (every weight file holding a tensor the test reads; a wrapper's "
+                        "vision-only shards are left out) even for a sampled test (--rows), which otherwise reads only "
                         "the sampled rows of a model not in the local cache by HTTP range requests")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print the bytes each model will cost (range reads, download, or none when local) and stop; "

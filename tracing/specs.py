@@ -166,7 +166,10 @@ def _resolve_hub(s: Spec, local_files_only: bool | None, remote: bool = False) -
                 if getattr(f, "size", None) is not None:
                     sizes[f.rfilename] = int(f.size)
             revision = info.sha or revision
-            ranged = remote and s.file is None and _read_by_ranges(repo_id, revision, files)
+            read = _files_read(repo_id, revision, token, files) if s.file is None else None
+            if read is not None:  # a sharded model: only the shards holding tensors it reads
+                patterns = META_PATTERNS + read
+            ranged = remote and s.file is None and _read_by_ranges(repo_id, revision, files if read is None else read)
             gguf = next((p for p in patterns[len(META_PATTERNS):] if p.endswith(".gguf")), None)
             if remote and gguf is not None and _gguf_by_ranges(repo_id, revision, gguf):
                 ranged, s = True, replace(s, file=gguf)  # its header and sampled rows by range requests
@@ -209,6 +212,29 @@ def _quiet(on: bool):
     finally:
         if on and not was:
             enable_progress_bars()
+
+
+def _files_read(repo_id: str, commit: str | None, token, files: list[str]) -> list[str] | None:
+    """The weight files of a sharded safetensors model on the hub that hold a tensor the model reads
+    (:func:`tracing.arch.files_read`, from its config and index, fetched first), or None
+    (every file) for a model without an index or whose config the architecture adapter refuses
+    (opening it then says why)."""
+    from huggingface_hub import hf_hub_download
+
+    from .arch import arch_from_config, files_read
+    from .sources.base import _read_weight_map, read_config_json
+    from .sources.hubhttp import endpoint
+    index = "model.safetensors.index.json"
+    if index not in files or "config.json" not in files:
+        return None
+    with _quiet(True):
+        got = {f: Path(hf_hub_download(repo_id, f, revision=commit, token=token, endpoint=endpoint()))
+               for f in ("config.json", index)}
+    try:
+        arch = arch_from_config(read_config_json(got["config.json"]), where=f"{repo_id}/config.json")
+        return sorted(files_read(arch, _read_weight_map(got[index]))) or None
+    except TracingError:
+        return None
 
 
 def _gguf_by_ranges(repo_id: str, commit: str | None, file: str) -> bool:

@@ -264,6 +264,19 @@ def _index(a: Arch) -> dict[str, TensorRef]:
     return out
 
 
+def files_read(a: Arch, weight_map: dict[str, str]) -> set[str]:
+    """The files of a sharded checkpoint (its index's ``weight_map``: stored name -> file) that hold a
+    tensor the model ``a`` reads: one of its stored names, or a part stored beside one under the same
+    module (a quantized layer's packed weight and scales). A file holding only other tensors (a
+    vision-language wrapper's vision tower, a multi-token-prediction block) is not among them."""
+    stored = {s for n in a.names() for s, _ in a.ref(n).stores}
+    modules = {s.rpartition(".")[0] for s in stored if "." in s}
+
+    def read(t: str) -> bool:
+        return t in stored or any(t[:k] in modules for k, c in enumerate(t) if c == ".")
+    return {f for t, f in weight_map.items() if read(t)}
+
+
 def arch_from_config(config: Any, where: str = "the model config") -> Arch:
     """Build an :class:`Arch` from a transformers config object or a config.json dict
     (``where`` names the config in error messages, e.g. its file)."""
@@ -378,7 +391,7 @@ def require_expert_width(a: Arch, b: Arch, what: str) -> None:
                            f"each expert's units to the dense units whatever their order")
 
 
-__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "expert_slots", "require_same_blocks",
+__all__ = ["Arch", "Family", "TensorRef", "Unit", "register", "arch_from_config", "files_read", "expert_slots", "require_same_blocks",
            "require_same_layout",
            "require_same_depth", "require_gated", "require_expert_width",
            "SUPPORTED", "FAMILIES", "EXPERT_INDEXED", "EMBED", "FINAL_NORM", "LM_HEAD", "ATTN_ROLES", "MLP_ROLES", "NORM_ROLES",

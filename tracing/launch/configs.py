@@ -93,18 +93,22 @@ def model_info(spec: str) -> ModelInfo:
     source = {"hub": "hub cache", "demo": "demo"}.get(s.kind, "local")
     ctx = getattr(backend.config(), "max_position_embeddings", None)
     return ModelInfo(s.text, backend.arch, backend.bytes_per_param(), source, int(ctx) if ctx else None,
-                     weights_cached=s.kind != "hub" or _weights_cached(resolved.path, s.file))
+                     weights_cached=s.kind != "hub" or _weights_cached(resolved.path, s.file, backend.arch))
 
 
-def _weights_cached(folder: Path, file: str | None) -> bool:
-    """Does a hub cache snapshot hold the model's weights (every file its index lists)?"""
+def _weights_cached(folder: Path, file: str | None, arch) -> bool:
+    """Does a hub cache snapshot hold the model's weights (every file its index lists that holds a
+    tensor ``arch`` reads)?"""
     import json
+
+    from ..sources.folder import weights_read
     if file is not None:
         return (folder / file).is_file()
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            return all((folder / f).is_file() for f in set(json.loads(index.read_text())["weight_map"].values()))
+            weight_map = weights_read(arch, json.loads(index.read_text())["weight_map"])
+            return all((folder / f).is_file() for f in set(weight_map.values()))
         except (ValueError, KeyError, TypeError, AttributeError):
             return False
     return any(folder.glob("*.safetensors")) or any(folder.glob("*.gguf")) or any(folder.glob("pytorch_model*.bin"))

@@ -38,6 +38,22 @@ def read_config_json(cfg_file: Path) -> dict:
     return raw
 
 
+def _corrupt(f: Path, why: str) -> TracingError:
+    return TracingError(f"{f} is corrupt or incomplete ({why}); delete it and download the model again")
+
+
+def _read_weight_map(f: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(f.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _corrupt(f, f"not valid JSON: {type(e).__name__}") from None
+    except (KeyError, TypeError):
+        raise _corrupt(f, "no weight_map in it") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise _corrupt(f, "its weight_map is not a mapping of tensor names to files")
+    return weight_map
+
+
 class Backend:
     """One weight format. Attributes: ``format`` (its name, recorded in provenance), ``label``
     (the model id, for messages), ``arch`` (:class:`tracing.arch.Arch`). Format facts:

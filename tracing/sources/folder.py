@@ -3,15 +3,14 @@ not, read tensor by tensor with ``safe_open``; rows alone when only rows are ask
 ``pytorch_model*.bin`` shards (memory-mapped with ``torch.load``)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from ..arch import arch_from_config
+from ..arch import arch_from_config, files_read
 from ..arch.layout import Transposed, select
 from ..errors import TracingError
-from .base import Backend, read_config_json
+from .base import Backend, _corrupt, _read_weight_map, read_config_json
 
 
 class FolderBackend(Backend):
@@ -72,7 +71,7 @@ class FolderBackend(Backend):
         self._shapes: dict[str, tuple[int, ...]] = {}
         for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (p / index_name).is_file():
-                weight_map = _read_weight_map(p / index_name)
+                weight_map = weights_read(self.arch, _read_weight_map(p / index_name))
                 files = sorted(set(weight_map.values()))
                 for f in files:
                     if not (p / f).is_file():
@@ -194,20 +193,11 @@ def _numel(shape) -> int:
     return n
 
 
-def _corrupt(f: Path, why: str) -> TracingError:
-    return TracingError(f"{f} is corrupt or incomplete ({why}); delete it and download the model again")
-
-
-def _read_weight_map(f: Path) -> dict[str, str]:
-    try:
-        weight_map = json.loads(f.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _corrupt(f, f"not valid JSON: {type(e).__name__}") from None
-    except (KeyError, TypeError):
-        raise _corrupt(f, "no weight_map in it") from None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise _corrupt(f, "its weight_map is not a mapping of tensor names to files")
-    return weight_map
+def weights_read(arch, weight_map: dict[str, str]) -> dict[str, str]:
+    """An index's ``weight_map`` without the files that hold no tensor ``arch`` reads
+    (:func:`~tracing.arch.files_read`): a download leaves them out; all of it when ``arch`` reads none."""
+    keep = files_read(arch, weight_map) or set(weight_map.values())
+    return {k: f for k, f in weight_map.items() if f in keep}
 
 
 def _header_shapes(f: Path) -> dict[str, tuple[int, ...]]:

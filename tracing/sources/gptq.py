@@ -23,6 +23,7 @@ import torch
 from ..arch import arch_from_config
 from ..errors import TracingError
 from .base import read_config_json
+from .folder import weights_read
 from . import QuantizedBackend
 
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # undoes AutoAWQ's packing order (0, 2, 4, 6, 1, 3, 5, 7)
@@ -92,9 +93,9 @@ class PackedInt4Backend(QuantizedBackend):
                                f"supported; only the GEMM packing is")
         self._config = None
         self._last: tuple[str, torch.Tensor] | None = None
-        self._index = self._build_index()
         self.raw_config = read_config_json(self.folder / "config.json")
         self.arch = arch_from_config(self.raw_config, where=str(self.folder / 'config.json'))
+        self._index = self._build_index()
         self._check_complete()
 
     @classmethod
@@ -125,7 +126,8 @@ class PackedInt4Backend(QuantizedBackend):
         from safetensors import safe_open
         idx = self.folder / "model.safetensors.index.json"
         if idx.is_file():
-            return {k: self.folder / v for k, v in json.loads(idx.read_text())["weight_map"].items()}
+            weight_map = weights_read(self.arch, json.loads(idx.read_text())["weight_map"])
+            return {k: self.folder / v for k, v in weight_map.items()}
         files = sorted(self.folder.glob("*.safetensors"))
         if not files:
             raise TracingError(f"{self.folder} is a {self.method.upper()} folder without *.safetensors weights")

@@ -22,6 +22,7 @@ import torch
 from ..arch import arch_from_config
 from ..errors import TracingError
 from .base import read_config_json
+from .folder import weights_read
 from . import QuantizedBackend
 
 
@@ -54,9 +55,9 @@ class LayeredBackend(QuantizedBackend):
         self._config = None
         self._last: tuple[str, torch.Tensor] | None = None
         self._layers: dict[str, Layer | None] = {}
-        self._meta = self._scan()
         self.raw_config = read_config_json(self.folder / "config.json")
         self.arch = arch_from_config(self.raw_config, where=str(self.folder / "config.json"))
+        self._meta = self._scan()
         self._check_complete()
 
     @classmethod
@@ -90,7 +91,8 @@ class LayeredBackend(QuantizedBackend):
         idx = self.folder / "model.safetensors.index.json"
         if idx.is_file():
             try:
-                files = sorted({self.folder / v for v in json.loads(idx.read_text())["weight_map"].values()})
+                weight_map = json.loads(idx.read_text())["weight_map"]
+                files = sorted({self.folder / v for v in weights_read(self.arch, weight_map).values()})
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise TracingError(f"{idx} is corrupt (no weight_map of tensor names to files); "
                                    f"download the model again") from None

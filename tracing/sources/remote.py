@@ -20,7 +20,7 @@ import torch
 
 from ..errors import TracingError
 from ..rows import MAX_HEADER, row_offset, row_plan, rows_tensor, runs
-from .folder import FolderBackend, _read_weight_map
+from .folder import FolderBackend, _read_weight_map, weights_read
 from .hubhttp import HubFiles, coalesce
 
 #: how the record says the digests were obtained
@@ -79,7 +79,7 @@ class RemoteBackend(FolderBackend):
     def _build_index(self) -> dict[str, Path]:
         p = self.path
         if (p / "model.safetensors.index.json").is_file():
-            weight_map = _read_weight_map(p / "model.safetensors.index.json")
+            weight_map = weights_read(self.arch, _read_weight_map(p / "model.safetensors.index.json"))
             files = sorted(set(weight_map.values()))
         else:
             files = sorted(f for f in self.sizes if f.endswith(".safetensors") and "/" not in f)
