@@ -97,3 +97,25 @@ def save_trio(root) -> dict[str, str]:
         model.save_pretrained(root / name)
         paths[name] = str(root / name)
     return paths
+
+
+def finish_last_to_first(monkeypatch, module, name: str, what: str = "block") -> set:
+    """``module.name(ctx, a, b, ..., i, solvers)``, the work on block (or row of cells) ``i`` of ``a``,
+    made to finish last to first when run in parallel (i = 0 waits until the last one is done); the
+    names of the threads that ran it are recorded in the set returned."""
+    import threading
+    ran, last_done = set(), threading.Event()
+    work = getattr(module, name)
+
+    def wrapped(*args):
+        a, i = args[1], args[-2]
+        ran.add(threading.current_thread().name)
+        if i == 0 and threading.current_thread() is not threading.main_thread():
+            assert last_done.wait(60), f"the last {what} never ran while the first waited"
+        out = work(*args)
+        if i == a.L - 1:
+            last_done.set()
+        return out
+
+    monkeypatch.setattr(module, name, wrapped)
+    return ran

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from family_models import family_config, family_model, noisy
+from helpers import finish_last_to_first
 from test_blockmap_sampled import blocks_of
 from test_experts_sampled import _experts_moved
 from test_frontier_families import main, run_stat
@@ -50,20 +51,7 @@ def _record(res) -> str:
 def out_of_order(monkeypatch):
     """Rows run in parallel finish last to first (row 0 waits for the last row), and the threads that
     ran them are recorded."""
-    ran, last_done = set(), threading.Event()
-    cell_row = experts_sampled._cell_row
-
-    def row(ctx, a, b, sa, columns, i, solvers):
-        ran.add(threading.current_thread().name)
-        if i == 0 and threading.current_thread() is not threading.main_thread():
-            assert last_done.wait(60), "the last row never ran while the first waited"
-        out = cell_row(ctx, a, b, sa, columns, i, solvers)
-        if i == a.L - 1:
-            last_done.set()
-        return out
-
-    monkeypatch.setattr(experts_sampled, "_cell_row", row)
-    return ran
+    return finish_last_to_first(monkeypatch, experts_sampled, "_cell_row", "row")
 
 
 @pytest.mark.parametrize("other", ["ft", "indep"])

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from family_models import family_config, family_model, noisy
+from helpers import finish_last_to_first
 from test_experts_sampled import _experts_moved
 from test_frontier_families import main, run_stat
 from tracing.errors import TracingError
@@ -43,20 +44,7 @@ def _record(res) -> dict:
 def out_of_order(monkeypatch):
     """Blocks run in parallel finish last to first (block 0 waits for the last block), and the
     threads that ran them are recorded."""
-    ran, last_done = set(), threading.Event()
-    grid_block = experts_sampled._grid_block
-
-    def block(ctx, a, b, sa, sb, i, solvers):
-        ran.add(threading.current_thread().name)
-        if i == 0 and threading.current_thread() is not threading.main_thread():
-            assert last_done.wait(60), "the last block never ran while the first waited"
-        out = grid_block(ctx, a, b, sa, sb, i, solvers)
-        if i == a.L - 1:
-            last_done.set()
-        return out
-
-    monkeypatch.setattr(experts_sampled, "_grid_block", block)
-    return ran
+    return finish_last_to_first(monkeypatch, experts_sampled, "_grid_block", "block")
 
 
 @pytest.mark.parametrize("other", ["ft", "indep"])
