@@ -210,8 +210,12 @@ def test_interrupted_launch_rerun_waits_for_running_jobs(slurm_cluster, tiny_mod
     cfg = write_yaml(tmp_path / "list.yaml", [tiny_models["base"], tiny_models["ft"]])
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", launch.TEST_SLEEP_ENV: "25"}
-    proc = subprocess.Popen(launch_cmd(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=ROOT)
+    # launch.py as a terminal starts it, Ctrl-C raising KeyboardInterrupt, even when these tests run
+    # in the background (there a child inherits SIGINT ignored, and Python then leaves it ignored)
+    cmd = launch_cmd(cfg, out)
+    cmd[1:2] = ["-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      f"sys.argv = sys.argv[1:]; runpy.run_path({str(LAUNCH)!r}, run_name='__main__')", str(LAUNCH)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     try:
         job_id = _wait_sleeping(out, time.time() + 90)
         proc.send_signal(signal.SIGINT)
