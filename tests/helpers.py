@@ -119,3 +119,20 @@ def finish_last_to_first(monkeypatch, module, name: str, what: str = "block") ->
 
     monkeypatch.setattr(module, name, wrapped)
     return ran
+
+
+def buffer_spy(monkeypatch) -> list:
+    """Each time the sampled experts grid keeps a block's rows (``SampledUnits._keep``): the number of
+    live row buffers then, and whether the rows kept are a view of a shared buffer, appended to the
+    list returned."""
+    from tracing.stats import experts_sampled
+    seen = []
+    keep = experts_sampled.SampledUnits._keep
+
+    def counting(self, t):
+        out = keep(self, t)
+        seen.append((experts_sampled.live_buffers(), out._base is not None))
+        return out
+
+    monkeypatch.setattr(experts_sampled.SampledUnits, "_keep", counting)
+    return seen

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from family_models import family_config, family_model, noisy
-from helpers import finish_last_to_first
+from helpers import buffer_spy, finish_last_to_first
 from test_blockmap_sampled import blocks_of
 from test_experts_sampled import _experts_moved
 from test_frontier_families import main, run_stat
@@ -113,15 +113,7 @@ def test_theta2_blocks_read_once_when_kept(trio, monkeypatch):
 def test_buffers_hold_a_block_and_are_given_back(trio, monkeypatch):
     """Each block's rows live in one buffer per model: θ₂'s kept blocks and a block of θ₁ per worker,
     or two buffers per worker when each cell reads its own; none is left once the map is done."""
-    seen = []
-    keep = experts_sampled.SampledUnits._keep
-
-    def counting(self, t):
-        out = keep(self, t)
-        seen.append((experts_sampled.live_buffers(), out._base is not None))
-        return out
-
-    monkeypatch.setattr(experts_sampled.SampledUnits, "_keep", counting)
+    seen = buffer_spy(monkeypatch)
     a, b = Checkpoint(trio / "base"), Checkpoint(trio / "ft")
     for workers in (1, 2):
         for mode, budget in BUDGETS.items():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from family_models import family_config, family_model, noisy
-from helpers import finish_last_to_first
+from helpers import buffer_spy, finish_last_to_first
 from test_experts_sampled import _experts_moved
 from test_frontier_families import main, run_stat
 from tracing.errors import TracingError
@@ -108,15 +108,7 @@ def test_centroid_is_the_float64_mean_bit_for_bit(dtype):
 def test_block_buffers_hold_a_block_and_are_given_back(trio, monkeypatch):
     """Each block's rows live in one buffer per model, at most two per block in flight, and every
     buffer is gone once the grid is done (rows kept in per-expert copies fragment the heap)."""
-    seen = []
-    keep = experts_sampled.SampledUnits._keep
-
-    def counting(self, t):
-        out = keep(self, t)
-        seen.append((experts_sampled.live_buffers(), out._base is not None))
-        return out
-
-    monkeypatch.setattr(experts_sampled.SampledUnits, "_keep", counting)
+    seen = buffer_spy(monkeypatch)
     a, b = Checkpoint(trio / "base"), Checkpoint(trio / "ft")
     for workers in (1, 2):
         seen.clear()
