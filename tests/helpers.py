@@ -136,3 +136,16 @@ def buffer_spy(monkeypatch) -> list:
 
     monkeypatch.setattr(experts_sampled.SampledUnits, "_keep", counting)
     return seen
+
+
+def copy_with_nan(src, dst, name: str):
+    """A copy of the model folder ``src`` at ``dst`` whose tensor ``name`` (in model.safetensors)
+    holds one NaN."""
+    from safetensors.torch import load_file, save_file
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    state = load_file(dst / "model.safetensors")
+    state[name][3, 7] = float("nan")
+    save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst

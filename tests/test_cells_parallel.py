@@ -10,10 +10,9 @@ import threading
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from family_models import family_config, family_model, noisy
-from helpers import buffer_spy, finish_last_to_first
+from helpers import buffer_spy, copy_with_nan, finish_last_to_first
 from test_blockmap_sampled import blocks_of
 from test_experts_sampled import _experts_moved
 from test_frontier_families import main, run_stat
@@ -150,14 +149,8 @@ def test_workers_and_keeping_follow_the_budget(trio):
 def test_error_in_one_cell_is_one_line(trio, tmp_path, mode):
     """A NaN in an expert of θ₂'s last block: the rows run at once stop, the error names the tensor,
     every buffer is given back, and the command line gives one line, exit 2 and no result file."""
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in (trio / "ft").iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
     name = f"model.layers.{len(KEPT) - 1}.mlp.experts.5.up_proj.weight"
-    state = load_file(bad / "model.safetensors")
-    state[name][3, 7] = float("nan")
-    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    bad = copy_with_nan(trio / "ft", tmp_path / "bad", name)
     before = threading.active_count()
     with pytest.raises(TracingError, match=name.replace(".", r"\.") + " holds non-finite values"):
         run_stat("cos", Checkpoint(trio / "base"), Checkpoint(bad), rows=K, workers=2, mem_budget_gb=BUDGETS[mode])

@@ -7,10 +7,9 @@ import threading
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from family_models import family_config, family_model, noisy
-from helpers import buffer_spy, finish_last_to_first
+from helpers import buffer_spy, copy_with_nan, finish_last_to_first
 from test_experts_sampled import _experts_moved
 from test_frontier_families import main, run_stat
 from tracing.errors import TracingError
@@ -68,14 +67,8 @@ def test_parallel_grid_equals_the_serial_grid(trio, other, out_of_order):
 def test_error_in_one_block_is_one_line(trio, tmp_path):
     """A NaN in the last block's expert: the blocks run at once stop, the error names the tensor, and
     the command line gives one line, exit 2 and no result file."""
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in (trio / "ft").iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
     name = f"model.layers.{L - 1}.mlp.experts.5.up_proj.weight"
-    state = load_file(bad / "model.safetensors")
-    state[name][3, 7] = float("nan")
-    save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    bad = copy_with_nan(trio / "ft", tmp_path / "bad", name)
     before = threading.active_count()
     with pytest.raises(TracingError, match=name.replace(".", r"\.") + " holds non-finite values"):
         run_stat("cos", Checkpoint(trio / "base"), Checkpoint(bad), rows=K, workers=2)
