@@ -224,6 +224,13 @@ class Checkpoint(WeightSource):
             fetch(wants)
             self.read_s += time.perf_counter() - t0
 
+    def advise_rows(self, wants) -> None:
+        """Hint that :meth:`get_rows` of each ``(name, index)`` of ``wants`` comes soon, for a backend
+        that reads local files (the kernel starts reading the rows; nothing is kept here)."""
+        hint = getattr(self.backend, "advise_rows", None)
+        if hint is not None and wants:
+            hint(wants)
+
     def release(self):
         self.backend.release()
 
@@ -274,6 +281,15 @@ class Checkpoint(WeightSource):
         if quantization is not None:
             out["quantization"] = quantization
         return out
+
+
+def stored_rows_reader(src: WeightSource):
+    """``src``'s reader of rows ``(name, index) -> tensor`` that keeps the stored dtype when it can
+    (a checkpoint's bfloat16 rows without a round trip through float32), else ``src.get_rows``. Asked
+    of the source's own class: a row store passes other attributes through to its checkpoint, and
+    its rows must come through the store."""
+    stored = getattr(type(src), "get_rows_stored", None)
+    return stored.__get__(src) if stored is not None else src.get_rows
 
 
 def _sha_from_hub_cache(f: Path) -> str | None:
