@@ -163,3 +163,27 @@ def test_error_in_one_cell_is_one_line(trio, tmp_path, mode):
              *args, "--save", out, "--quiet")
     assert r.returncode == 2 and r.stderr.startswith("error:") and name in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_range_reads_stay_within_the_dry_run_plan(trio, tmp_path, monkeypatch, workers):
+    """Both models on the loopback hub, read by range requests, with too little memory to keep θ₂'s
+    blocks: every row of θ₂ is fetched once (later cells read the local copy), so the bytes sent are
+    the dry run's plan for each model, and the record is the local read's bit for bit."""
+    from hub_server import serving
+    from test_remote_experts import planned, sent
+    from tracing.api import run_pair
+    server = serving({"org/base": trio / "base", "org/ft": trio / "ft"}, tmp_path, monkeypatch)
+    try:
+        plan = planned("org/base", "org/ft", rows=K)
+        before = {repo: sum(sent(server, repo).values()) for repo in plan}
+        opts = dict(stat="cos", rows=K, workers=workers, mem_budget_gb=TINY, progress=False)
+        rec = run_pair("org/base", "org/ft", **opts)[0]
+        for repo, n in plan.items():
+            assert sum(sent(server, repo).values()) - before[repo] == n, repo
+    finally:
+        server.close()
+    loc = run_pair(str(trio / "base"), str(trio / "ft"), **opts)[0]
+    assert rec["extra"]["shape"] == [L, len(KEPT)] and rec["log10_pvalue"] < -20
+    for key in ("log10_pvalue", "statistic", "per_layer", "per_pair", "correspondence", "extra"):
+        assert json.dumps(rec[key], sort_keys=True) == json.dumps(loc[key], sort_keys=True), key  # bit for bit

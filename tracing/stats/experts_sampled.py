@@ -19,7 +19,8 @@ every block pair of the same kind is a cell of the block map (:mod:`tracing.stat
 matched row by row: a row is one block of θ₁, read once into its buffer and paired with every block
 of θ₂ of its kind. θ₂'s blocks are read once and kept (a buffer each, shared by the rows) when they
 fit the memory budget beside the rows in flight, else each cell reads its block of θ₂ into a buffer
-of its own and gives it back when done. Several blocks, or rows, run at once (``--workers``); their
+of its own and gives it back when done (from a local file when θ₂ is read from the hub by range
+requests: each of its rows is fetched once, as the dry run plans, :class:`tracing.rowstore.SpilledRows`). Several blocks, or rows, run at once (``--workers``); their
 results combine in the serial order, so the record is the serial one bit for bit.
 """
 from __future__ import annotations
@@ -290,10 +291,14 @@ def sampled_cells(ctx, base, ft) -> tuple[dict, dict, dict]:
     pairs of blocks i and j (of the same kind), ``partners[i, j]`` θ₂'s partner of each of θ₁'s experts
     (two MoE blocks, else None) and ``matched[(i, j), k]`` the MatchResult of pair k. Rows of the map
     (θ₁'s blocks) run at once as the blocks of :func:`sampled_experts` do (:func:`each_block`)."""
+    from ..rowstore import SpilledRows, reads_by_range
     a, b, o = base.arch, ft.arch, ctx.options
     workers, keep = cell_workers(ctx, a, b)
     locks = (threading.Lock(), threading.Lock()) if workers > 1 else (None, None)
-    sa, sb = SampledUnits(base, o.rows, o.seed, locks[0]), SampledUnits(ft, o.rows, o.seed, locks[1])
+    # θ₂'s blocks read by every cell, from the hub: each row fetched once, then read from a local file
+    spill = SpilledRows(ft) if not keep and reads_by_range(ft) else None
+    sa = SampledUnits(base, o.rows, o.seed, locks[0])
+    sb = SampledUnits(ft if spill is None else spill, o.rows, o.seed, locks[1])
     columns = _Columns(sb, b, keep)
     solvers = 1 if workers > 1 else None
     cells, partners, matched = {}, {}, {}
@@ -306,6 +311,8 @@ def sampled_cells(ctx, base, ft) -> tuple[dict, dict, dict]:
                 matched.update({((i, j), k): m for k, m in found.items()})
     finally:
         columns.close()
+        if spill is not None:
+            spill.close()
     return cells, partners, matched
 
 
