@@ -161,7 +161,7 @@ def reads_by_range(src) -> bool:
     """Whether ``src`` (a checkpoint, or a transformed view of one) reads its rows from the hub by range
     requests each time they are asked for (a row store's rows come from the store instead)."""
     while not isinstance(src, StoredRows):
-        inner = vars(src).get("inner")
+        inner = getattr(src, "__dict__", {}).get("inner")  # not through a wrapper's __getattr__
         if inner is None:
             return bool(getattr(getattr(src, "resolved", None), "remote", False))
         src = inner
