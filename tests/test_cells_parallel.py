@@ -4,6 +4,7 @@ cell's log10 p and statistic, the pairings, the correspondence, the overall p) f
 independent pair, whatever order the rows finish in, with θ₂'s blocks kept or read by every cell
 (``--mem_budget_gb``); an error in one cell is the one-line error with no result file; the rows live
 in one buffer per model and block, all given back."""
+import functools
 import gc
 import json
 import threading
@@ -82,17 +83,23 @@ def test_parallel_cells_equal_the_serial_cells(trio, other, out_of_order):
         assert rec["correspondence"] == [] and json.loads(serial)["log10_pvalue"] > -2
 
 
-def test_theta2_blocks_read_once_when_kept(trio, monkeypatch):
-    """Kept: every sampled tensor of θ₂ read once, whatever the workers; per cell: once per row of θ₁'s
-    blocks of its kind. θ₁'s rows are read once either way."""
-    reads = []
+@pytest.fixture()
+def reads(monkeypatch) -> list:
+    """Every read of sampled rows from a weight file: ``(folder name, tensor, indices)``."""
+    out = []
     read = Checkpoint.get_rows_stored
 
     def counting(self, name, index, dtype=torch.float32):
-        reads.append((self.path.name, name, tuple(int(i) for i in index)))
+        out.append((self.path.name, name, tuple(int(i) for i in index)))
         return read(self, name, index, dtype)
 
     monkeypatch.setattr(Checkpoint, "get_rows_stored", counting)
+    return out
+
+
+def test_theta2_blocks_read_once_when_kept(trio, reads):
+    """Kept: every sampled tensor of θ₂ read once, whatever the workers; per cell: once per row of θ₁'s
+    blocks of its kind. θ₁'s rows are read once either way."""
     a, b = Checkpoint(trio / "base"), Checkpoint(trio / "ft")
     for workers in (1, 2):
         for mode, budget in BUDGETS.items():
@@ -163,3 +170,80 @@ def test_error_in_one_cell_is_one_line(trio, tmp_path, mode):
              *args, "--save", out, "--quiet")
     assert r.returncode == 2 and r.stderr.startswith("error:") and name in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_range_reads_stay_within_the_dry_run_plan(trio, tmp_path, monkeypatch, workers):
+    """Both models on the loopback hub, read by range requests, with too little memory to keep θ₂'s
+    blocks: every row of θ₂ is fetched once (later cells read the local copy), so the bytes sent are
+    the dry run's plan for each model, and the record is the local read's bit for bit."""
+    from hub_server import serving
+    from test_remote_experts import planned, sent
+    from tracing.api import run_pair
+    server = serving({"org/base": trio / "base", "org/ft": trio / "ft"}, tmp_path, monkeypatch)
+    try:
+        plan = planned("org/base", "org/ft", rows=K)
+        before = {repo: sum(sent(server, repo).values()) for repo in plan}
+        opts = dict(stat="cos", rows=K, workers=workers, mem_budget_gb=TINY, progress=False)
+        rec = run_pair("org/base", "org/ft", **opts)[0]
+        for repo, n in plan.items():
+            assert sum(sent(server, repo).values()) - before[repo] == n, repo
+    finally:
+        server.close()
+    loc = run_pair(str(trio / "base"), str(trio / "ft"), **opts)[0]
+    assert rec["extra"]["shape"] == [L, len(KEPT)] and rec["log10_pvalue"] < -20
+    for key in ("log10_pvalue", "statistic", "per_layer", "per_pair", "correspondence", "extra"):
+        assert json.dumps(rec[key], sort_keys=True) == json.dumps(loc[key], sort_keys=True), key  # bit for bit
+
+
+def _cost(a, b, rows=K, **opts):
+    """Launch's estimate of ``cos --rows K`` for two models of these shapes (bfloat16, a 2-core job)."""
+    from types import SimpleNamespace
+
+    from tracing.options import Options
+    from tracing.stats import get
+    from tracing.stats.cost import Sizing
+    a, b = (SimpleNamespace(arch=x, params=10 ** 6, bytes_per_param=2) for x in (a, b))
+    return get("cos").estimate(Sizing.from_infos(a, b, Options(stat=["cos"], rows=rows, **opts), cpus=2))
+
+
+@pytest.mark.parametrize("mode", list(BUDGETS))
+def test_cost_counts_the_cells_read_and_matched(trio, reads, mode):
+    """The work launch sizes a block map's job for is the work done: the rows read of each model (θ₂'s
+    once per block when kept, else once per cell) and the unit pairs matched in every cell; the job keeps
+    θ₂'s blocks when the run does, and holds them."""
+    from tracing.options import Options
+    from tracing.stats.base import Context
+    a, b = Checkpoint(trio / "base"), Checkpoint(trio / "ft")
+    res = run_stat("cos", a, b, rows=K, workers=1, mem_budget_gb=BUDGETS[mode])
+    work = experts_sampled.cells_work(a.arch, b.arch, keep=mode == "kept")
+    assert work.reads_a == sum(r[0] == "base" for r in reads) == 1 + (L - 1) * (E + 1)
+    assert work.reads_b == sum(r[0] == "ft" for r in reads)
+    assert work.pairs == sum(map(sum, res.extra["per_pair_n"])) == 1 + (L - 1) * (len(KEPT) - 1) * (E + 1)
+    assert (work.similarity, work.centroids) == ((L - 1) * (len(KEPT) - 1) * E * E, (L - 1) * (len(KEPT) - 1) * 2 * E)
+    budget = BUDGETS[mode] or 100.0
+    ctx = Context(Options(stat=["cos"], rows=K, workers=1, mem_budget_gb=budget), progress=False)
+    assert experts_sampled.cell_workers(ctx, a.arch, b.arch)[1] == (mode == "kept")
+    theta2 = (1 + 2 * (E + 1)) * K * D * 4  # θ₂'s dense block and two MoE blocks, float32
+    per_cell = _cost(a.arch, b.arch, workers=1, mem_budget_gb=TINY)
+    kept = _cost(a.arch, b.arch, workers=1, mem_budget_gb=100.0)
+    assert kept.mem_bytes == per_cell.mem_bytes + theta2 and kept.seconds < per_cell.seconds
+
+
+def test_cost_grows_with_the_cells():
+    """Shapes where matching is most of the work (K = 1024 rows of experts 1024 wide): depths 4 against 3
+    make 7 cells (a dense one, 3 × 2 of MoE blocks), more than the 4 blocks of the grid of 4 against 4 and
+    fewer than the 10 cells of a block map of 4 against 4 (``--localized``); doubling both depths makes
+    36 cells, and the estimate follows, whether θ₂'s blocks are kept or read by every cell."""
+    from tracing.arch import arch_from_config
+
+    def arch(depth):
+        return arch_from_config(family_config("deepseek_v3", d=D, h=2048, E=E, L=depth).to_dict())
+
+    a, b, a2, b2 = arch(4), arch(3), arch(8), arch(6)
+    assert [experts_sampled.cells_work(x, y, True).pairs // (E + 1) for x, y in ((a, b), (a, a), (a2, b2))] == [6, 9, 35]
+    for budget in BUDGETS.values():
+        cost = functools.partial(_cost, rows=1024, mem_budget_gb=budget)
+        grid, cells, square = cost(a, a), cost(a, b), cost(a, a, localized=True)
+        assert grid.seconds < cells.seconds < square.seconds, budget
+        assert cells.seconds * 4 < cost(a2, b2).seconds < cells.seconds * 6, budget

@@ -65,3 +65,28 @@ def test_one_weight_changed_in_a_part_is_found(bases, tmp_path, case, part):
     shutil.copy(bases[case] / "config.json", changed / "config.json")
     res = quantcheck(str(bases[case]), str(write_converted(changed, tmp_path / "q", arch, "Q8_0")))
     assert res["verdict"] == "altered" and res["altered"] == [split], res["summary"]
+
+
+def test_printed_table_lines_up_a_tensor_of_two_types(bases, tmp_path, capsys):
+    """``python -m tracing.quantcheck --all`` on a file with a split tensor whose parts have different types
+    (``F16+Q8_0``): every line of the table has its type, values and status in the same columns."""
+    import json
+
+    from tracing import quantcheck as quantcheck_cli
+    from tracing.cli_util import run_cli
+    _, _, arch, split, _, _ = CASES["deepseek_mixed"]
+    q = write_converted(bases["deepseek_mixed"], tmp_path / "q", arch, "Q8_0")
+    table = tmp_path / "table.json"
+    assert run_cli(quantcheck_cli.main, [str(bases["deepseek_mixed"]), str(q), "--all", "--json", str(table)]) == 0
+    rows = {t["name"]: t for t in json.loads(table.read_text())["tensors"]}
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.split() and line.split()[0] in rows]
+    assert len(lines) == len(rows) and rows[split]["qtype"] == "F16+Q8_0"
+
+    def columns(line: str) -> tuple[int, int, int]:
+        """Where the line's type, the column after it and its status begin."""
+        t = rows[line.split()[0]]
+        at = line.index(f" {t['qtype']} ", len(t["name"]) + 2) + 1
+        after = at + len(t["qtype"])
+        return at, after + len(line[after:]) - len(line[after:].lstrip()), line.index(f" {t['status']}", after) + 1
+
+    assert len({columns(line) for line in lines}) == 1, "\n".join(lines)

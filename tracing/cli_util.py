@@ -38,6 +38,14 @@ def model_slug(spec: str) -> str:
     return slug(spec)
 
 
+def text_table(rows, indent: str = "") -> str:
+    """Rows of cells as plain text: each column left-aligned to its widest cell, two spaces between
+    columns, each line after ``indent``, no trailing spaces."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(max(map(len, cells), default=0))]
+    return "\n".join((indent + "  ".join(c.ljust(w) for c, w in zip(row, widths))).rstrip() for row in cells)
+
+
 def run_cli(main, argv=None, quick_start: bool = False) -> int:
     """Run a CLI entry point: user errors become one line on stderr and exit code 2.
 

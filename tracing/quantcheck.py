@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from .cli_util import run_cli
+from .cli_util import run_cli, text_table
 
 
 def parse(argv=None):
@@ -35,10 +35,11 @@ def main(argv=None) -> int:
     if args.json:
         check_writable(args.json)
     res = quantcheck(args.source, args.quantized)
-    for t in res["tensors"]:
-        if args.all or t["status"] == "altered":
-            print(f"  {t['name']:<48} {t['qtype']:<6} equal {_fmt(t['equal'])}  in cell {_fmt(t['in_cell'])}  "
-                  f"{t['status']}{'  (' + t['note'] + ')' if t['note'] else ''}")
+    shown = [t for t in res["tensors"] if args.all or t["status"] == "altered"]
+    if shown:
+        print(text_table([("tensor", "type", "equal", "in cell", "status")] +
+                         [(t["name"], t["qtype"], _fmt(t["equal"]), _fmt(t["in_cell"]),
+                           t["status"] + (f"  ({t['note']})" if t["note"] else "")) for t in shown], indent="  "))
     print(f"{res['verdict']}: {res['format']} {args.quantized} against {args.source}: {res['summary']}")
     print(f"  {res['caveat']}")
     if args.json:

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -152,3 +155,81 @@ def with_store(src: WeightSource, root: str | os.PathLike | None, memory: bool =
     if key is not None:
         return StoredRows(src, root, key)
     return StoredRows(src, None, None) if memory else src
+
+
+def reads_by_range(src) -> bool:
+    """Whether ``src`` (a checkpoint, or a transformed view of one) reads its rows from the hub by range
+    requests each time they are asked for (a row store's rows come from the store instead)."""
+    while not isinstance(src, StoredRows):
+        inner = getattr(src, "__dict__", {}).get("inner")  # not through a wrapper's __getattr__
+        if inner is None:
+            return bool(getattr(getattr(src, "resolved", None), "remote", False))
+        src = inner
+    return False
+
+
+class SpilledRows:
+    """A weight source's sampled rows, each tensor's read once from ``src`` and kept in a local temporary
+    file (not in memory) from which later reads of the same rows are served, bit for bit: a model read by
+    range requests is then asked for each row once however often the rows are wanted. ``get_rows_stored``
+    and ``prefetch_rows`` as a checkpoint's; :meth:`close` deletes the file."""
+
+    def __init__(self, src):
+        self.src = src
+        stored = getattr(type(src), "get_rows_stored", None)
+        self._read = stored.__get__(src) if stored is not None else src.get_rows
+        self._fetch = getattr(type(src), "prefetch_rows", None)
+        self._file = tempfile.TemporaryFile(prefix="tracing-rows-")
+        self._at: dict = {}  # (name, rows key, dtype) -> (offset, dtype, shape)
+        self._end = 0
+        self._lock = threading.RLock()  # one reader at a time: rows are fetched once, whatever the threads
+
+    def __getattr__(self, name):  # arch, label, config ...: the source's
+        if name == "src":
+            raise AttributeError(name)
+        return getattr(self.src, name)
+
+    def _missing(self, name, index, dtype) -> tuple | None:
+        key = (name, rows_key(index), dtype)
+        return None if key in self._at else key
+
+    def _spill(self, key, t: torch.Tensor) -> None:
+        t = t.contiguous()
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        self._file.seek(self._end)
+        self._file.write(data)
+        self._at[key] = (self._end, t.dtype, tuple(t.shape))
+        self._end += len(data)
+
+    def prefetch_rows(self, wants, dtype=torch.float32) -> None:
+        """Read every ``(name, index)`` of ``wants`` not yet spilled (fetched ahead all at once when the
+        source can) and spill them."""
+        with self._lock:
+            todo = [(name, index, key) for name, index in wants
+                    if (key := self._missing(name, index, dtype)) is not None]
+            if self._fetch is not None and todo:
+                self._fetch(self.src, [(name, index) for name, index, _ in todo])
+            for name, index, key in todo:
+                self._spill(key, self._read(name, index, dtype))
+
+    def get_rows_stored(self, name, index, dtype=torch.float32) -> torch.Tensor:
+        with self._lock:
+            key = self._missing(name, index, dtype)
+            if key is not None:
+                t = self._read(name, index, dtype)
+                self._spill(key, t)
+                return t
+            offset, stored, shape = self._at[(name, rows_key(index), dtype)]
+            n = math.prod(shape) * stored.itemsize
+            self._file.seek(offset)
+            data = bytearray(self._file.read(n))
+        if not n:
+            return torch.empty(shape, dtype=stored)
+        return torch.frombuffer(data, dtype=torch.uint8).view(stored).reshape(shape)
+
+    def get_rows(self, name, index, dtype=torch.float32) -> torch.Tensor:
+        return self.get_rows_stored(name, index, dtype).to(dtype)
+
+    def close(self) -> None:
+        self._file.close()
+        self._at.clear()

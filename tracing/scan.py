@@ -233,9 +233,8 @@ def write_csv(rows: list[Row], path: Path) -> Path:
 
 
 def table(rows: list[Row]) -> str:
-    cells = [HEADER] + [r.cells() for r in rows]
-    widths = [max(len(str(c[i])) for c in cells[:]) if i < len(HEADER) - 1 else 0 for i in range(len(HEADER))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+    from .cli_util import text_table
+    return text_table([HEADER] + [r.cells() for r in rows])
 
 
 def robust_stats() -> list[str]:

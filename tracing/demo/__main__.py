@@ -6,6 +6,7 @@ import json
 import pathlib
 import sys
 
+from ..cli_util import text_table
 from ..errors import TracingError
 from .build import ensure_built
 from .paths import _root, is_built
@@ -30,8 +31,7 @@ def _table(root: pathlib.Path, info: dict | None) -> str:
         rec = (info or {}).get("models", {}).get(name, {})
         rows.append((name, r.parent or "-", root_of(name), r.data, str(rec.get("steps", r.steps)),
                      _fmt_loss(rec.get("final_eval_loss")), str(root / name)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return text_table(rows)
 
 
 def main(argv=None) -> int:

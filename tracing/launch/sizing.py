@@ -116,8 +116,7 @@ def size_pair(a: ModelInfo | None, b: ModelInfo | None, stats: Iterable[str], op
     mem_gb = int(math.ceil(max(need) * (1 + MEM_OVERHEAD_FRACTION) / GiB + MEM_OVERHEAD_GB))
     timeout = int(math.ceil(seconds * TIME_SAFETY / 60))
     timeout = min(max(timeout, TIME_FLOOR_MIN), TIME_CAP_MIN)
-    # the engine counts 16 bytes per cost entry (float64 + scipy's working copy)
-    budget = round(q.solves * q.h * q.h * 16 / GiB + 0.05, 2) if solve_budget else None
+    budget = q.solve_budget_gb if solve_budget else None
     return Resources(mem_gb=int(overrides.get("mem_gb", mem_gb)), cpus=max(1, cpus), gpus=max(0, gpus),
                      timeout_min=int(overrides.get("timeout_min", timeout)),
                      partition=overrides.get("partition"), solves=int(q.solves), solve_budget_gb=budget)

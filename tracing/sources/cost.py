@@ -30,7 +30,7 @@ def planned_reads(ckpt, other, options) -> int:
             total += b.planned_bytes(a.embed)
         elif get_stat(stat).sampled == "units" and (a.has_experts or o.has_experts):
             total += sum(b.planned_bytes(name, sampled_rows(n, options.rows, options.seed))
-                         for name, n in sorted(planned_rows(a, o)))
+                         for name, n in sorted(planned_rows(a, o, options.localized)))
         elif get_stat(stat).sampled == "units":
             S = sampled_rows(min(a.h, o.h), options.rows, options.seed)
             total += sum(b.planned_bytes(a.units(i)[0].up, S) for i in range(a.L))
@@ -65,7 +65,7 @@ def _experts_note(ckpt, other, options) -> str:
     if not (ckpt.arch.has_experts or other.arch.has_experts) \
             or not any(get_stat(s).sampled == "units" for s in options.stat):
         return ""
-    return f"; {options.rows} rows of each of {len(planned_rows(ckpt.arch, other.arch))} expert and MLP up_projs"
+    return f"; {options.rows} rows of each of {len(planned_rows(ckpt.arch, other.arch, options.localized))} expert and MLP up_projs"
 
 
 def _sampled_bytes(info, options) -> int:

@@ -2,8 +2,11 @@
 growing size (:mod:`tracing.sources.ggufheader`, once per file per process), then only the bytes a
 statistic asks for — for ``--rows``, the sampled rows' quantization blocks (a row of a row-major
 GGUF tensor is a whole number of blocks, one contiguous byte range), requests merged where rows
-are adjacent. Rows and tensors are dequantized exactly as from a local copy of the file. The
-record's provenance says the file was range-read, with the hub's SHA-256 and the bytes read.
+are adjacent. Bytes the header's requests already fetched (the whole of a file smaller than the first
+request, and any tensor data after the header up to the end of the last request) are taken from them, not
+asked for again: no byte of the file is sent twice. Rows and tensors are dequantized exactly as from a
+local copy of the file. The record's provenance says the file was range-read, with the hub's SHA-256 and
+the bytes read.
 """
 from __future__ import annotations
 
@@ -44,13 +47,35 @@ class RemoteGGUFBackend(GGUFBackend):
         return cls(resolved)
 
     # stored bytes by range requests ----------------------------------------------------------
+    def _unheld(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The parts of ``spans`` (sorted ``(start, length)``) past the bytes the header's requests fetched:
+        what is asked of the hub."""
+        held = self.reader.fetched
+        return [(max(s, held), s + n - max(s, held)) for s, n in spans if s + n > held]
+
+    def _requests(self, spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int, list[int]]]:
+        """The requests that read ``spans``: their parts not held, merged where at most ``gap`` bytes lie between."""
+        return coalesce(self._unheld(spans), gap=gap)
+
     def _read_spans(self, spans: list[tuple[int, int]], gap: int) -> np.ndarray:
-        """The bytes of ``spans`` (sorted ``(start, length)``), concatenated, by merged requests."""
-        return np.frombuffer(self.hub.read_spans(self.name, spans, gap=gap), dtype=np.uint8)
+        """The bytes of ``spans`` (sorted ``(start, length)``), concatenated: those the header's requests
+        fetched from them, the others by merged requests (:meth:`_requests`)."""
+        held, unheld = self.reader.bytes.buf, self._unheld(spans)
+        got = self.hub.read_spans(self.name, unheld, gap=gap) if unheld else b""
+        out, pos, at = bytearray(sum(n for _, n in spans)), 0, 0
+        for s, n in spans:
+            k = min(n, max(0, len(held) - s))  # the span's bytes among those held
+            out[pos:pos + k] = held[s:s + k]
+            out[pos + k:pos + n] = got[at:at + n - k]
+            pos, at = pos + n, at + n - k
+        return np.frombuffer(out, dtype=np.uint8)
+
+    def _whole(self, t) -> list[tuple[int, int]]:
+        """The spans a whole tensor is read in."""
+        return [(t.data_offset + a, min(CHUNK, t.n_bytes - a)) for a in range(0, t.n_bytes, CHUNK)]
 
     def _data(self, t) -> np.ndarray:
-        spans = [(t.data_offset + a, min(CHUNK, t.n_bytes - a)) for a in range(0, t.n_bytes, CHUNK)]
-        return shaped(self._read_spans(spans, 0), t.tensor_type, dims_of(t))
+        return shaped(self._read_spans(self._whole(t), 0), t.tensor_type, dims_of(t))
 
     def _row_data(self, t, expert: int | None, rows: np.ndarray) -> np.ndarray:
         spans, row_bytes = self._row_spans(t, expert, rows)
@@ -64,13 +89,14 @@ class RemoteGGUFBackend(GGUFBackend):
 
     def planned_bytes(self, name: str, index=None) -> int:
         """Bytes that :meth:`get_rows` (``index`` given) or :meth:`get` of ``name`` will transfer: a tensor read
-        whole costs its GGUF tensor, and the second part beside it of one the converter split in two."""
+        whole costs its GGUF tensor, and the second part beside it of one the converter split in two; bytes
+        the header's requests fetched cost nothing."""
         ref, stored, part, t, expert = self._find(name)
         offset = None if index is None else self._rows_offset(ref, stored, part)
-        if offset is None:
-            return sum(int(x.n_bytes) for x in self._parts(stored))  # read whole
+        if offset is None:  # read whole
+            return sum(n for x in self._parts(stored) for _, n, _ in self._requests(self._whole(x), 0))
         spans, row_bytes = self._row_spans(t, expert, np.asarray(index, dtype=np.int64) + offset)
-        return sum(n for _, n, _ in coalesce(spans, gap=row_bytes))
+        return sum(n for _, n, _ in self._requests(spans, row_bytes))
 
     def _probe(self, t) -> np.ndarray:
         from gguf import GGML_QUANT_SIZES
@@ -82,7 +108,8 @@ class RemoteGGUFBackend(GGUFBackend):
         return [range_read_record(self.resolved, self.sizes, self.hub, self.name)]
 
     def header_bytes(self) -> int:
-        """Bytes read to parse the header: requests of growing size, at least the metadata and tensor table."""
+        """Bytes read to parse the header: requests of growing size, at least the metadata and tensor table
+        (the whole of a file smaller than the first request); tensor data among them is not read again."""
         return self.reader.fetched
 
     def total_bytes(self) -> int:

@@ -101,6 +101,18 @@ class Sizing:
         return max(1, min(self.cpus, SOLVE_MEM_BUDGET // self.per_solve))
 
     @property
+    def solve_budget_gb(self) -> float:
+        """The ``--mem_budget_gb`` a launch gives a job of parallel solves when none is given: the cost
+        matrices of its solves (16 bytes per entry: float64 and scipy's working copy)."""
+        return round(self.solves * self.h * self.h * 16 / GiB + 0.05, 2)
+
+    @property
+    def budget_bytes(self) -> int:
+        """The memory budget the job runs with (``--mem_budget_gb``, else :attr:`solve_budget_gb`), in bytes."""
+        gb = getattr(self.options, "mem_budget_gb", None)
+        return int((self.solve_budget_gb if gb is None else gb) * GiB)
+
+    @property
     def weight_stream(self) -> int:
         return 2 * self.largest * 4
 

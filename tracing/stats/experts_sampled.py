@@ -19,8 +19,11 @@ every block pair of the same kind is a cell of the block map (:mod:`tracing.stat
 matched row by row: a row is one block of θ₁, read once into its buffer and paired with every block
 of θ₂ of its kind. θ₂'s blocks are read once and kept (a buffer each, shared by the rows) when they
 fit the memory budget beside the rows in flight, else each cell reads its block of θ₂ into a buffer
-of its own and gives it back when done. Several blocks, or rows, run at once (``--workers``); their
-results combine in the serial order, so the record is the serial one bit for bit.
+of its own and gives it back when done (from a local file when θ₂ is read from the hub by range
+requests: each of its rows is fetched once, as the dry run plans; :class:`tracing.rowstore.SpilledRows`).
+Several blocks, or rows, run at once (``--workers``); their results combine in the serial order, so
+the record is the serial one bit for bit. Launch sizes the block map's job by the work of every cell
+(:func:`cells_work`, :func:`cells_cost`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -287,10 +291,14 @@ def sampled_cells(ctx, base, ft) -> tuple[dict, dict, dict]:
     pairs of blocks i and j (of the same kind), ``partners[i, j]`` θ₂'s partner of each of θ₁'s experts
     (two MoE blocks, else None) and ``matched[(i, j), k]`` the MatchResult of pair k. Rows of the map
     (θ₁'s blocks) run at once as the blocks of :func:`sampled_experts` do (:func:`each_block`)."""
+    from ..rowstore import SpilledRows, reads_by_range
     a, b, o = base.arch, ft.arch, ctx.options
     workers, keep = cell_workers(ctx, a, b)
     locks = (threading.Lock(), threading.Lock()) if workers > 1 else (None, None)
-    sa, sb = SampledUnits(base, o.rows, o.seed, locks[0]), SampledUnits(ft, o.rows, o.seed, locks[1])
+    # θ₂'s blocks read by every cell, from the hub: each row fetched once, then read from a local file
+    spill = SpilledRows(ft) if not keep and reads_by_range(ft) else None
+    sa = SampledUnits(base, o.rows, o.seed, locks[0])
+    sb = SampledUnits(ft if spill is None else spill, o.rows, o.seed, locks[1])
     columns = _Columns(sb, b, keep)
     solvers = 1 if workers > 1 else None
     cells, partners, matched = {}, {}, {}
@@ -303,6 +311,8 @@ def sampled_cells(ctx, base, ft) -> tuple[dict, dict, dict]:
                 matched.update({((i, j), k): m for k, m in found.items()})
     finally:
         columns.close()
+        if spill is not None:
+            spill.close()
     return cells, partners, matched
 
 
@@ -324,9 +334,9 @@ def _budget(ctx) -> int:
     return ctx.mem_budget_bytes if ctx.mem_budget_bytes is not None else available_bytes() // 2
 
 
-def _units_bytes(ctx, a, b, units: int) -> int:
+def _units_bytes(K: int, a, b, units: int) -> int:
     """Bytes of ``units`` MLPs' K sampled rows, with room for their float32 copies."""
-    return units * int(ctx.options.rows) * max(a.d, b.d) * 4
+    return units * int(K) * max(a.d, b.d) * 4
 
 
 def block_workers(ctx, a, b, per_block: int | None = None) -> int:
@@ -338,19 +348,29 @@ def block_workers(ctx, a, b, per_block: int | None = None) -> int:
         return int(ctx.options.workers)
     if per_block is None:
         units = max((len(a.units(i)) + len(b.units(i)) for i in range(min(a.L, b.L))), default=1)
-        per_block = _units_bytes(ctx, a, b, units)
+        per_block = _units_bytes(ctx.options.rows, a, b, units)
     return max(1, min(cores(), _budget(ctx) // max(per_block, 1)))
+
+
+def _widest(arch) -> int:
+    """The most MLPs of a block of ``arch`` (routed experts, a shared expert, or one dense MLP)."""
+    return max(len(arch.units(i)) for i in range(arch.L))
+
+
+def keeps_theta2(a, b, K: int, workers: int, budget: int) -> bool:
+    """Whether the block map reads θ₂'s blocks once and keeps them: all of them fit ``budget`` bytes
+    beside the rows in flight (a block of θ₁ per worker); else each cell reads its block of θ₂."""
+    kept = _units_bytes(K, a, b, sum(len(b.units(j)) for j in range(b.L)))
+    return workers * _units_bytes(K, a, b, _widest(a)) + kept <= budget
 
 
 def cell_workers(ctx, a, b) -> tuple[int, bool]:
     """``(workers, keep)`` of the block map: rows matched at once (a row holds one block of θ₁ and a
-    block of θ₂ at a time; :func:`block_workers`), and whether θ₂'s blocks are read once and kept —
-    when all of them fit the budget beside the rows in flight; else each cell reads its block of θ₂."""
-    widest_a = max(len(a.units(i)) for i in range(a.L))
-    widest_b = max(len(b.units(j)) for j in range(b.L))
-    workers = block_workers(ctx, a, b, _units_bytes(ctx, a, b, widest_a + widest_b))
-    kept = _units_bytes(ctx, a, b, sum(len(b.units(j)) for j in range(b.L)))
-    return workers, workers * _units_bytes(ctx, a, b, widest_a) + kept <= _budget(ctx)
+    block of θ₂ at a time; :func:`block_workers`), and whether θ₂'s blocks are read once and kept
+    (:func:`keeps_theta2`)."""
+    K = int(ctx.options.rows)
+    workers = block_workers(ctx, a, b, _units_bytes(K, a, b, _widest(a) + _widest(b)))
+    return workers, keeps_theta2(a, b, K, workers, _budget(ctx))
 
 
 def each_block(ctx, L: int, fn, workers: int, desc: str):
@@ -389,21 +409,25 @@ def narrowest(arch) -> int:
     return min(u.width for i in range(arch.L) for u in arch.units(i))
 
 
-def sampled_workers(s) -> int:
-    """Blocks the job matches at once: ``--workers``, else one per core of the job (the default of
-    :func:`block_workers` on the job's cores; the job's memory is sized to hold them), at most the
-    blocks."""
+def sampled_workers(s, blocks: int | None = None) -> int:
+    """Blocks (or rows of the block map) the job matches at once: ``--workers``, else one per core of
+    the job (the default of :func:`block_workers` on the job's cores; the job's memory is sized to hold
+    them), at most the ``blocks`` (default: the blocks of the shallower model)."""
     workers = getattr(s.options, "workers", None)
-    return max(1, min(int(workers) if workers is not None else int(s.cpus), min(s.a.L, s.b.L)))
+    blocks = min(s.a.L, s.b.L) if blocks is None else blocks
+    return max(1, min(int(workers) if workers is not None else int(s.cpus), blocks))
 
 
 def sampled_cost(s):
     """Every MoE block: K rows of each expert (and shared expert) read, E centroids, E K × K
     products and solves; dense blocks as a dense sampled test. Memory: the rows of both models'
     blocks in flight (one block per worker, :func:`sampled_workers`), with room for float32 copies,
-    and a K × K cost matrix per worker."""
+    and a K × K cost matrix per worker. The block map (models of different depths, or
+    ``--localized``): :func:`cells_cost`."""
     from .cost import READ_BYTES_PER_S, solve_s
-    from .spec import Cost
+    from .spec import Cost, expert_block_map
+    if expert_block_map(s.a, s.b, s.options):
+        return cells_cost(s)
     moe = s.a if s.a.has_experts else s.b
     K = min(int(s.options.rows), narrowest(moe))
     units = sum(len(moe.units(i)) for i in range(moe.L))
@@ -412,30 +436,89 @@ def sampled_cost(s):
     return Cost(sampled_workers(s) * (per_block + K * K * 12), read + units * (s.mm(K, K, s.d) + solve_s(K)), True)
 
 
-def planned_rows(arch, other) -> set:
-    """What the sampled experts grid reads of the model ``arch`` when tested against ``other``, from
-    their shapes alone: ``{(up tensor, width)}``, K rows drawn from ``width`` of each (every routed
-    expert's at its width, for its centroid; a shared expert paired with one of its width; a dense
-    MLP against the other model's dense MLP or, in an upcycling pair, at the width of each expert)."""
+class CellsWork(NamedTuple):
+    """What the sampled block map does, counted from the two models' shapes: MLPs whose K rows are
+    read of θ₁ (``reads_a``) and of θ₂ (``reads_b``), unit pairs matched (a K × K product and solve
+    each), entries of the expert-level similarities and expert centroids computed."""
+
+    reads_a: int
+    reads_b: int
+    pairs: int
+    similarity: int
+    centroids: int
+
+
+def cells_work(a, b, keep: bool) -> CellsWork:
+    """The work of the sampled block map of ``a`` (θ₁) and ``b`` (θ₂) over every cell of the same kind:
+    θ₁'s rows read once per block (a row of the map), θ₂'s once per block when ``keep`` (kept for every
+    row), else once per cell; per cell of two MoE blocks, the centroids of both blocks' routed experts,
+    their E₁ × E₂ similarities and a K × K matching per expert pair (and the shared experts')."""
     from .experts import _routed, _shared
-    out = set()
-    same_depth = arch.L == other.L
-    for i in range(arch.L):
-        ua = arch.units(i)
-        for j in ([i] if same_depth else range(other.L)):
-            if not same_depth and arch.is_moe_block(i) != other.is_moe_block(j):
-                continue
-            ub = other.units(j)
-            ra, rb = _routed(ua), _routed(ub)
-            if ra and rb:
-                out.update((u.up, u.width) for u in ra)
-                sa, sb = _shared(ua), _shared(ub)
-                if sa is not None and sb is not None and sa.width == sb.width:
-                    out.add((sa.up, sa.width))
-            elif not ra and not rb:
-                out.add((ua[0].up, min(ua[0].width, ub[0].width)))
-            elif ra:  # upcycling: every expert against the dense MLP
-                out.update((u.up, min(u.width, ub[0].width)) for u in ua)
-            else:
-                out.update((ua[0].up, min(u.width, ua[0].width)) for u in ub)
-    return out
+    reads_b = pairs = similarity = centroids = 0
+    for i, j in same_kind_cells(a, b):
+        ua, ub = a.units(i), b.units(j)
+        reads_b += 0 if keep else len(cell_reads(ub, ua))
+        ra, rb = _routed(ua), _routed(ub)
+        if ra and rb:
+            sa, sb = _shared(ua), _shared(ub)
+            pairs += min(len(ra), len(rb)) + (sa is not None and sb is not None and sa.width == sb.width)
+            similarity += len(ra) * len(rb)
+            centroids += len(ra) + len(rb)
+        else:
+            pairs += 1 if not ra and not rb else max(len(ra), len(rb))
+    return CellsWork(len(planned_rows(a, b, True)), len(planned_rows(b, a, True)) if keep else reads_b,
+                     pairs, similarity, centroids)
+
+
+def cells_cost(s):
+    """The sampled block map of mixtures of experts: every cell of the same kind (L₁ × L₂ of them when
+    every block is of one kind) reads, compares and matches as :func:`cells_work` counts; θ₂'s blocks are
+    kept when they fit the budget the job runs with (:func:`keeps_theta2`), else read by every cell.
+    Memory: a block of each model per worker (rows of the map at once), with room for float32 copies,
+    a K × K cost matrix per worker, and θ₂'s kept blocks."""
+    from .cost import READ_BYTES_PER_S, solve_s
+    from .spec import Cost
+    a, b = s.a, s.b
+    K = min(int(s.options.rows), narrowest(a), narrowest(b))
+    workers = sampled_workers(s, a.L)
+    keep = keeps_theta2(a, b, K, workers, s.budget_bytes)
+    w = cells_work(a, b, keep)
+    read = K * s.d * (w.reads_a * s.a_bytes + w.reads_b * s.b_bytes) / READ_BYTES_PER_S
+    compute = w.pairs * (s.mm(K, K, s.d) + solve_s(K)) + (2 * w.similarity + w.centroids * K) * s.d / s.flops
+    kept = _units_bytes(K, a, b, sum(len(b.units(j)) for j in range(b.L))) if keep else 0
+    mem = workers * (_units_bytes(K, a, b, _widest(a) + _widest(b)) + K * K * 12) + kept
+    return Cost(mem, read + compute, True)
+
+
+def same_kind_cells(a, b) -> list[tuple[int, int]]:
+    """The block map's cells: every block pair (i, j), i of ``a`` and j of ``b``, of the same kind
+    (two dense blocks, or two MoE blocks)."""
+    return [(i, j) for i in range(a.L) for j in range(b.L) if a.is_moe_block(i) == b.is_moe_block(j)]
+
+
+def cell_reads(ua, ub) -> set:
+    """What pairing a block of MLPs ``ua`` with a block of MLPs ``ub`` reads of the first:
+    ``{(up tensor, width)}``, K rows drawn from ``width`` of each (every routed expert's at its width,
+    for its centroid; a shared expert paired with one of its width; a dense MLP against a dense MLP or,
+    in an upcycling pair, at the width of each expert)."""
+    from .experts import _routed, _shared
+    ra, rb = _routed(ua), _routed(ub)
+    if ra and rb:
+        out = {(u.up, u.width) for u in ra}
+        sa, sb = _shared(ua), _shared(ub)
+        if sa is not None and sb is not None and sa.width == sb.width:
+            out.add((sa.up, sa.width))
+        return out
+    if not ra and not rb:
+        return {(ua[0].up, min(ua[0].width, ub[0].width))}
+    if ra:  # upcycling: every expert against the dense MLP
+        return {(u.up, min(u.width, ub[0].width)) for u in ua}
+    return {(ua[0].up, min(u.width, ua[0].width)) for u in ub}
+
+
+def planned_rows(arch, other, localized: bool = False) -> set:
+    """What the sampled experts grid (or, for models of different depths or with ``localized``, the
+    block map) reads of the model ``arch`` when tested against ``other``, from their shapes alone:
+    ``{(up tensor, width)}`` (:func:`cell_reads` of every block pair compared), each read once."""
+    cells = same_kind_cells(arch, other) if arch.L != other.L or localized else [(i, i) for i in range(arch.L)]
+    return set().union(*(cell_reads(arch.units(i), other.units(j)) for i, j in cells))
