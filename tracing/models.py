@@ -224,13 +224,6 @@ class Checkpoint(WeightSource):
             fetch(wants)
             self.read_s += time.perf_counter() - t0
 
-    def advise_rows(self, wants) -> None:
-        """Hint that :meth:`get_rows` of each ``(name, index)`` of ``wants`` comes soon, for a backend
-        that reads local files (the kernel starts reading the rows; nothing is kept here)."""
-        hint = getattr(self.backend, "advise_rows", None)
-        if hint is not None and wants:
-            hint(wants)
-
     def release(self):
         self.backend.release()
 

@@ -12,9 +12,7 @@ comes, and the background read in flight is waited for before anything leaves.
 from __future__ import annotations
 
 import contextvars
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 #: a loaded value up to this size lets the next key be read ahead (a value of several tensors: their sum)
@@ -64,36 +62,3 @@ def ahead(keys: Iterable, load: Callable, max_bytes: int = AHEAD_MAX_BYTES) -> I
             except BaseException:  # noqa: BLE001 - the caller's own error is the one that counts
                 pass
         pool.shutdown(wait=True)
-
-
-@contextmanager
-def advising(hints: list[tuple]):
-    """While the block runs, a background thread hands each ``(source, wants)`` of ``hints`` in turn
-    to the source's ``advise_rows(wants)`` (``wants``: the ``(name, index)`` its ``get_rows`` will be
-    asked for, in the order it will be): local files then start reading every block's sampled rows,
-    with many requests in flight, while the first blocks are computed. Sources whose class has no
-    ``advise_rows`` (a row store, a transformed view, a model read by range requests) are skipped.
-    Hints only: what is read, and any error, comes from the reads themselves. The thread takes no
-    further hint once the block ends, and has finished when it is left."""
-    hints = [(src, wants) for src, wants in hints if wants and getattr(type(src), "advise_rows", None) is not None]
-    if not hints:
-        yield
-        return
-    stop = threading.Event()
-
-    def run():
-        for src, wants in hints:
-            if stop.is_set():
-                return
-            try:
-                src.advise_rows(wants)
-            except Exception:  # noqa: BLE001 - a hint that fails changes nothing; the read will report it
-                return
-
-    thread = threading.Thread(target=run, name="advise-rows", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()

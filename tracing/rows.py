@@ -129,58 +129,24 @@ def read_rows(path: str | os.PathLike, name: str, index, lead: int = 1) -> torch
     reader handles (the caller then reads it whole).  An ``OSError`` naming the file and the tensor
     when the file ends before the rows do."""
     idx = np.asarray(index, dtype=np.int64)
-    plan, spans = _spans(path, name, idx, lead)
+    plan = row_plan(*header(path), name, idx, lead)
     if plan is None:
         return None
-    dtype, row_shape, row_bytes, _ = plan
+    dtype, row_shape, row_bytes, base = plan
     out = bytearray(idx.size * row_bytes)
+    # (position in out, position in the file, bytes) of each run of consecutive rows
+    spans = [(pos * row_bytes, base + first * row_bytes, n * row_bytes) for pos, first, n in runs(idx)]
     fd = os.open(Path(path), os.O_RDONLY)
     try:
-        if len(spans) > 1:
-            _announce(fd, spans)
-        elif hasattr(os, "posix_fadvise"):
+        if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            if len(spans) > 1:
+                for _, at, n in spans:
+                    os.posix_fadvise(fd, at, n, os.POSIX_FADV_WILLNEED)
         read_spans(fd, memoryview(out), spans, f"{path}: short read of tensor {name}")
     finally:
         os.close(fd)
     return rows_tensor(out, idx.size, dtype, row_shape)
-
-
-def _spans(path, name: str, idx: np.ndarray, lead: int = 1):
-    """``(plan, spans)``: :func:`row_plan` of rows ``idx`` and each run's (position in the result,
-    position in the file, bytes); ``(None, [])`` for a layout the row reader does not handle."""
-    plan = row_plan(*header(path), name, idx, lead)
-    if plan is None:
-        return None, []
-    row_bytes, base = plan[2], plan[3]
-    return plan, [(pos * row_bytes, base + first * row_bytes, n * row_bytes) for pos, first, n in runs(idx)]
-
-
-def _announce(fd: int, spans) -> None:
-    """Read-ahead off for ``fd`` (``POSIX_FADV_RANDOM``) and every span announced to the kernel
-    (``POSIX_FADV_WILLNEED``: it starts reading them all, without waiting)."""
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        for _, at, n in spans:
-            os.posix_fadvise(fd, at, n, os.POSIX_FADV_WILLNEED)
-
-
-def advise_rows(path: str | os.PathLike, name: str, index, lead: int = 1) -> None:
-    """Tell the kernel that rows ``index`` of tensor ``name`` (as :func:`read_rows` takes them) will
-    be read soon: it starts reading them into the page cache, with many requests in flight, and this
-    returns without waiting for them. Nothing is returned or kept; a layout the row reader does not
-    handle, or a file it cannot read, is left alone (:func:`read_rows` reports it when it comes)."""
-    try:
-        _, spans = _spans(path, name, np.asarray(index, dtype=np.int64), lead)
-        if not spans:
-            return
-        fd = os.open(Path(path), os.O_RDONLY)
-    except (OSError, ValueError):
-        return
-    try:
-        _announce(fd, spans)
-    finally:
-        os.close(fd)
 
 
 def _forget_pool() -> None:

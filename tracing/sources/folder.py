@@ -156,11 +156,12 @@ class FolderBackend(Backend):
     def get_rows(self, name, index, dtype=torch.float32):
         """Rows ``index`` of ``name``: from a safetensors file only those rows are read (a role that
         is a block of rows of a fused tensor too); other files give the tensor's rows."""
-        from ..rows import read_rows
-        where = self._rows_at(name)
-        if where is None:
+        from ..rows import read_rows, row_offset
+        found = self._find(name)
+        offset = None if found is None or found[2].suffix != ".safetensors" else row_offset(found[1])
+        if offset is None:
             return self.get(name, dtype)[torch.as_tensor(index, dtype=torch.long)]
-        stored, f, offset = where
+        stored, _, f = found
         rows = [int(i) + offset for i in index]
         try:
             t = read_rows(f, stored, rows)
@@ -171,24 +172,6 @@ class FolderBackend(Backend):
             with safe_open(f, framework="pt") as h:
                 t = h.get_slice(stored)[rows]
         return t
-
-    def _rows_at(self, name) -> tuple | None:
-        """``(stored name, safetensors file, first stored row)`` of a tensor whose rows can be read
-        alone (:func:`tracing.rows.row_offset`); None otherwise."""
-        from ..rows import row_offset
-        found = self._find(name)
-        offset = None if found is None or found[2].suffix != ".safetensors" else row_offset(found[1])
-        return None if offset is None else (found[0], found[2], offset)
-
-    def advise_rows(self, wants) -> None:
-        """Hint that :meth:`get_rows` of each ``(name, index)`` of ``wants`` comes soon: the kernel
-        starts reading those rows into the page cache (:func:`tracing.rows.advise_rows`)."""
-        from ..rows import advise_rows
-        for name, index in wants:
-            where = self._rows_at(name)
-            if where is not None:
-                stored, f, offset = where
-                advise_rows(f, stored, [int(i) + offset for i in index])
 
     def release(self):
         self._bin_cache = None

@@ -132,7 +132,6 @@ def up_matchings(ctx, base, ft, stat: str) -> tuple:
     sampled units S only with ``--rows`` (else S is None), h the width S is drawn from."""
     from ..align import match_layers  # loads torch
     from ..models import stored_rows_reader
-    from ..prefetch import advising
     from .base import sampled_rows  # loads torch
     o = ctx.options
     h = min(base.arch.h, ft.arch.h)
@@ -147,11 +146,8 @@ def up_matchings(ctx, base, ft, stat: str) -> tuple:
         return rows_a(a, S), rows_b(b, S)
 
     what = "up_proj rows" if S is None else f"{len(S)} sampled up_proj rows"
-    hints = [] if S is None else [(src, [(src.arch.units(i)[0].up, S)]) for i in range(base.arch.L)
-                                  for src in (base, ft)]
-    with advising(hints):  # every block's sampled rows are read from storage while the first are matched
-        matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
-                               desc=f"{stat}: match {what}" if ctx.progress else None)
+    matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,
+                           desc=f"{stat}: match {what}" if ctx.progress else None)
     return matched, S, h
 
 
