@@ -99,9 +99,9 @@ def test_row_norms_computed_once_give_the_same_cosines(dtype):
     from tracing.cosine import cosine_matrix
     g = torch.Generator().manual_seed(3)
     W1, W2 = torch.randn(48, 64, generator=g).to(dtype), torch.randn(48, 64, generator=g).to(dtype) * 3
-    C, _, index = _prepare(W1, W2, True)
+    _, C, _, index = _prepare(W1, W2, True)
     assert index[0] is None and index[1] is None
     assert torch.equal(C, cosine_matrix(W1, W2))
     W2[5] = 0  # dropped: the kept rows' norms are computed for the matrix
-    C, _, index = _prepare(W1, W2, True)
+    _, C, _, index = _prepare(W1, W2, True)
     assert index[3:] == (0, 1) and torch.equal(C, cosine_matrix(W1, W2[torch.from_numpy(index[1])]))

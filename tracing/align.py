@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .arch import require_same_layout
 from .cosine import _cosine_in_cost_buffer, _negate_widen, cosine_matrix, expert_similarity  # noqa: F401 (re-exported)
+from .cosine import screened_argmax
 from .machine import available_bytes, cores
 from .models import WeightSource
 from .transforms import Permuted
@@ -194,17 +195,42 @@ def _keep(W: torch.Tensor, also: torch.Tensor | None, absolute: bool = False):
 
 
 def _prepare(W1: torch.Tensor, W2: torch.Tensor, drop: bool, keep1=None, keep2=None, absolute: bool = False):
-    """(C, buf, index): the cosine matrix of the kept rows in its cost buffer (both None when a side
-    has no row left) and how kept rows map back to the original ones (None without ``drop``)."""
+    """(pairs, C, buf, index): the matched pairs of the kept rows when the bf16 screen settles them
+    (:func:`_screened_pairs`; C and buf are then None), else the cosine matrix of the kept rows in
+    its cost buffer (all three None when a side has no row left); and how kept rows map back to
+    the original ones (None without ``drop``)."""
     if not drop:
-        return (*_cosine_in_cost_buffer(W1, W2), None)
+        pairs = _screened_pairs(W1, W2, (None, None), absolute)
+        return (pairs, None, None, None) if pairs is not None else (None, *_cosine_in_cost_buffer(W1, W2), None)
     shape = (int(W1.shape[0]), int(W2.shape[0]))
     k1, W1, d1, n1 = _keep(W1, keep1, absolute)
     k2, W2, d2, n2 = _keep(W2, keep2, absolute)
     index = (k1, k2, shape, d1, d2)
     if W1.shape[0] == 0 or W2.shape[0] == 0:
-        return None, None, index
-    return (*_cosine_in_cost_buffer(W1, W2, norms=(n1, n2)), index)
+        return None, None, None, index
+    pairs = _screened_pairs(W1, W2, (n1, n2), absolute)
+    if pairs is not None:
+        return pairs, None, None, index
+    return (None, *_cosine_in_cost_buffer(W1, W2, norms=(n1, n2)), index)
+
+
+def _screened_pairs(W1: torch.Tensor, W2: torch.Tensor, norms: tuple, absolute: bool) -> MatchResult | None:
+    """The matched pairs :func:`_shortcut_pairs` would find in the float32 cosine matrix, found by
+    :func:`tracing.cosine.screened_argmax` without that matrix; None when the screen does not
+    settle them (the float32 matrix is then computed and matched as usual)."""
+    shape = (int(W1.shape[0]), int(W2.shape[0]))
+    if shape[0] <= shape[1]:
+        got = screened_argmax(W1, W2, norms, absolute)
+        if got is None:
+            return None
+        cols, cos = got
+        return MatchResult(np.arange(shape[0], dtype=np.int64), cols.astype(np.int64), cos, shape)
+    got = screened_argmax(W2, W1, norms[::-1], absolute)  # column-wise: each row of W₂ its row of W₁
+    if got is None:
+        return None
+    am, cos = got
+    order = np.argsort(am)
+    return MatchResult(am[order].astype(np.int64), order.astype(np.int64), cos[order], shape)
 
 
 def _shortcut_pairs(C: torch.Tensor) -> MatchResult | None:
@@ -245,6 +271,10 @@ def _to_original(res: MatchResult, index) -> MatchResult:
 
 def match(W1: torch.Tensor, W2: torch.Tensor, absolute: bool = False) -> np.ndarray:
     """MATCH(W₁, W₂): for each row i of W₁ the row π(i) of W₂ (|cos| when ``absolute``)."""
+    if W1.shape[0] <= W2.shape[0]:
+        screened = screened_argmax(W1, W2, absolute=absolute)
+        if screened is not None:
+            return screened[0].astype(np.int64)
     C, buf = _cosine_in_cost_buffer(W1, W2)
     if absolute:
         C.abs_()
@@ -308,9 +338,14 @@ class Matcher:
         same units, build the masks with :func:`kept_units`)."""
         self._submit(key, *_prepare(W1, W2, drop, keep1, keep2, absolute), absolute)
 
-    def _submit(self, key, C: torch.Tensor | None, buf: np.ndarray | None, index, absolute: bool = False) -> None:
+    def _submit(self, key, pairs: MatchResult | None, C: torch.Tensor | None, buf: np.ndarray | None, index,
+                absolute: bool = False) -> None:
         if index is not None:
             self._index[key] = index
+        if pairs is not None:  # settled by the bf16 screen
+            self._done[key] = pairs
+            self._bar.update()
+            return
         if C is None:  # a side has no row left
             empty = np.zeros(0, dtype=np.int64)
             self._done[key] = MatchResult(empty, empty, np.zeros(0), (0, 0))

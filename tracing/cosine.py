@@ -89,3 +89,115 @@ def _negate_widen(buf: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
         np.negative(block, out=buf[start:end])
         end = start
     return buf
+
+
+# ------------------------------------------------------------------------------------------
+# the bf16 screen: the row-wise argmax of a cosine matrix from a product twice as fast
+# ------------------------------------------------------------------------------------------
+#: unit roundoff of bfloat16 (8 significant bits)
+BF16_U = 2.0 ** -8
+#: multiply-adds (n·m·d) below which the screen is not tried: the float32 product is then cheap
+SCREEN_MIN_WORK = 1 << 26
+#: rows of the first side screened first; when any of them is undecided, or two of them share a
+#: best column, the screen stops there and the float32 product is computed as without it
+SCREEN_PROBE = 64
+#: rows whose norm lies outside [2⁻⁴⁰, 2⁴⁰] are not screened (no product may underflow or overflow)
+SCREEN_NORMS = (2.0 ** -40, 2.0 ** 40)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): the screen's product
+    then costs about 0.4× the float32 one."""
+    import torch.cpu as tc
+    return bool(tc._is_avx512_bf16_supported() or tc._is_amx_tile_supported())
+
+
+def screen_margin(d: int, exact_inputs: int = 2) -> float:
+    """The gap between a row's best and second-best cosine in the bf16 product beyond which its
+    best column is certainly the exact argmax (and the float32 product's).
+
+    A cosine from the bf16 product (inputs rounded to bf16 unless already bf16, products summed in
+    float32, the output rounded to bf16, then scaled by float32 inverse norms) is within
+    ``e = u·|c| + r·(2u + u²) + d·2⁻²⁴ (+ float32 scaling)`` of the exact cosine, u = 2⁻⁸, r the
+    number of inputs that were rounded (Cauchy-Schwarz bounds Σ|aₖbₖ| by |a||b|, i.e. 1 in cosine
+    units, and |c| ≤ 1). Two entries can move by e each in opposite directions, and the float32
+    product's own error (≤ d·2⁻²⁴) must not reorder them either: the margin is 4e with |c| = 1,
+    twice what is needed."""
+    rounded = 2 - exact_inputs
+    e = BF16_U + rounded * (2 * BF16_U + BF16_U ** 2) + (d + 4) * 2.0 ** -24
+    return 4.0 * e
+
+
+def screened_argmax(A: torch.Tensor, B: torch.Tensor, norms: tuple = (None, None), absolute: bool = False):
+    """``(cols, cos)``: for every row i of ``A`` (n ≤ m rows of ``B``) its best column ``cols[i]`` by
+    cosine (|cosine| when ``absolute``) and the float32 cosine of that pair, found from a bf16
+    product, when every row's best column is certified (:func:`screen_margin`) and no two rows
+    share one: then the row-wise argmax is the optimal assignment, the one the float32 product's
+    argmax shortcut gives. None otherwise (the caller computes the float32 product as usual).
+
+    Tried only on the CPU, on a CPU with native bf16 products (:func:`native_bf16`), for products of
+    at least :data:`SCREEN_MIN_WORK` multiply-adds. ``norms``: the row norms of ``A`` and ``B`` in
+    float32 when the caller has them. The matched cosines
+    are computed from the float32 rows (dot products, then the same two scalings as the float32
+    matrix): equal to that matrix's entries up to float32 rounding of the sums, never by a bf16
+    value."""
+    n, m, d = int(A.shape[0]), int(B.shape[0]), int(A.shape[1])
+    if n == 0 or n > m:
+        return None
+    if compute_device() != "cpu" or A.device.type != "cpu" or n * m * d < SCREEN_MIN_WORK or not native_bf16():
+        return None
+    ra = _inverse_row_norms(A if norms[0] is not None else A.to(torch.float32), norms[0])
+    rb = _inverse_row_norms(B if norms[1] is not None else B.to(torch.float32), norms[1])
+    lo, hi = SCREEN_NORMS
+    if not (bool((ra >= 1 / hi).all()) and bool((ra <= 1 / lo).all()) and bool((rb >= 1 / hi).all())
+            and bool((rb <= 1 / lo).all())):
+        return None
+    exact = int(_bf16_exact(A)) + int(_bf16_exact(B))
+    tau = screen_margin(d, exact)
+    Ab, Bb = A.to(torch.bfloat16), B.to(torch.bfloat16)
+    cols = torch.empty(n, dtype=torch.int64)
+    step = max(SCREEN_PROBE, (32 << 20) // (4 * m))  # float32 rows of the screened product at a time
+    start = 0
+    while start < n:
+        end = min(n, start + (SCREEN_PROBE if start == 0 else step))
+        C = bf16_cosines(Ab[start:end], Bb, ra[start:end], rb)
+        if absolute:
+            C.abs_()
+        if m > 1:
+            top = C.topk(2, dim=1)
+            if not bool((top.values[:, 0] - top.values[:, 1] > tau).all()):
+                return None
+            cols[start:end] = top.indices[:, 0]
+        else:
+            cols[start:end] = 0
+        if torch.unique(cols[:end]).numel() != end:
+            return None
+        start = end
+    cos = matched_dots(A, B, cols).mul_(ra).mul_(rb[cols])
+    if absolute:
+        cos.abs_()
+    return cols.numpy(), cos.numpy().astype(np.float64)
+
+
+def bf16_cosines(A: torch.Tensor, B: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
+    """The screen's cosines of the rows of ``A`` and ``B`` (both bfloat16) given their inverse row
+    norms ``ra``, ``rb`` (float32): the bf16 product, widened and scaled in float32. Each is within
+    ``screen_margin(d) / 4`` of the exact cosine (of the unrounded rows when they were rounded)."""
+    return torch.matmul(A, B.T).to(torch.float32).mul_(ra[:, None]).mul_(rb[None, :])
+
+
+def _bf16_exact(X: torch.Tensor) -> bool:
+    """Whether every value of ``X`` is a bfloat16 (its type, or float32 values with zero low halves,
+    e.g. bfloat16 weights read as float32): rounding it to bfloat16 then changes nothing."""
+    if X.dtype == torch.bfloat16:
+        return True
+    return X.dtype == torch.float32 and X.is_contiguous() and not bool((X.view(torch.int32) & 0xFFFF).any())
+
+
+def matched_dots(A: torch.Tensor, B: torch.Tensor, cols: torch.Tensor, step: int = 64) -> torch.Tensor:
+    """``out[i] = A[i] · B[cols[i]]`` in float32, a few rows at a time (small temporaries: no float32
+    copy of either side)."""
+    out = torch.empty(A.shape[0], dtype=torch.float32)
+    for r in range(0, A.shape[0], step):
+        out[r:r + step] = (A[r:r + step].to(torch.float32) * B[cols[r:r + step]].to(torch.float32)).sum(dim=1)
+    return out

@@ -276,6 +276,15 @@ class Checkpoint(WeightSource):
         return out
 
 
+def stored_rows_reader(src: WeightSource):
+    """``src``'s reader of rows ``(name, index) -> tensor`` that keeps the stored dtype when it can
+    (a checkpoint's bfloat16 rows without a round trip through float32), else ``src.get_rows``. Asked
+    of the source's own class: a row store passes other attributes through to its checkpoint, and
+    its rows must come through the store."""
+    stored = getattr(type(src), "get_rows_stored", None)
+    return stored.__get__(src) if stored is not None else src.get_rows
+
+
 def _sha_from_hub_cache(f: Path) -> str | None:
     """In the hub cache an LFS file is a link to a blob named by its SHA-256."""
     if f.is_symlink():

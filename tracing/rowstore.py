@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .models import WeightSource
+from .models import WeightSource, stored_rows_reader
 from .fileio import atomic_write, file_lock
 from .transforms import View
 
@@ -176,8 +176,7 @@ class SpilledRows:
 
     def __init__(self, src):
         self.src = src
-        stored = getattr(type(src), "get_rows_stored", None)
-        self._read = stored.__get__(src) if stored is not None else src.get_rows
+        self._read = stored_rows_reader(src)
         self._fetch = getattr(type(src), "prefetch_rows", None)
         self._file = tempfile.TemporaryFile(prefix="tracing-rows-")
         self._at: dict = {}  # (name, rows key, dtype) -> (offset, dtype, shape)

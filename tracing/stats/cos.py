@@ -131,16 +131,19 @@ def up_matchings(ctx, base, ft, stat: str) -> tuple:
     """``(matched, S, h)``: every block's MATCH of up_proj rows (``{block: MatchResult}``), of the
     sampled units S only with ``--rows`` (else S is None), h the width S is drawn from."""
     from ..align import match_layers  # loads torch
+    from ..models import stored_rows_reader
     from .base import sampled_rows  # loads torch
     o = ctx.options
     h = min(base.arch.h, ft.arch.h)
     S = None if o.rows is None else sampled_rows(h, o.rows, o.seed)
 
+    rows_a, rows_b = stored_rows_reader(base), stored_rows_reader(ft)  # bf16 rows stay bf16: exact for MATCH
+
     def load(i):
         a, b = base.arch.units(i)[0].up, ft.arch.units(i)[0].up
         if S is None:
             return base.get(a), ft.get(b)
-        return base.get_rows(a, S), ft.get_rows(b, S)
+        return rows_a(a, S), rows_b(b, S)
 
     what = "up_proj rows" if S is None else f"{len(S)} sampled up_proj rows"
     matched = match_layers(range(base.arch.L), load, mem_budget_bytes=ctx.mem_budget_bytes, pairs=True,

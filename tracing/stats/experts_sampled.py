@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..models import stored_rows_reader
 from ..rowstore import STORE_DTYPES, _compact
 
 #: extra keys of a sampled experts result
@@ -63,11 +64,7 @@ class SampledUnits:
         self._slots, self._buffer, self._used = 0, None, 0
         self._lock = lock if lock is not None else nullcontext()
         self._fill = threading.RLock()
-        # rows as the source gives them (a checkpoint's bfloat16 rows are kept without a round trip); asked
-        # of the source's own class: a row store passes other attributes through to its checkpoint, and
-        # its rows must come through the store
-        stored = getattr(type(src), "get_rows_stored", None)
-        self._read = stored.__get__(src) if stored is not None else src.get_rows
+        self._read = stored_rows_reader(src)  # a checkpoint's bfloat16 rows are kept as read
 
     def block_view(self, slots: int = 0) -> "SampledUnits":
         """An empty cache of rows on the same source, indices and lock (one block's rows), its rows kept
