@@ -205,3 +205,14 @@ def test_checkpoint_rows_stay_bf16_into_the_screen(tmp_path, screen, monkeypatch
     monkeypatch.setattr(cosine, "SCREEN_MIN_WORK", float("inf"))
     off = tracing.compare(str(tmp_path / "base"), str(tmp_path / "ft"), stat="cos", rows=96)
     assert on.log10_pvalue == off.log10_pvalue < -10
+
+
+def test_a_torch_without_the_cpu_probes_is_not_screened(monkeypatch):
+    """An older torch without ``torch.cpu``'s bf16 probes: the screen is never tried (no error)."""
+    import torch.cpu as tc
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(tc, name, raising=False)
+    assert cosine.native_bf16() is False
+    monkeypatch.setattr(cosine, "SCREEN_MIN_WORK", 0)
+    W1, W2, _ = _related(64, 64, 128, seed=2)
+    assert screened_argmax(W1, W2) is None

@@ -109,7 +109,8 @@ def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): the screen's product
     then costs about 0.4× the float32 one."""
     import torch.cpu as tc
-    return bool(tc._is_avx512_bf16_supported() or tc._is_amx_tile_supported())
+    probes = (getattr(tc, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(probe()) for probe in probes if probe is not None)  # a torch without them: no
 
 
 def screen_margin(d: int, exact_inputs: int = 2) -> float:
